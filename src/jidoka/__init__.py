@@ -1,0 +1,78 @@
+"""Jidoka: a runtime for many isolated AI coding-assistant sessions.
+
+import jidoka
+
+async with jidoka.Runtime() as rt:
+    sid = await rt.client.create_session(project_root=".")
+    await rt.client.send_message(sid, "user", "hello")
+"""
+
+from ._version import __version__
+from .bus.base import Subscription
+from .cache import FileCache
+from .client import Client
+from .clock import Clock, FakeClock, SystemClock
+from .config import Settings
+from .errors import (
+    InvalidArgument,
+    InvalidConfig,
+    InvalidRole,
+    InvalidTransition,
+    JidokaError,
+    LimitExceeded,
+    PathNotAllowed,
+    RuntimeClosed,
+    SessionNotFound,
+    SessionTerminated,
+    StoreError,
+    Unauthorized,
+)
+from .events import Event, EventType, decode_event, encode_event
+from .runtime import Runtime
+from .session.context import (
+    ActiveFile,
+    ContextBundle,
+    FileExcerpt,
+    FileIndexEntry,
+    Message,
+    estimate_tokens,
+)
+from .session.info import SessionInfo
+from .session.state import SessionConfig, Status
+
+__all__ = [
+    "ActiveFile",
+    "Client",
+    "Clock",
+    "ContextBundle",
+    "Event",
+    "EventType",
+    "FakeClock",
+    "FileCache",
+    "FileExcerpt",
+    "FileIndexEntry",
+    "InvalidArgument",
+    "InvalidConfig",
+    "InvalidRole",
+    "InvalidTransition",
+    "JidokaError",
+    "LimitExceeded",
+    "Message",
+    "PathNotAllowed",
+    "Runtime",
+    "RuntimeClosed",
+    "SessionConfig",
+    "SessionInfo",
+    "SessionNotFound",
+    "SessionTerminated",
+    "Settings",
+    "Status",
+    "StoreError",
+    "Subscription",
+    "SystemClock",
+    "Unauthorized",
+    "__version__",
+    "decode_event",
+    "encode_event",
+    "estimate_tokens",
+]

@@ -1,0 +1,1 @@
+"""Event buses: how events reach subscribers (see :mod:`jidoka.bus.base`)."""

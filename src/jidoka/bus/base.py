@@ -1,0 +1,256 @@
+"""The event bus: how events reach subscribers, and what a subscriber that falls behind gets.
+
+A bus has two kinds of topic: one per session (all of that session's events) and one global
+(the lifecycle events of every session). Backends (memory now, Redis for scale-out) differ only in
+how an event travels to the process that holds the subscription; what happens once it arrives is
+:class:`Subscription`'s job and is the same for every backend.
+
+**Slow-consumer policy.** Each subscription has a bounded queue (``queue_size`` events). Publishing
+never waits: when the queue is full the subscription switches to *catch-up* and further live
+events are not queued. Once the consumer has drained its queue:
+
+- a **session** subscription reads the events it missed from the store (the store has every
+  published event, since events are published only after they are stored) and then goes back to
+  live delivery, so nothing is lost and nothing repeats. Only if the store no longer has them
+  (the memory store trims very long logs and frees a terminated session's log) does the
+  subscription yield one ``events_dropped`` marker (``data``: ``count``, ``first_seq``,
+  ``last_seq``) for the gap and carry on after it;
+- the **global** subscription has no single log to read back, so it yields one ``events_dropped``
+  marker (``session_id`` ``""``, ``seq`` 0, ``data.count``) and resumes with live events.
+
+A publisher or another subscriber is never slowed by a slow one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from ..events import Event, EventType
+
+__all__ = ["EventBus", "EventReader", "Subscription", "SubscriptionStatistics"]
+
+#: Reads a session's stored events with ``seq > after_seq`` (at most ``limit``).
+EventReader = Callable[[str, int, int], Awaitable[list[Event]]]
+
+
+class SubscriptionStatistics(NamedTuple):
+    queued: int
+    delivered: int
+    dropped: int
+    catching_up: bool
+
+
+class Subscription:
+    """An async iterator over the events of one session (or, with ``session_id=None``, the
+    lifecycle events of all sessions). Obtained from ``Client.subscribe_to_session`` /
+    ``subscribe_to_all_sessions``; iteration ends when the session terminates (after its final
+    events) or the runtime closes.
+    """
+
+    __slots__ = (
+        "_catching_up",
+        "_closed",
+        "_delivered",
+        "_dropped",
+        "_last_seq",
+        "_latest_seen",
+        "_now",
+        "_on_lost",
+        "_pending_drops",
+        "_queue",
+        "_reader",
+        "_waiter",
+        "queue_size",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        session_id: str | None,
+        *,
+        queue_size: int,
+        reader: EventReader | None,
+        now: Callable[[], float],
+        after_seq: int | None = None,
+        on_lost: Callable[[int], None] | None = None,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.session_id = session_id
+        self.queue_size = queue_size
+        self._now = now
+        self._on_lost = on_lost
+        self._reader = reader
+        self._queue: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._delivered = 0
+        self._dropped = 0  # events this consumer will never see (reported in markers)
+        self._pending_drops = 0  # global stream: skipped since the last marker
+        # Per-session: seq of the newest event queued or delivered, and the newest one published.
+        self._last_seq = after_seq or 0
+        self._latest_seen = after_seq or 0
+        self._catching_up = after_seq is not None and session_id is not None
+
+    # --- the bus side ---------------------------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        """Hand over one published event. Never blocks; applies the slow-consumer policy."""
+        if self._closed:
+            return
+        if self.session_id is not None:
+            if event.seq <= self._latest_seen:
+                return  # already queued or replayed (or delivered twice by a backend)
+            self._latest_seen = event.seq
+            if self._catching_up:
+                return  # the store has it; catch-up will read it
+            if len(self._queue) >= self.queue_size:
+                self._catching_up = True
+                return
+            self._last_seq = event.seq
+        elif self._catching_up or len(self._queue) >= self.queue_size:
+            self._catching_up = True
+            self._pending_drops += 1
+            return
+        self._queue.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        """End the stream after what is already queued (the session ended, or the bus closed)."""
+        self._closed = True
+        self._wake()
+
+    async def finish(self) -> None:
+        """The session is ending: take every event still to be caught up from the store now
+        (it may free the log next), then close. The queue may exceed its bound by that much."""
+        if self._catching_up and self.session_id is not None and self._reader is not None:
+            events = await self._reader(self.session_id, self._last_seq, 1 << 62)
+            events = [e for e in events if e.seq > self._last_seq]
+            if events:
+                if events[0].seq > self._last_seq + 1:
+                    self._queue.append(self._gap(self._last_seq + 1, events[0].seq - 1))
+                self._queue.extend(events)
+                self._last_seq = events[-1].seq
+            self._catching_up = False
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- the consumer side ----------------------------------------------------------------------
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._queue:
+                self._delivered += 1
+                return self._queue.popleft()
+            if self._catching_up:
+                marker = await self._catch_up()
+                if marker is not None:
+                    return marker
+                continue
+            if self._closed:
+                raise StopAsyncIteration
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+
+    def get_nowait(self) -> Event | None:
+        """The next queued event, or ``None`` if none is queued (no catch-up, no waiting)."""
+        if self._queue:
+            self._delivered += 1
+            return self._queue.popleft()
+        return None
+
+    async def _catch_up(self) -> Event | None:
+        """Refill the queue from the store or end catch-up; may return an ``events_dropped``."""
+        if self.session_id is None or self._reader is None:
+            count, self._pending_drops = self._pending_drops, 0
+            self._catching_up = False
+            self._lost(count)
+            return self._marker("", 0, {"count": count})
+        after = self._last_seq
+        events = await self._reader(self.session_id, after, self.queue_size)
+        events = [e for e in events if e.seq > after]
+        gap: Event | None = None
+        if events:
+            if events[0].seq > after + 1:
+                gap = self._gap(after + 1, events[0].seq - 1)
+            self._queue.extend(events)
+            self._last_seq = events[-1].seq
+            self._latest_seen = max(self._latest_seen, self._last_seq)
+            return gap
+        # The store has nothing after `after`: caught up, unless it lost events seen published.
+        self._catching_up = False
+        if self._latest_seen > after:
+            gap = self._gap(after + 1, self._latest_seen)
+            self._last_seq = self._latest_seen
+        return gap
+
+    def _gap(self, first: int, last: int) -> Event:
+        assert self.session_id is not None
+        self._lost(last - first + 1)
+        return self._marker(
+            self.session_id, last, {"count": last - first + 1, "first_seq": first, "last_seq": last}
+        )
+
+    def _lost(self, count: int) -> None:
+        self._dropped += count
+        if self._on_lost is not None:
+            self._on_lost(count)
+
+    def _marker(self, session_id: str, seq: int, data: dict[str, int]) -> Event:
+        self._delivered += 1
+        when = datetime.fromtimestamp(self._now(), UTC)
+        return Event(EventType.EVENTS_DROPPED, session_id, seq, when, data)
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            len(self._queue), self._delivered, self._dropped + self._pending_drops,
+            self._catching_up,
+        )  # fmt: skip
+
+
+@runtime_checkable
+class EventBus(Protocol):
+    """Delivers published events to the subscriptions of their topics."""
+
+    async def publish(self, event: Event) -> None:
+        """Deliver ``event`` to its session's topic (and, for lifecycle events, the global one).
+        Must not wait on any subscriber."""
+        ...
+
+    def subscribe(
+        self, session_id: str | None, *, after_seq: int | None = None
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Subscribe to one session (or all, with ``None``); leaving the context unsubscribes.
+        With ``after_seq``, events after that seq are replayed from the store first."""
+        ...
+
+    async def close_session(self, session_id: str) -> None:
+        """End every subscription of a session that has terminated."""
+        ...
+
+    async def aclose(self) -> None:
+        """End every subscription. Idempotent."""
+        ...

@@ -1,0 +1,110 @@
+"""The in-process event bus: topics are sets of subscriptions held in this process.
+
+Publishing is synchronous under the hood (a dict lookup and one non-blocking ``offer`` per
+subscriber), so it costs nothing when nobody listens and never waits on a slow consumer; the
+slow-consumer policy itself is :class:`~jidoka.bus.base.Subscription`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from ..errors import RuntimeClosed
+from ..events import GLOBAL_EVENT_TYPES, Event
+from .base import EventReader, Subscription
+
+__all__ = ["MemoryBus"]
+
+
+class MemoryBus:
+    """Per-session and global topics in memory."""
+
+    def __init__(
+        self,
+        *,
+        reader: EventReader | None = None,
+        queue_size: int = 1_000,
+        now: Callable[[], float],
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.queue_size = queue_size
+        self._reader = reader
+        self._now = now
+        self._topics: dict[str, set[Subscription]] = {}
+        self._global: set[Subscription] = set()
+        self._closed = False
+        self.published = 0
+        self.lost = 0
+
+    async def publish(self, event: Event) -> None:
+        self.publish_nowait(event)
+
+    def publish_nowait(self, event: Event) -> None:
+        """Deliver at once; the memory bus never has to wait."""
+        self.published += 1
+        subscribers = self._topics.get(event.session_id)
+        if subscribers:
+            for subscription in subscribers:
+                subscription.offer(event)
+        if self._global and event.type in GLOBAL_EVENT_TYPES:
+            for subscription in self._global:
+                subscription.offer(event)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, session_id: str | None, *, after_seq: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        if self._closed:
+            raise RuntimeClosed("the event bus is closed", session_id=session_id)
+        subscription = Subscription(
+            session_id,
+            queue_size=self.queue_size,
+            reader=self._reader,
+            now=self._now,
+            after_seq=after_seq,
+            on_lost=self._count_lost,
+        )
+        topic = self._global if session_id is None else self._topics.setdefault(session_id, set())
+        topic.add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscription.close()
+            self._discard(session_id, subscription)
+
+    def _count_lost(self, count: int) -> None:
+        self.lost += count
+
+    def _discard(self, session_id: str | None, subscription: Subscription) -> None:
+        if session_id is None:
+            self._global.discard(subscription)
+            return
+        topic = self._topics.get(session_id)
+        if topic is not None:
+            topic.discard(subscription)
+            if not topic:
+                del self._topics[session_id]
+
+    async def close_session(self, session_id: str) -> None:
+        for subscription in self._topics.pop(session_id, ()):
+            await subscription.finish()
+
+    def subscriber_count(self, session_id: str | None = None) -> int:
+        """Subscriptions on one session's topic, or on the global topic with ``None``."""
+        if session_id is None:
+            return len(self._global)
+        return len(self._topics.get(session_id, ()))
+
+    def topics(self) -> frozenset[str]:
+        """Sessions that have at least one subscription."""
+        return frozenset(self._topics)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for topic in [*self._topics.values(), self._global]:
+            for subscription in topic:
+                subscription.close()
+        self._topics.clear()
+        self._global.clear()

@@ -1,0 +1,185 @@
+"""The in-process client: the public API of blueprint §5.
+
+A :class:`Client` is a thin facade over the runtime's session manager: it validates arguments,
+names the session in every error, and opens spans. It holds no state of its own, so any number
+of them can share a runtime; get one from :attr:`jidoka.Runtime.client`. ``RemoteClient`` has
+the same methods over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .bus.base import EventBus, Subscription
+from .errors import InvalidArgument
+from .session.context import (
+    CONTEXT_PARTS,
+    ActiveFile,
+    ContextBundle,
+    FileIndexEntry,
+    Message,
+)
+from .session.info import SessionInfo
+from .session.manager import REASON_REQUESTED, SessionManager
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Create, drive and watch sessions of one runtime."""
+
+    __slots__ = ("_bus", "_manager")
+
+    def __init__(self, manager: SessionManager, bus: EventBus) -> None:
+        self._manager = manager
+        self._bus = bus
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        metadata: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        llm_config: dict[str, Any] | None = None,
+        project_root: str | None = None,
+    ) -> str:
+        """Create a session and return its id. ``config`` overrides the runtime's session
+        defaults field by field; ``project_root`` (a directory) is where its files live."""
+        return await self._manager.create(
+            metadata=metadata, config=config, llm_config=llm_config, project_root=project_root
+        )
+
+    async def get_session_info(self, session_id: str) -> SessionInfo:
+        """The session's description; also answers for terminated sessions (tombstones)."""
+        return self._manager.info(session_id)
+
+    async def list_sessions(
+        self, status: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> list[SessionInfo]:
+        """Sessions in creation order, optionally only those with ``status``; page with
+        ``after`` (the last id of the previous page) and ``limit``."""
+        return self._manager.list_sessions(status, limit=limit, after=after)
+
+    async def terminate_session(
+        self, session_id: str, *, reason: str = REASON_REQUESTED
+    ) -> SessionInfo:
+        """Terminate a session: its workers are awaited, its subscriptions end after the final
+        events, and a tombstone remains. Terminating it again raises ``InvalidTransition``."""
+        return await self._manager.terminate(session_id, reason=reason)
+
+    # --- conversation ---------------------------------------------------------------------------
+
+    async def send_message(self, session_id: str, role: str, content: str) -> Message:
+        """Append a message (``user``, ``assistant`` or ``system``); returns it with its seq."""
+        message: Message = await self._manager.run(
+            session_id, "send_message", lambda s: s.send_message(role, content)
+        )
+        return message
+
+    async def get_conversation_history(self, session_id: str) -> list[Message]:
+        """The messages in the session's window (the newest ``max_history``), oldest first."""
+        return self._manager.get(session_id).history()
+
+    async def clear_conversation(self, session_id: str) -> int:
+        """Empty the history; returns how many messages it held."""
+        count: int = await self._manager.run(
+            session_id, "clear_conversation", lambda s: s.clear_conversation()
+        )
+        return count
+
+    # --- files ----------------------------------------------------------------------------------
+
+    async def add_file(self, session_id: str, path: str) -> ActiveFile:
+        """Make a file under the session's project root active (and index it)."""
+        active: ActiveFile = await self._manager.run(
+            session_id, "add_file", lambda s: s.add_file(path)
+        )
+        return active
+
+    async def remove_file(self, session_id: str, path: str) -> bool:
+        """Remove an active file; ``False`` if it was not active. Its index entry stays."""
+        removed: bool = await self._manager.run(
+            session_id, "remove_file", lambda s: s.remove_file(path)
+        )
+        return removed
+
+    async def get_active_files(self, session_id: str) -> list[ActiveFile]:
+        return self._manager.get(session_id).active_files()
+
+    async def get_file_index(self, session_id: str) -> list[FileIndexEntry]:
+        return self._manager.get(session_id).file_index()
+
+    async def update_file_index(
+        self, session_id: str, path: str, fields: dict[str, Any]
+    ) -> FileIndexEntry:
+        """Merge ``fields`` into a file's index entry (``language``, ``line_count``, ``size``,
+        ``mtime``, ``last_accessed``; any other key is kept in ``extra``)."""
+        entry: FileIndexEntry = await self._manager.run(
+            session_id, "update_file_index", lambda s: s.update_file_index(path, fields)
+        )
+        return entry
+
+    # --- working context ------------------------------------------------------------------------
+
+    async def put_working_context(self, session_id: str, key: str, value: Any) -> None:
+        """Store a JSON value under ``key`` (a private copy is kept)."""
+        await self._manager.run(
+            session_id, "put_working_context", lambda s: s.put_working_context(key, value)
+        )
+
+    async def get_working_context(
+        self, session_id: str, key: str | None = None, default: Any = None
+    ) -> Any:
+        """The value under ``key`` (``default`` if absent), or the whole mapping if no key."""
+        return self._manager.get(session_id).working_context(key, default)
+
+    async def delete_working_context(self, session_id: str, key: str) -> bool:
+        """Remove ``key``; ``False`` if it was not there."""
+        deleted: bool = await self._manager.run(
+            session_id, "delete_working_context", lambda s: s.delete_working_context(key)
+        )
+        return deleted
+
+    async def build_context(
+        self,
+        session_id: str,
+        include: Iterable[str] = CONTEXT_PARTS,
+        max_tokens: int | None = None,
+    ) -> ContextBundle:
+        """Pack conversation, file excerpts, index and working context within ``max_tokens``
+        (see :func:`jidoka.session.context.build_context` for the order)."""
+        session = self._manager.get(session_id)
+        with self._manager.telemetry.span("build_context", session.session_id):
+            return await session.build_context(include, max_tokens)
+
+    # --- events ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe_to_session(
+        self, session_id: str, *, after_seq: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Every event of one session, as an async iterator; leaving the block unsubscribes.
+
+        With ``after_seq``, stored events after it are replayed first (no gap, no repeat).
+        """
+        if after_seq is not None and (
+            not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0
+        ):
+            raise InvalidArgument(
+                f"after_seq must be a non-negative integer, got {after_seq!r}",
+                argument="after_seq",
+                session_id=session_id,
+            )
+        session = self._manager.get(session_id)
+        async with self._bus.subscribe(session.session_id, after_seq=after_seq) as subscription:
+            yield subscription
+
+    @asynccontextmanager
+    async def subscribe_to_all_sessions(self) -> AsyncIterator[Subscription]:
+        """The lifecycle events (created, status, terminated) of every session."""
+        self._manager.check_open()
+        async with self._bus.subscribe(None) as subscription:
+            yield subscription

@@ -1,0 +1,108 @@
+"""Runtime settings: from arguments, from ``JIDOKA_*`` environment variables, or both.
+
+Precedence, highest first: keyword arguments to :class:`~jidoka.Runtime` (or
+:meth:`Settings.from_env`'s ``overrides``), then environment variables, then the defaults below.
+Every field can be set from the environment as ``JIDOKA_<FIELD NAME IN CAPITALS>``; the session
+defaults as one JSON object in ``JIDOKA_SESSION_DEFAULTS`` (the fields of
+:class:`~jidoka.SessionConfig`). A bad value raises :class:`~jidoka.InvalidConfig` naming the
+field (and the variable it came from).
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from .errors import InvalidConfig
+from .session.state import SessionConfig, convert_or_raise
+
+__all__ = ["STORES", "Settings"]
+
+#: Store backends by name.
+STORES: Final = ("memory",)
+
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+_NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything a :class:`~jidoka.Runtime` is configured with."""
+
+    #: Where durable stores keep their files.
+    data_dir: str = ".jidoka"
+    #: Session store backend: ``memory`` (fast, nothing survives the process).
+    store: str = "memory"
+    #: Live sessions at most; creating one more raises ``LimitExceeded``.
+    max_sessions: _Positive = 100_000
+    #: Terminated sessions remembered (as small tombstones); the oldest is forgotten first.
+    max_tombstones: _Positive = 10_000
+    #: Events a subscription may have queued before the slow-consumer policy applies.
+    subscriber_queue_size: _Positive = 1_000
+    #: File cache budget in bytes, in total and per session.
+    cache_max_bytes: _Positive = 64 * 1024 * 1024
+    cache_session_max_bytes: _Positive = 8 * 1024 * 1024
+    #: Seconds a worker gets to finish after cancellation before it is abandoned (and logged).
+    shutdown_grace_seconds: _NonNegativeFloat = 5.0
+    #: JSON size bounds of a session's metadata and llm_config, in bytes.
+    max_metadata_bytes: _Positive = 16_384
+    max_llm_config_bytes: _Positive = 16_384
+    #: Events the memory store keeps per session (older ones are trimmed).
+    memory_max_events_per_session: _Positive = 100_000
+    #: Defaults for new sessions; ``create_session(config=...)`` overrides field by field.
+    session_defaults: SessionConfig = SessionConfig()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``JIDOKA_*`` variables (``os.environ`` by default), then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            variable = f"JIDOKA_{name.upper()}"
+            if name == "session_defaults":
+                variable = "JIDOKA_SESSION_DEFAULTS"
+            if variable not in env:
+                continue
+            raw = env[variable]
+            if name == "session_defaults":
+                try:
+                    values[name] = SessionConfig.from_dict(msgspec.json.decode(raw))
+                except msgspec.DecodeError as exc:
+                    raise InvalidConfig(f"{variable} is not JSON: {exc}", field=name) from None
+                continue
+            try:
+                values[name] = msgspec.convert(raw, _field_types(cls)[name], strict=False)
+            except msgspec.ValidationError as exc:
+                raise InvalidConfig(f"{variable}={raw!r}: {exc}", field=name) from None
+        values.update(overrides)
+        return cls.build(values)
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any]) -> Settings:
+        """Validate a mapping into settings (``session_defaults`` may be a dict)."""
+        fields = dict(values)
+        defaults = fields.get("session_defaults")
+        if defaults is not None and not isinstance(defaults, SessionConfig):
+            fields["session_defaults"] = SessionConfig.from_dict(defaults)
+        unknown = set(fields) - set(cls.__struct_fields__)
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidConfig(f"unknown setting {name!r}", field=name)
+        if isinstance(fields.get("data_dir"), os.PathLike):
+            fields["data_dir"] = os.fspath(fields["data_dir"])
+        session = fields.pop("session_defaults", None)
+        settings = convert_or_raise(fields, cls)
+        if settings.store not in STORES:
+            raise InvalidConfig(
+                f"unknown store {settings.store!r}; available: {', '.join(STORES)}", field="store"
+            )
+        if session is not None:
+            settings = msgspec.structs.replace(settings, session_defaults=session)
+        return settings
+
+
+def _field_types(cls: type[Settings]) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)

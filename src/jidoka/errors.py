@@ -1,0 +1,156 @@
+"""The exceptions Jidoka raises, all rooted in :class:`JidokaError`.
+
+Every error carries what it is about as attributes (``session_id``, ``path``, ``limit`` ...) and
+says it in its message, so a log line or an HTTP problem document is useful on its own. The tree::
+
+    JidokaError
+    ├── SessionNotFound          no live session and no tombstone with that id
+    ├── SessionTerminated        the session has ended; it can be read, not changed
+    ├── InvalidTransition        a lifecycle move the state machine forbids
+    ├── InvalidArgument          bad input to a public call (names the argument)
+    │   ├── InvalidRole          a message role other than user | assistant | system
+    │   └── InvalidConfig        a bad SessionConfig / Settings field (names the field)
+    ├── PathNotAllowed           a path outside the session's project root, or not a regular file
+    ├── LimitExceeded            a configured bound was hit (names the limit and its value)
+    ├── Unauthorized             the caller may not do this
+    ├── StoreError               the session store failed (names the session)
+    └── RuntimeClosed            the runtime (or one of its parts) was used after it closed
+
+They are raised by the in-process :class:`~jidoka.Client` and, later, re-raised by the remote client
+from HTTP problem documents, so catching them works the same whichever client is used.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidArgument",
+    "InvalidConfig",
+    "InvalidRole",
+    "InvalidTransition",
+    "JidokaError",
+    "LimitExceeded",
+    "PathNotAllowed",
+    "RuntimeClosed",
+    "SessionNotFound",
+    "SessionTerminated",
+    "StoreError",
+    "Unauthorized",
+]
+
+
+class JidokaError(Exception):
+    """Root of every error Jidoka raises on purpose.
+
+    ``session_id`` is the session the error is about, or ``None`` when it concerns no session.
+    """
+
+    session_id: str | None
+
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SessionNotFound(JidokaError):
+    """No session with this id exists (neither live nor remembered as a tombstone)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} not found", session_id=session_id)
+
+
+class SessionTerminated(JidokaError):
+    """The session has terminated: its tombstone can be read, but nothing can change it."""
+
+    def __init__(self, session_id: str, *, reason: str | None = None) -> None:
+        why = f" (reason: {reason})" if reason else ""
+        super().__init__(f"session {session_id!r} is terminated{why}", session_id=session_id)
+        self.reason = reason
+
+
+class InvalidTransition(JidokaError):
+    """A lifecycle transition the state machine does not allow."""
+
+    def __init__(self, session_id: str, from_status: str, to_status: str) -> None:
+        super().__init__(
+            f"session {session_id!r} cannot go from {from_status!r} to {to_status!r}",
+            session_id=session_id,
+        )
+        self.from_status = from_status
+        self.to_status = to_status
+
+
+class InvalidArgument(JidokaError, ValueError):
+    """A public call got an argument it cannot accept; ``argument`` names it."""
+
+    def __init__(self, message: str, *, argument: str, session_id: str | None = None) -> None:
+        prefix = f"session {session_id!r}: " if session_id else ""
+        super().__init__(f"{prefix}{message}", session_id=session_id)
+        self.argument = argument
+
+
+class InvalidRole(InvalidArgument):
+    """A message role outside ``user | assistant | system``."""
+
+    def __init__(self, session_id: str | None, role: object) -> None:
+        super().__init__(
+            f"invalid role {role!r}: expected one of 'user', 'assistant', 'system'",
+            argument="role",
+            session_id=session_id,
+        )
+        self.role = role
+
+
+class InvalidConfig(InvalidArgument):
+    """A configuration field failed validation; ``field`` names it (dotted for nested fields)."""
+
+    def __init__(self, message: str, *, field: str, session_id: str | None = None) -> None:
+        super().__init__(message, argument=field, session_id=session_id)
+        self.field = field
+
+
+class PathNotAllowed(JidokaError):
+    """A path that the session's sandbox refuses; ``reason`` says which rule it broke."""
+
+    def __init__(self, session_id: str | None, path: str, reason: str) -> None:
+        who = f"session {session_id!r}: " if session_id else ""
+        super().__init__(f"{who}path {path!r} not allowed: {reason}", session_id=session_id)
+        self.path = path
+        self.reason = reason
+
+
+class LimitExceeded(JidokaError):
+    """A configured bound was hit. ``limit`` is the setting's name, ``maximum`` its value."""
+
+    def __init__(
+        self,
+        limit: str,
+        maximum: int,
+        *,
+        session_id: str | None = None,
+        actual: int | None = None,
+        path: str | None = None,
+    ) -> None:
+        who = f"session {session_id!r}: " if session_id else ""
+        what = f" for {path!r}" if path else ""
+        got = f" (got {actual})" if actual is not None else ""
+        super().__init__(f"{who}limit {limit}={maximum} exceeded{what}{got}", session_id=session_id)
+        self.limit = limit
+        self.maximum = maximum
+        self.actual = actual
+        self.path = path
+
+
+class Unauthorized(JidokaError):
+    """The caller is not allowed to do this (missing or unknown credentials)."""
+
+
+class StoreError(JidokaError):
+    """The session store failed; the operation on ``session_id`` did not take effect."""
+
+
+class RuntimeClosed(JidokaError):
+    """A runtime, manager, store or bus was used after it was closed (or before it started)."""

@@ -1,0 +1,216 @@
+"""The runtime: wires settings, store, bus, cache, telemetry and the session manager together.
+
+``async with Runtime() as rt:`` starts it and ``rt.client`` drives it; leaving the block stops
+every session's workers, ends every subscription and closes the store. A runtime is used once:
+it cannot be re-entered after it closed.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from types import TracebackType
+from typing import Any, TypeVar
+
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+
+from .bus.base import EventBus
+from .bus.memory import MemoryBus
+from .cache import FileCache
+from .client import Client
+from .clock import Clock, SystemClock
+from .config import Settings
+from .errors import InvalidConfig, RuntimeClosed
+from .events import Event
+from .session.context import TokenCounter, estimate_tokens
+from .session.manager import SessionManager
+from .session.session import SessionServices
+from .session.supervisor import WorkerFactory
+from .store.base import SessionStore
+from .telemetry import RuntimeCounts, Telemetry
+
+__all__ = ["Runtime"]
+
+_P = TypeVar("_P")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class Runtime:
+    """Many isolated coding-assistant sessions in one process.
+
+    ``data_dir`` and ``store`` are shortcuts for the settings of the same names; any other
+    setting can be passed as a keyword (``max_sessions=...``) or in ``settings``. ``store`` may
+    also be a ready :class:`~jidoka.store.base.SessionStore` instance. ``clock`` (a
+    :class:`~jidoka.clock.FakeClock` in tests), ``token_counter`` and the OpenTelemetry
+    providers are injected here rather than read from globals.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        store: str | SessionStore | None = None,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        token_counter: TokenCounter | None = None,
+        meter_provider: MeterProvider | None = None,
+        tracer_provider: TracerProvider | None = None,
+        **overrides: Any,
+    ) -> None:
+        values: dict[str, Any] = {}
+        if settings is not None:
+            if not isinstance(settings, Settings):
+                raise InvalidConfig("settings must be a jidoka.Settings", field="settings")
+            values = {name: getattr(settings, name) for name in Settings.__struct_fields__}
+        if data_dir is not None:
+            values["data_dir"] = os.fspath(data_dir)
+        store_instance: SessionStore | None = None
+        if isinstance(store, str):
+            values["store"] = store
+        elif store is not None:
+            store_instance = store
+        values.update(overrides)
+        self.settings = Settings.build(values) if values else Settings()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._token_counter = token_counter or estimate_tokens
+        self._meter_provider = meter_provider
+        self._tracer_provider = tracer_provider
+        self._store_instance = store_instance
+        self._state = _State.NEW
+        self._store: SessionStore | None = None
+        self._bus: EventBus | None = None
+        self._cache: FileCache | None = None
+        self._manager: SessionManager | None = None
+        self._client: Client | None = None
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the store and start the manager (``async with`` calls this)."""
+        if self._state is not _State.NEW:
+            raise RuntimeClosed("a Runtime can be started once")
+        store = self._store_instance or self._open_store()
+        bus = MemoryBus(
+            reader=_reader(store),
+            queue_size=self.settings.subscriber_queue_size,
+            now=self.clock.time,
+        )
+        cache = FileCache(
+            max_bytes=self.settings.cache_max_bytes,
+            max_session_bytes=self.settings.cache_session_max_bytes,
+        )
+        services = SessionServices(
+            store=store, bus=bus, cache=cache, clock=self.clock, token_counter=self._token_counter
+        )
+        telemetry = Telemetry(
+            self.counts,
+            meter_provider=self._meter_provider,
+            tracer_provider=self._tracer_provider,
+        )
+        self._store, self._bus, self._cache = store, bus, cache
+        self._manager = SessionManager(self.settings, services, telemetry)
+        self._client = Client(self._manager, bus)
+        self._manager.start()
+        self._state = _State.RUNNING
+
+    def _open_store(self) -> SessionStore:
+        from .store.memory import MemoryStore
+
+        # Settings.build has already refused unknown store names.
+        return MemoryStore(max_events_per_session=self.settings.memory_max_events_per_session)
+
+    async def aclose(self) -> None:
+        """Stop every session's workers, end subscriptions, close the store. Idempotent."""
+        if self._state is not _State.RUNNING:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSED
+        assert self._manager is not None
+        assert self._bus is not None
+        assert self._store is not None
+        try:
+            await self._manager.aclose()
+        finally:
+            await self._bus.aclose()
+            await self._store.aclose()
+
+    # --- accessors ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The in-process client."""
+        return self._running(self._client)
+
+    @property
+    def manager(self) -> SessionManager:
+        """The session manager (for extensions; applications use :attr:`client`)."""
+        return self._running(self._manager)
+
+    @property
+    def store(self) -> SessionStore:
+        return self._running(self._store)
+
+    @property
+    def bus(self) -> EventBus:
+        return self._running(self._bus)
+
+    @property
+    def cache(self) -> FileCache:
+        return self._running(self._cache)
+
+    def _running(self, part: _P | None) -> _P:
+        if self._state is not _State.RUNNING or part is None:
+            raise RuntimeClosed(f"the runtime is {self._state.value}; use `async with Runtime()`")
+        return part
+
+    def start_worker(self, session_id: str, name: str, factory: WorkerFactory) -> Any:
+        """Run ``factory()`` as a supervised worker of the session (see ``Supervisor``)."""
+        return self.manager.start_worker(session_id, name, factory)
+
+    async def read_events(
+        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """The session's stored events after ``after_seq`` (the log, not the projection)."""
+        session = self.manager.get(session_id)
+        return await self.store.read_events(session.session_id, after_seq=after_seq, limit=limit)
+
+    def counts(self) -> RuntimeCounts:
+        """The integer counters behind the observable metrics."""
+        manager, bus, cache = self._manager, self._bus, self._cache
+        published = getattr(bus, "published", 0)
+        lost = getattr(bus, "lost", 0)
+        stats = cache.statistics() if cache is not None else None
+        return RuntimeCounts(
+            active_sessions=manager.live_count() if manager is not None else 0,
+            messages_appended=manager.services.messages_appended if manager is not None else 0,
+            events_published=published,
+            events_dropped=lost,
+            cache_hits=stats.hits if stats else 0,
+            cache_misses=stats.misses if stats else 0,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self._state.value} store={self.settings.store!r}>"
+
+
+def _reader(store: SessionStore) -> Any:
+    async def read(session_id: str, after_seq: int, limit: int) -> list[Event]:
+        return await store.read_events(session_id, after_seq=after_seq, limit=limit)
+
+    return read

@@ -1,0 +1,1 @@
+"""Sessions: lifecycle (state), projection (context), supervision, and the manager."""

@@ -1,0 +1,90 @@
+"""Reading project files for a session: facts for the file index and text for the context.
+
+All functions here block (they touch the disk); the session runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+import msgspec
+
+from ..errors import JidokaError, LimitExceeded
+from ..tools.sandbox import Sandbox
+
+__all__ = ["FileFacts", "detect_language", "read_file", "stat_file"]
+
+_LANGUAGES: Final[dict[str, str]] = {
+    ".py": "python", ".pyi": "python", ".ex": "elixir", ".exs": "elixir", ".erl": "erlang",
+    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
+    ".ts": "typescript", ".tsx": "typescript", ".rs": "rust", ".go": "go", ".java": "java",
+    ".kt": "kotlin", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
+    ".cs": "csharp", ".rb": "ruby", ".php": "php", ".swift": "swift", ".scala": "scala",
+    ".sh": "shell", ".bash": "shell", ".zsh": "shell", ".sql": "sql", ".html": "html",
+    ".css": "css", ".scss": "scss", ".json": "json", ".yaml": "yaml", ".yml": "yaml",
+    ".toml": "toml", ".xml": "xml", ".md": "markdown", ".rst": "restructuredtext",
+    ".txt": "text", ".lua": "lua", ".hs": "haskell", ".ml": "ocaml", ".clj": "clojure",
+    ".dart": "dart", ".r": "r", ".jl": "julia", ".vue": "vue", ".svelte": "svelte",
+}  # fmt: skip
+_NAMES: Final[dict[str, str]] = {
+    "Makefile": "make", "Dockerfile": "dockerfile", "CMakeLists.txt": "cmake",
+    "Gemfile": "ruby", "Rakefile": "ruby", "mix.lock": "elixir",
+}  # fmt: skip
+
+
+def detect_language(path: str) -> str | None:
+    """Language name guessed from the file name or extension, or ``None``."""
+    name = path.rsplit("/", 1)[-1]
+    if name in _NAMES:
+        return _NAMES[name]
+    return _LANGUAGES.get(os.path.splitext(name)[1].lower())
+
+
+class FileFacts(msgspec.Struct, frozen=True):
+    """What one read of a file found: its key, stamps, shape and text."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    line_count: int
+    language: str | None
+    text: str
+
+
+def read_file(sandbox: Sandbox, path: object, max_bytes: int) -> FileFacts:
+    """Blocking. Validate ``path`` through the sandbox and read it whole (at most ``max_bytes``)."""
+    rel, fd, st = sandbox.open_regular(path)
+    try:
+        if st.st_size > max_bytes:
+            raise LimitExceeded(
+                "max_file_bytes", max_bytes, session_id=sandbox.session_id, actual=st.st_size,
+                path=rel,
+            )  # fmt: skip
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:  # grew between fstat and read
+        raise LimitExceeded(
+            "max_file_bytes", max_bytes, session_id=sandbox.session_id, actual=len(raw), path=rel
+        )
+    lines = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
+    return FileFacts(
+        path=rel,
+        size=len(raw),
+        mtime_ns=st.st_mtime_ns,
+        line_count=lines,
+        language=detect_language(rel),
+        text=raw.decode("utf-8", errors="replace"),
+    )
+
+
+def stat_file(sandbox: Sandbox, path: str) -> tuple[int, int] | None:
+    """Blocking. ``(size, mtime_ns)`` of a file in the root; ``None`` if gone or now refused."""
+    try:
+        _, real = sandbox.resolve(path)
+        st = os.stat(real, follow_symlinks=False)
+    except (OSError, JidokaError):  # gone, or now a link out of the root
+        return None
+    return st.st_size, st.st_mtime_ns

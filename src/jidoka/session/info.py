@@ -1,0 +1,62 @@
+"""What a client sees of a session (:class:`SessionInfo`) and what a terminated one leaves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .context import SessionState
+from .state import SessionConfig, Status
+
+__all__ = ["SessionInfo", "Tombstone"]
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A session's public description (blueprint §5), plus ``reason`` and ``project_root``."""
+
+    session_id: str
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+    config: SessionConfig
+    llm_config: dict[str, Any]
+    conversation_count: int
+    error: str | None = None
+    #: Why it terminated (``requested``, ``timeout``, ``error`` ...); ``None`` while live.
+    reason: str | None = None
+    project_root: str | None = None
+
+    @classmethod
+    def of(cls, state: SessionState) -> SessionInfo:
+        assert state.created_at is not None
+        assert state.updated_at is not None
+        return cls(
+            session_id=state.session_id,
+            status=state.status,
+            created_at=state.created_at,
+            updated_at=state.updated_at,
+            metadata=state.metadata,
+            config=state.config,
+            llm_config=state.llm_config,
+            conversation_count=state.conversation_count,
+            error=state.error,
+            reason=state.reason,
+            project_root=state.project_root,
+        )
+
+
+class Tombstone:
+    """What stays of a terminated session: its description, not its contents.
+
+    It references the metadata and configs the session already had (no copies) and drops the
+    history, files, index and working context. The manager keeps a bounded number of them,
+    oldest dropped first (``Settings.max_tombstones``).
+    """
+
+    __slots__ = ("info",)
+
+    def __init__(self, state: SessionState) -> None:
+        self.info = SessionInfo.of(state)

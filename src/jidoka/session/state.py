@@ -1,0 +1,169 @@
+"""Session lifecycle: the statuses, the one transition table, and the session's configuration.
+
+The lifecycle (blueprint §4)::
+
+    initializing ──► active ◄──► idle
+         │              │          │
+         │              └──► terminating ◄──┘
+         │                       │
+         └──────────────────► terminated
+
+``initializing → terminated`` is a start-up failure. Every other move raises
+:class:`~jidoka.InvalidTransition`. The table lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Final, TypeVar
+
+import msgspec
+
+from ..errors import InvalidConfig, InvalidTransition
+
+__all__ = [
+    "CONFIG_SCHEMA_VERSION",
+    "TRANSITIONS",
+    "SessionConfig",
+    "Status",
+    "check_transition",
+]
+
+
+class Status(StrEnum):
+    INITIALIZING = "initializing"
+    ACTIVE = "active"
+    IDLE = "idle"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+
+
+TRANSITIONS: Final[dict[Status, frozenset[Status]]] = {
+    Status.INITIALIZING: frozenset({Status.ACTIVE, Status.TERMINATED}),
+    Status.ACTIVE: frozenset({Status.IDLE, Status.TERMINATING}),
+    Status.IDLE: frozenset({Status.ACTIVE, Status.TERMINATING}),
+    Status.TERMINATING: frozenset({Status.TERMINATED}),
+    Status.TERMINATED: frozenset(),
+}
+
+
+def check_transition(session_id: str, from_status: str, to_status: str) -> Status:
+    """Return ``to_status`` as a :class:`Status` if the move is allowed, else raise."""
+    try:
+        src, dst = Status(from_status), Status(to_status)
+    except ValueError:
+        raise InvalidTransition(session_id, from_status, to_status) from None
+    if dst not in TRANSITIONS[src]:
+        raise InvalidTransition(session_id, src.value, dst.value)
+    return dst
+
+
+CONFIG_SCHEMA_VERSION: Final = 1
+
+_PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+_NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+_PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+_NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-session limits and behaviour. Immutable, so sessions with equal configs share one.
+
+    Build one with :meth:`from_dict` (or ``SessionConfig(**fields)`` then :meth:`validated`); a bad
+    field raises :class:`~jidoka.InvalidConfig` naming it.
+    """
+
+    #: Messages kept in the projection's history; the oldest is dropped beyond it (the log keeps
+    #: every message).
+    max_history: _PositiveInt = 100
+    #: Active files per session; adding one more raises ``LimitExceeded``.
+    max_files: _PositiveInt = 50
+    #: Largest file that can be added or read into context, in bytes.
+    max_file_bytes: _PositiveInt = 1_048_576
+    #: Largest message content, in UTF-8 bytes.
+    max_message_bytes: _PositiveInt = 262_144
+    #: File index entries per session (active files and files the agent looked at).
+    max_index_entries: _PositiveInt = 1_000
+    #: Total JSON size of the working context, in bytes.
+    max_working_context_bytes: _PositiveInt = 1_048_576
+    #: Seconds without activity after which an active session becomes idle.
+    idle_after_seconds: _PositiveFloat = 300.0
+    #: Minutes a session may stay idle before it is terminated (reason ``timeout``); 0 disables.
+    timeout_minutes: _NonNegativeFloat = 30.0
+    #: Keep the session in the durable store (no effect with the memory store).
+    persistence_enabled: bool = True
+    #: Worker restarts allowed within ``max_restart_seconds`` before the session is terminated.
+    max_restarts: _NonNegativeInt = 3
+    max_restart_seconds: _PositiveFloat = 5.0
+    #: Feature flags by name, for extensions.
+    features: dict[str, bool] = {}
+
+    @classmethod
+    def from_dict(
+        cls, data: object, *, session_id: str | None = None, base: SessionConfig | None = None
+    ) -> SessionConfig:
+        """Validate a mapping into a config; missing fields come from ``base`` (or the defaults).
+
+        Accepts the output of :meth:`to_dict`, including its ``schema_version``.
+        """
+        if data is None:
+            return base if base is not None else cls()
+        if isinstance(data, SessionConfig):
+            return data
+        if not isinstance(data, dict):
+            raise InvalidConfig(
+                f"config must be a mapping, got {type(data).__name__}",
+                field="config",
+                session_id=session_id,
+            )
+        fields = dict(data)
+        version = fields.pop("schema_version", CONFIG_SCHEMA_VERSION)
+        if version != CONFIG_SCHEMA_VERSION:
+            raise InvalidConfig(
+                f"unsupported config schema_version {version!r} (this version reads "
+                f"{CONFIG_SCHEMA_VERSION})",
+                field="schema_version",
+                session_id=session_id,
+            )
+        if base is not None and fields:
+            merged = msgspec.structs.asdict(base)
+            merged.update(fields)
+            fields = merged
+        elif base is not None:
+            return base
+        return convert_or_raise(fields, cls, session_id=session_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping with ``schema_version``, the inverse of :meth:`from_dict`."""
+        out: dict[str, Any] = {"schema_version": CONFIG_SCHEMA_VERSION}
+        out.update(msgspec.to_builtins(self))
+        return out
+
+
+_T = TypeVar("_T")
+_AT_PATH = re.compile(r"- at `\$\.?([^`]*)`$")
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+
+
+def convert_or_raise(data: dict[str, Any], kind: type[_T], *, session_id: str | None = None) -> _T:
+    """``msgspec.convert`` that turns a validation error into :class:`InvalidConfig`.
+
+    The error's ``field`` is the dotted path msgspec reports (``features.x``), so callers and
+    HTTP clients learn exactly which field was wrong.
+    """
+    try:
+        return msgspec.convert(data, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        unknown = _UNKNOWN.search(text)
+        at = _AT_PATH.search(text)
+        if unknown:
+            field = unknown.group(1)
+        elif at and at.group(1):
+            field = at.group(1)
+        else:
+            field = kind.__name__
+        raise InvalidConfig(
+            f"invalid {kind.__name__} field {field!r}: {text}", field=field, session_id=session_id
+        ) from None

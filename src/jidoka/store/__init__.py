@@ -1,0 +1,1 @@
+"""Session stores: where each session's event log lives (see :mod:`jidoka.store.base`)."""

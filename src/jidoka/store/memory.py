@@ -1,0 +1,84 @@
+"""The in-memory store: the fast, non-durable mode (``Runtime(store="memory")``).
+
+It keeps each session's events in a list indexed by seq, so appends are O(1) and reading from a
+seq is a slice. Nothing survives the process. To stay bounded, a session's log keeps at most
+``max_events_per_session`` events; older ones are trimmed in chunks (the projection is unaffected;
+a subscriber that asks for trimmed events is told how many it missed). A terminated session's
+log is freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import RuntimeClosed
+from ..events import Event
+from .base import SeqConflict
+
+__all__ = ["MemoryStore"]
+
+
+class _Log:
+    __slots__ = ("events", "first_seq")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.first_seq = 1  # seq of events[0]
+
+
+class MemoryStore:
+    """Session logs in process memory."""
+
+    durable = False
+
+    def __init__(self, *, max_events_per_session: int = 100_000) -> None:
+        if max_events_per_session < 1:
+            raise ValueError("max_events_per_session must be at least 1")
+        self.max_events_per_session = max_events_per_session
+        self._logs: dict[str, _Log] = {}
+        self._closed = False
+
+    async def append(self, session_id: str, events: Sequence[Event]) -> None:
+        self.append_nowait(session_id, events)
+
+    def append_nowait(self, session_id: str, events: Sequence[Event]) -> None:
+        """Synchronous append: the memory store never has to wait."""
+        if self._closed:
+            raise RuntimeClosed("the memory store is closed", session_id=session_id)
+        log = self._logs.get(session_id)
+        if log is None:
+            log = self._logs[session_id] = _Log()
+        expected = log.first_seq + len(log.events)
+        for offset, event in enumerate(events):
+            if event.seq != expected + offset or event.session_id != session_id:
+                raise SeqConflict(session_id, expected + offset, event.seq)
+        log.events.extend(events)
+        excess = len(log.events) - self.max_events_per_session
+        if excess > self.max_events_per_session // 4:
+            del log.events[:excess]
+            log.first_seq += excess
+
+    async def read_events(
+        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        log = self._logs.get(session_id)
+        if log is None:
+            return []
+        start = max(after_seq + 1 - log.first_seq, 0)
+        stop = None if limit is None else start + max(limit, 0)
+        return log.events[start:stop]
+
+    async def last_seq(self, session_id: str) -> int:
+        log = self._logs.get(session_id)
+        return 0 if log is None else log.first_seq + len(log.events) - 1
+
+    async def release(self, session_id: str) -> None:
+        self._logs.pop(session_id, None)
+
+    def sessions(self) -> frozenset[str]:
+        """Sessions with a log held in memory."""
+        return frozenset(self._logs)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._logs.clear()

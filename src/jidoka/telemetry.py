@@ -1,0 +1,118 @@
+"""OpenTelemetry metrics and spans for the runtime.
+
+Only the OpenTelemetry *API* is a dependency: without an SDK configured, every instrument is a
+no-op. Install ``opentelemetry-sdk`` and pass ``meter_provider=`` / ``tracer_provider=`` to
+:class:`~jidoka.Runtime` (or set the global providers) to collect them.
+
+Counts that change on the hot path (messages appended, events published or dropped, cache hits
+and misses) are kept as plain integers by the parts that own them and *observed* when the SDK
+collects, so appending a message costs no metric call at all. Rare operations (create,
+terminate, worker restarts) record directly, with their latency as histograms.
+
+Metric names (Prometheus renders dots as underscores and adds ``_total`` to counters):
+
+=====================================  ==========================================================
+``jidoka.sessions.created``            sessions created
+``jidoka.sessions.terminated``         sessions terminated, by ``reason``
+``jidoka.sessions.active``             live sessions now (any status but terminated)
+``jidoka.session.create.duration``     seconds to create a session
+``jidoka.session.terminate.duration``  seconds to terminate one (tasks awaited)
+``jidoka.messages.appended``           conversation messages appended
+``jidoka.events.published``            events published to the bus
+``jidoka.events.dropped``              events a slow subscriber never got (see the bus policy)
+``jidoka.cache.hits`` / ``.misses``    file cache look-ups
+``jidoka.workers.restarted``           supervised worker restarts
+=====================================  ==========================================================
+
+Spans are named ``jidoka.<operation>`` and carry the ``jidoka.session_id`` attribute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import Span, TracerProvider
+
+from ._version import __version__
+
+__all__ = ["RuntimeCounts", "Telemetry"]
+
+SESSION_ID_ATTRIBUTE = "jidoka.session_id"
+
+
+class RuntimeCounts(NamedTuple):
+    """The counts the runtime keeps as integers, read when metrics are collected."""
+
+    active_sessions: int
+    messages_appended: int
+    events_published: int
+    events_dropped: int
+    cache_hits: int
+    cache_misses: int
+
+
+class Telemetry:
+    """The runtime's instruments and tracer."""
+
+    def __init__(
+        self,
+        counts: Callable[[], RuntimeCounts],
+        *,
+        meter_provider: MeterProvider | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        meter = provider.get_meter("jidoka", __version__)
+        tracing = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        self.tracer = tracing.get_tracer("jidoka", __version__)
+        self._counts = counts
+        self.sessions_created = meter.create_counter(
+            "jidoka.sessions.created", unit="{session}", description="Sessions created"
+        )
+        self.sessions_terminated = meter.create_counter(
+            "jidoka.sessions.terminated", unit="{session}", description="Sessions terminated"
+        )
+        self.create_duration = meter.create_histogram(
+            "jidoka.session.create.duration", unit="s", description="Time to create a session"
+        )
+        self.terminate_duration = meter.create_histogram(
+            "jidoka.session.terminate.duration", unit="s", description="Time to terminate one"
+        )
+        self.workers_restarted = meter.create_counter(
+            "jidoka.workers.restarted", unit="{restart}", description="Worker restarts"
+        )
+        meter.create_observable_up_down_counter(
+            "jidoka.sessions.active",
+            callbacks=[self._observe("active_sessions")],
+            unit="{session}",
+            description="Live sessions",
+        )
+        for name, field, description in (
+            ("jidoka.messages.appended", "messages_appended", "Conversation messages appended"),
+            ("jidoka.events.published", "events_published", "Events published"),
+            ("jidoka.events.dropped", "events_dropped", "Events a slow subscriber never got"),
+            ("jidoka.cache.hits", "cache_hits", "File cache hits"),
+            ("jidoka.cache.misses", "cache_misses", "File cache misses"),
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[self._observe(field)], description=description
+            )
+
+    def _observe(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(getattr(self._counts(), field))
+
+        return callback
+
+    @contextmanager
+    def span(self, operation: str, session_id: str | None = None) -> Iterator[Span]:
+        """A span named ``jidoka.<operation>``; exceptions are recorded on it and re-raised."""
+        attributes = {SESSION_ID_ATTRIBUTE: session_id} if session_id else None
+        with self.tracer.start_as_current_span(
+            f"jidoka.{operation}", attributes=attributes
+        ) as span:
+            yield span
