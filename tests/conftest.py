@@ -1,0 +1,67 @@
+"""Shared fixtures.
+
+- Every async test runs with blockbuster on: a blocking call (file I/O, ``time.sleep``...) made on
+  the event loop's thread fails the test. Work Jidoka does in worker threads is not affected.
+- Time is a :class:`jidoka.FakeClock`: tests advance it and wait for the *event* they expect;
+  nothing sleeps.
+- ``project`` is a real directory with a few real files (and a link pointing out of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+import jidoka
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
+    """Fail async tests that block the event loop (opt out with ``@pytest.mark.allow_blocking``)."""
+    if request.node.get_closest_marker("allow_blocking") or not _is_async(request):
+        yield None
+        return
+    with blockbuster_ctx("jidoka") as bb:
+        yield bb
+
+
+def _is_async(request: pytest.FixtureRequest) -> bool:
+    function = getattr(request.node, "function", None)
+    return function is not None and asyncio.iscoroutinefunction(function)
+
+
+@pytest.fixture
+def clock() -> jidoka.FakeClock:
+    return jidoka.FakeClock()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A small project tree: two source files, a nested one, a link out of the tree."""
+    root = tmp_path / "project"
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "app.py").write_text("def main():\n    return 42\n", encoding="utf-8")
+    (root / "src" / "pkg" / "util.ts").write_text("export const x = 1;\n", encoding="utf-8")
+    (root / "README.md").write_text("# demo\n\nhello\n", encoding="utf-8")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("top secret\n", encoding="utf-8")
+    os.symlink(outside, root / "leak.txt")
+    os.symlink(root / "src" / "app.py", root / "alias.py")
+    return root
+
+
+@pytest.fixture
+async def runtime(clock: jidoka.FakeClock) -> AsyncIterator[jidoka.Runtime]:
+    """A running in-memory runtime on a fake clock, with a short worker grace period."""
+    async with jidoka.Runtime(clock=clock, shutdown_grace_seconds=2.0) as rt:
+        yield rt
+
+
+@pytest.fixture
+async def client(runtime: jidoka.Runtime) -> jidoka.Client:
+    return runtime.client

@@ -1,0 +1,147 @@
+"""Lifecycle over time: idle, activity, time-out, and the events the global stream sees."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import jidoka
+from jidoka import FakeClock, Status
+from tests.helpers import drain, lifecycle, next_event, settle, take, until
+
+
+async def test_lifecycle_sequence_on_global_stream(client: jidoka.Client) -> None:
+    async with client.subscribe_to_all_sessions() as events:
+        sid = await client.create_session()
+        await client.send_message(sid, "user", "not a lifecycle event")
+        await client.terminate_session(sid)
+        seen = await take(events, 5)
+    assert lifecycle(seen) == [
+        ("session_created", "initializing"),
+        ("session_status", "active"),
+        ("session_status", "terminating"),
+        ("session_status", "terminated"),
+        ("session_terminated", "requested"),
+    ]
+    assert [e.seq for e in seen] == [1, 2, 4, 5, 6]
+    assert {e.session_id for e in seen} == {sid}
+    assert seen[1].data["previous"] == "initializing"
+
+
+async def test_idle_active_idle_timeout(client: jidoka.Client, clock: FakeClock) -> None:
+    config = {"idle_after_seconds": 60, "timeout_minutes": 2}
+    async with client.subscribe_to_all_sessions() as events:
+        sid = await client.create_session(config=config)
+        await take(events, 2)
+
+        clock.advance(59)
+        await client.send_message(sid, "user", "still here")  # activity pushes idle back
+        clock.advance(59)
+        await settle()  # let the timer task look (it must find nothing due)
+        assert (await client.get_session_info(sid)).status is Status.ACTIVE
+
+        clock.advance(1)
+        idle = await next_event(events)
+        assert (idle.type, idle.data) == (
+            "session_status",
+            {"status": "idle", "previous": "active"},
+        )
+        assert (await client.get_session_info(sid)).status is Status.IDLE
+
+        await client.send_message(sid, "user", "back")  # activity wakes it
+        woke = await next_event(events)
+        assert woke.data == {"status": "active", "previous": "idle"}
+        history = await client.get_conversation_history(sid)
+        assert woke.seq + 1 == history[-1].seq  # the status change comes first
+
+        clock.advance(60)
+        assert (await next_event(events)).data["status"] == "idle"
+        clock.advance(119)
+        await settle()
+        assert (await client.get_session_info(sid)).status is Status.IDLE
+        clock.advance(1)
+        tail = await take(events, 3)
+    assert lifecycle(tail) == [
+        ("session_status", "terminating"),
+        ("session_status", "terminated"),
+        ("session_terminated", "timeout"),
+    ]
+    info = await client.get_session_info(sid)
+    assert (info.status, info.reason) == (Status.TERMINATED, "timeout")
+
+
+async def test_reads_are_not_activity(client: jidoka.Client, clock: FakeClock) -> None:
+    async with client.subscribe_to_all_sessions() as events:
+        sid = await client.create_session(config={"idle_after_seconds": 10})
+        await take(events, 2)
+        clock.advance(5)
+        await client.get_conversation_history(sid)
+        await client.get_session_info(sid)
+        clock.advance(5)
+        assert (await next_event(events)).data["status"] == "idle"
+
+
+async def test_timeout_zero_never_terminates(client: jidoka.Client, clock: FakeClock) -> None:
+    async with client.subscribe_to_all_sessions() as events:
+        sid = await client.create_session(config={"idle_after_seconds": 1, "timeout_minutes": 0})
+        await take(events, 2)
+        clock.advance(1)
+        await until(events, "session_status", status="idle")
+        clock.advance(10**9)
+        await settle()
+    assert (await client.get_session_info(sid)).status is Status.IDLE
+
+
+async def test_many_sessions_share_one_timer(runtime: jidoka.Runtime, clock: FakeClock) -> None:
+    client = runtime.client
+    before = len(asyncio.all_tasks())
+    async with client.subscribe_to_all_sessions() as events:
+        ids = [
+            await client.create_session(config={"idle_after_seconds": 10 + n}) for n in range(50)
+        ]
+        assert len(asyncio.all_tasks()) == before  # no task per session
+        clock.advance(100)
+        idle = [e.session_id for e in await take(events, 150) if e.data.get("status") == "idle"]
+    assert idle == ids  # in deadline order
+
+
+async def test_terminating_session_refuses_commands(
+    runtime: jidoka.Runtime, client: jidoka.Client
+) -> None:
+    sid = await client.create_session()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await release.wait()  # slow clean-up: terminate must wait for it
+
+    runtime.start_worker(sid, "stubborn", stubborn)
+    await settle()
+    terminating = asyncio.create_task(client.terminate_session(sid))
+    async with client.subscribe_to_session(sid) as events:
+        await until(events, "session_status", status="terminating")
+        assert (await client.get_session_info(sid)).status is Status.TERMINATING
+        with pytest.raises(jidoka.SessionTerminated):
+            await client.send_message(sid, "user", "too late")
+        with pytest.raises(jidoka.InvalidTransition) as again:
+            await client.terminate_session(sid)
+        assert again.value.from_status == "terminating"
+        release.set()
+        rest = await drain(events)
+    assert lifecycle(rest)[-1] == ("session_terminated", "requested")
+    assert (await terminating).status is Status.TERMINATED
+
+
+async def test_runtime_exit_stops_sessions_without_terminating_them(clock: FakeClock) -> None:
+    async with jidoka.Runtime(clock=clock) as rt:
+        sid = await rt.client.create_session()
+        async with rt.client.subscribe_to_session(sid) as events:
+            pass
+        subscription = rt.client.subscribe_to_session(sid)
+        events = await subscription.__aenter__()
+    # The runtime closed: the stream ended without inventing a termination.
+    assert [e.type for e in await drain(events)] == []
+    await subscription.__aexit__(None, None, None)
