@@ -139,7 +139,7 @@ def test_apply_refuses_other_session() -> None:
         apply(state, Event(EventType.ERROR, "X" * 26, 3, T0, {}))
 
 
-# --- build_context ---------------------------------------------------------------------------------
+# --- build_context --------------------------------------------------------------------------
 
 
 def test_estimate_tokens() -> None:
@@ -168,8 +168,7 @@ def test_newest_messages_win_and_no_gaps() -> None:
     for content in ["a" * 400, "b" * 4, "c" * 400, "d" * 4]:
         log.message(content)
     per = MESSAGE_OVERHEAD_TOKENS
-    # Room for "d" and "c" but not "b"+"a": the conversation stops at "b"? No: at the first
-    # message that does not fit, walking newest first: d (1+4), c (100+4), b (1+4) fits, a not.
+    # Walking newest first: d (1+4), c (100+4) and b (1+4) fit; a (100+4) does not.
     bundle = build_context(
         log.state(), include=["conversation"], max_tokens=1 + per + 100 + per + 1 + per
     )
