@@ -1,0 +1,174 @@
+"""A hypothesis state machine over the whole runtime: lifecycle, time and projection.
+
+A plain-Python model predicts every session's status, history window and working context while
+hypothesis drives random commands and fake-clock jumps. After every step, each live session's
+projection must also equal a fresh replay of its stored log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+
+import jidoka
+from jidoka.session.context import replay
+from tests.helpers import settle
+
+IDLE_AFTER = 10.0
+TIMEOUT_MINUTES = 1.0
+
+
+@dataclass
+class Model:
+    max_history: int
+    status: str = "active"
+    history: list[tuple[str, str]] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    last_activity: float = 0.0
+    idle_since: float = 0.0
+    reason: str | None = None
+
+    def touch(self, now: float) -> None:
+        self.last_activity = now
+        if self.status == "idle":
+            self.status = "active"
+
+
+class RuntimeMachine(RuleBasedStateMachine):
+    sessions = Bundle("sessions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.clock = jidoka.FakeClock()
+        self.rt = jidoka.Runtime(clock=self.clock)
+        self.run(self.rt.start())
+        self.client = self.rt.client
+        self.models: dict[str, Model] = {}
+
+    def run(self, coro: Any) -> Any:
+        return self.runner.run(coro)
+
+    def teardown(self) -> None:
+        self.run(self.rt.aclose())
+        self.runner.close()
+
+    @property
+    def now(self) -> float:
+        return self.clock.monotonic()
+
+    @rule(target=sessions, max_history=st.integers(1, 4))
+    def create(self, max_history: int) -> str:
+        config = {
+            "max_history": max_history,
+            "idle_after_seconds": IDLE_AFTER,
+            "timeout_minutes": TIMEOUT_MINUTES,
+        }
+        sid = self.run(self.client.create_session(config=config))
+        self.models[sid] = Model(max_history, last_activity=self.now)
+        return str(sid)
+
+    @rule(
+        sid=sessions,
+        role=st.sampled_from(["user", "assistant", "system", "tool", ""]),
+        content=st.text(max_size=20),
+    )
+    def send(self, sid: str, role: str, content: str) -> None:
+        model = self.models[sid]
+        try:
+            self.run(self.client.send_message(sid, role, content))
+        except jidoka.InvalidRole:
+            assert role not in ("user", "assistant", "system")
+            return
+        except jidoka.SessionTerminated:
+            assert model.status == "terminated"
+            return
+        assert model.status != "terminated"
+        model.touch(self.now)
+        model.history = [*model.history, (role, content)][-model.max_history :]
+
+    @rule(sid=sessions)
+    def clear(self, sid: str) -> None:
+        model = self.models[sid]
+        try:
+            count = self.run(self.client.clear_conversation(sid))
+        except jidoka.SessionTerminated:
+            assert model.status == "terminated"
+            return
+        assert count == len(model.history)
+        model.touch(self.now)
+        model.history = []
+
+    @rule(sid=sessions, key=st.sampled_from("abc"), value=st.integers() | st.none() | st.text())
+    def put(self, sid: str, key: str, value: Any) -> None:
+        model = self.models[sid]
+        try:
+            self.run(self.client.put_working_context(sid, key, value))
+        except jidoka.SessionTerminated:
+            assert model.status == "terminated"
+            return
+        model.touch(self.now)
+        model.context[key] = value
+
+    @rule(sid=sessions)
+    def terminate(self, sid: str) -> None:
+        model = self.models[sid]
+        try:
+            info = self.run(self.client.terminate_session(sid))
+        except jidoka.InvalidTransition as exc:
+            assert model.status == "terminated"
+            assert (exc.from_status, exc.to_status) == ("terminated", "terminating")
+            return
+        assert info.status == "terminated"
+        model.status, model.reason = "terminated", "requested"
+
+    @rule(seconds=st.sampled_from([1.0, 5.0, 9.0, 10.0, 30.0, 59.0, 60.0, 120.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        now = self.now
+        for model in self.models.values():
+            if model.status == "active" and now >= model.last_activity + IDLE_AFTER:
+                model.status, model.idle_since = "idle", now
+        self.run(settle(100))
+        for model in self.models.values():
+            if model.status == "idle" and now >= model.idle_since + TIMEOUT_MINUTES * 60:
+                model.status, model.reason = "terminated", "timeout"
+        # Time-outs terminate in the background: let them finish before comparing.
+        self.run(settle(100))
+
+    @precondition(lambda self: bool(self.models))
+    @invariant()
+    def matches_model(self) -> None:
+        for sid, model in self.models.items():
+            info = self.run(self.client.get_session_info(sid))
+            assert info.status == model.status, (sid, info.status, model.status)
+            assert info.reason == model.reason
+            if model.status == "terminated":
+                continue
+            history = self.run(self.client.get_conversation_history(sid))
+            assert [(m.role, m.content) for m in history] == model.history
+            assert self.run(self.client.get_working_context(sid)) == model.context
+
+    @precondition(lambda self: bool(self.models))
+    @invariant()
+    def live_projection_equals_replay(self) -> None:
+        manager = self.rt.manager
+        for sid in manager.live_ids():
+            live = manager.get(sid).state
+            logged = self.run(self.rt.read_events(sid))
+            assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
+            assert replay(sid, logged).snapshot() == live.snapshot()
+
+
+RuntimeMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestRuntime = RuntimeMachine.TestCase
