@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..events import EventType
 from ..ids import IdGenerator
-from ..telemetry import Telemetry
+from ..telemetry import SESSION_ID_ATTRIBUTE, Telemetry
 from ..tools.sandbox import resolve_project_root
 from .context import SessionState, json_size
 from .info import SessionInfo, Tombstone
@@ -123,7 +123,8 @@ class SessionManager:
                     root = await self.services.blocking(resolve_project_root, project_root)
                 self.check_open()
                 session_id = self._ids.new()
-                span.set_attribute("jidoka.session_id", session_id)
+                if span is not None:
+                    span.set_attribute(SESSION_ID_ATTRIBUTE, session_id)
                 state = SessionState(session_id)
                 session = Session(state, self.services)
                 created = {
