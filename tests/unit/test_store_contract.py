@@ -1,0 +1,101 @@
+"""The SessionStore contract, run against every store implementation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from jidoka.errors import StoreError
+from jidoka.events import Event, EventType
+from jidoka.store.base import SeqConflict, SessionStore
+from jidoka.store.memory import MemoryStore
+
+A, B = "A" * 26, "B" * 26
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+STORES: dict[str, Callable[[], SessionStore]] = {"memory": MemoryStore}
+
+
+@pytest.fixture(params=sorted(STORES))
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    instance = STORES[request.param]()
+    yield instance
+    await instance.aclose()
+
+
+def events(session_id: str, first: int, count: int) -> list[Event]:
+    return [
+        Event(
+            EventType.CONVERSATION_ADDED, session_id, seq, T0, {"role": "user", "content": str(seq)}
+        )
+        for seq in range(first, first + count)
+    ]
+
+
+async def test_satisfies_protocol(store: SessionStore) -> None:
+    assert isinstance(store, SessionStore)
+
+
+async def test_append_and_read(store: SessionStore) -> None:
+    await store.append(A, events(A, 1, 3))
+    await store.append(A, events(A, 4, 2))
+    await store.append(B, events(B, 1, 1))
+    assert [e.seq for e in await store.read_events(A)] == [1, 2, 3, 4, 5]
+    assert [e.seq for e in await store.read_events(A, after_seq=3)] == [4, 5]
+    assert [e.seq for e in await store.read_events(A, after_seq=1, limit=2)] == [2, 3]
+    assert await store.read_events(A, after_seq=5) == []
+    assert await store.read_events("C" * 26) == []
+    assert await store.last_seq(A) == 5
+    assert await store.last_seq(B) == 1
+    assert await store.last_seq("C" * 26) == 0
+    assert (await store.read_events(A))[0] == events(A, 1, 1)[0]
+
+
+@pytest.mark.parametrize(("first", "expected"), [(1, 4), (3, 4), (5, 4)])
+async def test_conflicting_append_is_refused_whole(
+    store: SessionStore, first: int, expected: int
+) -> None:
+    await store.append(A, events(A, 1, 3))
+    with pytest.raises(SeqConflict) as info:
+        await store.append(A, events(A, first, 2))
+    assert (info.value.session_id, info.value.expected) == (A, expected)
+    assert isinstance(info.value, StoreError)
+    assert await store.last_seq(A) == 3
+
+
+async def test_batch_with_a_hole_is_refused_whole(store: SessionStore) -> None:
+    batch = [*events(A, 1, 2), *events(A, 4, 1)]
+    with pytest.raises(SeqConflict):
+        await store.append(A, batch)
+    assert await store.read_events(A) == []
+
+
+async def test_batch_for_another_session_is_refused(store: SessionStore) -> None:
+    with pytest.raises(SeqConflict):
+        await store.append(A, events(B, 1, 1))
+
+
+async def test_release_and_close_are_idempotent(store: SessionStore) -> None:
+    await store.append(A, events(A, 1, 1))
+    await store.release(A)
+    await store.release(A)
+    await store.aclose()
+    await store.aclose()
+
+
+async def test_memory_store_frees_released_logs_and_trims() -> None:
+    store = MemoryStore(max_events_per_session=8)
+    for first in range(1, 41, 4):
+        await store.append(A, events(A, first, 4))
+    kept = await store.read_events(A)
+    assert kept[-1].seq == 40
+    assert len(kept) <= 10  # trimmed in chunks
+    assert [e.seq for e in kept] == list(range(kept[0].seq, 41))
+    assert await store.last_seq(A) == 40
+    await store.append(A, events(A, 41, 1))  # the next seq is still expected
+    await store.release(A)
+    assert store.sessions() == frozenset()
+    with pytest.raises(ValueError, match="at least 1"):
+        MemoryStore(max_events_per_session=0)
