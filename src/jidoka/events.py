@@ -127,7 +127,7 @@ def decode_event(raw: bytes | str) -> Event:
     """Decode :func:`encode_event`'s output; raise :class:`~jidoka.InvalidArgument` if malformed."""
     try:
         wire = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeError) as exc:
         raise InvalidArgument(f"malformed event: {exc}", argument="event") from exc
     if wire.seq < 1:
         raise InvalidArgument(f"malformed event: seq {wire.seq} < 1", argument="event")

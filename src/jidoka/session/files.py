@@ -6,6 +6,7 @@ All functions here block (they touch the disk); the session runs them in a worke
 from __future__ import annotations
 
 import os
+import stat
 from typing import Final
 
 import msgspec
@@ -87,4 +88,6 @@ def stat_file(sandbox: Sandbox, path: str) -> tuple[int, int] | None:
         st = os.stat(real, follow_symlinks=False)
     except (OSError, JidokaError):  # gone, or now a link out of the root
         return None
+    if not stat.S_ISREG(st.st_mode):
+        return None  # replaced by a directory, FIFO, ...: read_file would refuse it
     return st.st_size, st.st_mtime_ns

@@ -70,8 +70,9 @@ _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Per-session limits and behaviour. Immutable, so sessions with equal configs share one.
 
-    Build one with :meth:`from_dict` (or ``SessionConfig(**fields)`` then :meth:`validated`); a bad
-    field raises :class:`~jidoka.InvalidConfig` naming it.
+    Build one with :meth:`from_dict` (or ``SessionConfig(**fields).validated()``: the plain
+    constructor does not check bounds); a bad field raises :class:`~jidoka.InvalidConfig`
+    naming it.
     """
 
     #: Messages kept in the projection's history; the oldest is dropped beyond it (the log keeps
@@ -110,7 +111,7 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         if data is None:
             return base if base is not None else cls()
         if isinstance(data, SessionConfig):
-            return data
+            return data.validated(session_id=session_id)
         if not isinstance(data, dict):
             raise InvalidConfig(
                 f"config must be a mapping, got {type(data).__name__}",
@@ -134,6 +135,11 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             return base
         return convert_or_raise(fields, cls, session_id=session_id)
 
+    def validated(self, *, session_id: str | None = None) -> SessionConfig:
+        """This config if every field is within bounds, else :class:`InvalidConfig`."""
+        convert_or_raise(msgspec.to_builtins(self), SessionConfig, session_id=session_id)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping with ``schema_version``, the inverse of :meth:`from_dict`."""
         out: dict[str, Any] = {"schema_version": CONFIG_SCHEMA_VERSION}
@@ -142,7 +148,7 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 _T = TypeVar("_T")
-_AT_PATH = re.compile(r"- at `\$\.?([^`]*)`$")
+_AT_PATH = re.compile(r"- at (?:`key` in )?`\$\.?([^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
 

@@ -1,0 +1,108 @@
+"""The public surface of the ``jidoka`` package: pinned, so changing it is a deliberate act."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+import subprocess
+import sys
+
+import pytest
+
+import jidoka
+from jidoka import cli
+
+PUBLIC_API = [
+    "ActiveFile",
+    "Client",
+    "Clock",
+    "ContextBundle",
+    "DataDirLocked",
+    "Event",
+    "EventType",
+    "FakeClock",
+    "FileCache",
+    "FileExcerpt",
+    "FileIndexEntry",
+    "InvalidArgument",
+    "InvalidConfig",
+    "InvalidRole",
+    "InvalidTransition",
+    "JidokaError",
+    "LimitExceeded",
+    "Message",
+    "PathNotAllowed",
+    "Runtime",
+    "RuntimeClosed",
+    "SavedSession",
+    "SessionConfig",
+    "SessionExists",
+    "SessionInfo",
+    "SessionNotFound",
+    "SessionTerminated",
+    "Settings",
+    "Status",
+    "StoreError",
+    "Subscription",
+    "SystemClock",
+    "Unauthorized",
+    "__version__",
+    "decode_event",
+    "encode_event",
+    "estimate_tokens",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert jidoka.__all__ == PUBLIC_API
+
+
+def test_all_is_sorted_and_unique() -> None:
+    assert jidoka.__all__ == sorted(jidoka.__all__)
+    assert len(set(jidoka.__all__)) == len(jidoka.__all__)
+
+
+@pytest.mark.parametrize("name", PUBLIC_API)
+def test_every_name_is_importable(name: str) -> None:
+    assert hasattr(jidoka, name)
+    module = importlib.import_module("jidoka")
+    assert getattr(module, name) is getattr(jidoka, name)
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from jidoka import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(PUBLIC_API)
+
+
+def test_version() -> None:
+    assert isinstance(jidoka.__version__, str)
+    assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)*", jidoka.__version__)
+
+
+def test_version_matches_installed_metadata() -> None:
+    try:
+        installed = importlib.metadata.version("jidoka-core")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("jidoka-core is not installed as a distribution")
+    assert installed == jidoka.__version__
+
+
+def test_cli_version_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jidoka.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"jidoka {jidoka.__version__}"
+
+
+def test_cli_version_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jidoka {jidoka.__version__}"
