@@ -57,7 +57,8 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def runtime(clock: jidoka.FakeClock) -> AsyncIterator[jidoka.Runtime]:
-    """A running in-memory runtime on a fake clock, with a short worker grace period."""
+    """A running runtime on a fake clock, with a short worker grace period (in-memory, or the
+    store under test for integration and fault tests)."""
     async with jidoka.Runtime(clock=clock, shutdown_grace_seconds=2.0) as rt:
         yield rt
 
@@ -65,3 +66,31 @@ async def runtime(clock: jidoka.FakeClock) -> AsyncIterator[jidoka.Runtime]:
 @pytest.fixture
 async def client(runtime: jidoka.Runtime) -> jidoka.Client:
     return runtime.client
+
+
+# --- every store -------------------------------------------------------------------------------
+#
+# Integration and fault tests run once per store backend: the environment tells every
+# ``jidoka.Runtime()`` they build which store to use (and a fresh data directory), so the same
+# behaviour is demanded of the memory and the SQLite store. ``@pytest.mark.stores("memory")``
+# narrows a test that is about one backend's specifics.
+
+STORE_BACKENDS = ("memory", "sqlite")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" not in metafunc.fixturenames:
+        return  # only tests under a conftest that asks for it (integration/, fault/)
+    marker = metafunc.definition.get_closest_marker("stores")
+    backends = marker.args if marker else STORE_BACKENDS
+    metafunc.parametrize("store_backend", backends, indirect=True)
+
+
+@pytest.fixture
+def store_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    backend: str = request.param
+    monkeypatch.setenv("JIDOKA_STORE", backend)
+    monkeypatch.setenv("JIDOKA_DATA_DIR", str(tmp_path / "data"))
+    return backend

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from jidoka import Event, Subscription
+from jidoka import Event, Runtime, Subscription
 
 #: A bound on waiting for something that must happen promptly; not a sleep.
 PROMPTLY = 10.0
@@ -47,3 +47,13 @@ async def settle(turns: int = 50) -> None:
     """
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+async def quiesce(runtime: Runtime) -> None:
+    """Let the timers react to a clock advance and wait for the work they started.
+
+    Loop turns alone are not enough with a durable store: its commits finish on another thread.
+    """
+    await settle()
+    await runtime.manager.wait_background()
+    await settle()

@@ -14,6 +14,7 @@ from .client import Client
 from .clock import Clock, FakeClock, SystemClock
 from .config import Settings
 from .errors import (
+    DataDirLocked,
     InvalidArgument,
     InvalidConfig,
     InvalidRole,
@@ -22,6 +23,7 @@ from .errors import (
     LimitExceeded,
     PathNotAllowed,
     RuntimeClosed,
+    SessionExists,
     SessionNotFound,
     SessionTerminated,
     StoreError,
@@ -39,12 +41,14 @@ from .session.context import (
 )
 from .session.info import SessionInfo
 from .session.state import SessionConfig, Status
+from .store.base import SavedSession
 
 __all__ = [
     "ActiveFile",
     "Client",
     "Clock",
     "ContextBundle",
+    "DataDirLocked",
     "Event",
     "EventType",
     "FakeClock",
@@ -61,7 +65,9 @@ __all__ = [
     "PathNotAllowed",
     "Runtime",
     "RuntimeClosed",
+    "SavedSession",
     "SessionConfig",
+    "SessionExists",
     "SessionInfo",
     "SessionNotFound",
     "SessionTerminated",

@@ -23,6 +23,7 @@ from .session.context import (
 )
 from .session.info import SessionInfo
 from .session.manager import REASON_REQUESTED, SessionManager
+from .store.base import SavedSession
 
 __all__ = ["Client"]
 
@@ -54,14 +55,14 @@ class Client:
 
     async def get_session_info(self, session_id: str) -> SessionInfo:
         """The session's description; also answers for terminated sessions (tombstones)."""
-        return self._manager.info(session_id)
+        return await self._manager.info(session_id)
 
     async def list_sessions(
         self, status: str | None = None, *, limit: int | None = None, after: str | None = None
     ) -> list[SessionInfo]:
         """Sessions in creation order, optionally only those with ``status``; page with
         ``after`` (the last id of the previous page) and ``limit``."""
-        return self._manager.list_sessions(status, limit=limit, after=after)
+        return await self._manager.list_sessions(status, limit=limit, after=after)
 
     async def terminate_session(
         self, session_id: str, *, reason: str = REASON_REQUESTED
@@ -69,6 +70,26 @@ class Client:
         """Terminate a session: its workers are awaited, its subscriptions end after the final
         events, and a tombstone remains. Terminating it again raises ``InvalidTransition``."""
         return await self._manager.terminate(session_id, reason=reason)
+
+    # --- saved sessions -------------------------------------------------------------------------
+
+    async def save_session(self, session_id: str) -> SavedSession:
+        """Write a named, self-contained copy of the session (config, metadata, llm_config,
+        project_root, history, files, index, working context) that outlives termination."""
+        return await self._manager.save(session_id)
+
+    async def restore_session(self, session_id: str) -> SessionInfo:
+        """Bring a saved session back as a live session with the same id (``SessionExists``
+        if that id is live)."""
+        return await self._manager.restore(session_id)
+
+    async def list_saved_sessions(self) -> list[SavedSession]:
+        """Saved copies: ``session_id``, ``saved_at``, ``message_count``, ``metadata``."""
+        return await self._manager.list_saved()
+
+    async def delete_saved_session(self, session_id: str) -> None:
+        """Delete a saved copy (``SessionNotFound`` if there is none)."""
+        await self._manager.delete_saved(session_id)
 
     # --- conversation ---------------------------------------------------------------------------
 
@@ -81,7 +102,7 @@ class Client:
 
     async def get_conversation_history(self, session_id: str) -> list[Message]:
         """The messages in the session's window (the newest ``max_history``), oldest first."""
-        return self._manager.get(session_id).history()
+        return (await self._manager.session(session_id)).history()
 
     async def clear_conversation(self, session_id: str) -> int:
         """Empty the history; returns how many messages it held."""
@@ -107,10 +128,10 @@ class Client:
         return removed
 
     async def get_active_files(self, session_id: str) -> list[ActiveFile]:
-        return self._manager.get(session_id).active_files()
+        return (await self._manager.session(session_id)).active_files()
 
     async def get_file_index(self, session_id: str) -> list[FileIndexEntry]:
-        return self._manager.get(session_id).file_index()
+        return (await self._manager.session(session_id)).file_index()
 
     async def update_file_index(
         self, session_id: str, path: str, fields: dict[str, Any]
@@ -134,7 +155,7 @@ class Client:
         self, session_id: str, key: str | None = None, default: Any = None
     ) -> Any:
         """The value under ``key`` (``default`` if absent), or the whole mapping if no key."""
-        return self._manager.get(session_id).working_context(key, default)
+        return (await self._manager.session(session_id)).working_context(key, default)
 
     async def delete_working_context(self, session_id: str, key: str) -> bool:
         """Remove ``key``; ``False`` if it was not there."""
@@ -151,7 +172,7 @@ class Client:
     ) -> ContextBundle:
         """Pack conversation, file excerpts, index and working context within ``max_tokens``
         (see :func:`jidoka.session.context.build_context` for the order)."""
-        session = self._manager.get(session_id)
+        session = await self._manager.session(session_id)
         with self._manager.telemetry.span("build_context", session.session_id):
             return await session.build_context(include, max_tokens)
 
@@ -173,7 +194,7 @@ class Client:
                 argument="after_seq",
                 session_id=session_id,
             )
-        session = self._manager.get(session_id)
+        session = await self._manager.session(session_id)
         async with self._bus.subscribe(session.session_id, after_seq=after_seq) as subscription:
             yield subscription
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -23,7 +23,7 @@ from .session.state import SessionConfig, convert_or_raise
 __all__ = ["STORES", "Settings"]
 
 #: Store backends by name.
-STORES: Final = ("memory",)
+STORES: Final = ("memory", "sqlite")
 
 _Positive = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -32,10 +32,17 @@ _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything a :class:`~jidoka.Runtime` is configured with."""
 
-    #: Where durable stores keep their files.
+    #: Where durable stores keep their files (created if missing; one runtime owns it at a time).
     data_dir: str = ".jidoka"
-    #: Session store backend: ``memory`` (fast, nothing survives the process).
-    store: str = "memory"
+    #: Session store backend: ``sqlite`` (durable, in ``data_dir``) or ``memory`` (fast, nothing
+    #: survives the process).
+    store: str = "sqlite"
+    #: SQLite durability: ``full`` (an acknowledged call survives a power cut) or ``normal``
+    #: (survives a crash of the process; a power cut may lose the last commits).
+    durability: Literal["full", "normal"] = "full"
+    #: A session's projection is snapshotted every this many events, so loading it reads one
+    #: snapshot plus the tail of its log.
+    snapshot_interval: _Positive = 500
     #: Live sessions at most; creating one more raises ``LimitExceeded``.
     max_sessions: _Positive = 100_000
     #: Terminated sessions remembered (as small tombstones); the oldest is forgotten first.
@@ -72,7 +79,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                     values[name] = SessionConfig.from_dict(msgspec.json.decode(raw))
                 except msgspec.DecodeError as exc:
                     raise InvalidConfig(f"{variable} is not JSON: {exc}", field=name) from None
+                except InvalidConfig as exc:
+                    raise InvalidConfig(
+                        f"{variable}: {exc.message}", field=f"{name}.{exc.field}"
+                    ) from None
                 continue
+            if name == "store" and raw not in STORES:
+                raise InvalidConfig(
+                    f"{variable}={raw!r}: unknown store; available: {', '.join(STORES)}",
+                    field=name,
+                )
             try:
                 values[name] = msgspec.convert(raw, _field_types(cls)[name], strict=False)
             except msgspec.ValidationError as exc:

@@ -13,7 +13,9 @@ says it in its message, so a log line or an HTTP problem document is useful on i
     ├── PathNotAllowed           a path outside the session's project root, or not a regular file
     ├── LimitExceeded            a configured bound was hit (names the limit and its value)
     ├── Unauthorized             the caller may not do this
+    ├── SessionExists            restoring a session whose id is live
     ├── StoreError               the session store failed (names the session)
+    ├── DataDirLocked            another runtime owns the data directory
     └── RuntimeClosed            the runtime (or one of its parts) was used after it closed
 
 They are raised by the in-process :class:`~jidoka.Client` and, later, re-raised by the remote client
@@ -23,6 +25,7 @@ from HTTP problem documents, so catching them works the same whichever client is
 from __future__ import annotations
 
 __all__ = [
+    "DataDirLocked",
     "InvalidArgument",
     "InvalidConfig",
     "InvalidRole",
@@ -31,6 +34,7 @@ __all__ = [
     "LimitExceeded",
     "PathNotAllowed",
     "RuntimeClosed",
+    "SessionExists",
     "SessionNotFound",
     "SessionTerminated",
     "StoreError",
@@ -47,6 +51,8 @@ class JidokaError(Exception):
     session_id: str | None
 
     def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        if session_id is not None and session_id not in message:
+            message = f"session {session_id!r}: {message}"
         super().__init__(message)
         self.session_id = session_id
 
@@ -154,3 +160,22 @@ class StoreError(JidokaError):
 
 class RuntimeClosed(JidokaError):
     """A runtime, manager, store or bus was used after it was closed (or before it started)."""
+
+
+class DataDirLocked(JidokaError):
+    """Another process (or runtime) already owns this data directory."""
+
+    def __init__(self, data_dir: str, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"the data directory {data_dir!r} is in use by another Jidoka runtime{extra}; "
+            "only one process may own it at a time"
+        )
+        self.data_dir = data_dir
+
+
+class SessionExists(JidokaError):
+    """A session with this id is already live (e.g. restoring over a live session)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} is already live", session_id=session_id)

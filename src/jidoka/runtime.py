@@ -7,10 +7,11 @@ it cannot be re-entered after it closed.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -28,6 +29,9 @@ from .session.manager import SessionManager
 from .session.session import SessionServices
 from .session.supervisor import WorkerFactory
 from .store.base import SessionStore
+
+if TYPE_CHECKING:
+    from .datadir import DataDirLock
 from .telemetry import RuntimeCounts, Telemetry
 
 __all__ = ["Runtime"]
@@ -45,8 +49,10 @@ class Runtime:
     """Many isolated coding-assistant sessions in one process.
 
     ``data_dir`` and ``store`` are shortcuts for the settings of the same names; any other
-    setting can be passed as a keyword (``max_sessions=...``) or in ``settings``. ``store`` may
-    also be a ready :class:`~jidoka.store.base.SessionStore` instance. ``clock`` (a
+    setting can be passed as a keyword (``max_sessions=...``). Without ``settings``, the
+    ``JIDOKA_*`` environment variables fill in what the arguments leave out; with ``settings``,
+    the environment is not read. ``store`` may also be a ready, opened
+    :class:`~jidoka.store.base.SessionStore` instance (the caller then closes it). ``clock`` (a
     :class:`~jidoka.clock.FakeClock` in tests), ``token_counter`` and the OpenTelemetry
     providers are injected here rather than read from globals.
     """
@@ -63,20 +69,23 @@ class Runtime:
         tracer_provider: TracerProvider | None = None,
         **overrides: Any,
     ) -> None:
-        values: dict[str, Any] = {}
-        if settings is not None:
-            if not isinstance(settings, Settings):
-                raise InvalidConfig("settings must be a jidoka.Settings", field="settings")
-            values = {name: getattr(settings, name) for name in Settings.__struct_fields__}
+        explicit: dict[str, Any] = {}
         if data_dir is not None:
-            values["data_dir"] = os.fspath(data_dir)
+            explicit["data_dir"] = os.fspath(data_dir)
         store_instance: SessionStore | None = None
         if isinstance(store, str):
-            values["store"] = store
+            explicit["store"] = store
         elif store is not None:
             store_instance = store
-        values.update(overrides)
-        self.settings = Settings.build(values) if values else Settings()
+            explicit["store"] = "memory" if not getattr(store, "durable", False) else "sqlite"
+        explicit.update(overrides)
+        if settings is None:
+            self.settings = Settings.from_env(**explicit)
+        elif not isinstance(settings, Settings):
+            raise InvalidConfig("settings must be a jidoka.Settings", field="settings")
+        else:
+            values = {name: getattr(settings, name) for name in Settings.__struct_fields__}
+            self.settings = Settings.build({**values, **explicit})
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._token_counter = token_counter or estimate_tokens
         self._meter_provider = meter_provider
@@ -88,6 +97,7 @@ class Runtime:
         self._cache: FileCache | None = None
         self._manager: SessionManager | None = None
         self._client: Client | None = None
+        self._lock: DataDirLock | None = None
 
     async def __aenter__(self) -> Runtime:
         await self.start()
@@ -105,7 +115,7 @@ class Runtime:
         """Open the store and start the manager (``async with`` calls this)."""
         if self._state is not _State.NEW:
             raise RuntimeClosed("a Runtime can be started once")
-        store = self._store_instance or self._open_store()
+        store = self._store_instance or await self._open_store()
         bus = MemoryBus(
             reader=_reader(store),
             queue_size=self.settings.subscriber_queue_size,
@@ -126,14 +136,44 @@ class Runtime:
         self._store, self._bus, self._cache = store, bus, cache
         self._manager = SessionManager(self.settings, services, telemetry)
         self._client = Client(self._manager, bus)
-        self._manager.start()
+        try:
+            await self._manager.start()
+        except BaseException:
+            await self._close_store()
+            raise
         self._state = _State.RUNNING
 
-    def _open_store(self) -> SessionStore:
-        from .store.memory import MemoryStore
+    async def _open_store(self) -> SessionStore:
+        """Open the configured backend (imported only when used)."""
+        settings = self.settings
+        if settings.store == "memory":
+            from .store.memory import MemoryStore
 
-        # Settings.build has already refused unknown store names.
-        return MemoryStore(max_events_per_session=self.settings.memory_max_events_per_session)
+            return MemoryStore(max_events_per_session=settings.memory_max_events_per_session)
+        from .datadir import DataDirLock
+        from .store.sqlite import DATABASE_NAME, SqliteStore
+
+        lock = DataDirLock(settings.data_dir)
+        await asyncio.to_thread(lock.acquire)
+        try:
+            store = SqliteStore(
+                os.path.join(settings.data_dir, DATABASE_NAME), durability=settings.durability
+            )
+            await store.open()
+        except BaseException:
+            await asyncio.to_thread(lock.release)
+            raise
+        self._lock = lock
+        return store
+
+    async def _close_store(self) -> None:
+        try:
+            if self._store is not None and self._store_instance is None:
+                await self._store.aclose()
+        finally:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                await asyncio.to_thread(lock.release)
 
     async def aclose(self) -> None:
         """Stop every session's workers, end subscriptions, close the store. Idempotent."""
@@ -147,8 +187,10 @@ class Runtime:
         try:
             await self._manager.aclose()
         finally:
-            await self._bus.aclose()
-            await self._store.aclose()
+            try:
+                await self._bus.aclose()
+            finally:
+                await self._close_store()
 
     # --- accessors ------------------------------------------------------------------------------
 
@@ -187,8 +229,8 @@ class Runtime:
         self, session_id: str, *, after_seq: int = 0, limit: int | None = None
     ) -> list[Event]:
         """The session's stored events after ``after_seq`` (the log, not the projection)."""
-        session = self.manager.get(session_id)
-        return await self.store.read_events(session.session_id, after_seq=after_seq, limit=limit)
+        info = await self.manager.info(session_id)
+        return await self.store.read_events(info.session_id, after_seq=after_seq, limit=limit)
 
     def counts(self) -> RuntimeCounts:
         """The integer counters behind the observable metrics."""

@@ -65,6 +65,7 @@ async def test_slow_session_subscriber_catches_up_losslessly(clock: FakeClock) -
     assert slow.statistics().dropped == 0
 
 
+@pytest.mark.stores("memory")
 async def test_catch_up_gap_when_store_trimmed(clock: FakeClock) -> None:
     async with jidoka.Runtime(
         clock=clock, subscriber_queue_size=2, memory_max_events_per_session=8

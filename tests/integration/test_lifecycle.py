@@ -8,7 +8,7 @@ import pytest
 
 import jidoka
 from jidoka import FakeClock, Status
-from tests.helpers import drain, lifecycle, next_event, settle, take, until
+from tests.helpers import drain, lifecycle, next_event, quiesce, settle, take, until
 
 
 async def test_lifecycle_sequence_on_global_stream(client: jidoka.Client) -> None:
@@ -29,7 +29,9 @@ async def test_lifecycle_sequence_on_global_stream(client: jidoka.Client) -> Non
     assert seen[1].data["previous"] == "initializing"
 
 
-async def test_idle_active_idle_timeout(client: jidoka.Client, clock: FakeClock) -> None:
+async def test_idle_active_idle_timeout(
+    runtime: jidoka.Runtime, client: jidoka.Client, clock: FakeClock
+) -> None:
     config = {"idle_after_seconds": 60, "timeout_minutes": 2}
     async with client.subscribe_to_all_sessions() as events:
         sid = await client.create_session(config=config)
@@ -38,7 +40,7 @@ async def test_idle_active_idle_timeout(client: jidoka.Client, clock: FakeClock)
         clock.advance(59)
         await client.send_message(sid, "user", "still here")  # activity pushes idle back
         clock.advance(59)
-        await settle()  # let the timer task look (it must find nothing due)
+        await quiesce(runtime)  # let the timer task look (it must find nothing due)
         assert (await client.get_session_info(sid)).status is Status.ACTIVE
 
         clock.advance(1)
@@ -58,7 +60,7 @@ async def test_idle_active_idle_timeout(client: jidoka.Client, clock: FakeClock)
         clock.advance(60)
         assert (await next_event(events)).data["status"] == "idle"
         clock.advance(119)
-        await settle()
+        await quiesce(runtime)
         assert (await client.get_session_info(sid)).status is Status.IDLE
         clock.advance(1)
         tail = await take(events, 3)
@@ -82,25 +84,30 @@ async def test_reads_are_not_activity(client: jidoka.Client, clock: FakeClock) -
         assert (await next_event(events)).data["status"] == "idle"
 
 
-async def test_timeout_zero_never_terminates(client: jidoka.Client, clock: FakeClock) -> None:
+async def test_timeout_zero_never_terminates(
+    runtime: jidoka.Runtime, client: jidoka.Client, clock: FakeClock
+) -> None:
     async with client.subscribe_to_all_sessions() as events:
         sid = await client.create_session(config={"idle_after_seconds": 1, "timeout_minutes": 0})
         await take(events, 2)
         clock.advance(1)
         await until(events, "session_status", status="idle")
         clock.advance(10**9)
-        await settle()
+        await quiesce(runtime)
     assert (await client.get_session_info(sid)).status is Status.IDLE
 
 
 async def test_many_sessions_share_one_timer(runtime: jidoka.Runtime, clock: FakeClock) -> None:
     client = runtime.client
-    before = len(asyncio.all_tasks())
     async with client.subscribe_to_all_sessions() as events:
-        ids = [
-            await client.create_session(config={"idle_after_seconds": 10 + n}) for n in range(50)
+        ids = [await client.create_session(config={"idle_after_seconds": 10})]
+        await settle()
+        with_one = len(asyncio.all_tasks())
+        ids += [
+            await client.create_session(config={"idle_after_seconds": 10 + n}) for n in range(1, 50)
         ]
-        assert len(asyncio.all_tasks()) == before  # no task per session
+        await settle()
+        assert len(asyncio.all_tasks()) == with_one  # no task per session
         clock.advance(100)
         idle = [e.session_id for e in await take(events, 150) if e.data.get("status") == "idle"]
     assert idle == ids  # in deadline order

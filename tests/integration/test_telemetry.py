@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import jidoka
-from tests.helpers import take
+from tests.helpers import drain, take
 
 
 @pytest.fixture
@@ -75,9 +75,7 @@ async def test_metrics(
 
         async with client.subscribe_to_session(b) as events:
             rt.start_worker(b, "broken", broken)
-            async for event in events:
-                if event.type == "session_terminated":
-                    break
+            assert (await drain(events))[-1].type == "session_terminated"
         found = points(reader)
     assert total(found, "jidoka.sessions.created") == 4
     assert total(found, "jidoka.sessions.terminated", reason="requested") == 1

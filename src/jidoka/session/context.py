@@ -177,12 +177,30 @@ def json_size(value: Any) -> int:
 
 def _created(state: SessionState, event: Event) -> None:
     data = event.data
+    restored = data.get("state")
+    if restored is not None:
+        _restored(state, event, restored)
+        return
+    state.history = state.files = state.index = state.working_context = state.wc_sizes = None
+    state.reason = state.error = None
     state.created_at = event.time
     state.status = Status(data.get("status", Status.INITIALIZING))
     state.metadata = data.get("metadata") or {}
     state.config = SessionConfig.from_dict(data.get("config"), session_id=state.session_id)
     state.llm_config = data.get("llm_config") or {}
     state.project_root = data.get("project_root")
+
+
+def _restored(state: SessionState, event: Event, saved: dict[str, Any]) -> None:
+    """A restored session starts a new life from its saved copy (``session_created.state``)."""
+    from .snapshot import decode_state  # snapshot builds on this module
+
+    source = decode_state(saved, session_id=state.session_id)
+    for name in SessionState.__slots__:
+        if name not in ("seq", "session_id", "updated_at"):
+            setattr(state, name, getattr(source, name))
+    state.status = Status(event.data.get("status", Status.INITIALIZING))
+    state.reason = state.error = None
 
 
 def _status(state: SessionState, event: Event) -> None:

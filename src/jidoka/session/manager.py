@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
@@ -26,18 +27,24 @@ from ..config import Settings
 from ..errors import (
     InvalidArgument,
     InvalidTransition,
+    JidokaError,
     LimitExceeded,
     RuntimeClosed,
+    SessionExists,
     SessionNotFound,
     SessionTerminated,
+    StoreError,
 )
-from ..events import EventType
+from ..events import Event, EventType
 from ..ids import IdGenerator
+from ..store.base import SavedSession, StoredSession
 from ..telemetry import SESSION_ID_ATTRIBUTE, Telemetry
 from ..tools.sandbox import resolve_project_root
 from .context import SessionState, json_size
 from .info import SessionInfo, Tombstone
+from .persistence import CorruptSession, load_state, saved_copy
 from .session import Session, SessionServices
+from .snapshot import SnapshotError, decode_state, encode_state, state_to_dict
 from .state import SessionConfig, Status, check_transition
 from .supervisor import Supervisor, WorkerCrash, WorkerFactory
 from .timers import TimerQueue
@@ -62,6 +69,10 @@ class SessionManager:
         self._clock = services.clock
         self._ids = IdGenerator(services.clock)
         self._live: dict[str, Session] = {}
+        # Sessions the store holds live logs for, found at start-up and not loaded yet.
+        self._dormant: dict[str, StoredSession] = {}
+        self._loading: dict[str, asyncio.Future[Session]] = {}
+        self._started_at = 0.0
         self._tombstones: OrderedDict[str, Tombstone] = OrderedDict()
         self._creating = 0
         self._timers = TimerQueue(services.clock, self._on_due)
@@ -74,9 +85,19 @@ class SessionManager:
 
     # --- lifecycle of the manager -----------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Find the sessions the store kept alive (they load lazily), start the timers."""
         if self._closed:
             raise RuntimeClosed("the session manager is closed")
+        self._started_at = self._clock.monotonic()
+        recovered = await self.services.store.live_sessions()
+        # Their configs are unknown until loaded: look at them after the default idle period.
+        check = self._started_at + self._default_config.idle_after_seconds
+        for stored in recovered:
+            self._dormant[stored.session_id] = stored
+            self._timers.schedule(stored.session_id, check)
+        if recovered:
+            logger.info("found %d live sessions in the store", len(recovered))
         self._timers.start()
         self._started = True
 
@@ -91,6 +112,7 @@ class SessionManager:
             session.terminating = True
             await self._release(session)
         self._live.clear()
+        self._dormant.clear()
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -151,8 +173,9 @@ class SessionManager:
 
     def _reserve(self) -> None:
         limit = self.settings.max_sessions
-        if len(self._live) + self._creating >= limit:
-            raise LimitExceeded("max_sessions", limit, actual=len(self._live) + self._creating)
+        count = self.live_count() + self._creating
+        if count >= limit:
+            raise LimitExceeded("max_sessions", limit, actual=count)
         self._creating += 1
 
     def _json_object(self, value: object, argument: str, limit: int) -> dict[str, Any]:
@@ -174,34 +197,55 @@ class SessionManager:
     # --- lookup -----------------------------------------------------------------------------------
 
     def get(self, session_id: object) -> Session:
-        """The live session, or :class:`SessionTerminated` / :class:`SessionNotFound`."""
+        """The loaded live session, or :class:`SessionTerminated` / :class:`SessionNotFound`.
+
+        A session recovered from the store but not loaded yet raises ``InvalidArgument``:
+        use :meth:`session`, which loads it.
+        """
         self.check_open()
         session = self._live.get(session_id) if isinstance(session_id, str) else None
         if session is not None:
             return session
         sid = session_id if isinstance(session_id, str) else repr(session_id)
+        if sid in self._dormant:
+            raise InvalidArgument(
+                "the session is stored but not loaded yet", argument="session_id", session_id=sid
+            )
+        raise self._missing(sid)
+
+    def _missing(self, sid: str) -> JidokaError:
+        """The error for an id that names no live session."""
         tombstone = self._tombstones.get(sid)
         if tombstone is not None:
-            raise SessionTerminated(sid, reason=tombstone.info.reason)
-        raise SessionNotFound(sid)
+            return SessionTerminated(sid, reason=tombstone.info.reason)
+        return SessionNotFound(sid)
 
-    def info(self, session_id: object) -> SessionInfo:
+    async def session(self, session_id: object) -> Session:
+        """The live session, loading it from the store first if it was recovered at start-up."""
         self.check_open()
         if isinstance(session_id, str):
             session = self._live.get(session_id)
             if session is not None:
-                return SessionInfo.of(session.state)
-            tombstone = self._tombstones.get(session_id)
-            if tombstone is not None:
-                return tombstone.info
-        raise SessionNotFound(session_id if isinstance(session_id, str) else repr(session_id))
+                return session
+            if session_id in self._dormant:
+                return await self._load(session_id)
+        raise self._missing(session_id if isinstance(session_id, str) else repr(session_id))
 
-    def list_sessions(
+    async def info(self, session_id: object) -> SessionInfo:
+        self.check_open()
+        if isinstance(session_id, str):
+            tombstone = self._tombstones.get(session_id)
+            if tombstone is not None and session_id not in self._live:
+                return tombstone.info
+        return SessionInfo.of((await self.session(session_id)).state)
+
+    async def list_sessions(
         self, status: object = None, *, limit: int | None = None, after: str | None = None
     ) -> list[SessionInfo]:
         """Sessions in id (= creation) order, live and remembered, optionally by status.
 
-        ``after`` (an id) and ``limit`` page through them.
+        ``after`` (an id) and ``limit`` page through them. Recovered sessions not loaded yet
+        are ``idle``; those on the returned page are loaded.
         """
         self.check_open()
         wanted: Status | None = None
@@ -226,6 +270,8 @@ class SessionManager:
                 for sid, session in self._live.items()
                 if wanted is None or session.state.status is wanted
             )
+            if wanted is None or wanted is Status.IDLE:
+                ids.extend(self._dormant)
         if wanted is None or wanted is Status.TERMINATED:
             ids.extend(self._tombstones)
         ids.sort()
@@ -233,13 +279,18 @@ class SessionManager:
             ids = ids[bisect.bisect_right(ids, after) :]
         if limit is not None:
             ids = ids[:limit]
-        return [self.info(sid) for sid in ids]
+        out = []
+        for sid in ids:
+            with contextlib.suppress(SessionTerminated, SessionNotFound):  # corrupt on load
+                out.append(await self.info(sid))
+        return out
 
     def live_count(self) -> int:
-        return len(self._live)
+        """Live sessions, loaded or not."""
+        return len(self._live) + len(self._dormant)
 
     def live_ids(self) -> frozenset[str]:
-        return frozenset(self._live)
+        return frozenset(self._live).union(self._dormant)
 
     def tombstone_ids(self) -> frozenset[str]:
         return frozenset(self._tombstones)
@@ -276,7 +327,7 @@ class SessionManager:
     def _on_crash(self, crash: WorkerCrash) -> None:
         self.telemetry.workers_restarted.add(0 if crash.gave_up else 1)
         session = self._live.get(crash.session_id)
-        if session is None or session.terminating:
+        if session is None or session.state.status in (Status.TERMINATING, Status.TERMINATED):
             return
         message = f"worker {crash.worker!r} crashed: {crash.error!r}"
         data = {"worker": crash.worker, "message": message, "restarts": crash.restarts}
@@ -294,7 +345,8 @@ class SessionManager:
 
     async def _report_crash(self, session: Session, data: dict[str, Any]) -> None:
         async with session.lock:
-            if not session.terminating:
+            # Reports queued before a termination still go in, in order, before it.
+            if session.state.status not in (Status.TERMINATING, Status.TERMINATED):
                 await session.commit([(EventType.ERROR, data)])
 
     async def _terminate_quietly(self, session_id: str, reason: str, error: str | None) -> None:
@@ -324,6 +376,8 @@ class SessionManager:
             raise InvalidArgument("reason must be a short non-empty string", argument="reason")
         sid = session_id if isinstance(session_id, str) else repr(session_id)
         session = self._live.get(sid)
+        if session is None and sid in self._dormant:
+            session = await self._load(sid)
         if session is None:
             if sid in self._tombstones:
                 raise InvalidTransition(sid, Status.TERMINATED, Status.TERMINATING)
@@ -351,11 +405,11 @@ class SessionManager:
                             (EventType.SESSION_TERMINATED, {"reason": reason, "error": error}),
                         ]
                     )
+                self.telemetry.sessions_terminated.add(1, {"reason": reason})
+                self.telemetry.terminate_duration.record(self._clock.monotonic() - started)
             finally:
                 await self._retire(session)
-            self.telemetry.sessions_terminated.add(1, {"reason": reason})
-            self.telemetry.terminate_duration.record(self._clock.monotonic() - started)
-            return self.info(sid)
+            return await self.info(sid)
 
     async def _release(self, session: Session) -> None:
         """Stop a session's workers and drop its cached files (awaited, bounded by the grace)."""
@@ -370,8 +424,6 @@ class SessionManager:
     async def _retire(self, session: Session) -> None:
         """Replace a finished session by its tombstone and free what it held."""
         sid = session.session_id
-        await self.services.bus.close_session(sid)  # ends subscriptions after the last events
-        await self.services.store.release(sid)
         self._live.pop(sid, None)
         if session.state.status is not Status.TERMINATED:
             # The final commit failed (store error): remember it as terminated all the same.
@@ -380,6 +432,10 @@ class SessionManager:
         self._tombstones[sid] = Tombstone(session.state)
         while len(self._tombstones) > self.settings.max_tombstones:
             self._tombstones.popitem(last=False)
+        # Streams end after the last events; by then the tombstone answers for the session.
+        await self.services.bus.close_session(sid)
+        with contextlib.suppress(StoreError, RuntimeClosed):
+            await self.services.store.release(sid)
 
     # --- idle and time-out ------------------------------------------------------------------------
 
@@ -397,6 +453,10 @@ class SessionManager:
 
     def _on_due(self, session_id: str, when: float) -> None:
         session = self._live.get(session_id)
+        if session is None and session_id in self._dormant:
+            # A recovered session: load it; loading schedules its real deadline.
+            self._spawn(self._load_quietly(session_id), f"jidoka:{session_id}:load")
+            return
         if session is None or session.timer_at != when or session.terminating:
             return
         session.timer_at = None
@@ -414,10 +474,21 @@ class SessionManager:
             if now < deadline:
                 self._schedule(session, deadline)
             else:
-                self._spawn(
-                    self._terminate_quietly(session_id, REASON_TIMEOUT, None),
-                    f"jidoka:{session_id}:timeout",
-                )
+                self._spawn(self._time_out(session), f"jidoka:{session_id}:timeout")
+
+    async def _time_out(self, session: Session) -> None:
+        """Save the session first (when persistence is on), then terminate it: ``timeout``."""
+        sid = session.session_id
+        if session.state.config.persistence_enabled:
+            try:
+                await self.save(sid)
+            except (SessionTerminated, SessionNotFound, InvalidTransition, RuntimeClosed):
+                return
+            except StoreError:
+                logger.exception("session %s: not saved; its time-out is postponed", sid)
+                self._schedule(session, self._clock.monotonic() + 60.0)
+                return
+        await self._terminate_quietly(sid, REASON_TIMEOUT, None)
 
     async def _go_idle(self, session: Session) -> None:
         async with session.lock:
@@ -425,11 +496,12 @@ class SessionManager:
                 return
             config = session.state.config
             deadline = session.last_activity + config.idle_after_seconds
-            if self._clock.monotonic() < deadline:  # activity while we waited for the lock
+            now = self._clock.monotonic()
+            if now < deadline:  # activity while we waited for the lock
                 self._schedule(session, deadline)
                 return
+            session.idle_since = now  # the time-out counts from the decision, not the commit
             await session.transition(Status.IDLE)
-            session.idle_since = self._clock.monotonic()
             if config.timeout_minutes > 0:
                 self._schedule(session, session.idle_since + config.timeout_minutes * 60)
 
@@ -442,11 +514,209 @@ class SessionManager:
         call: Callable[[Session], Coroutine[Any, Any, Any]],
     ) -> Any:
         """Run a command on a live session inside a span, then re-arm its idle timer."""
-        session = self.get(session_id)
+        session = await self.session(session_id)
         with self.telemetry.span(operation, session.session_id):
             result = await call(session)
         self.touch(session)
+        if session.state.seq - session.snapshot_seq >= self.settings.snapshot_interval:
+            self._snapshot(session)
         return result
+
+    def _snapshot(self, session: Session) -> None:
+        """Write a snapshot in the background (only durable stores profit from one)."""
+        if not self.services.store.durable:
+            session.snapshot_seq = session.state.seq
+            return
+        session.snapshot_seq = seq = session.state.seq
+        state = encode_state(session.state)
+        store = self.services.store
+        sid = session.session_id
+
+        async def write() -> None:
+            try:
+                await store.write_snapshot(sid, seq, state)
+            except (StoreError, RuntimeClosed) as exc:
+                logger.warning("session %s: snapshot at seq %d not written: %s", sid, seq, exc)
+
+        self._spawn(write(), f"jidoka:{sid}:snapshot")
+
+    # --- loading, saving, restoring --------------------------------------------------------------
+
+    async def _load(self, session_id: str) -> Session:
+        """Load a recovered session (once, however many callers ask at the same time)."""
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = future
+        try:
+            session = await self._load_now(session_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: concurrent callers re-raise it themselves
+            raise
+        else:
+            future.set_result(session)
+            return session
+        finally:
+            del self._loading[session_id]
+
+    async def _load_now(self, session_id: str) -> Session:
+        stored = self._dormant[session_id]
+        try:
+            state, snapshot_seq = await load_state(self.services.store, session_id)
+        except CorruptSession as exc:
+            logger.error("%s", exc)
+            del self._dormant[session_id]
+            await self._bury_corrupt(session_id, stored, str(exc))
+            raise SessionTerminated(session_id, reason=REASON_ERROR) from exc
+        session = Session(state, self.services)
+        session.snapshot_seq = snapshot_seq
+        if state.config == self._default_config:
+            state.config = self._default_config
+        session.idle_since = self._started_at
+        del self._dormant[session_id]
+        self._live[session_id] = session
+        status = state.status
+        if status is Status.ACTIVE:
+            async with session.lock:
+                await session.transition(Status.IDLE)
+        elif status is Status.INITIALIZING:
+            async with session.lock:
+                await session.commit(
+                    [
+                        (EventType.SESSION_STATUS, {"status": "terminated", "previous": status}),
+                        (EventType.SESSION_TERMINATED, {"reason": REASON_ERROR, "error": None}),
+                    ]
+                )
+            await self._retire(session)
+            raise SessionTerminated(session_id, reason=REASON_ERROR)
+        elif status is Status.TERMINATING:
+            self._spawn(self._finish_terminating(session), f"jidoka:{session_id}:terminate")
+            return session
+        timeout = state.config.timeout_minutes
+        if timeout > 0:
+            self._schedule(session, session.idle_since + timeout * 60)
+        return session
+
+    async def _load_quietly(self, session_id: str) -> None:
+        with contextlib.suppress(SessionTerminated, SessionNotFound, RuntimeClosed):
+            await self._load(session_id)
+
+    async def _finish_terminating(self, session: Session) -> None:
+        """A session caught mid-termination by a crash: finish the job."""
+        session.terminating = True
+        async with session.lock:
+            await session.commit(
+                [
+                    (EventType.SESSION_STATUS, {"status": "terminated", "previous": "terminating"}),
+                    (EventType.SESSION_TERMINATED, {"reason": "interrupted", "error": None}),
+                ]
+            )
+        await self._retire(session)
+
+    async def _bury_corrupt(self, session_id: str, stored: StoredSession, error: str) -> None:
+        """Record a session that cannot be loaded as terminated with ``error``, alone."""
+        now = self._clock.time()
+        when = datetime.fromtimestamp(now, UTC)
+        state = SessionState(session_id)
+        state.created_at = state.updated_at = when
+        state.status = Status.TERMINATED
+        state.reason, state.error = REASON_ERROR, error
+        self._tombstones[session_id] = Tombstone(state)
+        last = stored.last_seq
+        with contextlib.suppress(StoreError, RuntimeClosed):  # best effort: mark it in the log
+            last = await self.services.store.last_seq(session_id)
+            await self.services.store.append(
+                session_id,
+                [
+                    Event(
+                        EventType.SESSION_STATUS,
+                        session_id,
+                        last + 1,
+                        when,
+                        {"status": "terminated", "previous": stored.status, "error": error},
+                    ),
+                    Event(
+                        EventType.SESSION_TERMINATED,
+                        session_id,
+                        last + 2,
+                        when,
+                        {"reason": REASON_ERROR, "error": error},
+                    ),
+                ],
+            )
+
+    async def save(self, session_id: object) -> SavedSession:
+        """Write a named, self-contained copy of a live session (replacing an older one)."""
+        session = await self.session(session_id)
+        with self.telemetry.span("save_session", session.session_id):
+            async with session.lock:
+                session.ensure_writable()
+                when = datetime.fromtimestamp(self._clock.time(), UTC)
+                summary, state = saved_copy(session.state, when)
+            await self.services.store.save(summary, state)
+        return summary
+
+    async def restore(self, session_id: object) -> SessionInfo:
+        """Bring a saved session back as a live session with the same id."""
+        self.check_open()
+        if not isinstance(session_id, str):
+            raise SessionNotFound(repr(session_id))
+        if session_id in self._live or session_id in self._dormant or (session_id in self._loading):
+            raise SessionExists(session_id)
+        with self.telemetry.span("restore_session", session_id):
+            found = await self.services.store.load_saved(session_id)
+            if found is None:
+                raise SessionNotFound(session_id)
+            summary, raw = found
+            try:
+                saved = decode_state(raw, session_id=session_id)
+            except SnapshotError as exc:
+                raise CorruptSession(str(exc), session_id=session_id) from exc
+            self._reserve()
+            try:
+                if session_id in self._live or session_id in self._dormant:
+                    raise SessionExists(session_id)
+                state = SessionState(session_id)
+                state.seq = await self.services.store.last_seq(session_id)
+                session = Session(state, self.services)
+                created = {
+                    "status": Status.INITIALIZING.value,
+                    "restored_from": summary.saved_at.isoformat(),
+                    "state": state_to_dict(saved),
+                }
+                async with session.lock:
+                    await session.commit([(EventType.SESSION_CREATED, created)])
+                    await session.transition(Status.ACTIVE)
+                self._tombstones.pop(session_id, None)
+                self._live[session_id] = session
+            finally:
+                self._creating -= 1
+        self._schedule(session, session.last_activity + state.config.idle_after_seconds)
+        self.telemetry.sessions_created.add(1)
+        return SessionInfo.of(state)
+
+    async def list_saved(self) -> list[SavedSession]:
+        self.check_open()
+        return await self.services.store.list_saved()
+
+    async def delete_saved(self, session_id: object) -> None:
+        self.check_open()
+        if not isinstance(session_id, str) or not await self.services.store.delete_saved(
+            session_id
+        ):
+            raise SessionNotFound(session_id if isinstance(session_id, str) else repr(session_id))
+
+    async def wait_background(self) -> None:
+        """Wait until the background work started so far (idle transitions, time-outs, loads,
+        crash reports, snapshots) has finished, including work it started in turn.
+
+        For tests on a :class:`~jidoka.FakeClock`: advance the clock, let the loop run, then
+        wait here before asserting on what the timers did.
+        """
+        while self._background:
+            await asyncio.wait(set(self._background))
 
     @property
     def abandoned_tasks(self) -> frozenset[asyncio.Task[None]]:

@@ -133,6 +133,7 @@ class Session:
         "lock",
         "sandbox",
         "services",
+        "snapshot_seq",
         "state",
         "supervisor",
         "terminating",
@@ -150,6 +151,7 @@ class Session:
         self.idle_since = now
         self.timer_at: float | None = None  # `when` of this session's live timer entry
         self.terminating = False
+        self.snapshot_seq = 0  # seq of the newest snapshot written (or loaded)
         self._inflight: asyncio.Task[None] | None = None
 
     @property

@@ -16,12 +16,32 @@ Two promises every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
 
 from ..errors import StoreError
 from ..events import Event
 
-__all__ = ["SeqConflict", "SessionStore"]
+__all__ = ["SavedSession", "SeqConflict", "SessionStore", "StoredSession"]
+
+
+class StoredSession(msgspec.Struct, frozen=True):
+    """A session the store holds a live (not terminated) log for, as found at start-up."""
+
+    session_id: str
+    status: str
+    last_seq: int
+
+
+class SavedSession(msgspec.Struct, frozen=True, kw_only=True):
+    """A named, self-contained copy of a session (``list_saved_sessions`` returns these)."""
+
+    session_id: str
+    saved_at: datetime
+    message_count: int
+    metadata: dict[str, Any]
 
 
 class SeqConflict(StoreError):
@@ -56,6 +76,36 @@ class SessionStore(Protocol):
 
     async def last_seq(self, session_id: str) -> int:
         """The highest stored seq of the session (0 if none)."""
+        ...
+
+    async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
+        """Keep ``state`` (the projection at ``seq``) so loading needs only the log's tail."""
+        ...
+
+    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
+        """The newest snapshot ``(seq, state)``, or ``None``."""
+        ...
+
+    async def live_sessions(self) -> list[StoredSession]:
+        """Sessions whose log does not end in termination (what comes back after a restart)."""
+        ...
+
+    async def save(self, saved: SavedSession, state: bytes) -> None:
+        """Write (or replace) the saved copy of a session."""
+        ...
+
+    async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None: ...
+
+    async def list_saved(self) -> list[SavedSession]:
+        """Saved sessions, by session id."""
+        ...
+
+    async def delete_saved(self, session_id: str) -> bool:
+        """``False`` if there was no saved copy."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError if the store cannot serve requests (for readiness checks)."""
         ...
 
     async def release(self, session_id: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import RuntimeClosed
 from ..events import Event
-from .base import SeqConflict
+from .base import SavedSession, SeqConflict, StoredSession
 
 __all__ = ["MemoryStore"]
 
@@ -36,6 +36,8 @@ class MemoryStore:
             raise ValueError("max_events_per_session must be at least 1")
         self.max_events_per_session = max_events_per_session
         self._logs: dict[str, _Log] = {}
+        self._snapshots: dict[str, tuple[int, bytes]] = {}
+        self._saved: dict[str, tuple[SavedSession, bytes]] = {}
         self._closed = False
 
     async def append(self, session_id: str, events: Sequence[Event]) -> None:
@@ -43,8 +45,7 @@ class MemoryStore:
 
     def append_nowait(self, session_id: str, events: Sequence[Event]) -> None:
         """Synchronous append: the memory store never has to wait."""
-        if self._closed:
-            raise RuntimeClosed("the memory store is closed", session_id=session_id)
+        self._check_open(session_id)
         log = self._logs.get(session_id)
         if log is None:
             log = self._logs[session_id] = _Log()
@@ -72,8 +73,38 @@ class MemoryStore:
         log = self._logs.get(session_id)
         return 0 if log is None else log.first_seq + len(log.events) - 1
 
+    async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
+        self._snapshots[session_id] = (seq, state)
+
+    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
+        return self._snapshots.get(session_id)
+
+    async def live_sessions(self) -> list[StoredSession]:
+        return []  # a new process starts with an empty memory store
+
+    async def save(self, saved: SavedSession, state: bytes) -> None:
+        self._check_open(saved.session_id)
+        self._saved[saved.session_id] = (saved, state)
+
+    async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
+        return self._saved.get(session_id)
+
+    async def list_saved(self) -> list[SavedSession]:
+        return [self._saved[sid][0] for sid in sorted(self._saved)]
+
+    async def delete_saved(self, session_id: str) -> bool:
+        return self._saved.pop(session_id, None) is not None
+
+    async def ping(self) -> None:
+        self._check_open(None)
+
+    def _check_open(self, session_id: str | None) -> None:
+        if self._closed:
+            raise RuntimeClosed("the memory store is closed", session_id=session_id)
+
     async def release(self, session_id: str) -> None:
         self._logs.pop(session_id, None)
+        self._snapshots.pop(session_id, None)
 
     def sessions(self) -> frozenset[str]:
         """Sessions with a log held in memory."""
@@ -82,3 +113,5 @@ class MemoryStore:
     async def aclose(self) -> None:
         self._closed = True
         self._logs.clear()
+        self._snapshots.clear()
+        self._saved.clear()

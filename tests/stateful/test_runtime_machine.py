@@ -8,6 +8,7 @@ projection must also equal a fresh replay of its stored log.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 
 import jidoka
 from jidoka.session.context import replay
-from tests.helpers import settle
+from tests.helpers import quiesce
 
 IDLE_AFTER = 10.0
 TIMEOUT_MINUTES = 1.0
@@ -42,11 +43,14 @@ class Model:
 class RuntimeMachine(RuleBasedStateMachine):
     sessions = Bundle("sessions")
 
+    store = "memory"
+
     def __init__(self) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
         self.clock = jidoka.FakeClock()
-        self.rt = jidoka.Runtime(clock=self.clock)
+        self.data_dir = tempfile.TemporaryDirectory(prefix="jidoka-stateful-")
+        self.rt = jidoka.Runtime(self.data_dir.name, store=self.store, clock=self.clock)
         self.run(self.rt.start())
         self.client = self.rt.client
         self.models: dict[str, Model] = {}
@@ -57,6 +61,7 @@ class RuntimeMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.run(self.rt.aclose())
         self.runner.close()
+        self.data_dir.cleanup()
 
     @property
     def now(self) -> float:
@@ -134,12 +139,12 @@ class RuntimeMachine(RuleBasedStateMachine):
         for model in self.models.values():
             if model.status == "active" and now >= model.last_activity + IDLE_AFTER:
                 model.status, model.idle_since = "idle", now
-        self.run(settle(100))
+        self.run(quiesce(self.rt))
         for model in self.models.values():
             if model.status == "idle" and now >= model.idle_since + TIMEOUT_MINUTES * 60:
                 model.status, model.reason = "terminated", "timeout"
         # Time-outs terminate in the background: let them finish before comparing.
-        self.run(settle(100))
+        self.run(quiesce(self.rt))
 
     @precondition(lambda self: bool(self.models))
     @invariant()
@@ -165,10 +170,17 @@ class RuntimeMachine(RuleBasedStateMachine):
             assert replay(sid, logged).snapshot() == live.snapshot()
 
 
-RuntimeMachine.TestCase.settings = settings(
+class SqliteRuntimeMachine(RuntimeMachine):
+    store = "sqlite"
+
+
+_settings = settings(
     max_examples=60,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestRuntime = RuntimeMachine.TestCase
+RuntimeMachine.TestCase.settings = _settings
+SqliteRuntimeMachine.TestCase.settings = settings(_settings, max_examples=25)
+TestMemoryRuntime = RuntimeMachine.TestCase
+TestSqliteRuntime = SqliteRuntimeMachine.TestCase

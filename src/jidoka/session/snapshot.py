@@ -1,0 +1,124 @@
+"""A projection as bytes: for snapshots (fast loading) and saved sessions (save/restore).
+
+The encoding is JSON with a ``format`` number, so a snapshot written by one version can be read
+by the next (or refused clearly). Decoding validates everything: a corrupt snapshot raises
+:class:`SnapshotError` rather than producing a half-built state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from ..errors import JidokaError
+from .context import ActiveFile, FileIndexEntry, Message, SessionState, json_size
+from .state import SessionConfig, Status
+
+__all__ = ["SNAPSHOT_FORMAT", "SnapshotError", "decode_state", "encode_state", "state_to_dict"]
+
+SNAPSHOT_FORMAT: Final = 1
+
+
+class SnapshotError(JidokaError):
+    """A snapshot or saved session could not be decoded."""
+
+
+class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
+    format: int
+    session_id: str
+    seq: int
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+    config: dict[str, Any]
+    llm_config: dict[str, Any]
+    project_root: str | None
+    history: list[Message]
+    files: list[ActiveFile]
+    index: list[FileIndexEntry]
+    working_context: dict[str, Any]
+    reason: str | None = None
+    error: str | None = None
+
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(_Snapshot)
+
+
+def state_to_dict(state: SessionState) -> dict[str, Any]:
+    """The projection as JSON-ready builtins (what :func:`encode_state` writes)."""
+    builtins: dict[str, Any] = msgspec.to_builtins(_snapshot(state))
+    return builtins
+
+
+def _snapshot(state: SessionState) -> _Snapshot:
+    assert state.created_at is not None
+    assert state.updated_at is not None
+    return _Snapshot(
+        format=SNAPSHOT_FORMAT,
+        session_id=state.session_id,
+        seq=state.seq,
+        status=state.status,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        metadata=state.metadata,
+        config=state.config.to_dict(),
+        llm_config=state.llm_config,
+        project_root=state.project_root,
+        history=list(state.history or ()),
+        files=list((state.files or {}).values()),
+        index=list((state.index or {}).values()),
+        working_context=dict(state.working_context or {}),
+        reason=state.reason,
+        error=state.error,
+    )
+
+
+def encode_state(state: SessionState) -> bytes:
+    return _encoder.encode(_snapshot(state))
+
+
+def decode_state(raw: bytes | dict[str, Any], *, session_id: str | None = None) -> SessionState:
+    """Rebuild a projection from :func:`encode_state`'s bytes (or :func:`state_to_dict`'s dict).
+
+    ``session_id``, if given, must match the one recorded.
+    """
+    try:
+        snap = msgspec.convert(raw, _Snapshot) if isinstance(raw, dict) else _decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SnapshotError(f"corrupt session snapshot: {exc}", session_id=session_id) from None
+    if snap.format != SNAPSHOT_FORMAT:
+        raise SnapshotError(
+            f"snapshot format {snap.format} is not supported (this version reads "
+            f"{SNAPSHOT_FORMAT})",
+            session_id=session_id,
+        )
+    if session_id is not None and snap.session_id != session_id:
+        raise SnapshotError(
+            f"snapshot belongs to session {snap.session_id!r}", session_id=session_id
+        )
+    state = SessionState(snap.session_id)
+    state.seq = snap.seq
+    state.status = snap.status
+    state.created_at = snap.created_at
+    state.updated_at = snap.updated_at
+    state.metadata = snap.metadata
+    state.config = SessionConfig.from_dict(snap.config, session_id=snap.session_id)
+    state.llm_config = snap.llm_config
+    state.project_root = snap.project_root
+    if snap.history:
+        state.history = deque(snap.history, maxlen=state.config.max_history)
+    if snap.files:
+        state.files = {f.path: f for f in snap.files}
+    if snap.index:
+        state.index = {e.path: e for e in snap.index}
+    if snap.working_context:
+        state.working_context = snap.working_context
+        state.wc_sizes = {k: len(k) + json_size(v) for k, v in snap.working_context.items()}
+    state.reason = snap.reason
+    state.error = snap.error
+    return state

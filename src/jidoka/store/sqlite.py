@@ -1,0 +1,554 @@
+"""The SQLite store: durable sessions in one database file, with group commit.
+
+**Durability.** The database runs in WAL mode with ``synchronous=FULL`` (``durability="full"``,
+the default): a transaction is on disk when its commit returns, so an acknowledged append
+survives a crash or a power cut. ``durability="normal"`` relaxes this to ``synchronous=NORMAL``
+(still safe against a crash of the process, but a power cut may lose the last transactions).
+
+**Group commit.** All writes go through one writer thread that owns the only write connection.
+It takes every request that is waiting when it becomes free and commits them in *one*
+transaction, then wakes each caller. A caller's ``append`` therefore returns only after the
+commit that holds its events, yet a hundred sessions appending at once share one ``fsync``
+instead of paying for a hundred. Each request runs inside its own savepoint, so one request's
+conflict (:class:`~jidoka.store.base.SeqConflict`) does not undo the others in its batch; a
+failing commit (disk full, I/O error) fails every request of that batch with a
+:class:`~jidoka.StoreError` naming its session, and nothing of the batch is stored.
+
+**Reads** use a second connection in a worker thread (WAL lets readers run beside the writer).
+No call blocks the event loop.
+
+**Schema.** ``PRAGMA user_version`` records the schema version. Opening an older database
+migrates it forward in one transaction; a newer one is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+import msgspec
+
+from ..errors import RuntimeClosed, StoreError
+from ..events import Event, EventType
+from .base import SavedSession, SeqConflict, StoredSession
+
+__all__ = ["SCHEMA_VERSION", "SchemaError", "SqliteStore"]
+
+logger = logging.getLogger("jidoka.store.sqlite")
+
+SCHEMA_VERSION: Final = 2
+DATABASE_NAME: Final = "jidoka.sqlite3"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_BATCH_MAX: Final = 2048
+
+_SCHEMA_V2: Final = """
+CREATE TABLE events (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    time_us INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated';
+CREATE TABLE snapshots (
+    session_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE TABLE saved_sessions (
+    session_id TEXT PRIMARY KEY,
+    saved_us INTEGER NOT NULL,
+    message_count INTEGER NOT NULL,
+    metadata BLOB NOT NULL,
+    state BLOB NOT NULL
+);
+"""
+
+
+class SchemaError(StoreError):
+    """The database's schema version is newer than this version of Jidoka understands."""
+
+
+def _to_us(when: datetime) -> int:
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_encode: Final = msgspec.json.Encoder().encode
+_decode_object: Final = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def _status_after(status: str | None, event: Event) -> str | None:
+    if event.type == EventType.SESSION_CREATED or event.type == EventType.SESSION_STATUS:
+        value = event.data.get("status")
+        return value if isinstance(value, str) else status
+    if event.type == EventType.SESSION_TERMINATED:
+        return "terminated"
+    return status
+
+
+class _Request:
+    """One unit of work for the writer thread, with the future its caller awaits."""
+
+    __slots__ = ("future", "loop", "run", "session_id")
+
+    def __init__(
+        self,
+        session_id: str | None,
+        run: Callable[[sqlite3.Connection], Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.session_id = session_id
+        self.run = run
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+
+_STOP: Final = object()
+
+
+class SqliteStore:
+    """Session logs, snapshots and saved sessions in one SQLite database file."""
+
+    durable = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["full", "normal"] = "full",
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.path = os.fspath(path)
+        self.durability = durability
+        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._last_seq: dict[str, int] = {}  # writer thread only
+        self._state: Literal["new", "open", "closed"] = "new"
+        self.commits = 0
+        self.batched_requests = 0
+
+    # --- opening and closing ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or migrate the database and start the writer thread."""
+        if self._state != "new":
+            raise RuntimeClosed(f"the SQLite store at {self.path} was already opened")
+        writer = await asyncio.to_thread(self._connect)
+        try:
+            await asyncio.to_thread(_migrate, writer, self.path)
+            self._reader = await asyncio.to_thread(self._connect)
+        except BaseException:
+            writer.close()
+            raise
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(writer,), name="jidoka-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        self._state = "open"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+        return conn
+
+    async def aclose(self) -> None:
+        """Finish queued writes, stop the writer, close both connections. Idempotent."""
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closed"
+        self._queue.put(_STOP)
+        writer = self._writer
+        if writer is not None:
+            await asyncio.to_thread(writer.join)
+        reader = self._reader
+        if reader is not None:
+            with self._read_lock:
+                reader.close()
+
+    def _check_open(self, session_id: str | None) -> None:
+        if self._state != "open":
+            raise RuntimeClosed(f"the SQLite store is {self._state}", session_id=session_id)
+
+    # --- the writer -------------------------------------------------------------------------------
+
+    async def _submit(
+        self, session_id: str | None, run: Callable[[sqlite3.Connection], Any]
+    ) -> Any:
+        self._check_open(session_id)
+        request = _Request(session_id, run, asyncio.get_running_loop())
+        self._queue.put(request)
+        return await request.future
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch: list[_Request] = [first]  # type: ignore[list-item]
+                stop = False
+                while len(batch) < _BATCH_MAX:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)  # type: ignore[arg-type]
+                self._commit_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+        results: list[tuple[_Request, Any, BaseException | None]] = []
+        saved_last_seq = dict(self._last_seq)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for request in batch:
+                conn.execute("SAVEPOINT request")
+                try:
+                    value = request.run(conn)
+                except StoreError as exc:  # this request's own refusal (e.g. a seq conflict)
+                    conn.execute("ROLLBACK TO request")
+                    conn.execute("RELEASE request")
+                    results.append((request, None, exc))
+                    continue
+                conn.execute("RELEASE request")
+                results.append((request, value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # disk full, I/O error, or a bug: fail the batch, keep serving
+            self._last_seq = saved_last_seq
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            logger.error("commit of %d requests failed: %s", len(batch), exc)
+            for request in batch:
+                self._resolve(
+                    request,
+                    None,
+                    StoreError(
+                        f"session {request.session_id!r}: the store could not commit: {exc}",
+                        session_id=request.session_id,
+                    ),
+                )
+            return
+        self.commits += 1
+        self.batched_requests += len(batch)
+        for request, value, error in results:
+            self._resolve(request, value, error)
+
+    @staticmethod
+    def _resolve(request: _Request, value: Any, error: BaseException | None) -> None:
+        def settle() -> None:
+            if request.future.done():
+                return  # the caller was cancelled; the work is done (or not) all the same
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            request.loop.call_soon_threadsafe(settle)
+
+    # --- writes -----------------------------------------------------------------------------------
+
+    async def append(self, session_id: str, events: Sequence[Event]) -> None:
+        batch = list(events)
+        if not batch:
+            return
+        rows = [(e.session_id, e.seq, e.type, _to_us(e.time), _encode(e.data)) for e in batch]
+
+        def run(conn: sqlite3.Connection) -> None:
+            last = self._last_seq.get(session_id)
+            if last is None:
+                found = conn.execute(
+                    "SELECT last_seq FROM sessions WHERE session_id = ?", (session_id,)
+                ).fetchone()
+                last = found[0] if found else 0
+            for offset, event in enumerate(batch):
+                if event.session_id != session_id or event.seq != last + 1 + offset:
+                    raise SeqConflict(session_id, last + 1 + offset, event.seq)
+            try:
+                conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+            except sqlite3.IntegrityError:
+                raise SeqConflict(session_id, last + 1, batch[0].seq) from None
+            status = None
+            for event in batch:
+                status = _status_after(status, event)
+            updated = rows[-1][3]
+            if status is None:
+                conn.execute(
+                    "UPDATE sessions SET last_seq = ?, updated_us = ? WHERE session_id = ?",
+                    (batch[-1].seq, updated, session_id),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
+                    " SET status = excluded.status, last_seq = excluded.last_seq,"
+                    " updated_us = excluded.updated_us",
+                    (session_id, status, batch[-1].seq, updated),
+                )
+            self._last_seq[session_id] = batch[-1].seq
+
+        await self._submit(session_id, run)
+
+    async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
+                " SET seq = excluded.seq, state = excluded.state WHERE excluded.seq > seq",
+                (session_id, seq, state),
+            )
+
+        await self._submit(session_id, run)
+
+    async def save(self, saved: SavedSession, state: bytes) -> None:
+        row = (
+            saved.session_id,
+            _to_us(saved.saved_at),
+            saved.message_count,
+            _encode(saved.metadata),
+            state,
+        )
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO saved_sessions VALUES (?, ?, ?, ?, ?)", row)
+
+        await self._submit(saved.session_id, run)
+
+    async def delete_saved(self, session_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM saved_sessions WHERE session_id = ?", (session_id,))
+            return cursor.rowcount > 0
+
+        return bool(await self._submit(session_id, run))
+
+    async def release(self, session_id: str) -> None:
+        """The log stays (audit, and the tombstone's history); only the writer's cache goes."""
+        self._check_open(session_id)
+
+        def run(conn: sqlite3.Connection) -> None:
+            self._last_seq.pop(session_id, None)
+            conn.execute("DELETE FROM snapshots WHERE session_id = ?", (session_id,))
+
+        await self._submit(session_id, run)
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    async def _read(self, session_id: str | None, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        self._check_open(session_id)
+        reader = self._reader
+        assert reader is not None
+
+        def call() -> Any:
+            with self._read_lock:
+                try:
+                    return run(reader)
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"session {session_id!r}: the store could not be read: {exc}",
+                        session_id=session_id,
+                    ) from exc
+
+        return await asyncio.to_thread(call)
+
+    async def read_events(
+        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT seq, type, time_us, data FROM events WHERE session_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (session_id, after_seq, -1 if limit is None else max(limit, 0)),
+            ).fetchall()
+
+        rows: list[tuple[Any, ...]] = await self._read(session_id, run)
+        events = []
+        for seq, type_, time_us, data in rows:
+            try:
+                payload = _decode_object(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise StoreError(
+                    f"session {session_id!r}: event {seq} is corrupt: {exc}",
+                    session_id=session_id,
+                ) from None
+            events.append(Event(type_, session_id, seq, _from_us(time_us), payload))
+        return events
+
+    async def last_seq(self, session_id: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT last_seq FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return int(await self._read(session_id, run))
+
+    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
+        def run(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
+            row = conn.execute(
+                "SELECT seq, state FROM snapshots WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            return (int(row[0]), bytes(row[1])) if row else None
+
+        result: tuple[int, bytes] | None = await self._read(session_id, run)
+        return result
+
+    async def live_sessions(self) -> list[StoredSession]:
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT session_id, status, last_seq FROM sessions WHERE status != 'terminated'"
+                " ORDER BY session_id"
+            ).fetchall()
+
+        rows: list[tuple[Any, ...]] = await self._read(None, run)
+        return [StoredSession(sid, status, last) for sid, status, last in rows]
+
+    async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
+        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(
+                "SELECT * FROM saved_sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            return row
+
+        row = await self._read(session_id, run)
+        if row is None:
+            return None
+        return self._saved(row), bytes(row[4])
+
+    async def list_saved(self) -> list[SavedSession]:
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT session_id, saved_us, message_count, metadata FROM saved_sessions"
+                " ORDER BY session_id"
+            ).fetchall()
+
+        rows: list[tuple[Any, ...]] = await self._read(None, run)
+        return [self._saved(row) for row in rows]
+
+    @staticmethod
+    def _saved(row: tuple[Any, ...]) -> SavedSession:
+        session_id, saved_us, count, metadata = row[:4]
+        try:
+            meta = _decode_object(metadata)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            meta = {}
+        return SavedSession(
+            session_id=session_id, saved_at=_from_us(saved_us), message_count=count, metadata=meta
+        )
+
+    async def ping(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1").fetchone()
+
+        await self._read(None, run)
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path!r} {self._state}>"
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION` in one transaction (or refuse)."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database {path} has schema version {version}, newer than this version "
+                f"of Jidoka supports ({SCHEMA_VERSION}); upgrade Jidoka to open it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 0:
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if tables:
+                    raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
+                _execute_script(conn, _SCHEMA_V2)
+            elif version == 1:
+                _migrate_v1_to_v2(conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot prepare the database {path}: {exc}") from exc
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run DDL statements one by one (``executescript`` would commit our transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Version 1 kept only ``events(session_id, seq, type, time TEXT, data TEXT)``.
+
+    Version 2 stores times as integer microseconds and data as JSON bytes, and adds the
+    ``sessions`` summary (status, last seq), snapshots and saved sessions.
+    """
+    conn.execute("ALTER TABLE events RENAME TO events_v1")
+    _execute_script(conn, _SCHEMA_V2)
+    rows = conn.execute(
+        "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
+    ).fetchall()
+    status: dict[str, tuple[str | None, int, int]] = {}
+    for session_id, seq, type_, time_text, data in rows:
+        when = datetime.fromisoformat(time_text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?)", (session_id, seq, type_, _to_us(when), raw)
+        )
+        try:
+            payload = _decode_object(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            payload = {}
+        previous = status.get(session_id, (None, 0, 0))[0]
+        event = Event(type_, session_id, seq, when, payload)
+        status[session_id] = (_status_after(previous, event), seq, _to_us(when))
+    for session_id, (state, last_seq, updated) in status.items():
+        conn.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+            (session_id, state or "active", last_seq, updated),
+        )
+    conn.execute("DROP TABLE events_v1")
