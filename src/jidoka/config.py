@@ -43,6 +43,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: A session's projection is snapshotted every this many events, so loading it reads one
     #: snapshot plus the tail of its log.
     snapshot_interval: _Positive = 500
+    #: Largest the SQLite database may grow, in bytes (``None``: no bound but the disk's). A
+    #: write that would pass it fails like a full disk: ``StoreError``, nothing half-applied.
+    max_database_bytes: Annotated[int, msgspec.Meta(ge=65_536)] | None = None
     #: Live sessions at most; creating one more raises ``LimitExceeded``.
     max_sessions: _Positive = 100_000
     #: Terminated sessions remembered (as small tombstones); the oldest is forgotten first.

@@ -157,7 +157,9 @@ class Runtime:
         await asyncio.to_thread(lock.acquire)
         try:
             store = SqliteStore(
-                os.path.join(settings.data_dir, DATABASE_NAME), durability=settings.durability
+                os.path.join(settings.data_dir, DATABASE_NAME),
+                durability=settings.durability,
+                max_database_bytes=settings.max_database_bytes,
             )
             await store.open()
         except BaseException:

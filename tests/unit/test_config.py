@@ -41,7 +41,8 @@ def test_defaults() -> None:
     for name, value in DEFAULTS.items():
         assert getattr(settings, name) == value, name
     assert settings.session_defaults == SessionConfig()
-    assert set(Settings.__struct_fields__) == {*DEFAULTS, "session_defaults"}
+    assert settings.max_database_bytes is None
+    assert set(Settings.__struct_fields__) == {*DEFAULTS, "session_defaults", "max_database_bytes"}
 
 
 def test_from_empty_env_is_the_defaults() -> None:

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from jidoka.errors import StoreError
+from jidoka.errors import RuntimeClosed, StoreError
 from jidoka.events import Event, EventType
-from jidoka.store.base import SeqConflict, SessionStore
+from jidoka.store.base import SavedSession, SeqConflict, SessionStore
 from jidoka.store.memory import MemoryStore
+from jidoka.store.sqlite import SqliteStore
 
 A, B = "A" * 26, "B" * 26
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
-STORES: dict[str, Callable[[], SessionStore]] = {"memory": MemoryStore}
+
+async def open_memory(tmp_path: Path) -> SessionStore:
+    return MemoryStore()
+
+
+async def open_sqlite(tmp_path: Path) -> SessionStore:
+    store = SqliteStore(tmp_path / "contract.sqlite3")
+    await store.open()
+    return store
+
+
+STORES: dict[str, Callable[[Path], Awaitable[SessionStore]]] = {
+    "memory": open_memory,
+    "sqlite": open_sqlite,
+}
 
 
 @pytest.fixture(params=sorted(STORES))
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
-    instance = STORES[request.param]()
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
+    instance = await STORES[request.param](tmp_path)
     yield instance
     await instance.aclose()
 
@@ -75,6 +91,54 @@ async def test_batch_with_a_hole_is_refused_whole(store: SessionStore) -> None:
 async def test_batch_for_another_session_is_refused(store: SessionStore) -> None:
     with pytest.raises(SeqConflict):
         await store.append(A, events(B, 1, 1))
+
+
+async def test_snapshots(store: SessionStore) -> None:
+    assert await store.read_snapshot(A) is None
+    await store.write_snapshot(A, 5, b"five")
+    await store.write_snapshot(A, 9, b"nine")
+    assert await store.read_snapshot(A) == (9, b"nine")
+    assert await store.read_snapshot(B) is None
+
+
+async def test_saved_sessions(store: SessionStore) -> None:
+    assert await store.list_saved() == []
+    assert await store.load_saved(A) is None
+    first = SavedSession(session_id=A, saved_at=T0, message_count=2, metadata={"k": [1]})
+    await store.save(first, b"state-1")
+    second = SavedSession(session_id=A, saved_at=T0, message_count=3, metadata={})
+    await store.save(second, b"state-2")  # replaces
+    await store.save(SavedSession(session_id=B, saved_at=T0, message_count=0, metadata={}), b"")
+    assert await store.load_saved(A) == (second, b"state-2")
+    assert [s.session_id for s in await store.list_saved()] == [A, B]
+    assert await store.delete_saved(A) is True
+    assert await store.delete_saved(A) is False
+    assert [s.session_id for s in await store.list_saved()] == [B]
+
+
+async def test_live_sessions_follow_lifecycle_events(store: SessionStore) -> None:
+    def status(sid: str, seq: int, type_: str, **data: object) -> Event:
+        return Event(type_, sid, seq, T0, dict(data))
+
+    await store.append(A, [status(A, 1, EventType.SESSION_CREATED, status="initializing"),
+                           status(A, 2, EventType.SESSION_STATUS, status="active")])  # fmt: skip
+    await store.append(B, [status(B, 1, EventType.SESSION_CREATED, status="initializing")])
+    await store.append(B, [status(B, 2, EventType.SESSION_TERMINATED, reason="requested")])
+    live = await store.live_sessions()
+    if store.durable:
+        assert [(s.session_id, s.status, s.last_seq) for s in live] == [(A, "active", 2)]
+    else:
+        assert live == []  # a new process starts with an empty memory store
+
+
+async def test_ping(store: SessionStore) -> None:
+    await store.ping()
+
+
+async def test_closed_store_refuses_work(store: SessionStore) -> None:
+    await store.aclose()
+    with pytest.raises(RuntimeClosed):
+        await store.append(A, events(A, 1, 1))
 
 
 async def test_release_and_close_are_idempotent(store: SessionStore) -> None:

@@ -233,11 +233,14 @@ class SessionManager:
 
     async def info(self, session_id: object) -> SessionInfo:
         self.check_open()
-        if isinstance(session_id, str):
-            tombstone = self._tombstones.get(session_id)
-            if tombstone is not None and session_id not in self._live:
-                return tombstone.info
-        return SessionInfo.of((await self.session(session_id)).state)
+        try:
+            return SessionInfo.of((await self.session(session_id)).state)
+        except SessionTerminated:
+            # Terminated, or found corrupt while loading: the tombstone answers.
+            tombstone = self._tombstones.get(session_id) if isinstance(session_id, str) else None
+            if tombstone is None:
+                raise
+            return tombstone.info
 
     async def list_sessions(
         self, status: object = None, *, limit: int | None = None, after: str | None = None

@@ -136,11 +136,15 @@ class SqliteStore:
         path: str | os.PathLike[str],
         *,
         durability: Literal["full", "normal"] = "full",
+        max_database_bytes: int | None = None,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        if max_database_bytes is not None and max_database_bytes < 64 * 1024:
+            raise ValueError("max_database_bytes must be at least 64 KiB")
         self.path = os.fspath(path)
         self.durability = durability
+        self.max_database_bytes = max_database_bytes
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -177,6 +181,9 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
             conn.execute("PRAGMA foreign_keys=OFF")
+            if self.max_database_bytes is not None:
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count={self.max_database_bytes // page}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
         return conn
@@ -308,19 +315,12 @@ class SqliteStore:
             status = None
             for event in batch:
                 status = _status_after(status, event)
-            updated = rows[-1][3]
-            if status is None:
-                conn.execute(
-                    "UPDATE sessions SET last_seq = ?, updated_us = ? WHERE session_id = ?",
-                    (batch[-1].seq, updated, session_id),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
-                    " SET status = excluded.status, last_seq = excluded.last_seq,"
-                    " updated_us = excluded.updated_us",
-                    (session_id, status, batch[-1].seq, updated),
-                )
+            conn.execute(
+                "INSERT INTO sessions VALUES (:sid, coalesce(:status, 'active'), :seq, :at)"
+                " ON CONFLICT (session_id) DO UPDATE SET status = coalesce(:status, status),"
+                " last_seq = :seq, updated_us = :at",
+                {"sid": session_id, "status": status, "seq": batch[-1].seq, "at": rows[-1][3]},
+            )
             self._last_seq[session_id] = batch[-1].seq
 
         await self._submit(session_id, run)

@@ -1,0 +1,340 @@
+"""Durable sessions on the SQLite store: restart, save/restore, corruption, locking, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jidoka
+from jidoka import FakeClock, Status
+from jidoka.store.sqlite import DATABASE_NAME, SCHEMA_VERSION, SchemaError
+from tests.fixtures.make_v1_database import ENDED, LIVE
+from tests.helpers import drain, quiesce, take, until
+
+pytestmark = pytest.mark.stores("sqlite")
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def comparable(state: dict[str, Any]) -> dict[str, Any]:
+    """A projection snapshot without what a restart legitimately changes."""
+    return {k: v for k, v in state.items() if k not in ("seq", "status", "updated_at")}
+
+
+async def test_restart_brings_live_sessions_back_idle(
+    tmp_path: Path, project: Path, clock: FakeClock
+) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        client = rt.client
+        busy = await client.create_session(project_root=str(project), metadata={"n": 1})
+        await client.add_file(busy, "src/app.py")
+        await client.update_file_index(busy, "README.md", {"summary": "docs"})
+        await client.put_working_context(busy, "plan", {"step": 2})
+        for n in range(7):
+            await client.send_message(busy, "user", f"message {n}")
+        quiet = await client.create_session(config={"idle_after_seconds": 5})
+        ended = await client.create_session()
+        await client.terminate_session(ended)
+        async with client.subscribe_to_all_sessions() as events:
+            clock.advance(5)
+            await until(events, "session_status", status="idle")
+        before = {sid: rt.manager.get(sid).state.snapshot() for sid in (busy, quiet)}
+
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        client = rt.client
+        listed = await client.list_sessions()
+        assert [(i.session_id, i.status) for i in listed] == [
+            (busy, Status.IDLE),
+            (quiet, Status.IDLE),
+        ]
+        for sid in (busy, quiet):
+            after = rt.manager.get(sid).state.snapshot()
+            assert comparable(after) == comparable(before[sid])
+        assert [m.content for m in await client.get_conversation_history(busy)][-1] == "message 6"
+        assert await client.get_working_context(busy, "plan") == {"step": 2}
+        assert [f.path for f in await client.get_active_files(busy)] == ["src/app.py"]
+        index = {e.path: e for e in await client.get_file_index(busy)}
+        assert index["README.md"].extra == {"summary": "docs"}
+        with pytest.raises(jidoka.SessionNotFound):
+            await client.get_session_info(ended)
+        await client.send_message(busy, "user", "after the restart")  # usable, seq continues
+        events = await rt.read_events(busy)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert events[-2].data == {"status": "active", "previous": "idle"}
+
+
+async def test_loading_is_lazy(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        ids = [await rt.client.create_session() for _ in range(20)]
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        manager = rt.manager
+        assert manager.live_count() == 20
+        assert manager.live_ids() == frozenset(ids)
+        assert len(manager._live) == 0  # nothing loaded yet
+        await rt.client.send_message(ids[3], "user", "wake up")
+        assert set(manager._live) == {ids[3]}
+        # Untouched ones are loaded when their deadline comes, and then time out normally.
+        async with rt.client.subscribe_to_all_sessions() as events:
+            clock.advance(300)
+            await quiesce(rt)
+            assert len(manager._live) == 20
+            clock.advance(30 * 60)
+            seen = await take(events, 3 * 19)
+        assert {e.data.get("reason") for e in seen if e.type == "session_terminated"} == {"timeout"}
+
+
+async def test_snapshot_plus_tail_equals_live(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock, snapshot_interval=5) as rt:
+        sid = await rt.client.create_session(config={"max_history": 4})
+        for n in range(23):
+            await rt.client.send_message(sid, "user", str(n))
+            await rt.client.put_working_context(sid, "n", n)
+        await rt.manager.wait_background()  # snapshots are written in the background
+        live = rt.manager.get(sid).state.snapshot()
+        snapshot = await rt.store.read_snapshot(sid)
+        assert snapshot is not None
+        assert snapshot[0] > 40
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        await rt.client.get_session_info(sid)
+        session = rt.manager.get(sid)
+        assert session.snapshot_seq == snapshot[0]
+        assert comparable(session.state.snapshot()) == comparable(live)
+
+
+async def test_save_terminate_restore_round_trip(
+    tmp_path: Path, project: Path, clock: FakeClock
+) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        client = rt.client
+        sid = await client.create_session(
+            project_root=str(project), metadata={"title": "keep me"}, llm_config={"model": "m"}
+        )
+        await client.add_file(sid, "src/app.py")
+        await client.put_working_context(sid, "k", [1, 2])
+        for n in range(3):
+            await client.send_message(sid, "user", f"m{n}")
+        saved = await client.save_session(sid)
+        assert (saved.session_id, saved.message_count, saved.metadata) == (
+            sid,
+            3,
+            {"title": "keep me"},
+        )
+        before = rt.manager.get(sid).state.snapshot()
+        await client.terminate_session(sid)
+        assert [s.session_id for s in await client.list_saved_sessions()] == [sid]
+
+    async with jidoka.Runtime(data, clock=clock) as rt:  # the copy outlives a restart
+        client = rt.client
+        (listed,) = await client.list_saved_sessions()
+        assert listed == saved
+        info = await client.restore_session(sid)
+        assert (info.session_id, info.status) == (sid, Status.ACTIVE)
+        assert comparable(rt.manager.get(sid).state.snapshot()) == comparable(before)
+        assert [f.path for f in await client.get_active_files(sid)] == ["src/app.py"]
+        assert info.llm_config == {"model": "m"}
+        with pytest.raises(jidoka.SessionExists) as exists:
+            await client.restore_session(sid)
+        assert exists.value.session_id == sid
+        message = await client.send_message(sid, "user", "second life")
+        events = await rt.read_events(sid)
+        assert [e.seq for e in events] == list(range(1, message.seq + 1))  # one log, continued
+        await client.delete_saved_session(sid)
+        assert await client.list_saved_sessions() == []
+        with pytest.raises(jidoka.SessionNotFound):
+            await client.delete_saved_session(sid)
+        with pytest.raises(jidoka.SessionNotFound):
+            await client.restore_session("0" * 26)
+
+
+async def test_timeout_saves_then_terminates(tmp_path: Path, clock: FakeClock) -> None:
+    async with jidoka.Runtime(tmp_path / "data", clock=clock) as rt:
+        client = rt.client
+        config = {"idle_after_seconds": 1, "timeout_minutes": 1}
+        sid = await client.create_session(config=config, metadata={"who": "sleepy"})
+        await client.send_message(sid, "user", "remember me")
+        async with client.subscribe_to_session(sid) as events:
+            clock.advance(1)
+            await until(events, "session_status", status="idle")
+            clock.advance(60)
+            tail = await drain(events)
+        assert tail[-1].data["reason"] == "timeout"
+        (saved,) = await client.list_saved_sessions()
+        assert (saved.session_id, saved.message_count) == (sid, 1)
+        await client.restore_session(sid)
+        history = await client.get_conversation_history(sid)
+        assert [m.content for m in history] == ["remember me"]
+
+
+async def test_persistence_disabled_timeout_does_not_save(tmp_path: Path, clock: FakeClock) -> None:
+    async with jidoka.Runtime(tmp_path / "data", clock=clock) as rt:
+        config = {"idle_after_seconds": 1, "timeout_minutes": 1, "persistence_enabled": False}
+        sid = await rt.client.create_session(config=config)
+        async with rt.client.subscribe_to_session(sid) as events:
+            clock.advance(1)
+            await until(events, "session_status", status="idle")
+            clock.advance(60)
+            await drain(events)
+        assert await rt.client.list_saved_sessions() == []
+
+
+async def test_corrupt_session_fails_alone(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        good = await rt.client.create_session()
+        bad = await rt.client.create_session()
+        await rt.client.send_message(bad, "user", "soon unreadable")
+        await rt.client.send_message(good, "user", "fine")
+    with sqlite3.connect(data / DATABASE_NAME) as conn:
+        conn.execute("UPDATE events SET data = x'7b6e6f' WHERE session_id = ? AND seq = 3", (bad,))
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        info = await rt.client.get_session_info(bad)
+        assert (info.status, info.reason) == (Status.TERMINATED, "error")
+        assert info.error is not None
+        assert "corrupt" in info.error
+        with pytest.raises(jidoka.SessionTerminated):
+            await rt.client.send_message(bad, "user", "x")
+        assert [m.content for m in await rt.client.get_conversation_history(good)] == ["fine"]
+        assert [i.session_id for i in await rt.client.list_sessions("idle")] == [good]
+    async with jidoka.Runtime(data, clock=clock) as rt:  # marked terminated: not retried
+        assert rt.manager.live_ids() == frozenset({good})
+
+
+async def test_corrupt_snapshot_falls_back_to_the_log(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock, snapshot_interval=2) as rt:
+        sid = await rt.client.create_session()
+        for n in range(5):
+            await rt.client.send_message(sid, "user", str(n))
+        await rt.manager.wait_background()
+    with sqlite3.connect(data / DATABASE_NAME) as conn:
+        assert conn.execute("UPDATE snapshots SET state = x'00'").rowcount == 1
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        history = await rt.client.get_conversation_history(sid)
+        assert [m.content for m in history] == ["0", "1", "2", "3", "4"]
+
+
+async def test_second_runtime_on_same_data_dir_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock):
+        with pytest.raises(jidoka.DataDirLocked) as locked:
+            async with jidoka.Runtime(data, clock=clock):
+                pass
+        assert str(data) in str(locked.value)
+        code = (
+            "import asyncio, jidoka\n"
+            "async def main():\n"
+            f"    async with jidoka.Runtime({str(data)!r}):\n"
+            "        pass\n"
+            "try:\n"
+            "    asyncio.run(main())\n"
+            "except jidoka.DataDirLocked as exc:\n"
+            "    print('LOCKED', exc.data_dir)\n"
+        )
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert result.stdout.strip() == f"LOCKED {data}", result.stderr
+    async with jidoka.Runtime(data, clock=clock):  # released on close
+        pass
+
+
+async def test_migrates_a_version_1_database(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(FIXTURES / "v1.sqlite3", data / DATABASE_NAME)
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        assert rt.manager.live_ids() == frozenset({LIVE})
+        history = await rt.client.get_conversation_history(LIVE)
+        assert [(m.role, m.content) for m in history] == [
+            ("user", "written by version 1"),
+            ("assistant", "and migrated"),
+        ]
+        assert await rt.client.get_working_context(LIVE, "plan") == ["migrate"]
+        info = await rt.client.get_session_info(LIVE)
+        assert info.metadata == {"origin": "v1"}
+        assert str(info.created_at) == "2026-01-01 00:00:01+00:00"
+        assert [e.seq for e in await rt.read_events(LIVE)] == [1, 2, 3, 4, 5, 6]
+        assert ENDED not in rt.manager.live_ids()
+    with sqlite3.connect(data / DATABASE_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_newer_schema_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock):
+        pass
+    with sqlite3.connect(data / DATABASE_NAME) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaError, match="newer"):
+        async with jidoka.Runtime(data, clock=clock):
+            pass
+    async with jidoka.Runtime(tmp_path / "other", clock=clock):  # the lock was released
+        pass
+
+
+async def test_foreign_database_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / DATABASE_NAME) as conn:
+        conn.execute("CREATE TABLE mine (x)")
+    with pytest.raises(jidoka.StoreError, match="not a Jidoka database"):
+        async with jidoka.Runtime(data, clock=clock):
+            pass
+
+
+async def test_full_database_fails_the_batch_and_applies_nothing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with jidoka.Runtime(tmp_path / "data", clock=clock, max_database_bytes=128 * 1024) as rt:
+        client = rt.client
+        ids = [await client.create_session() for _ in range(4)]
+        big = "x" * 8_000
+        failures: list[jidoka.StoreError] = []
+        for _ in range(40):
+            results = await asyncio.gather(
+                *(client.send_message(sid, "user", big) for sid in ids), return_exceptions=True
+            )
+            failures += [r for r in results if isinstance(r, jidoka.StoreError)]
+            if failures:
+                break
+        assert failures, "the database never filled up"
+        assert {f.session_id for f in failures} <= set(ids)
+        assert all(f.session_id is not None and f.session_id in str(f) for f in failures)
+        for sid in ids:
+            history = await client.get_conversation_history(sid)
+            logged = [e for e in await rt.read_events(sid) if e.type == "conversation_added"]
+            assert len(history) == len(logged)  # the projection matches the disk
+        info = await client.get_session_info(ids[0])
+        assert info.status is Status.ACTIVE
+
+
+async def test_group_commit_shares_transactions(tmp_path: Path, clock: FakeClock) -> None:
+    async with jidoka.Runtime(tmp_path / "data", clock=clock) as rt:
+        client = rt.client
+        ids = [await client.create_session() for _ in range(100)]
+        store = rt.store
+        commits = store.commits  # type: ignore[attr-defined]
+
+        async def twenty(sid: str) -> None:
+            for n in range(20):
+                await client.send_message(sid, "user", str(n))
+
+        await asyncio.gather(*(twenty(sid) for sid in ids))
+        used = store.commits - commits  # type: ignore[attr-defined]
+        assert used < 2000 / 4, f"{used} commits for 2000 appends"
+        for sid in ids:
+            assert [m.content for m in await client.get_conversation_history(sid)] == [
+                str(n) for n in range(20)
+            ]
