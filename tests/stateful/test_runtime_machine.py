@@ -18,6 +18,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 
 import jidoka
 from jidoka.session.context import replay
+from jidoka.session.persistence import load_state
 from tests.helpers import quiesce
 
 IDLE_AFTER = 10.0
@@ -50,7 +51,9 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.runner = asyncio.Runner()
         self.clock = jidoka.FakeClock()
         self.data_dir = tempfile.TemporaryDirectory(prefix="jidoka-stateful-")
-        self.rt = jidoka.Runtime(self.data_dir.name, store=self.store, clock=self.clock)
+        self.rt = jidoka.Runtime(
+            self.data_dir.name, store=self.store, clock=self.clock, snapshot_interval=3
+        )
         self.run(self.rt.start())
         self.client = self.rt.client
         self.models: dict[str, Model] = {}
@@ -168,6 +171,15 @@ class RuntimeMachine(RuleBasedStateMachine):
             logged = self.run(self.rt.read_events(sid))
             assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
             assert replay(sid, logged).snapshot() == live.snapshot()
+
+    @precondition(lambda self: bool(self.models))
+    @invariant()
+    def snapshot_plus_tail_equals_live(self) -> None:
+        manager = self.rt.manager
+        self.run(manager.wait_background())  # snapshots are written in the background
+        for sid in manager.live_ids():
+            loaded, _ = self.run(load_state(self.rt.store, sid))
+            assert loaded.snapshot() == manager.get(sid).state.snapshot()
 
 
 class SqliteRuntimeMachine(RuntimeMachine):
