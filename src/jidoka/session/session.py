@@ -19,6 +19,7 @@ and brings an idle session back to ``active`` with a ``session_status`` event fi
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -87,6 +88,7 @@ class SessionServices:
     """What every session of a runtime shares: one reference per session instead of many."""
 
     __slots__ = (
+        "append_future",
         "blocking",
         "bus",
         "cache",
@@ -120,6 +122,10 @@ class SessionServices:
             store, "append_nowait", None
         )
         self.fast_publish: Callable[[Event], None] | None = getattr(bus, "publish_nowait", None)
+        # Durable stores that can hand back a future let a commit avoid a task of its own.
+        self.append_future: Callable[[str, Sequence[Event]], asyncio.Future[None]] | None = getattr(
+            store, "append_future", None
+        )
         self.messages_appended = 0
 
 
@@ -152,7 +158,7 @@ class Session:
         self.timer_at: float | None = None  # `when` of this session's live timer entry
         self.terminating = False
         self.snapshot_seq = 0  # seq of the newest snapshot written (or loaded)
-        self._inflight: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
 
     @property
     def session_id(self) -> str:
@@ -173,8 +179,9 @@ class Session:
         Once the store has been asked to append, the rest runs to completion even if the caller
         is cancelled, so the projection never falls behind the log.
         """
-        if self._inflight is not None:  # a cancelled caller's commit is still finishing
-            await asyncio.shield(self._inflight)
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.wait({inflight})  # a cancelled caller's commit is still finishing
         services = self.services
         now = services.clock.time()
         when = datetime.fromtimestamp(now, UTC)
@@ -187,6 +194,12 @@ class Session:
         if services.fast_append is not None and services.fast_publish is not None:
             services.fast_append(sid, events)
             self._apply_and_publish(events, services.fast_publish)
+            return events
+        if services.append_future is not None:
+            future = services.append_future(sid, events)
+            future.add_done_callback(functools.partial(self._committed, events))
+            self._inflight = future
+            await asyncio.shield(future)  # raises the store's error, if any
             return events
         task = asyncio.get_running_loop().create_task(self._commit_slow(events))
         self._inflight = task
@@ -203,6 +216,24 @@ class Session:
             apply(self.state, event)
         for event in events:
             await self.services.bus.publish(event)
+
+    def _committed(self, events: list[Event], future: asyncio.Future[None]) -> None:
+        """Done-callback of a durable append: apply and publish once committed, whoever waits."""
+        if future.cancelled() or future.exception() is not None:
+            return  # nothing was stored: nothing to apply
+        publish = self.services.fast_publish
+        if publish is not None:
+            self._apply_and_publish(events, publish)
+            return
+        for event in events:
+            apply(self.state, event)
+        bus = self.services.bus
+
+        async def publish_all() -> None:
+            for event in events:
+                await bus.publish(event)
+
+        asyncio.get_running_loop().create_task(publish_all())
 
     def _apply_and_publish(self, events: list[Event], publish: Callable[[Event], None]) -> None:
         state = self.state

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
 
@@ -58,11 +58,10 @@ CREATE TABLE events (
     time_us INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (session_id, seq)
-);
+) WITHOUT ROWID;
 CREATE TABLE sessions (
     session_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
-    last_seq INTEGER NOT NULL,
     updated_us INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated';
@@ -97,6 +96,11 @@ _encode: Final = msgspec.json.Encoder().encode
 _decode_object: Final = msgspec.json.Decoder(dict[str, Any]).decode
 
 
+def _max_seq(conn: sqlite3.Connection, session_id: str) -> int:
+    row = conn.execute("SELECT max(seq) FROM events WHERE session_id = ?", (session_id,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def _status_after(status: str | None, event: Event) -> str | None:
     if event.type == EventType.SESSION_CREATED or event.type == EventType.SESSION_STATUS:
         value = event.data.get("status")
@@ -106,19 +110,35 @@ def _status_after(status: str | None, event: Event) -> str | None:
     return status
 
 
-class _Request:
-    """One unit of work for the writer thread, with the future its caller awaits."""
+class _Append(NamedTuple):
+    """What the writer needs to append one batch of events (validated on the caller's side)."""
 
-    __slots__ = ("future", "loop", "run", "session_id")
+    first_seq: int
+    last_seq: int
+    rows: list[tuple[str, int, str, int, bytes]]
+    status: str | None
+
+
+class _Request:
+    """One unit of work for the writer thread, with the future its caller awaits.
+
+    An append carries its rows (the writer inserts the rows of every append in a batch with one
+    statement); any other write carries a function to run on the connection.
+    """
+
+    __slots__ = ("append", "future", "loop", "run", "session_id")
 
     def __init__(
         self,
         session_id: str | None,
-        run: Callable[[sqlite3.Connection], Any],
         loop: asyncio.AbstractEventLoop,
+        *,
+        run: Callable[[sqlite3.Connection], Any] | None = None,
+        append: _Append | None = None,
     ) -> None:
         self.session_id = session_id
         self.run = run
+        self.append = append
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
 
@@ -213,7 +233,7 @@ class SqliteStore:
         self, session_id: str | None, run: Callable[[sqlite3.Connection], Any]
     ) -> Any:
         self._check_open(session_id)
-        request = _Request(session_id, run, asyncio.get_running_loop())
+        request = _Request(session_id, asyncio.get_running_loop(), run=run)
         self._queue.put(request)
         return await request.future
 
@@ -243,87 +263,134 @@ class SqliteStore:
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
         results: list[tuple[_Request, Any, BaseException | None]] = []
         saved_last_seq = dict(self._last_seq)
+        rows: list[tuple[str, int, str, int, bytes]] = []
+        statuses: list[tuple[str, str, int]] = []
+
+        def flush() -> None:
+            if rows:
+                conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+                rows.clear()
+            if statuses:
+                conn.executemany(
+                    "INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
+                    " SET status = excluded.status, updated_us = excluded.updated_us",
+                    statuses,
+                )
+                statuses.clear()
+
         try:
             conn.execute("BEGIN IMMEDIATE")
             for request in batch:
+                append = request.append
+                if append is not None:
+                    # Checked against the writer's own record of each log's end, so a refused
+                    # append never touches the database and needs no savepoint.
+                    sid = request.session_id
+                    assert sid is not None
+                    last = self._last_seq.get(sid)
+                    if last is None:
+                        last = _max_seq(conn, sid)
+                    if append.first_seq != last + 1:
+                        self._last_seq[sid] = last
+                        results.append(
+                            (request, None, SeqConflict(sid, last + 1, append.first_seq))
+                        )
+                        continue
+                    rows.extend(append.rows)
+                    if append.status is not None:
+                        statuses.append((sid, append.status, append.rows[-1][3]))
+                    self._last_seq[sid] = append.last_seq
+                    results.append((request, None, None))
+                    continue
+                assert request.run is not None
+                flush()
                 conn.execute("SAVEPOINT request")
                 try:
                     value = request.run(conn)
-                except StoreError as exc:  # this request's own refusal (e.g. a seq conflict)
+                except StoreError as exc:  # this request's own refusal
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")
                     results.append((request, None, exc))
                     continue
                 conn.execute("RELEASE request")
                 results.append((request, value, None))
+            flush()
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, I/O error, or a bug: fail the batch, keep serving
             self._last_seq = saved_last_seq
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             logger.error("commit of %d requests failed: %s", len(batch), exc)
-            for request in batch:
-                self._resolve(
-                    request,
-                    None,
-                    StoreError(
-                        f"session {request.session_id!r}: the store could not commit: {exc}",
-                        session_id=request.session_id,
-                    ),
-                )
+            self._resolve_all(
+                [
+                    (
+                        request,
+                        None,
+                        StoreError(
+                            f"session {request.session_id!r}: the store could not commit: {exc}",
+                            session_id=request.session_id,
+                        ),
+                    )
+                    for request in batch
+                ]
+            )
             return
         self.commits += 1
         self.batched_requests += len(batch)
-        for request, value, error in results:
-            self._resolve(request, value, error)
+        self._resolve_all(results)
 
     @staticmethod
-    def _resolve(request: _Request, value: Any, error: BaseException | None) -> None:
-        def settle() -> None:
-            if request.future.done():
-                return  # the caller was cancelled; the work is done (or not) all the same
-            if error is not None:
-                request.future.set_exception(error)
-            else:
-                request.future.set_result(value)
+    def _resolve_all(results: list[tuple[_Request, Any, BaseException | None]]) -> None:
+        """Wake the callers of a batch: one hop to each event loop, not one per request."""
 
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            request.loop.call_soon_threadsafe(settle)
+        def settle(items: list[tuple[_Request, Any, BaseException | None]]) -> None:
+            for request, value, error in items:
+                if request.future.done():
+                    continue  # cancelled caller; the work is done (or not) all the same
+                if error is not None:
+                    request.future.set_exception(error)
+                else:
+                    request.future.set_result(value)
+
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Any, BaseException | None]]]
+        by_loop = {}
+        for item in results:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(settle, items)
 
     # --- writes -----------------------------------------------------------------------------------
 
     async def append(self, session_id: str, events: Sequence[Event]) -> None:
+        await self.append_future(session_id, events)
+
+    def append_future(self, session_id: str, events: Sequence[Event]) -> asyncio.Future[None]:
+        """Queue an append; the future completes once the commit holding it returns.
+
+        Runs on the event loop and never waits. The session layer applies the events in a
+        done-callback of this future, which runs even if its caller was cancelled meanwhile.
+        """
+        self._check_open(session_id)
+        loop = asyncio.get_running_loop()
         batch = list(events)
         if not batch:
-            return
-        rows = [(e.session_id, e.seq, e.type, _to_us(e.time), _encode(e.data)) for e in batch]
-
-        def run(conn: sqlite3.Connection) -> None:
-            last = self._last_seq.get(session_id)
-            if last is None:
-                found = conn.execute(
-                    "SELECT last_seq FROM sessions WHERE session_id = ?", (session_id,)
-                ).fetchone()
-                last = found[0] if found else 0
-            for offset, event in enumerate(batch):
-                if event.session_id != session_id or event.seq != last + 1 + offset:
-                    raise SeqConflict(session_id, last + 1 + offset, event.seq)
-            try:
-                conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
-            except sqlite3.IntegrityError:
-                raise SeqConflict(session_id, last + 1, batch[0].seq) from None
-            status = None
-            for event in batch:
-                status = _status_after(status, event)
-            conn.execute(
-                "INSERT INTO sessions VALUES (:sid, coalesce(:status, 'active'), :seq, :at)"
-                " ON CONFLICT (session_id) DO UPDATE SET status = coalesce(:status, status),"
-                " last_seq = :seq, updated_us = :at",
-                {"sid": session_id, "status": status, "seq": batch[-1].seq, "at": rows[-1][3]},
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        first = batch[0].seq
+        status = None
+        rows = []
+        for offset, event in enumerate(batch):
+            if event.session_id != session_id or event.seq != first + offset:
+                raise SeqConflict(session_id, first + offset, event.seq)
+            rows.append(
+                (session_id, event.seq, event.type, _to_us(event.time), _encode(event.data))
             )
-            self._last_seq[session_id] = batch[-1].seq
-
-        await self._submit(session_id, run)
+            status = _status_after(status, event)
+        request = _Request(session_id, loop, append=_Append(first, batch[-1].seq, rows, status))
+        self._queue.put(request)
+        return request.future
 
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -409,13 +476,7 @@ class SqliteStore:
         return events
 
     async def last_seq(self, session_id: str) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT last_seq FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-        return int(await self._read(session_id, run))
+        return int(await self._read(session_id, lambda conn: _max_seq(conn, session_id)))
 
     async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
         def run(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
@@ -430,12 +491,13 @@ class SqliteStore:
     async def live_sessions(self) -> list[StoredSession]:
         def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
-                "SELECT session_id, status, last_seq FROM sessions WHERE status != 'terminated'"
-                " ORDER BY session_id"
+                "SELECT session_id, status, (SELECT max(seq) FROM events AS e"
+                " WHERE e.session_id = s.session_id) FROM sessions AS s"
+                " WHERE status != 'terminated' ORDER BY session_id"
             ).fetchall()
 
         rows: list[tuple[Any, ...]] = await self._read(None, run)
-        return [StoredSession(sid, status, last) for sid, status, last in rows]
+        return [StoredSession(sid, status, last or 0) for sid, status, last in rows]
 
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
         def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
@@ -546,9 +608,8 @@ def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
         previous = status.get(session_id, (None, 0, 0))[0]
         event = Event(type_, session_id, seq, when, payload)
         status[session_id] = (_status_after(previous, event), seq, _to_us(when))
-    for session_id, (state, last_seq, updated) in status.items():
+    for session_id, (state, _last_seq, updated) in status.items():
         conn.execute(
-            "INSERT INTO sessions VALUES (?, ?, ?, ?)",
-            (session_id, state or "active", last_seq, updated),
+            "INSERT INTO sessions VALUES (?, ?, ?)", (session_id, state or "active", updated)
         )
     conn.execute("DROP TABLE events_v1")
