@@ -1,0 +1,16 @@
+"""Jidoka's reproducible benchmark suite.
+
+Run everything with ``./scripts/bench`` (or ``python -m benchmarks.run``; ``--quick`` for tiny
+sizes). One module per area, each exposing ``run(quick: bool = False) -> list[Result]``:
+
+- :mod:`benchmarks.bench_lifecycle`: session create + terminate throughput;
+- :mod:`benchmarks.bench_append`: message append throughput (one session, 100 concurrent
+  sessions) and whether append cost depends on history length;
+- :mod:`benchmarks.bench_history`: reading a 1,000-message history;
+- :mod:`benchmarks.bench_fanout`: event fan-out latency to 1, 100 and 1,000 subscribers;
+- :mod:`benchmarks.bench_memory`: bytes per idle session at 10k and 100k sessions (each size in a
+  fresh subprocess).
+
+Every measurement is repeated and reported as a median with its spread, next to a baseline
+measured in the same process and run. Results and method: ``docs/performance.md``.
+"""

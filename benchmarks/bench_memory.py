@@ -1,0 +1,326 @@
+"""Bytes per idle session, at 10k and 100k sessions in one process.
+
+Every measurement runs in a fresh subprocess (``python -m benchmarks.bench_memory --child ...``)
+so sizes and methods cannot pollute each other:
+
+- **tracemalloc**: Python allocations still alive after creating N sessions, divided by N
+  (``tracemalloc.get_traced_memory``; deterministic, excludes allocator overhead and
+  fragmentation), and the transient peak while the sessions go idle. At the smallest size it
+  also takes one idle session apart: the objects it alone owns, by type (``_anatomy``).
+- **RSS**: the process's resident set growth divided by N (``psutil``), in a child that does not
+  run tracemalloc (whose own bookkeeping would inflate RSS). Includes allocator overhead,
+  fragmentation and the registry's dict growth: what the operating system actually charges.
+
+Sessions are created with the default config and no metadata on a :class:`jidoka.FakeClock`;
+after measuring them just created (status ``active``), the clock is moved past
+``idle_after_seconds`` so every session commits its ``idle`` transition, and they are measured
+again. The headline figure is the idle one (it is the larger: one more event per session, and a
+time-out timer entry). A warm-up session is created before the first measurement so one-off
+allocations (imports, caches) are not charged to the sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._common import ROOT, Baseline, Result, Target, make_runtime, run_async
+
+__all__ = ["NAME", "run"]
+
+NAME = "memory"
+
+ADK_QUOTE = (
+    "Google ADK in-memory session ~6 KB per idle session; an Erlang process alone 2.6 KB "
+    "(quoted, not measured here)"
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    sessions: tuple[int, ...]
+    rss_repeats: int
+    tracemalloc_repeats: int
+
+
+FULL = Sizes(sessions=(10_000, 100_000), rss_repeats=3, tracemalloc_repeats=2)
+QUICK = Sizes(sessions=(1_000, 3_000), rss_repeats=1, tracemalloc_repeats=1)
+
+
+# --- the child process ----------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _traced() -> int:
+    return tracemalloc.get_traced_memory()[0]
+
+
+async def _wait_on(future: asyncio.Future[None]) -> None:
+    await future
+
+
+async def _task_bytes(n: int) -> float:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    gc.collect()
+    before = _traced()
+    tasks = [loop.create_task(_wait_on(future)) for _ in range(n)]
+    await asyncio.sleep(0)  # every task starts and suspends on the future
+    gc.collect()
+    after = _traced()
+    future.set_result(None)
+    await asyncio.gather(*tasks)
+    del tasks
+    return (after - before) / n
+
+
+def _dict_bytes(n: int) -> float:
+    gc.collect()
+    before = _traced()
+    dicts: list[dict[str, Any]] = [{} for _ in range(n)]
+    gc.collect()
+    after = _traced()
+    del dicts
+    return (after - before) / n
+
+
+def _referents(obj: object) -> list[object]:
+    """What ``obj`` references: ``gc`` for tracked objects, fields for ``gc=False`` structs."""
+    fields = getattr(type(obj), "__struct_fields__", None)
+    if fields is not None:
+        return [getattr(obj, name) for name in fields]
+    return list(gc.get_referents(obj))
+
+
+_LEAVES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+
+
+def _reachable(roots: list[object], stop: set[int]) -> dict[int, object]:
+    seen: dict[int, object] = {}
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or id(obj) in stop or isinstance(obj, _LEAVES):
+            continue
+        seen[id(obj)] = obj
+        stack.extend(_referents(obj))
+    return seen
+
+
+def _anatomy(rt: Any, first: str, second: str) -> dict[str, Any]:
+    """The objects one idle session owns alone, by type (``sys.getsizeof``, shallow).
+
+    Walks everything reachable from the session's roots (its ``Session``, its log in the memory
+    store, its timer entries) in two sessions, and keeps what only the first one reaches:
+    shared objects (the default config, shared status payloads, services) drop out. What is
+    left of the tracemalloc total after this is the registries' per-session slots (the live
+    dict, the store's dict, the timer heap's list) and allocator rounding. Uses private
+    attributes: a diagnostic, skipped if they change.
+    """
+    manager, store = rt.manager, rt.store
+    stop = {id(manager.services), id(manager), id(store), id(rt.bus)}
+
+    def roots(sid: str) -> list[object]:
+        entries = [e for e in manager._timers._heap if e[1] == sid]
+        return [manager._live[sid], store._logs[sid], *entries]
+
+    mine = _reachable(roots(first), stop)
+    other = _reachable(roots(second), stop)
+    by_type: dict[str, list[int]] = {}
+    for key, obj in mine.items():
+        if key in other:
+            continue
+        name = type(obj).__name__
+        if isinstance(obj, dict):
+            name = "dict (empty)" if not obj else "dict"
+        entry = by_type.setdefault(name, [0, 0])
+        entry[0] += 1
+        entry[1] += sys.getsizeof(obj)
+    rows = sorted(by_type.items(), key=lambda item: -item[1][1])
+    return {
+        "objects": [{"type": k, "count": v[0], "bytes": v[1]} for k, v in rows],
+        "total_bytes": sum(v[1] for _, v in rows),
+    }
+
+
+async def _child(mode: str, n: int, breakdown: bool) -> dict[str, Any]:
+    import jidoka
+
+    out: dict[str, Any] = {"mode": mode, "sessions": n, "pid": os.getpid()}
+    measure: Callable[[], int]
+    if mode == "baseline":
+        tracemalloc.start()
+        out["task_bytes"] = await _task_bytes(n)
+        out["dict_bytes"] = _dict_bytes(n)
+        return out
+    if mode == "tracemalloc":
+        tracemalloc.start()
+        measure = _traced
+    else:
+        measure = _rss
+    clock = jidoka.FakeClock(wall=time.time())
+    async with make_runtime(clock=clock, max_sessions=max(n + 1, 100_000)) as rt:
+        client = rt.client
+        await client.create_session()  # warm-up
+        gc.collect()
+        gc.collect()
+        before = measure()
+        start = time.perf_counter()
+        for _ in range(n):
+            await client.create_session()
+        out["create_seconds"] = time.perf_counter() - start
+        gc.collect()
+        out["after_create"] = (measure() - before) / n
+
+        if mode == "tracemalloc":
+            tracemalloc.reset_peak()
+        idle_after = rt.settings.session_defaults.idle_after_seconds
+        clock.advance(idle_after + 1)
+        start = time.perf_counter()
+        for _ in range(100_000):  # until every session has committed its idle transition
+            await asyncio.sleep(0)  # the timer task wakes up and starts the transitions
+            await rt.manager.wait_background()
+            if not await client.list_sessions("active", limit=1):
+                break
+            await asyncio.sleep(0.001)
+        out["idle_seconds"] = time.perf_counter() - start
+        gc.collect()
+        out["after_idle"] = (measure() - before) / n
+        out["rss_total"] = _rss()
+        if mode == "tracemalloc":
+            # the transient high-water mark of the idle transition, above the idle level
+            out["idle_peak"] = (tracemalloc.get_traced_memory()[1] - before) / n
+        if breakdown:
+            page = await client.list_sessions(limit=3)
+            try:
+                out["anatomy"] = _anatomy(rt, page[1].session_id, page[2].session_id)
+            except (AttributeError, KeyError, IndexError) as exc:  # internals changed
+                out["anatomy"] = {"error": repr(exc)}
+        events = await rt.read_events((await client.list_sessions(limit=2))[-1].session_id)
+        out["events_per_session"] = len(events)
+        out["idle_sessions"] = len(await client.list_sessions("idle"))
+    return out
+
+
+def _child_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_memory")
+    parser.add_argument("--child", choices=("baseline", "rss", "tracemalloc"), required=True)
+    parser.add_argument("--sessions", type=int, required=True)
+    parser.add_argument("--breakdown", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_async(lambda: _child(args.child, args.sessions, args.breakdown))
+    print(json.dumps(result))
+
+
+# --- the parent -----------------------------------------------------------------------------------
+
+
+def _spawn(mode: str, n: int, breakdown: bool = False) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.bench_memory", "--child", mode, "--sessions"]
+    command.append(str(n))
+    if breakdown:
+        command.append("--breakdown")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("PYTHONASYNCIODEBUG", None)
+    env.pop("PYTHONTRACEMALLOC", None)
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"memory child {mode} n={n} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+        )
+    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
+def run(quick: bool = False) -> list[Result]:
+    sizes = QUICK if quick else FULL
+    results: list[Result] = []
+    target = Target("<=", 2048, "≤ 2 KiB")
+    for index, n in enumerate(sizes.sessions):
+        traced = [
+            _spawn("tracemalloc", n, breakdown=index == 0 and r == 0)
+            for r in range(sizes.tracemalloc_repeats)
+        ]
+        rss = [_spawn("rss", n) for _ in range(sizes.rss_repeats)]
+        base = [_spawn("baseline", min(n, 10_000)) for _ in range(sizes.tracemalloc_repeats)]
+        task = Baseline("one bare asyncio.Task", [c["task_bytes"] for c in base])
+        dict_bytes = statistics.median(c["dict_bytes"] for c in base)
+        common = {
+            "sessions": n,
+            "events_per_idle_session": traced[0]["events_per_session"],
+            "sessions_idle_at_the_end": [c["idle_sessions"] for c in traced + rss],
+            "task_bytes": [c["task_bytes"] for c in base],
+            "empty_dict_bytes": [c["dict_bytes"] for c in base],
+        }
+        anatomy = traced[0].get("anatomy")
+        for method, children in (("tracemalloc", traced), ("rss", rss)):
+            label = "tracemalloc" if method == "tracemalloc" else "RSS"
+            details: dict[str, Any] = {
+                **common,
+                "create_seconds": [c["create_seconds"] for c in children],
+                "idle_seconds": [c["idle_seconds"] for c in children],
+                "rss_total": [c["rss_total"] for c in children],
+            }
+            if method == "tracemalloc":
+                details["idle_transition_peak"] = [c["idle_peak"] for c in children]
+                if anatomy:
+                    details["anatomy"] = anatomy
+            if method == "tracemalloc":
+                high = statistics.median(c["idle_peak"] for c in children)
+                peak = f"; transient peak while going idle {high:,.0f} B"
+            else:
+                total = statistics.median(c["rss_total"] for c in children) / 2**20
+                peak = f"; process RSS {total:,.0f} MiB"
+            results.append(
+                Result(
+                    key=f"memory.{n}.{method}.idle",
+                    title=f"Bytes per empty session, {n:,} sessions, gone idle ({label})",
+                    unit="B",
+                    samples=[c["after_idle"] for c in children],
+                    higher_is_better=False,
+                    baseline=task,
+                    target=target,
+                    quoted=ADK_QUOTE,
+                    notes=f"after every session committed its idle transition{peak}",
+                    details=details,
+                )
+            )
+            results.append(
+                Result(
+                    key=f"memory.{n}.{method}.created",
+                    title=f"Bytes per empty session, {n:,} sessions, just created ({label})",
+                    unit="B",
+                    samples=[c["after_create"] for c in children],
+                    higher_is_better=False,
+                    baseline=task,
+                    target=target,
+                    quoted=ADK_QUOTE,
+                    notes=f"status active, nothing sent; an empty dict is {dict_bytes:,.0f} B",
+                    details={k: v for k, v in details.items() if k != "anatomy"},
+                )
+            )
+    return results
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])
