@@ -35,6 +35,17 @@ def _is_async(request: pytest.FixtureRequest) -> bool:
     return function is not None and asyncio.iscoroutinefunction(function)
 
 
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's JIDOKA_* variables or writes a data directory outside its
+    own temporary one; unless a test says otherwise, runtimes use the memory store."""
+    for name in list(os.environ):
+        if name.startswith("JIDOKA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("JIDOKA_STORE", "memory")
+    monkeypatch.setenv("JIDOKA_DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture
 def clock() -> jidoka.FakeClock:
     return jidoka.FakeClock()
@@ -57,8 +68,8 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def runtime(clock: jidoka.FakeClock) -> AsyncIterator[jidoka.Runtime]:
-    """A running runtime on a fake clock, with a short worker grace period (in-memory, or the
-    store under test for integration and fault tests)."""
+    """A running runtime on a fake clock, with a short worker grace period (the memory store,
+    or the store under test for integration and fault tests)."""
     async with jidoka.Runtime(clock=clock, shutdown_grace_seconds=2.0) as rt:
         yield rt
 
@@ -88,7 +99,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def store_backend(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    _isolated_settings: None,
 ) -> str:
     backend: str = request.param
     monkeypatch.setenv("JIDOKA_STORE", backend)

@@ -29,6 +29,7 @@ Spans are named ``jidoka.<operation>`` and carry the ``jidoka.session_id`` attri
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
@@ -70,6 +71,7 @@ class Telemetry:
         tracing = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
         self.tracer = tracing.get_tracer("jidoka", __version__)
         self._tracing = tracer_provider is not None
+        self._next_probe = 0.0
         self._counts = counts
         self.sessions_created = meter.create_counter(
             "jidoka.sessions.created", unit="{session}", description="Sessions created"
@@ -116,10 +118,15 @@ class Telemetry:
 
         While no tracer provider is configured (none passed in, none set globally), this is a
         shared no-op context: an un-traced ``send_message`` then costs no tracing work at all,
-        which is about half of its cost otherwise. Setting a global provider later enables
-        spans from then on.
+        which is about half of its cost otherwise. A global provider set later is noticed
+        within a second.
         """
         if not self._tracing:
+            # Asking OpenTelemetry costs an environment lookup; ask at most once a second.
+            now = time.monotonic()
+            if now < self._next_probe:
+                return _NO_SPAN
+            self._next_probe = now + 1.0
             if not _global_tracing_configured():
                 return _NO_SPAN
             self._tracing = True

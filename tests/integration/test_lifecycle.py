@@ -152,3 +152,28 @@ async def test_runtime_exit_stops_sessions_without_terminating_them(clock: FakeC
     # The runtime closed: the stream ended without inventing a termination.
     assert [e.type for e in await drain(events)] == []
     await subscription.__aexit__(None, None, None)
+
+
+async def test_ended_sessions_leave_no_timer_entries(runtime: jidoka.Runtime) -> None:
+    client = runtime.client
+    for _ in range(3000):
+        await client.terminate_session(await client.create_session())
+    assert runtime.manager.live_count() == 0
+    assert len(runtime.manager._timers) <= 1024 + 1  # compacted as ended sessions pile up
+
+
+async def test_a_crowd_going_idle_together(runtime: jidoka.Runtime, clock: FakeClock) -> None:
+    client = runtime.client
+    config = {"idle_after_seconds": 10, "timeout_minutes": 1, "persistence_enabled": False}
+    ids = [await client.create_session(config=config) for _ in range(300)]
+    async with client.subscribe_to_all_sessions() as events:
+        clock.advance(10)
+        idle = await take(events, 300)
+        assert {e.session_id for e in idle} == set(ids)
+        assert {e.data["status"] for e in idle} == {"idle"}
+        await quiesce(runtime)
+        assert len(runtime.manager._background) == 0
+        clock.advance(60)
+        ended = [e for e in await take(events, 900) if e.type == "session_terminated"]
+    assert {e.session_id for e in ended} == set(ids)
+    assert {e.data["reason"] for e in ended} == {"timeout"}

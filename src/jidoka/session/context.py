@@ -185,9 +185,10 @@ def _created(state: SessionState, event: Event) -> None:
     state.reason = state.error = None
     state.created_at = event.time
     state.status = Status(data.get("status", Status.INITIALIZING))
-    state.metadata = data.get("metadata") or {}
+    metadata, llm_config = data.get("metadata"), data.get("llm_config")
+    state.metadata = metadata if metadata is not None else {}
     state.config = SessionConfig.from_dict(data.get("config"), session_id=state.session_id)
-    state.llm_config = data.get("llm_config") or {}
+    state.llm_config = llm_config if llm_config is not None else {}
     state.project_root = data.get("project_root")
 
 

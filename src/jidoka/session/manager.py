@@ -16,7 +16,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -77,6 +77,8 @@ class SessionManager:
         self._creating = 0
         self._timers = TimerQueue(services.clock, self._on_due)
         self._background: set[asyncio.Task[Any]] = set()
+        self._due: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], str]] = deque()
+        self._due_running = 0
         self._abandoned: set[asyncio.Task[None]] = set()
         self._default_config = settings.session_defaults
         self._default_config_dict = self._default_config.to_dict()
@@ -435,6 +437,8 @@ class SessionManager:
         self._tombstones[sid] = Tombstone(session.state)
         while len(self._tombstones) > self.settings.max_tombstones:
             self._tombstones.popitem(last=False)
+        if len(self._timers) > 2 * self.live_count() + 1024:
+            self._timers.compact(self._timer_wanted)
         # Streams end after the last events; by then the tombstone answers for the session.
         await self.services.bus.close_session(sid)
         with contextlib.suppress(StoreError, RuntimeClosed):
@@ -447,6 +451,12 @@ class SessionManager:
             session.timer_at = when
             self._timers.schedule(session.session_id, when)
 
+    def _timer_wanted(self, session_id: str, when: float) -> bool:
+        session = self._live.get(session_id)
+        if session is not None:
+            return session.timer_at == when
+        return session_id in self._dormant
+
     def touch(self, session: Session) -> None:
         """After a command: an idle session that became active needs its idle deadline back."""
         if session.timer_at is None or session.timer_at > (
@@ -458,7 +468,7 @@ class SessionManager:
         session = self._live.get(session_id)
         if session is None and session_id in self._dormant:
             # A recovered session: load it; loading schedules its real deadline.
-            self._spawn(self._load_quietly(session_id), f"jidoka:{session_id}:load")
+            self._enqueue(lambda: self._load_quietly(session_id), f"jidoka:{session_id}:load")
             return
         if session is None or session.timer_at != when or session.terminating:
             return
@@ -471,13 +481,14 @@ class SessionManager:
             if now < deadline:
                 self._schedule(session, deadline)
             else:
-                self._spawn(self._go_idle(session), f"jidoka:{session_id}:idle")
+                if not self._go_idle_now(session):
+                    self._enqueue(lambda: self._go_idle(session), f"jidoka:{session_id}:idle")
         elif status is Status.IDLE and config.timeout_minutes > 0:
             deadline = session.idle_since + config.timeout_minutes * 60
             if now < deadline:
                 self._schedule(session, deadline)
             else:
-                self._spawn(self._time_out(session), f"jidoka:{session_id}:timeout")
+                self._enqueue(lambda: self._time_out(session), f"jidoka:{session_id}:timeout")
 
     async def _time_out(self, session: Session) -> None:
         """Save the session first (when persistence is on), then terminate it: ``timeout``."""
@@ -493,6 +504,17 @@ class SessionManager:
                 return
         await self._terminate_quietly(sid, REASON_TIMEOUT, None)
 
+    def _go_idle_now(self, session: Session) -> bool:
+        """The idle transition done on the spot, when it needs no waiting: the store and bus
+        never wait and nobody holds the session's lock. Sessions created together go idle
+        together; doing it here costs them no task each (and no memory spike)."""
+        if not session.can_commit_nowait():
+            return False
+        session.idle_since = self._clock.monotonic()
+        session.transition_nowait(Status.IDLE)
+        self._schedule_timeout(session)
+        return True
+
     async def _go_idle(self, session: Session) -> None:
         async with session.lock:
             if session.terminating or session.state.status is not Status.ACTIVE:
@@ -505,8 +527,34 @@ class SessionManager:
                 return
             session.idle_since = now  # the time-out counts from the decision, not the commit
             await session.transition(Status.IDLE)
-            if config.timeout_minutes > 0:
-                self._schedule(session, session.idle_since + config.timeout_minutes * 60)
+            self._schedule_timeout(session)
+
+    def _schedule_timeout(self, session: Session) -> None:
+        timeout = session.state.config.timeout_minutes
+        if timeout > 0:
+            self._schedule(session, session.idle_since + timeout * 60)
+
+    # Timer-driven work that must wait (a durable commit, a load, a time-out) runs as tasks,
+    # at most this many at once: 100k sessions coming due together queue up instead of
+    # becoming 100k tasks.
+    MAX_DUE_TASKS: Final = 64
+
+    def _enqueue(self, make: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
+        self._due.append((make, name))
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._due and self._due_running < self.MAX_DUE_TASKS and not self._closed:
+            make, name = self._due.popleft()
+            self._due_running += 1
+            self._spawn(self._bounded(make), name)
+
+    async def _bounded(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        try:
+            await make()
+        finally:
+            self._due_running -= 1
+            self._pump()
 
     # --- helpers for the client -------------------------------------------------------------------
 

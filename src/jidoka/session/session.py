@@ -170,8 +170,38 @@ class Session:
 
     # --- the event path -------------------------------------------------------------------------
 
-    def make_event(self, type_: str, data: dict[str, Any], seq: int, now: float) -> Event:
-        return Event(type_, self.state.session_id, seq, datetime.fromtimestamp(now, UTC), data)
+    def can_commit_nowait(self) -> bool:
+        """True if a commit can happen right now, synchronously (memory store and bus, lock
+        free, no earlier commit still in flight)."""
+        services = self.services
+        return (
+            services.fast_append is not None
+            and services.fast_publish is not None
+            and not self.lock.locked()
+            and not self.terminating
+            and (self._inflight is None or self._inflight.done())
+        )
+
+    def transition_nowait(self, to: Status) -> None:
+        """:meth:`transition` for when :meth:`can_commit_nowait` holds."""
+        previous = self.state.status
+        data = _STATUS_DATA.get((previous, to)) or {"status": to.value, "previous": previous}
+        services = self.services
+        assert services.fast_append is not None
+        assert services.fast_publish is not None
+        events = self._events([(EventType.SESSION_STATUS, data)])
+        services.fast_append(self.state.session_id, events)
+        self._apply_and_publish(events, services.fast_publish)
+
+    def _events(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
+        when = datetime.fromtimestamp(self.services.clock.time(), UTC)
+        sid = self.state.session_id
+        seq = self.state.seq
+        events = []
+        for type_, data in items:
+            seq += 1
+            events.append(Event(type_, sid, seq, when, data))
+        return events
 
     async def commit(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
         """Append, apply and publish events. The caller holds :attr:`lock`.
@@ -183,14 +213,8 @@ class Session:
         if inflight is not None and not inflight.done():
             await asyncio.wait({inflight})  # a cancelled caller's commit is still finishing
         services = self.services
-        now = services.clock.time()
-        when = datetime.fromtimestamp(now, UTC)
         sid = self.state.session_id
-        seq = self.state.seq
-        events = []
-        for type_, data in items:
-            seq += 1
-            events.append(Event(type_, sid, seq, when, data))
+        events = self._events(items)
         if services.fast_append is not None and services.fast_publish is not None:
             services.fast_append(sid, events)
             self._apply_and_publish(events, services.fast_publish)

@@ -51,6 +51,15 @@ class TimerQueue:
         if when < self._sleeping_until:
             self._wake.set()
 
+    def compact(self, keep: Callable[[str, float], bool]) -> int:
+        """Drop the entries ``keep`` rejects (e.g. of sessions that have ended); returns how
+        many went. Without this, every ended session's entry would stay until it came due."""
+        before = len(self._heap)
+        self._heap[:] = [entry for entry in self._heap if keep(entry[1], entry[0])]
+        heapq.heapify(self._heap)
+        self._wake.set()  # the entry being slept on may be gone
+        return before - len(self._heap)
+
     async def _run(self) -> None:
         heap = self._heap
         while True:
