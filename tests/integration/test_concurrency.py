@@ -9,6 +9,7 @@ import pytest
 
 import jidoka
 from jidoka.ids import is_session_id
+from tests.helpers import settle
 
 
 @pytest.mark.slow
@@ -105,3 +106,24 @@ async def test_cancelled_caller_leaves_session_consistent(
     logged = await runtime.read_events(sid)
     assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
     await client.send_message(sid, "user", "after")
+
+
+async def test_caller_cancelled_mid_commit(
+    client: jidoka.Client, runtime: jidoka.Runtime, store_backend: str
+) -> None:
+    """A caller cancelled while its event is being committed: the event may land (its commit
+    was under way) but the projection always matches the log, and the next command works."""
+    sid = await client.create_session()
+    first = asyncio.create_task(client.send_message(sid, "user", "cancelled in flight"))
+    rest = [asyncio.create_task(client.send_message(sid, "user", str(n))) for n in range(5)]
+    await settle()  # `first` holds the lock and waits for its commit; the rest queue behind
+    first.cancel()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    if store_backend == "sqlite":  # the memory store never waits: nothing is ever mid-commit
+        assert isinstance(results[0], asyncio.CancelledError)
+    history = [m.content for m in await client.get_conversation_history(sid)]
+    logged = [e.data["content"] for e in await runtime.read_events(sid) if "content" in e.data]
+    assert history == logged
+    assert history[-5:] == [str(n) for n in range(5)]
+    events = await runtime.read_events(sid)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))

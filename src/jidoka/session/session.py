@@ -84,6 +84,12 @@ _STATUS_DATA: Final[dict[tuple[Status, Status], dict[str, Any]]] = {
 }
 
 
+#: A store's optional non-blocking append (see ``SqliteStore.append_future``).
+AppendFuture = Callable[
+    [str, Sequence[Event], Callable[[BaseException | None], None]], asyncio.Future[None]
+]
+
+
 class SessionServices:
     """What every session of a runtime shares: one reference per session instead of many."""
 
@@ -123,9 +129,7 @@ class SessionServices:
         )
         self.fast_publish: Callable[[Event], None] | None = getattr(bus, "publish_nowait", None)
         # Durable stores that can hand back a future let a commit avoid a task of its own.
-        self.append_future: Callable[[str, Sequence[Event]], asyncio.Future[None]] | None = getattr(
-            store, "append_future", None
-        )
+        self.append_future: AppendFuture | None = getattr(store, "append_future", None)
         self.messages_appended = 0
 
 
@@ -133,7 +137,8 @@ class Session:
     """One live session, created and retired by the session manager."""
 
     __slots__ = (
-        "_inflight",
+        "_drained",
+        "_pending",
         "idle_since",
         "last_activity",
         "lock",
@@ -158,7 +163,8 @@ class Session:
         self.timer_at: float | None = None  # `when` of this session's live timer entry
         self.terminating = False
         self.snapshot_seq = 0  # seq of the newest snapshot written (or loaded)
-        self._inflight: asyncio.Future[None] | None = None
+        self._pending = 0  # durable commits started and not finished (see commit)
+        self._drained: asyncio.Future[None] | None = None
 
     @property
     def session_id(self) -> str:
@@ -179,7 +185,7 @@ class Session:
             and services.fast_publish is not None
             and not self.lock.locked()
             and not self.terminating
-            and (self._inflight is None or self._inflight.done())
+            and self._pending == 0
         )
 
     def transition_nowait(self, to: Status) -> None:
@@ -209,9 +215,10 @@ class Session:
         Once the store has been asked to append, the rest runs to completion even if the caller
         is cancelled, so the projection never falls behind the log.
         """
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            await asyncio.wait({inflight})  # a cancelled caller's commit is still finishing
+        if self._pending:  # a cancelled caller's commit is still finishing
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
         services = self.services
         sid = self.state.session_id
         events = self._events(items)
@@ -219,31 +226,31 @@ class Session:
             services.fast_append(sid, events)
             self._apply_and_publish(events, services.fast_publish)
             return events
+        self._pending += 1
         if services.append_future is not None:
-            future = services.append_future(sid, events)
-            future.add_done_callback(functools.partial(self._committed, events))
-            self._inflight = future
-            await asyncio.shield(future)  # raises the store's error, if any
+            # The store calls `_committed` when the commit is done, before waking us, and
+            # whether or not we are still waiting: no task and no shield needed.
+            await services.append_future(sid, events, functools.partial(self._committed, events))
             return events
         task = asyncio.get_running_loop().create_task(self._commit_slow(events))
-        self._inflight = task
-        try:
-            await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._inflight = None
+        await asyncio.shield(task)
         return events
 
     async def _commit_slow(self, events: list[Event]) -> None:
-        await self.services.store.append(self.state.session_id, events)
-        for event in events:
-            apply(self.state, event)
-        for event in events:
-            await self.services.bus.publish(event)
+        try:
+            await self.services.store.append(self.state.session_id, events)
+        except BaseException as exc:
+            self._committed(events, exc)
+            raise
+        self._committed(events, None)
 
-    def _committed(self, events: list[Event], future: asyncio.Future[None]) -> None:
-        """Done-callback of a durable append: apply and publish once committed, whoever waits."""
-        if future.cancelled() or future.exception() is not None:
+    def _committed(self, events: list[Event], error: BaseException | None) -> None:
+        """A durable append finished: apply and publish if it committed, whoever still waits."""
+        self._pending -= 1
+        if self._pending == 0 and self._drained is not None:
+            self._drained.set_result(None)
+            self._drained = None
+        if error is not None:
             return  # nothing was stored: nothing to apply
         publish = self.services.fast_publish
         if publish is not None:

@@ -126,7 +126,7 @@ class _Request:
     statement); any other write carries a function to run on the connection.
     """
 
-    __slots__ = ("append", "future", "loop", "run", "session_id")
+    __slots__ = ("append", "future", "loop", "on_done", "run", "session_id")
 
     def __init__(
         self,
@@ -135,10 +135,12 @@ class _Request:
         *,
         run: Callable[[sqlite3.Connection], Any] | None = None,
         append: _Append | None = None,
+        on_done: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.run = run
         self.append = append
+        self.on_done = on_done
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
 
@@ -345,6 +347,11 @@ class SqliteStore:
 
         def settle(items: list[tuple[_Request, Any, BaseException | None]]) -> None:
             for request, value, error in items:
+                if request.on_done is not None:
+                    try:
+                        request.on_done(error)
+                    except Exception:
+                        logger.exception("a commit callback failed")
                 if request.future.done():
                     continue  # cancelled caller; the work is done (or not) all the same
                 if error is not None:
@@ -365,11 +372,18 @@ class SqliteStore:
     async def append(self, session_id: str, events: Sequence[Event]) -> None:
         await self.append_future(session_id, events)
 
-    def append_future(self, session_id: str, events: Sequence[Event]) -> asyncio.Future[None]:
+    def append_future(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        on_done: Callable[[BaseException | None], None] | None = None,
+    ) -> asyncio.Future[None]:
         """Queue an append; the future completes once the commit holding it returns.
 
-        Runs on the event loop and never waits. The session layer applies the events in a
-        done-callback of this future, which runs even if its caller was cancelled meanwhile.
+        Runs on the event loop and never waits. ``on_done(error)`` is called on the loop when
+        the commit has succeeded (``None``) or failed, before the future is resolved and even
+        if the future was cancelled meanwhile: the session layer applies events there, so a
+        cancelled caller can never leave the projection behind the log.
         """
         self._check_open(session_id)
         loop = asyncio.get_running_loop()
@@ -377,6 +391,8 @@ class SqliteStore:
         if not batch:
             done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
+            if on_done is not None:
+                on_done(None)
             return done
         first = batch[0].seq
         status = None
@@ -388,7 +404,9 @@ class SqliteStore:
                 (session_id, event.seq, event.type, _to_us(event.time), _encode(event.data))
             )
             status = _status_after(status, event)
-        request = _Request(session_id, loop, append=_Append(first, batch[-1].seq, rows, status))
+        request = _Request(
+            session_id, loop, append=_Append(first, batch[-1].seq, rows, status), on_done=on_done
+        )
         self._queue.put(request)
         return request.future
 
