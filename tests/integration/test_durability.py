@@ -338,3 +338,18 @@ async def test_group_commit_shares_transactions(tmp_path: Path, clock: FakeClock
             assert [m.content for m in await client.get_conversation_history(sid)] == [
                 str(n) for n in range(20)
             ]
+
+
+async def test_closed_store_refuses_every_command_without_hanging(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    from jidoka.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    await store.open()
+    async with jidoka.Runtime(store=store, clock=clock) as rt:
+        sid = await rt.client.create_session()
+        await store.aclose()
+        for _ in range(2):  # the second must not wait for the first
+            with pytest.raises(jidoka.RuntimeClosed):
+                await asyncio.wait_for(rt.client.send_message(sid, "user", "x"), 10)

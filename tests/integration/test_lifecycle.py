@@ -177,3 +177,20 @@ async def test_a_crowd_going_idle_together(runtime: jidoka.Runtime, clock: FakeC
         ended = [e for e in await take(events, 900) if e.type == "session_terminated"]
     assert {e.session_id for e in ended} == set(ids)
     assert {e.data["reason"] for e in ended} == {"timeout"}
+
+
+async def test_runtime_exits_cleanly_in_a_task_with_a_pending_cancel_count(
+    clock: FakeClock,
+) -> None:
+    """A TaskGroup whose child failed while exiting leaves the task's cancel count raised on
+    Python 3.11; closing a runtime afterwards must not turn that into a CancelledError."""
+
+    async def fails() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("child failed")
+
+    with pytest.raises(ExceptionGroup):
+        async with asyncio.TaskGroup() as group:
+            group.create_task(fails())
+    async with jidoka.Runtime(clock=clock) as rt:
+        await rt.client.create_session()

@@ -226,12 +226,14 @@ class Session:
             services.fast_append(sid, events)
             self._apply_and_publish(events, services.fast_publish)
             return events
-        self._pending += 1
         if services.append_future is not None:
             # The store calls `_committed` when the commit is done, before waking us, and
             # whether or not we are still waiting: no task and no shield needed.
-            await services.append_future(sid, events, functools.partial(self._committed, events))
+            done = services.append_future(sid, events, functools.partial(self._committed, events))
+            self._pending += 1  # only once the store has taken it (it may refuse at once)
+            await done
             return events
+        self._pending += 1
         task = asyncio.get_running_loop().create_task(self._commit_slow(events))
         await asyncio.shield(task)
         return events

@@ -93,11 +93,13 @@ class TimerQueue:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
+            current = asyncio.current_task()
+            cancelling = current.cancelling() if current is not None else 0
             task.cancel()
             try:
                 await task
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
+                # Re-raise only a cancellation of *our* caller that arrived meanwhile.
+                if current is not None and current.cancelling() > cancelling:
                     raise
         self._heap.clear()

@@ -57,8 +57,8 @@ CREATE TABLE events (
     type TEXT NOT NULL,
     time_us INTEGER NOT NULL,
     data BLOB NOT NULL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
+    UNIQUE (session_id, seq)
+);
 CREATE TABLE sessions (
     session_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -270,7 +270,11 @@ class SqliteStore:
 
         def flush() -> None:
             if rows:
-                conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+                conn.executemany(
+                    "INSERT INTO events (session_id, seq, type, time_us, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
                 rows.clear()
             if statuses:
                 conn.executemany(
