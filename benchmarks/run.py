@@ -1,5 +1,8 @@
 """Run the benchmark suite: ``python -m benchmarks.run [--quick] [--only NAME ...]``.
 
+Without ``--only`` it runs the in-memory benchmarks (:data:`DEFAULT`); the durable-store ones
+(``durable``, ``peers``: see docs/performance.md) run when named, e.g. ``--only durable peers``.
+
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
 file under ``benchmarks/results/`` (or ``--output``). ``--quick`` uses tiny sizes: it checks
 that every benchmark still runs, its numbers mean nothing.
@@ -18,16 +21,28 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import bench_append, bench_fanout, bench_history, bench_lifecycle, bench_memory
+from . import (
+    bench_append,
+    bench_durable,
+    bench_fanout,
+    bench_history,
+    bench_lifecycle,
+    bench_memory,
+    bench_peers,
+)
 from ._common import ROOT, Result, format_table, machine_info
 
-__all__ = ["MODULES", "main", "run_all"]
+__all__ = ["DEFAULT", "MODULES", "main", "run_all"]
 
 #: In the order they run (memory last: it spawns its own processes).
 MODULES: dict[str, ModuleType] = {
     module.NAME: module
     for module in (bench_lifecycle, bench_append, bench_history, bench_fanout, bench_memory)
 }
+#: What runs without ``--only``: the modules above.
+DEFAULT: tuple[str, ...] = tuple(MODULES)
+#: The durable store (SQLite) and its peers; they run only when named with ``--only``.
+MODULES.update({module.NAME: module for module in (bench_durable, bench_peers)})
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
@@ -77,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=list(MODULES),
         metavar="NAME",
-        help=f"run only these ({', '.join(MODULES)})",
+        help=f"run only these ({', '.join(MODULES)}; default: {' '.join(DEFAULT)})",
     )
     parser.add_argument("--output", type=Path, help="the JSON file to write")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -88,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get("PYTHONASYNCIODEBUG"):
         log("note: PYTHONASYNCIODEBUG is set; the benchmarks run their loops with debug off")
-    names = args.only or list(MODULES)
+    names = args.only or list(DEFAULT)
     results, durations = run_all(names, quick=args.quick, log=log)
     document = _document(results, durations, quick=args.quick, argv=args_list)
     if not args.no_write:
