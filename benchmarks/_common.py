@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import math
 import os
 import platform
@@ -35,6 +36,7 @@ __all__ = [
     "percentile",
     "quiesce",
     "run_async",
+    "run_child",
     "spread",
 ]
 
@@ -287,3 +289,20 @@ def machine_info() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - psutil is a dev dependency
         info["memory_total_bytes"] = None
     return info
+
+
+def run_child(module: str, args: Sequence[str], what: str) -> dict[str, Any]:
+    """Run ``python -m <module> <args>`` in a fresh process and return the JSON object it prints
+    last. The child gets no ``JIDOKA_*`` variables and no asyncio debug or tracemalloc flags."""
+    command = [sys.executable, "-m", module, *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOKA_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("PYTHONASYNCIODEBUG", None)
+    env.pop("PYTHONTRACEMALLOC", None)
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data

@@ -48,7 +48,6 @@ import queue
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,7 +60,7 @@ from typing import Any
 
 import msgspec
 
-from ._common import ROOT, Baseline, Result, Target, clock, quiesce, run_async
+from ._common import ROOT, Baseline, Result, Target, clock, quiesce, run_async, run_child
 
 __all__ = [
     "CONTENT",
@@ -765,21 +764,8 @@ def _child_main(argv: list[str]) -> None:
 
 
 def _spawn(mode: str, data_dir: Path, n: int = 0) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.bench_durable", "--child", mode]
-    command += ["--data-dir", str(data_dir), "--sessions", str(n)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOKA_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("PYTHONASYNCIODEBUG", None)
-    env.pop("PYTHONTRACEMALLOC", None)
-    done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"durable child {mode} n={n} failed ({done.returncode}):\n{done.stderr[-4000:]}"
-        )
-    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return data
+    args = ["--child", mode, "--data-dir", str(data_dir), "--sessions", str(n)]
+    return run_child("benchmarks.bench_durable", args, f"durable child {mode} n={n}")
 
 
 def _short(n: int) -> str:

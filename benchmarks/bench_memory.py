@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._common import ROOT, Baseline, Result, Target, make_runtime, run_async
+from ._common import Baseline, Result, Target, make_runtime, run_async, run_child
 
 __all__ = ["NAME", "run"]
 
@@ -233,23 +232,8 @@ def _child_main(argv: list[str]) -> None:
 
 
 def _spawn(mode: str, n: int, breakdown: bool = False) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.bench_memory", "--child", mode, "--sessions"]
-    command.append(str(n))
-    if breakdown:
-        command.append("--breakdown")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("PYTHONASYNCIODEBUG", None)
-    env.pop("PYTHONTRACEMALLOC", None)
-    done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"memory child {mode} n={n} failed ({done.returncode}):\n{done.stderr[-4000:]}"
-        )
-    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return data
+    args = ["--child", mode, "--sessions", str(n), *(["--breakdown"] if breakdown else [])]
+    return run_child("benchmarks.bench_memory", args, f"memory child {mode} n={n}")
 
 
 def run(quick: bool = False) -> list[Result]:
