@@ -46,11 +46,18 @@ class Client:
         config: dict[str, Any] | None = None,
         llm_config: dict[str, Any] | None = None,
         project_root: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Create a session and return its id. ``config`` overrides the runtime's session
-        defaults field by field; ``project_root`` (a directory) is where its files live."""
+        defaults field by field; ``project_root`` (a directory) is where its files live;
+        ``owner`` names the principal it belongs to (the server sets it from the caller's
+        token and shows each principal only its own sessions)."""
         return await self._manager.create(
-            metadata=metadata, config=config, llm_config=llm_config, project_root=project_root
+            metadata=metadata,
+            config=config,
+            llm_config=llm_config,
+            project_root=project_root,
+            owner=owner,
         )
 
     async def get_session_info(self, session_id: str) -> SessionInfo:
@@ -58,11 +65,16 @@ class Client:
         return await self._manager.info(session_id)
 
     async def list_sessions(
-        self, status: str | None = None, *, limit: int | None = None, after: str | None = None
+        self,
+        status: str | None = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        owner: str | None = None,
     ) -> list[SessionInfo]:
-        """Sessions in creation order, optionally only those with ``status``; page with
-        ``after`` (the last id of the previous page) and ``limit``."""
-        return await self._manager.list_sessions(status, limit=limit, after=after)
+        """Sessions in creation order, optionally only those with ``status`` (or ``owner``);
+        page with ``after`` (the last id of the previous page) and ``limit``."""
+        return await self._manager.list_sessions(status, limit=limit, after=after, owner=owner)
 
     async def terminate_session(
         self, session_id: str, *, reason: str = REASON_REQUESTED
@@ -83,9 +95,10 @@ class Client:
         if that id is live)."""
         return await self._manager.restore(session_id)
 
-    async def list_saved_sessions(self) -> list[SavedSession]:
-        """Saved copies: ``session_id``, ``saved_at``, ``message_count``, ``metadata``."""
-        return await self._manager.list_saved()
+    async def list_saved_sessions(self, *, owner: str | None = None) -> list[SavedSession]:
+        """Saved copies: ``session_id``, ``saved_at``, ``message_count``, ``metadata``,
+        ``owner``; optionally only those of ``owner``."""
+        return await self._manager.list_saved(owner)
 
     async def delete_saved_session(self, session_id: str) -> None:
         """Delete a saved copy (``SessionNotFound`` if there is none)."""

@@ -102,6 +102,7 @@ class SessionState:
         "index",
         "llm_config",
         "metadata",
+        "owner",
         "project_root",
         "reason",
         "seq",
@@ -122,6 +123,7 @@ class SessionState:
         self.config = SessionConfig()
         self.llm_config: dict[str, Any] = {}
         self.project_root: str | None = None
+        self.owner: str | None = None
         self.history: deque[Message] | None = None
         self.files: dict[str, ActiveFile] | None = None
         self.index: dict[str, FileIndexEntry] | None = None
@@ -158,6 +160,7 @@ class SessionState:
             "config": self.config.to_dict(),
             "llm_config": self.llm_config,
             "project_root": self.project_root,
+            "owner": self.owner,
             "history": list(self.history or ()),
             "files": dict(self.files or {}),
             "index": dict(self.index or {}),
@@ -190,6 +193,7 @@ def _created(state: SessionState, event: Event) -> None:
     state.config = SessionConfig.from_dict(data.get("config"), session_id=state.session_id)
     state.llm_config = llm_config if llm_config is not None else {}
     state.project_root = data.get("project_root")
+    state.owner = data.get("owner")
 
 
 def _restored(state: SessionState, event: Event, saved: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     #: Why it terminated (``requested``, ``timeout``, ``error`` ...); ``None`` while live.
     reason: str | None = None
     project_root: str | None = None
+    #: The principal that owns it (the server's access control); ``None`` when created in process.
+    owner: str | None = None
 
     @classmethod
     def of(cls, state: SessionState) -> SessionInfo:
@@ -45,6 +47,7 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
             error=state.error,
             reason=state.reason,
             project_root=state.project_root,
+            owner=state.owner,
         )
 
 

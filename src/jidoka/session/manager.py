@@ -133,8 +133,14 @@ class SessionManager:
         config: object = None,
         llm_config: object = None,
         project_root: object = None,
+        owner: object = None,
     ) -> str:
         self.check_open()
+        if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 256):
+            raise InvalidArgument(
+                f"owner must be a non-empty string of at most 256 characters, got {owner!r}",
+                argument="owner",
+            )
         with self.telemetry.span("create_session") as span:
             started = self._clock.monotonic()
             meta = self._json_object(metadata, "metadata", self.settings.max_metadata_bytes)
@@ -160,6 +166,8 @@ class SessionManager:
                     "llm_config": llm,
                     "project_root": root,
                 }
+                if owner is not None:
+                    created["owner"] = owner
                 async with session.lock:
                     await session.commit([(EventType.SESSION_CREATED, created)])
                     if state.config == self._default_config:
@@ -245,12 +253,18 @@ class SessionManager:
             return tombstone.info
 
     async def list_sessions(
-        self, status: object = None, *, limit: int | None = None, after: str | None = None
+        self,
+        status: object = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        owner: str | None = None,
     ) -> list[SessionInfo]:
-        """Sessions in id (= creation) order, live and remembered, optionally by status.
+        """Sessions in id (= creation) order, live and remembered, optionally by status and
+        by owner.
 
         ``after`` (an id) and ``limit`` page through them. Recovered sessions not loaded yet
-        are ``idle``; those on the returned page are loaded.
+        are ``idle``; those on the returned page are loaded (with ``owner``, those looked at).
         """
         self.check_open()
         wanted: Status | None = None
@@ -282,12 +296,16 @@ class SessionManager:
         ids.sort()
         if after is not None:
             ids = ids[bisect.bisect_right(ids, after) :]
-        if limit is not None:
+        if limit is not None and owner is None:
             ids = ids[:limit]
-        out = []
+        out: list[SessionInfo] = []
         for sid in ids:
             with contextlib.suppress(SessionTerminated, SessionNotFound):  # corrupt on load
-                out.append(await self.info(sid))
+                info = await self.info(sid)
+                if owner is None or info.owner == owner:
+                    out.append(info)
+                    if limit is not None and len(out) >= limit:
+                        break
         return out
 
     def live_count(self) -> int:
@@ -748,9 +766,10 @@ class SessionManager:
         self.telemetry.sessions_created.add(1)
         return SessionInfo.of(state)
 
-    async def list_saved(self) -> list[SavedSession]:
+    async def list_saved(self, owner: str | None = None) -> list[SavedSession]:
         self.check_open()
-        return await self.services.store.list_saved()
+        saved = await self.services.store.list_saved()
+        return saved if owner is None else [s for s in saved if s.owner == owner]
 
     async def delete_saved(self, session_id: object) -> None:
         self.check_open()

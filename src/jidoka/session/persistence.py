@@ -67,6 +67,7 @@ def saved_copy(state: SessionState, when: datetime) -> tuple[SavedSession, bytes
         saved_at=when,
         message_count=state.conversation_count,
         metadata=state.metadata,
+        owner=state.owner,
     )
     return summary, encode_state(state)
 

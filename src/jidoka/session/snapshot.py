@@ -43,6 +43,7 @@ class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
     working_context: dict[str, Any]
     reason: str | None = None
     error: str | None = None
+    owner: str | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -75,6 +76,7 @@ def _snapshot(state: SessionState) -> _Snapshot:
         working_context=dict(state.working_context or {}),
         reason=state.reason,
         error=state.error,
+        owner=state.owner,
     )
 
 
@@ -121,4 +123,5 @@ def decode_state(raw: bytes | dict[str, Any], *, session_id: str | None = None) 
         state.wc_sizes = {k: len(k) + json_size(v) for k, v in snap.working_context.items()}
     state.reason = snap.reason
     state.error = snap.error
+    state.owner = snap.owner
     return state

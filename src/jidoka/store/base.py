@@ -42,6 +42,8 @@ class SavedSession(msgspec.Struct, frozen=True, kw_only=True):
     saved_at: datetime
     message_count: int
     metadata: dict[str, Any]
+    #: The principal that owns the session (``None``: created without one, in process).
+    owner: str | None = None
 
 
 class SeqConflict(StoreError):

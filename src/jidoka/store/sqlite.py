@@ -44,13 +44,13 @@ __all__ = ["SCHEMA_VERSION", "SchemaError", "SqliteStore"]
 
 logger = logging.getLogger("jidoka.store.sqlite")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 DATABASE_NAME: Final = "jidoka.sqlite3"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _BATCH_MAX: Final = 2048
 
-_SCHEMA_V2: Final = """
+_SCHEMA: Final = """
 CREATE TABLE events (
     session_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -75,7 +75,8 @@ CREATE TABLE saved_sessions (
     saved_us INTEGER NOT NULL,
     message_count INTEGER NOT NULL,
     metadata BLOB NOT NULL,
-    state BLOB NOT NULL
+    state BLOB NOT NULL,
+    owner TEXT
 );
 """
 
@@ -431,10 +432,11 @@ class SqliteStore:
             saved.message_count,
             _encode(saved.metadata),
             state,
+            saved.owner,
         )
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO saved_sessions VALUES (?, ?, ?, ?, ?)", row)
+            conn.execute("INSERT OR REPLACE INTO saved_sessions VALUES (?, ?, ?, ?, ?, ?)", row)
 
         await self._submit(saved.session_id, run)
 
@@ -524,19 +526,21 @@ class SqliteStore:
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
         def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
             row: tuple[Any, ...] | None = conn.execute(
-                "SELECT * FROM saved_sessions WHERE session_id = ?", (session_id,)
+                "SELECT session_id, saved_us, message_count, metadata, owner, state"
+                " FROM saved_sessions WHERE session_id = ?",
+                (session_id,),
             ).fetchone()
             return row
 
         row = await self._read(session_id, run)
         if row is None:
             return None
-        return self._saved(row), bytes(row[4])
+        return self._saved(row), bytes(row[5])
 
     async def list_saved(self) -> list[SavedSession]:
         def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
-                "SELECT session_id, saved_us, message_count, metadata FROM saved_sessions"
+                "SELECT session_id, saved_us, message_count, metadata, owner FROM saved_sessions"
                 " ORDER BY session_id"
             ).fetchall()
 
@@ -545,13 +549,17 @@ class SqliteStore:
 
     @staticmethod
     def _saved(row: tuple[Any, ...]) -> SavedSession:
-        session_id, saved_us, count, metadata = row[:4]
+        session_id, saved_us, count, metadata, owner = row[:5]
         try:
             meta = _decode_object(metadata)
         except (msgspec.DecodeError, msgspec.ValidationError):
             meta = {}
         return SavedSession(
-            session_id=session_id, saved_at=_from_us(saved_us), message_count=count, metadata=meta
+            session_id=session_id,
+            saved_at=_from_us(saved_us),
+            message_count=count,
+            metadata=meta,
+            owner=owner,
         )
 
     async def ping(self) -> None:
@@ -584,9 +592,13 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                 tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 if tables:
                     raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
-                _execute_script(conn, _SCHEMA_V2)
-            elif version == 1:
-                _migrate_v1_to_v2(conn)
+                _execute_script(conn, _SCHEMA)
+            else:
+                if version == 1:
+                    _migrate_v1_to_v2(conn)
+                if version <= 2:
+                    # v3: saved sessions record the principal that owns them.
+                    conn.execute("ALTER TABLE saved_sessions ADD COLUMN owner TEXT")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -610,7 +622,7 @@ def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
     ``sessions`` summary (status, last seq), snapshots and saved sessions.
     """
     conn.execute("ALTER TABLE events RENAME TO events_v1")
-    _execute_script(conn, _SCHEMA_V2)
+    _execute_script(conn, _SCHEMA)
     rows = conn.execute(
         "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
     ).fetchall()

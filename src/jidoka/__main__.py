@@ -1,0 +1,7 @@
+"""``python -m jidoka`` is the ``jidoka`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""What ``jidoka serve`` is told: address, tokens, limits. Flags override ``JIDOKA_*`` variables.
+
+Kept apart from :class:`~jidoka.config.Settings` (the runtime's) because a runtime embedded in
+another program has no server; the CLI builds both from its flags and the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..errors import InvalidConfig
+
+__all__ = ["ServerConfig", "load_tokens"]
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """The server's settings; see ``docs/http-api.md`` for what each one does."""
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (the chosen one is printed).
+    port: int = 8765
+    #: token -> principal. Empty with ``insecure_no_auth`` off: ``jidoka serve`` makes one.
+    tokens: dict[str, str] = {}
+    insecure_no_auth: bool = False
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1 << 20
+    max_inflight: int = 64
+    heartbeat_seconds: float = 15.0
+    shutdown_timeout: float = 10.0
+    #: Log one line per request (method, path, status, duration, request id).
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidConfig(f"port must be 0..65535, got {self.port}", field="port")
+        for name in ("max_body_bytes", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise InvalidConfig(f"{name} must be at least 1", field=name)
+        for name in ("heartbeat_seconds", "shutdown_timeout"):
+            value = getattr(self, name)
+            if not value > 0 or value == float("inf"):
+                raise InvalidConfig(f"{name} must be a positive number, got {value}", field=name)
+        for token, principal in self.tokens.items():
+            if len(token) < 16:
+                raise InvalidConfig(
+                    "every token must be at least 16 characters long", field="tokens"
+                )
+            if not principal:
+                raise InvalidConfig("every token needs a non-empty principal", field="tokens")
+        if not self.tokens and not self.insecure_no_auth and not self.is_loopback:
+            raise InvalidConfig(
+                f"refusing to serve {self.host!r} (not a loopback address) without tokens; "
+                "configure JIDOKA_TOKENS or --tokens-file, or pass --insecure-no-auth",
+                field="host",
+            )
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def auth_enabled(self) -> bool:
+        return not self.insecure_no_auth
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ServerConfig:
+        """``JIDOKA_HOST``, ``JIDOKA_PORT``, ``JIDOKA_TOKENS``, ``JIDOKA_CORS_ORIGINS``,
+        ``JIDOKA_MAX_BODY_BYTES``, ``JIDOKA_MAX_INFLIGHT``; ``overrides`` (flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field, kind in (
+            ("JIDOKA_HOST", "host", str),
+            ("JIDOKA_PORT", "port", int),
+            ("JIDOKA_MAX_BODY_BYTES", "max_body_bytes", int),
+            ("JIDOKA_MAX_INFLIGHT", "max_inflight", int),
+        ):
+            raw = env.get(name)
+            if raw:
+                try:
+                    values[field] = kind(raw)
+                except ValueError:
+                    raise InvalidConfig(f"{name}={raw!r} is not valid", field=field) from None
+        if env.get("JIDOKA_TOKENS"):
+            values["tokens"] = parse_tokens(env["JIDOKA_TOKENS"], "JIDOKA_TOKENS")
+        if env.get("JIDOKA_CORS_ORIGINS"):
+            values["cors_origins"] = tuple(
+                o.strip() for o in env["JIDOKA_CORS_ORIGINS"].split(",") if o.strip()
+            )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise InvalidConfig(str(exc), field="server") from None
+
+
+def parse_tokens(text: str, source: str) -> dict[str, str]:
+    """``{"<token>": "<principal>", ...}`` from JSON text; ``source`` names it in errors."""
+    try:
+        tokens = json.loads(text)
+    except ValueError as exc:
+        raise InvalidConfig(f"{source} is not valid JSON: {exc}", field="tokens") from None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()
+    ):
+        raise InvalidConfig(
+            f'{source} must be a JSON object {{"<token>": "<principal>", ...}}', field="tokens"
+        )
+    return tokens
+
+
+def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a tokens file (the same JSON as ``JIDOKA_TOKENS``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidConfig(f"cannot read tokens file {str(path)!r}: {exc}", field="tokens") from None
+    return parse_tokens(text, f"tokens file {str(path)!r}")

@@ -1,0 +1,159 @@
+"""The JSON bodies of the HTTP and WebSocket API, shared by the server and ``RemoteClient``.
+
+Requests are strict (unknown fields are refused, so a typo is an error, not a silent default);
+responses reuse the core's own structs (:class:`~jidoka.SessionInfo`, :class:`Message` ...) so a
+remote client decodes exactly what an in-process one returns. Collections are wrapped in an object
+(``{"sessions": [...], "next_cursor": ...}``) so they can grow fields without breaking clients.
+The OpenAPI document is generated from these types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .session.context import ActiveFile, ContextBundle, FileIndexEntry, Message
+from .session.info import SessionInfo
+from .store.base import SavedSession
+
+__all__ = [
+    "AddFileRequest",
+    "BuildContextRequest",
+    "Cleared",
+    "CreateSessionRequest",
+    "Deleted",
+    "FileIndexList",
+    "FileList",
+    "MessageList",
+    "Problem",
+    "Removed",
+    "SavedSessionList",
+    "SendMessageRequest",
+    "SessionPage",
+    "UpdateFileIndexRequest",
+    "WorkingContextMap",
+    "WorkingContextValue",
+    "WorkingContextWrite",
+]
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class CreateSessionRequest(_Request):
+    """``POST /v1/sessions``: every field optional; ``config`` overrides the server defaults."""
+
+    metadata: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    llm_config: dict[str, Any] | None = None
+    project_root: str | None = None
+
+
+class SendMessageRequest(_Request):
+    """``POST /v1/sessions/{id}/messages``."""
+
+    role: str
+    content: str
+
+
+class AddFileRequest(_Request):
+    """``POST /v1/sessions/{id}/files``: a path relative to the session's project root."""
+
+    path: str
+
+
+class UpdateFileIndexRequest(_Request):
+    """``PATCH /v1/sessions/{id}/file-index``: merge ``fields`` into ``path``'s entry."""
+
+    path: str
+    fields: dict[str, Any]
+
+
+class WorkingContextWrite(_Request):
+    """``PUT /v1/sessions/{id}/working-context/{key}``: any JSON value (``null`` included)."""
+
+    value: Any
+
+
+class BuildContextRequest(_Request):
+    """``POST /v1/sessions/{id}/context``: which parts, within how many tokens."""
+
+    include: list[str] | None = None
+    max_tokens: int | None = None
+
+
+class SessionPage(msgspec.Struct, kw_only=True):
+    """A page of sessions; pass ``next_cursor`` as ``cursor`` for the next (``null``: last)."""
+
+    sessions: list[SessionInfo]
+    next_cursor: str | None = None
+
+
+class MessageList(msgspec.Struct, kw_only=True):
+    messages: list[Message]
+
+
+class FileList(msgspec.Struct, kw_only=True):
+    files: list[ActiveFile]
+
+
+class FileIndexList(msgspec.Struct, kw_only=True):
+    entries: list[FileIndexEntry]
+
+
+class SavedSessionList(msgspec.Struct, kw_only=True):
+    saved_sessions: list[SavedSession]
+
+
+class WorkingContextValue(msgspec.Struct, kw_only=True):
+    key: str
+    value: Any
+
+
+class WorkingContextMap(msgspec.Struct, kw_only=True):
+    working_context: dict[str, Any]
+
+
+class Cleared(msgspec.Struct, kw_only=True):
+    """How many messages ``DELETE .../messages`` removed."""
+
+    cleared: int
+
+
+class Removed(msgspec.Struct, kw_only=True):
+    """Whether ``DELETE .../files`` found the file active."""
+
+    removed: bool
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    """Whether ``DELETE .../working-context/{key}`` found the key."""
+
+    deleted: bool
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An RFC 9457 problem document (``application/problem+json``), with the error's fields."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    session_id: str | None = None
+    request_id: str | None = None
+    argument: str | None = None
+    field: str | None = None
+    role: str | None = None
+    path: str | None = None
+    reason: str | None = None
+    limit: str | None = None
+    maximum: int | None = None
+    actual: int | None = None
+    from_status: str | None = None
+    to_status: str | None = None
+
+
+# The result types of the API, for the OpenAPI document.
+RESPONSE_TYPES: tuple[type, ...] = (SessionInfo, Message, ActiveFile, FileIndexEntry, ContextBundle)
