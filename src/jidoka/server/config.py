@@ -75,9 +75,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
         return not self.insecure_no_auth
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> ServerConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
         """``JIDOKA_HOST``, ``JIDOKA_PORT``, ``JIDOKA_TOKENS``, ``JIDOKA_CORS_ORIGINS``,
         ``JIDOKA_MAX_BODY_BYTES``, ``JIDOKA_MAX_INFLIGHT``; ``overrides`` (flags) win."""
         env = os.environ if environ is None else environ
@@ -127,5 +125,7 @@ def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidConfig(f"cannot read tokens file {str(path)!r}: {exc}", field="tokens") from None
+        raise InvalidConfig(
+            f"cannot read tokens file {str(path)!r}: {exc}", field="tokens"
+        ) from None
     return parse_tokens(text, f"tokens file {str(path)!r}")

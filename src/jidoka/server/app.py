@@ -1,0 +1,263 @@
+"""The ASGI application: ``create_app(runtime, config)``.
+
+It owns no session state: the :class:`~jidoka.Runtime` it is given does (and is opened and
+closed by whoever runs the server, see :mod:`jidoka.server.serve`), so the same app can serve a
+runtime embedded in a test, a benchmark or ``jidoka serve``. What it adds is the network's
+concerns: routes, auth, limits, problem documents, event streams, metrics and docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from opentelemetry import metrics as otel_metrics
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp
+from starlette.websockets import WebSocket
+
+from ..errors import InvalidArgument, JidokaError
+from ..events import Event, EventType
+from ..runtime import Runtime
+from .auth import Authenticator, InflightLimiter
+from .config import ServerConfig
+from .metrics import CONTENT_TYPE, PrometheusMetrics
+from .middleware import PRINCIPAL_KEY, REQUEST_ID_KEY, ApiMiddleware
+from .openapi import DOCS_HTML, openapi_document
+from .operations import Operations
+from .responses import RouteNotFound, json_response, problem_response
+from .routes import ROUTES, SessionRoutes
+from .streams import EventStream, StreamRegistry
+from .ws import WebSocketSession
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("jidoka.server")
+READY_TIMEOUT = 2.0
+
+
+class _Endpoints:
+    """The routes that are not plain request/response verbs: streams, probes, docs."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: ServerConfig,
+        ops: Operations,
+        auth: Authenticator,
+        streams: StreamRegistry,
+        metrics: PrometheusMetrics | None,
+    ) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.ops = ops
+        self.auth = auth
+        self.streams = streams
+        self.metrics = metrics
+        self._openapi: bytes | None = None
+
+    async def session_events(self, request: Request) -> ASGIApp:
+        principal = request.scope.get(PRINCIPAL_KEY)
+        sid = await self.ops.owned(principal, request.path_params["session_id"])
+        after = _after_seq(request)
+        stream = EventStream(
+            self.runtime.client.subscribe_to_session(sid, after_seq=after),
+            registry=self.streams,
+            heartbeat=self.config.heartbeat_seconds,
+            by_seq=True,
+        )
+        await stream.open()
+        return stream
+
+    async def all_events(self, request: Request) -> ASGIApp:
+        principal = request.scope.get(PRINCIPAL_KEY)
+        owners: dict[str, bool] = {}
+
+        async def visible(event: Event) -> bool:
+            if not self.auth.enabled or not event.session_id:
+                return True
+            mine = owners.get(event.session_id)
+            if mine is None:
+                if event.type == EventType.SESSION_CREATED and "state" not in event.data:
+                    mine = event.data.get("owner") == principal
+                else:
+                    try:
+                        mine = await self.runtime.manager.owner_of(event.session_id) == principal
+                    except JidokaError:
+                        mine = False
+                owners[event.session_id] = mine
+            if event.type == EventType.SESSION_TERMINATED:
+                owners.pop(event.session_id, None)
+            return mine
+
+        stream = EventStream(
+            self.runtime.client.subscribe_to_all_sessions(),
+            registry=self.streams,
+            heartbeat=self.config.heartbeat_seconds,
+            by_seq=False,
+            keep=visible,
+        )
+        await stream.open()
+        return stream
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        session = WebSocketSession(
+            websocket,
+            ops=self.ops,
+            client=self.runtime.client,
+            auth=self.auth,
+            registry=self.streams,
+        )
+        await session.run()
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self.runtime.store.ping()
+        except (JidokaError, TimeoutError) as exc:
+            detail = str(exc) or "the store did not answer in time"
+            return json_response({"status": "unavailable", "detail": detail}, 503)
+        if self.streams.draining:
+            return json_response({"status": "draining"}, 503)
+        return json_response({"status": "ready"})
+
+    async def prometheus(self, request: Request) -> Response:
+        body = b"" if self.metrics is None else await asyncio.to_thread(self.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = bytes(json_response(openapi_document()).body)
+        return Response(self._openapi, media_type="application/json")
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(DOCS_HTML)
+
+
+def _after_seq(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("after_seq")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidArgument(
+            f"Last-Event-ID / after_seq must be an event seq (a non-negative integer), got {raw!r}",
+            argument="after_seq",
+        )
+    return int(raw)
+
+
+def _http_observer(metrics: PrometheusMetrics | None) -> Any:
+    provider = metrics.meter_provider if metrics is not None else otel_metrics.get_meter_provider()
+    meter = provider.get_meter("jidoka.server")
+    requests = meter.create_counter("jidoka.http.requests", unit="{request}",
+                                    description="HTTP requests answered")  # fmt: skip
+    duration = meter.create_histogram("jidoka.http.request.duration", unit="s",
+                                      description="Time to answer an HTTP request")  # fmt: skip
+
+    def observe(method: str, route: str, status: int, seconds: float) -> None:
+        attributes: dict[str, str | int] = {
+            "http.method": method,
+            "http.route": route,
+            "http.status_code": status,
+        }
+        requests.add(1, attributes)
+        duration.record(seconds, attributes)
+
+    return observe
+
+
+async def _jidoka_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, JidokaError)
+    return problem_response(exc, request.scope.get(REQUEST_ID_KEY))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (404, 405):
+        error: JidokaError = RouteNotFound(
+            f"no route {request.method} {request.url.path}", status=exc.status_code
+        )
+    else:
+        error = InvalidArgument(exc.detail or f"HTTP {exc.status_code}", argument="request")
+    headers = dict(exc.headers or {})
+    return problem_response(error, request.scope.get(REQUEST_ID_KEY), headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    rid = request.scope.get(REQUEST_ID_KEY)
+    logger.exception("request %s: unexpected error", rid, exc_info=exc)
+    error = JidokaError(f"internal error (request id {rid}); the server log has the details")
+    return problem_response(error, rid)
+
+
+def create_app(
+    runtime: Runtime,
+    config: ServerConfig | None = None,
+    *,
+    metrics: PrometheusMetrics | None = None,
+) -> Starlette:
+    """The Jidoka ASGI app over a started ``runtime``. ``app.state.streams.drain()`` ends every
+    event stream and WebSocket with a final frame (what a graceful shutdown calls first)."""
+    config = config or ServerConfig()
+    auth = Authenticator(config.tokens, enabled=config.auth_enabled)
+    ops = Operations(runtime.client, runtime.manager, auth_enabled=config.auth_enabled)
+    streams = StreamRegistry()
+    endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
+    handlers = SessionRoutes(ops)
+    routes: list[BaseRoute] = [
+        Route(spec.path, handlers.handler(spec.name), methods=[spec.method], name=spec.name)
+        for spec in ROUTES
+    ]
+    routes += [
+        Route("/v1/sessions/{session_id}/events", endpoints.session_events, methods=["GET"]),
+        Route("/v1/events", endpoints.all_events, methods=["GET"]),
+        WebSocketRoute("/v1/ws", endpoints.websocket),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+        Route("/metrics", endpoints.prometheus, methods=["GET"]),
+        Route("/openapi.json", endpoints.openapi, methods=["GET"]),
+        Route("/docs", endpoints.docs, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(
+            ApiMiddleware,
+            auth=auth,
+            limiter=InflightLimiter(config.max_inflight),
+            max_body_bytes=config.max_body_bytes,
+            observe=_http_observer(metrics),
+            access_log=config.access_log,
+        )
+    ]
+    if config.cors_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
+                expose_headers=["Location", "X-Request-ID", "Retry-After"],
+            ),
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            JidokaError: _jidoka_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.streams = streams
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,171 @@
+"""The one ASGI middleware in front of every route: request id, auth, limits, access log.
+
+A plain ASGI callable rather than Starlette's ``BaseHTTPMiddleware``: that one runs the app in a
+separate task and buffers streaming responses, which costs latency on every request and breaks
+event streams. What it does, in order:
+
+1. gives the request an id (the client's ``X-Request-ID`` if it is sane, else a new one), puts it
+   on the response and in :data:`request_id_var` for log records;
+2. for ``/v1`` HTTP routes, resolves the bearer token to a principal (401 problem if it cannot)
+   and counts the request against the principal's in-flight bound (429 problem beyond it; event
+   streams do not count);
+3. bounds the request body (413 problem, from ``Content-Length`` up front or while reading);
+4. logs one line per request and records ``jidoka.http.*`` metrics.
+
+WebSockets authenticate in their endpoint (browsers cannot set headers on them).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import JidokaError, LimitExceeded
+from .auth import Authenticator, InflightLimiter
+from .responses import problem_response
+
+__all__ = ["PRINCIPAL_KEY", "REQUEST_ID_KEY", "ApiMiddleware", "RequestIdFilter", "request_id_var"]
+
+logger = logging.getLogger("jidoka.server.access")
+
+PRINCIPAL_KEY: Final = "jidoka.principal"
+REQUEST_ID_KEY: Final = "jidoka.request_id"
+#: The current request's id, for log records (see :class:`RequestIdFilter`).
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jidoka_request_id", default=None
+)
+_SANE_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+#: (method, route template, status, seconds) -> None
+Observer = Callable[[str, str, int, float], None]
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every log record (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get() or "-"
+        return True
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def is_stream(path: str) -> bool:
+    """Event streams and the WebSocket: long-lived, not counted as requests in flight."""
+    return path.endswith("/events") or path == "/v1/ws"
+
+
+class ApiMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        auth: Authenticator,
+        limiter: InflightLimiter,
+        max_body_bytes: int,
+        observe: Observer | None = None,
+        access_log: bool = True,
+    ) -> None:
+        self.app = app
+        self.auth = auth
+        self.limiter = limiter
+        self.max_body_bytes = max_body_bytes
+        self.observe = observe
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        scope[REQUEST_ID_KEY] = request_id
+        token = request_id_var.set(request_id)
+        try:
+            if scope["type"] == "websocket":
+                await self.app(scope, receive, send)
+            else:
+                await self._http(scope, receive, send, request_id)
+        finally:
+            request_id_var.reset(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        started = time.perf_counter()
+        status = 500
+        id_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        path: str = scope["path"]
+        principal: str | None = None
+        counted = False
+        try:
+            if path.startswith("/v1/"):
+                try:
+                    principal = self.auth.principal(_header(scope, b"authorization"))
+                    scope[PRINCIPAL_KEY] = principal
+                    length = _header(scope, b"content-length")
+                    if (
+                        length is not None
+                        and length.isdigit()
+                        and int(length) > self.max_body_bytes
+                    ):
+                        raise LimitExceeded(
+                            "max_request_bytes", self.max_body_bytes, actual=int(length)
+                        )
+                    if not is_stream(path):
+                        self.limiter.acquire(principal)
+                        counted = True
+                except JidokaError as exc:
+                    await problem_response(exc, request_id)(scope, receive, send_with_id)
+                    return
+                receive = self._bounded(receive)
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if counted:
+                self.limiter.release(principal)
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if self.observe is not None:
+                self.observe(scope["method"], route, status, elapsed)
+            if self.access_log:
+                logger.info(
+                    "%s %s %d %.1fms principal=%s",
+                    scope["method"],
+                    path,
+                    status,
+                    elapsed * 1000,
+                    principal if principal is not None else "-",
+                )
+
+    def _bounded(self, receive: Receive) -> Receive:
+        limit = self.max_body_bytes
+        total = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal total
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > limit:
+                    raise LimitExceeded("max_request_bytes", limit, actual=total)
+            return message
+
+        return bounded_receive

@@ -1,0 +1,295 @@
+"""The ``/v1`` HTTP routes: decode the request, call :class:`Operations`, encode the answer.
+
+Handlers stay this thin on purpose: validation of values belongs to the core (which names the
+session and the argument in its errors), ownership to :class:`Operations`, and errors to the
+app's one exception handler, which turns any :class:`~jidoka.JidokaError` into problem+json.
+:data:`ROUTES` also feeds the OpenAPI document, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NamedTuple, TypeVar
+from urllib.parse import quote
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import InvalidArgument
+from ..session.context import ActiveFile, ContextBundle, FileIndexEntry, Message
+from ..session.info import SessionInfo
+from ..store.base import SavedSession
+from ..wire import (
+    AddFileRequest,
+    BuildContextRequest,
+    Cleared,
+    CreateSessionRequest,
+    Deleted,
+    FileIndexList,
+    FileList,
+    MessageList,
+    Removed,
+    SavedSessionList,
+    SendMessageRequest,
+    SessionPage,
+    UpdateFileIndexRequest,
+    WorkingContextMap,
+    WorkingContextValue,
+    WorkingContextWrite,
+)
+from .middleware import PRINCIPAL_KEY
+from .operations import Operations
+from .responses import MalformedBody, json_response
+
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ROUTES", "RouteSpec", "SessionRoutes"]
+
+T = TypeVar("T")
+DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 1000
+_ERROR_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+class RouteSpec(NamedTuple):
+    """One route: what the router needs and what the OpenAPI document says of it."""
+
+    method: str
+    path: str
+    name: str
+    summary: str
+    body: type | None
+    response: type | None
+    status: int
+    query: tuple[str, ...] = ()
+
+
+ROUTES: Final = (
+    RouteSpec("POST", "/v1/sessions", "create_session", "Create a session",
+              CreateSessionRequest, SessionInfo, 201),
+    RouteSpec("GET", "/v1/sessions", "list_sessions", "List your sessions (paged)",
+              None, SessionPage, 200, ("status", "limit", "cursor")),
+    RouteSpec("GET", "/v1/sessions/{session_id}", "get_session", "A session's description",
+              None, SessionInfo, 200),
+    RouteSpec("DELETE", "/v1/sessions/{session_id}", "terminate_session",
+              "Terminate a session", None, SessionInfo, 200, ("reason",)),
+    RouteSpec("POST", "/v1/sessions/{session_id}/messages", "send_message",
+              "Append a message", SendMessageRequest, Message, 201),
+    RouteSpec("GET", "/v1/sessions/{session_id}/messages", "get_messages",
+              "The conversation window", None, MessageList, 200),
+    RouteSpec("DELETE", "/v1/sessions/{session_id}/messages", "clear_messages",
+              "Clear the conversation", None, Cleared, 200),
+    RouteSpec("GET", "/v1/sessions/{session_id}/files", "get_files", "Active files",
+              None, FileList, 200),
+    RouteSpec("POST", "/v1/sessions/{session_id}/files", "add_file", "Make a file active",
+              AddFileRequest, ActiveFile, 201),
+    RouteSpec("DELETE", "/v1/sessions/{session_id}/files", "remove_file",
+              "Make a file inactive", None, Removed, 200, ("path",)),
+    RouteSpec("GET", "/v1/sessions/{session_id}/file-index", "get_file_index",
+              "The file index", None, FileIndexList, 200),
+    RouteSpec("PATCH", "/v1/sessions/{session_id}/file-index", "update_file_index",
+              "Merge fields into a file's index entry", UpdateFileIndexRequest,
+              FileIndexEntry, 200),
+    RouteSpec("GET", "/v1/sessions/{session_id}/working-context", "get_working_context_map",
+              "The whole working context", None, WorkingContextMap, 200),
+    RouteSpec("GET", "/v1/sessions/{session_id}/working-context/{key:path}",
+              "get_working_context", "One working-context value", None,
+              WorkingContextValue, 200),
+    RouteSpec("PUT", "/v1/sessions/{session_id}/working-context/{key:path}",
+              "put_working_context", "Store a working-context value", WorkingContextWrite,
+              WorkingContextValue, 200),
+    RouteSpec("DELETE", "/v1/sessions/{session_id}/working-context/{key:path}",
+              "delete_working_context", "Remove a working-context key", None, Deleted, 200),
+    RouteSpec("POST", "/v1/sessions/{session_id}/context", "build_context",
+              "Build the context an LLM would see", BuildContextRequest, ContextBundle, 200),
+    RouteSpec("POST", "/v1/sessions/{session_id}/save", "save_session",
+              "Save a named copy of the session", None, SavedSession, 201),
+    RouteSpec("GET", "/v1/saved-sessions", "list_saved_sessions", "Your saved sessions",
+              None, SavedSessionList, 200),
+    RouteSpec("POST", "/v1/saved-sessions/{session_id}/restore", "restore_session",
+              "Bring a saved session back", None, SessionInfo, 200),
+    RouteSpec("DELETE", "/v1/saved-sessions/{session_id}", "delete_saved_session",
+              "Delete a saved copy", None, None, 204),
+)  # fmt: skip
+
+
+def _principal(request: Request) -> str | None:
+    principal: str | None = request.scope.get(PRINCIPAL_KEY)
+    return principal
+
+
+def _where(exc: msgspec.ValidationError) -> str:
+    match = _ERROR_PATH.search(str(exc))
+    return match.group(1) or "body" if match else "body"
+
+
+async def decode_body(request: Request, kind: type[T], *, optional: bool = False) -> T:
+    """The body as ``kind``; an empty body is ``kind()`` when every field is optional."""
+    raw = await request.body()
+    if optional and not raw.strip():
+        return kind()
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidArgument(f"invalid request body: {exc}", argument=_where(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"the request body is not valid JSON: {exc}", argument="body") from None
+
+
+def query_int(request: Request, name: str, default: int | None, maximum: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidArgument(
+            f"query parameter {name} must be an integer from 1 to {maximum}, got {raw!r}",
+            argument=name,
+        )
+    return int(raw)
+
+
+def query_str(request: Request, name: str) -> str | None:
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise InvalidArgument(f"query parameter {name} given more than once", argument=name)
+    return values[0] if values else None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class SessionRoutes:
+    """The handlers of :data:`ROUTES`, by name."""
+
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+
+    def handler(self, name: str) -> Handler:
+        handler: Handler = getattr(self, name)
+        return handler
+
+    async def create_session(self, request: Request) -> Response:
+        body = await decode_body(request, CreateSessionRequest, optional=True)
+        info = await self.ops.create_session(
+            _principal(request),
+            metadata=body.metadata,
+            config=body.config,
+            llm_config=body.llm_config,
+            project_root=body.project_root,
+        )
+        location = f"/v1/sessions/{quote(info.session_id, safe='')}"
+        return json_response(info, 201, {"Location": location})
+
+    async def list_sessions(self, request: Request) -> Response:
+        limit = query_int(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+        assert limit is not None
+        page = await self.ops.list_sessions(
+            _principal(request),
+            status=query_str(request, "status"),
+            limit=limit + 1,
+            after=query_str(request, "cursor"),
+        )
+        more = len(page) > limit
+        page = page[:limit]
+        cursor = page[-1].session_id if more and page else None
+        return json_response(SessionPage(sessions=page, next_cursor=cursor))
+
+    async def get_session(self, request: Request) -> Response:
+        return json_response(
+            await self.ops.get_session_info(_principal(request), **request.path_params)
+        )
+
+    async def terminate_session(self, request: Request) -> Response:
+        reason = query_str(request, "reason")
+        extra = {"reason": reason} if reason is not None else {}
+        info = await self.ops.terminate_session(_principal(request), **request.path_params, **extra)
+        return json_response(info)
+
+    async def send_message(self, request: Request) -> Response:
+        body = await decode_body(request, SendMessageRequest)
+        message = await self.ops.send_message(
+            _principal(request), **request.path_params, role=body.role, content=body.content
+        )
+        return json_response(message, 201)
+
+    async def get_messages(self, request: Request) -> Response:
+        history = await self.ops.get_conversation_history(
+            _principal(request), **request.path_params
+        )
+        return json_response(MessageList(messages=history))
+
+    async def clear_messages(self, request: Request) -> Response:
+        count = await self.ops.clear_conversation(_principal(request), **request.path_params)
+        return json_response(Cleared(cleared=count))
+
+    async def get_files(self, request: Request) -> Response:
+        files = await self.ops.get_active_files(_principal(request), **request.path_params)
+        return json_response(FileList(files=files))
+
+    async def add_file(self, request: Request) -> Response:
+        body = await decode_body(request, AddFileRequest)
+        active = await self.ops.add_file(_principal(request), **request.path_params, path=body.path)
+        return json_response(active, 201)
+
+    async def remove_file(self, request: Request) -> Response:
+        path = query_str(request, "path")
+        if path is None:
+            raise InvalidArgument("query parameter path is required", argument="path")
+        removed = await self.ops.remove_file(_principal(request), **request.path_params, path=path)
+        return json_response(Removed(removed=removed))
+
+    async def get_file_index(self, request: Request) -> Response:
+        entries = await self.ops.get_file_index(_principal(request), **request.path_params)
+        return json_response(FileIndexList(entries=entries))
+
+    async def update_file_index(self, request: Request) -> Response:
+        body = await decode_body(request, UpdateFileIndexRequest)
+        entry = await self.ops.update_file_index(
+            _principal(request), **request.path_params, path=body.path, fields=body.fields
+        )
+        return json_response(entry)
+
+    async def get_working_context_map(self, request: Request) -> Response:
+        mapping = await self.ops.get_working_context(_principal(request), **request.path_params)
+        return json_response(WorkingContextMap(working_context=mapping))
+
+    async def get_working_context(self, request: Request) -> Response:
+        params: dict[str, Any] = request.path_params
+        value = await self.ops.get_working_context(_principal(request), **params)
+        return json_response(WorkingContextValue(key=params["key"], value=value))
+
+    async def put_working_context(self, request: Request) -> Response:
+        body = await decode_body(request, WorkingContextWrite)
+        params: dict[str, Any] = request.path_params
+        await self.ops.put_working_context(_principal(request), **params, value=body.value)
+        return json_response(WorkingContextValue(key=params["key"], value=body.value))
+
+    async def delete_working_context(self, request: Request) -> Response:
+        deleted = await self.ops.delete_working_context(_principal(request), **request.path_params)
+        return json_response(Deleted(deleted=deleted))
+
+    async def build_context(self, request: Request) -> Response:
+        body = await decode_body(request, BuildContextRequest, optional=True)
+        bundle = await self.ops.build_context(
+            _principal(request),
+            **request.path_params,
+            include=body.include,
+            max_tokens=body.max_tokens,
+        )
+        return json_response(bundle)
+
+    async def save_session(self, request: Request) -> Response:
+        saved = await self.ops.save_session(_principal(request), **request.path_params)
+        return json_response(saved, 201)
+
+    async def list_saved_sessions(self, request: Request) -> Response:
+        saved = await self.ops.list_saved_sessions(_principal(request))
+        return json_response(SavedSessionList(saved_sessions=saved))
+
+    async def restore_session(self, request: Request) -> Response:
+        info = await self.ops.restore_session(_principal(request), **request.path_params)
+        return json_response(info)
+
+    async def delete_saved_session(self, request: Request) -> Response:
+        await self.ops.delete_saved_session(_principal(request), **request.path_params)
+        return Response(status_code=204)

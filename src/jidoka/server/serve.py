@@ -1,0 +1,171 @@
+"""``jidoka serve``: a runtime and the app on uvicorn, with a graceful shutdown.
+
+On SIGTERM or Ctrl-C the server stops accepting connections, ends every event stream with a final
+``shutdown`` event and every WebSocket with close code 1001, lets in-flight requests finish (at
+most ``shutdown_timeout`` seconds), closes the runtime -- which flushes the store -- and returns
+0. uvicorn re-raises a caught signal after its own shutdown (so a supervisor sees "killed by
+SIGTERM"); a server that shut down cleanly should say so with exit code 0, so we do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Callable, Generator
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import uvicorn
+
+from .._version import __version__
+from ..config import Settings
+from ..errors import JidokaError
+from ..runtime import Runtime
+from .app import create_app
+from .config import ServerConfig
+from .metrics import PrometheusMetrics
+from .middleware import RequestIdFilter
+
+__all__ = ["TOKEN_FILE", "run_server", "serve"]
+
+logger = logging.getLogger("jidoka.server")
+#: Where a generated token is kept (in the data directory), so a restart keeps it.
+TOKEN_FILE = "server-token"
+LOCAL_PRINCIPAL = "local"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, draining our streams first and not re-raising the signal."""
+
+    def __init__(
+        self, config: uvicorn.Config, loop: asyncio.AbstractEventLoop, drain: Callable[[], None]
+    ) -> None:
+        super().__init__(config)
+        self._loop = loop
+        self._drain = drain
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+        self._loop.call_soon_threadsafe(self._drain)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if sys.platform == "win32":  # pragma: no cover
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _token(config: ServerConfig, data_dir: str) -> tuple[ServerConfig, str | None]:
+    """Tokens as configured; with none (and auth on), one kept in the data directory."""
+    if config.tokens or not config.auth_enabled:
+        return config, None
+    path = Path(data_dir, TOKEN_FILE)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if len(token) < 16:
+        token = secrets.token_urlsafe(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+    values = {name: getattr(config, name) for name in ServerConfig.__struct_fields__}
+    values["tokens"] = {token: LOCAL_PRINCIPAL}
+    return ServerConfig(**values), token
+
+
+def _bind(config: ServerConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(config: ServerConfig, settings: Settings, *, out: TextIO = sys.stdout) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    metrics = PrometheusMetrics()
+    try:
+        async with Runtime(settings=settings, meter_provider=metrics.meter_provider) as runtime:
+            data_dir = runtime.settings.data_dir
+            config, generated = await asyncio.to_thread(_token, config, data_dir)
+            sock = _bind(config)
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            url = f"http://{shown}:{port}"
+            app = create_app(runtime, config, metrics=metrics)
+            uv_config = uvicorn.Config(
+                app,
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=max(1, round(config.shutdown_timeout)),
+                server_header=False,
+            )
+            server = _Server(uv_config, asyncio.get_running_loop(), app.state.streams.drain)
+            print(f"Jidoka {__version__} serving on {url}", file=out)
+            print(f"  data: {data_dir} (store: {runtime.settings.store})", file=out)
+            print(f"export JIDOKA_URL={url}", file=out)
+            if generated is not None:
+                print(f"export JIDOKA_TOKEN={generated}", file=out)
+            elif not config.auth_enabled:
+                print("  auth: OFF (--insecure-no-auth): anyone who can connect sees everything",
+                      file=out)  # fmt: skip
+            out.flush()
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                app.state.streams.drain()
+                sock.close()
+            logger.info("stopped accepting; closing the runtime (flushing the store)")
+    except (JidokaError, OSError) as exc:
+        print(f"jidoka: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        metrics.shutdown()
+    return 0
+
+
+def configure_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run_server(config: ServerConfig, settings: Settings, *, log_level: str = "info") -> int:
+    """The blocking entry point of ``jidoka serve``."""
+    configure_logging(log_level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(serve(config, settings))
+    return uvloop.run(serve(config, settings))

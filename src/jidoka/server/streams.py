@@ -1,0 +1,160 @@
+"""Server-Sent Event streams of session events, and the registry that ends them at shutdown.
+
+An :class:`EventStream` is a raw ASGI response rather than Starlette's ``StreamingResponse``:
+it must subscribe *before* the response starts (so a client that has seen the headers has missed
+nothing), notice a client that went away, interleave heartbeats, and on every path out -- end of
+session, client gone, server draining, cancellation -- leave the subscription, awaited.
+
+Wire format (``docs/http-api.md``): one SSE message per event, ``id:`` the event's seq on a
+session stream (so ``Last-Event-ID`` resumes it) and the event id on the global stream; events
+already queued are written in one chunk; a ``: keep-alive`` comment after ``heartbeat`` seconds of
+silence; a final ``event: shutdown`` (without ``id:``) when the server drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Final
+
+from starlette.types import Receive, Scope, Send
+
+from ..bus.base import Subscription
+from ..events import Event, EventType, encode_event
+
+__all__ = ["EventStream", "StreamRegistry", "sse_frame"]
+
+#: Events written per chunk at most, when the subscriber has a backlog.
+_BATCH: Final = 256
+_HEADERS: Final = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+SHUTDOWN_FRAME: Final = b'event: shutdown\ndata: {"reason":"server shutting down"}\n\n'
+KEEPALIVE_FRAME: Final = b": keep-alive\n\n"
+
+
+def sse_frame(event: Event, *, by_seq: bool) -> bytes:
+    """One SSE message. ``by_seq``: ``id:`` is the seq (session streams), else the event id."""
+    if event.type == EventType.EVENTS_DROPPED and not event.session_id:
+        event_id = b""  # a global-stream loss marker has no place to resume from
+    else:
+        event_id = b"id: %d\n" % event.seq if by_seq else b"id: %s\n" % event.id.encode()
+    return b"%sevent: %s\ndata: %s\n\n" % (event_id, event.type.encode(), encode_event(event))
+
+
+class StreamRegistry:
+    """The open streams and WebSockets, so that shutdown can end each one cleanly."""
+
+    def __init__(self) -> None:
+        self._closers: set[Callable[[], None]] = set()
+        self.draining = False
+
+    def add(self, closer: Callable[[], None]) -> None:
+        self._closers.add(closer)
+
+    def discard(self, closer: Callable[[], None]) -> None:
+        self._closers.discard(closer)
+
+    def __len__(self) -> int:
+        return len(self._closers)
+
+    def drain(self) -> None:
+        """Ask every stream to finish (each sends its final frame and ends)."""
+        self.draining = True
+        for closer in list(self._closers):
+            closer()
+
+
+Filter = Callable[[Event], Awaitable[bool]]
+
+
+class EventStream:
+    """An ASGI response that streams a subscription as SSE until it ends or the client leaves."""
+
+    def __init__(
+        self,
+        subscription: AbstractAsyncContextManager[Subscription],
+        *,
+        registry: StreamRegistry,
+        heartbeat: float,
+        by_seq: bool,
+        keep: Filter | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self._context = subscription
+        self._registry = registry
+        self._heartbeat = heartbeat
+        self._by_seq = by_seq
+        self._keep = keep
+        self._headers = [*_HEADERS, *(headers or ())]
+        self._subscription: Subscription | None = None
+
+    async def open(self) -> None:
+        """Subscribe now, before any byte is sent, so errors can still be a problem response."""
+        self._subscription = await self._context.__aenter__()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscription = self._subscription
+        assert subscription is not None, "open() the stream first"
+        self._registry.add(subscription.close)
+        try:
+            pump = asyncio.create_task(self._pump(subscription, send))
+            watch = asyncio.create_task(_wait_disconnect(receive))
+            try:
+                await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (pump, watch):
+                    task.cancel()
+                for task in (pump, watch):
+                    with contextlib.suppress(asyncio.CancelledError, OSError):
+                        await task
+            if pump.done() and not pump.cancelled() and pump.exception() is not None:
+                exc = pump.exception()
+                if not isinstance(exc, OSError):
+                    raise exc  # type: ignore[misc]
+        finally:
+            self._registry.discard(subscription.close)
+            await self._context.__aexit__(None, None, None)
+
+    async def _pump(self, subscription: Subscription, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        await send({"type": "http.response.body", "body": b": ok\n\n", "more_body": True})
+        async for chunk in self._chunks(subscription):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if self._registry.draining:
+            await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _chunks(self, subscription: Subscription) -> AsyncIterator[bytes]:
+        iterator = aiter(subscription)
+        while True:
+            try:
+                async with asyncio.timeout(self._heartbeat):
+                    event = await anext(iterator)
+            except TimeoutError:
+                yield KEEPALIVE_FRAME
+                continue
+            except StopAsyncIteration:
+                return
+            frames: list[bytes] = []
+            batch: Event | None = event
+            while batch is not None and len(frames) < _BATCH:
+                if self._keep is None or await self._keep(batch):
+                    frames.append(sse_frame(batch, by_seq=self._by_seq))
+                batch = subscription.get_nowait()
+            # A full batch: the event taken last still goes out, in this chunk.
+            if batch is not None and (self._keep is None or await self._keep(batch)):
+                frames.append(sse_frame(batch, by_seq=self._by_seq))
+            if frames:
+                yield b"".join(frames)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
