@@ -593,12 +593,11 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                 if tables:
                     raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
                 _execute_script(conn, _SCHEMA)
-            else:
-                if version == 1:
-                    _migrate_v1_to_v2(conn)
-                if version <= 2:
-                    # v3: saved sessions record the principal that owns them.
-                    conn.execute("ALTER TABLE saved_sessions ADD COLUMN owner TEXT")
+            elif version == 1:
+                _migrate_v1_to_v2(conn)  # creates the tables it rebuilds in their v3 form
+            elif version == 2:
+                # v3: saved sessions record the principal that owns them.
+                conn.execute("ALTER TABLE saved_sessions ADD COLUMN owner TEXT")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
