@@ -193,13 +193,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem_response(error, request.scope.get(REQUEST_ID_KEY), headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    rid = request.scope.get(REQUEST_ID_KEY)
-    logger.exception("request %s: unexpected error", rid, exc_info=exc)
-    error = JidokaError(f"internal error (request id {rid}); the server log has the details")
-    return problem_response(error, rid)
-
-
 def create_app(
     runtime: Runtime,
     config: ServerConfig | None = None,
@@ -255,7 +248,6 @@ def create_app(
         exception_handlers={
             JidokaError: _jidoka_error,
             HTTPException: _http_error,
-            Exception: _unexpected,
         },
     )
     app.state.streams = streams

@@ -106,10 +106,13 @@ class ApiMiddleware:
         status = 500
         id_header = (b"x-request-id", request_id.encode())
 
+        started_response = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
             await send(message)
 
@@ -137,7 +140,18 @@ class ApiMiddleware:
                     await problem_response(exc, request_id)(scope, receive, send_with_id)
                     return
                 receive = self._bounded(receive)
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                # Answered here rather than by Starlette's outermost handler so that the
+                # problem carries the request id; the traceback goes to the log only.
+                if started_response:
+                    raise
+                logger.exception("request %s: unexpected error", request_id, exc_info=exc)
+                error = JidokaError(
+                    f"internal error (request id {request_id}); the server log has the details"
+                )
+                await problem_response(error, request_id)(scope, receive, send_with_id)
         finally:
             if counted:
                 self.limiter.release(principal)

@@ -106,9 +106,16 @@ def _bind(config: ServerConfig) -> socket.socket:
     return sock
 
 
-async def serve(config: ServerConfig, settings: Settings, *, out: TextIO = sys.stdout) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code."""
-    metrics = PrometheusMetrics()
+async def serve(
+    config: ServerConfig,
+    settings: Settings,
+    *,
+    metrics: PrometheusMetrics | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code. ``metrics`` is best made before the
+    loop starts (the OpenTelemetry SDK takes locks while it sets up)."""
+    metrics = metrics or PrometheusMetrics()
     try:
         async with Runtime(settings=settings, meter_provider=metrics.meter_provider) as runtime:
             data_dir = runtime.settings.data_dir
@@ -164,8 +171,9 @@ def configure_logging(level: str = "info") -> None:
 def run_server(config: ServerConfig, settings: Settings, *, log_level: str = "info") -> int:
     """The blocking entry point of ``jidoka serve``."""
     configure_logging(log_level)
+    main = serve(config, settings, metrics=PrometheusMetrics())
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        return asyncio.run(serve(config, settings))
-    return uvloop.run(serve(config, settings))
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -1,0 +1,277 @@
+"""The server's parts in process: auth, limits, config, framing, middleware, OpenAPI, metrics.
+
+Requests go through the real app with httpx's ASGI transport (no socket); the end-to-end tests in
+tests/e2e drive a real server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+import jidoka
+from jidoka.errors import InvalidConfig, LimitExceeded, Unauthorized
+from jidoka.events import Event, EventType
+from jidoka.server.app import create_app
+from jidoka.server.auth import Authenticator, InflightLimiter
+from jidoka.server.config import ServerConfig, load_tokens
+from jidoka.server.metrics import PrometheusMetrics
+from jidoka.server.openapi import openapi_document
+from jidoka.server.routes import ROUTES
+from jidoka.server.streams import sse_frame
+
+ALICE = "alice-token-0123456789"
+BOB = "bob-token-0123456789ab"
+
+
+# --- auth and limits -----------------------------------------------------------------------------
+
+
+def test_bearer_tokens_map_to_principals() -> None:
+    auth = Authenticator({ALICE: "alice", BOB: "bob"})
+    assert auth.principal(f"Bearer {ALICE}") == "alice"
+    assert auth.principal(f"bearer  {BOB} ") == "bob"
+    for header in (None, "", "Bearer", f"Basic {ALICE}", "Bearer nope", f"Bearer {ALICE}x"):
+        with pytest.raises(Unauthorized):
+            auth.principal(header)
+
+
+def test_disabled_auth_has_one_anonymous_principal() -> None:
+    auth = Authenticator({}, enabled=False)
+    assert auth.principal(None) is None
+    assert auth.check_token("anything") is None
+
+
+def test_inflight_limit_is_per_principal() -> None:
+    limiter = InflightLimiter(2)
+    limiter.acquire("a")
+    limiter.acquire("a")
+    limiter.acquire("b")
+    with pytest.raises(LimitExceeded) as caught:
+        limiter.acquire("a")
+    assert caught.value.limit == "max_inflight_requests"
+    assert caught.value.maximum == 2
+    limiter.release("a")
+    limiter.acquire("a")
+    assert limiter.inflight("a") == 2
+    for _ in range(3):
+        limiter.release("a")
+    assert limiter.inflight("a") == 0
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+def test_non_loopback_without_tokens_is_refused() -> None:
+    with pytest.raises(InvalidConfig, match="insecure-no-auth") as caught:
+        ServerConfig(host="0.0.0.0")
+    assert caught.value.field == "host"
+    assert ServerConfig(host="0.0.0.0", insecure_no_auth=True).auth_enabled is False
+    assert ServerConfig(host="0.0.0.0", tokens={ALICE: "alice"}).is_loopback is False
+    assert ServerConfig(host="::1").is_loopback
+    assert ServerConfig(host="localhost").is_loopback
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"port": 70000}, "port"),
+        ({"max_body_bytes": 0}, "max_body_bytes"),
+        ({"max_inflight": 0}, "max_inflight"),
+        ({"heartbeat_seconds": 0.0}, "heartbeat_seconds"),
+        ({"shutdown_timeout": float("inf")}, "shutdown_timeout"),
+        ({"tokens": {"short": "alice"}}, "tokens"),
+        ({"tokens": {ALICE: ""}}, "tokens"),
+    ],
+)
+def test_bad_server_config_names_the_field(values: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        ServerConfig(**values)  # type: ignore[arg-type]
+    assert caught.value.field == field
+
+
+def test_config_from_environment_and_flags() -> None:
+    env = {
+        "JIDOKA_TOKENS": json.dumps({ALICE: "alice"}),
+        "JIDOKA_PORT": "9000",
+        "JIDOKA_CORS_ORIGINS": "https://a.example, https://b.example",
+        "JIDOKA_MAX_INFLIGHT": "8",
+    }
+    config = ServerConfig.from_env(env, port=9001)
+    assert config.tokens == {ALICE: "alice"}
+    assert config.port == 9001
+    assert config.cors_origins == ("https://a.example", "https://b.example")
+    assert config.max_inflight == 8
+    with pytest.raises(InvalidConfig, match="JIDOKA_TOKENS is not valid JSON"):
+        ServerConfig.from_env({"JIDOKA_TOKENS": "{nope"})
+    with pytest.raises(InvalidConfig, match="JSON object"):
+        ServerConfig.from_env({"JIDOKA_TOKENS": '["a"]'})
+    with pytest.raises(InvalidConfig, match="JIDOKA_PORT"):
+        ServerConfig.from_env({"JIDOKA_PORT": "eighty"})
+
+
+def test_tokens_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({ALICE: "alice"}), encoding="utf-8")
+    assert load_tokens(path) == {ALICE: "alice"}
+    with pytest.raises(InvalidConfig, match=r"missing\.json"):
+        load_tokens(tmp_path / "missing.json")
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+
+def test_sse_frames_carry_the_seq_or_the_event_id() -> None:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    event = Event(EventType.CONVERSATION_ADDED, "S1", 7, when, {"role": "user"})
+    frame = sse_frame(event, by_seq=True).decode()
+    assert frame.startswith("id: 7\nevent: conversation_added\ndata: {")
+    assert frame.endswith("}\n\n")
+    assert json.loads(frame.split("data: ", 1)[1])["seq"] == 7
+    assert sse_frame(event, by_seq=False).startswith(b"id: S1-7\n")
+    marker = Event(EventType.EVENTS_DROPPED, "", 0, when, {"count": 3})
+    assert sse_frame(marker, by_seq=False).startswith(b"event: events_dropped\n")
+
+
+# --- the app in process --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def metrics() -> Iterator[PrometheusMetrics]:
+    """Made outside the loop: the SDK takes locks while it sets up."""
+    metrics = PrometheusMetrics()
+    yield metrics
+    metrics.shutdown()
+
+
+@pytest.fixture
+async def api(
+    metrics: PrometheusMetrics,
+) -> AsyncIterator[tuple[httpx.AsyncClient, PrometheusMetrics]]:
+    async with jidoka.Runtime(store="memory", meter_provider=metrics.meter_provider) as rt:
+        config = ServerConfig(
+            tokens={ALICE: "alice", BOB: "bob"}, max_body_bytes=4096, max_inflight=1
+        )
+        app = create_app(rt, config, metrics=metrics)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        headers = {"Authorization": f"Bearer {ALICE}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers
+        ) as http:
+            yield http, metrics
+
+
+async def test_request_ids_are_echoed_or_made(
+    api: tuple[httpx.AsyncClient, PrometheusMetrics],
+) -> None:
+    http, _ = api
+    response = await http.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    response = await http.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    made = response.headers["x-request-id"]
+    assert made != "bad id\twith spaces"
+    assert len(made) == 32
+
+
+async def test_body_over_the_limit_is_413_by_header_or_by_stream(
+    api: tuple[httpx.AsyncClient, PrometheusMetrics],
+) -> None:
+    http, _ = api
+    big = json.dumps({"metadata": {"x": "y" * 5000}}).encode()
+    response = await http.post("/v1/sessions", content=big)
+    assert response.status_code == 413
+    problem = response.json()
+    assert problem["limit"] == "max_request_bytes"
+    assert problem["maximum"] == 4096
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        for _ in range(10):
+            yield b" " * 1000
+
+    response = await http.post("/v1/sessions", content=chunks())
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert (await http.get("/v1/sessions")).json()["sessions"] == []
+
+
+async def test_too_many_requests_in_flight_is_429_with_retry_after(
+    api: tuple[httpx.AsyncClient, PrometheusMetrics],
+) -> None:
+    http, _ = api
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def held_body() -> AsyncIterator[bytes]:
+        started.set()
+        await release.wait()
+        yield b"{}"
+
+    held = asyncio.create_task(http.post("/v1/sessions", content=held_body()))
+    await started.wait()
+    response = await http.get("/v1/sessions")
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["limit"] == "max_inflight_requests"
+    other = await http.get("/v1/sessions", headers={"Authorization": f"Bearer {BOB}"})
+    assert other.status_code == 200  # the bound is per principal
+    release.set()
+    assert (await held).status_code == 201
+    assert (await http.get("/v1/sessions")).status_code == 200
+
+
+async def test_metrics_expose_runtime_and_http_series(
+    api: tuple[httpx.AsyncClient, PrometheusMetrics],
+) -> None:
+    http, _ = api
+    assert (await http.post("/v1/sessions", json={})).status_code == 201
+    text = (await http.get("/metrics")).text
+    assert "jidoka_sessions_created_total 1.0" in text
+    assert 'jidoka_http_requests_total{http_method="POST",http_route="/v1/sessions"' in text
+    assert "jidoka_http_request_duration_seconds_bucket" in text
+
+
+async def test_unexpected_errors_are_500_problems_without_a_traceback(
+    api: tuple[httpx.AsyncClient, PrometheusMetrics],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    http, _ = api
+    from jidoka.server.operations import Operations
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom: internal detail")
+
+    monkeypatch.setattr(Operations, "list_saved_sessions", broken)
+    response = await http.get("/v1/saved-sessions")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "boom" not in response.text
+    assert "Traceback" not in response.text
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert "boom: internal detail" in caplog.text
+
+
+# --- OpenAPI -------------------------------------------------------------------------------------
+
+
+def test_openapi_describes_every_route_with_resolvable_schemas() -> None:
+    document = openapi_document()
+    assert document["openapi"] == "3.1.0"
+    schemas = document["components"]["schemas"]
+    for spec in ROUTES:
+        path = spec.path.replace("{key:path}", "{key}")
+        operation = document["paths"][path][spec.method.lower()]
+        assert operation["operationId"] == spec.name
+        if spec.response is not None:
+            ref = operation["responses"][str(spec.status)]["content"]["application/json"]
+            assert ref["schema"]["$ref"].rsplit("/", 1)[1] in schemas
+    text = json.dumps(document)
+    for name in text.split('"#/components/schemas/')[1:]:
+        assert name.split('"', 1)[0] in schemas
+    assert "/v1/sessions/{session_id}/events" in document["paths"]
