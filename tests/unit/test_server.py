@@ -275,3 +275,22 @@ def test_openapi_describes_every_route_with_resolvable_schemas() -> None:
     for name in text.split('"#/components/schemas/')[1:]:
         assert name.split('"', 1)[0] in schemas
     assert "/v1/sessions/{session_id}/events" in document["paths"]
+
+
+async def test_projects_dir_confines_project_roots(tmp_path: Path) -> None:
+    (tmp_path / "projects" / "web").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    async with jidoka.Runtime(store="memory") as rt:
+        config = ServerConfig(tokens={ALICE: "alice"}, projects_dir=str(tmp_path / "projects"))
+        transport = httpx.ASGITransport(app=create_app(rt, config))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://t", headers={"Authorization": f"Bearer {ALICE}"}
+        ) as http:
+            ok = await http.post("/v1/sessions", json={"project_root": "web"})
+            assert ok.status_code == 201
+            assert ok.json()["project_root"] == str((tmp_path / "projects" / "web").resolve())
+            for escape in ("../elsewhere", str(tmp_path / "elsewhere"), "web/../.."):
+                refused = await http.post("/v1/sessions", json={"project_root": escape})
+                assert refused.status_code == 422, escape
+                assert refused.json()["type"].endswith("/path-not-allowed")
+                assert refused.json()["path"] == escape

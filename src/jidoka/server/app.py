@@ -203,7 +203,12 @@ def create_app(
     event stream and WebSocket with a final frame (what a graceful shutdown calls first)."""
     config = config or ServerConfig()
     auth = Authenticator(config.tokens, enabled=config.auth_enabled)
-    ops = Operations(runtime.client, runtime.manager, auth_enabled=config.auth_enabled)
+    ops = Operations(
+        runtime.client,
+        runtime.manager,
+        auth_enabled=config.auth_enabled,
+        projects_dir=config.projects_dir,
+    )
     streams = StreamRegistry()
     endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
     handlers = SessionRoutes(ops)

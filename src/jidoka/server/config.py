@@ -36,6 +36,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     shutdown_timeout: float = 10.0
     #: Log one line per request (method, path, status, duration, request id).
     access_log: bool = True
+    #: If set, a session's ``project_root`` must lie inside this directory (relative roots are
+    #: taken from it). Unset, a client may open any directory the server can read: fine for a
+    #: personal server on loopback, not for one shared by several principals.
+    projects_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -82,6 +86,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
         values: dict[str, Any] = {}
         for name, field, kind in (
             ("JIDOKA_HOST", "host", str),
+            ("JIDOKA_PROJECTS_DIR", "projects_dir", str),
             ("JIDOKA_PORT", "port", int),
             ("JIDOKA_MAX_BODY_BYTES", "max_body_bytes", int),
             ("JIDOKA_MAX_INFLIGHT", "max_inflight", int),

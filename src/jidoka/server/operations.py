@@ -9,11 +9,13 @@ With auth off there is one anonymous principal and every session is visible.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterable
 from typing import Any
 
 from ..client import Client
-from ..errors import JidokaError, SessionNotFound
+from ..errors import InvalidArgument, JidokaError, PathNotAllowed, SessionNotFound
 from ..session.context import CONTEXT_PARTS, ActiveFile, ContextBundle, FileIndexEntry, Message
 from ..session.info import SessionInfo
 from ..session.manager import REASON_REQUESTED, SessionManager
@@ -35,12 +37,37 @@ class KeyNotFound(JidokaError):
 class Operations:
     """One principal-scoped method per client verb."""
 
-    __slots__ = ("_auth", "client", "manager")
+    __slots__ = ("_auth", "_projects_dir", "client", "manager")
 
-    def __init__(self, client: Client, manager: SessionManager, *, auth_enabled: bool) -> None:
+    def __init__(
+        self,
+        client: Client,
+        manager: SessionManager,
+        *,
+        auth_enabled: bool,
+        projects_dir: str | None = None,
+    ) -> None:
         self.client = client
         self.manager = manager
         self._auth = auth_enabled
+        self._projects_dir = projects_dir
+
+    async def _project_root(self, project_root: str | None) -> str | None:
+        """``project_root`` confined to the server's projects directory, if it has one."""
+        if self._projects_dir is None or project_root is None:
+            return project_root
+        if not isinstance(project_root, str):
+            raise InvalidArgument("project_root must be a string", argument="project_root")
+        base = self._projects_dir
+        resolved, real_base = await asyncio.to_thread(
+            lambda: (
+                os.path.realpath(os.path.join(base, project_root)),
+                os.path.realpath(base),
+            )
+        )
+        if os.path.commonpath([resolved, real_base]) != real_base:
+            raise PathNotAllowed(None, project_root, "outside the server's projects directory")
+        return resolved
 
     async def owned(self, principal: str | None, session_id: object) -> str:
         """``session_id`` if ``principal`` may use it, else :class:`SessionNotFound`."""
@@ -75,7 +102,7 @@ class Operations:
             metadata=metadata,
             config=config,
             llm_config=llm_config,
-            project_root=project_root,
+            project_root=await self._project_root(project_root),
             owner=self._owner(principal),
         )
         return await self.client.get_session_info(sid)
