@@ -137,7 +137,7 @@ def _int(problem: Mapping[str, Any], name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _rebuild_limit(problem: Mapping[str, Any], sid: str | None) -> JidokaError:
+def _rebuild_limit(problem: Mapping[str, Any], sid: str | None, detail: str) -> JidokaError:
     return LimitExceeded(
         _str(problem, "limit", "unknown"),
         _int(problem, "maximum") or 0,
