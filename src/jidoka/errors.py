@@ -14,6 +14,8 @@ says it in its message, so a log line or an HTTP problem document is useful on i
     ├── LimitExceeded            a configured bound was hit (names the limit and its value)
     ├── Unauthorized             the caller may not do this
     ├── SessionExists            restoring a session whose id is live
+    ├── SessionBusy              a turn is running and the session's policy is ``reject``
+    ├── LLMError                 the model provider failed (names the session and provider)
     ├── StoreError               the session store failed (names the session)
     ├── DataDirLocked            another runtime owns the data directory
     └── RuntimeClosed            the runtime (or one of its parts) was used after it closed
@@ -31,9 +33,11 @@ __all__ = [
     "InvalidRole",
     "InvalidTransition",
     "JidokaError",
+    "LLMError",
     "LimitExceeded",
     "PathNotAllowed",
     "RuntimeClosed",
+    "SessionBusy",
     "SessionExists",
     "SessionNotFound",
     "SessionTerminated",
@@ -179,3 +183,29 @@ class SessionExists(JidokaError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session {session_id!r} is already live", session_id=session_id)
+
+
+class SessionBusy(JidokaError):
+    """A turn is already running and the session's ``concurrent_turn_policy`` is ``reject``."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} is busy with a turn", session_id=session_id)
+
+
+class LLMError(JidokaError):
+    """The model provider failed: ``provider`` names it, ``status`` is its HTTP status if any,
+    ``retryable`` says whether trying again later may help. Never carries an API key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        session_id: str | None = None,
+        status: int | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.provider = provider
+        self.status = status
+        self.retryable = retryable

@@ -1,0 +1,107 @@
+"""What the turn loop, providers and tools exchange: chat messages, tool calls, stream items.
+
+Provider-neutral on purpose: a provider translates these to and from its wire format (the
+OpenAI-compatible Chat Completions one, a script, ...), and nothing above the provider layer sees
+an SDK type. Messages follow the Chat Completions shape because every compatible server speaks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "Completion",
+    "Provider",
+    "TextDelta",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+]
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One call the model asked for. ``arguments`` is the JSON text the model produced (it may
+    be invalid JSON: the tool layer reports that back to the model as a tool error)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A message of the prompt. ``tool`` messages answer one call (``tool_call_id``)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool as the model sees it: name, description, JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One model call: the prompt, the tools on offer and the sampling settings."""
+
+    model: str
+    messages: list[ChatMessage]
+    tools: list[ToolSpec] = []
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+class TextDelta(msgspec.Struct, frozen=True):
+    """A piece of the answer's text, as it streams."""
+
+    text: str
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of one model call: the whole text, the tool calls (assembled), the usage.
+
+    ``finish_reason`` is the provider's (``stop``, ``tool_calls``, ``length`` ...).
+    """
+
+    text: str
+    tool_calls: list[ToolCall] = []
+    usage: Usage = Usage()
+    finish_reason: str | None = None
+
+
+StreamItem = TextDelta | Completion
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A model endpoint. ``stream`` yields :class:`TextDelta` items, then exactly one
+    :class:`Completion`; it raises :class:`~jidoka.LLMError` (never an SDK exception) on
+    failure. Cancelling the iteration must close the underlying request promptly."""
+
+    name: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[TextDelta | Completion]: ...
+
+    async def aclose(self) -> None: ...
