@@ -22,8 +22,10 @@ from .errors import (
     InvalidTransition,
     JidokaError,
     LimitExceeded,
+    LLMError,
     PathNotAllowed,
     RuntimeClosed,
+    SessionBusy,
     SessionExists,
     SessionNotFound,
     SessionTerminated,
@@ -64,6 +66,8 @@ KINDS: Final = (
     ProblemKind(SessionTerminated, "session-terminated", 409, "Session terminated"),
     ProblemKind(InvalidTransition, "invalid-transition", 409, "Invalid lifecycle transition"),
     ProblemKind(SessionExists, "session-exists", 409, "Session already live"),
+    ProblemKind(SessionBusy, "session-busy", 409, "Session busy with a turn"),
+    ProblemKind(LLMError, "llm-error", 502, "Model provider failed"),
     ProblemKind(InvalidRole, "invalid-role", 422, "Invalid message role"),
     ProblemKind(InvalidConfig, "invalid-config", 422, "Invalid configuration"),
     ProblemKind(InvalidArgument, "invalid-argument", 422, "Invalid argument"),
@@ -92,6 +96,7 @@ _MEMBERS: Final = (
     "from_status",
     "to_status",
     "data_dir",
+    "provider",
 )
 
 
@@ -122,6 +127,10 @@ def problem_for(exc: JidokaError, *, request_id: str | None = None) -> dict[str,
         value = getattr(exc, name, None)
         if isinstance(value, str | int) and not isinstance(value, bool):
             problem[name] = value
+    if isinstance(exc, LLMError):
+        problem["retryable"] = exc.retryable
+        if exc.status is not None:
+            problem["provider_status"] = exc.status
     if request_id is not None:
         problem["request_id"] = request_id
     return problem
@@ -156,6 +165,14 @@ _REBUILD: Final[dict[str, Callable[[Mapping[str, Any], str | None, str], JidokaE
         sid or "", _str(p, "from_status"), _str(p, "to_status")
     ),
     "session-exists": lambda p, sid, d: SessionExists(sid or ""),
+    "session-busy": lambda p, sid, d: SessionBusy(sid or ""),
+    "llm-error": lambda p, sid, d: LLMError(
+        d,
+        provider=_str(p, "provider", "unknown"),
+        session_id=sid,
+        status=_int(p, "provider_status"),
+        retryable=p.get("retryable") is True,
+    ),
     "invalid-role": lambda p, sid, d: InvalidRole(sid, p.get("role")),
     "invalid-config": lambda p, sid, d: _same_detail(
         InvalidConfig(d, field=_str(p, "field", "config")), sid

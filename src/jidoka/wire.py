@@ -153,6 +153,10 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     actual: int | None = None
     from_status: str | None = None
     to_status: str | None = None
+    provider: str | None = None
+    provider_status: int | None = None
+    retryable: bool | None = None
+    key: str | None = None
 
 
 # The result types of the API, for the OpenAPI document.
