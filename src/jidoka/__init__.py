@@ -21,8 +21,10 @@ from .errors import (
     InvalidTransition,
     JidokaError,
     LimitExceeded,
+    LLMError,
     PathNotAllowed,
     RuntimeClosed,
+    SessionBusy,
     SessionExists,
     SessionNotFound,
     SessionTerminated,
@@ -39,7 +41,7 @@ from .session.context import (
     Message,
     estimate_tokens,
 )
-from .session.info import SessionInfo
+from .session.info import SessionInfo, TokenUsage
 from .session.state import SessionConfig, Status
 from .store.base import SavedSession
 
@@ -60,12 +62,16 @@ __all__ = [
     "InvalidRole",
     "InvalidTransition",
     "JidokaError",
+    "LLMError",
     "LimitExceeded",
     "Message",
     "PathNotAllowed",
+    "RemoteClient",
     "Runtime",
     "RuntimeClosed",
     "SavedSession",
+    "ServerUnavailable",
+    "SessionBusy",
     "SessionConfig",
     "SessionExists",
     "SessionInfo",
@@ -76,9 +82,19 @@ __all__ = [
     "StoreError",
     "Subscription",
     "SystemClock",
+    "TokenUsage",
     "Unauthorized",
     "__version__",
     "decode_event",
     "encode_event",
     "estimate_tokens",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RemoteClient`` and ``ServerUnavailable`` load httpx; import them only when used."""
+    if name in ("RemoteClient", "ServerUnavailable"):
+        from . import remote
+
+        return getattr(remote, name)
+    raise AttributeError(f"module 'jidoka' has no attribute {name!r}")

@@ -62,6 +62,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_llm_config_bytes: _Positive = 16_384
     #: Events the memory store keeps per session (older ones are trimmed).
     memory_max_events_per_session: _Positive = 100_000
+    #: Server-wide LLM defaults (``JIDOKA_LLM_*``); a session's ``llm_config`` overrides them
+    #: key by key. The API key itself is never a setting: ``llm_api_key_env`` names the
+    #: environment variable that holds it.
+    llm_provider: str | None = None
+    llm_model: str | None = None
+    llm_base_url: str | None = None
+    llm_api_key_env: str | None = None
+    llm_context_window: _Positive | None = None
+    llm_max_tokens: _Positive | None = None
+    llm_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     #: Defaults for new sessions; ``create_session(config=...)`` overrides field by field.
     session_defaults: SessionConfig = SessionConfig()
 
@@ -125,3 +135,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 def _field_types(cls: type[Settings]) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
+
+
+def llm_defaults(settings: Settings) -> dict[str, Any]:
+    """The ``JIDOKA_LLM_*`` settings as ``llm_config`` keys (unset ones left out)."""
+    return {
+        key: value
+        for key, value in (
+            ("provider", settings.llm_provider),
+            ("model", settings.llm_model),
+            ("base_url", settings.llm_base_url),
+            ("api_key_env", settings.llm_api_key_env),
+            ("context_window", settings.llm_context_window),
+            ("max_tokens", settings.llm_max_tokens),
+            ("temperature", settings.llm_temperature),
+        )
+        if value is not None
+    }

@@ -86,11 +86,11 @@ class InvalidTransition(JidokaError):
 
     def __init__(self, session_id: str, from_status: str, to_status: str) -> None:
         super().__init__(
-            f"session {session_id!r} cannot go from {from_status!r} to {to_status!r}",
+            f"session {session_id!r} cannot go from {str(from_status)!r} to {str(to_status)!r}",
             session_id=session_id,
         )
-        self.from_status = from_status
-        self.to_status = to_status
+        self.from_status = str(from_status)
+        self.to_status = str(to_status)
 
 
 class InvalidArgument(JidokaError, ValueError):

@@ -129,7 +129,8 @@ def decode_event(raw: bytes | str) -> Event:
         wire = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeError) as exc:
         raise InvalidArgument(f"malformed event: {exc}", argument="event") from exc
-    if wire.seq < 1:
+    if wire.seq < 1 and not (wire.type == EventType.EVENTS_DROPPED and not wire.session_id):
+        # The global stream's loss marker is the one event with no session and seq 0.
         raise InvalidArgument(f"malformed event: seq {wire.seq} < 1", argument="event")
     if wire.time.tzinfo is None:
         raise InvalidArgument("malformed event: time has no timezone", argument="event")

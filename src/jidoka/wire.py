@@ -154,6 +154,7 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     from_status: str | None = None
     to_status: str | None = None
     provider: str | None = None
+    data_dir: str | None = None
     provider_status: int | None = None
     retryable: bool | None = None
     key: str | None = None

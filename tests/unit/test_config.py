@@ -10,6 +10,7 @@ import pytest
 
 import jidoka
 from jidoka.config import STORES, Settings
+from jidoka.errors import InvalidConfig
 from jidoka.session.state import SessionConfig
 
 DEFAULTS: dict[str, Any] = {
@@ -42,7 +43,30 @@ def test_defaults() -> None:
         assert getattr(settings, name) == value, name
     assert settings.session_defaults == SessionConfig()
     assert settings.max_database_bytes is None
-    assert set(Settings.__struct_fields__) == {*DEFAULTS, "session_defaults", "max_database_bytes"}
+    llm = {name for name in Settings.__struct_fields__ if name.startswith("llm_")}
+    assert all(getattr(settings, name) is None for name in llm)
+    assert set(Settings.__struct_fields__) == {
+        *DEFAULTS,
+        *llm,
+        "session_defaults",
+        "max_database_bytes",
+    }
+
+
+def test_llm_defaults_from_the_environment() -> None:
+    from jidoka.config import llm_defaults
+
+    env = {
+        "JIDOKA_LLM_PROVIDER": "openai",
+        "JIDOKA_LLM_MODEL": "m",
+        "JIDOKA_LLM_TEMPERATURE": "0.5",
+    }
+    settings = Settings.from_env(env)
+    assert llm_defaults(settings) == {"provider": "openai", "model": "m", "temperature": 0.5}
+    assert llm_defaults(Settings()) == {}
+    with pytest.raises(InvalidConfig) as caught:
+        Settings.from_env({"JIDOKA_LLM_TEMPERATURE": "3"})
+    assert caught.value.field == "llm_temperature"
 
 
 def test_from_empty_env_is_the_defaults() -> None:

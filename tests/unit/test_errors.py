@@ -16,8 +16,10 @@ from jidoka.errors import (
     InvalidTransition,
     JidokaError,
     LimitExceeded,
+    LLMError,
     PathNotAllowed,
     RuntimeClosed,
+    SessionBusy,
     SessionExists,
     SessionNotFound,
     SessionTerminated,
@@ -42,6 +44,8 @@ TREE: dict[type[JidokaError], type[Exception]] = {
     RuntimeClosed: JidokaError,
     SessionExists: JidokaError,
     DataDirLocked: JidokaError,
+    SessionBusy: JidokaError,
+    LLMError: JidokaError,
 }
 
 # One instance of each class, about session SID.
@@ -60,6 +64,8 @@ MAKERS: dict[type[JidokaError], Callable[[], JidokaError]] = {
     StoreError: lambda: StoreError("write failed", session_id=SID),
     RuntimeClosed: lambda: RuntimeClosed("runtime is closed", session_id=SID),
     SessionExists: lambda: SessionExists(SID),
+    SessionBusy: lambda: SessionBusy(SID),
+    LLMError: lambda: LLMError("the model failed", provider="openai", session_id=SID),
 }  # fmt: skip
 # Errors that are about no session at all.
 SESSIONLESS: dict[type[JidokaError], Callable[[], JidokaError]] = {

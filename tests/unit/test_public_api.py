@@ -30,12 +30,16 @@ PUBLIC_API = [
     "InvalidRole",
     "InvalidTransition",
     "JidokaError",
+    "LLMError",
     "LimitExceeded",
     "Message",
     "PathNotAllowed",
+    "RemoteClient",
     "Runtime",
     "RuntimeClosed",
     "SavedSession",
+    "ServerUnavailable",
+    "SessionBusy",
     "SessionConfig",
     "SessionExists",
     "SessionInfo",
@@ -46,6 +50,7 @@ PUBLIC_API = [
     "StoreError",
     "Subscription",
     "SystemClock",
+    "TokenUsage",
     "Unauthorized",
     "__version__",
     "decode_event",
@@ -102,7 +107,5 @@ def test_cli_version_subprocess() -> None:
 
 
 def test_cli_version_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli.main(["--version"])
-    assert info.value.code == 0
+    assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"jidoka {jidoka.__version__}"

@@ -6,6 +6,6 @@ core package never imports this one. See ``docs/http-api.md`` for the contract.
 
 from .app import create_app
 from .config import ServerConfig
-from .serve import run_server, serve
+from .serve import run_server
 
-__all__ = ["ServerConfig", "create_app", "run_server", "serve"]
+__all__ = ["ServerConfig", "create_app", "run_server"]

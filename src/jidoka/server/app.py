@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from opentelemetry import metrics as otel_metrics
@@ -18,12 +19,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
-from ..errors import InvalidArgument, JidokaError
+from ..errors import InvalidArgument, JidokaError, SessionTerminated
 from ..events import Event, EventType
 from ..runtime import Runtime
 from .auth import Authenticator, InflightLimiter
@@ -34,7 +35,7 @@ from .openapi import DOCS_HTML, openapi_document
 from .operations import Operations
 from .responses import RouteNotFound, json_response, problem_response
 from .routes import ROUTES, SessionRoutes
-from .streams import EventStream, StreamRegistry
+from .streams import EventStream, StreamRegistry, sse_frame
 from .ws import WebSocketSession
 
 __all__ = ["create_app"]
@@ -73,8 +74,22 @@ class _Endpoints:
             heartbeat=self.config.heartbeat_seconds,
             by_seq=True,
         )
-        await stream.open()
+        try:
+            await stream.open()
+        except SessionTerminated:
+            # It ended while the client was away: what the store still holds, then the end.
+            return StreamingResponse(
+                self._stored(sid, after or 0), media_type="text/event-stream; charset=utf-8"
+            )
         return stream
+
+    async def _stored(self, session_id: str, after: int) -> AsyncIterator[bytes]:
+        while True:
+            events = await self.runtime.read_events(session_id, after_seq=after, limit=500)
+            if not events:
+                return
+            yield b"".join(sse_frame(event, by_seq=True) for event in events)
+            after = events[-1].seq
 
     async def all_events(self, request: Request) -> ASGIApp:
         principal = request.scope.get(PRINCIPAL_KEY)

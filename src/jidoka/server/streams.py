@@ -54,7 +54,10 @@ class StreamRegistry:
         self.draining = False
 
     def add(self, closer: Callable[[], None]) -> None:
+        """Track a stream; one opened while draining is told to finish at once."""
         self._closers.add(closer)
+        if self.draining:
+            closer()
 
     def discard(self, closer: Callable[[], None]) -> None:
         self._closers.discard(closer)

@@ -94,6 +94,7 @@ class SessionState:
     """
 
     __slots__ = (
+        "agent_status",
         "config",
         "created_at",
         "error",
@@ -103,12 +104,14 @@ class SessionState:
         "llm_config",
         "metadata",
         "owner",
+        "pending_approvals",
         "project_root",
         "reason",
         "seq",
         "session_id",
         "status",
         "updated_at",
+        "usage",
         "wc_sizes",
         "working_context",
     )
@@ -131,6 +134,12 @@ class SessionState:
         self.wc_sizes: dict[str, int] | None = None
         self.reason: str | None = None
         self.error: str | None = None
+        #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
+        self.usage: tuple[int, int, int] | None = None
+        #: The agent's last ``agent_status`` (``thinking``, ``idle`` ...), None before any turn.
+        self.agent_status: str | None = None
+        #: Write approvals asked for and not yet decided, by call id.
+        self.pending_approvals: set[str] | None = None
 
     @property
     def conversation_count(self) -> int:
@@ -167,6 +176,9 @@ class SessionState:
             "working_context": dict(self.working_context or {}),
             "reason": self.reason,
             "error": self.error,
+            "usage": self.usage,
+            "agent_status": self.agent_status,
+            "pending_approvals": sorted(self.pending_approvals or ()),
         }
 
 
@@ -262,6 +274,34 @@ def _index_updated(state: SessionState, event: Event) -> None:
     _put_index(state, msgspec.convert(event.data["entry"], FileIndexEntry))
 
 
+def _llm_response(state: SessionState, event: Event) -> None:
+    usage = event.data.get("usage")
+    if isinstance(usage, dict):
+        before = state.usage or (0, 0, 0)
+        state.usage = (
+            before[0] + int(usage.get("prompt_tokens", 0)),
+            before[1] + int(usage.get("completion_tokens", 0)),
+            before[2] + int(usage.get("total_tokens", 0)),
+        )
+
+
+def _agent_status(state: SessionState, event: Event) -> None:
+    state.agent_status = event.data.get("status")
+
+
+def _approval_requested(state: SessionState, event: Event) -> None:
+    if state.pending_approvals is None:
+        state.pending_approvals = set()
+    state.pending_approvals.add(event.data["call_id"])
+
+
+def _approval_decided(state: SessionState, event: Event) -> None:
+    if state.pending_approvals is not None:
+        state.pending_approvals.discard(event.data["call_id"])
+        if not state.pending_approvals:
+            state.pending_approvals = None
+
+
 def _put_index(state: SessionState, entry: FileIndexEntry) -> None:
     if state.index is None:
         state.index = {}
@@ -295,6 +335,10 @@ _APPLY: Final[dict[str, Callable[[SessionState, Event], None]]] = {
     EventType.FILE_REMOVED: _file_removed,
     EventType.FILE_INDEX_UPDATED: _index_updated,
     EventType.WORKING_CONTEXT_UPDATED: _working_context,
+    EventType.LLM_RESPONSE: _llm_response,
+    EventType.AGENT_STATUS: _agent_status,
+    EventType.APPROVAL_REQUESTED: _approval_requested,
+    EventType.APPROVAL_DECIDED: _approval_decided,
 }
 
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from .context import SessionState
 from .state import SessionConfig, Status
 
-__all__ = ["SessionInfo", "Tombstone"]
+__all__ = ["SessionInfo", "Tombstone", "TokenUsage"]
+
+
+class TokenUsage(msgspec.Struct, frozen=True, gc=False):
+    """Tokens the session's agent used, summed over its turns."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+_NO_USAGE: Final = TokenUsage()
 
 
 class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,6 +41,9 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     project_root: str | None = None
     #: The principal that owns it (the server's access control); ``None`` when created in process.
     owner: str | None = None
+    #: The agent's cumulative token usage (``prompt_tokens``, ``completion_tokens``,
+    #: ``total_tokens``); zeros before the first turn.
+    usage: TokenUsage = msgspec.field(default_factory=lambda: TokenUsage())
 
     @classmethod
     def of(cls, state: SessionState) -> SessionInfo:
@@ -48,6 +62,7 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
             reason=state.reason,
             project_root=state.project_root,
             owner=state.owner,
+            usage=TokenUsage(*state.usage) if state.usage is not None else _NO_USAGE,
         )
 
 

@@ -44,6 +44,9 @@ class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
     reason: str | None = None
     error: str | None = None
     owner: str | None = None
+    usage: tuple[int, int, int] | None = None
+    agent_status: str | None = None
+    pending_approvals: list[str] = []
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -77,6 +80,9 @@ def _snapshot(state: SessionState) -> _Snapshot:
         reason=state.reason,
         error=state.error,
         owner=state.owner,
+        usage=state.usage,
+        agent_status=state.agent_status,
+        pending_approvals=sorted(state.pending_approvals or ()),
     )
 
 
@@ -124,4 +130,7 @@ def decode_state(raw: bytes | dict[str, Any], *, session_id: str | None = None) 
     state.reason = snap.reason
     state.error = snap.error
     state.owner = snap.owner
+    state.usage = snap.usage
+    state.agent_status = snap.agent_status
+    state.pending_approvals = set(snap.pending_approvals) or None
     return state

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -99,6 +99,18 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_restart_seconds: _PositiveFloat = 5.0
     #: Feature flags by name, for extensions.
     features: dict[str, bool] = {}
+    #: The agent: model calls per turn at most (each round of tool calls takes one); past it the
+    #: turn stops with an ``error`` event and ``LimitExceeded('max_iterations')``.
+    max_iterations: _PositiveInt = 10
+    #: What a chat (or a user message) does while a turn runs: wait its turn (``queue``), fail
+    #: with ``SessionBusy`` (``reject``), or cancel the running turn first (``interrupt``).
+    concurrent_turn_policy: Literal["queue", "reject", "interrupt"] = "queue"
+    #: Whether the agent's tools may write files: ``False``, ``True``, or ``"ask"`` (each write
+    #: emits ``approval_requested`` and waits for ``approve()``; no answer in time denies).
+    allow_write: bool | Literal["ask"] = False
+    approval_timeout_seconds: _PositiveFloat = 300.0
+    #: Seconds one tool call may take (its blocking work runs off the event loop).
+    tool_timeout_seconds: _PositiveFloat = 30.0
 
     @classmethod
     def from_dict(

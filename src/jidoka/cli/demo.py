@@ -1,25 +1,31 @@
-"""The ``jidoka`` command.
+"""``jidoka demo``: a quickstart that needs no server.
 
-Until the server arrives, it offers ``jidoka demo``: a quickstart that runs a few sessions in
-process, sends messages, adds a file and prints every event as JSON lines.
+It runs a few sessions in process, sends messages, adds a file and prints every event as JSON
+lines, so a new user sees the event contract before configuring anything.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
-from ._version import __version__
+import typer
 
-__all__ = ["main"]
+__all__ = ["demo"]
 
 
-async def _demo(sessions: int, messages: int) -> int:
-    from . import Runtime, encode_event
+def demo(
+    sessions: Annotated[int, typer.Option(min=1, help="How many sessions to run.")] = 3,
+    messages: Annotated[int, typer.Option(min=0, help="Messages to send to each.")] = 2,
+) -> None:
+    """Run a few in-process sessions and print their events as JSON lines."""
+    asyncio.run(_demo(sessions, messages))
+
+
+async def _demo(sessions: int, messages: int) -> None:
+    from .. import Runtime, encode_event
 
     with tempfile.TemporaryDirectory(prefix="jidoka-demo-") as root:
         sample = "def main():\n    print('hello')\n"
@@ -45,24 +51,3 @@ async def _demo(sessions: int, messages: int) -> int:
                 for sid in ids:
                     info = await client.get_session_info(sid)
                     print(f"# {sid}: {info.status} ({info.reason})")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jidoka", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"jidoka {__version__}")
-    commands = parser.add_subparsers(dest="command")
-    demo = commands.add_parser("demo", help="run a few in-process sessions and print events")
-    demo.add_argument("--sessions", type=int, default=3)
-    demo.add_argument("--messages", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.sessions < 1 or args.messages < 0:
-            parser.error("--sessions must be at least 1 and --messages not negative")
-        return asyncio.run(_demo(args.sessions, args.messages))
-    parser.print_help()
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,184 @@
+"""``jidoka serve``: flags and ``JIDOKA_*`` variables into a server config and runtime settings,
+then :func:`jidoka.server.serve.run_server`.
+
+This is deliberately thin: precedence (flag, then environment, then default) and validation
+live in :meth:`ServerConfig.from_env <jidoka.server.config.ServerConfig.from_env>` and
+:meth:`Settings.from_env <jidoka.config.Settings.from_env>`, so the command and an embedding
+program configure a server the same way. A flag left out is passed as ``None`` (or not at all),
+which lets the variable or the default apply.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import Settings
+from ..errors import InvalidConfig
+from .common import USAGE, CommandFailed
+
+__all__ = ["serve"]
+
+_EXTRA_HINT = "jidoka serve needs the server extra: pip install 'jidoka-core[server]'"
+_SERVER = "Server"
+_RUNTIME = "Runtime"
+_LIMITS = "Limits"
+
+
+class Store(StrEnum):
+    SQLITE = "sqlite"
+    MEMORY = "memory"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address to bind (env JIDOKA_HOST; default 127.0.0.1).",
+            show_default=False,
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port; 0 picks a free one (env JIDOKA_PORT; default 8765).",
+            show_default=False,
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the store keeps its files (env JIDOKA_DATA_DIR; default ./.jidoka).",
+            show_default=False,
+            rich_help_panel=_RUNTIME,
+        ),
+    ] = None,
+    store: Annotated[
+        Store | None,
+        typer.Option(
+            help="Session store (env JIDOKA_STORE; default sqlite).",
+            show_default=False,
+            rich_help_panel=_RUNTIME,
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON {"<token>": "<principal>", ...}; replaces JIDOKA_TOKENS.',
+            show_default=False,
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve without tokens, even on a non-loopback address.",
+            rich_help_panel=_SERVER,
+        ),
+    ] = False,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Allow this browser origin (repeatable) (env JIDOKA_CORS_ORIGINS).",
+            show_default=False,
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    projects_dir: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            help="Confine session project roots to this directory (env JIDOKA_PROJECTS_DIR).",
+            show_default=False,
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Largest request body (env JIDOKA_MAX_BODY_BYTES; default 1 MiB).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    max_inflight: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests in flight per principal (env JIDOKA_MAX_INFLIGHT; default 64).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    heartbeat: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of silence before an event stream gets a keep-alive (default 15).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    shutdown_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds in-flight requests get to finish on shutdown (default 10).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="Log verbosity (to stderr).", rich_help_panel=_SERVER)
+    ] = LogLevel.INFO,
+) -> None:
+    """Run the HTTP/SSE/WebSocket server until SIGTERM or Ctrl-C; prints its URL and token."""
+    try:  # the server extra; ``jidoka.server`` imports Starlette and uvicorn
+        from ..server.config import ServerConfig, load_tokens
+        from ..server.serve import run_server
+    except ImportError as exc:
+        raise CommandFailed(f"{_EXTRA_HINT} ({exc})") from None
+
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "max_body_bytes": max_body_bytes,
+        "max_inflight": max_inflight,
+        "heartbeat_seconds": heartbeat,
+        "shutdown_timeout": shutdown_timeout,
+        "cors_origins": tuple(cors_origin) if cors_origin else None,
+        "insecure_no_auth": True if insecure_no_auth else None,
+        "projects_dir": os.fspath(projects_dir) if projects_dir is not None else None,
+    }
+    runtime: dict[str, Any] = {}
+    if data_dir is not None:
+        runtime["data_dir"] = os.fspath(data_dir)
+    if store is not None:
+        runtime["store"] = str(store)
+    try:
+        if tokens_file is not None:
+            overrides["tokens"] = load_tokens(tokens_file)
+        config = ServerConfig.from_env(os.environ, **overrides)
+        settings = Settings.from_env(os.environ, **runtime)
+    except InvalidConfig as exc:
+        raise CommandFailed(exc.message, USAGE) from None
+
+    code = run_server(config, settings, log_level=str(log_level))
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,237 @@
+"""Problem documents: every error survives ``problem_for`` -> JSON -> ``error_from_problem``.
+
+The remote client relies on this round trip to raise, over HTTP, the very exception the in-process
+client raises (same class, message and attributes), so ``except SessionNotFound`` is portable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from jidoka import errors
+from jidoka.errors import (
+    DataDirLocked,
+    InvalidArgument,
+    InvalidConfig,
+    InvalidRole,
+    InvalidTransition,
+    JidokaError,
+    LimitExceeded,
+    LLMError,
+    PathNotAllowed,
+    RuntimeClosed,
+    SessionBusy,
+    SessionExists,
+    SessionNotFound,
+    SessionTerminated,
+    StoreError,
+    Unauthorized,
+)
+from jidoka.problems import PROBLEM_BASE, error_from_problem, problem_for, status_for
+
+SID = "01KDVDNA002TGFDYKMPAK7J69H"
+
+#: Every attribute an error may carry; each must come back unchanged.
+ATTRIBUTES = (
+    "session_id",
+    "path",
+    "limit",
+    "maximum",
+    "actual",
+    "reason",
+    "from_status",
+    "to_status",
+    "argument",
+    "field",
+    "role",
+    "data_dir",
+    "provider",
+    "status",
+    "retryable",
+)
+
+# Several realistic instances per class: with and without a session, optional fields set or not.
+CASES: dict[str, Callable[[], JidokaError]] = {
+    "JidokaError": lambda: JidokaError("something failed", session_id=SID),
+    "JidokaError-sessionless": lambda: JidokaError("the server is misconfigured"),
+    "SessionNotFound": lambda: SessionNotFound(SID),
+    "SessionTerminated": lambda: SessionTerminated(SID, reason="timeout"),
+    "SessionTerminated-no-reason": lambda: SessionTerminated(SID),
+    "InvalidTransition": lambda: InvalidTransition(SID, "terminated", "active"),
+    "InvalidArgument": lambda: InvalidArgument(
+        "limit must be positive", argument="limit", session_id=SID
+    ),
+    "InvalidArgument-sessionless": lambda: InvalidArgument("bad cursor", argument="cursor"),
+    "InvalidRole": lambda: InvalidRole(SID, "robot"),
+    "InvalidRole-sessionless": lambda: InvalidRole(None, "robot"),
+    "InvalidConfig": lambda: InvalidConfig(
+        "must be at least 1", field="max_history", session_id=SID
+    ),
+    "InvalidConfig-sessionless": lambda: InvalidConfig("unknown store", field="store"),
+    "PathNotAllowed": lambda: PathNotAllowed(SID, "../etc/passwd", "escapes the project root"),
+    "PathNotAllowed-sessionless": lambda: PathNotAllowed(None, "/etc", "not a regular file"),
+    "LimitExceeded": lambda: LimitExceeded(
+        "max_files", 50, session_id=SID, actual=51, path="src/a.py"
+    ),
+    "LimitExceeded-bytes": lambda: LimitExceeded(
+        "max_message_bytes", 1 << 20, session_id=SID, actual=(1 << 20) + 1
+    ),
+    "LimitExceeded-sessionless": lambda: LimitExceeded("max_sessions", 10_000),
+    "Unauthorized": lambda: Unauthorized("missing or unknown bearer token"),
+    "Unauthorized-session": lambda: Unauthorized("no such token", session_id=SID),
+    "StoreError": lambda: StoreError("write failed: disk full", session_id=SID),
+    "RuntimeClosed": lambda: RuntimeClosed("the runtime is shutting down"),
+    "SessionExists": lambda: SessionExists(SID),
+    "SessionBusy": lambda: SessionBusy(SID),
+    "LLMError": lambda: LLMError(
+        "rate limited by the provider",
+        provider="openai",
+        session_id=SID,
+        status=429,
+        retryable=True,
+    ),
+    "LLMError-bare": lambda: LLMError("connection reset", provider="anthropic"),
+    "DataDirLocked": lambda: DataDirLocked("/var/lib/jidoka", "pid 123"),
+}
+
+
+def _round_trip(exc: JidokaError) -> tuple[dict[str, Any], JidokaError]:
+    problem = problem_for(exc, request_id="req-1")
+    decoded = msgspec.json.decode(msgspec.json.encode(problem))
+    return decoded, error_from_problem(decoded, status=problem["status"])
+
+
+def test_every_error_class_has_a_case() -> None:
+    classes = {getattr(errors, name) for name in errors.__all__}
+    assert classes == {type(make()) for make in CASES.values()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_round_trip_keeps_class_message_and_attributes(name: str) -> None:
+    original = CASES[name]()
+    problem, rebuilt = _round_trip(original)
+    assert type(rebuilt) is type(original)
+    assert str(rebuilt) == str(original)
+    assert rebuilt.message == original.message
+    for attribute in ATTRIBUTES:
+        assert getattr(rebuilt, attribute, None) == getattr(original, attribute, None), attribute
+    assert problem["detail"] == str(original)
+    assert problem["request_id"] == "req-1"
+    assert problem["type"].startswith(PROBLEM_BASE)
+    assert problem["status"] == status_for(original)
+    assert "Traceback" not in msgspec.json.encode(problem).decode()
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "slug"),
+    [
+        ("JidokaError", 500, "internal-error"),
+        ("SessionNotFound", 404, "session-not-found"),
+        ("SessionTerminated", 409, "session-terminated"),
+        ("InvalidTransition", 409, "invalid-transition"),
+        ("SessionExists", 409, "session-exists"),
+        ("SessionBusy", 409, "session-busy"),
+        ("LLMError", 502, "llm-error"),
+        ("InvalidRole", 422, "invalid-role"),
+        ("InvalidConfig", 422, "invalid-config"),
+        ("InvalidArgument", 422, "invalid-argument"),
+        ("PathNotAllowed", 422, "path-not-allowed"),
+        ("LimitExceeded", 429, "limit-exceeded"),
+        ("LimitExceeded-bytes", 413, "limit-exceeded"),
+        ("LimitExceeded-sessionless", 429, "limit-exceeded"),
+        ("Unauthorized", 401, "unauthorized"),
+        ("StoreError", 503, "store-error"),
+        ("RuntimeClosed", 503, "runtime-closed"),
+    ],
+)
+def test_type_and_status_follow_the_documented_table(name: str, status: int, slug: str) -> None:
+    problem = problem_for(CASES[name]())
+    assert problem["status"] == status
+    assert problem["type"] == PROBLEM_BASE + slug
+
+
+@pytest.mark.parametrize(
+    ("limit", "status"),
+    [
+        ("max_message_bytes", 413),
+        ("max_request_bytes", 413),
+        ("max_working_context_bytes", 413),
+        ("max_sessions", 429),
+        ("max_files", 429),
+        ("max_inflight_requests", 429),
+    ],
+)
+def test_size_limits_are_413_and_other_limits_429(limit: str, status: int) -> None:
+    error = LimitExceeded(limit, 10, actual=11)
+    assert status_for(error) == status
+    problem, rebuilt = _round_trip(error)
+    assert problem["status"] == status
+    assert isinstance(rebuilt, LimitExceeded)
+    assert (rebuilt.limit, rebuilt.maximum, rebuilt.actual) == (limit, 10, 11)
+
+
+def test_problem_carries_only_the_errors_own_members() -> None:
+    problem = problem_for(SessionNotFound(SID))
+    assert set(problem) == {"type", "title", "status", "detail", "session_id"}
+    problem = problem_for(LimitExceeded("max_files", 50, session_id=SID, actual=51))
+    assert problem["limit"] == "max_files"
+    assert (problem["maximum"], problem["actual"]) == (50, 51)
+    assert "path" not in problem  # None is left out, not sent as null
+
+
+def test_unknown_type_is_a_plain_jidoka_error_with_the_detail() -> None:
+    problem = {
+        "type": PROBLEM_BASE + "quota-of-the-future",
+        "title": "Something new",
+        "status": 418,
+        "detail": f"session {SID!r}: a newer server says no",
+        "session_id": SID,
+    }
+    rebuilt = error_from_problem(problem, status=418)
+    assert type(rebuilt) is JidokaError
+    assert str(rebuilt) == f"session {SID!r}: a newer server says no"
+    assert rebuilt.session_id == SID
+
+
+def test_foreign_type_uri_is_a_plain_jidoka_error() -> None:
+    problem = {"type": "https://example.com/probs/out-of-credit", "detail": "no credit"}
+    rebuilt = error_from_problem(problem, status=403)
+    assert type(rebuilt) is JidokaError
+    assert str(rebuilt) == "no credit"
+    assert rebuilt.session_id is None
+
+
+def test_missing_detail_falls_back_to_title_then_status() -> None:
+    with_title = error_from_problem({"type": "about:blank", "title": "Not Found"}, status=404)
+    assert str(with_title) == "Not Found"
+    bare = error_from_problem({}, status=502)
+    assert type(bare) is JidokaError
+    assert str(bare) == "HTTP 502"
+
+
+def test_known_type_with_missing_members_still_rebuilds() -> None:
+    """A sparse problem (another implementation, an older server) gives the right class."""
+    rebuilt = error_from_problem(
+        {"type": PROBLEM_BASE + "limit-exceeded", "detail": "too many"}, status=429
+    )
+    assert isinstance(rebuilt, LimitExceeded)
+    assert str(rebuilt) == "too many"
+    rebuilt = error_from_problem(
+        {"type": PROBLEM_BASE + "invalid-argument", "detail": "bad"}, status=422
+    )
+    assert type(rebuilt) is InvalidArgument
+    assert str(rebuilt) == "bad"
+
+
+def test_wrongly_typed_members_are_ignored() -> None:
+    problem = problem_for(LimitExceeded("max_files", 50, session_id=SID, actual=51))
+    problem.update(maximum="fifty", actual=True, session_id=7)
+    rebuilt = error_from_problem(problem, status=429)
+    assert isinstance(rebuilt, LimitExceeded)
+    assert rebuilt.maximum == 0
+    assert rebuilt.actual is None
+    assert rebuilt.session_id is None
