@@ -1,7 +1,8 @@
 """Run the benchmark suite: ``python -m benchmarks.run [--quick] [--only NAME ...]``.
 
 Without ``--only`` it runs the in-memory benchmarks (:data:`DEFAULT`); the durable-store ones
-(``durable``, ``peers``: see docs/performance.md) run when named, e.g. ``--only durable peers``.
+(``durable``, ``peers``: see docs/performance.md) and the HTTP server (``http``: uvicorn in a
+child process, wrk if installed) run when named, e.g. ``--only durable peers`` or ``--only http``.
 
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
 file under ``benchmarks/results/`` (or ``--output``). ``--quick`` uses tiny sizes: it checks
@@ -26,6 +27,7 @@ from . import (
     bench_durable,
     bench_fanout,
     bench_history,
+    bench_http,
     bench_lifecycle,
     bench_memory,
     bench_peers,
@@ -41,8 +43,9 @@ MODULES: dict[str, ModuleType] = {
 }
 #: What runs without ``--only``: the modules above.
 DEFAULT: tuple[str, ...] = tuple(MODULES)
-#: The durable store (SQLite) and its peers; they run only when named with ``--only``.
-MODULES.update({module.NAME: module for module in (bench_durable, bench_peers)})
+#: The durable store (SQLite) and its peers, and the HTTP server; they run only when named with
+#: ``--only``.
+MODULES.update({module.NAME: module for module in (bench_durable, bench_peers, bench_http)})
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
