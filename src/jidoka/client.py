@@ -14,6 +14,9 @@ from typing import Any
 
 from .bus.base import EventBus, Subscription
 from .errors import InvalidArgument
+from .llm.agents import AgentPool
+from .llm.orchestrator import ChatResult
+from .llm.providers import validate_llm_config
 from .session.context import (
     CONTEXT_PARTS,
     ActiveFile,
@@ -31,11 +34,12 @@ __all__ = ["Client"]
 class Client:
     """Create, drive and watch sessions of one runtime."""
 
-    __slots__ = ("_bus", "_manager")
+    __slots__ = ("_agents", "_bus", "_manager")
 
-    def __init__(self, manager: SessionManager, bus: EventBus) -> None:
+    def __init__(self, manager: SessionManager, bus: EventBus, agents: AgentPool) -> None:
         self._manager = manager
         self._bus = bus
+        self._agents = agents
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -52,6 +56,8 @@ class Client:
         defaults field by field; ``project_root`` (a directory) is where its files live;
         ``owner`` names the principal it belongs to (the server sets it from the caller's
         token and shows each principal only its own sessions)."""
+        if isinstance(llm_config, dict) and llm_config:
+            validate_llm_config(llm_config)  # a typo fails now, not at the first chat
         return await self._manager.create(
             metadata=metadata,
             config=config,
@@ -104,10 +110,48 @@ class Client:
         """Delete a saved copy (``SessionNotFound`` if there is none)."""
         await self._manager.delete_saved(session_id)
 
+    # --- the agent ------------------------------------------------------------------------------
+
+    async def chat(self, session_id: str, text: str) -> ChatResult:
+        """Run one agent turn: append ``text`` as a user message, let the model answer (calling
+        tools on the project as it needs), return the final assistant message with its usage.
+
+        Progress streams as events while it runs. Cancelling this call does not stop the turn
+        (it belongs to the session); :meth:`cancel` does.
+        """
+        with self._manager.telemetry.span(
+            "chat", session_id if isinstance(session_id, str) else None
+        ):
+            return await self._agents.chat(session_id, text)
+
+    async def cancel(self, session_id: str) -> bool:
+        """Stop the session's running turn (its partial answer is kept, marked interrupted);
+        ``False`` if no turn was running."""
+        session = await self._manager.session(session_id)
+        agent = self._agents.get(session.session_id)
+        return agent.cancel() if agent is not None else False
+
+    async def approve(self, session_id: str, call_id: str, allow: bool = True) -> None:
+        """Answer an ``approval_requested`` event: let the write happen, or not."""
+        session = await self._manager.session(session_id)
+        agent = self._agents.get(session.session_id)
+        if agent is None:
+            raise InvalidArgument(
+                f"no write is waiting for approval under call id {call_id!r}",
+                argument="call_id",
+                session_id=session.session_id,
+            )
+        agent.approve(call_id, allow)
+
     # --- conversation ---------------------------------------------------------------------------
 
     async def send_message(self, session_id: str, role: str, content: str) -> Message:
-        """Append a message (``user``, ``assistant`` or ``system``); returns it with its seq."""
+        """Append a message (``user``, ``assistant`` or ``system``); returns it with its seq.
+
+        A user message that arrives while the agent runs a turn follows the session's
+        ``concurrent_turn_policy`` (wait for the turn, ``SessionBusy``, or interrupt it)."""
+        if role == "user" and self._agents.get(session_id) is not None:
+            await self._agents.before_user_message(await self._manager.session(session_id))
         message: Message = await self._manager.run(
             session_id, "send_message", lambda s: s.send_message(role, content)
         )

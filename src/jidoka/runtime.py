@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,9 +22,10 @@ from .bus.memory import MemoryBus
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, SystemClock
-from .config import Settings
+from .config import Settings, llm_defaults
 from .errors import InvalidConfig, RuntimeClosed
 from .events import Event
+from .llm.agents import AgentPool
 from .session.context import TokenCounter, estimate_tokens
 from .session.manager import SessionManager
 from .session.session import SessionServices
@@ -67,6 +69,7 @@ class Runtime:
         token_counter: TokenCounter | None = None,
         meter_provider: MeterProvider | None = None,
         tracer_provider: TracerProvider | None = None,
+        environ: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> None:
         explicit: dict[str, Any] = {}
@@ -90,6 +93,9 @@ class Runtime:
         self._token_counter = token_counter or estimate_tokens
         self._meter_provider = meter_provider
         self._tracer_provider = tracer_provider
+        #: Where the agents' providers read API keys (``llm_config.api_key_env``).
+        self._environ = os.environ if environ is None else environ
+        self._agents: AgentPool | None = None
         self._store_instance = store_instance
         self._state = _State.NEW
         self._store: SessionStore | None = None
@@ -135,7 +141,14 @@ class Runtime:
         )
         self._store, self._bus, self._cache = store, bus, cache
         self._manager = SessionManager(self.settings, services, telemetry)
-        self._client = Client(self._manager, bus)
+        self._agents = AgentPool(
+            self._manager,
+            llm_defaults=llm_defaults(self.settings),
+            token_counter=self._token_counter,
+            telemetry=telemetry,
+            environ=self._environ,
+        )
+        self._client = Client(self._manager, bus, self._agents)
         try:
             await self._manager.start()
         except BaseException:
@@ -188,6 +201,8 @@ class Runtime:
         assert self._store is not None
         try:
             await self._manager.aclose()
+            if self._agents is not None:
+                await self._agents.aclose()
         finally:
             try:
                 await self._bus.aclose()

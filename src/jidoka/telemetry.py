@@ -22,6 +22,8 @@ Metric names (Prometheus renders dots as underscores and adds ``_total`` to coun
 ``jidoka.events.dropped``              events a slow subscriber never got (see the bus policy)
 ``jidoka.cache.hits`` / ``.misses``    file cache look-ups
 ``jidoka.workers.restarted``           supervised worker restarts
+``jidoka.llm.turns``                   agent turns, by ``outcome``
+``jidoka.llm.tokens``                  tokens the agents used, by ``kind`` (prompt, completion)
 =====================================  ==========================================================
 
 Spans are named ``jidoka.<operation>`` and carry the ``jidoka.session_id`` attribute.
@@ -85,6 +87,12 @@ class Telemetry:
         self.terminate_duration = meter.create_histogram(
             "jidoka.session.terminate.duration", unit="s", description="Time to terminate one"
         )
+        self.llm_tokens = meter.create_counter(
+            "jidoka.llm.tokens", unit="{token}", description="Tokens the agents used, by kind"
+        )
+        self.llm_turns = meter.create_counter(
+            "jidoka.llm.turns", unit="{turn}", description="Agent turns, by outcome"
+        )
         self.workers_restarted = meter.create_counter(
             "jidoka.workers.restarted", unit="{restart}", description="Worker restarts"
         )
@@ -104,6 +112,14 @@ class Telemetry:
             meter.create_observable_counter(
                 name, callbacks=[self._observe(field)], description=description
             )
+
+    def record_turn(self, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
+        """One agent turn ended (``completed``, ``interrupted`` or ``failed``)."""
+        self.llm_turns.add(1, {"outcome": outcome})
+        if prompt_tokens:
+            self.llm_tokens.add(prompt_tokens, {"kind": "prompt"})
+        if completion_tokens:
+            self.llm_tokens.add(completion_tokens, {"kind": "completion"})
 
     def _observe(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

@@ -676,10 +676,25 @@ class SessionManager:
         elif status is Status.TERMINATING:
             self._spawn(self._finish_terminating(session), f"jidoka:{session_id}:terminate")
             return session
+        await self._close_interrupted_turn(session)
         timeout = state.config.timeout_minutes
         if timeout > 0:
             self._schedule(session, session.idle_since + timeout * 60)
         return session
+
+    async def _close_interrupted_turn(self, session: Session) -> None:
+        """A turn the process died in the middle of ends in the log: writes that waited for an
+        approval are denied (nothing was written), and the agent's status says ``failed``."""
+        state = session.state
+        items: list[tuple[str, dict[str, Any]]] = [
+            (EventType.APPROVAL_DECIDED, {"call_id": call_id, "allow": False, "reason": "restart"})
+            for call_id in sorted(state.pending_approvals or ())
+        ]
+        if state.agent_status in ("thinking", "calling_tool"):
+            items.append((EventType.AGENT_STATUS, {"status": "failed", "reason": "restart"}))
+        if items:
+            async with session.lock:
+                await session.commit(items)
 
     async def _load_quietly(self, session_id: str) -> None:
         with contextlib.suppress(SessionTerminated, SessionNotFound, RuntimeClosed):

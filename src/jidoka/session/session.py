@@ -330,7 +330,7 @@ class Session:
             return count
 
     async def add_file(self, path: object) -> ActiveFile:
-        sandbox = self._sandbox()
+        sandbox = self._sandbox(path)
         config = self.state.config
         facts: _files.FileFacts = await self.services.blocking(
             _files.read_file, sandbox, path, config.max_file_bytes
@@ -517,16 +517,17 @@ class Session:
 
     # --- validation helpers -----------------------------------------------------------------------
 
-    def _sandbox(self) -> Sandbox:
+    def _sandbox(self, path: object = "") -> Sandbox:
         if self.sandbox is None:
             root = self.state.project_root
             if root is None:
-                raise PathNotAllowed(self.session_id, "", "the session has no project_root")
+                shown = path if isinstance(path, str) else repr(path)
+                raise PathNotAllowed(self.session_id, shown, "the session has no project_root")
             self.sandbox = Sandbox(root, self.session_id)
         return self.sandbox
 
     async def _key(self, path: object) -> str:
-        sandbox = self._sandbox()
+        sandbox = self._sandbox(path)
         key, _ = await self.services.blocking(sandbox.resolve, path)
         return str(key)
 

@@ -1,0 +1,120 @@
+"""The runtime's agents, one per session that has chatted, made on first use.
+
+An idle session that never chats costs no agent, no task and no provider. The pool forgets an
+agent when its session ends (its worker is stopped with the session's other workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InvalidArgument
+from ..session.context import Message, TokenCounter
+from ..session.manager import SessionManager
+from ..session.session import Session
+from ..telemetry import Telemetry
+from .orchestrator import Agent, ChatResult
+from .types import Usage
+
+__all__ = ["AgentPool"]
+
+MAX_CHAT_CHARS = 1 << 20
+
+
+class AgentPool:
+    """Finds or makes the agent of a session and starts its supervised worker."""
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        llm_defaults: Mapping[str, Any],
+        token_counter: TokenCounter,
+        telemetry: Telemetry,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._manager = manager
+        self._defaults = dict(llm_defaults)
+        self._counter = token_counter
+        self._telemetry = telemetry
+        self._environ = os.environ if environ is None else environ
+        self._agents: dict[str, Agent] = {}
+
+    def get(self, session_id: str) -> Agent | None:
+        return self._agents.get(session_id)
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    async def agent(self, session: Session) -> Agent:
+        sid = session.session_id
+        agent = self._agents.get(sid)
+        if agent is None:
+            session.ensure_writable()
+            agent = Agent(
+                sid,
+                get_session=self._manager.session,
+                send_message=self._send_message,
+                update_index=self._touch_file,
+                environ=self._environ,
+                llm_defaults=self._defaults,
+                token_counter=self._counter,
+                record_usage=self._record,
+                on_exit=self._exited,
+            )
+            self._agents[sid] = agent
+            self._manager.start_worker(sid, "agent", agent.run)
+        return agent
+
+    async def chat(self, session_id: object, text: object) -> ChatResult:
+        if not isinstance(text, str):
+            raise InvalidArgument(
+                f"text must be a string, got {type(text).__name__}", argument="text"
+            )
+        if len(text) > MAX_CHAT_CHARS:
+            raise InvalidArgument("text is too long", argument="text")
+        session = await self._manager.session(session_id)
+        session.ensure_writable()
+        agent = await self.agent(session)
+        future = agent.submit(text, session.state.config.concurrent_turn_policy)
+        # The turn belongs to the session, not to this caller: a caller that goes away (a
+        # closed connection) does not stop it; cancel() does.
+        return await asyncio.shield(future)
+
+    async def before_user_message(self, session: Session) -> None:
+        """Apply the session's policy to a user message that arrives during a turn."""
+        agent = self._agents.get(session.session_id)
+        if agent is not None:
+            await agent.wait_idle(session.state.config.concurrent_turn_policy)
+
+    async def _send_message(self, session_id: str, text: str, role: str = "user") -> Message:
+        message: Message = await self._manager.run(
+            session_id, "send_message", lambda s: s.send_message(role, text)
+        )
+        return message
+
+    async def _touch_file(self, session_id: str, path: str) -> object:
+        return await self._manager.run(
+            session_id,
+            "update_file_index",
+            lambda s: s.update_file_index(path, {"last_accessed": s.services.clock.time()}),
+        )
+
+    def _record(self, usage: Usage, outcome: str) -> None:
+        self._telemetry.record_turn(usage.prompt_tokens, usage.completion_tokens, outcome)
+
+    def _exited(self, agent: Agent) -> None:
+        if not self._manager.is_live(agent.session_id) or agent.closed:
+            self._agents.pop(agent.session_id, None)
+            return
+        session = self._manager.get(agent.session_id)
+        if session.terminating:
+            self._agents.pop(agent.session_id, None)
+
+    async def aclose(self) -> None:
+        agents, self._agents = list(self._agents.values()), {}
+        for agent in agents:
+            await agent.aclose()

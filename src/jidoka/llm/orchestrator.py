@@ -1,0 +1,511 @@
+"""The agent of one session: its turn loop, and how turns share the session.
+
+A *turn* is what ``chat(sid, text)`` asks for: the user's message is appended, the model is
+called with the session's context and the tools, its tool calls are run and their results fed
+back, until it answers without tools (or ``max_iterations`` model calls have been made). Every
+step is an event in the session's log, so a turn can be watched live and replayed later::
+
+    conversation_added(user) · agent_status(thinking) · llm_stream_chunk* · tool_call ·
+    [approval_requested · approval_decided] · tool_result · ... · conversation_added(assistant) ·
+    llm_response(usage) · agent_status(idle)
+
+Turns of one session run one at a time, in a supervised worker task (``agent``) that takes them
+from a queue; each turn is a child task of it, so :meth:`Agent.cancel` stops the turn and not the
+worker. What a chat (or a user message) does while a turn runs is the session's
+``concurrent_turn_policy``: ``queue`` (wait), ``reject`` (``SessionBusy``) or ``interrupt``
+(cancel the running turn, then go). A cancelled turn keeps what the model had said so far, as an
+assistant message, and says ``interrupted`` in its ``llm_response``.
+
+Failures stay inside the session: a provider error ends the turn with an ``error`` event and an
+``LLMError``; a tool error goes back to the model as the tool's result; the session stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from ..errors import (
+    InvalidArgument,
+    JidokaError,
+    LimitExceeded,
+    LLMError,
+    SessionBusy,
+    SessionTerminated,
+)
+from ..events import EventType
+from ..session.context import CONTEXT_PARTS, Message, TokenCounter
+from ..session.info import TokenUsage
+from ..session.session import Session
+from ..tools.files import ToolContext
+from ..tools.registry import ToolRegistry, ToolResult, preview_write
+from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages
+from .providers import make_provider
+from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, ToolCall, Usage
+
+__all__ = ["Agent", "ChatResult"]
+
+logger = logging.getLogger("jidoka.agent")
+
+#: Bounds on what one event carries (the log keeps events small; the model gets the full text).
+MAX_EVENT_TEXT: Final = 16_384
+_MISSING: Final = object()
+
+
+class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``chat`` returns: the assistant's message (with its seq), this turn's token usage,
+    whether the turn was interrupted (then ``message`` holds the partial answer), how many model
+    calls it took, and why the model stopped."""
+
+    message: Message
+    usage: TokenUsage
+    interrupted: bool = False
+    iterations: int = 0
+    finish_reason: str | None = None
+
+
+class _Turn:
+    __slots__ = ("future", "task", "text", "user_cancelled")
+
+    def __init__(self, text: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.text = text
+        self.future: asyncio.Future[ChatResult] = loop.create_future()
+        self.task: asyncio.Task[ChatResult] | None = None
+        self.user_cancelled = False
+
+
+def _bounded(text: str, limit: int = MAX_EVENT_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more chars]"
+
+
+class Agent:
+    """One session's agent. Made (and its worker started) on the session's first chat."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        get_session: Callable[[str], Awaitable[Session]],
+        send_message: Callable[..., Awaitable[Message]],
+        update_index: Callable[[str, str], Awaitable[object]],
+        environ: Mapping[str, str],
+        llm_defaults: Mapping[str, Any],
+        token_counter: TokenCounter,
+        record_usage: Callable[[Usage, str], None] | None = None,
+        on_exit: Callable[[Agent], None] | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self._get_session = get_session
+        self._send_message = send_message
+        self._update_index = update_index
+        self._environ = environ
+        self._defaults = dict(llm_defaults)
+        self._counter = token_counter
+        self._record_usage = record_usage
+        self._on_exit = on_exit
+        self._queue: deque[_Turn] = deque()
+        self._wakeup: asyncio.Event = asyncio.Event()
+        self._current: _Turn | None = None
+        self._approvals: dict[str, asyncio.Future[bool]] = {}
+        self._provider: Provider | None = None
+        self._provider_key: bytes | None = None
+        self._partial: list[str] = []
+        self.closed = False
+
+    # --- what clients call ----------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or bool(self._queue)
+
+    def submit(self, text: str, policy: str) -> asyncio.Future[ChatResult]:
+        """Queue a turn under ``policy``; the future resolves with its result."""
+        if self.closed:
+            raise SessionTerminated(self.session_id)
+        if self.busy and policy == "reject":
+            raise SessionBusy(self.session_id)
+        if self.busy and policy == "interrupt":
+            self.cancel()
+        turn = _Turn(text, asyncio.get_running_loop())
+        self._queue.append(turn)
+        self._wakeup.set()
+        return turn.future
+
+    async def wait_idle(self, policy: str) -> None:
+        """Apply ``policy`` for a plain user message arriving while a turn runs."""
+        if not self.busy:
+            return
+        if policy == "reject":
+            raise SessionBusy(self.session_id)
+        if policy == "interrupt":
+            self.cancel()
+        while self.busy:
+            current = self._current.future if self._current else self._queue[-1].future
+            with contextlib.suppress(JidokaError, asyncio.CancelledError):
+                await asyncio.shield(current)
+
+    def cancel(self) -> bool:
+        """Stop the running turn (its partial answer is kept); ``False`` if none runs."""
+        turn = self._current
+        if turn is None or turn.task is None or turn.task.done():
+            return False
+        turn.user_cancelled = True
+        turn.task.cancel()
+        return True
+
+    def approve(self, call_id: object, allow: object) -> None:
+        if not isinstance(allow, bool):
+            raise InvalidArgument("allow must be true or false", argument="allow")
+        future = self._approvals.get(call_id) if isinstance(call_id, str) else None
+        if future is None or future.done():
+            raise InvalidArgument(
+                f"no write is waiting for approval under call id {call_id!r}",
+                argument="call_id",
+                session_id=self.session_id,
+            )
+        future.set_result(allow)
+
+    # --- the worker -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The supervised worker: run queued turns one at a time until the session ends."""
+        try:
+            while True:
+                while not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                turn = self._queue.popleft()
+                if turn.future.done():
+                    continue
+                self._current = turn
+                turn.task = asyncio.get_running_loop().create_task(
+                    self._turn(turn), name=f"jidoka:{self.session_id}:turn"
+                )
+                try:
+                    result = await asyncio.shield(turn.task)
+                except asyncio.CancelledError:
+                    if turn.task.done():  # the turn itself ended cancelled: a stop, not ours
+                        if not turn.future.done():
+                            turn.future.set_exception(SessionTerminated(self.session_id))
+                        continue
+                    turn.task.cancel()  # the worker is being stopped: stop the turn too
+                    with contextlib.suppress(BaseException):
+                        await turn.task
+                    if not turn.future.done():
+                        turn.future.set_exception(SessionTerminated(self.session_id))
+                        turn.future.exception()
+                    raise
+                except BaseException as exc:
+                    if not turn.future.done():
+                        turn.future.set_exception(exc)
+                        turn.future.exception()  # the caller may have gone: not "never retrieved"
+                else:
+                    if not turn.future.done():
+                        turn.future.set_result(result)
+                finally:
+                    self._current = None
+        finally:
+            # Stopped (the session ends) or crashed (the supervisor restarts ``run``): either
+            # way no turn is running any more, so nobody may wait for one.
+            await self._abandon()
+            if self._on_exit is not None:
+                self._on_exit(self)
+
+    async def aclose(self) -> None:
+        """No more turns: fail the waiting ones and close the provider."""
+        self.closed = True
+        await self._abandon()
+
+    async def _abandon(self) -> None:
+        for turn in (*self._queue, *([self._current] if self._current else [])):
+            if not turn.future.done():
+                turn.future.set_exception(SessionTerminated(self.session_id))
+                turn.future.exception()
+        self._queue.clear()
+        for future in self._approvals.values():
+            if not future.done():
+                future.set_result(False)
+        provider, self._provider = self._provider, None
+        if provider is not None:
+            with contextlib.suppress(Exception):
+                await provider.aclose()
+
+    # --- one turn -------------------------------------------------------------------------------
+
+    async def _session(self) -> Session:
+        return await self._get_session(self.session_id)
+
+    async def _emit(self, type_: str, data: dict[str, Any]) -> None:
+        session = await self._session()
+        await session.append_event(type_, data)
+
+    async def _turn(self, turn: _Turn) -> ChatResult:
+        session = await self._session()
+        llm_config = {**self._defaults, **session.state.llm_config}
+        config = session.state.config
+        await self._send_message(self.session_id, turn.text)
+        await self._emit(EventType.AGENT_STATUS, {"status": "thinking"})
+        usage = Usage()
+        iterations = 0
+        self._partial = []
+        try:
+            provider = await self._provider_for(llm_config)
+            registry = ToolRegistry.default(allow_write=config.allow_write is not False)
+            tools = registry.specs()
+            instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
+            budget = budget_for(llm_config, tools, instructions, self._counter)
+            bundle = await session.build_context(CONTEXT_PARTS, budget)
+            transcript = prompt_messages(bundle, instructions)
+            model = str(llm_config.get("model") or "default")
+            while True:
+                if iterations >= config.max_iterations:
+                    raise LimitExceeded(
+                        "max_iterations", config.max_iterations, session_id=self.session_id
+                    )
+                iterations += 1
+                request = ChatRequest(
+                    model=model,
+                    messages=list(transcript),
+                    tools=tools,
+                    temperature=llm_config.get("temperature"),
+                    max_tokens=llm_config.get("max_tokens"),
+                )
+                self._partial = []
+                completion = await self._stream(provider, request, iterations)
+                usage = usage + completion.usage
+                if not completion.tool_calls:
+                    return await self._finish(
+                        completion.text, usage, iterations, completion.finish_reason
+                    )
+                transcript.append(
+                    ChatMessage(
+                        role="assistant",
+                        content=completion.text or None,
+                        tool_calls=completion.tool_calls,
+                    )
+                )
+                await self._emit(EventType.AGENT_STATUS, {"status": "calling_tool"})
+                for call in completion.tool_calls:
+                    result = await self._call_tool(session, registry, call, iterations)
+                    transcript.append(
+                        ChatMessage(role="tool", content=result.content, tool_call_id=call.id)
+                    )
+                await self._emit(EventType.AGENT_STATUS, {"status": "thinking"})
+        except asyncio.CancelledError:
+            if not turn.user_cancelled:
+                raise
+            return await self._interrupted(usage, iterations)
+        except (LLMError, LimitExceeded) as exc:
+            await self._fail(exc, usage, iterations)
+            if isinstance(exc, LLMError) and exc.session_id is None:
+                exc.session_id = self.session_id
+            raise
+
+    async def _provider_for(self, llm_config: dict[str, Any]) -> Provider:
+        """The provider for this config, made once (and again only if the config changes).
+
+        Made in a worker thread: the first one imports its SDK, which must not stall the loop.
+        """
+        key = msgspec.json.encode(llm_config)
+        if self._provider is None or key != self._provider_key:
+            old = self._provider
+            self._provider = await asyncio.to_thread(
+                make_provider, llm_config, environ=self._environ, session_id=self.session_id
+            )
+            self._provider_key = key
+            if old is not None:
+                await old.aclose()
+        return self._provider
+
+    async def _stream(self, provider: Provider, request: ChatRequest, iteration: int) -> Completion:
+        """Stream one model call into ``llm_stream_chunk`` events.
+
+        A reader task pulls from the provider while chunks are committed, and the text that
+        arrived meanwhile goes into the next event: a slow store makes fewer, larger chunks
+        instead of slowing the model down.
+        """
+        items: asyncio.Queue[TextDelta | Completion | BaseException] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for item in provider.stream(request):
+                    items.put_nowait(item)
+            except Exception as exc:
+                items.put_nowait(exc)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Completion):
+                    return item
+                text = [item.text]
+                done: Completion | BaseException | None = None
+                while not items.empty():
+                    more = items.get_nowait()
+                    if isinstance(more, TextDelta):
+                        text.append(more.text)
+                    else:
+                        done = more
+                        break
+                chunk = "".join(text)
+                self._partial.append(chunk)
+                if chunk:
+                    await self._emit(
+                        EventType.LLM_STREAM_CHUNK, {"text": chunk, "iteration": iteration}
+                    )
+                if isinstance(done, BaseException):
+                    raise done
+                if done is not None:
+                    return done
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _call_tool(
+        self, session: Session, registry: ToolRegistry, call: ToolCall, iteration: int
+    ) -> ToolResult:
+        await self._emit(
+            EventType.TOOL_CALL,
+            {
+                "call_id": call.id,
+                "name": call.name,
+                "arguments": _bounded(call.arguments),
+                "iteration": iteration,
+            },
+        )
+        config = session.state.config
+        root = session.state.project_root
+        if root is None:
+            result = ToolResult(
+                call_id=call.id,
+                name=call.name,
+                content="error: this session has no project_root, so it has no files",
+                is_error=True,
+            )
+        else:
+            context = ToolContext(root=root, session_id=self.session_id)
+            denied: str | None = None
+            if registry.is_write(call.name) and config.allow_write == "ask":
+                denied = await self._ask(call, context, config.approval_timeout_seconds)
+            if denied is not None:
+                result = ToolResult(call_id=call.id, name=call.name, content=denied, is_error=True)
+            else:
+                result = await registry.run(call, context, timeout=config.tool_timeout_seconds)
+        await self._emit(
+            EventType.TOOL_RESULT,
+            {
+                "call_id": call.id,
+                "name": call.name,
+                "content": _bounded(result.content),
+                "is_error": result.is_error,
+            },
+        )
+        for path in (*result.paths_read, *result.paths_written):
+            with contextlib.suppress(JidokaError):
+                await self._update_index(self.session_id, path)
+        return result
+
+    async def _ask(self, call: ToolCall, context: ToolContext, wait: float) -> str | None:
+        """Ask the user about a write; ``None`` if allowed, else what the model is told."""
+        try:
+            path, diff = await preview_write(call, context)
+        except JidokaError as exc:
+            return f"error: {exc.message}"
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._approvals[call.id] = future
+        try:
+            await self._emit(
+                EventType.APPROVAL_REQUESTED,
+                {"call_id": call.id, "tool": call.name, "path": path, "diff": _bounded(diff)},
+            )
+            try:
+                async with asyncio.timeout(wait):
+                    allow = await future
+                reason = "user"
+            except TimeoutError:
+                allow, reason = False, "timeout"
+            await self._emit(
+                EventType.APPROVAL_DECIDED, {"call_id": call.id, "allow": allow, "reason": reason}
+            )
+        finally:
+            self._approvals.pop(call.id, None)
+        if allow:
+            return None
+        if reason == "timeout":
+            return f"error: the write to {path} was not approved in time; it was not made"
+        return f"error: the user denied the write to {path}; it was not made"
+
+    async def _finish(
+        self, text: str, usage: Usage, iterations: int, finish_reason: str | None
+    ) -> ChatResult:
+        message = await self._send_message(self.session_id, text, "assistant")
+        await self._respond(message, usage, iterations, finish_reason, interrupted=False)
+        return ChatResult(
+            message=message,
+            usage=_usage(usage),
+            iterations=iterations,
+            finish_reason=finish_reason,
+        )
+
+    async def _interrupted(self, usage: Usage, iterations: int) -> ChatResult:
+        partial = "".join(self._partial)
+        message = await self._send_message(self.session_id, partial, "assistant")
+        await self._respond(message, usage, iterations, "cancelled", interrupted=True)
+        return ChatResult(
+            message=message,
+            usage=_usage(usage),
+            interrupted=True,
+            iterations=iterations,
+            finish_reason="cancelled",
+        )
+
+    async def _respond(
+        self,
+        message: Message,
+        usage: Usage,
+        iterations: int,
+        finish_reason: str | None,
+        *,
+        interrupted: bool,
+    ) -> None:
+        await self._emit(
+            EventType.LLM_RESPONSE,
+            {
+                "message_id": message.id,
+                "seq": message.seq,
+                "content": _bounded(message.content),
+                "usage": msgspec.to_builtins(usage),
+                "iterations": iterations,
+                "finish_reason": finish_reason,
+                "interrupted": interrupted,
+            },
+        )
+        if self._record_usage is not None:
+            self._record_usage(usage, "interrupted" if interrupted else "completed")
+        status = "cancelled" if interrupted else "idle"
+        await self._emit(EventType.AGENT_STATUS, {"status": status})
+
+    async def _fail(self, exc: JidokaError, usage: Usage, iterations: int) -> None:
+        code = "max_iterations" if isinstance(exc, LimitExceeded) else "llm_error"
+        data: dict[str, Any] = {"code": code, "message": exc.message, "iterations": iterations}
+        if isinstance(exc, LLMError):
+            data.update(provider=exc.provider, status=exc.status, retryable=exc.retryable)
+        if self._record_usage is not None:
+            self._record_usage(usage, "failed")
+        with contextlib.suppress(SessionTerminated):
+            await self._emit(EventType.ERROR, data)
+            await self._emit(EventType.AGENT_STATUS, {"status": "failed"})
+
+
+def _usage(usage: Usage) -> TokenUsage:
+    return TokenUsage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)

@@ -1,0 +1,400 @@
+"""Any OpenAI-compatible Chat Completions endpoint, through the official async ``openai`` SDK.
+
+OpenAI itself, vLLM, llama.cpp, Ollama, LM Studio, LiteLLM... all speak the same streaming
+protocol; this module translates Jidoka's :mod:`~jidoka.llm.types` to it and back:
+
+- messages and tools become Chat Completions dicts; the answer is streamed (``stream=True``, with
+  ``stream_options={"include_usage": True}`` so the last chunk carries the token usage). A server
+  that rejects ``stream_options`` (HTTP 400 naming it) is asked again without, once, and the
+  provider remembers not to send it any more;
+- streamed tool-call fragments are assembled by their ``index`` into complete :class:`ToolCall`;
+- retries with exponential backoff (honouring ``Retry-After``) are the SDK's own: it retries 408,
+  409, 429, 5xx, connection errors and timeouts *before the first byte of the answer*, streaming
+  or not (``max_retries``); once the answer streams nothing is retried here -- a stream cut in the
+  middle is an :class:`~jidoka.errors.LLMError` (``retryable=True``), never a partial answer;
+- every SDK exception becomes an :class:`~jidoka.errors.LLMError` whose message never contains
+  the API key.
+
+The SDK is an optional dependency (``pip install 'jidoka-core[llm]'``), imported only when this
+module is. Building the SDK client reads CA certificates and imports the HTTP stack, so it happens
+on a worker thread at the first call, not on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import openai
+
+from ...errors import InvalidConfig, LLMError, RuntimeClosed
+from ..types import ChatMessage, ChatRequest, Completion, TextDelta, ToolCall, ToolSpec, Usage
+
+if TYPE_CHECKING:
+    from openai.types.chat import (
+        ChatCompletionAssistantMessageParam,
+        ChatCompletionChunk,
+        ChatCompletionMessageParam,
+        ChatCompletionToolParam,
+    )
+
+__all__ = ["DEFAULT_BASE_URL", "NO_KEY", "OpenAIProvider"]
+
+DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+#: The key sent to local servers that need none (``api_key_env: null``).
+NO_KEY: Final = "not-needed"
+_CUT: Final = "stream ended before the answer was complete"
+_REDACTED: Final = "[redacted]"
+
+
+class OpenAIProvider:
+    """A :class:`~jidoka.llm.types.Provider` for one OpenAI-compatible endpoint.
+
+    ``model``, ``temperature`` and ``max_tokens`` are defaults for requests that leave them
+    unset. ``api_key`` is held in memory only (never logged, never in an error message).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        session_id: str | None = None,
+        name: str = "openai",
+    ) -> None:
+        self.name = name
+        self.base_url = base_url
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._api_key = api_key
+        self._session_id = session_id
+        self._stream_options = True
+        self._client: openai.AsyncOpenAI | None = None
+        self._building: asyncio.Future[openai.AsyncOpenAI] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        environ: Mapping[str, str],
+        session_id: str | None = None,
+    ) -> OpenAIProvider:
+        """Build from a validated ``llm_config``; the key is read from ``environ`` now."""
+        variable = config.get("api_key_env", "OPENAI_API_KEY")
+        if variable is None:
+            api_key = NO_KEY
+        else:
+            api_key = environ.get(variable, "")
+            if not api_key:
+                raise InvalidConfig(
+                    f"the environment variable {variable} (named by llm_config.api_key_env) is "
+                    "not set or empty; set it to the API key, or use api_key_env: null for a "
+                    "server that needs no key",
+                    field="llm_config.api_key_env",
+                    session_id=session_id,
+                )
+        options: dict[str, Any] = {
+            key: config[key]
+            for key in ("base_url", "model", "temperature", "max_tokens", "timeout", "max_retries")
+            if config.get(key) is not None
+        }
+        return cls(api_key=api_key, session_id=session_id, **options)
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
+
+    # --- the Provider protocol ------------------------------------------------------------------
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[TextDelta | Completion]:
+        """Stream one chat completion: :class:`TextDelta` items, then one :class:`Completion`.
+
+        Closing or cancelling the iteration closes the HTTP response (the ``async with``).
+        """
+        client = await self._ensure_client()
+        response = await self._open(client, request)
+        text: list[str] = []
+        calls = _ToolCalls()
+        finish_reason: str | None = None
+        usage = Usage()
+        async with response:
+            while (
+                chunk := await self._next_chunk(response, finish_reason is not None)
+            ) is not None:
+                if chunk.usage is not None:
+                    usage = Usage(
+                        prompt_tokens=chunk.usage.prompt_tokens or 0,
+                        completion_tokens=chunk.usage.completion_tokens or 0,
+                        total_tokens=chunk.usage.total_tokens or 0,
+                    )
+                delta_text, reason = _absorb(chunk, calls)
+                finish_reason = reason or finish_reason
+                if delta_text:
+                    text.append(delta_text)
+                    yield TextDelta(delta_text)
+        if finish_reason is None:
+            raise self._llm_error(f"{_CUT} (no finish_reason before the end)", retryable=True)
+        yield Completion(
+            text="".join(text),
+            tool_calls=calls.assemble(),
+            usage=usage,
+            finish_reason=finish_reason,
+        )
+
+    async def aclose(self) -> None:
+        """Close the SDK client (and its connection pool). Safe to call twice."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is None and self._building is not None:
+            try:
+                client = await self._building
+            except Exception:  # building failed: nothing to close
+                client = None
+            self._building = None
+        if client is not None:
+            await client.close()
+
+    # --- internals -------------------------------------------------------------------------------
+
+    async def _ensure_client(self) -> openai.AsyncOpenAI:
+        if self._closed:
+            raise RuntimeClosed(f"the {self.name} provider is closed", session_id=self._session_id)
+        if self._client is not None:
+            return self._client
+        if self._building is None:
+            self._building = asyncio.ensure_future(asyncio.to_thread(self._build_client))
+        # Shielded: a caller cancelled while the client is being built leaves it to the next
+        # caller (or to aclose), instead of leaking a half-owned client.
+        try:
+            client = await asyncio.shield(self._building)
+        except Exception as exc:  # e.g. the SDK refusing an option: an error, never an SDK type
+            self._building = None
+            failure = self._llm_error(f"cannot set up the openai client: {exc}", retryable=False)
+            cause = self._chain(exc)
+        else:
+            if self._closed:
+                raise RuntimeClosed(
+                    f"the {self.name} provider is closed", session_id=self._session_id
+                )
+            self._client = client
+            return client
+        raise failure from cause
+
+    def _build_client(self) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+        # The SDK fills these from os.environ (OPENAI_ORG_ID, OPENAI_PROJECT_ID) and would send
+        # them to whatever server base_url names; a session's endpoint gets only what it names.
+        client.organization = None
+        client.project = None
+        return client
+
+    async def _open(
+        self, client: openai.AsyncOpenAI, request: ChatRequest
+    ) -> openai.AsyncStream[ChatCompletionChunk]:
+        messages: list[ChatCompletionMessageParam] = [_message(m) for m in request.messages]
+        params: dict[str, Any] = {"model": request.model or self.model or "", "messages": messages}
+        if request.tools:
+            tools: list[ChatCompletionToolParam] = [_tool(t) for t in request.tools]
+            params["tools"] = tools
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        if temperature is not None:
+            params["temperature"] = temperature
+        max_tokens = request.max_tokens if request.max_tokens is not None else self.max_tokens
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
+        try:
+            if self._stream_options:
+                try:
+                    return await _create(
+                        client, {**params, "stream_options": {"include_usage": True}}
+                    )
+                except openai.BadRequestError as exc:
+                    if not _mentions_stream_options(exc):
+                        raise
+                    self._stream_options = False  # this server does not know the option
+            return await _create(client, params)
+        except openai.OpenAIError as exc:
+            failure, cause = self._error(exc, streaming=False), self._chain(exc)
+        raise failure from cause  # outside the except: no implicit __context__ either
+
+    async def _next_chunk(
+        self, response: openai.AsyncStream[ChatCompletionChunk], finished: bool
+    ) -> ChatCompletionChunk | None:
+        """The next chunk, or None at the end of the stream (``finished``: a finish_reason was
+        seen, so a connection lost now only loses the usage chunk)."""
+        try:
+            return await response.__anext__()
+        except StopAsyncIteration:
+            return None
+        except openai.APIConnectionError as exc:  # the connection dropped, or timed out
+            if finished:
+                return None
+            failure, cause = self._error(exc, streaming=True), self._chain(exc)
+        except openai.OpenAIError as exc:
+            failure, cause = self._error(exc, streaming=True), self._chain(exc)
+        except ValueError as exc:  # an SSE event that is not JSON
+            message = f"the endpoint sent a malformed stream chunk: {exc}"
+            failure, cause = self._llm_error(message, retryable=True), self._chain(exc)
+        except Exception as exc:
+            # SDKs before the 3.x "normalize errors raised while reading streams" change let the
+            # HTTP library's own errors (httpx.RemoteProtocolError, ReadTimeout...) escape here.
+            if finished:
+                return None
+            message = f"{_CUT}: {type(exc).__name__}: {exc}"
+            failure, cause = self._llm_error(message, retryable=True), self._chain(exc)
+        raise failure from cause
+
+    def _chain(self, exc: Exception) -> Exception | None:
+        """The SDK exception to chain to our error -- unless its text carries the key (a server
+        echoing it back), which would print it in every traceback."""
+        key = self._api_key
+        if key and (key in str(exc) or key in repr(getattr(exc, "body", None))):
+            return None
+        return exc
+
+    def _error(self, exc: openai.OpenAIError, *, streaming: bool) -> LLMError:
+        """The :class:`LLMError` for an SDK exception (``streaming``: raised mid-answer)."""
+        if isinstance(exc, openai.APITimeoutError):
+            where = "while streaming the answer" if streaming else "before answering"
+            return self._llm_error(
+                f"{self.base_url} timed out {where} (timeout {self.timeout:g}s)", retryable=True
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+            if streaming:
+                return self._llm_error(f"{_CUT}: the connection was lost{cause}", retryable=True)
+            return self._llm_error(f"cannot reach {self.base_url}: {exc.message}{cause}", True)
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            return self._llm_error(
+                f"{self.base_url} answered HTTP {status}: {exc.message}",
+                retryable=status in (408, 429) or status >= 500,
+                status=status,
+            )
+        if isinstance(exc, openai.APIError):  # an error event in the middle of the stream
+            return self._llm_error(f"{self.base_url} reported an error: {exc.message}", False)
+        return self._llm_error(f"{type(exc).__name__}: {exc}", retryable=False)
+
+    def _llm_error(self, message: str, retryable: bool, *, status: int | None = None) -> LLMError:
+        if self._api_key:
+            message = message.replace(self._api_key, _REDACTED)
+        return LLMError(
+            message,
+            provider=self.name,
+            session_id=self._session_id,
+            status=status,
+            retryable=retryable,
+        )
+
+
+# --- translation ---------------------------------------------------------------------------------
+
+
+async def _create(
+    client: openai.AsyncOpenAI, params: dict[str, Any]
+) -> openai.AsyncStream[ChatCompletionChunk]:
+    stream = await client.chat.completions.create(stream=True, **params)
+    return cast("openai.AsyncStream[ChatCompletionChunk]", stream)
+
+
+def _message(message: ChatMessage) -> ChatCompletionMessageParam:
+    content = message.content or ""
+    if message.role == "system":
+        return {"role": "system", "content": content}
+    if message.role == "user":
+        return {"role": "user", "content": content}
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": content}
+    assistant: ChatCompletionAssistantMessageParam = {"role": "assistant"}
+    if message.content is not None or not message.tool_calls:
+        assistant["content"] = content
+    if message.tool_calls:
+        assistant["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    return assistant
+
+
+def _tool(tool: ToolSpec) -> ChatCompletionToolParam:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        },
+    }
+
+
+def _mentions_stream_options(exc: openai.BadRequestError) -> bool:
+    return "stream_options" in exc.message or "stream_options" in str(exc.body)
+
+
+def _absorb(chunk: ChatCompletionChunk, calls: _ToolCalls) -> tuple[str, str | None]:
+    """Fold one chunk's first choice into ``calls``; return its text and finish_reason."""
+    text = ""
+    reason: str | None = None
+    for choice in chunk.choices:
+        if choice.index != 0:
+            continue  # we ask for one choice (n=1)
+        delta = choice.delta
+        if delta is not None:
+            text += delta.content or ""
+            for fragment in delta.tool_calls or ():
+                function = fragment.function
+                calls.add(
+                    getattr(fragment, "index", None),
+                    fragment.id,
+                    function.name if function is not None else None,
+                    function.arguments if function is not None else None,
+                )
+        reason = choice.finish_reason or reason
+    return text, reason
+
+
+class _ToolCalls:
+    """Streamed tool-call fragments, keyed by index: the id and the name come once (the first
+    non-empty id wins, as some servers repeat it), the name and the arguments are
+    concatenated."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, tuple[str, list[str], list[str]]] = {}
+
+    def add(
+        self, index: int | None, call_id: str | None, name: str | None, arguments: str | None
+    ) -> None:
+        if index is None:  # servers that omit the index send each call whole, in order
+            index = len(self._calls)
+        known_id, names, parts = self._calls.setdefault(index, ("", [], []))
+        if call_id and not known_id:
+            self._calls[index] = (call_id, names, parts)
+        if name:
+            names.append(name)
+        if arguments:
+            parts.append(arguments)
+
+    def assemble(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=call_id or f"call_{index}", name="".join(names), arguments="".join(parts))
+            for index, (call_id, names, parts) in sorted(self._calls.items())
+        ]

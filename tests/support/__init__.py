@@ -1,0 +1,1 @@
+"""Test support code: fakes and real local servers that tests run against."""

@@ -1,0 +1,422 @@
+"""A real, local OpenAI-compatible HTTP server for tests: Starlette on uvicorn, on loopback.
+
+``POST /v1/chat/completions`` answers in the exact Chat Completions wire format, streaming (SSE:
+``data: {chunk}`` ... ``data: [DONE]``, plus the ``choices: []`` usage chunk when the request asks
+for ``stream_options.include_usage``) or not. What it answers is scripted per test with a queue of
+*behaviours*, one per request::
+
+    async with openai_server() as server:
+        server.queue(RateLimited(), Text(["Hel", "lo"]))
+        ...  # point a client at server.base_url
+        assert len(server.requests) == 2
+
+Behaviours: :class:`Text`, :class:`ToolCalls`, :class:`Status` (any error status, e.g.
+:func:`rate_limited`), :class:`Cut` (the connection is closed after k chunks, without ``[DONE]``),
+:class:`Slow` (chunks held back until the test sets an :class:`asyncio.Event`), :class:`Hang` (no
+answer at all), :class:`Malformed` (an event that is not JSON). A request with nothing queued
+gets a 500 the SDK does not retry.
+
+The server runs in the test's own event loop on a pre-bound, already listening socket (so it is
+ready as soon as the context is entered: connections queue in the backlog), and is shut down
+without uvicorn's polling sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+__all__ = [
+    "Cut",
+    "Hang",
+    "Malformed",
+    "OpenAIServer",
+    "RecordedRequest",
+    "Slow",
+    "Status",
+    "Text",
+    "ToolCalls",
+    "openai_server",
+    "rate_limited",
+]
+
+MODEL = "test-model"
+
+
+# --- behaviours ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Text:
+    """Answer ``chunks`` of text, one content delta each, then ``finish_reason``."""
+
+    chunks: list[str]
+    finish_reason: str = "stop"
+    prompt_tokens: int = 7
+    completion_tokens: int | None = None  # default: one per chunk
+
+
+@dataclass
+class ToolCalls:
+    """Answer tool calls ``(id, name, arguments)``; each call's arguments are split into
+    ``pieces`` deltas (the first delta carries id, type and name, as OpenAI does)."""
+
+    calls: list[tuple[str, str, str]]
+    text: list[str] = field(default_factory=list)
+    pieces: int = 3
+    prompt_tokens: int = 11
+    completion_tokens: int = 5
+
+
+@dataclass
+class Status:
+    """Answer HTTP ``status`` with an OpenAI error document and ``headers``."""
+
+    status: int
+    message: str = "error"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def rate_limited(message: str = "Rate limit reached") -> Status:
+    """A 429 asking for an immediate retry. The SDK ignores ``Retry-After: 0`` (it only honours
+    delays in (0, 120] s and otherwise backs off 0.5 s, 1 s...), so ``retry-after-ms: 1`` is
+    what makes its retry fast."""
+    return Status(429, message, {"Retry-After": "0", "retry-after-ms": "1"})
+
+
+@dataclass
+class Cut:
+    """Stream ``chunks``, then drop the connection (``abrupt``: no terminating HTTP chunk, the
+    client sees a broken body) or end the body cleanly -- either way without a finish_reason
+    nor ``[DONE]``."""
+
+    chunks: list[str]
+    abrupt: bool = True
+
+
+@dataclass
+class Slow:
+    """Stream the first ``before`` chunks, then wait until ``release`` is set (or the client
+    disconnects), then stream the rest."""
+
+    chunks: list[str]
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    before: int = 1
+
+
+@dataclass
+class Hang:
+    """Never answer (not even the status line) until the client goes away."""
+
+
+@dataclass
+class Malformed:
+    """Stream ``chunks``, then an SSE event whose data is not JSON."""
+
+    chunks: list[str] = field(default_factory=list)
+    data: str = "{this is not json"
+
+
+Behaviour = Text | ToolCalls | Status | Cut | Slow | Hang | Malformed
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def authorization(self) -> str | None:
+        return self.headers.get("authorization")
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+class OpenAIServer:
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        #: Set when a client disconnects while the server is still answering (``disconnects``
+        #: counts them): how a test sees that cancelling closed the HTTP request.
+        self.disconnected = asyncio.Event()
+        self.disconnects = 0
+        self.base_url = ""
+        self._behaviours: deque[Behaviour] = deque()
+        self._closing = asyncio.Event()
+        self._uvicorn: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+
+    def queue(self, *behaviours: Behaviour) -> None:
+        """Answer the next requests with these behaviours, in order."""
+        self._behaviours.extend(behaviours)
+
+    @property
+    def pending(self) -> int:
+        return len(self._behaviours)
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.setblocking(False)
+        self._socket = sock
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        config = uvicorn.Config(self.app, lifespan="off", http="h11", ws="none", log_config=None)
+        config.load()
+        server = uvicorn.Server(config)
+        # What Server.serve() does, minus its signal handlers and its 0.1 s polling loop.
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[sock])
+        self._uvicorn = server
+
+    async def stop(self) -> None:
+        server, self._uvicorn = self._uvicorn, None
+        if server is None:
+            return
+        self._closing.set()  # Slow and Hang behaviours stop waiting
+        for listener in server.servers:
+            listener.close()
+        for connection in list(server.server_state.connections):
+            connection.shutdown()  # idle ones close now, busy ones after their response
+        tasks = list(server.server_state.tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        for connection in list(server.server_state.connections):
+            connection.shutdown()
+        for listener in server.servers:
+            await listener.wait_closed()
+        if self._socket is not None:
+            self._socket.close()
+
+    # --- the endpoint ---------------------------------------------------------------------------
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(RecordedRequest(body=body, headers=dict(request.headers)))
+        behaviour = self._behaviours.popleft() if self._behaviours else None
+        if behaviour is None:
+            return _error(500, "test server: no behaviour queued", {"x-should-retry": "false"})
+        if isinstance(behaviour, Status):
+            return _error(behaviour.status, behaviour.message, behaviour.headers)
+        if isinstance(behaviour, Hang):
+            return _Raw(self._hang)
+        if not body.get("stream"):
+            return JSONResponse(_completion(behaviour))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return _Raw(lambda receive, send: self._stream(behaviour, include_usage, receive, send))
+
+    async def _stream(
+        self, behaviour: Behaviour, include_usage: bool, receive: Receive, send: Send
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        sse = _Chunks(include_usage)
+
+        async def emit(*chunks: dict[str, Any]) -> None:
+            for chunk in chunks:
+                await send({"type": "http.response.body", "body": _event(chunk), "more_body": True})
+
+        await emit(sse.delta({"role": "assistant", "content": ""}))
+        if isinstance(behaviour, Cut):
+            await emit(*(sse.delta({"content": c}) for c in behaviour.chunks))
+            if not behaviour.abrupt:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return  # abrupt: uvicorn closes the connection mid-body
+        if isinstance(behaviour, Malformed):
+            await emit(*(sse.delta({"content": c}) for c in behaviour.chunks))
+            body = f"data: {behaviour.data}\n\n".encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        elif isinstance(behaviour, Slow):
+            await emit(*(sse.delta({"content": c}) for c in behaviour.chunks[: behaviour.before]))
+            if not await self._wait(behaviour.release.wait(), receive):
+                return
+            await emit(*(sse.delta({"content": c}) for c in behaviour.chunks[behaviour.before :]))
+            await emit(sse.finish("stop"), *sse.usage(7, len(behaviour.chunks)))
+        elif isinstance(behaviour, Text):
+            await emit(*(sse.delta({"content": c}) for c in behaviour.chunks))
+            completion = behaviour.completion_tokens
+            completion = len(behaviour.chunks) if completion is None else completion
+            await emit(
+                sse.finish(behaviour.finish_reason), *sse.usage(behaviour.prompt_tokens, completion)
+            )
+        elif isinstance(behaviour, ToolCalls):
+            await emit(*(sse.delta({"content": c}) for c in behaviour.text))
+            for index, (call_id, name, arguments) in enumerate(behaviour.calls):
+                head = {"name": name, "arguments": ""}
+                first = {"index": index, "id": call_id, "type": "function", "function": head}
+                await emit(sse.delta({"tool_calls": [first]}))
+                for piece in _split(arguments, behaviour.pieces):
+                    fragment = {"index": index, "function": {"arguments": piece}}
+                    await emit(sse.delta({"tool_calls": [fragment]}))
+            await emit(
+                sse.finish("tool_calls"),
+                *sse.usage(behaviour.prompt_tokens, behaviour.completion_tokens),
+            )
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _hang(self, receive: Receive, send: Send) -> None:
+        if await self._wait(asyncio.Event().wait(), receive):
+            raise AssertionError("unreachable: a hang ends only by disconnect or shutdown")
+        if self._closing.is_set():  # shutting down with the client still waiting
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _wait(self, released: Awaitable[Any], receive: Receive) -> bool:
+        """Wait for ``released``; False if the client disconnected (or the server is closing)
+        first -- the disconnect is recorded."""
+        waiters = {
+            asyncio.ensure_future(released): "released",
+            asyncio.ensure_future(_disconnect(receive)): "disconnect",
+            asyncio.ensure_future(self._closing.wait()): "closing",
+        }
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        outcome = {waiters[w] for w in done}
+        if "disconnect" in outcome:
+            self.disconnects += 1
+            self.disconnected.set()
+        return outcome == {"released"}
+
+
+@asynccontextmanager
+async def openai_server() -> AsyncIterator[OpenAIServer]:
+    """A running :class:`OpenAIServer`; ``server.base_url`` ends with ``/v1``."""
+    server = OpenAIServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# --- wire format ---------------------------------------------------------------------------------
+
+
+class _Raw(Response):
+    """A response that is a raw ASGI callable ``(receive, send)``: full control of the body."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__()
+        self._answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._answer(receive, send)
+
+
+class _Chunks:
+    """Builds ``chat.completion.chunk`` objects sharing one id and timestamp."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.id = f"chatcmpl-{time.monotonic_ns()}"
+        self.created = int(time.time())
+        self.include_usage = include_usage
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": MODEL,
+            "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def delta(self, delta: dict[str, Any]) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
+
+    def usage(self, prompt: int, completion: int) -> list[dict[str, Any]]:
+        if not self.include_usage:
+            return []
+        chunk = self._chunk([])
+        chunk["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return [chunk]
+
+
+def _event(chunk: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def _split(text: str, pieces: int) -> Iterable[str]:
+    size = max(1, -(-len(text) // max(1, pieces)))
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _error(status: int, message: str, headers: dict[str, str]) -> JSONResponse:
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+    document = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return JSONResponse(document, status_code=status, headers=headers)
+
+
+def _completion(behaviour: Behaviour) -> dict[str, Any]:
+    """The non-streaming answer for a text or tool-call behaviour."""
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    finish, prompt, completion = "stop", 7, 1
+    if isinstance(behaviour, Text | Slow | Cut | Malformed):
+        message["content"] = "".join(behaviour.chunks)
+        completion = len(behaviour.chunks)
+    if isinstance(behaviour, Text):
+        finish, prompt = behaviour.finish_reason, behaviour.prompt_tokens
+    if isinstance(behaviour, ToolCalls):
+        message["content"] = "".join(behaviour.text) or None
+        message["tool_calls"] = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+            for i, n, a in behaviour.calls
+        ]
+        finish, prompt, completion = (
+            "tool_calls",
+            behaviour.prompt_tokens,
+            behaviour.completion_tokens,
+        )
+    return {
+        "id": f"chatcmpl-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": MODEL,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
