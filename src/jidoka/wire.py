@@ -18,8 +18,12 @@ from .session.info import SessionInfo
 from .store.base import SavedSession
 
 __all__ = [
+    "Accepted",
     "AddFileRequest",
+    "ApprovalRequest",
     "BuildContextRequest",
+    "Cancelled",
+    "ChatRequestBody",
     "Cleared",
     "CreateSessionRequest",
     "Deleted",
@@ -75,6 +79,31 @@ class WorkingContextWrite(_Request):
     """``PUT /v1/sessions/{id}/working-context/{key}``: any JSON value (``null`` included)."""
 
     value: Any
+
+
+class ChatRequestBody(_Request):
+    """``POST /v1/sessions/{id}/chat``: one agent turn on ``text``."""
+
+    text: str
+
+
+class ApprovalRequest(_Request):
+    """``POST /v1/sessions/{id}/approvals/{call_id}``: let the write happen, or not."""
+
+    allow: bool
+
+
+class Accepted(msgspec.Struct, kw_only=True):
+    """``202`` for a chat that runs in the background: follow it on the event stream."""
+
+    session_id: str
+    events: str
+
+
+class Cancelled(msgspec.Struct, kw_only=True):
+    """Whether ``POST .../cancel`` found a turn running."""
+
+    cancelled: bool
 
 
 class BuildContextRequest(_Request):

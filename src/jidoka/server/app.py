@@ -25,7 +25,6 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from ..errors import InvalidArgument, JidokaError, SessionTerminated
-from ..events import Event, EventType
 from ..runtime import Runtime
 from .auth import Authenticator, InflightLimiter
 from .config import ServerConfig
@@ -34,7 +33,7 @@ from .middleware import PRINCIPAL_KEY, REQUEST_ID_KEY, ApiMiddleware
 from .openapi import DOCS_HTML, openapi_document
 from .operations import Operations
 from .responses import RouteNotFound, json_response, problem_response
-from .routes import ROUTES, SessionRoutes
+from .routes import ROUTES, Handler, SessionRoutes
 from .streams import EventStream, StreamRegistry, sse_frame
 from .ws import WebSocketSession
 
@@ -79,7 +78,9 @@ class _Endpoints:
         except SessionTerminated:
             # It ended while the client was away: what the store still holds, then the end.
             return StreamingResponse(
-                self._stored(sid, after or 0), media_type="text/event-stream; charset=utf-8"
+                self._stored(sid, after or 0),
+                media_type="text/event-stream; charset=utf-8",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         return stream
 
@@ -93,31 +94,12 @@ class _Endpoints:
 
     async def all_events(self, request: Request) -> ASGIApp:
         principal = request.scope.get(PRINCIPAL_KEY)
-        owners: dict[str, bool] = {}
-
-        async def visible(event: Event) -> bool:
-            if not self.auth.enabled or not event.session_id:
-                return True
-            mine = owners.get(event.session_id)
-            if mine is None:
-                if event.type == EventType.SESSION_CREATED and "state" not in event.data:
-                    mine = event.data.get("owner") == principal
-                else:
-                    try:
-                        mine = await self.runtime.manager.owner_of(event.session_id) == principal
-                    except JidokaError:
-                        mine = False
-                owners[event.session_id] = mine
-            if event.type == EventType.SESSION_TERMINATED:
-                owners.pop(event.session_id, None)
-            return mine
-
         stream = EventStream(
             self.runtime.client.subscribe_to_all_sessions(),
             registry=self.streams,
             heartbeat=self.config.heartbeat_seconds,
             by_seq=False,
-            keep=visible,
+            keep=self.ops.visibility(principal),
         )
         await stream.open()
         return stream
@@ -208,6 +190,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem_response(error, request.scope.get(REQUEST_ID_KEY), headers)
 
 
+def _by_method(table: dict[str, Handler]) -> Handler:
+    if len(table) == 1:
+        return next(iter(table.values()))
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await table[method](request)
+
+    return dispatch
+
+
 def create_app(
     runtime: Runtime,
     config: ServerConfig | None = None,
@@ -228,15 +221,20 @@ def create_app(
     endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
     handlers = SessionRoutes(ops)
     routes: list[BaseRoute] = [
-        Route(spec.path, handlers.handler(spec.name), methods=[spec.method], name=spec.name)
-        for spec in ROUTES
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+    ]
+    by_path: dict[str, dict[str, Handler]] = {}
+    for spec in ROUTES:
+        by_path.setdefault(spec.path, {})[spec.method] = handlers.handler(spec.name)
+    # One route per path, so a 405 lists every method the path has in ``Allow``.
+    routes += [
+        Route(path, _by_method(table), methods=list(table)) for path, table in by_path.items()
     ]
     routes += [
         Route("/v1/sessions/{session_id}/events", endpoints.session_events, methods=["GET"]),
         Route("/v1/events", endpoints.all_events, methods=["GET"]),
         WebSocketRoute("/v1/ws", endpoints.websocket),
-        Route("/healthz", endpoints.healthz, methods=["GET"]),
-        Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", endpoints.prometheus, methods=["GET"]),
         Route("/openapi.json", endpoints.openapi, methods=["GET"]),
         Route("/docs", endpoints.docs, methods=["GET"]),

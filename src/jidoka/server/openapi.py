@@ -30,6 +30,10 @@ _QUERY: Final[dict[str, dict[str, Any]]] = {
     "cursor": {"description": "`next_cursor` of the previous page", "schema": {"type": "string"}},
     "reason": {"description": "Why it is terminated", "schema": {"type": "string"}},
     "path": {"description": "A path relative to the project root", "schema": {"type": "string"}},
+    "wait": {
+        "description": "true: answer with the turn's result when it ends (else 202 at once)",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
 }
 _ERRORS: Final = {
     "401": "Missing or unknown token",
@@ -58,6 +62,12 @@ def _operation(spec: RouteSpec, refs: dict[type, Any]) -> dict[str, Any]:
     if spec.response is not None:
         ok["content"] = {"application/json": {"schema": refs[spec.response]}}
     responses[str(spec.status)] = ok
+    for status, body, text in spec.also:
+        if body is None:
+            responses[str(status)] = {"description": text, **problem}
+        else:
+            content = {"application/json": {"schema": refs[body]}}
+            responses[str(status)] = {"description": text, "content": content}
     operation: dict[str, Any] = {
         "operationId": spec.name,
         "summary": spec.summary,
@@ -109,6 +119,7 @@ def openapi_document() -> dict[str, Any]:
     types: list[type] = [Problem]
     for spec in ROUTES:
         types += [t for t in (spec.body, spec.response) if t is not None]
+        types += [body for _, body, _ in spec.also if body is not None]
     types = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     refs = dict(zip(types, schemas, strict=True))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..client import Client
 from ..errors import InvalidArgument, JidokaError, PathNotAllowed, SessionNotFound
+from ..events import Event, EventType
+from ..llm.orchestrator import ChatResult
 from ..session.context import CONTEXT_PARTS, ActiveFile, ContextBundle, FileIndexEntry, Message
 from ..session.info import SessionInfo
 from ..session.manager import REASON_REQUESTED, SessionManager
@@ -214,3 +216,56 @@ class Operations:
             CONTEXT_PARTS if include is None else include,
             max_tokens,
         )
+
+    # --- the agent ------------------------------------------------------------------------------
+
+    async def chat(self, principal: str | None, *, session_id: str, text: str) -> ChatResult:
+        return await self.client.chat(await self.owned(principal, session_id), text)
+
+    async def cancel(self, principal: str | None, *, session_id: str) -> bool:
+        return await self.client.cancel(await self.owned(principal, session_id))
+
+    async def approve(
+        self, principal: str | None, *, session_id: str, call_id: str, allow: bool = True
+    ) -> None:
+        await self.client.approve(await self.owned(principal, session_id), call_id, allow)
+
+    # --- event visibility -----------------------------------------------------------------------
+
+    def visibility(self, principal: str | None) -> Callable[[Event], Awaitable[bool]]:
+        """A filter for one global-stream subscriber: does this event belong to ``principal``?
+
+        A ``session_created`` event names its owner (a restored one, inside its saved state),
+        so the answer never depends on whether the session is registered yet; later events ask
+        the manager once per session. Only a positive or a definite negative answer is kept.
+        """
+        if not self._auth:
+            return _always
+        known: dict[str, bool] = {}
+
+        async def visible(event: Event) -> bool:
+            sid = event.session_id
+            if not sid:
+                return True  # a loss marker of the stream itself
+            mine = known.get(sid)
+            if mine is None:
+                if event.type == EventType.SESSION_CREATED:
+                    data = event.data
+                    state = data.get("state")
+                    owner = state.get("owner") if isinstance(state, dict) else data.get("owner")
+                    mine = owner == principal
+                else:
+                    try:
+                        mine = await self.manager.owner_of(sid) == principal
+                    except JidokaError:
+                        return False  # not known (yet): decide again on its next event
+                known[sid] = mine
+            if event.type == EventType.SESSION_TERMINATED:
+                known.pop(sid, None)
+            return mine
+
+        return visible
+
+
+async def _always(event: Event) -> bool:
+    return True

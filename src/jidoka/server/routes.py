@@ -8,6 +8,8 @@ app's one exception handler, which turns any :class:`~jidoka.JidokaError` into p
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NamedTuple, TypeVar
@@ -18,12 +20,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidArgument
+from ..llm.orchestrator import ChatResult
 from ..session.context import ActiveFile, ContextBundle, FileIndexEntry, Message
 from ..session.info import SessionInfo
 from ..store.base import SavedSession
 from ..wire import (
+    Accepted,
     AddFileRequest,
+    ApprovalRequest,
     BuildContextRequest,
+    Cancelled,
+    ChatRequestBody,
     Cleared,
     CreateSessionRequest,
     Deleted,
@@ -46,6 +53,7 @@ from .responses import MalformedBody, json_response
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ROUTES", "RouteSpec", "SessionRoutes"]
 
 T = TypeVar("T")
+logger = logging.getLogger("jidoka.server")
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 _ERROR_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`")
@@ -62,6 +70,8 @@ class RouteSpec(NamedTuple):
     response: type | None
     status: int
     query: tuple[str, ...] = ()
+    #: Other successful or specific answers: (status, body type, description).
+    also: tuple[tuple[int, type | None, str], ...] = ()
 
 
 ROUTES: Final = (
@@ -102,6 +112,15 @@ ROUTES: Final = (
               "delete_working_context", "Remove a working-context key", None, Deleted, 200),
     RouteSpec("POST", "/v1/sessions/{session_id}/context", "build_context",
               "Build the context an LLM would see", BuildContextRequest, ContextBundle, 200),
+    RouteSpec("POST", "/v1/sessions/{session_id}/chat", "chat",
+              "Run one agent turn (202 and events; ?wait=true answers with the result)",
+              ChatRequestBody, ChatResult, 200, ("wait",),
+              ((202, Accepted, "The turn runs; follow it on the events stream"),
+               (502, None, "The model provider failed (problem llm-error)"))),
+    RouteSpec("POST", "/v1/sessions/{session_id}/cancel", "cancel",
+              "Stop the running agent turn", None, Cancelled, 200),
+    RouteSpec("POST", "/v1/sessions/{session_id}/approvals/{call_id}", "approve",
+              "Answer a write approval", ApprovalRequest, None, 204),
     RouteSpec("POST", "/v1/sessions/{session_id}/save", "save_session",
               "Save a named copy of the session", None, SavedSession, 201),
     RouteSpec("GET", "/v1/saved-sessions", "list_saved_sessions", "Your saved sessions",
@@ -163,6 +182,8 @@ class SessionRoutes:
 
     def __init__(self, ops: Operations) -> None:
         self.ops = ops
+        #: Chats running in the background (202): kept so they are not garbage-collected.
+        self._background: set[asyncio.Task[ChatResult]] = set()
 
     def handler(self, name: str) -> Handler:
         handler: Handler = getattr(self, name)
@@ -277,6 +298,40 @@ class SessionRoutes:
             max_tokens=body.max_tokens,
         )
         return json_response(bundle)
+
+    async def chat(self, request: Request) -> Response:
+        """With ``?wait=true`` the answer is the turn's result (the connection stays open for
+        the whole turn); without, 202 at once and the turn's progress on the event stream."""
+        body = await decode_body(request, ChatRequestBody)
+        wait = query_str(request, "wait")
+        if wait not in (None, "true", "false"):
+            raise InvalidArgument(f"wait must be true or false, got {wait!r}", argument="wait")
+        principal = _principal(request)
+        sid = await self.ops.owned(principal, request.path_params["session_id"])
+        if wait == "true":
+            return json_response(await self.ops.chat(principal, session_id=sid, text=body.text))
+        task = asyncio.get_running_loop().create_task(
+            self.ops.chat(principal, session_id=sid, text=body.text)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._chat_done)
+        events = f"/v1/sessions/{quote(sid, safe='')}/events"
+        return json_response(Accepted(session_id=sid, events=events), 202, {"Location": events})
+
+    def _chat_done(self, task: asyncio.Task[ChatResult]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Already an `error` event on the session's stream; the log gets a line too.
+            logger.info("background chat ended with %r", task.exception())
+
+    async def cancel(self, request: Request) -> Response:
+        cancelled = await self.ops.cancel(_principal(request), **request.path_params)
+        return json_response(Cancelled(cancelled=cancelled))
+
+    async def approve(self, request: Request) -> Response:
+        body = await decode_body(request, ApprovalRequest)
+        await self.ops.approve(_principal(request), **request.path_params, allow=body.allow)
+        return Response(status_code=204)
 
     async def save_session(self, request: Request) -> Response:
         saved = await self.ops.save_session(_principal(request), **request.path_params)

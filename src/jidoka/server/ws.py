@@ -191,12 +191,13 @@ class WebSocketSession:
             context = self.client.subscribe_to_session(sid, after_seq=args.get("after_seq"))
         subscription = await context.__aenter__()
         ready = asyncio.Event()
+        visible = self.ops.visibility(self.principal)
 
         async def pump() -> None:
             try:
                 await ready.wait()
                 async for event in subscription:
-                    if sid is None and not await self._visible(event):
+                    if sid is None and not await visible(event):
                         continue
                     await self._send_event(name, event)
                 await self._send({"subscription": name, "end": True})
@@ -207,14 +208,6 @@ class WebSocketSession:
 
         self._subscriptions[name] = asyncio.create_task(pump())
         return {"subscription": name}, ready
-
-    async def _visible(self, event: Event) -> bool:
-        if not self.auth.enabled:
-            return True
-        try:
-            return await self.ops.owned(self.principal, event.session_id) is not None
-        except JidokaError:
-            return False
 
     async def _send_event(self, name: str, event: Event) -> None:
         frame = b'{"subscription":"%s","event":%s}' % (name.encode(), encode_event(event))

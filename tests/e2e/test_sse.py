@@ -1,0 +1,306 @@
+"""Server-Sent Events end to end: resume without gap or duplicate, heartbeats, end of stream,
+the lifecycle stream, refusals, slow consumers and the shutdown frame.
+
+Reads wait for frames with the client's read timeout as the deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import (
+    ALICE_TOKEN,
+    SSEFrame,
+    http_client,
+    problem_of,
+    sse_frames,
+)
+
+SLOW_CONSUMER_MESSAGES = 2000
+SLOW_CONSUMER_WORKERS = 8
+
+
+def new_session(client: httpx.Client) -> str:
+    response = client.post("/v1/sessions", json={"config": {"max_history": 10000}})
+    assert response.status_code == 201, response.text
+    sid: str = response.json()["session_id"]
+    return sid
+
+
+def post(client: httpx.Client, sid: str, content: str) -> int:
+    response = client.post(
+        f"/v1/sessions/{sid}/messages", json={"role": "user", "content": content}
+    )
+    assert response.status_code == 201, response.text
+    seq: int = response.json()["seq"]
+    return seq
+
+
+def events(frames: Iterator[SSEFrame]) -> Iterator[SSEFrame]:
+    """The event frames (comments skipped)."""
+    return (frame for frame in frames if frame.comment is None)
+
+
+def read_until_seq(frames: Iterator[SSEFrame], last: int) -> list[SSEFrame]:
+    """Event frames up to and including the one with id ``last``."""
+    got = []
+    for frame in events(frames):
+        got.append(frame)
+        if frame.id is not None and int(frame.id) >= last:
+            return got
+    raise AssertionError(f"the stream ended before seq {last}; got ids {[f.id for f in got]}")
+
+
+def check_frames(frames: list[SSEFrame], sid: str) -> list[int]:
+    """Every frame is a well-formed event of ``sid`` whose ``id:`` is its seq; their seqs."""
+    seqs = []
+    for frame in frames:
+        assert frame.id is not None, frame
+        assert frame.event is not None, frame
+        event = frame.json()
+        assert event["session_id"] == sid
+        assert event["seq"] == int(frame.id)
+        assert event["type"] == frame.event
+        assert event["id"] == f"{sid}-{frame.id}"
+        seqs.append(event["seq"])
+    return seqs
+
+
+@pytest.fixture
+def sid(alice: httpx.Client) -> str:
+    return new_session(alice)
+
+
+@pytest.mark.parametrize("resume", ["last-event-id", "after_seq"])
+def test_reconnect_resumes_without_gap_or_duplicate(
+    alice: httpx.Client, sid: str, resume: str
+) -> None:
+    first_batch = [post(alice, sid, f"a{i}") for i in range(5)]
+    kept = 4  # read this many events, then drop the connection
+    with alice.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as response:
+        assert response.status_code == 200
+        frames = sse_frames(response)
+        before = [next(events(frames)) for _ in range(kept)]
+    seqs_before = check_frames(before, sid)
+    assert seqs_before == [1, 2, 3, 4]
+    # More happens while the client is away.
+    second_batch = [post(alice, sid, f"b{i}") for i in range(5)]
+    last = second_batch[-1]
+    assert first_batch[-1] < second_batch[0]
+    where: dict[str, Any] = (
+        {"headers": {"Last-Event-ID": str(seqs_before[-1])}}
+        if resume == "last-event-id"
+        else {"params": {"after_seq": seqs_before[-1]}}
+    )
+    with alice.stream("GET", f"/v1/sessions/{sid}/events", **where) as response:
+        assert response.status_code == 200
+        after = read_until_seq(sse_frames(response), last)
+    seqs_after = check_frames(after, sid)
+    union = seqs_before + seqs_after
+    assert union == list(range(1, last + 1)), union  # no gap, no duplicate, in order
+    contents = [f.json()["data"]["content"] for f in [*before, *after]
+                if f.event == "conversation_added"]  # fmt: skip
+    assert contents == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+
+
+def test_without_a_position_the_stream_is_live_only(alice: httpx.Client, sid: str) -> None:
+    old = post(alice, sid, "before")
+    with alice.stream("GET", f"/v1/sessions/{sid}/events") as response:
+        frames = sse_frames(response)
+        assert next(frames).comment == "ok"  # subscribed: what follows is live
+        new = post(alice, sid, "after")
+        frame = next(events(frames))
+    assert int(frame.id or 0) == new > old
+    assert frame.json()["data"]["content"] == "after"
+
+
+def test_resuming_after_the_session_terminated_replays_the_rest(
+    alice: httpx.Client, sid: str
+) -> None:
+    """The client was away when the session ended: resuming from its last event must still
+    deliver what it missed, ending with ``session_terminated`` (the doc's "no gap")."""
+    seq = post(alice, sid, "hello")
+    with alice.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as response:
+        assert response.status_code == 200
+        seen = read_until_seq(sse_frames(response), seq)
+    assert alice.delete(f"/v1/sessions/{sid}").status_code == 200
+    headers = {"Last-Event-ID": str(seq)}
+    with alice.stream("GET", f"/v1/sessions/{sid}/events", headers=headers) as response:
+        if response.status_code != 200:
+            response.read()
+        assert response.status_code == 200, response.text
+        rest = list(events(sse_frames(response)))  # ends by itself (else: read timeout)
+    seqs = check_frames([*seen, *rest], sid)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert rest[-1].event == "session_terminated"
+
+
+def test_a_live_stream_ends_when_the_session_terminates(alice: httpx.Client, sid: str) -> None:
+    with alice.stream("GET", f"/v1/sessions/{sid}/events") as response:
+        frames = sse_frames(response)
+        assert next(frames).comment == "ok"
+        assert alice.delete(f"/v1/sessions/{sid}").status_code == 200
+        got = list(events(frames))
+    assert [f.event for f in got][-1] == "session_terminated"
+    assert {f.json()["data"].get("status") for f in got if f.event == "session_status"} == {
+        "terminating",
+        "terminated",
+    }
+
+
+def test_heartbeat_on_an_idle_stream(make_server: Any) -> None:
+    server = make_server(options={"heartbeat": 0.2})
+    # A keep-alive must come well before the default 15 s: the read timeout is the deadline.
+    with http_client(server.url, ALICE_TOKEN, read_timeout=5.0) as client:
+        sid = new_session(client)
+        for path in (f"/v1/sessions/{sid}/events", "/v1/events"):
+            with client.stream("GET", path) as response:
+                frames = sse_frames(response)
+                assert next(frames).comment == "ok"
+                # Nothing happens on the session: the next frames are keep-alives.
+                assert next(frames) == SSEFrame(comment="keep-alive")
+                assert next(frames) == SSEFrame(comment="keep-alive")
+        # And an event still comes through between heartbeats.
+        with client.stream("GET", f"/v1/sessions/{sid}/events") as response:
+            frames = sse_frames(response)
+            assert next(frames).comment == "ok"
+            seq = post(client, sid, "between heartbeats")
+            frame = next(events(frames))
+            assert frame.id == str(seq)
+
+
+def test_the_global_stream_shows_the_lifecycle(alice: httpx.Client) -> None:
+    with alice.stream("GET", "/v1/events") as response:
+        assert response.status_code == 200
+        frames = sse_frames(response)
+        assert next(frames).comment == "ok"
+        sid = new_session(alice)
+        post(alice, sid, "not a lifecycle event")
+        assert alice.delete(f"/v1/sessions/{sid}", params={"reason": "bye"}).status_code == 200
+        got = []
+        for frame in events(frames):
+            event = frame.json()
+            if event["session_id"] != sid:
+                continue  # other tests' sessions
+            got.append(frame)
+            if frame.event == "session_terminated":
+                break
+    types = [f.event for f in got]
+    assert types[0] == "session_created"
+    assert types[-1] == "session_terminated"
+    assert "session_status" in types
+    assert "conversation_added" not in types  # lifecycle only
+    statuses = [f.json()["data"]["status"] for f in got if f.event == "session_status"]
+    assert statuses[-2:] == ["terminating", "terminated"]
+    assert got[-1].json()["data"]["reason"] == "bye"
+    for frame in got:
+        assert frame.id == frame.json()["id"]  # the global stream's id is the event id
+        assert frame.id == f"{sid}-{frame.json()['seq']}"
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "1.5", "1e3", "0x1", "99999999999999999999"])
+def test_bad_last_event_id_is_422(alice: httpx.Client, sid: str, bad: str) -> None:
+    response = alice.get(f"/v1/sessions/{sid}/events", headers={"Last-Event-ID": bad})
+    problem = problem_of(response, "invalid-argument", 422)
+    assert problem["argument"] == "after_seq"
+    response = alice.get(f"/v1/sessions/{sid}/events", params={"after_seq": bad})
+    assert problem_of(response, "invalid-argument", 422)["argument"] == "after_seq"
+
+
+def test_a_slow_consumer_does_not_stall_the_session(alice: httpx.Client, sid: str) -> None:
+    """A stream nobody reads: posting never waits for it, and when it is finally read it
+    delivers every event in order (caught up from the store)."""
+    per_worker = SLOW_CONSUMER_MESSAGES // SLOW_CONSUMER_WORKERS
+
+    def produce(worker: int) -> list[int]:
+        return [post(alice, sid, f"{worker}:{i}:" + "x" * 200) for i in range(per_worker)]
+
+    with (
+        http_client(str(alice.base_url), ALICE_TOKEN) as reader,
+        reader.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as response,
+    ):
+        assert response.status_code == 200
+        with ThreadPoolExecutor(SLOW_CONSUMER_WORKERS) as pool:
+            seqs = sorted(
+                itertools.chain.from_iterable(pool.map(produce, range(SLOW_CONSUMER_WORKERS)))
+            )
+        assert len(seqs) == len(set(seqs)) == SLOW_CONSUMER_MESSAGES
+        frames = sse_frames(response)
+        got = read_until_seq(frames, seqs[-1])
+        dropped = [f for f in got if f.event == "events_dropped"]
+        assert dropped == [], dropped[0].data
+        assert check_frames(got, sid) == list(range(1, seqs[-1] + 1))  # every one, in order
+        messages = [f.json() for f in got if f.event == "conversation_added"]
+        assert [m["seq"] for m in messages] == seqs
+        origin = [m["data"]["content"].split(":")[:2] for m in messages]
+        for worker in range(SLOW_CONSUMER_WORKERS):  # each producer's messages in its order
+            assert [int(i) for w, i in origin if w == str(worker)] == list(range(per_worker))
+        # Caught up, it is live again.
+        more = post(alice, sid, "live again")
+        frame = next(events(frames))
+        assert frame.id == str(more)
+
+
+def test_shutdown_ends_streams_with_a_shutdown_frame(make_server: Any) -> None:
+    server = make_server(options={"shutdown-timeout": 5})
+    with http_client(server.url, ALICE_TOKEN) as client:
+        sid = new_session(client)
+        seq = post(client, sid, "before shutdown")
+        with (
+            client.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as one,
+            client.stream("GET", "/v1/events") as everything,
+        ):
+            one_frames = sse_frames(one)
+            all_frames = sse_frames(everything)
+            read_until_seq(one_frames, seq)
+            assert next(all_frames).comment == "ok"
+            server.send_signal(signal.SIGTERM)
+            rest_one = list(one_frames)
+            rest_all = list(all_frames)
+        code = server.wait(30)
+    assert code == 0
+    for rest in (rest_one, rest_all):
+        final = [f for f in rest if f.comment is None]
+        assert final, rest
+        assert final[-1].event == "shutdown"
+        assert final[-1].id is None  # so a client resumes from the last real event
+
+
+def test_the_global_stream_shows_a_session_restored_after_a_restart(make_server: Any) -> None:
+    """A session saved and terminated before a restart, restored after it: its owner's
+    lifecycle stream shows the restored session's whole lifecycle."""
+    server = make_server()
+    with http_client(server.url, ALICE_TOKEN) as client:
+        sid = new_session(client)
+        assert client.post(f"/v1/sessions/{sid}/save").status_code == 201
+        assert client.delete(f"/v1/sessions/{sid}").status_code == 200
+    server.restart()
+    with (
+        http_client(server.url, ALICE_TOKEN) as client,
+        client.stream("GET", "/v1/events") as response,
+    ):
+        frames = sse_frames(response)
+        assert next(frames).comment == "ok"
+        restored = client.post(f"/v1/saved-sessions/{sid}/restore")
+        assert restored.status_code == 200, restored.text
+        post(client, sid, "after the restore")
+        assert client.delete(f"/v1/sessions/{sid}").status_code == 200
+        # A session of the same principal created afterwards: the marker that ends the read.
+        marker = new_session(client)
+        assert client.delete(f"/v1/sessions/{marker}").status_code == 200
+        got = []
+        for frame in events(frames):
+            event = frame.json()
+            got.append((event["session_id"], event["type"]))
+            if event["session_id"] == marker and event["type"] == "session_terminated":
+                break
+    mine = [kind for session, kind in got if session == sid]
+    assert mine[:1] == ["session_created"], got
+    assert mine[-1:] == ["session_terminated"], got
