@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ BUNDLE_FIELDS = {
 
 #: What this module drives, by the doc's (method, path). The WebSocket has its own module.
 EXERCISED = {
+    ("POST", "/v1/sessions/{id}/chat"),
+    ("POST", "/v1/sessions/{id}/cancel"),
+    ("POST", "/v1/sessions/{id}/approvals/{call_id}"),
     ("POST", "/v1/sessions"),
     ("GET", "/v1/sessions"),
     ("GET", "/v1/sessions/{id}"),
@@ -556,3 +559,89 @@ def test_everything_survives_a_graceful_restart(make_server: Any) -> None:
         sent = client.post(f"/v1/sessions/{sid}/messages", json={"role": "user", "content": "more"})
         assert sent.status_code == 201
         assert sent.json()["seq"] > history[-1]["seq"]
+
+
+def _events_until(
+    client: httpx.Client, sid: str, after: int, stop: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """The session's events after ``after``, read from its stream until ``stop(event)``."""
+    seen: list[dict[str, Any]] = []
+    headers = {"Last-Event-ID": str(after)}
+    with client.stream("GET", f"/v1/sessions/{sid}/events", headers=headers) as response:
+        assert response.status_code == 200
+        for frame in sse_frames(response):
+            if frame.data is None:
+                continue
+            event = frame.json()
+            seen.append(event)
+            if stop(event):
+                return seen
+    raise AssertionError(f"stream ended before the expected event: {seen}")
+
+
+def _turn_over(event: dict[str, Any]) -> bool:
+    return event["type"] == "agent_status" and event["data"]["status"] in (
+        "idle", "cancelled", "failed",
+    )  # fmt: skip
+
+
+def test_chat_with_an_approved_write_then_wait_then_cancel(
+    alice: httpx.Client, project: Path
+) -> None:
+    write = {"path": "src/app.py", "content": "def main():\n    return 43\n"}
+    script = [
+        {"chunks": ["Changing ", "it."],
+         "tool_calls": [{"id": "w1", "name": "write_file", "arguments": write}]},
+        {"text": "Done.", "usage": {"prompt_tokens": 9, "completion_tokens": 2}},
+        {"text": "Second answer."},
+        {"chunks": ["stuck"], "hang": True},
+    ]  # fmt: skip
+    session = create(
+        alice,
+        project_root=str(project),
+        config={"allow_write": "ask"},
+        llm_config={"provider": "scripted", "script": script},
+    )
+    sid = session["session_id"]
+
+    accepted = alice.post(f"/v1/sessions/{sid}/chat", json={"text": "bump it"})
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json() == {"session_id": sid, "events": f"/v1/sessions/{sid}/events"}
+    assert accepted.headers["location"] == f"/v1/sessions/{sid}/events"
+    asked = _events_until(alice, sid, 2, lambda e: e["type"] == "approval_requested")[-1]
+    assert asked["data"]["call_id"] == "w1"
+    assert "+    return 43" in asked["data"]["diff"]
+    approved = alice.post(f"/v1/sessions/{sid}/approvals/w1", json={"allow": True})
+    assert approved.status_code == 204, approved.text
+    turn = _events_until(alice, sid, asked["seq"], _turn_over)
+    assert turn[-1]["data"]["status"] == "idle"
+    assert [e["type"] for e in turn][:2] == ["approval_decided", "tool_result"]
+    assert (project / "src" / "app.py").read_text() == "def main():\n    return 43\n"
+    again = alice.post(f"/v1/sessions/{sid}/approvals/w1", json={"allow": True})
+    assert again.status_code == 422
+    assert again.json()["argument"] == "call_id"
+
+    waited = alice.post(f"/v1/sessions/{sid}/chat?wait=true", json={"text": "and now?"})
+    assert waited.status_code == 200, waited.text
+    result = waited.json()
+    assert result["message"]["content"] == "Second answer."
+    assert result["interrupted"] is False
+    assert set(result) == {"message", "usage", "interrupted", "iterations", "finish_reason"}
+    info = alice.get(f"/v1/sessions/{sid}").json()
+    assert info["usage"]["completion_tokens"] >= 2
+
+    assert alice.post(f"/v1/sessions/{sid}/cancel").json() == {"cancelled": False}
+    last = info["updated_at"]
+    assert last
+    seq = alice.get(f"/v1/sessions/{sid}/messages").json()["messages"][-1]["seq"]
+    assert alice.post(f"/v1/sessions/{sid}/chat", json={"text": "hang"}).status_code == 202
+    chunk = _events_until(alice, sid, seq, lambda e: e["type"] == "llm_stream_chunk")[-1]
+    assert chunk["data"]["text"] == "stuck"
+    assert alice.post(f"/v1/sessions/{sid}/cancel").json() == {"cancelled": True}
+    turn = _events_until(alice, sid, chunk["seq"], _turn_over)
+    assert turn[-1]["data"]["status"] == "cancelled"
+    assert [e["type"] for e in turn] == [
+        "conversation_added", "llm_response", "agent_status",
+    ]  # fmt: skip
+    assert turn[1]["data"]["interrupted"] is True
+    assert alice.post(f"/v1/sessions/{sid}/chat", json={}).status_code == 422

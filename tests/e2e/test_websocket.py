@@ -310,3 +310,34 @@ def test_http_get_on_the_websocket_route_is_not_a_server_error(alice: httpx.Clie
     response = alice.get("/v1/ws")
     assert response.status_code < 500
     assert "Traceback" not in response.text
+
+
+async def test_chat_runs_beside_other_commands_and_can_be_cancelled(
+    server: ServerProcess,
+) -> None:
+    script = {"provider": "scripted", "script": [{"chunks": ["thinking..."], "hang": True}]}
+    async with connect(server.ws_url, additional_headers=bearer(ALICE_TOKEN)) as connection:
+        ws = WsClient(connection)
+        info = await ws.ok("create_session", {"llm_config": script})
+        sid = info["session_id"]
+        await ws.ok("subscribe", {"session_id": sid})
+        await ws.send({"id": "chat-1", "op": "chat", "args": {"session_id": sid, "text": "go"}})
+        while True:  # the turn streams while the socket stays free for commands
+            push = await ws.next_push()
+            if push.get("event", {}).get("type") == "llm_stream_chunk":
+                break
+        assert (await ws.ok("get_session_info", {"session_id": sid}))["session_id"] == sid
+        assert await ws.ok("cancel", {"session_id": sid}) is True
+        while True:
+            message = await ws.receive()
+            if message.get("id") == "chat-1":
+                break
+        assert message["ok"] is True, message
+        assert message["result"]["interrupted"] is True
+        assert message["result"]["message"]["content"] == "thinking..."
+        error = check_error(
+            await ws.call("approve", {"session_id": sid, "call_id": "nope", "allow": True}),
+            "invalid-argument",
+            422,
+        )
+        assert error["argument"] == "call_id"

@@ -41,7 +41,11 @@ VERBS: Final = (
     "remove_file", "get_active_files", "get_file_index", "update_file_index",
     "put_working_context", "get_working_context", "delete_working_context", "build_context",
     "save_session", "restore_session", "list_saved_sessions", "delete_saved_session",
+    "chat", "cancel", "approve",
 )  # fmt: skip
+#: Verbs that may take long: each runs in a task of its own and replies when done, so the
+#: socket keeps taking commands (``cancel`` above all) meanwhile.
+BACKGROUND: Final = frozenset({"chat"})
 _encode: Final = msgspec.json.Encoder().encode
 
 
@@ -72,6 +76,7 @@ class WebSocketSession:
         self.principal: str | None = None
         self._send_lock = asyncio.Lock()
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._params = {verb: _parameters(getattr(ops, verb)) for verb in VERBS}
 
@@ -98,9 +103,10 @@ class WebSocketSession:
             pass
         finally:
             self.registry.discard(closer)
-            for task in self._subscriptions.values():
-                task.cancel()
-            for task in self._subscriptions.values():
+            tasks = [*self._subscriptions.values(), *self._background]
+            for task in tasks:
+                task.cancel()  # a chat's turn goes on: it belongs to the session
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
@@ -137,6 +143,11 @@ class WebSocketSession:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise InvalidArgument(f"invalid command: {exc}", argument="command") from None
             request_id = command.id
+            if command.op in BACKGROUND:
+                task = asyncio.get_running_loop().create_task(self._run_background(command))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                return
             if command.op == "subscribe":
                 result, ready = await self._subscribe(command.args)
                 await self._send({"id": request_id, "ok": True, "result": result})
@@ -147,6 +158,14 @@ class WebSocketSession:
             await self._send({"id": request_id, "ok": False, "error": self._problem(exc)})
             return
         await self._send({"id": request_id, "ok": True, "result": result})
+
+    async def _run_background(self, command: _Command) -> None:
+        try:
+            result = await self._dispatch(command)
+        except JidokaError as exc:
+            await self._send({"id": command.id, "ok": False, "error": self._problem(exc)})
+            return
+        await self._send({"id": command.id, "ok": True, "result": result})
 
     async def _dispatch(self, command: _Command) -> Any:
         if command.op == "unsubscribe":
