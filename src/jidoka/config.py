@@ -138,7 +138,14 @@ def _field_types(cls: type[Settings]) -> dict[str, Any]:
 
 
 def llm_defaults(settings: Settings) -> dict[str, Any]:
-    """The ``JIDOKA_LLM_*`` settings as ``llm_config`` keys (unset ones left out)."""
+    """The ``JIDOKA_LLM_*`` settings as ``llm_config`` keys (unset ones left out).
+
+    ``JIDOKA_LLM_API_KEY_ENV`` set but empty means "no key" (a local server), as
+    ``"api_key_env": null`` does in a session's ``llm_config``.
+    """
+    if settings.llm_api_key_env == "":
+        return {**llm_defaults(msgspec.structs.replace(settings, llm_api_key_env=None)),
+                "api_key_env": None}  # fmt: skip
     return {
         key: value
         for key, value in (

@@ -64,6 +64,8 @@ def test_llm_defaults_from_the_environment() -> None:
     settings = Settings.from_env(env)
     assert llm_defaults(settings) == {"provider": "openai", "model": "m", "temperature": 0.5}
     assert llm_defaults(Settings()) == {}
+    no_key = Settings.from_env({"JIDOKA_LLM_PROVIDER": "openai", "JIDOKA_LLM_API_KEY_ENV": ""})
+    assert llm_defaults(no_key) == {"provider": "openai", "api_key_env": None}
     with pytest.raises(InvalidConfig) as caught:
         Settings.from_env({"JIDOKA_LLM_TEMPERATURE": "3"})
     assert caught.value.field == "llm_temperature"
