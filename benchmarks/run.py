@@ -1,8 +1,10 @@
 """Run the benchmark suite: ``python -m benchmarks.run [--quick] [--only NAME ...]``.
 
 Without ``--only`` it runs the in-memory benchmarks (:data:`DEFAULT`); the durable-store ones
-(``durable``, ``peers``: see docs/performance.md) and the HTTP server (``http``: uvicorn in a
-child process, wrk if installed) run when named, e.g. ``--only durable peers`` or ``--only http``.
+(``durable``, ``peers``: see docs/performance.md), the HTTP server (``http``: uvicorn in a
+child process, wrk if installed) and the agent (``agent``: the turn loop's overhead, and 100
+sessions streaming from an OpenAI-compatible server in a child process) run when named, e.g.
+``--only durable peers``, ``--only http`` or ``--only agent``.
 
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
 file under ``benchmarks/results/`` (or ``--output``). ``--quick`` uses tiny sizes: it checks
@@ -23,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from . import (
+    bench_agent,
     bench_append,
     bench_durable,
     bench_fanout,
@@ -43,9 +46,11 @@ MODULES: dict[str, ModuleType] = {
 }
 #: What runs without ``--only``: the modules above.
 DEFAULT: tuple[str, ...] = tuple(MODULES)
-#: The durable store (SQLite) and its peers, and the HTTP server; they run only when named with
-#: ``--only``.
-MODULES.update({module.NAME: module for module in (bench_durable, bench_peers, bench_http)})
+#: The durable store (SQLite) and its peers, the HTTP server and the agent; they run only when
+#: named with ``--only``.
+MODULES.update(
+    {module.NAME: module for module in (bench_durable, bench_peers, bench_http, bench_agent)}
+)
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 

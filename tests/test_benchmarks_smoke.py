@@ -27,6 +27,7 @@ MODULES = [
     "bench_memory",
     "bench_durable",
     "bench_http",
+    "bench_agent",
 ]
 
 
@@ -91,10 +92,11 @@ def test_memory_anatomy_accounts_for_most_of_a_session() -> None:
 
 def test_durable_benchmarks_run_only_when_named() -> None:
     run = _load("run")
-    assert {"durable", "peers", "http"} <= set(run.MODULES)
+    assert {"durable", "peers", "http", "agent"} <= set(run.MODULES)
     assert "durable" not in run.DEFAULT
     assert "peers" not in run.DEFAULT
     assert "http" not in run.DEFAULT
+    assert "agent" not in run.DEFAULT
 
 
 def test_durable_scratch_stays_in_the_tmpdir(tmp_path: Path) -> None:

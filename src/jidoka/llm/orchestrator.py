@@ -33,6 +33,7 @@ import msgspec
 
 from ..errors import (
     InvalidArgument,
+    InvalidConfig,
     JidokaError,
     LimitExceeded,
     LLMError,
@@ -301,10 +302,16 @@ class Agent:
             if not turn.user_cancelled:
                 raise
             return await self._interrupted(usage, iterations)
-        except (LLMError, LimitExceeded) as exc:
+        except JidokaError as exc:
+            # A provider failure, a bound, a bad llm_config (a missing key variable ...): the
+            # turn ends in the log too, so nobody watching is left at "thinking".
             await self._fail(exc, usage, iterations)
             if isinstance(exc, LLMError) and exc.session_id is None:
                 exc.session_id = self.session_id
+            raise
+        except Exception as exc:
+            logger.exception("session %s: the turn failed", self.session_id)
+            await self._fail(exc, usage, iterations)
             raise
 
     async def _provider_for(self, llm_config: dict[str, Any]) -> Provider:
@@ -424,16 +431,26 @@ class Agent:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._approvals[call.id] = future
         try:
-            await self._emit(
-                EventType.APPROVAL_REQUESTED,
-                {"call_id": call.id, "tool": call.name, "path": path, "diff": _bounded(diff)},
-            )
             try:
+                await self._emit(
+                    EventType.APPROVAL_REQUESTED,
+                    {"call_id": call.id, "tool": call.name, "path": path, "diff": _bounded(diff)},
+                )
                 async with asyncio.timeout(wait):
                     allow = await future
                 reason = "user"
             except TimeoutError:
                 allow, reason = False, "timeout"
+            except asyncio.CancelledError:
+                # The turn stops while the question is open (or still being committed: a
+                # commit completes even when its caller is cancelled). Close it in the log;
+                # nothing was written.
+                with contextlib.suppress(JidokaError):
+                    await self._emit(
+                        EventType.APPROVAL_DECIDED,
+                        {"call_id": call.id, "allow": False, "reason": "cancelled"},
+                    )
+                raise
             await self._emit(
                 EventType.APPROVAL_DECIDED, {"call_id": call.id, "allow": allow, "reason": reason}
             )
@@ -495,16 +512,36 @@ class Agent:
         status = "cancelled" if interrupted else "idle"
         await self._emit(EventType.AGENT_STATUS, {"status": status})
 
-    async def _fail(self, exc: JidokaError, usage: Usage, iterations: int) -> None:
-        code = "max_iterations" if isinstance(exc, LimitExceeded) else "llm_error"
-        data: dict[str, Any] = {"code": code, "message": exc.message, "iterations": iterations}
+    async def _fail(self, exc: Exception, usage: Usage, iterations: int) -> None:
+        data: dict[str, Any] = {"code": _error_code(exc), "iterations": iterations}
+        if isinstance(exc, JidokaError):
+            data["message"] = exc.message
+        else:  # a bug of ours: say so, without details that belong in the log
+            data["message"] = f"internal error ({type(exc).__name__}); see the server log"
         if isinstance(exc, LLMError):
             data.update(provider=exc.provider, status=exc.status, retryable=exc.retryable)
+        elif isinstance(exc, LimitExceeded):
+            data.update(limit=exc.limit, maximum=exc.maximum)
+        elif isinstance(exc, InvalidConfig):
+            data["field"] = exc.field
         if self._record_usage is not None:
             self._record_usage(usage, "failed")
         with contextlib.suppress(SessionTerminated):
             await self._emit(EventType.ERROR, data)
             await self._emit(EventType.AGENT_STATUS, {"status": "failed"})
+
+
+def _error_code(exc: Exception) -> str:
+    """The ``code`` of a turn's ``error`` event."""
+    if isinstance(exc, LLMError):
+        return "llm_error"
+    if isinstance(exc, LimitExceeded):
+        return "max_iterations" if exc.limit == "max_iterations" else "limit_exceeded"
+    if isinstance(exc, InvalidConfig):
+        return "invalid_config"
+    if isinstance(exc, JidokaError):
+        return "error"
+    return "internal_error"
 
 
 def _usage(usage: Usage) -> TokenUsage:

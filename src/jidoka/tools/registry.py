@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import inspect
 import logging
 import os
@@ -135,8 +136,13 @@ class ToolRegistry:
 
     @classmethod
     def default(cls, allow_write: bool) -> ToolRegistry:
-        """The file tools; ``write_file`` and ``edit_file`` only when ``allow_write``."""
-        return cls(tool for tool in _TOOLS if allow_write or not tool.writes)
+        """The file tools; ``write_file`` and ``edit_file`` only when ``allow_write``.
+
+        The two registries are made once: building the schemas costs about a millisecond,
+        which was most of a short turn, and a registry is stateless, so every session can
+        share one.
+        """
+        return _default_registry(bool(allow_write))
 
     def specs(self) -> list[ToolSpec]:
         return list(self._specs)
@@ -324,3 +330,8 @@ def _unknown(name: str, tools: dict[str, Tool]) -> str:
 
 def _error(call: ToolCall, message: str) -> ToolResult:
     return ToolResult(call_id=call.id, name=call.name, content=f"error: {message}", is_error=True)
+
+
+@functools.cache
+def _default_registry(allow_write: bool) -> ToolRegistry:
+    return ToolRegistry(tool for tool in _TOOLS if allow_write or not tool.writes)
