@@ -675,3 +675,22 @@ async def test_an_answer_over_the_message_limit_is_not_called_max_iterations(
     assert caught.value.limit == "max_message_bytes"
     [error] = [e for e in await runtime.read_events(sid) if e.type == "error"]
     assert error.data["code"] != "max_iterations", error.data
+
+
+async def test_sessions_on_one_endpoint_share_one_sdk_client(
+    server: OpenAIServer, runtime: jidoka.Runtime
+) -> None:
+    client = runtime.client
+    server.queue(Text(["one"]), Text(["two"]), Text(["three"]))
+    first = await client.create_session(llm_config=llm(server))
+    second = await client.create_session(llm_config=llm(server))
+    other = await client.create_session(llm_config=llm(server, timeout=PROMPTLY + 1))
+    for sid in (first, second, other):
+        await client.chat(sid, "hi")
+    pool = runtime._agents
+    assert pool is not None
+    clients = pool._clients
+    assert len(clients) == 2  # one per (endpoint, key, timeout, retries), not one per session
+    await client.terminate_session(first)  # a session's end leaves the shared client open
+    server.queue(Text(["still"]))
+    assert (await client.chat(second, "again")).message.content == "still"

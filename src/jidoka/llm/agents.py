@@ -17,6 +17,7 @@ from ..session.manager import SessionManager
 from ..session.session import Session
 from ..telemetry import Telemetry
 from .orchestrator import Agent, ChatResult
+from .providers import ClientCache
 from .types import Usage
 
 __all__ = ["AgentPool"]
@@ -42,6 +43,8 @@ class AgentPool:
         self._telemetry = telemetry
         self._environ = os.environ if environ is None else environ
         self._agents: dict[str, Agent] = {}
+        #: SDK clients shared by the sessions' providers (one per endpoint and key).
+        self._clients = ClientCache()
 
     def get(self, session_id: str) -> Agent | None:
         return self._agents.get(session_id)
@@ -64,6 +67,7 @@ class AgentPool:
                 token_counter=self._counter,
                 record_usage=self._record,
                 on_exit=self._exited,
+                clients=self._clients,
             )
             self._agents[sid] = agent
             self._manager.start_worker(sid, "agent", agent.run)
@@ -118,3 +122,4 @@ class AgentPool:
         agents, self._agents = list(self._agents.values()), {}
         for agent in agents:
             await agent.aclose()
+        await self._clients.aclose()

@@ -47,7 +47,7 @@ from ..session.session import Session
 from ..tools.files import ToolContext
 from ..tools.registry import ToolRegistry, ToolResult, preview_write
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages
-from .providers import make_provider
+from .providers import ClientCache, make_provider
 from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, ToolCall, Usage
 
 __all__ = ["Agent", "ChatResult"]
@@ -100,6 +100,7 @@ class Agent:
         token_counter: TokenCounter,
         record_usage: Callable[[Usage, str], None] | None = None,
         on_exit: Callable[[Agent], None] | None = None,
+        clients: ClientCache | None = None,
     ) -> None:
         self.session_id = session_id
         self._get_session = get_session
@@ -110,6 +111,7 @@ class Agent:
         self._counter = token_counter
         self._record_usage = record_usage
         self._on_exit = on_exit
+        self._clients = clients
         self._queue: deque[_Turn] = deque()
         self._wakeup: asyncio.Event = asyncio.Event()
         self._current: _Turn | None = None
@@ -323,7 +325,11 @@ class Agent:
         if self._provider is None or key != self._provider_key:
             old = self._provider
             self._provider = await asyncio.to_thread(
-                make_provider, llm_config, environ=self._environ, session_id=self.session_id
+                make_provider,
+                llm_config,
+                environ=self._environ,
+                session_id=self.session_id,
+                clients=self._clients,
             )
             self._provider_key = key
             if old is not None:

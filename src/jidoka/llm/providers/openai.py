@@ -39,6 +39,8 @@ if TYPE_CHECKING:
         ChatCompletionToolParam,
     )
 
+    from . import ClientCache
+
 __all__ = ["DEFAULT_BASE_URL", "NO_KEY", "OpenAIProvider"]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
@@ -67,8 +69,11 @@ class OpenAIProvider:
         max_retries: int = 3,
         session_id: str | None = None,
         name: str = "openai",
+        clients: ClientCache | None = None,
     ) -> None:
         self.name = name
+        #: Shared SDK clients (owned by the cache, never closed here); None: a client of our own.
+        self._clients = clients
         self.base_url = base_url
         self.model = model
         self.temperature = temperature
@@ -89,6 +94,7 @@ class OpenAIProvider:
         *,
         environ: Mapping[str, str],
         session_id: str | None = None,
+        clients: ClientCache | None = None,
     ) -> OpenAIProvider:
         """Build from a validated ``llm_config``; the key is read from ``environ`` now."""
         variable = config.get("api_key_env", "OPENAI_API_KEY")
@@ -109,7 +115,7 @@ class OpenAIProvider:
             for key in ("base_url", "model", "temperature", "max_tokens", "timeout", "max_retries")
             if config.get(key) is not None
         }
-        return cls(api_key=api_key, session_id=session_id, **options)
+        return cls(api_key=api_key, session_id=session_id, clients=clients, **options)
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
@@ -152,8 +158,12 @@ class OpenAIProvider:
         )
 
     async def aclose(self) -> None:
-        """Close the SDK client (and its connection pool). Safe to call twice."""
+        """Close the SDK client (and its connection pool) unless it is shared. Safe to call
+        twice."""
         self._closed = True
+        if self._clients is not None:
+            self._client = None
+            return
         client, self._client = self._client, None
         if client is None and self._building is not None:
             try:
@@ -171,6 +181,17 @@ class OpenAIProvider:
             raise RuntimeClosed(f"the {self.name} provider is closed", session_id=self._session_id)
         if self._client is not None:
             return self._client
+        if self._clients is not None:
+            key = (self.base_url, self._api_key, self.timeout, self.max_retries)
+            try:
+                shared: openai.AsyncOpenAI = await self._clients.get(key, self._build_client)
+            except Exception as exc:
+                failure = self._llm_error(
+                    f"cannot set up the openai client: {exc}", retryable=False
+                )
+                raise failure from self._chain(exc)
+            self._client = shared
+            return shared
         if self._building is None:
             self._building = asyncio.ensure_future(asyncio.to_thread(self._build_client))
         # Shielded: a caller cancelled while the client is being built leaves it to the next
