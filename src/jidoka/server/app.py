@@ -76,6 +76,8 @@ class _Endpoints:
         try:
             await stream.open()
         except SessionTerminated:
+            if after is None:
+                raise  # live events only, of a session that has none to come: 409, as in process
             # It ended while the client was away: what the store still holds, then the end.
             return StreamingResponse(
                 self._stored(sid, after or 0),
