@@ -7,29 +7,47 @@ every problem document is turned back into the same exception class by
 and over the network. httpx's own exceptions never reach the caller: a server that cannot be
 reached is :class:`ServerUnavailable`.
 
-Event streams are Server-Sent Events. A per-session subscription survives dropped connections and
-server restarts by resuming with ``Last-Event-ID``, so the consumer sees each event once, in order;
-the global stream cannot resume, so lifecycle events published while it reconnects are missed.
+Event streams are Server-Sent Events (:class:`RemoteSubscription`, in :mod:`jidoka._remote_events`).
+A per-session subscription survives dropped connections and server restarts by resuming with
+``Last-Event-ID``, so the consumer sees each event once, in order; the global stream cannot
+resume, so lifecycle events published while it reconnects are missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any, Final, Self, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import unquote
 
 import httpx
 import msgspec
-from httpx_sse import ServerSentEvent, aconnect_sse
 
 from . import wire
+from ._remote_events import (
+    KeyNotFound,
+    RemoteSubscription,
+    ServerUnavailable,
+    error_for,
+    segment,
+    session_path,
+    translate,
+)
 from ._version import __version__
-from .errors import InvalidArgument, JidokaError, RuntimeClosed, SessionNotFound
-from .events import Event, EventType, decode_event
-from .problems import PROBLEM_CONTENT_TYPE, error_from_problem
-from .session.context import CONTEXT_PARTS, ActiveFile, ContextBundle, FileIndexEntry, Message
+from .errors import InvalidArgument, InvalidRole, JidokaError, RuntimeClosed
+from .llm.orchestrator import ChatResult
+from .session.context import (
+    CONTEXT_PARTS,
+    ROLES,
+    ActiveFile,
+    ContextBundle,
+    FileIndexEntry,
+    Message,
+)
 from .session.info import SessionInfo
 from .session.manager import REASON_REQUESTED
 from .store.base import SavedSession
@@ -37,58 +55,37 @@ from .store.base import SavedSession
 __all__ = ["RemoteClient", "RemoteSubscription", "ServerUnavailable"]
 
 _T = TypeVar("_T")
-_Stream = tuple[AsyncExitStack, AsyncIterator[ServerSentEvent]]  # closer, parsed messages
-#: Events read ahead of the consumer. Small on purpose: when it is full the reader stops reading
-#: the socket, and the server's slow-consumer policy (catch-up from its store) takes over.
-_QUEUE_SIZE: Final = 64
-_KEY_NOT_FOUND: Final = "/working-context-key-not-found"
+#: Short requests in flight at most; more wait their turn (FIFO). Like a browser's connections
+#: per host: more cost CPU, since httpx's pool does work per connection on every request
+#: (1,000 concurrent creations on loopback: 2 s with 8, 4-5 s with 16, a pool timeout with 100).
+_MAX_CONNECTIONS: Final = 8
+#: Idle connections kept for chats and event streams.
+_LONG_KEEPALIVE: Final = 8
 #: The largest page the server serves (``limit`` above it is refused); longer lists take pages.
 _MAX_PAGE: Final = 1000
-#: Answers that mean "try again later" when a stream reconnects (the server is restarting).
-_TRANSIENT_STATUSES: Final = frozenset({502, 503, 504})
-
-
-class ServerUnavailable(JidokaError):
-    """The server could not be reached (refused, timed out, or dropped the connection), so the
-    request may or may not have taken effect. ``url`` is the server's base URL."""
-
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(f"the Jidoka server at {url} could not be reached: {detail}")
-        self.url = url
-
-
-def _segment(value: str) -> str:
-    """One path segment, percent-encoded (``/`` included); ``.`` and ``..`` are encoded too, or
-    URL normalisation would turn them into a different route."""
-    quoted = quote(value, safe="")
-    return quoted.replace(".", "%2E") if quoted in {".", ".."} else quoted
-
-
-def _session(session_id: object) -> str:
-    """The session's route. An id that cannot name a session is not found, as in process (the
-    server would not even route one with a ``/``)."""
-    if not isinstance(session_id, str) or not session_id or "/" in session_id:
-        raise SessionNotFound(session_id if isinstance(session_id, str) else repr(session_id))
-    return f"/v1/sessions/{_segment(session_id)}"
+#: Where a validation error points (``... - at `$.role```): the argument to name.
+_ERROR_PATH: Final = re.compile(r" - at `\$\.?([^`.\[]*)")
 
 
 def _saved(session_id: object) -> str:
-    return _session(session_id).replace("/v1/sessions/", "/v1/saved-sessions/", 1)
+    return session_path(session_id).replace("/v1/sessions/", "/v1/saved-sessions/", 1)
 
 
 def _key_route(session_id: str, key: object) -> str:
-    route = _session(session_id)
+    route = session_path(session_id)
     if not isinstance(key, str) or not key:
         raise InvalidArgument(
             f"working-context key must be a non-empty string, got {key!r:.80}",
             argument="key",
             session_id=session_id,
         )
-    return f"{route}/working-context/{_segment(key)}"
+    return f"{route}/working-context/{segment(key)}"
 
 
 def _encode(body: object, argument: str, session_id: str | None = None) -> bytes:
     """JSON for a request body; an unencodable value is the caller's error, as in process."""
+    if isinstance(body, msgspec.Struct):
+        _check_types(body)
     try:
         return msgspec.json.encode(body)
     except (TypeError, ValueError, msgspec.EncodeError) as exc:
@@ -97,194 +94,14 @@ def _encode(body: object, argument: str, session_id: str | None = None) -> bytes
         ) from None
 
 
-def _content_type(response: httpx.Response) -> str:
-    return str(response.headers.get("content-type", "")).partition(";")[0].strip().lower()
-
-
-def _problem(response: httpx.Response) -> dict[str, Any] | None:
-    if _content_type(response) != PROBLEM_CONTENT_TYPE:
-        return None
+def _check_types(body: msgspec.Struct) -> None:
+    """Refuse an argument of the wrong type here, as the server would: JSON would otherwise
+    carry some of them as something else (bytes become a base64 string, a tuple a list)."""
     try:
-        body = msgspec.json.decode(response.content)
-    except msgspec.DecodeError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
-class _KeyNotFound(JidokaError):
-    """No such working-context key: ``get_working_context`` answers its default instead."""
-
-
-def _error_for(response: httpx.Response, route: str) -> JidokaError:
-    """The exception an error answer stands for (the body must have been read)."""
-    problem = _problem(response)
-    if problem is not None:
-        if str(problem.get("type", "")).endswith(_KEY_NOT_FOUND):
-            return _KeyNotFound(str(problem.get("detail", "")))
-        return error_from_problem(problem, status=response.status_code)
-    return JidokaError(f"{route}: the server answered HTTP {response.status_code}")
-
-
-def _translate(exc: httpx.HTTPError, url: str, route: str) -> JidokaError:
-    if isinstance(exc, httpx.TransportError):  # refused, timed out, dropped
-        return ServerUnavailable(url, f"{route}: {exc!r}")
-    return JidokaError(f"{route}: {exc}")
-
-
-class _Retry(Exception):
-    """A reconnection answered 502/503/504: the server is restarting; try again later."""
-
-
-class RemoteSubscription:
-    """Events of one session (``session_id``), or lifecycle events of all the caller's sessions
-    (``session_id`` ``None``), read from an SSE stream; an async iterator like
-    :class:`~jidoka.Subscription`.
-
-    A background task reads the stream into a small queue, so a consumer that cancels a wait
-    (``asyncio.wait_for(anext(sub), ...)``) loses nothing. The iteration ends after the session's
-    ``session_terminated`` event; an error the server answers when reconnecting (the session is
-    gone, the token was revoked) is raised from the iteration. Transport failures, ``shutdown``
-    and 502/503/504 answers are retried for as long as the subscription is open.
-    """
-
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        url: str,
-        session_id: str | None,
-        *,
-        after_seq: int | None,
-        delays: tuple[float, float],
-    ) -> None:
-        self.session_id = session_id
-        self._http = http
-        self._url = url
-        self._path = "/v1/events" if session_id is None else f"{_session(session_id)}/events"
-        self._last_seq = after_seq
-        self._delays = delays  # initial, doubling up to the maximum
-        self._delay = delays[0]
-        self._queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue(_QUEUE_SIZE)
-        self._stream: _Stream | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._done = False
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, Event):
-            return item
-        self._done = True
-        if item is None:
-            raise StopAsyncIteration
-        raise item
-
-    async def aclose(self) -> None:
-        """Stop reading and close the connection. Idempotent; the iteration then ends."""
-        self._done = True
-        task, self._task = self._task, None
-        try:
-            if task is not None:
-                task.cancel()
-                await asyncio.wait({task})
-        finally:
-            await self._close_stream()
-
-    # --- internals ------------------------------------------------------------------------------
-
-    async def _start(self) -> None:
-        """Connect (errors surface to the caller) before returning, so no event published after
-        the subscription was entered can be missed; then read in the background."""
-        self._stream = await self._connect(first=True)
-        self._task = asyncio.create_task(self._run(), name=f"jidoka-sse {self._path}")
-
-    async def _connect(self, *, first: bool) -> _Stream:
-        # The query only on the first request: on a reconnect it would compete with the header.
-        resume = self.session_id is not None and self._last_seq is not None
-        params = {"after_seq": self._last_seq} if resume and first else {}
-        headers = {"Last-Event-ID": str(self._last_seq)} if resume and not first else {}
-        route = f"GET {self._path}"
-        stack = AsyncExitStack()
-        try:
-            source = await stack.enter_async_context(
-                aconnect_sse(self._http, "GET", self._path, params=params, headers=headers)
-            )
-            response = source.response
-            if not response.is_success:
-                await response.aread()
-                error = _error_for(response, route)
-                if not first and response.status_code in _TRANSIENT_STATUSES:
-                    raise _Retry from error
-                raise error
-            if _content_type(response) != "text/event-stream":
-                raise JidokaError(
-                    f"{route}: expected an event stream, got {_content_type(response)!r}"
-                )
-            messages = source.aiter_sse()
-            stack.push_async_callback(messages.aclose)
-        except httpx.HTTPError as exc:
-            await stack.aclose()
-            raise _translate(exc, self._url, route) from exc
-        except BaseException:
-            await stack.aclose()
-            raise
-        return stack, messages
-
-    async def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await stream[0].aclose()
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                if self._stream is None:
-                    await asyncio.sleep(self._delay)
-                    self._delay = min(self._delay * 2, self._delays[1])
-                    try:
-                        self._stream = await self._connect(first=False)
-                    except (ServerUnavailable, _Retry):
-                        continue
-                try:
-                    ended = await self._pump(self._stream)
-                finally:
-                    await self._close_stream()
-                if ended:
-                    await self._queue.put(None)
-                    return
-        except Exception as exc:  # handed to the consumer, who decides what it means
-            await self._queue.put(exc)
-
-    async def _pump(self, stream: _Stream) -> bool:
-        """Forward one connection's events; ``True`` once the session's stream is complete."""
-        try:
-            async for message in stream[1]:
-                if message.event == "shutdown":
-                    return False  # the server is going away: resume from the last real event
-                if not message.data:
-                    continue  # a bare id/retry field: nothing to deliver
-                event = _decode(message.data)
-                if self.session_id is not None:
-                    if self._last_seq is not None and event.seq <= self._last_seq:
-                        continue  # replayed twice by an overlapping resume
-                    self._last_seq = event.seq
-                await self._queue.put(event)
-                self._delay = self._delays[0]
-                if self.session_id is not None and event.type == EventType.SESSION_TERMINATED:
-                    return True
-        except httpx.HTTPError:
-            return False
-        return False
-
-
-def _decode(raw: str) -> Event:
-    if '"events_dropped"' in raw:  # the global stream's marker has seq 0: decode_event refuses it
-        with suppress(msgspec.DecodeError):
-            return msgspec.json.decode(raw, type=Event)
-    return decode_event(raw)
+        msgspec.convert(msgspec.structs.asdict(body), type(body))
+    except msgspec.ValidationError as exc:
+        field = match.group(1) if (match := _ERROR_PATH.search(str(exc))) else "request"
+        raise InvalidArgument(f"invalid argument: {exc}", argument=field or "request") from None
 
 
 class RemoteClient:
@@ -292,8 +109,10 @@ class RemoteClient:
 
     Every method of :class:`~jidoka.Client`, with the same arguments, results and exceptions,
     plus :class:`ServerUnavailable` when the server cannot be reached. Use it as
-    ``async with RemoteClient(url, token) as client:``; one instance keeps a connection pool, so
-    share it rather than making one per call.
+    ``async with RemoteClient(url, token) as client:``; one instance keeps its connections, so
+    share it rather than making one per call. At most 8 short requests are in flight at once
+    (more wait their turn, in order); each event stream and each ``chat`` has a connection of
+    its own, so neither starves the other calls.
 
     ``owner`` arguments exist only so code can switch clients: the server decides ownership from
     the token, so passing one is an :class:`~jidoka.InvalidArgument`.
@@ -329,9 +148,23 @@ class RemoteClient:
         headers = {"Accept": "application/json", "User-Agent": f"jidoka/{__version__}"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.AsyncClient(
-            base_url=url, headers=headers, timeout=timeout, transport=transport
-        )
+        common: dict[str, Any] = {"base_url": url, "headers": headers, "timeout": timeout}
+        if transport is None:
+            common["verify"] = _ssl_context()
+        limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=None)
+        self._http = httpx.AsyncClient(**common, transport=transport, limits=limits)
+        # Event streams and chats hold a connection for as long as they last: they get a pool of
+        # their own, without a bound, so that they never starve the short requests (a cancel,
+        # an approval) nor each other. A given transport serves both.
+        self._long = self._http
+        if transport is None:
+            unbounded = httpx.Limits(
+                max_connections=None, max_keepalive_connections=_LONG_KEEPALIVE
+            )
+            self._long = httpx.AsyncClient(**common, limits=unbounded)
+        self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
+        self._timeout = float(timeout)
+        self._no_read_timeout = httpx.Timeout(self._timeout, read=None)
         self._reconnect = (float(reconnect_delay), float(max_reconnect_delay))
         self._subscriptions: set[RemoteSubscription] = set()
         self._closed = False
@@ -357,7 +190,10 @@ class RemoteClient:
             for subscription in list(self._subscriptions):
                 await subscription.aclose()
         finally:
-            await self._http.aclose()
+            try:
+                await self._http.aclose()
+            finally:
+                await self._long.aclose()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -380,7 +216,7 @@ class RemoteClient:
         return (await self._call("POST", "/v1/sessions", SessionInfo, body=body)).session_id
 
     async def get_session_info(self, session_id: str) -> SessionInfo:
-        return await self._call("GET", _session(session_id), SessionInfo)
+        return await self._call("GET", session_path(session_id), SessionInfo)
 
     async def list_sessions(
         self,
@@ -413,12 +249,12 @@ class RemoteClient:
         self, session_id: str, *, reason: str = REASON_REQUESTED
     ) -> SessionInfo:
         params = {"reason": reason}
-        return await self._call("DELETE", _session(session_id), SessionInfo, params=params)
+        return await self._call("DELETE", session_path(session_id), SessionInfo, params=params)
 
     # --- saved sessions -------------------------------------------------------------------------
 
     async def save_session(self, session_id: str) -> SavedSession:
-        return await self._call("POST", f"{_session(session_id)}/save", SavedSession)
+        return await self._call("POST", f"{session_path(session_id)}/save", SavedSession)
 
     async def restore_session(self, session_id: str) -> SessionInfo:
         return await self._call("POST", f"{_saved(session_id)}/restore", SessionInfo)
@@ -432,42 +268,75 @@ class RemoteClient:
     async def delete_saved_session(self, session_id: str) -> None:
         await self._call("DELETE", _saved(session_id), type(None))
 
+    # --- the agent ------------------------------------------------------------------------------
+
+    async def chat(self, session_id: str, text: str) -> ChatResult:
+        """Run one agent turn and return its result; the request waits for the whole turn (no
+        read timeout). Cancelling this call does not stop the turn (it belongs to the session);
+        :meth:`cancel` does."""
+        route = f"{session_path(session_id)}/chat"
+        body = wire.ChatRequestBody(text=text)
+        answer = ChatResult
+        params = {"wait": "true"}
+        return await self._call("POST", route, answer, body=body, params=params, long_lived=True)
+
+    async def cancel(self, session_id: str) -> bool:
+        """Stop the session's running turn; ``False`` if no turn was running."""
+        route = f"{session_path(session_id)}/cancel"
+        return (await self._call("POST", route, wire.Cancelled)).cancelled
+
+    async def approve(self, session_id: str, call_id: str, allow: bool = True) -> None:
+        """Answer an ``approval_requested`` event: let the write happen, or not."""
+        route = session_path(session_id)
+        if not isinstance(call_id, str) or not call_id or "/" in call_id:
+            raise InvalidArgument(  # no route can name it: nothing can wait under it
+                f"no write is waiting for approval under call id {call_id!r}",
+                argument="call_id",
+                session_id=session_id,
+            )
+        body = wire.ApprovalRequest(allow=allow)
+        route = f"{route}/approvals/{segment(call_id)}"
+        await self._call("POST", route, type(None), body=body, argument="allow")
+
     # --- conversation ---------------------------------------------------------------------------
 
     async def send_message(self, session_id: str, role: str, content: str) -> Message:
+        if not isinstance(role, str) or (role not in ROLES and not isinstance(content, str)):
+            # As in process (the role is checked first), not the server's type error.
+            raise InvalidRole(session_id if isinstance(session_id, str) else None, role)
         body = wire.SendMessageRequest(role=role, content=content)
-        return await self._call("POST", f"{_session(session_id)}/messages", Message, body=body)
+        return await self._call("POST", f"{session_path(session_id)}/messages", Message, body=body)
 
     async def get_conversation_history(self, session_id: str) -> list[Message]:
-        path = f"{_session(session_id)}/messages"
+        path = f"{session_path(session_id)}/messages"
         return (await self._call("GET", path, wire.MessageList)).messages
 
     async def clear_conversation(self, session_id: str) -> int:
-        path = f"{_session(session_id)}/messages"
+        path = f"{session_path(session_id)}/messages"
         return (await self._call("DELETE", path, wire.Cleared)).cleared
 
     # --- files ----------------------------------------------------------------------------------
 
     async def add_file(self, session_id: str, path: str) -> ActiveFile:
         body = wire.AddFileRequest(path=path)
-        return await self._call("POST", f"{_session(session_id)}/files", ActiveFile, body=body)
+        return await self._call("POST", f"{session_path(session_id)}/files", ActiveFile, body=body)
 
     async def remove_file(self, session_id: str, path: str) -> bool:
-        route = f"{_session(session_id)}/files"
+        route = f"{session_path(session_id)}/files"
         return (await self._call("DELETE", route, wire.Removed, params={"path": path})).removed
 
     async def get_active_files(self, session_id: str) -> list[ActiveFile]:
-        return (await self._call("GET", f"{_session(session_id)}/files", wire.FileList)).files
+        return (await self._call("GET", f"{session_path(session_id)}/files", wire.FileList)).files
 
     async def get_file_index(self, session_id: str) -> list[FileIndexEntry]:
-        path = f"{_session(session_id)}/file-index"
+        path = f"{session_path(session_id)}/file-index"
         return (await self._call("GET", path, wire.FileIndexList)).entries
 
     async def update_file_index(
         self, session_id: str, path: str, fields: dict[str, Any]
     ) -> FileIndexEntry:
         body = wire.UpdateFileIndexRequest(path=path, fields=fields)
-        route = f"{_session(session_id)}/file-index"
+        route = f"{session_path(session_id)}/file-index"
         return await self._call("PATCH", route, FileIndexEntry, body=body, argument="fields")
 
     # --- working context ------------------------------------------------------------------------
@@ -482,12 +351,12 @@ class RemoteClient:
     ) -> Any:
         """The value under ``key`` (``default`` if absent), or the whole mapping if no key."""
         if key is None:
-            route = f"{_session(session_id)}/working-context"
+            route = f"{session_path(session_id)}/working-context"
             return (await self._call("GET", route, wire.WorkingContextMap)).working_context
         route = _key_route(session_id, key)
         try:
             return (await self._call("GET", route, wire.WorkingContextValue)).value
-        except _KeyNotFound:
+        except KeyNotFound:
             return default
 
     async def delete_working_context(self, session_id: str, key: str) -> bool:
@@ -499,7 +368,7 @@ class RemoteClient:
         include: Iterable[str] = CONTEXT_PARTS,
         max_tokens: int | None = None,
     ) -> ContextBundle:
-        route = f"{_session(session_id)}/context"
+        route = f"{session_path(session_id)}/context"
         if isinstance(include, str) or not isinstance(include, Iterable):
             raise InvalidArgument("include must be a collection of part names", argument="include")
         body = wire.BuildContextRequest(include=list(include), max_tokens=max_tokens)
@@ -541,7 +410,7 @@ class RemoteClient:
     ) -> AsyncIterator[RemoteSubscription]:
         self._check_open()
         subscription = RemoteSubscription(
-            self._http, self._url, session_id, after_seq=after_seq, delays=self._reconnect
+            self._long, self._url, session_id, after_seq=after_seq, delays=self._reconnect
         )
         self._subscriptions.add(subscription)
         try:
@@ -550,6 +419,25 @@ class RemoteClient:
         finally:
             self._subscriptions.discard(subscription)
             await subscription.aclose()
+
+    @asynccontextmanager
+    async def _slot(self, route: str, long_lived: bool) -> AsyncIterator[None]:
+        """A turn to send a short request: no more are in flight than the pool has connections,
+        so the pool never queues (httpx's queue is slow when long). Waiting for a turn is bounded
+        by ``timeout``, like waiting for a pool's connection."""
+        if long_lived:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            detail = f"{route}: no connection free within {self._timeout:g} s"
+            raise ServerUnavailable(self._url, detail) from None
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -564,26 +452,47 @@ class RemoteClient:
         body: msgspec.Struct | None = None,
         argument: str = "request",
         params: Mapping[str, str | int] | None = None,
+        long_lived: bool = False,
     ) -> _T:
         """Send one request and decode its answer as ``answer``."""
         self._check_open()
-        content = None if body is None else _encode(body, argument)
+        try:
+            content = None if body is None else _encode(body, argument)
+        except InvalidArgument as exc:  # name the session, as in process
+            if exc.session_id is None and path.startswith("/v1/sessions/"):
+                exc.session_id = unquote(path.split("/")[3])
+            raise
         headers = None if body is None else {"Content-Type": "application/json"}
         route = f"{method} {path}"
+        # A long-lived request (a chat) has no read timeout: it lasts as long as its turn.
+        http, timeout = (self._long, self._no_read_timeout) if long_lived else (self._http, None)
         try:
-            response = await self._http.request(
-                method, path, content=content, params=params, headers=headers
-            )
+            async with self._slot(route, long_lived):
+                response = await http.request(
+                    method,
+                    path,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                    timeout=http.timeout if timeout is None else timeout,
+                )
         except httpx.HTTPError as exc:
-            raise _translate(exc, self._url, route) from exc
+            raise translate(exc, self._url, route) from exc
         if not response.is_success:
-            raise _error_for(response, route)
+            raise error_for(response, route)
         if response.status_code == 204:
             return cast(_T, None)
         try:
             return msgspec.json.decode(response.content, type=answer)
         except msgspec.DecodeError as exc:
             raise JidokaError(f"{route}: unexpected answer from the server: {exc}") from exc
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default context (CA bundle, ``SSL_CERT_FILE``...), made once: making one reads
+    the CA bundle, tens of milliseconds that every client would otherwise spend twice."""
+    return httpx.create_ssl_context()
 
 
 def _natural(value: object) -> bool:

@@ -75,9 +75,8 @@ async def test_a_turn_with_a_tool_call(client: jidoka.Client, project: Path) -> 
 
 
 async def test_the_model_sees_the_tool_result_and_the_context(
-    runtime: jidoka.Runtime, project: Path
+    client: jidoka.Client, runtime: jidoka.Runtime, project: Path
 ) -> None:
-    client = runtime.client
     sid = await client.create_session(
         project_root=str(project),
         llm_config=scripted({"tool_calls": [read("src/app.py")]}, {"text": "done"}),

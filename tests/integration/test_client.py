@@ -65,10 +65,14 @@ async def test_config_overrides_field_by_field(client: jidoka.Client) -> None:
     ],
 )
 async def test_create_rejects_bad_input(
-    runtime: jidoka.Runtime, kwargs: dict[str, object], error: type[Exception], named: str
+    client: jidoka.Client,
+    runtime: jidoka.Runtime,
+    kwargs: dict[str, object],
+    error: type[Exception],
+    named: str,
 ) -> None:
     with pytest.raises(error) as info:
-        await runtime.client.create_session(**kwargs)  # type: ignore[arg-type]
+        await client.create_session(**kwargs)  # type: ignore[arg-type]
     assert named in str(info.value)
     assert runtime.manager.live_count() == 0  # nothing half-created
 

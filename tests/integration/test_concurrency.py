@@ -25,6 +25,7 @@ async def test_thousand_sessions_created_concurrently(client: jidoka.Client) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.local_client("reads the streams with Subscription.get_nowait()")
 async def test_hundred_sessions_hundred_concurrent_messages(client: jidoka.Client) -> None:
     ids = [await client.create_session() for _ in range(100)]
     subscriptions = [client.subscribe_to_session(sid) for sid in ids]
@@ -80,6 +81,9 @@ async def test_isolation_between_sessions(client: jidoka.Client, tmp_path: Path)
         await client.add_file(a, str(roots[1] / "b.py"))
 
 
+@pytest.mark.local_client(
+    "concurrent calls travel on separate connections: the server receives them in no defined order"
+)
 async def test_commands_to_one_session_apply_in_arrival_order(client: jidoka.Client) -> None:
     sid = await client.create_session()
     await asyncio.gather(
@@ -92,6 +96,9 @@ async def test_commands_to_one_session_apply_in_arrival_order(client: jidoka.Cli
     ]
 
 
+@pytest.mark.local_client(
+    "concurrent calls travel on separate connections: the server receives them in no defined order"
+)
 async def test_cancelled_caller_leaves_session_consistent(
     client: jidoka.Client, runtime: jidoka.Runtime
 ) -> None:
@@ -108,6 +115,10 @@ async def test_cancelled_caller_leaves_session_consistent(
     await client.send_message(sid, "user", "after")
 
 
+@pytest.mark.local_client(
+    "cancels the call mid-commit by counting event-loop turns of the in-process call; cancelling "
+    "a remote call only drops its connection, the server still runs the command"
+)
 async def test_caller_cancelled_mid_commit(
     client: jidoka.Client, runtime: jidoka.Runtime, store_backend: str
 ) -> None:

@@ -142,8 +142,9 @@ async def test_leaving_unsubscribes(runtime: jidoka.Runtime) -> None:
     assert bus.topics() == frozenset()  # type: ignore[attr-defined]
 
 
-async def test_terminate_ends_streams_and_frees_topics(runtime: jidoka.Runtime) -> None:
-    client = runtime.client
+async def test_terminate_ends_streams_and_frees_topics(
+    client: jidoka.Client, runtime: jidoka.Runtime
+) -> None:
     sid = await client.create_session()
     async with client.subscribe_to_session(sid) as events:
         await client.terminate_session(sid)

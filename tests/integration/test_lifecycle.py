@@ -127,8 +127,8 @@ async def test_terminating_session_refuses_commands(
 
     runtime.start_worker(sid, "stubborn", stubborn)
     await settle()
-    terminating = asyncio.create_task(client.terminate_session(sid))
     async with client.subscribe_to_session(sid) as events:
+        terminating = asyncio.create_task(client.terminate_session(sid))
         await until(events, "session_status", status="terminating")
         assert (await client.get_session_info(sid)).status is Status.TERMINATING
         with pytest.raises(jidoka.SessionTerminated):
