@@ -7,6 +7,7 @@ Command tree::
     ├── sessions list|create|show|terminate|save|restore|saved|delete
     ├── send SID TEXT              append a message
     ├── events [SID] [--follow]    print an event stream
+    ├── chat [SID] [-m TEXT]...    talk to a session's agent (interactive, or scripted)
     └── demo                       in-process quickstart, no server
 
 The client verbs talk to a server (``--url``/``JIDOKA_URL``, ``--token``/``JIDOKA_TOKEN``) through
@@ -27,7 +28,7 @@ import typer
 
 from .._version import __version__
 from ..errors import JidokaError, Unauthorized
-from . import demo, events, serve, sessions
+from . import chat, demo, events, serve, sessions
 from .common import CommandFailed
 from .output import error_line
 
@@ -46,6 +47,7 @@ app.command()(serve.serve)
 app.add_typer(sessions.app)
 app.command()(sessions.send)
 app.command()(events.events)
+app.command()(chat.chat)
 app.command()(demo.demo)
 
 
