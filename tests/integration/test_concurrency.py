@@ -130,8 +130,9 @@ async def test_caller_cancelled_mid_commit(
     await settle()  # `first` holds the lock and waits for its commit; the rest queue behind
     first.cancel()
     results = await asyncio.gather(first, *rest, return_exceptions=True)
-    if store_backend == "sqlite":  # the memory store never waits: nothing is ever mid-commit
-        assert isinstance(results[0], asyncio.CancelledError)
+    # On SQLite the cancel usually lands mid-commit; a fast writer thread may finish the commit
+    # first (then the call simply succeeded). Either way the log and the projection agree.
+    assert isinstance(results[0], asyncio.CancelledError | jidoka.Message), results[0]
     history = [m.content for m in await client.get_conversation_history(sid)]
     logged = [e.data["content"] for e in await runtime.read_events(sid) if "content" in e.data]
     assert history == logged
