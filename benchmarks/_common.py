@@ -14,9 +14,12 @@ import json
 import math
 import os
 import platform
+import select
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
@@ -306,3 +309,51 @@ def run_child(module: str, args: Sequence[str], what: str) -> dict[str, Any]:
         raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return data
+
+
+class ChildServer:
+    """A server in a child process, from start to SIGTERM: it is ready once it prints one
+    JSON line (its address); :attr:`ready` holds that line, decoded. Its stderr is kept for
+    the error if it does not start, and a child that ignores SIGTERM for 20 s is killed."""
+
+    def __init__(self, command: list[str], what: str, env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.what = what
+        self.env = env
+        self.ready: dict[str, Any] = {}
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def error_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")[-4000:]
+
+    def __enter__(self) -> ChildServer:
+        self._proc = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._stderr
+        )
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], 60)
+        line = self._proc.stdout.readline() if ready else b""
+        if not line:
+            error = self.error_text()
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"{self.what} did not start:\n{error}")
+        self.ready = json.loads(line)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._stderr.close()
+        self._proc = None

@@ -65,10 +65,8 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -76,7 +74,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._common import ROOT, Baseline, Result, clock, make_runtime, percentile, quiesce, run_async
+from ._common import (
+    ROOT,
+    Baseline,
+    ChildServer,
+    Result,
+    clock,
+    make_runtime,
+    percentile,
+    quiesce,
+    run_async,
+)
 
 __all__ = ["NAME", "run"]
 
@@ -347,45 +355,21 @@ class _ModelServer:
         self.chunks = chunks
         self.count = count
         self.base_url = ""
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def _error_text(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")[-4000:]
+        self._child: ChildServer | None = None
 
     def __enter__(self) -> _ModelServer:
         from .bench_http import _child_env
 
         command = [sys.executable, "-m", "benchmarks.bench_agent", "--serve"]
         command += [str(self.chunks), str(self.count)]
-        self._proc = subprocess.Popen(
-            command, cwd=ROOT, env=_child_env(), stdout=subprocess.PIPE, stderr=self._stderr
-        )
-        assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], 60)
-        line = self._proc.stdout.readline() if ready else b""
-        if not line:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"the model server did not start:\n{self._error_text()}")
-        self.base_url = json.loads(line)["base_url"]
+        self._child = ChildServer(command, "the model server", env=_child_env())
+        self.base_url = self._child.__enter__().ready["base_url"]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        self._stderr.close()
-        self._proc = None
+        if self._child is not None:
+            self._child.__exit__(*exc)
+            self._child = None
 
 
 @dataclass

@@ -77,7 +77,6 @@ import gc
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -90,7 +89,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._common import ROOT, Baseline, Result, Target, clock, percentile, quiesce, run_async
+from ._common import (
+    ROOT,
+    Baseline,
+    ChildServer,
+    Result,
+    Target,
+    clock,
+    percentile,
+    quiesce,
+    run_async,
+)
 
 __all__ = ["NAME", "run"]
 
@@ -300,45 +309,18 @@ class _Server:
         self.data_dir = data_dir
         self.port = 0
         self.base = ""
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def _error_text(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")[-4000:]
+        command = [sys.executable, "-m", "benchmarks.bench_http", "--serve", store]
+        if data_dir is not None:
+            command += ["--data-dir", str(data_dir)]
+        self._child = ChildServer(command, f"the {store} server", env=_child_env())
 
     def __enter__(self) -> _Server:
-        command = [sys.executable, "-m", "benchmarks.bench_http", "--serve", self.store]
-        if self.data_dir is not None:
-            command += ["--data-dir", str(self.data_dir)]
-        self._proc = subprocess.Popen(
-            command, cwd=ROOT, env=_child_env(), stdout=subprocess.PIPE, stderr=self._stderr
-        )
-        assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], 60)
-        line = self._proc.stdout.readline() if ready else b""
-        if not line:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"the {self.store} server did not start:\n{self._error_text()}")
-        self.port = int(json.loads(line)["port"])
+        self.port = int(self._child.__enter__().ready["port"])
         self.base = f"http://127.0.0.1:{self.port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        self._stderr.close()
-        self._proc = None
+        self._child.__exit__(*exc)
 
 
 # --- HTTP helpers (load generator) ----------------------------------------------------------------
