@@ -23,8 +23,8 @@ extras="${JIDOKA_EXTRAS:-dev}"
 sum="$(cat pyproject.toml | cksum)"
 want="$sum-$extras"
 have="$(cat "$stamp" 2>/dev/null || true)"
-# The dev extra includes the server extra: a test venv can run the server as it is.
-if [ "$have" != "$want" ] && ! { [ "$extras" = "server" ] && [ "$have" = "$sum-dev" ]; }; then
+# The dev extra includes the server and llm extras: a test venv can run the server as it is.
+if [ "$have" != "$want" ] && ! { [ "$extras" = "server,llm" ] && [ "$have" = "$sum-dev" ]; }; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -c 'import jidoka' || { echo "jidoka: install failed" >&2; exit 1; }
