@@ -129,13 +129,17 @@ class Subscription:
         """The session is ending: take every event still to be caught up from the store now
         (it may free the log next), then close. The queue may exceed its bound by that much."""
         if self._catching_up and self.session_id is not None and self._reader is not None:
-            events = await self._reader(self.session_id, self._last_seq, 1 << 62)
-            events = [e for e in events if e.seq > self._last_seq]
-            if events:
-                if events[0].seq > self._last_seq + 1:
-                    self._queue.append(self._gap(self._last_seq + 1, events[0].seq - 1))
-                self._queue.extend(events)
-                self._last_seq = events[-1].seq
+            while True:
+                seen = self._latest_seen
+                events = await self._reader(self.session_id, self._last_seq, 1 << 62)
+                events = [e for e in events if e.seq > self._last_seq]
+                if events:
+                    if events[0].seq > self._last_seq + 1:
+                        self._queue.append(self._gap(self._last_seq + 1, events[0].seq - 1))
+                    self._queue.extend(events)
+                    self._last_seq = events[-1].seq
+                if self._latest_seen <= max(seen, self._last_seq):
+                    break  # nothing was published while the read ran that it may have missed
             self._catching_up = False
         self.close()
 
@@ -190,6 +194,7 @@ class Subscription:
             self._lost(count)
             return self._marker("", 0, {"count": count})
         after = self._last_seq
+        seen = self._latest_seen
         events = await self._reader(self.session_id, after, self.queue_size)
         events = [e for e in events if e.seq > after]
         gap: Event | None = None
@@ -200,11 +205,16 @@ class Subscription:
             self._last_seq = events[-1].seq
             self._latest_seen = max(self._latest_seen, self._last_seq)
             return gap
-        # The store has nothing after `after`: caught up, unless it lost events seen published.
+        if self._latest_seen > seen:
+            # Published while the read ran: the read may have started before their commit, so
+            # an empty answer proves nothing. Read again; the store has them now.
+            return None
+        # The store has nothing after `after`: caught up, unless it lost events seen published
+        # (before the read began, so it must have seen them).
         self._catching_up = False
-        if self._latest_seen > after:
-            gap = self._gap(after + 1, self._latest_seen)
-            self._last_seq = self._latest_seen
+        if seen > after:
+            gap = self._gap(after + 1, seen)
+            self._last_seq = seen
         return gap
 
     def _gap(self, first: int, last: int) -> Event:
