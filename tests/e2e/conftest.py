@@ -78,6 +78,30 @@ def _environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def client_environment(**extra: str) -> dict[str, str]:
+    """The environment for a ``jidoka`` client command: no JIDOKA_*, no asyncio debug mode
+    (its slow-callback warnings would land on the stderr the tests expect empty; servers keep
+    it), and faulthandler on, so that :func:`exit_code` can show where a stuck one hangs."""
+    env = _environment(extra)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    env["PYTHONFAULTHANDLER"] = "1"
+    return env
+
+
+def exit_code(process: subprocess.Popen[Any], timeout: float) -> int:
+    """``process``'s exit status once it ends; if it has not ended within ``timeout``, abort it
+    (faulthandler prints every thread's stack) and fail with what it printed on stderr."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait()
+        stderr = process.stderr.read() if process.stderr is not None else "(not captured)"
+        if isinstance(stderr, bytes):
+            stderr = stderr.decode("utf-8", errors="replace")
+        pytest.fail(f"{process.args} still running after {timeout} s; its stacks:\n{stderr}")
+
+
 @functools.cache
 def serve_command_available() -> bool:
     """Whether ``python -m jidoka serve`` exists with the flags these tests use (asked once)."""

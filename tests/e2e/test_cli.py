@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 import jidoka
 import jidoka.server
 from jidoka.cli import app, main
+from tests.e2e.conftest import client_environment, exit_code
 
 TOKEN = "cli-e2e-token-0123456789abcdefgh"
 WRONG_TOKEN = "not-the-token-0123456789abcdefgh"
@@ -179,7 +180,7 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
     try:
         line = stdout.wait_for(lambda s: s.startswith("export JIDOKA_URL="), START_DEADLINE)
         url = line.partition("=")[2]
-        env = _environment(JIDOKA_URL=url, JIDOKA_TOKEN=TOKEN)
+        env = client_environment(JIDOKA_URL=url, JIDOKA_TOKEN=TOKEN)
         yield CliServer(url, process, stdout, data_dir, env)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STEP_DEADLINE) == 0, (root / "server.log").read_text()
@@ -215,7 +216,7 @@ def _free_port() -> int:
 def test_version_subprocess() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "jidoka", "--version"],
-        env=_environment(),
+        env=client_environment(),
         capture_output=True,
         text=True,
         timeout=STEP_DEADLINE,
@@ -482,7 +483,7 @@ def test_events_follow_until_the_session_terminates(cli_server: CliServer) -> No
         seen = lines.wait_for(lambda s: " conversation_added " in s)
         assert seen.endswith('"content":"while following"}')
         cli_server.ok("sessions", "terminate", sid)
-        assert follower.wait(timeout=STEP_DEADLINE) == 0
+        assert exit_code(follower, STEP_DEADLINE) == 0
         printed = lines.rest()
         assert follower.stderr is not None
         assert follower.stderr.read() == ""
@@ -507,7 +508,7 @@ def test_events_follow_the_global_stream_until_ctrl_c(cli_server: CliServer) -> 
         lines.wait_for(lambda s: sid in s and "session_terminated" in s)
 
         follower.send_signal(signal.SIGINT)
-        assert follower.wait(timeout=STEP_DEADLINE) == 0
+        assert exit_code(follower, STEP_DEADLINE) == 0
         assert follower.stderr is not None
         assert "Traceback" not in follower.stderr.read()
 
@@ -518,7 +519,7 @@ def test_ctrl_c_is_exit_130_without_a_traceback(cli_server: CliServer) -> None:
     with cli_server.follow("events", sid, "--idle", "600") as (waiting, lines):
         lines.wait_for(lambda s: " session_status " in s)
         waiting.send_signal(signal.SIGINT)
-        assert waiting.wait(timeout=STEP_DEADLINE) == 130
+        assert exit_code(waiting, STEP_DEADLINE) == 130
         assert waiting.stderr is not None
         assert "Traceback" not in waiting.stderr.read()
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from jidoka.cli import main
-from tests.e2e.conftest import ALICE_TOKEN, ServerProcess
+from tests.e2e.conftest import ALICE_TOKEN, ServerProcess, client_environment, exit_code
 
 DEADLINE = 30.0
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -58,9 +58,9 @@ def _llm(script: list[Any]) -> str:
 
 
 def _env(server: ServerProcess) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOKA_")}
-    env.update(JIDOKA_URL=server.url, JIDOKA_TOKEN=ALICE_TOKEN, PYTHONIOENCODING="utf-8")
-    return env
+    return client_environment(
+        JIDOKA_URL=server.url, JIDOKA_TOKEN=ALICE_TOKEN, PYTHONIOENCODING="utf-8"
+    )
 
 
 def jidoka(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -156,7 +156,7 @@ class Chat:
         self.process.stdin.close()
 
     def exit_code(self) -> int:
-        code = self.process.wait(DEADLINE)
+        code = exit_code(self.process, DEADLINE)
         self._reader.join(DEADLINE)
         return code
 
