@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -14,7 +16,7 @@ import pytest
 
 import jidoka
 from jidoka import FakeClock, Status
-from jidoka.store.sqlite import DATABASE_NAME, SCHEMA_VERSION, SchemaError
+from jidoka.store.sqlite import DATABASE_NAME, SCHEMA_VERSION, SchemaError, SqliteStore
 from tests.fixtures.make_v1_database import ENDED, LIVE
 from tests.helpers import drain, quiesce, take, until
 
@@ -90,6 +92,65 @@ async def test_loading_is_lazy(tmp_path: Path, clock: FakeClock) -> None:
             clock.advance(30 * 60)
             seen = await take(events, 3 * 19)
         assert {e.data.get("reason") for e in seen if e.type == "session_terminated"} == {"timeout"}
+
+
+async def test_listing_by_owner_loads_only_the_owners_page(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A server lists one principal's sessions: after a restart, that loads the page it
+    returns and nothing of anyone else's (the store knows each recovered session's owner)."""
+    data = tmp_path / "data"
+    alice: list[str] = []
+    bob: list[str] = []
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        for _ in range(30):  # interleaved: the two owners' ids alternate
+            alice.append(await rt.client.create_session(owner="alice"))
+            bob.append(await rt.client.create_session(owner="bob"))
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        manager = rt.manager
+        assert manager.live_count() == 60
+        assert len(manager._live) == 0  # nothing loaded yet
+
+        page = await manager.list_sessions(owner="alice", limit=5)
+        assert [(i.session_id, i.owner, i.status) for i in page] == [
+            (sid, "alice", Status.IDLE) for sid in alice[:5]
+        ]
+        assert set(manager._live) == set(alice[:5])  # the page, and none of bob's
+
+        assert await manager.owner_of(bob[0]) == "bob"  # answered without loading it
+        assert not manager.is_live(bob[0])
+
+        page = await manager.list_sessions(owner="alice", limit=5, after=alice[4])
+        assert [i.session_id for i in page] == alice[5:10]
+        everything = await manager.list_sessions(owner="alice")
+        assert [i.session_id for i in everything] == alice
+        assert not any(manager.is_live(sid) for sid in bob)
+        assert bob[0] in manager.live_ids()  # still there, dormant
+
+        idle = await manager.list_sessions("idle", owner="bob", limit=3)
+        assert [i.session_id for i in idle] == bob[:3]
+        assert await manager.list_sessions(owner="mallory") == []
+        assert set(manager._live) == {*alice, *bob[:3]}
+
+
+async def test_a_restored_session_keeps_its_owner_across_a_restart(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A restored session's ``session_created`` carries its owner in the saved copy."""
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        sid = await rt.client.create_session(owner="carol")
+        other = await rt.client.create_session(owner="dave")
+        await rt.client.save_session(sid)
+        await rt.client.terminate_session(sid)
+        await rt.client.restore_session(sid)
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        manager = rt.manager
+        assert await manager.owner_of(sid) == "carol"
+        assert not manager.is_live(sid)
+        assert [i.session_id for i in await manager.list_sessions(owner="carol")] == [sid]
+        assert not manager.is_live(other)
+        assert (await manager.info(sid)).owner == "carol"  # what the loaded session says
 
 
 async def test_snapshot_plus_tail_equals_live(tmp_path: Path, clock: FakeClock) -> None:
@@ -192,7 +253,7 @@ async def test_corrupt_session_fails_alone(tmp_path: Path, clock: FakeClock) -> 
     data = tmp_path / "data"
     async with jidoka.Runtime(data, clock=clock) as rt:
         good = await rt.client.create_session()
-        bad = await rt.client.create_session()
+        bad = await rt.client.create_session(owner="alice")
         await rt.client.send_message(bad, "user", "soon unreadable")
         await rt.client.send_message(good, "user", "fine")
     with sqlite3.connect(data / DATABASE_NAME) as conn:
@@ -202,6 +263,8 @@ async def test_corrupt_session_fails_alone(tmp_path: Path, clock: FakeClock) -> 
         assert (info.status, info.reason) == (Status.TERMINATED, "error")
         assert info.error is not None
         assert "corrupt" in info.error
+        assert info.owner == "alice"  # the tombstone keeps the owner the store recorded
+        assert [i.session_id for i in await rt.client.list_sessions(owner="alice")] == [bad]
         with pytest.raises(jidoka.SessionTerminated):
             await rt.client.send_message(bad, "user", "x")
         assert [m.content for m in await rt.client.get_conversation_history(good)] == ["fine"]
@@ -269,6 +332,79 @@ async def test_migrates_a_version_1_database(tmp_path: Path, clock: FakeClock) -
         assert ENDED not in rt.manager.live_ids()
     with sqlite3.connect(data / DATABASE_NAME) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT owner FROM sessions").fetchall() == [(None,), (None,)]
+
+
+#: The tables of schema versions 2 and 3 as they were; 3 added ``saved_sessions.owner``.
+_SCHEMA_V2_V3 = """
+CREATE TABLE events (
+    session_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+    time_us INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE (session_id, seq)
+);
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY, status TEXT NOT NULL, updated_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated';
+CREATE TABLE snapshots (session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE saved_sessions (
+    session_id TEXT PRIMARY KEY, saved_us INTEGER NOT NULL, message_count INTEGER NOT NULL,
+    metadata BLOB NOT NULL, state BLOB NOT NULL{saved_owner}
+);
+"""
+
+
+@pytest.mark.parametrize("version", [2, 3])
+async def test_migration_records_the_owners_of_live_sessions(tmp_path: Path, version: int) -> None:
+    """Version 4 keeps each session's owner beside its status; migrating fills it in from the
+    session's latest ``session_created`` (a restored one's saved copy), and data that does not
+    decode leaves it unknown instead of failing the migration."""
+    alice, restored, nobody, corrupt, ended = (f"01KDVDNA00V3F1XTVRE000000{n}" for n in range(5))
+
+    def created(**data: object) -> bytes:
+        return json.dumps({"status": "initializing", **data}).encode()
+
+    terminated = json.dumps({"reason": "requested", "error": None}).encode()
+    events = [
+        (alice, 1, "session_created", created(owner="alice")),
+        (alice, 2, "session_status", b'{"status": "active", "previous": "initializing"}'),
+        (restored, 1, "session_created", created(owner="someone before")),
+        (restored, 2, "session_terminated", terminated),
+        (restored, 3, "session_created", created(state={"owner": "carol"}, restored_from="x")),
+        (nobody, 1, "session_created", created()),
+        (corrupt, 1, "session_created", b"{not json"),
+        (ended, 1, "session_created", created(owner="erin")),
+        (ended, 2, "session_terminated", terminated),
+    ]
+    statuses = {alice: "active", restored: "initializing", nobody: "initializing",
+                corrupt: "initializing", ended: "terminated"}  # fmt: skip
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_SCHEMA_V2_V3.format(saved_owner=", owner TEXT" if version == 3 else ""))
+        conn.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+            [(sid, seq, type_, seq, data) for sid, seq, type_, data in events],
+        )
+        conn.executemany("INSERT INTO sessions VALUES (?, ?, 0)", statuses.items())
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.commit()
+
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        live = await store.live_sessions()
+    finally:
+        await store.aclose()
+    assert [(s.session_id, s.status, s.owner) for s in live] == [
+        (alice, "active", "alice"),
+        (restored, "initializing", "carol"),
+        (nobody, "initializing", None),
+        (corrupt, "initializing", None),
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        owner = conn.execute("SELECT owner FROM sessions WHERE session_id = ?", (ended,))
+        assert owner.fetchone() == ("erin",)
+        assert conn.execute("SELECT owner FROM saved_sessions").fetchall() == []
 
 
 async def test_newer_schema_is_refused(tmp_path: Path, clock: FakeClock) -> None:

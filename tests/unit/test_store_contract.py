@@ -14,7 +14,7 @@ from jidoka.store.base import SavedSession, SeqConflict, SessionStore
 from jidoka.store.memory import MemoryStore
 from jidoka.store.sqlite import SqliteStore
 
-A, B = "A" * 26, "B" * 26
+A, B, C, D = "A" * 26, "B" * 26, "C" * 26, "D" * 26
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -129,6 +129,35 @@ async def test_live_sessions_follow_lifecycle_events(store: SessionStore) -> Non
         assert [(s.session_id, s.status, s.last_seq) for s in live] == [(A, "active", 2)]
     else:
         assert live == []  # a new process starts with an empty memory store
+
+
+async def test_live_sessions_record_the_owner(store: SessionStore) -> None:
+    """The owner comes from the latest ``session_created`` (a restored session's from its saved
+    copy) and survives the events after it, so a restarted runtime knows it without loading."""
+
+    def event(sid: str, seq: int, type_: str, **data: object) -> Event:
+        return Event(type_, sid, seq, T0, dict(data))
+
+    created, status = EventType.SESSION_CREATED, EventType.SESSION_STATUS
+    await store.append(A, [event(A, 1, created, status="initializing", owner="alice"),
+                           event(A, 2, status, status="active")])  # fmt: skip
+    await store.append(A, [event(A, 3, status, status="idle")])
+    await store.append(B, [event(B, 1, created, status="initializing")])
+    await store.append(C, [event(C, 1, created, status="initializing", owner="carol")])
+    await store.append(C, [event(C, 2, EventType.SESSION_TERMINATED, reason="requested")])
+    restored = {"owner": "dave", "session_id": C}  # a saved copy (only its owner matters here)
+    await store.append(C, [event(C, 3, created, status="initializing", state=restored)])
+    await store.append(D, [event(D, 1, created, status="initializing", owner=7)])  # malformed
+    live = await store.live_sessions()
+    if store.durable:
+        assert [(s.session_id, s.status, s.last_seq, s.owner) for s in live] == [
+            (A, "idle", 3, "alice"),
+            (B, "initializing", 1, None),
+            (C, "initializing", 3, "dave"),
+            (D, "initializing", 1, None),
+        ]
+    else:
+        assert live == []
 
 
 async def test_ping(store: SessionStore) -> None:

@@ -256,11 +256,16 @@ class SessionManager(IdleTimers):
     async def owner_of(self, session_id: object) -> str | None:
         """The principal that owns a session (live, recovered or remembered), ``None`` if it
         was created without one; ``SessionNotFound`` if there is no such session. Cheaper than
-        :meth:`info` on the server's hot path: it builds nothing."""
+        :meth:`info` on the server's hot path: it builds nothing, and a recovered session is
+        not loaded for it (the store recorded its owner), so checking access to someone
+        else's session costs that session nothing."""
         if isinstance(session_id, str):
             session = self._live.get(session_id)
             if session is not None:
                 return session.state.owner
+            stored = self._dormant.get(session_id)
+            if stored is not None:
+                return stored.owner
             tombstone = self._tombstones.get(session_id)
             if tombstone is not None:
                 return tombstone.info.owner
@@ -278,7 +283,9 @@ class SessionManager(IdleTimers):
         by owner.
 
         ``after`` (an id) and ``limit`` page through them. Recovered sessions not loaded yet
-        are ``idle``; those on the returned page are loaded (with ``owner``, those looked at).
+        are ``idle``; only those on the returned page are loaded. With ``owner``, the others'
+        are passed over unloaded: the store recorded each recovered session's owner, so a
+        server listing one principal's sessions after a restart does not load everyone's.
         """
         self.check_open()
         wanted: Status | None = None
@@ -301,25 +308,33 @@ class SessionManager(IdleTimers):
             ids.extend(
                 sid
                 for sid, session in self._live.items()
-                if wanted is None or session.state.status is wanted
+                if (wanted is None or session.state.status is wanted)
+                and (owner is None or session.state.owner == owner)
             )
             if wanted is None or wanted is Status.IDLE:
-                ids.extend(self._dormant)
+                ids.extend(
+                    sid
+                    for sid, stored in self._dormant.items()
+                    if owner is None or stored.owner == owner
+                )
         if wanted is None or wanted is Status.TERMINATED:
-            ids.extend(self._tombstones)
+            ids.extend(
+                sid
+                for sid, tombstone in self._tombstones.items()
+                if owner is None or tombstone.info.owner == owner
+            )
         ids.sort()
         if after is not None:
             ids = ids[bisect.bisect_right(ids, after) :]
-        if limit is not None and owner is None:
-            ids = ids[:limit]
         out: list[SessionInfo] = []
         for sid in ids:
+            if limit is not None and len(out) >= limit:
+                break
             with contextlib.suppress(SessionTerminated, SessionNotFound):  # corrupt on load
                 info = await self.info(sid)
+                # Checked again: what the session says once loaded is the truth.
                 if owner is None or info.owner == owner:
                     out.append(info)
-                    if limit is not None and len(out) >= limit:
-                        break
         return out
 
     def live_count(self) -> int:
@@ -609,6 +624,8 @@ class SessionManager(IdleTimers):
         state.created_at = state.updated_at = when
         state.status = Status.TERMINATED
         state.reason, state.error = REASON_ERROR, error
+        # The owner the store recorded: its owner still sees (only) it, listed or asked for.
+        state.owner = stored.owner
         self._tombstones[session_id] = Tombstone(state)
         last = stored.last_seq
         with contextlib.suppress(StoreError, RuntimeClosed):  # best effort: mark it in the log

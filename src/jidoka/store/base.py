@@ -33,6 +33,9 @@ class StoredSession(msgspec.Struct, frozen=True):
     session_id: str
     status: str
     last_seq: int
+    #: The principal that owns the session (``None``: created without one). Kept beside the
+    #: status so that listing one principal's sessions after a restart needs no session loaded.
+    owner: str | None = None
 
 
 class SavedSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,7 +92,9 @@ class SessionStore(Protocol):
         ...
 
     async def live_sessions(self) -> list[StoredSession]:
-        """Sessions whose log does not end in termination (what comes back after a restart)."""
+        """Sessions whose log does not end in termination (what comes back after a restart),
+        by session id, each with its status, last seq and owner: the owner as recorded by the
+        session's latest ``session_created`` event (its saved copy's, for a restored one)."""
         ...
 
     async def save(self, saved: SavedSession, state: bytes) -> None:

@@ -44,7 +44,7 @@ __all__ = ["SCHEMA_VERSION", "SchemaError", "SqliteStore"]
 
 logger = logging.getLogger("jidoka.store.sqlite")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 DATABASE_NAME: Final = "jidoka.sqlite3"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -62,7 +62,8 @@ CREATE TABLE events (
 CREATE TABLE sessions (
     session_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
-    updated_us INTEGER NOT NULL
+    updated_us INTEGER NOT NULL,
+    owner TEXT
 ) WITHOUT ROWID;
 CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated';
 CREATE TABLE snapshots (
@@ -111,6 +112,18 @@ def _status_after(status: str | None, event: Event) -> str | None:
     return status
 
 
+def _created_owner(data: dict[str, Any]) -> str | None:
+    """The owner a ``session_created`` event's data records: its own ``owner`` for a new
+    session, its saved copy's (``state``) for a restored one; ``None`` for anything else, so a
+    malformed event never stops a write or a migration (loading the session will judge it)."""
+    saved = data.get("state")
+    if saved is not None:
+        owner = saved.get("owner") if isinstance(saved, dict) else None
+    else:
+        owner = data.get("owner")
+    return owner if isinstance(owner, str) else None
+
+
 class _Append(NamedTuple):
     """What the writer needs to append one batch of events (validated on the caller's side)."""
 
@@ -118,6 +131,9 @@ class _Append(NamedTuple):
     last_seq: int
     rows: list[tuple[str, int, str, int, bytes]]
     status: str | None
+    #: Whether the batch holds a ``session_created`` event: only then is ``owner`` written.
+    created: bool
+    owner: str | None
 
 
 class _Request:
@@ -267,7 +283,8 @@ class SqliteStore:
         results: list[tuple[_Request, Any, BaseException | None]] = []
         saved_last_seq = dict(self._last_seq)
         rows: list[tuple[str, int, str, int, bytes]] = []
-        statuses: list[tuple[str, str, int]] = []
+        # (session_id, status, updated_us, owner, whether owner is to be written)
+        statuses: list[tuple[str, str, int, str | None, bool]] = []
 
         def flush() -> None:
             if rows:
@@ -278,9 +295,13 @@ class SqliteStore:
                 )
                 rows.clear()
             if statuses:
+                # One statement for every summary row, in the order of the appends: the owner
+                # changes only with a session_created event and is kept by every other update.
                 conn.executemany(
-                    "INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
-                    " SET status = excluded.status, updated_us = excluded.updated_us",
+                    "INSERT INTO sessions (session_id, status, updated_us, owner)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
+                    " SET status = excluded.status, updated_us = excluded.updated_us,"
+                    " owner = CASE WHEN ? THEN excluded.owner ELSE sessions.owner END",
                     statuses,
                 )
                 statuses.clear()
@@ -305,7 +326,9 @@ class SqliteStore:
                         continue
                     rows.extend(append.rows)
                     if append.status is not None:
-                        statuses.append((sid, append.status, append.rows[-1][3]))
+                        statuses.append(
+                            (sid, append.status, append.rows[-1][3], append.owner, append.created)
+                        )
                     self._last_seq[sid] = append.last_seq
                     results.append((request, None, None))
                     continue
@@ -401,6 +424,8 @@ class SqliteStore:
             return done
         first = batch[0].seq
         status = None
+        created = False
+        owner = None
         rows = []
         for offset, event in enumerate(batch):
             if event.session_id != session_id or event.seq != first + offset:
@@ -409,9 +434,10 @@ class SqliteStore:
                 (session_id, event.seq, event.type, _to_us(event.time), _encode(event.data))
             )
             status = _status_after(status, event)
-        request = _Request(
-            session_id, loop, append=_Append(first, batch[-1].seq, rows, status), on_done=on_done
-        )
+            if event.type == EventType.SESSION_CREATED:
+                created, owner = True, _created_owner(event.data)
+        append = _Append(first, batch[-1].seq, rows, status, created, owner)
+        request = _Request(session_id, loop, append=append, on_done=on_done)
         self._queue.put(request)
         return request.future
 
@@ -516,12 +542,12 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
                 "SELECT session_id, status, (SELECT max(seq) FROM events AS e"
-                " WHERE e.session_id = s.session_id) FROM sessions AS s"
+                " WHERE e.session_id = s.session_id), owner FROM sessions AS s"
                 " WHERE status != 'terminated' ORDER BY session_id"
             ).fetchall()
 
         rows: list[tuple[Any, ...]] = await self._read(None, run)
-        return [StoredSession(sid, status, last or 0) for sid, status, last in rows]
+        return [StoredSession(sid, status, last or 0, owner) for sid, status, last, owner in rows]
 
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
         def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
@@ -594,10 +620,16 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                     raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
                 _execute_script(conn, _SCHEMA)
             elif version == 1:
-                _migrate_v1_to_v2(conn)  # creates the tables it rebuilds in their v3 form
-            elif version == 2:
-                # v3: saved sessions record the principal that owns them.
-                conn.execute("ALTER TABLE saved_sessions ADD COLUMN owner TEXT")
+                _migrate_from_v1(conn)  # rebuilds every table in its current form
+            else:
+                # Each step takes the schema one version further, in order.
+                if version < 3:
+                    # v3: saved sessions record the principal that owns them.
+                    conn.execute("ALTER TABLE saved_sessions ADD COLUMN owner TEXT")
+                if version < 4:
+                    # v4: so do live sessions, so the owner is known without loading them.
+                    conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
+                    _backfill_session_owners(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -614,11 +646,33 @@ def _execute_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
+def _backfill_session_owners(conn: sqlite3.Connection) -> None:
+    """Fill ``sessions.owner`` from each session's latest ``session_created`` event (what the
+    writer records from version 4 on). Data that does not decode leaves the owner ``NULL``:
+    the migration never fails on it, and loading that session will report it as corrupt."""
+    rows = conn.execute(
+        "SELECT e.session_id, e.data FROM events AS e JOIN"
+        " (SELECT session_id, max(seq) AS seq FROM events WHERE type = ? GROUP BY session_id)"
+        " AS c ON e.session_id = c.session_id AND e.seq = c.seq",
+        (EventType.SESSION_CREATED.value,),
+    ).fetchall()
+    owners = []
+    for session_id, data in rows:
+        try:
+            owner = _created_owner(_decode_object(data))
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):  # not JSON bytes
+            continue
+        if owner is not None:
+            owners.append((owner, session_id))
+    conn.executemany("UPDATE sessions SET owner = ? WHERE session_id = ?", owners)
+
+
+def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     """Version 1 kept only ``events(session_id, seq, type, time TEXT, data TEXT)``.
 
-    Version 2 stores times as integer microseconds and data as JSON bytes, and adds the
-    ``sessions`` summary (status, last seq), snapshots and saved sessions.
+    Later versions store times as integer microseconds and data as JSON bytes, and add the
+    ``sessions`` summary (status, owner), snapshots and saved sessions: the tables are built
+    in their current form and the summary is computed from the events.
     """
     conn.execute("ALTER TABLE events RENAME TO events_v1")
     _execute_script(conn, _SCHEMA)
@@ -626,6 +680,7 @@ def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
         "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
     ).fetchall()
     status: dict[str, tuple[str | None, int, int]] = {}
+    owners: dict[str, str | None] = {}
     for session_id, seq, type_, time_text, data in rows:
         when = datetime.fromisoformat(time_text)
         if when.tzinfo is None:
@@ -641,8 +696,11 @@ def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
         previous = status.get(session_id, (None, 0, 0))[0]
         event = Event(type_, session_id, seq, when, payload)
         status[session_id] = (_status_after(previous, event), seq, _to_us(when))
+        if type_ == EventType.SESSION_CREATED:
+            owners[session_id] = _created_owner(payload)
     for session_id, (state, _last_seq, updated) in status.items():
         conn.execute(
-            "INSERT INTO sessions VALUES (?, ?, ?)", (session_id, state or "active", updated)
+            "INSERT INTO sessions (session_id, status, updated_us, owner) VALUES (?, ?, ?, ?)",
+            (session_id, state or "active", updated, owners.get(session_id)),
         )
     conn.execute("DROP TABLE events_v1")
