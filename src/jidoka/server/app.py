@@ -9,18 +9,15 @@ concerns: routes, auth, limits, problem documents, event streams, metrics and do
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from opentelemetry import metrics as otel_metrics
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
@@ -29,11 +26,12 @@ from ..runtime import Runtime
 from .auth import Authenticator, InflightLimiter
 from .config import ServerConfig
 from .metrics import CONTENT_TYPE, PrometheusMetrics
-from .middleware import PRINCIPAL_KEY, REQUEST_ID_KEY, ApiMiddleware
+from .middleware import PRINCIPAL_KEY, ApiMiddleware
 from .openapi import DOCS_HTML, openapi_document
 from .operations import Operations
-from .responses import RouteNotFound, json_response, problem_response
-from .routes import ROUTES, Handler, SessionRoutes
+from .responses import json_response
+from .router import Endpoint, JidokaApp, MiddlewareFactory, Router
+from .routes import ROUTES, SessionRoutes
 from .streams import EventStream, StreamRegistry, sse_frame
 from .ws import WebSocketSession
 
@@ -175,40 +173,12 @@ def _http_observer(metrics: PrometheusMetrics | None) -> Any:
     return observe
 
 
-async def _jidoka_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, JidokaError)
-    return problem_response(exc, request.scope.get(REQUEST_ID_KEY))
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code in (404, 405):
-        error: JidokaError = RouteNotFound(
-            f"no route {request.method} {request.url.path}", status=exc.status_code
-        )
-    else:
-        error = InvalidArgument(exc.detail or f"HTTP {exc.status_code}", argument="request")
-    headers = dict(exc.headers or {})
-    return problem_response(error, request.scope.get(REQUEST_ID_KEY), headers)
-
-
-def _by_method(table: dict[str, Handler]) -> Handler:
-    if len(table) == 1:
-        return next(iter(table.values()))
-
-    async def dispatch(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await table[method](request)
-
-    return dispatch
-
-
 def create_app(
     runtime: Runtime,
     config: ServerConfig | None = None,
     *,
     metrics: PrometheusMetrics | None = None,
-) -> Starlette:
+) -> JidokaApp:
     """The Jidoka ASGI app over a started ``runtime``. ``app.state.streams.drain()`` ends every
     event stream and WebSocket with a final frame (what a graceful shutdown calls first)."""
     config = config or ServerConfig()
@@ -222,27 +192,24 @@ def create_app(
     streams = StreamRegistry()
     endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
     handlers = SessionRoutes(ops)
-    routes: list[BaseRoute] = [
-        Route("/healthz", endpoints.healthz, methods=["GET"]),
-        Route("/readyz", endpoints.readyz, methods=["GET"]),
-    ]
-    by_path: dict[str, dict[str, Handler]] = {}
+    by_path: dict[str, dict[str, Endpoint]] = {
+        "/healthz": {"GET": endpoints.healthz},
+        "/readyz": {"GET": endpoints.readyz},
+    }
     for spec in ROUTES:
         by_path.setdefault(spec.path, {})[spec.method] = handlers.handler(spec.name)
-    # One route per path, so a 405 lists every method the path has in ``Allow``.
-    routes += [
-        Route(path, _by_method(table), methods=list(table)) for path, table in by_path.items()
-    ]
-    routes += [
-        Route("/v1/sessions/{session_id}/events", endpoints.session_events, methods=["GET"]),
-        Route("/v1/events", endpoints.all_events, methods=["GET"]),
-        WebSocketRoute("/v1/ws", endpoints.websocket),
-        Route("/metrics", endpoints.prometheus, methods=["GET"]),
-        Route("/openapi.json", endpoints.openapi, methods=["GET"]),
-        Route("/docs", endpoints.docs, methods=["GET"]),
-    ]
-    middleware = [
-        Middleware(
+    by_path |= {
+        "/v1/sessions/{session_id}/events": {"GET": endpoints.session_events},
+        "/v1/events": {"GET": endpoints.all_events},
+        "/metrics": {"GET": endpoints.prometheus},
+        "/openapi.json": {"GET": endpoints.openapi},
+        "/docs": {"GET": endpoints.docs},
+    }
+    router = Router()
+    for path, table in by_path.items():
+        router.add(path, table)  # every method of a path at once: a 405 lists them in Allow
+    middleware: list[MiddlewareFactory] = [
+        functools.partial(
             ApiMiddleware,
             auth=auth,
             limiter=InflightLimiter(config.max_inflight),
@@ -254,7 +221,7 @@ def create_app(
     if config.cors_origins:
         middleware.insert(
             0,
-            Middleware(
+            functools.partial(
                 CORSMiddleware,
                 allow_origins=list(config.cors_origins),
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
@@ -262,14 +229,7 @@ def create_app(
                 expose_headers=["Location", "X-Request-ID", "Retry-After"],
             ),
         )
-    app = Starlette(
-        routes=routes,
-        middleware=middleware,
-        exception_handlers={
-            JidokaError: _jidoka_error,
-            HTTPException: _http_error,
-        },
-    )
+    app = JidokaApp(router, websockets={"/v1/ws": endpoints.websocket}, middleware=middleware)
     app.state.streams = streams
     app.state.runtime = runtime
     return app

@@ -10,7 +10,9 @@ event streams. What it does, in order:
    and counts the request against the principal's in-flight bound (429 problem beyond it; event
    streams do not count);
 3. bounds the request body (413 problem, from ``Content-Length`` up front or while reading);
-4. logs one line per request and records ``jidoka.http.*`` metrics.
+4. turns an error the app raises into its problem document (a :class:`~jidoka.JidokaError`) or
+   a 500 (anything else, traceback in the log only), unless the response has started;
+5. logs one line per request and records ``jidoka.http.*`` metrics.
 
 WebSockets authenticate in their endpoint (browsers cannot set headers on them).
 """
@@ -32,12 +34,21 @@ from ..errors import JidokaError, LimitExceeded
 from .auth import Authenticator, InflightLimiter
 from .responses import problem_response
 
-__all__ = ["PRINCIPAL_KEY", "REQUEST_ID_KEY", "ApiMiddleware", "RequestIdFilter", "request_id_var"]
+__all__ = [
+    "PRINCIPAL_KEY",
+    "REQUEST_ID_KEY",
+    "ROUTE_KEY",
+    "ApiMiddleware",
+    "RequestIdFilter",
+    "request_id_var",
+]
 
 logger = logging.getLogger("jidoka.server.access")
 
 PRINCIPAL_KEY: Final = "jidoka.principal"
 REQUEST_ID_KEY: Final = "jidoka.request_id"
+#: The matched route's path template (``/v1/sessions/{session_id}``), set by the router.
+ROUTE_KEY: Final = "jidoka.route"
 #: The current request's id, for log records (see :class:`RequestIdFilter`).
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "jidoka_request_id", default=None
@@ -151,20 +162,22 @@ class ApiMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
-                # Answered here rather than by Starlette's outermost handler so that the
-                # problem carries the request id; the traceback goes to the log only.
+                # The app's one exception handler: a JidokaError is its problem document, and
+                # anything else a 500 whose traceback goes to the log only. Once the response
+                # has started there is nothing to answer with: the connection is dropped.
                 if started_response:
                     raise
-                logger.exception("request %s: unexpected error", request_id, exc_info=exc)
-                error = JidokaError(
-                    f"internal error (request id {request_id}); the server log has the details"
-                )
-                await problem_response(error, request_id)(scope, receive, send_with_id)
+                if not isinstance(exc, JidokaError):
+                    logger.exception("request %s: unexpected error", request_id, exc_info=exc)
+                    exc = JidokaError(
+                        f"internal error (request id {request_id}); the server log has the details"
+                    )
+                await problem_response(exc, request_id)(scope, receive, send_with_id)
         finally:
             if counted:
                 self.limiter.release(principal)
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = scope.get(ROUTE_KEY) or "unmatched"
             if self.observe is not None:
                 self.observe(scope["method"], route, status, elapsed)
             if self.access_log:
