@@ -25,7 +25,7 @@ fresh server each:
    "content":"hello"}`` (201), in a closed loop for a fixed window, by 1 and by 64 concurrent
    clients, each with its own keep-alive connection (64 sessions are created through the API
    first). Two baselines on the same server, in the same rounds: ``GET /hello`` (raw ASGI,
-   above) and ``GET /healthz`` (inside the Jidoka app: Starlette's routing, the
+   above) and ``GET /healthz`` (inside the Jidoka app: its router, the
    ``ApiMiddleware``, a JSON response; no auth). Every request carries the same
    ``Authorization`` and ``Content-Type`` headers. A round is one window each of hello, healthz,
    messages; the rounds repeat (3) and the table gives the medians over rounds of requests/s

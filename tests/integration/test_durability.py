@@ -43,8 +43,9 @@ async def test_restart_brings_live_sessions_back_idle(
         for n in range(7):
             await client.send_message(busy, "user", f"message {n}")
         quiet = await client.create_session(config={"idle_after_seconds": 5})
-        ended = await client.create_session()
-        await client.terminate_session(ended)
+        ended = await client.create_session(metadata={"kept": True}, owner="alice")
+        await client.send_message(ended, "user", "before the end")
+        await client.terminate_session(ended, reason="finished")
         async with client.subscribe_to_all_sessions() as events:
             clock.advance(5)
             await until(events, "session_status", status="idle")
@@ -65,8 +66,17 @@ async def test_restart_brings_live_sessions_back_idle(
         assert [f.path for f in await client.get_active_files(busy)] == ["src/app.py"]
         index = {e.path: e for e in await client.get_file_index(busy)}
         assert index["README.md"].extra == {"summary": "docs"}
-        with pytest.raises(jidoka.SessionNotFound):
-            await client.get_session_info(ended)
+        # A session terminated before the restart is not live, but not forgotten either: its
+        # log still tells what became of it (the tombstone contract survives the restart).
+        gone = await client.get_session_info(ended)
+        assert (gone.status, gone.reason, gone.owner) == (Status.TERMINATED, "finished", "alice")
+        assert (gone.metadata, gone.conversation_count) == ({"kept": True}, 1)
+        with pytest.raises(jidoka.SessionTerminated):
+            await client.send_message(ended, "user", "too late")
+        with pytest.raises(jidoka.InvalidTransition):
+            await client.terminate_session(ended)
+        with pytest.raises(jidoka.SessionNotFound):  # right shape, never existed
+            await client.get_session_info("01ZZZZZZZZZZZZZZZZZZZZZZZZ")
         await client.send_message(busy, "user", "after the restart")  # usable, seq continues
         events = await rt.read_events(busy)
         assert [e.seq for e in events] == list(range(1, len(events) + 1))

@@ -36,7 +36,7 @@ from ..errors import (
     StoreError,
 )
 from ..events import Event, EventType
-from ..ids import IdGenerator
+from ..ids import IdGenerator, is_session_id
 from ..store.base import SavedSession, StoredSession
 from ..telemetry import SESSION_ID_ATTRIBUTE, Telemetry
 from ..tools.sandbox import resolve_project_root
@@ -240,7 +240,39 @@ class SessionManager(IdleTimers):
                 return session
             if session_id in self._dormant:
                 return await self._load(session_id)
+            if session_id not in self._tombstones:
+                await self._recall(session_id)
         raise self._missing(session_id if isinstance(session_id, str) else repr(session_id))
+
+    async def _recall(self, session_id: str) -> None:
+        """Remember a session the store holds a terminated log for, as a tombstone.
+
+        Tombstones live in memory and are bounded, but the durable log outlives both a restart
+        and the tombstone's eviction: rebuilt from it, such a session still answers
+        ``terminated`` with its reason (as the lifecycle contract says) instead of "not found".
+        One store lookup per unknown id of the right shape; the log is replayed only if the
+        store has one, and once (the tombstone then answers).
+        """
+        if not is_session_id(session_id):
+            return
+        store = self.services.store
+        try:
+            if await store.last_seq(session_id) == 0:
+                return
+            state, _ = await load_state(store, session_id)
+        except (CorruptSession, StoreError):
+            return  # nothing trustworthy to remember: the id stays unknown
+        if state.status is not Status.TERMINATED:
+            return  # not a finished session (a live one is never unknown: see _missing)
+        if session_id in self._live or session_id in self._dormant or session_id in self._loading:
+            return  # restored or recovered while the log was read
+        self._remember(state)
+
+    def _remember(self, state: SessionState) -> None:
+        """Keep a terminated session's tombstone, the oldest dropped beyond the bound."""
+        self._tombstones[state.session_id] = Tombstone(state)
+        while len(self._tombstones) > self.settings.max_tombstones:
+            self._tombstones.popitem(last=False)
 
     async def info(self, session_id: object) -> SessionInfo:
         self.check_open()
@@ -431,6 +463,8 @@ class SessionManager(IdleTimers):
         if session is None and sid in self._dormant:
             session = await self._load(sid)
         if session is None:
+            if sid not in self._tombstones:
+                await self._recall(sid)
             if sid in self._tombstones:
                 raise InvalidTransition(sid, Status.TERMINATED, Status.TERMINATING)
             raise SessionNotFound(sid)
@@ -481,9 +515,7 @@ class SessionManager(IdleTimers):
             # The final commit failed (store error): remember it as terminated all the same.
             session.state.status = Status.TERMINATED
             session.state.reason = session.state.reason or REASON_ERROR
-        self._tombstones[sid] = Tombstone(session.state)
-        while len(self._tombstones) > self.settings.max_tombstones:
-            self._tombstones.popitem(last=False)
+        self._remember(session.state)
         if len(self._timers) > 2 * self.live_count() + 1024:
             self._timers.compact(self._timer_wanted)
         # Streams end after the last events; by then the tombstone answers for the session.
@@ -626,7 +658,7 @@ class SessionManager(IdleTimers):
         state.reason, state.error = REASON_ERROR, error
         # The owner the store recorded: its owner still sees (only) it, listed or asked for.
         state.owner = stored.owner
-        self._tombstones[session_id] = Tombstone(state)
+        self._remember(state)
         last = stored.last_seq
         with contextlib.suppress(StoreError, RuntimeClosed):  # best effort: mark it in the log
             last = await self.services.store.last_seq(session_id)
