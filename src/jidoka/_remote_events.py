@@ -112,8 +112,10 @@ class RemoteSubscription:
 
     A background task reads the stream into a small queue, so a consumer that cancels a wait
     (``asyncio.wait_for(anext(sub), ...)``) loses nothing. The iteration ends after the session's
-    ``session_terminated`` event; an error the server answers when reconnecting (the session is
-    gone, the token was revoked) is raised from the iteration. Transport failures, ``shutdown``
+    ``session_terminated`` event, or when the server ends the stream with ``event: end`` (a
+    session that had ended before the subscription: its stored events were replayed). An
+    error the server answers when reconnecting (the session is gone, the token was revoked) is
+    raised from the iteration. Transport failures, ``shutdown``
     and 502/503/504 answers are retried for as long as the subscription is open.
     """
 
@@ -234,6 +236,8 @@ class RemoteSubscription:
             async for message in stream[1]:
                 if message.event == "shutdown":
                     return False  # the server is going away: resume from the last real event
+                if message.event == "end":
+                    return True  # the session has ended and everything it had is delivered
                 if not message.data:
                     continue  # a bare id/retry field: nothing to deliver
                 event = _decode(message.data)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .bus.base import EventBus, Subscription
-from .errors import InvalidArgument
+from .errors import InvalidArgument, SessionTerminated
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
 from .llm.providers import validate_llm_config
@@ -241,7 +241,10 @@ class Client:
     ) -> AsyncIterator[Subscription]:
         """Every event of one session, as an async iterator; leaving the block unsubscribes.
 
-        With ``after_seq``, stored events after it are replayed first (no gap, no repeat).
+        With ``after_seq``, stored events after it are replayed first (no gap, no repeat). A
+        session that has ended meanwhile still has those to tell: the stream replays what the
+        store holds after ``after_seq`` and ends (without a position, there is nothing to wait
+        for and ``SessionTerminated`` is raised), as the HTTP event stream does.
         """
         if after_seq is not None and (
             not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0
@@ -251,7 +254,15 @@ class Client:
                 argument="after_seq",
                 session_id=session_id,
             )
-        session = await self._manager.session(session_id)
+        try:
+            session = await self._manager.session(session_id)
+        except SessionTerminated:
+            if after_seq is None:
+                raise
+            services = self._manager.services
+            stored = await services.store.read_events(session_id, after_seq=after_seq)
+            yield Subscription.ended(session_id, stored, now=services.clock.time)
+            return
         async with self._bus.subscribe(session.session_id, after_seq=after_seq) as subscription:
             yield subscription
 

@@ -58,6 +58,16 @@ def read_until_seq(frames: Iterator[SSEFrame], last: int) -> list[SSEFrame]:
     raise AssertionError(f"the stream ended before seq {last}; got ids {[f.id for f in got]}")
 
 
+def split_end(frames: list[SSEFrame]) -> list[SSEFrame]:
+    """The frames before the final ``event: end``, which a complete session stream must have
+    (without ``id:``: there is nothing to resume after it)."""
+    assert frames, "the stream sent nothing"
+    end = frames[-1]
+    assert (end.event, end.id) == ("end", None), end
+    assert end.json() == {"reason": "session ended"}
+    return frames[:-1]
+
+
 def check_frames(frames: list[SSEFrame], sid: str) -> list[int]:
     """Every frame is a well-formed event of ``sid`` whose ``id:`` is its seq; their seqs."""
     seqs = []
@@ -136,10 +146,15 @@ def test_resuming_after_the_session_terminated_replays_the_rest(
         if response.status_code != 200:
             response.read()
         assert response.status_code == 200, response.text
-        rest = list(events(sse_frames(response)))  # ends by itself (else: read timeout)
+        rest = split_end(list(events(sse_frames(response))))  # ends by itself (or times out)
     seqs = check_frames([*seen, *rest], sid)
     assert seqs == list(range(1, len(seqs) + 1))
     assert rest[-1].event == "session_terminated"
+    # Resuming once more, after everything: nothing left, and the stream says it is complete.
+    headers = {"Last-Event-ID": str(seqs[-1])}
+    with alice.stream("GET", f"/v1/sessions/{sid}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert split_end(list(events(sse_frames(response)))) == []
 
 
 def test_a_live_stream_ends_when_the_session_terminates(alice: httpx.Client, sid: str) -> None:
@@ -147,7 +162,7 @@ def test_a_live_stream_ends_when_the_session_terminates(alice: httpx.Client, sid
         frames = sse_frames(response)
         assert next(frames).comment == "ok"
         assert alice.delete(f"/v1/sessions/{sid}").status_code == 200
-        got = list(events(frames))
+        got = split_end(list(events(frames)))
     assert [f.event for f in got][-1] == "session_terminated"
     assert {f.json()["data"].get("status") for f in got if f.event == "session_status"} == {
         "terminating",

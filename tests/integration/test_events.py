@@ -153,6 +153,29 @@ async def test_terminate_ends_streams_and_frees_topics(
     assert seen[-1].type == EventType.SESSION_TERMINATED
 
 
+async def test_a_subscriber_that_was_away_when_the_session_ended(
+    client: jidoka.Client, store_backend: str
+) -> None:
+    """With a position, a session that has ended replays what the store still holds after it
+    and the stream ends; without one there is nothing to wait for. The same for both clients."""
+    sid = await client.create_session()
+    seen = (await client.send_message(sid, "user", "before")).seq
+    await client.terminate_session(sid, reason="done")
+    async with client.subscribe_to_session(sid, after_seq=seen) as events:
+        rest = await drain(events)
+    if store_backend == "sqlite":  # the durable log outlives the session
+        assert_gap_free(rest, first=seen + 1)
+        assert rest[-1].type == EventType.SESSION_TERMINATED
+        assert rest[-1].data["reason"] == "done"
+        async with client.subscribe_to_session(sid, after_seq=rest[-1].seq) as events:
+            assert await drain(events) == []  # complete: ends at once, nothing repeated
+    else:  # the memory store let the log go with the session: nothing left to replay
+        assert rest == []
+    with pytest.raises(jidoka.SessionTerminated):
+        async with client.subscribe_to_session(sid):
+            pass
+
+
 async def test_lagging_subscriber_still_gets_final_events(clock: FakeClock) -> None:
     async with jidoka.Runtime(clock=clock, subscriber_queue_size=2) as rt:
         client = rt.client

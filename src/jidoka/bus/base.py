@@ -143,6 +143,17 @@ class Subscription:
             self._catching_up = False
         self.close()
 
+    @classmethod
+    def ended(
+        cls, session_id: str, events: list[Event], *, now: Callable[[], float]
+    ) -> Subscription:
+        """A finished stream of a session that has ended: ``events`` (what it still had to tell
+        a subscriber that was away), then the end."""
+        subscription = cls(session_id, queue_size=max(1, len(events)), reader=None, now=now)
+        subscription._queue.extend(events)
+        subscription._closed = True
+        return subscription
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from opentelemetry import metrics as otel_metrics
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
-from ..errors import InvalidArgument, JidokaError, SessionTerminated
+from ..errors import InvalidArgument, JidokaError
 from ..runtime import Runtime
 from .auth import Authenticator, InflightLimiter
 from .config import ServerConfig
@@ -32,7 +31,7 @@ from .operations import Operations
 from .responses import json_response
 from .router import Endpoint, JidokaApp, MiddlewareFactory, Router
 from .routes import ROUTES, SessionRoutes
-from .streams import EventStream, StreamRegistry, sse_frame
+from .streams import EventStream, StreamRegistry
 from .ws import WebSocketSession
 
 __all__ = ["create_app"]
@@ -65,32 +64,16 @@ class _Endpoints:
         principal = request.scope.get(PRINCIPAL_KEY)
         sid = await self.ops.owned(principal, request.path_params["session_id"])
         after = _after_seq(request)
+        # A session that ended while the client was away still replays what the store holds
+        # after its position, then ends; without a position it is a 409 (SessionTerminated).
         stream = EventStream(
             self.runtime.client.subscribe_to_session(sid, after_seq=after),
             registry=self.streams,
             heartbeat=self.config.heartbeat_seconds,
             by_seq=True,
         )
-        try:
-            await stream.open()
-        except SessionTerminated:
-            if after is None:
-                raise  # live events only, of a session that has none to come: 409, as in process
-            # It ended while the client was away: what the store still holds, then the end.
-            return StreamingResponse(
-                self._stored(sid, after or 0),
-                media_type="text/event-stream; charset=utf-8",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+        await stream.open()
         return stream
-
-    async def _stored(self, session_id: str, after: int) -> AsyncIterator[bytes]:
-        while True:
-            events = await self.runtime.read_events(session_id, after_seq=after, limit=500)
-            if not events:
-                return
-            yield b"".join(sse_frame(event, by_seq=True) for event in events)
-            after = events[-1].seq
 
     async def all_events(self, request: Request) -> ASGIApp:
         principal = request.scope.get(PRINCIPAL_KEY)

@@ -8,7 +8,10 @@ session, client gone, server draining, cancellation -- leave the subscription, a
 Wire format (``docs/http-api.md``): one SSE message per event, ``id:`` the event's seq on a
 session stream (so ``Last-Event-ID`` resumes it) and the event id on the global stream; events
 already queued are written in one chunk; a ``: keep-alive`` comment after ``heartbeat`` seconds of
-silence; a final ``event: shutdown`` (without ``id:``) when the server drains.
+silence; a final ``event: shutdown`` (without ``id:``) when the server drains, and a final
+``event: end`` (without ``id:``) when a session stream is complete because the session has
+ended: there is nothing to resume, and a client (a browser's ``EventSource`` reconnects by
+itself) knows to stop.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ _HEADERS: Final = [
     (b"x-accel-buffering", b"no"),
 ]
 SHUTDOWN_FRAME: Final = b'event: shutdown\ndata: {"reason":"server shutting down"}\n\n'
+END_FRAME: Final = b'event: end\ndata: {"reason":"session ended"}\n\n'
 KEEPALIVE_FRAME: Final = b": keep-alive\n\n"
 
 
@@ -130,6 +134,8 @@ class EventStream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if self._registry.draining:
             await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": True})
+        elif self._by_seq:  # a session stream runs until its session ends: it is complete
+            await send({"type": "http.response.body", "body": END_FRAME, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _chunks(self, subscription: Subscription) -> AsyncIterator[bytes]:
