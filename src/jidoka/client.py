@@ -14,6 +14,7 @@ from typing import Any
 
 from .bus.base import EventBus, Subscription
 from .errors import InvalidArgument, SessionTerminated
+from .events import Event
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
 from .llm.providers import validate_llm_config
@@ -260,8 +261,18 @@ class Client:
             if after_seq is None:
                 raise
             services = self._manager.services
-            stored = await services.store.read_events(session_id, after_seq=after_seq)
-            yield Subscription.ended(session_id, stored, now=services.clock.time)
+            store = services.store
+
+            async def read(sid: str, after: int, limit: int) -> list[Event]:
+                return await store.read_events(sid, after_seq=after, limit=limit)
+
+            yield Subscription.ended(
+                session_id,
+                after_seq=after_seq,
+                reader=read,
+                queue_size=self._manager.settings.subscriber_queue_size,
+                now=services.clock.time,
+            )
             return
         async with self._bus.subscribe(session.session_id, after_seq=after_seq) as subscription:
             yield subscription

@@ -96,3 +96,23 @@ async def test_events_the_store_lost_are_still_reported_once() -> None:
     assert marker.data == {"count": 1, "first_seq": 1, "last_seq": 1}
     await commit_and_offer(store, subscription, 2)
     assert (await next_event(subscription)).seq == 2
+
+
+async def test_an_ended_stream_pages_through_the_store_then_ends() -> None:
+    store = MemoryStore()
+    for seq in range(1, 11):
+        await store.append(A, [event(seq)])
+    limits: list[int] = []
+
+    async def reader(session_id: str, after: int, limit: int) -> list[Event]:
+        limits.append(limit)
+        return await store.read_events(session_id, after_seq=after, limit=limit)
+
+    ended = Subscription.ended(A, after_seq=2, reader=reader, queue_size=3, now=lambda: 0.0)
+    ended.offer(event(11))  # nothing live is taken: the session has ended
+    async with asyncio.timeout(PROMPTLY):
+        seqs = [e.seq async for e in ended]
+    assert seqs == list(range(3, 11))
+    assert set(limits) == {3}  # never the whole log at once
+    assert len(limits) >= 3
+    assert ended.statistics().dropped == 0

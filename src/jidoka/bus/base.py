@@ -145,13 +145,21 @@ class Subscription:
 
     @classmethod
     def ended(
-        cls, session_id: str, events: list[Event], *, now: Callable[[], float]
+        cls,
+        session_id: str,
+        *,
+        after_seq: int,
+        reader: EventReader,
+        queue_size: int,
+        now: Callable[[], float],
     ) -> Subscription:
-        """A finished stream of a session that has ended: ``events`` (what it still had to tell
-        a subscriber that was away), then the end."""
-        subscription = cls(session_id, queue_size=max(1, len(events)), reader=None, now=now)
-        subscription._queue.extend(events)
-        subscription._closed = True
+        """The stream of a session that has ended, for a subscriber that was away: what the
+        store holds after ``after_seq``, then the end. Read through the catch-up path, at most
+        ``queue_size`` events at a time, so a long log is never held in memory at once."""
+        subscription = cls(
+            session_id, queue_size=queue_size, reader=reader, now=now, after_seq=after_seq
+        )
+        subscription.close()  # nothing live will come: only the catch-up reads remain
         return subscription
 
     @property
