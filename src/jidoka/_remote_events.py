@@ -20,7 +20,7 @@ import msgspec
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from .errors import JidokaError, SessionNotFound
-from .events import Event, EventType, decode_event
+from .events import Event, decode_event
 from .problems import PROBLEM_CONTENT_TYPE, error_from_problem
 
 __all__ = [
@@ -111,12 +111,13 @@ class RemoteSubscription:
     :class:`~jidoka.Subscription`.
 
     A background task reads the stream into a small queue, so a consumer that cancels a wait
-    (``asyncio.wait_for(anext(sub), ...)``) loses nothing. The iteration ends after the session's
-    ``session_terminated`` event, or when the server ends the stream with ``event: end`` (a
-    session that had ended before the subscription: its stored events were replayed). An
-    error the server answers when reconnecting (the session is gone, the token was revoked) is
-    raised from the iteration. Transport failures, ``shutdown``
-    and 502/503/504 answers are retried for as long as the subscription is open.
+    (``asyncio.wait_for(anext(sub), ...)``) loses nothing. The iteration ends where the server
+    ends the stream, with ``event: end`` (the session has ended and all its events were sent),
+    never at a ``session_terminated`` event it reads: a restored session's log holds the
+    termination of its earlier life, and its stream goes on past it. An error the server
+    answers when reconnecting (the session is gone, the token was revoked) is raised from the
+    iteration. Transport failures, ``shutdown`` and 502/503/504 answers are retried for as long
+    as the subscription is open.
     """
 
     def __init__(
@@ -247,8 +248,6 @@ class RemoteSubscription:
                     self._last_seq = event.seq
                 await self._queue.put(event)
                 self._delay = self._delays[0]
-                if self.session_id is not None and event.type == EventType.SESSION_TERMINATED:
-                    return True
         except httpx.HTTPError:
             return False
         return False

@@ -8,7 +8,7 @@ import pytest
 
 import jidoka
 from jidoka import EventType, FakeClock
-from tests.helpers import drain, next_event, take
+from tests.helpers import drain, next_event, take, until
 
 
 def assert_gap_free(events: list[jidoka.Event], first: int = 1) -> None:
@@ -228,3 +228,28 @@ async def test_fan_out_to_many_subscribers(client: jidoka.Client) -> None:
         for n in range(10):
             await client.send_message(sid, "user", str(n))
     assert all(task.result() == list(range(3, 13)) for task in listeners)
+
+
+async def test_a_restored_session_streams_past_its_old_termination(
+    client: jidoka.Client, store_backend: str
+) -> None:
+    """A restored session's log holds its earlier ``session_terminated``; a replay from the
+    start goes past it to the events of the second life and on to live ones, with both clients
+    (the remote stream ends where the server ends it, not at a termination it reads)."""
+    sid = await client.create_session()
+    await client.send_message(sid, "user", "first life")
+    await client.save_session(sid)
+    await client.terminate_session(sid)
+    await client.restore_session(sid)
+    second = await client.send_message(sid, "user", "second life")
+    seen: list[jidoka.Event] = []
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        while not seen or seen[-1].seq < second.seq:
+            seen.append(await next_event(events))
+        await client.send_message(sid, "user", "live")
+        live = await until(events, "conversation_added", content="live")
+    assert seen[-1].data["content"] == "second life"
+    assert live.seq == second.seq + 1
+    if store_backend == "sqlite":  # the durable log kept the first life, termination included
+        assert_gap_free(seen)
+        assert EventType.SESSION_TERMINATED in [e.type for e in seen]
