@@ -27,6 +27,10 @@ and many sessions streaming from an OpenAI-compatible server at once.
 
    The number of ``llm_stream_chunk`` events a turn produced is in the details (median).
 
+   These rows (and those of part 2) are differences of two timings, marked ``"difference":
+   true`` in their details: at the smoke test's tiny sizes the overhead is within the noise
+   of the two measurements, so a sample may be negative; only full-size medians mean anything.
+
 2. **Orchestration per tool call** (same two stores): one turn of K tool-call rounds (K = 100,
    each a ``read_file`` of a 4-line file, then a final answer; ``max_iterations`` K + 1) against
    the same K calls made directly with ``ToolRegistry.run`` (the worker thread each call runs
@@ -283,6 +287,7 @@ async def _scripted_rows(sizes: Sizes) -> list[Result]:
                             f"events per turn; fixed cost of a turn {fixed * 1e6:.0f} µs, "
                             f"marginal {marginal * 1e6:.2f} µs per chunk",
                             details={
+                                "difference": True,  # of two timings: may be < 0 when tiny
                                 "chunks": n,
                                 "pace": pace,
                                 "store": store,
@@ -306,6 +311,7 @@ async def _scripted_rows(sizes: Sizes) -> list[Result]:
                         baseline=Baseline("ToolRegistry.run + raw provider stream, per call", raw),
                         notes=f"(turn - direct calls and raw streams) / {k:,}",
                         details={
+                            "difference": True,
                             "tool_calls": k,
                             "store": store,
                             "turn_s": [s.turn for s in tools],

@@ -239,15 +239,14 @@ def test_sigterm_under_load_drains_streams_and_loses_nothing(server: ServerProce
         try:
             assert load.enough.wait(DEADLINE), f"only {load.acks} acks within {DEADLINE}s"
             server.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
+            # The deadline is the check: wait() raises if the server outlives it. (No stopwatch
+            # beside it: reaping the process after the wait would count against the bound.)
             code = server.wait(SHUTDOWN_TIMEOUT + CLOSE_MARGIN)
-            took = time.monotonic() - signalled
         finally:
             load.join()
             for reader in readers:
                 reader.join()
         assert code == 0, f"exit code {code}"
-        assert took <= SHUTDOWN_TIMEOUT + CLOSE_MARGIN, took
 
         for reader in readers:
             assert reader.error is None, reader.error
