@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import metrics as otel_metrics
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
@@ -24,9 +24,10 @@ from ..errors import InvalidArgument, JidokaError
 from ..runtime import Runtime
 from .auth import Authenticator, InflightLimiter
 from .config import ServerConfig
+from .docs import ApiDocs
 from .metrics import CONTENT_TYPE, PrometheusMetrics
 from .middleware import PRINCIPAL_KEY, ApiMiddleware
-from .openapi import DOCS_HTML, openapi_document
+from .openapi import openapi_document
 from .operations import Operations
 from .responses import json_response
 from .router import Endpoint, JidokaApp, MiddlewareFactory, Router
@@ -120,9 +121,6 @@ class _Endpoints:
             self._openapi = bytes(json_response(openapi_document()).body)
         return Response(self._openapi, media_type="application/json")
 
-    async def docs(self, request: Request) -> Response:
-        return HTMLResponse(DOCS_HTML)
-
 
 def _after_seq(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("after_seq")
@@ -174,6 +172,7 @@ def create_app(
     )
     streams = StreamRegistry()
     endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
+    docs = ApiDocs()
     handlers = SessionRoutes(ops)
     by_path: dict[str, dict[str, Endpoint]] = {
         "/healthz": {"GET": endpoints.healthz},
@@ -186,7 +185,9 @@ def create_app(
         "/v1/events": {"GET": endpoints.all_events},
         "/metrics": {"GET": endpoints.prometheus},
         "/openapi.json": {"GET": endpoints.openapi},
-        "/docs": {"GET": endpoints.docs},
+        "/": {"GET": docs.index},
+        "/docs": {"GET": docs.page},
+        "/docs/assets/{name}": {"GET": docs.asset},
     }
     router = Router()
     for path, table in by_path.items():
@@ -208,7 +209,17 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=list(config.cors_origins),
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
+                # What browser apps and their SSE libraries send: an EventSource polyfill adds
+                # Cache-Control and Last-Event-ID, a retrying client Idempotency-Key.
+                allow_headers=[
+                    "Accept",
+                    "Authorization",
+                    "Cache-Control",
+                    "Content-Type",
+                    "Idempotency-Key",
+                    "Last-Event-ID",
+                    "X-Request-ID",
+                ],
                 expose_headers=["Location", "X-Request-ID", "Retry-After"],
             ),
         )

@@ -13,7 +13,7 @@ from ..problems import PROBLEM_CONTENT_TYPE
 from ..wire import Problem
 from .routes import ROUTES, RouteSpec
 
-__all__ = ["DOCS_HTML", "openapi_document"]
+__all__ = ["openapi_document"]
 
 _REF: Final = "#/components/schemas/{name}"
 _PARAM: Final = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -146,13 +146,3 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
-
-
-DOCS_HTML: Final = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Jidoka API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head><body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-</body></html>
-"""
