@@ -8,6 +8,7 @@ the same methods over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -124,6 +125,13 @@ class Client:
             "chat", session_id if isinstance(session_id, str) else None
         ):
             return await self._agents.chat(session_id, text)
+
+    async def submit_chat(self, session_id: str, text: str) -> asyncio.Future[ChatResult]:
+        """Queue one agent turn and return as soon as it is queued, with a future of what
+        :meth:`chat` would return: for callers that answer before the turn ends (the HTTP API's
+        202). A turn that cannot be queued raises here (``SessionBusy``, ``LimitExceeded``
+        past ``max_queued_turns``), so the caller can say so."""
+        return await self._agents.submit(session_id, text)
 
     async def cancel(self, session_id: str) -> bool:
         """Stop the session's running turn (its partial answer is kept, marked interrupted);

@@ -5,20 +5,22 @@ Precedence, highest first: keyword arguments to :class:`~jidoka.Runtime` (or
 Every field can be set from the environment as ``JIDOKA_<FIELD NAME IN CAPITALS>``; the session
 defaults as one JSON object in ``JIDOKA_SESSION_DEFAULTS`` (the fields of
 :class:`~jidoka.SessionConfig`). A bad value raises :class:`~jidoka.InvalidConfig` naming the
-field (and the variable it came from).
+field (and the variable it came from). The ceilings on what a session's config may ask for are
+one JSON object in ``JIDOKA_SESSION_CEILINGS`` (the fields of
+:class:`~jidoka.session.state.SessionCeilings`); the session defaults must lie within them.
 """
 
 from __future__ import annotations
 
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from .errors import InvalidConfig
-from .session.state import SessionConfig, convert_or_raise
+from .session.state import SessionCeilings, SessionConfig, convert_or_raise
 
 __all__ = ["STORES", "Settings"]
 
@@ -52,6 +54,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_tombstones: _Positive = 10_000
     #: Events a subscription may have queued before the slow-consumer policy applies.
     subscriber_queue_size: _Positive = 1_000
+    #: Stored bytes a subscription that is catching up (or replaying) reads from the store at
+    #: once, besides ``subscriber_queue_size`` events; a larger event is read alone.
+    subscriber_page_bytes: _Positive = 1_048_576
+    #: Agent turns waiting to run, across all sessions; one more raises
+    #: ``LimitExceeded('max_queued_turns_total')`` (each session also has ``max_queued_turns``).
+    max_queued_turns_total: _Positive = 1_000
     #: File cache budget in bytes, in total and per session.
     cache_max_bytes: _Positive = 64 * 1024 * 1024
     cache_session_max_bytes: _Positive = 8 * 1024 * 1024
@@ -74,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     llm_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     #: Defaults for new sessions; ``create_session(config=...)`` overrides field by field.
     session_defaults: SessionConfig = SessionConfig()
+    #: The largest value a session's config may give each limit (``InvalidConfig`` past one).
+    session_ceilings: SessionCeilings = SessionCeilings()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -82,20 +92,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         values: dict[str, Any] = {}
         for name in cls.__struct_fields__:
             variable = f"JIDOKA_{name.upper()}"
-            if name == "session_defaults":
-                variable = "JIDOKA_SESSION_DEFAULTS"
             if variable not in env:
                 continue
             raw = env[variable]
-            if name == "session_defaults":
+            if name in _JSON_FIELDS:
                 try:
-                    values[name] = SessionConfig.from_dict(msgspec.json.decode(raw))
+                    values[name] = _JSON_FIELDS[name](msgspec.json.decode(raw))
                 except msgspec.DecodeError as exc:
                     raise InvalidConfig(f"{variable} is not JSON: {exc}", field=name) from None
                 except InvalidConfig as exc:
-                    raise InvalidConfig(
-                        f"{variable}: {exc.message}", field=f"{name}.{exc.field}"
-                    ) from None
+                    field = exc.field if exc.field.startswith(name) else f"{name}.{exc.field}"
+                    raise InvalidConfig(f"{variable}: {exc.message}", field=field) from None
                 continue
             if name == "store" and raw not in STORES:
                 raise InvalidConfig(
@@ -111,26 +118,50 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> Settings:
-        """Validate a mapping into settings (``session_defaults`` may be a dict)."""
+        """Validate a mapping into settings (``session_defaults`` and ``session_ceilings`` may
+        be dicts); the session defaults must lie within the ceilings."""
         fields = dict(values)
-        defaults = fields.get("session_defaults")
-        if defaults is not None and not isinstance(defaults, SessionConfig):
-            fields["session_defaults"] = SessionConfig.from_dict(defaults)
+        for name, parse in _JSON_FIELDS.items():
+            if fields.get(name) is not None:
+                fields[name] = parse(fields[name])
         unknown = set(fields) - set(cls.__struct_fields__)
         if unknown:
             name = sorted(unknown)[0]
             raise InvalidConfig(f"unknown setting {name!r}", field=name)
         if isinstance(fields.get("data_dir"), os.PathLike):
             fields["data_dir"] = os.fspath(fields["data_dir"])
-        session = fields.pop("session_defaults", None)
+        structs = {name: fields.pop(name) for name in _JSON_FIELDS if name in fields}
+        structs = {name: value for name, value in structs.items() if value is not None}
         settings = convert_or_raise(fields, cls)
         if settings.store not in STORES:
             raise InvalidConfig(
                 f"unknown store {settings.store!r}; available: {', '.join(STORES)}", field="store"
             )
-        if session is not None:
-            settings = msgspec.structs.replace(settings, session_defaults=session)
+        if structs:
+            settings = msgspec.structs.replace(settings, **structs)
+        try:
+            settings.session_ceilings.check(settings.session_defaults)
+        except InvalidConfig as exc:
+            raise InvalidConfig(
+                f"session_defaults: {exc.message} (lower the default or raise "
+                "JIDOKA_SESSION_CEILINGS)",
+                field=f"session_defaults.{exc.field}",
+            ) from None
         return settings
+
+    def session_config(self, config: object) -> SessionConfig:
+        """A new session's config: ``config``'s fields over :attr:`session_defaults`, each
+        limit within :attr:`session_ceilings` (:class:`~jidoka.InvalidConfig` names the first
+        that is not)."""
+        config = SessionConfig.from_dict(config, base=self.session_defaults)
+        return self.session_ceilings.check(config)
+
+
+#: Settings given as one JSON object (in ``JIDOKA_<NAME>``), and how each is validated.
+_JSON_FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
+    "session_defaults": SessionConfig.from_dict,
+    "session_ceilings": SessionCeilings.from_dict,
+}
 
 
 def _field_types(cls: type[Settings]) -> dict[str, Any]:

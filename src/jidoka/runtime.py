@@ -147,6 +147,7 @@ class Runtime:
             token_counter=self._token_counter,
             telemetry=telemetry,
             environ=self._environ,
+            max_queued_turns=self.settings.max_queued_turns_total,
         )
         self._client = Client(self._manager, bus, self._agents)
         try:

@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "max_sessions": 100_000,
     "max_tombstones": 10_000,
     "subscriber_queue_size": 1_000,
+    "subscriber_page_bytes": 1_048_576,
+    "max_queued_turns_total": 1_000,
     "cache_max_bytes": 64 * 1024 * 1024,
     "cache_session_max_bytes": 8 * 1024 * 1024,
     "shutdown_grace_seconds": 5.0,
@@ -49,6 +51,7 @@ def test_defaults() -> None:
         *DEFAULTS,
         *llm,
         "session_defaults",
+        "session_ceilings",
         "max_database_bytes",
     }
 
@@ -296,3 +299,31 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.max_sessions = 1  # type: ignore[misc]
+
+
+# --- session ceilings and queued turns ----------------------------------------------------------
+
+
+def test_session_ceilings_default_and_from_env() -> None:
+    from jidoka.session.state import SessionCeilings
+
+    assert Settings().session_ceilings == SessionCeilings()
+    settings = Settings.from_env({"JIDOKA_SESSION_CEILINGS": '{"max_history": 500}'})
+    assert settings.session_ceilings.max_history == 500
+    assert settings.session_ceilings.max_files == SessionCeilings().max_files
+
+
+def test_session_defaults_must_lie_within_the_ceilings() -> None:
+    env = {"JIDOKA_SESSION_CEILINGS": '{"max_files": 10}'}
+    with pytest.raises(jidoka.InvalidConfig) as info:
+        Settings.from_env(env)  # the default max_files (50) is above 10
+    assert info.value.field == "session_defaults.max_files"
+    settings = Settings.from_env({**env, "JIDOKA_SESSION_DEFAULTS": '{"max_files": 10}'})
+    assert settings.session_defaults.max_files == 10
+
+
+def test_queued_turn_limit_from_env() -> None:
+    assert Settings.from_env({"JIDOKA_MAX_QUEUED_TURNS_TOTAL": "12"}).max_queued_turns_total == 12
+    with pytest.raises(jidoka.InvalidConfig) as info:
+        Settings.from_env({"JIDOKA_MAX_QUEUED_TURNS_TOTAL": "0"})
+    assert info.value.field == "max_queued_turns_total"

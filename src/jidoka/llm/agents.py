@@ -16,7 +16,7 @@ from ..session.context import Message, TokenCounter
 from ..session.manager import SessionManager
 from ..session.session import Session
 from ..telemetry import Telemetry
-from .orchestrator import Agent, ChatResult
+from .orchestrator import Agent, ChatResult, TurnQueueLimit
 from .providers import ClientCache
 from .types import Usage
 
@@ -36,6 +36,7 @@ class AgentPool:
         token_counter: TokenCounter,
         telemetry: Telemetry,
         environ: Mapping[str, str] | None = None,
+        max_queued_turns: int = 1_000,
     ) -> None:
         self._manager = manager
         self._defaults = dict(llm_defaults)
@@ -45,6 +46,8 @@ class AgentPool:
         self._agents: dict[str, Agent] = {}
         #: SDK clients shared by the sessions' providers (one per endpoint and key).
         self._clients = ClientCache()
+        #: Turns waiting to run across every session (``Settings.max_queued_turns_total``).
+        self.queue_limit = TurnQueueLimit(max_queued_turns)
 
     def get(self, session_id: str) -> Agent | None:
         return self._agents.get(session_id)
@@ -68,12 +71,21 @@ class AgentPool:
                 record_usage=self._record,
                 on_exit=self._exited,
                 clients=self._clients,
+                queue_limit=self.queue_limit,
             )
             self._agents[sid] = agent
             self._manager.start_worker(sid, "agent", agent.run)
         return agent
 
     async def chat(self, session_id: object, text: object) -> ChatResult:
+        future = await self.submit(session_id, text)
+        # The turn belongs to the session, not to this caller: a caller that goes away (a
+        # closed connection) does not stop it; cancel() does.
+        return await asyncio.shield(future)
+
+    async def submit(self, session_id: object, text: object) -> asyncio.Future[ChatResult]:
+        """Queue a turn and return once it is queued (or refused: ``SessionBusy``,
+        ``LimitExceeded('max_queued_turns')``); the future resolves with its result."""
         if not isinstance(text, str):
             raise InvalidArgument(
                 f"text must be a string, got {type(text).__name__}", argument="text"
@@ -83,10 +95,8 @@ class AgentPool:
         session = await self._manager.session(session_id)
         session.ensure_writable()
         agent = await self.agent(session)
-        future = agent.submit(text, session.state.config.concurrent_turn_policy)
-        # The turn belongs to the session, not to this caller: a caller that goes away (a
-        # closed connection) does not stop it; cancel() does.
-        return await asyncio.shield(future)
+        config = session.state.config
+        return agent.submit(text, config.concurrent_turn_policy, config.max_queued_turns)
 
     async def before_user_message(self, session: Session) -> None:
         """Apply the session's policy to a user message that arrives during a turn."""

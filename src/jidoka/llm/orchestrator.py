@@ -50,7 +50,7 @@ from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages
 from .providers import ClientCache, make_provider
 from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, ToolCall, Usage
 
-__all__ = ["Agent", "ChatResult"]
+__all__ = ["Agent", "ChatResult", "TurnQueueLimit"]
 
 logger = logging.getLogger("jidoka.agent")
 
@@ -81,6 +81,32 @@ class _Turn:
         self.user_cancelled = False
 
 
+class TurnQueueLimit:
+    """How many turns may wait to run across all the runtime's sessions (each session also caps
+    its own queue): a waiting turn holds its text, and a client that does not wait for answers
+    (HTTP 202, WebSocket) could otherwise queue them without end. One per runtime, shared by
+    its agents."""
+
+    __slots__ = ("limit", "queued")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the turn queue limit must be at least 1")
+        self.limit = limit
+        self.queued = 0
+
+    def acquire(self, session_id: str) -> None:
+        if self.queued >= self.limit:
+            raise LimitExceeded(
+                "max_queued_turns_total", self.limit, session_id=session_id, actual=self.queued + 1
+            )
+        self.queued += 1
+
+    def release(self, count: int = 1) -> None:
+        self.queued -= count
+        assert self.queued >= 0, "a queued turn was released twice"
+
+
 def _bounded(text: str, limit: int = MAX_EVENT_TEXT) -> str:
     return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more chars]"
 
@@ -101,6 +127,7 @@ class Agent:
         record_usage: Callable[[Usage, str], None] | None = None,
         on_exit: Callable[[Agent], None] | None = None,
         clients: ClientCache | None = None,
+        queue_limit: TurnQueueLimit | None = None,
     ) -> None:
         self.session_id = session_id
         self._get_session = get_session
@@ -112,6 +139,7 @@ class Agent:
         self._record_usage = record_usage
         self._on_exit = on_exit
         self._clients = clients
+        self._queue_limit = queue_limit
         self._queue: deque[_Turn] = deque()
         self._wakeup: asyncio.Event = asyncio.Event()
         self._current: _Turn | None = None
@@ -127,18 +155,44 @@ class Agent:
     def busy(self) -> bool:
         return self._current is not None or bool(self._queue)
 
-    def submit(self, text: str, policy: str) -> asyncio.Future[ChatResult]:
-        """Queue a turn under ``policy``; the future resolves with its result."""
+    def submit(self, text: str, policy: str, max_queued: int) -> asyncio.Future[ChatResult]:
+        """Queue a turn under ``policy``; the future resolves with its result.
+
+        At most ``max_queued`` turns of this session (and the runtime's ``TurnQueueLimit`` of
+        all sessions) wait to run; one more is refused with ``LimitExceeded`` before anything
+        of it is kept or logged. Checked before ``interrupt`` cancels anything, so a refused
+        turn changes nothing.
+        """
         if self.closed:
             raise SessionTerminated(self.session_id)
         if self.busy and policy == "reject":
             raise SessionBusy(self.session_id)
+        if len(self._queue) >= max_queued:
+            raise LimitExceeded(
+                "max_queued_turns",
+                max_queued,
+                session_id=self.session_id,
+                actual=len(self._queue) + 1,
+            )
+        if self._queue_limit is not None:
+            self._queue_limit.acquire(self.session_id)
         if self.busy and policy == "interrupt":
             self.cancel()
         turn = _Turn(text, asyncio.get_running_loop())
         self._queue.append(turn)
         self._wakeup.set()
         return turn.future
+
+    @property
+    def queued(self) -> int:
+        """Turns waiting to run (not counting the one running)."""
+        return len(self._queue)
+
+    def _next_turn(self) -> _Turn:
+        turn = self._queue.popleft()
+        if self._queue_limit is not None:
+            self._queue_limit.release()
+        return turn
 
     async def wait_idle(self, policy: str) -> None:
         """Apply ``policy`` for a plain user message arriving while a turn runs."""
@@ -183,7 +237,7 @@ class Agent:
                 while not self._queue:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                turn = self._queue.popleft()
+                turn = self._next_turn()
                 if turn.future.done():
                     continue
                 self._current = turn
@@ -230,6 +284,8 @@ class Agent:
             if not turn.future.done():
                 turn.future.set_exception(SessionTerminated(self.session_id))
                 turn.future.exception()
+        if self._queue_limit is not None:
+            self._queue_limit.release(len(self._queue))
         self._queue.clear()
         for future in self._approvals.values():
             if not future.done():

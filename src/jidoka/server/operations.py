@@ -222,6 +222,11 @@ class Operations:
     async def chat(self, principal: str | None, *, session_id: str, text: str) -> ChatResult:
         return await self.client.chat(await self.owned(principal, session_id), text)
 
+    async def submit_chat(
+        self, principal: str | None, *, session_id: str, text: str
+    ) -> asyncio.Future[ChatResult]:
+        return await self.client.submit_chat(await self.owned(principal, session_id), text)
+
     async def cancel(self, principal: str | None, *, session_id: str) -> bool:
         return await self.client.cancel(await self.owned(principal, session_id))
 

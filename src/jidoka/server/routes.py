@@ -182,8 +182,8 @@ class SessionRoutes:
 
     def __init__(self, ops: Operations) -> None:
         self.ops = ops
-        #: Chats running in the background (202): kept so they are not garbage-collected.
-        self._background: set[asyncio.Task[ChatResult]] = set()
+        #: Turns running in the background (202), until they end: to log how they ended.
+        self._background: set[asyncio.Future[ChatResult]] = set()
 
     def handler(self, name: str) -> Handler:
         handler: Handler = getattr(self, name)
@@ -310,15 +310,15 @@ class SessionRoutes:
         sid = await self.ops.owned(principal, request.path_params["session_id"])
         if wait == "true":
             return json_response(await self.ops.chat(principal, session_id=sid, text=body.text))
-        task = asyncio.get_running_loop().create_task(
-            self.ops.chat(principal, session_id=sid, text=body.text)
-        )
-        self._background.add(task)
-        task.add_done_callback(self._chat_done)
+        # Queued before answering: a turn the session cannot take (busy, or past its queue
+        # limits) is the problem answer, not a 202 for a turn that will never run.
+        turn = await self.ops.submit_chat(principal, session_id=sid, text=body.text)
+        self._background.add(turn)
+        turn.add_done_callback(self._chat_done)
         events = f"/v1/sessions/{quote(sid, safe='')}/events"
         return json_response(Accepted(session_id=sid, events=events), 202, {"Location": events})
 
-    def _chat_done(self, task: asyncio.Task[ChatResult]) -> None:
+    def _chat_done(self, task: asyncio.Future[ChatResult]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # Already an `error` event on the session's stream; the log gets a line too.

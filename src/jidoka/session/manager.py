@@ -46,7 +46,7 @@ from .info import SessionInfo, Tombstone
 from .persistence import CorruptSession, load_state, saved_copy
 from .session import Session, SessionServices
 from .snapshot import SnapshotError, decode_state, encode_state, state_to_dict
-from .state import SessionConfig, Status, check_transition
+from .state import Status, check_transition
 from .supervisor import Supervisor, WorkerCrash, WorkerFactory
 from .timers import TimerQueue
 
@@ -146,7 +146,7 @@ class SessionManager(IdleTimers):
             started = self._clock.monotonic()
             meta = self._json_object(metadata, "metadata", self.settings.max_metadata_bytes)
             llm = self._json_object(llm_config, "llm_config", self.settings.max_llm_config_bytes)
-            cfg = SessionConfig.from_dict(config, base=self._default_config)
+            cfg = self.settings.session_config(config)
             self._reserve()
             try:
                 root = None

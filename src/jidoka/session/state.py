@@ -25,6 +25,7 @@ from ..errors import InvalidConfig, InvalidTransition
 __all__ = [
     "CONFIG_SCHEMA_VERSION",
     "TRANSITIONS",
+    "SessionCeilings",
     "SessionConfig",
     "Status",
     "check_transition",
@@ -111,6 +112,9 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     approval_timeout_seconds: _PositiveFloat = 300.0
     #: Seconds one tool call may take (its blocking work runs off the event loop).
     tool_timeout_seconds: _PositiveFloat = 30.0
+    #: Turns that may wait behind the running one (policy ``queue``); one more raises
+    #: ``LimitExceeded('max_queued_turns')``. Each waiting turn holds its text in memory.
+    max_queued_turns: _PositiveInt = 16
 
     @classmethod
     def from_dict(
@@ -157,6 +161,76 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         out: dict[str, Any] = {"schema_version": CONFIG_SCHEMA_VERSION}
         out.update(msgspec.to_builtins(self))
         return out
+
+
+_CeilingInt = Annotated[int, msgspec.Meta(ge=1)] | None
+_CeilingFloat = Annotated[float, msgspec.Meta(gt=0)] | None
+
+
+class SessionCeilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The largest value a session's config may give each of its limits: the operator's bound
+    on what one client can make the runtime hold (memory, disk, time) through ``create_session``.
+
+    One field per numeric :class:`SessionConfig` field, of the same name (``features``: how
+    many flags). ``None`` lifts a ceiling. ``timeout_minutes`` 0 ("never") is always accepted:
+    what idle sessions hold is bounded by ``max_sessions``, not by their timeout.
+    """
+
+    max_history: _CeilingInt = 10_000
+    max_files: _CeilingInt = 1_000
+    max_file_bytes: _CeilingInt = 16 * 1_048_576
+    max_message_bytes: _CeilingInt = 4 * 1_048_576
+    max_index_entries: _CeilingInt = 100_000
+    max_working_context_bytes: _CeilingInt = 16 * 1_048_576
+    idle_after_seconds: _CeilingFloat = 86_400.0
+    timeout_minutes: _CeilingFloat = 10_080.0
+    max_restarts: _CeilingInt = 100
+    max_restart_seconds: _CeilingFloat = 3_600.0
+    features: _CeilingInt = 64
+    max_iterations: _CeilingInt = 100
+    approval_timeout_seconds: _CeilingFloat = 86_400.0
+    tool_timeout_seconds: _CeilingFloat = 3_600.0
+    max_queued_turns: _CeilingInt = 256
+
+    @classmethod
+    def from_dict(cls, data: object) -> SessionCeilings:
+        """Validate a mapping into ceilings; fields left out keep their defaults."""
+        if isinstance(data, SessionCeilings):
+            return data
+        if not isinstance(data, dict):
+            raise InvalidConfig(
+                f"session ceilings must be a mapping, got {type(data).__name__}",
+                field="session_ceilings",
+            )
+        return convert_or_raise(dict(data), cls)
+
+    def check(self, config: SessionConfig, *, session_id: str | None = None) -> SessionConfig:
+        """``config`` if every limit is within its ceiling, else :class:`InvalidConfig` naming
+        the field, its value and the ceiling."""
+        for name in self.__struct_fields__:
+            ceiling: int | float | None = getattr(self, name)
+            if ceiling is None:
+                continue
+            value = getattr(config, name)
+            if name == "features":
+                if len(value) > ceiling:
+                    raise InvalidConfig(
+                        f"config field 'features' has {len(value)} flags; this runtime allows "
+                        f"at most {ceiling}",
+                        field=name,
+                        session_id=session_id,
+                    )
+                continue
+            if name == "timeout_minutes" and value == 0:
+                continue  # "never": see the class docstring
+            if value > ceiling:
+                raise InvalidConfig(
+                    f"config field {name!r} is {value!r}, above this runtime's ceiling of "
+                    f"{ceiling!r}",
+                    field=name,
+                    session_id=session_id,
+                )
+        return config
 
 
 _T = TypeVar("_T")
