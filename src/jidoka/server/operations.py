@@ -10,18 +10,18 @@ With auth off there is one anonymous principal and every session is visible.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..client import Client
-from ..errors import InvalidArgument, JidokaError, PathNotAllowed, SessionNotFound
+from ..errors import InvalidArgument, JidokaError, SessionNotFound
 from ..events import Event, EventType
 from ..llm.orchestrator import ChatResult
 from ..session.context import CONTEXT_PARTS, ActiveFile, ContextBundle, FileIndexEntry, Message
 from ..session.info import SessionInfo
 from ..session.manager import REASON_REQUESTED, SessionManager
 from ..store.base import SavedSession
+from ..tools.sandbox import ProjectRoot, resolve_project_root
 
 __all__ = ["KeyNotFound", "Operations"]
 
@@ -55,21 +55,21 @@ class Operations:
         self._projects_dir = projects_dir
 
     async def _project_root(self, project_root: str | None) -> str | None:
-        """``project_root`` confined to the server's projects directory, if it has one."""
+        """``project_root`` confined to the server's projects directory, if it has one.
+
+        Resolved once: the containment check and the canonical path come from the same
+        resolution, confirmed by a walk that follows no link. The result is marked as checked
+        (:class:`~jidoka.tools.sandbox.ProjectRoot`), so the manager re-checks it without
+        resolving it again: a symlink swapped into its path in between is refused, not followed
+        out of the projects directory."""
         if self._projects_dir is None or project_root is None:
             return project_root
         if not isinstance(project_root, str):
             raise InvalidArgument("project_root must be a string", argument="project_root")
-        base = self._projects_dir
-        resolved, real_base = await asyncio.to_thread(
-            lambda: (
-                os.path.realpath(os.path.join(base, project_root)),
-                os.path.realpath(base),
-            )
+        root = await asyncio.to_thread(
+            resolve_project_root, project_root, within=self._projects_dir
         )
-        if os.path.commonpath([resolved, real_base]) != real_base:
-            raise PathNotAllowed(None, project_root, "outside the server's projects directory")
-        return resolved
+        return ProjectRoot(root)
 
     async def owned(self, principal: str | None, session_id: object) -> str:
         """``session_id`` if ``principal`` may use it, else :class:`SessionNotFound`."""

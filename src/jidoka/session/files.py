@@ -11,10 +11,12 @@ from typing import Final
 
 import msgspec
 
-from ..errors import JidokaError, LimitExceeded
+from ..errors import JidokaError, LimitExceeded, PathNotAllowed
 from ..tools.sandbox import Sandbox
 
-__all__ = ["FileFacts", "detect_language", "read_file", "stat_file"]
+__all__ = ["FileFacts", "detect_language", "read_bounded", "read_file", "stat_file"]
+
+_READ_CHUNK: Final = 1 << 16  # how much a read grows the buffer when a file grew mid-read
 
 _LANGUAGES: Final[dict[str, str]] = {
     ".py": "python", ".pyi": "python", ".ex": "elixir", ".exs": "elixir", ".erl": "erlang",
@@ -62,8 +64,12 @@ def read_file(sandbox: Sandbox, path: object, max_bytes: int) -> FileFacts:
                 "max_file_bytes", max_bytes, session_id=sandbox.session_id, actual=st.st_size,
                 path=rel,
             )  # fmt: skip
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            raw = handle.read(max_bytes + 1)
+        try:
+            raw = read_bounded(fd, max_bytes, st.st_size)
+        except OSError as exc:  # EIO, or a file system that refuses reads
+            raise PathNotAllowed(
+                sandbox.session_id, rel, f"cannot be read ({exc.strerror})"
+            ) from None
     finally:
         os.close(fd)
     if len(raw) > max_bytes:  # grew between fstat and read
@@ -81,12 +87,35 @@ def read_file(sandbox: Sandbox, path: object, max_bytes: int) -> FileFacts:
     )
 
 
+def read_bounded(fd: int, max_bytes: int, expected: int) -> bytearray:
+    """Blocking. At most ``max_bytes + 1`` bytes of ``fd`` (one more than allowed, so a caller
+    sees that the file is too long), read into one buffer sized from ``expected`` (the size
+    ``fstat`` gave) and grown in chunks only if the file grew since.
+
+    Never sized from ``max_bytes`` alone: that is a client-set number, and reading a 10-byte file
+    under ``max_file_bytes=2**40`` must not ask for a terabyte."""
+    limit = max_bytes + 1
+    buf = bytearray(min(max(expected, 0) + 1, limit))
+    filled = 0
+    while True:
+        if filled == len(buf):
+            if filled >= limit:
+                break
+            buf.extend(bytes(min(_READ_CHUNK, limit - filled)))
+        with memoryview(buf) as whole, whole[filled:] as free:
+            got = os.readv(fd, [free])
+        if got == 0:
+            break
+        filled += got
+    del buf[filled:]
+    return buf
+
+
 def stat_file(sandbox: Sandbox, path: str) -> tuple[int, int] | None:
     """Blocking. ``(size, mtime_ns)`` of a file in the root; ``None`` if gone or now refused."""
     try:
-        _, real = sandbox.resolve(path)
-        st = os.stat(real, follow_symlinks=False)
-    except (OSError, JidokaError):  # gone, or now a link out of the root
+        _, st = sandbox.stat(path)
+    except JidokaError:  # gone, or now a link out of the root
         return None
     if not stat.S_ISREG(st.st_mode):
         return None  # replaced by a directory, FIFO, ...: read_file would refuse it

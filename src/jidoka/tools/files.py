@@ -4,9 +4,10 @@ Each tool is a plain typed function of the session's :class:`ToolContext` that b
 registry runs it in a worker thread, which cannot be killed, so every loop here checks a deadline
 and a size budget itself) and returns a :class:`ToolOutput` bounded by ``max_output_chars``. Reads
 go through :class:`~jidoka.tools.sandbox.Sandbox`, so the tools refuse exactly what active files
-refuse. Writes add their own rules: no writing through a symlink or into ``.git/``, parents made
-only inside the root, directories opened one by one with ``O_NOFOLLOW`` so a link swapped in after
-the check is refused too, and an atomic replace.
+refuse, and every path is walked the sandbox's way: directory by directory relative to held
+descriptors, never through a link it has not checked, so a symlink swapped in mid-call is refused
+(see :mod:`jidoka.tools.sandbox`). Writes add their own rules: no writing through a symlink or into
+``.git/``, parents made only inside the root, and an atomic replace.
 
 Two libraries do what the standard library cannot do safely here. ``pathspec`` applies
 ``.gitignore`` files with git's rules (negation, anchoring, ``dir/``). ``regex`` runs the model's
@@ -28,6 +29,7 @@ import regex
 from pathspec import GitIgnoreSpec
 
 from ..errors import JidokaError, LimitExceeded, PathNotAllowed
+from ..session.files import read_bounded
 from ..session.files import read_file as read_facts
 from .sandbox import Sandbox
 
@@ -55,7 +57,6 @@ _FROM_REGISTRY: Final = frozenset({"ToolRegistry", "ToolResult", "preview_write"
 _BINARY_PROBE: Final = 8192  # a NUL byte in this many leading bytes marks a file as binary
 _SHOWN_LINE_CHARS: Final = 300  # a search hit shows at most this much of its line
 _GITIGNORE_BYTES: Final = 256 * 1024
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -221,16 +222,29 @@ def search_code(
 
 def _walk(ctx: ToolContext, glob: str, deadline: float | None) -> tuple[list[str], bool]:
     """Sorted keys of the regular files that ``glob`` matches and no .gitignore ignores, and
-    whether the walk stopped at ``max_walk_entries``. ``os.fwalk`` moves by directory descriptor
-    and never enters a symlink, so a link swapped in mid-walk cannot lead it out of the root.
-    (Leaving the loop early drops the generator, which closes its descriptors.)"""
+    whether the walk stopped at ``max_walk_entries``. It starts from the root's descriptor (opened
+    without following links, so a swapped component of the root's own path is refused), and
+    ``os.fwalk`` moves by directory descriptor and never enters a symlink, so a link swapped in
+    mid-walk cannot lead it out of the root."""
     want = _spec([glob.removeprefix("./")], f"invalid glob {glob!r}")
+    root_fd = ctx.sandbox.open_root()
+    try:
+        return _walk_from(ctx, root_fd, want, deadline)
+    finally:
+        os.close(root_fd)
+
+
+def _walk_from(
+    ctx: ToolContext, root_fd: int, want: GitIgnoreSpec, deadline: float | None
+) -> tuple[list[str], bool]:
     found: list[str] = []
     seen = 0
     inherited: dict[str, list[tuple[str, GitIgnoreSpec]]] = {"": []}
-    for top, dirnames, filenames, dir_fd in os.fwalk(ctx.root, follow_symlinks=False):
+    # Leaving the loop early drops the generator, which closes its descriptors (not root_fd).
+    walk = os.fwalk(os.curdir, dir_fd=root_fd, follow_symlinks=False)
+    for top, dirnames, filenames, dir_fd in walk:
         _check(deadline)
-        rel = os.path.relpath(top, ctx.root)
+        rel = os.path.normpath(top)
         base = "" if rel == os.curdir else rel.replace(os.sep, "/") + "/"
         rules = [*inherited.pop(base, []), *_gitignore(ctx, base)]
         subdirs: list[str] = []
@@ -261,8 +275,8 @@ def _walk(ctx: ToolContext, glob: str, deadline: float | None) -> tuple[list[str
 
 def _links_to_file(sb: Sandbox, key: str) -> bool:
     try:
-        return stat.S_ISREG(os.stat(sb.resolve(key)[1]).st_mode)
-    except (JidokaError, OSError):  # out of the root, dangling, a loop
+        return stat.S_ISREG(sb.stat(key)[1].st_mode)
+    except JidokaError:  # out of the root, dangling, a loop
         return False
 
 
@@ -371,43 +385,9 @@ def edit_text(text: str, old: str, new: str, key: str) -> str:
 
 
 def _open_parent(sb: Sandbox, path: str, *, create: bool) -> tuple[str, int | None, str]:
-    """Open the directory that holds ``path`` without following a symlink on the way (after
-    checking where links lead): ``(key, dir fd or None when it doesn't exist and not create,
-    file name)``. The caller closes the descriptor."""
-    joined = sb.check_lexical(path)
-    if joined == sb.root or path.endswith("/"):
-        raise PathNotAllowed(sb.session_id, path, "names a directory, not a file")
-    parent, name = os.path.split(joined)
-    real_parent = os.path.realpath(parent)
-    if real_parent != sb.root and not real_parent.startswith(sb.root + os.sep):
-        raise PathNotAllowed(sb.session_id, path, "resolves outside the project root")
-    key = os.path.relpath(os.path.join(real_parent, name), sb.root).replace(os.sep, "/")
-    if ".git" in key.split("/"):
-        raise PathNotAllowed(sb.session_id, path, "writing inside .git/ is not allowed")
-    parts = [p for p in os.path.relpath(real_parent, sb.root).split(os.sep) if p != os.curdir]
-    fd = os.open(sb.root, _DIR_FLAGS)
-    try:
-        for part in parts:
-            try:
-                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    os.close(fd)
-                    return key, None, name
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o777, dir_fd=fd)
-                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except OSError as exc:  # a file or a (new) symlink where a directory must be
-        os.close(fd)
-        raise PathNotAllowed(
-            sb.session_id, path, f"bad parent directory ({exc.strerror})"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return key, fd, name
+    """The directory that holds ``path``, opened by the sandbox's descriptor walk: ``(key, dir
+    fd or None when it doesn't exist and not create, file name)``. The caller closes the fd."""
+    return sb.open_parent(path, create=create)
 
 
 def _existing_mode(sb: Sandbox, fd: int, name: str, path: str) -> int | None:
@@ -426,15 +406,17 @@ def _existing_mode(sb: Sandbox, fd: int, name: str, path: str) -> int | None:
 def _read_at(ctx: ToolContext, dir_fd: int, name: str, key: str) -> bytes:
     fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise PathNotAllowed(ctx.session_id, key, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            raw = handle.read(ctx.max_file_bytes + 1)
+        if st.st_size > ctx.max_file_bytes:
+            raise LimitExceeded("max_file_bytes", ctx.max_file_bytes, actual=st.st_size, path=key)
+        raw = read_bounded(fd, ctx.max_file_bytes, st.st_size)
     finally:
         os.close(fd)
     if len(raw) > ctx.max_file_bytes:
         raise LimitExceeded("max_file_bytes", ctx.max_file_bytes, actual=len(raw), path=key)
-    return raw
+    return bytes(raw)
 
 
 def _replace(dir_fd: int, name: str, data: bytes, mode: int | None) -> None:
