@@ -6,6 +6,7 @@ synchronous functions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -15,8 +16,14 @@ from pathlib import Path
 import pytest
 
 import jidoka
-from jidoka.session.files import FileFacts, detect_language, read_file, stat_file
-from jidoka.tools.sandbox import MAX_PATH_CHARS, Sandbox, resolve_project_root
+from jidoka.session.files import FileFacts, detect_language, read_bounded, read_file, stat_file
+from jidoka.tools.sandbox import (
+    MAX_LINK_HOPS,
+    MAX_PATH_CHARS,
+    ProjectRoot,
+    Sandbox,
+    resolve_project_root,
+)
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 BIG = 1 << 20
@@ -601,3 +608,257 @@ def test_stat_file_not_a_regular_file_is_none(sandbox: Sandbox, root: str) -> No
     os.mkfifo(os.path.join(root, "pipe"))
     assert stat_file(sandbox, "README.md") is None
     assert stat_file(sandbox, "pipe") is None
+
+
+# --- the descriptor walk (issue 10: a symlink swapped in mid-call) ------------------------------
+
+INSIDE = "inside\n"
+
+
+@pytest.fixture
+def swappable(tmp_path: Path) -> tuple[Sandbox, Path, Path]:
+    """A root with ``d/f.txt`` and a link ``x`` to an outside twin of ``d`` holding a secret."""
+    base = tmp_path / "swap"
+    (base / "project" / "d").mkdir(parents=True)
+    (base / "project" / "d" / "f.txt").write_text(INSIDE, encoding="utf-8")
+    outside = tmp_path / "swap-outside"
+    outside.mkdir()
+    (outside / "f.txt").write_text("SECRET\n", encoding="utf-8")
+    os.symlink(outside, base / "project" / "x")
+    root = resolve_project_root(base / "project")
+    return Sandbox(root, SID), Path(root), outside
+
+
+def _swap_on_first_open(
+    monkeypatch: pytest.MonkeyPatch, name: str, swap: Callable[[], None]
+) -> list[int]:
+    """Make ``swap()`` happen just before the first ``os.open`` of a path ending in ``name``:
+    exactly the interleaving a racing ``rename`` produces, made deterministic."""
+    real_open = os.open
+    done: list[int] = []
+
+    def racing_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if not done and isinstance(path, str) and path.endswith(name):
+            done.append(1)
+            swap()
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", racing_open)
+    return done
+
+
+def _exchange(a: Path, b: Path) -> Callable[[], None]:
+    def swap() -> None:
+        os.rename(a, str(a) + ".tmp")
+        os.rename(b, a)
+        os.rename(str(a) + ".tmp", b)
+
+    return swap
+
+
+def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
+    swappable: tuple[Sandbox, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old sandbox resolved ``d/f.txt`` to a string, then opened the string: ``d``, swapped
+    for a link in between, led the open outside. Now ``f.txt`` is opened relative to the
+    descriptor of the ``d`` that was walked, wherever it has moved."""
+    sandbox, root, _ = swappable
+    done = _swap_on_first_open(monkeypatch, "f.txt", _exchange(root / "d", root / "x"))
+    facts = read_file(sandbox, "d/f.txt", BIG)
+    assert done
+    assert facts.text == INSIDE
+    assert facts.path == "d/f.txt"
+
+
+def test_a_middle_component_that_is_a_link_out_is_refused(
+    swappable: tuple[Sandbox, Path, Path],
+) -> None:
+    sandbox, root, _ = swappable
+    _exchange(root / "d", root / "x")()  # d is now the link out, x the real directory
+    for checker in CHECKERS:
+        with pytest.raises(jidoka.PathNotAllowed, match="outside the project root"):
+            checker(sandbox, "d/f.txt")
+    assert _read(sandbox, "x/f.txt") == "x/f.txt"
+
+
+def test_a_root_whose_path_now_holds_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The stored root is canonical: a link in its path means it was swapped since, and the
+    walk from ``/`` refuses it rather than follow it (to a twin tree with a secret)."""
+    (tmp_path / "base" / "project").mkdir(parents=True)
+    (tmp_path / "base" / "project" / "a.txt").write_text(INSIDE, encoding="utf-8")
+    (tmp_path / "twin" / "project").mkdir(parents=True)
+    (tmp_path / "twin" / "project" / "a.txt").write_text("SECRET\n", encoding="utf-8")
+    root = resolve_project_root(tmp_path / "base" / "project")
+    sandbox = Sandbox(root, SID)
+    assert read_file(sandbox, "a.txt", BIG).text == INSIDE
+    os.rename(tmp_path / "base", tmp_path / "base-old")
+    os.symlink(tmp_path / "twin", tmp_path / "base")
+    for checker in CHECKERS:
+        with pytest.raises(jidoka.PathNotAllowed, match="symlink in its path"):
+            checker(sandbox, "a.txt")
+    with pytest.raises(jidoka.PathNotAllowed, match="symlink in its path"):
+        sandbox.open_root()
+    assert stat_file(sandbox, "a.txt") is None
+    os.unlink(tmp_path / "base")
+    with pytest.raises(jidoka.PathNotAllowed, match="not an existing directory"):
+        sandbox.open_regular("a.txt")
+
+
+def test_links_inside_the_root_are_followed_by_hand(sandbox: Sandbox, root: str) -> None:
+    os.symlink("..", os.path.join(root, "src", "up"))  # a ".." inside a link target
+    os.symlink(f"{root}//src/./pkg/../app.py", os.path.join(root, "odd-spelling.py"))
+    os.symlink("../project/README.md", os.path.join(root, "out-and-back.md"))
+    os.symlink(".", os.path.join(root, "here"))
+    os.symlink("../../project/../project/README.md", os.path.join(root, "src", "by-names"))
+    assert _open_and_close(sandbox, "src/by-names") == "README.md"  # via the root's ancestors
+    assert _open_and_close(sandbox, "src/up/README.md") == "README.md"
+    assert _open_and_close(sandbox, "src/up/src/up/src/app.py") == "src/app.py"
+    assert _open_and_close(sandbox, "odd-spelling.py") == "src/app.py"
+    assert _open_and_close(sandbox, "out-and-back.md") == "README.md"
+    assert _open_and_close(sandbox, "here/here/src/app.py") == "src/app.py"
+    assert _resolve(sandbox, "src/up") == "."
+    with pytest.raises(jidoka.PathNotAllowed, match="not a regular file"):
+        _open_and_close(sandbox, "src/up")
+
+
+@pytest.mark.parametrize("checker", CHECKERS)
+def test_links_that_only_pass_near_the_root_are_refused(
+    sandbox: Sandbox, root: str, checker: Callable[[Sandbox, object], object]
+) -> None:
+    """Above the root the walk knows only the root's own ancestors, by name: any other
+    directory there is outside, even one that would lead back in."""
+    os.symlink("../project-twin/x", os.path.join(root, "sideways"))
+    os.makedirs(os.path.join(os.path.dirname(root), "project-twin"), exist_ok=True)
+    os.symlink("../../project-twin/../project/README.md", os.path.join(root, "src", "dotdot-out"))
+    os.symlink(os.path.dirname(root), os.path.join(root, "parent"))
+    for path in ("sideways", "src/dotdot-out", "parent", "parent/secret.txt"):
+        with pytest.raises(jidoka.PathNotAllowed, match="outside"):
+            checker(sandbox, path)
+
+
+@pytest.mark.parametrize("checker", FILE_CHECKERS)
+def test_dangling_links_in_the_middle(
+    sandbox: Sandbox, root: str, checker: Callable[[Sandbox, object], object]
+) -> None:
+    os.symlink("gone", os.path.join(root, "dl"))
+    with pytest.raises(jidoka.PathNotAllowed, match="no such file"):
+        checker(sandbox, "dl/x.py")
+    assert _resolve(sandbox, "dl/x.py") == "gone/x.py"  # a key, like realpath gives one
+
+
+def test_the_link_hop_bound(sandbox: Sandbox, root: str) -> None:
+    previous = "src/app.py"
+    for n in range(MAX_LINK_HOPS):
+        os.symlink(previous, os.path.join(root, f"hop{n}"))
+        previous = f"hop{n}"
+    assert _open_and_close(sandbox, previous) == "src/app.py"
+    os.symlink(previous, os.path.join(root, "one-too-many"))
+    with pytest.raises(jidoka.PathNotAllowed, match=f"more than {MAX_LINK_HOPS} symlinks"):
+        _open_and_close(sandbox, "one-too-many")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_long_paths_hold_few_descriptors(sandbox: Sandbox, root: str) -> None:
+    deep = "/".join(["d"] * 300)
+    Path(root, deep).mkdir(parents=True)
+    Path(root, deep, "f.txt").write_text(INSIDE, encoding="utf-8")
+    before = _fd_count()
+    assert read_file(sandbox, f"{deep}/f.txt", BIG).text == INSIDE
+    assert _resolve(sandbox, f"{deep}/../../f.txt") == "/".join(["d"] * 298) + "/f.txt"
+    key, fd, name = sandbox.open_parent(f"{deep}/new.txt", create=False)
+    assert fd is not None
+    os.close(fd)
+    assert (key, name) == (f"{deep}/new.txt", "new.txt")
+    assert _fd_count() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_every_walk_closes_what_it_opened(sandbox: Sandbox, root: str) -> None:
+    os.symlink("..", os.path.join(root, "src", "up"))
+    before = _fd_count()
+    for _ in range(20):
+        for path in ("src/up/README.md", "leak.txt", "missing/x", "src/app.py/x", "alias.py"):
+            with contextlib.suppress(jidoka.PathNotAllowed):
+                _open_and_close(sandbox, path)
+            with contextlib.suppress(jidoka.PathNotAllowed):
+                sandbox.resolve(path)
+            with contextlib.suppress(jidoka.PathNotAllowed):
+                sandbox.stat(path)
+            with contextlib.suppress(jidoka.PathNotAllowed):
+                _, fd, _ = sandbox.open_parent(path, create=False)
+                if fd is not None:
+                    os.close(fd)
+    assert _fd_count() == before
+
+
+@pytest.mark.parametrize("checker", [*CHECKERS, Sandbox.check_lexical, Sandbox.relative])
+def test_a_lone_surrogate_is_refused(
+    sandbox: Sandbox, checker: Callable[[Sandbox, object], object]
+) -> None:
+    with pytest.raises(jidoka.PathNotAllowed, match="surrogate"):
+        checker(sandbox, "src/\ud800.py")
+
+
+def test_open_parent_refuses_git_through_a_link(sandbox: Sandbox, root: str) -> None:
+    os.mkdir(os.path.join(root, ".git"))
+    os.symlink(".git", os.path.join(root, "g"))
+    for path in (".git/config", "g/config", "g/hooks/new"):
+        with pytest.raises(jidoka.PathNotAllowed, match=r"\.git/"):
+            sandbox.open_parent(path, create=True)
+    assert os.listdir(os.path.join(root, ".git")) == []  # nothing was made on the way
+
+
+# --- resolve_project_root under a projects directory --------------------------------------------
+
+
+def test_project_root_within(tmp_path: Path) -> None:
+    (tmp_path / "projects" / "web").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "projects" / "out")
+    base = str(tmp_path / "projects")
+    real = os.path.realpath(tmp_path / "projects" / "web")
+    assert resolve_project_root("web", within=base) == real
+    assert resolve_project_root(real, within=base) == real
+    for escape in ("..", "../elsewhere", "out", str(tmp_path / "elsewhere"), "web/../.."):
+        with pytest.raises(jidoka.PathNotAllowed, match="projects directory"):
+            resolve_project_root(escape, within=base)
+    for bad in ("a\x00b", "\ud800", ""):
+        with pytest.raises(jidoka.PathNotAllowed, match="not a valid project_root"):
+            resolve_project_root(bad, within=base)
+
+
+def test_a_checked_project_root_is_rechecked_not_resolved_again(tmp_path: Path) -> None:
+    """``ProjectRoot`` marks a root already confined: a link swapped into its path afterwards
+    is refused, where resolving again would follow it out of the projects directory."""
+    (tmp_path / "projects" / "web").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    checked = ProjectRoot(resolve_project_root("web", within=str(tmp_path / "projects")))
+    assert resolve_project_root(checked) == checked
+    os.rename(tmp_path / "projects" / "web", tmp_path / "projects" / "web-old")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "projects" / "web")
+    with pytest.raises(jidoka.PathNotAllowed, match="symlink in its path"):
+        resolve_project_root(checked)
+    assert resolve_project_root(str(checked)) == os.path.realpath(tmp_path / "elsewhere")
+
+
+# --- bounded reads (issue 10, item 4) ------------------------------------------------------------
+
+
+def test_a_huge_max_bytes_allocates_only_what_the_file_holds(sandbox: Sandbox) -> None:
+    """``max_file_bytes=2**40`` used to preallocate a terabyte (MemoryError) to read 14 bytes."""
+    facts = read_file(sandbox, "README.md", 1 << 40)
+    assert facts.text == "# demo\n\nhello\n"
+
+
+def test_read_bounded_reads_a_file_that_grew_since_fstat(tmp_path: Path) -> None:
+    path = tmp_path / "grown.txt"
+    path.write_bytes(b"x" * 200_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert bytes(read_bounded(fd, 1 << 40, expected=10)) == b"x" * 200_000
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert len(read_bounded(fd, 150_000, expected=10)) == 150_001  # one over: too long
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert len(read_bounded(fd, 5, expected=200_000)) == 6
+    finally:
+        os.close(fd)

@@ -9,6 +9,7 @@ build their files in sync fixtures and read results back through ``asyncio.to_th
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import msgspec
 import pytest
 
+import jidoka
 from jidoka import LimitExceeded, PathNotAllowed
 from jidoka.llm.types import ToolCall
 from jidoka.tools import files
@@ -31,8 +33,9 @@ from jidoka.tools.registry import (
     ToolRegistry,
     ToolResult,
     preview_write,
+    quote_path,
 )
-from jidoka.tools.sandbox import resolve_project_root
+from jidoka.tools.sandbox import Sandbox, resolve_project_root
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 APP = "def main():\n    return 42\n"
@@ -674,3 +677,163 @@ async def test_preview_write_raises_tool_error(
 ) -> None:
     with pytest.raises(ToolError, match=message):
         await preview_write(call(name, args), ctx)
+
+
+# --- failures of any kind become tool errors; the turn goes on (issue 10, item 1) ---------------
+
+
+_TURN_ENDS = ("idle", "failed", "cancelled")
+
+
+def _scripted(*turns: dict[str, Any]) -> dict[str, Any]:
+    return {"provider": "scripted", "script": list(turns)}
+
+
+def _read_then(answer: str) -> dict[str, Any]:
+    return _scripted({"tool_calls": [_tool_call("read_file", path="README.md")]}, {"text": answer})
+
+
+def _tool_call(name: str, call_id: str = "c1", **arguments: Any) -> dict[str, Any]:
+    return {"id": call_id, "name": name, "arguments": arguments}
+
+
+async def _turn(
+    client: jidoka.Client, sid: str, *, approve: bool | None = None
+) -> tuple[str, list[jidoka.Event]]:
+    """Chat once; the turn's answer and its events (approving writes if ``approve`` is set)."""
+    seen: list[jidoka.Event] = []
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        turn = asyncio.create_task(client.chat(sid, "go"))
+        async with asyncio.timeout(10):
+            async for event in events:
+                seen.append(event)
+                if event.type == "approval_requested" and approve is not None:
+                    await client.approve(sid, event.data["call_id"], allow=approve)
+                if event.type == "agent_status" and event.data["status"] in _TURN_ENDS:
+                    break
+        result = await turn
+    return result.message.content, seen
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), ValueError("bad value")])
+async def test_a_tool_raising_anything_gives_the_model_an_error(
+    client: jidoka.Client,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(files, "read_facts", broken)
+    sid = await client.create_session(
+        project_root=str(root),
+        llm_config=_read_then("carried on"),
+    )
+    answer, seen = await _turn(client, sid)
+    [result] = [e for e in seen if e.type == "tool_result"]
+    assert result.data["is_error"]
+    assert result.data["content"].startswith("error: ")
+    assert answer == "carried on"
+    assert (await client.get_session_info(sid)).status == "active"
+
+
+async def test_a_preview_raising_anything_gives_the_model_an_error(
+    client: jidoka.Client, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: an unexpected error while preparing an approval prompt killed the turn."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("preview bug")
+
+    monkeypatch.setattr(files, "current_text", broken)
+    sid = await client.create_session(
+        project_root=str(root),
+        config={"allow_write": "ask"},
+        llm_config=_scripted(
+            {"tool_calls": [_tool_call("write_file", path="n.txt", content="x")]},
+            {"text": "carried on"},
+        ),
+    )
+    answer, seen = await _turn(client, sid)
+    [result] = [e for e in seen if e.type == "tool_result"]
+    assert result.data["content"] == "error: internal error in write_file: ValueError"
+    assert answer == "carried on"
+    assert not [e for e in seen if e.type == "approval_requested"]
+
+
+async def test_a_failed_index_update_does_not_end_the_turn(
+    client: jidoka.Client, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the sandbox's realpath raised EINVAL mid-race while the file index was updated
+    after a tool, and the OSError ended the turn."""
+
+    def einval(self: Sandbox, path: object) -> tuple[str, str]:
+        raise OSError(errno.EINVAL, "Invalid argument", str(path))
+
+    sid = await client.create_session(
+        project_root=str(root),
+        llm_config=_read_then("carried on"),
+    )
+    monkeypatch.setattr(Sandbox, "resolve", einval)
+    answer, seen = await _turn(client, sid)
+    [result] = [e for e in seen if e.type == "tool_result"]
+    assert not result.data["is_error"]
+    assert answer == "carried on"
+
+
+# --- approval prompts name files unambiguously (issue 10, item 11) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "shown", "header"),
+    [
+        (" lead.txt", '" lead.txt"', '+++ "b/ lead.txt"'),
+        ("trail.txt ", '"trail.txt "', '+++ "b/trail.txt "'),
+        ("a\nb.txt", '"a\\nb.txt"', '+++ "b/a\\nb.txt"'),
+        ("e\x1b[2Jx.txt", '"e\\x1b[2Jx.txt"', '+++ "b/e\\x1b[2Jx.txt"'),
+        ("rtl\u202eexe.txt", '"rtl\\u202eexe.txt"', '+++ "b/rtl\\u202eexe.txt"'),
+        ('q"uote.txt', '"q\\"uote.txt"', '+++ "b/q\\"uote.txt"'),
+        ("plain dir/ok.txt", "plain dir/ok.txt", "+++ b/plain dir/ok.txt"),
+    ],
+)
+async def test_approval_prompts_quote_odd_file_names(
+    client: jidoka.Client, root: Path, path: str, shown: str, header: str
+) -> None:
+    sid = await client.create_session(
+        project_root=str(root),
+        config={"allow_write": "ask"},
+        llm_config=_scripted(
+            {"tool_calls": [_tool_call("write_file", "w1", path=path, content="new\n")]},
+            {"text": "ok"},
+        ),
+    )
+    _, seen = await _turn(client, sid, approve=False)
+    [asked] = [e for e in seen if e.type == "approval_requested"]
+    assert asked.data["path"] == path  # the raw key, as data
+    assert asked.data["summary"] == f"write_file wants to change {shown}"
+    assert header in asked.data["diff"].splitlines()
+    assert "\n+new\n" in asked.data["diff"]
+    [result] = [e for e in seen if e.type == "tool_result"]
+    assert result.data["content"] == f"error: the user denied the write to {shown}; it was not made"
+    assert not await asyncio.to_thread((root / path).exists)
+
+
+def test_quote_path() -> None:
+    assert quote_path("src/app.py") == "src/app.py"
+    assert quote_path("src/app.py", "a/") == "a/src/app.py"
+    assert quote_path(" x") == '" x"'
+    assert quote_path(" x", "a/") == '"a/ x"'
+    assert quote_path("") == '""'
+    assert quote_path("back\\slash") == '"back\\\\slash"'
+    assert quote_path("tab\there") == '"tab\\there"'
+    assert quote_path("é/ü.py") == "é/ü.py"
+
+
+async def test_preview_quotes_odd_names_in_the_diff(ctx: ToolContext, root: Path) -> None:
+    await asyncio.to_thread((root / " odd.txt").write_text, "old\n")
+    key, diff = await preview_write(call("write_file", {"path": " odd.txt", "content": "x"}), ctx)
+    assert key == " odd.txt"
+    assert diff.splitlines()[:2] == ['--- "a/ odd.txt"', '+++ "b/ odd.txt"']
+    _, same = await preview_write(call("write_file", {"path": " odd.txt", "content": "old\n"}), ctx)
+    assert same == '[no changes to " odd.txt"]'

@@ -229,7 +229,10 @@ class Transcript:
             self.line(f"✗ {name}: {why}" if failed else f"✓ {name}", style)
 
     def _approval(self, data: dict[str, Any]) -> None:
-        self.line(f"? {data.get('tool')} wants to change {data.get('path')}:", "bold yellow")
+        # The server's summary quotes an odd file name (a newline, edge spaces); the raw path
+        # is shown only as a repr, so it cannot disguise itself either.
+        what = data.get("summary") or f"{data.get('tool')} wants to change {data.get('path')!r}"
+        self.line(f"? {what}:", "bold yellow")
         for row in str(data.get("diff") or "").splitlines():
             style = next((s for prefix, s in _DIFF_STYLES if row.startswith(prefix)), "")
             self._write(row + "\n", style)

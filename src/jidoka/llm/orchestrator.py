@@ -45,7 +45,7 @@ from ..session.context import CONTEXT_PARTS, Message, TokenCounter
 from ..session.info import TokenUsage
 from ..session.session import Session
 from ..tools.files import ToolContext
-from ..tools.registry import ToolRegistry, ToolResult, preview_write
+from ..tools.registry import ToolRegistry, ToolResult, preview_write, quote_path
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages
 from .providers import ClientCache, make_provider
 from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, ToolCall, Usage
@@ -469,7 +469,10 @@ class Agent:
             if denied is not None:
                 result = ToolResult(call_id=call.id, name=call.name, content=denied, is_error=True)
             else:
-                result = await registry.run(call, context, timeout=config.tool_timeout_seconds)
+                try:
+                    result = await registry.run(call, context, timeout=config.tool_timeout_seconds)
+                except Exception as exc:  # run() answers failures itself; this is a last guard
+                    result = self._tool_crashed(call, exc)
         await self._emit(
             EventType.TOOL_RESULT,
             {
@@ -480,9 +483,26 @@ class Agent:
             },
         )
         for path in (*result.paths_read, *result.paths_written):
-            with contextlib.suppress(JidokaError):
+            try:
                 await self._update_index(self.session_id, path)
+            except JidokaError:
+                pass  # the file changed or went away since the tool saw it: nothing to index
+            except Exception:  # the tool's work is done; a failed bookkeeping step must not
+                logger.exception(  # end the turn
+                    "session %s: indexing %r after %s failed", self.session_id, path, call.name
+                )
         return result
+
+    def _tool_crashed(self, call: ToolCall, exc: Exception) -> ToolResult:
+        """A tool failure that was not a refusal (a bug, or an error nothing translated):
+        logged, and told to the model as an error result, so the turn goes on."""
+        logger.error("session %s: tool %s failed", self.session_id, call.name, exc_info=exc)
+        return ToolResult(
+            call_id=call.id,
+            name=call.name,
+            content=f"error: internal error in {call.name}: {type(exc).__name__}",
+            is_error=True,
+        )
 
     async def _ask(self, call: ToolCall, context: ToolContext, wait: float) -> str | None:
         """Ask the user about a write; ``None`` if allowed, else what the model is told."""
@@ -490,13 +510,22 @@ class Agent:
             path, diff = await preview_write(call, context)
         except JidokaError as exc:
             return f"error: {exc.message}"
+        except Exception as exc:  # preview_write translates failures; this is a last guard
+            return self._tool_crashed(call, exc).content
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._approvals[call.id] = future
+        shown = quote_path(path)  # a name with a newline or edge spaces must not mislead
         try:
             try:
                 await self._emit(
                     EventType.APPROVAL_REQUESTED,
-                    {"call_id": call.id, "tool": call.name, "path": path, "diff": _bounded(diff)},
+                    {
+                        "call_id": call.id,
+                        "tool": call.name,
+                        "path": path,
+                        "summary": f"{call.name} wants to change {shown}",
+                        "diff": _bounded(diff),
+                    },
                 )
                 async with asyncio.timeout(wait):
                     allow = await future
@@ -521,8 +550,8 @@ class Agent:
         if allow:
             return None
         if reason == "timeout":
-            return f"error: the write to {path} was not approved in time; it was not made"
-        return f"error: the user denied the write to {path}; it was not made"
+            return f"error: the write to {shown} was not approved in time; it was not made"
+        return f"error: the user denied the write to {shown}; it was not made"
 
     async def _finish(
         self, text: str, usage: Usage, iterations: int, finish_reason: str | None

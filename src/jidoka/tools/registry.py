@@ -43,6 +43,7 @@ __all__ = [
     "ToolResult",
     "WriteFileArgs",
     "preview_write",
+    "quote_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,31 @@ async def preview_write(
         raise
     except (JidokaError, OSError) as exc:
         raise ToolError(_describe(exc, ctx)) from exc
+    except Exception as exc:  # a bug must not end the turn: the model hears of it instead
+        log.exception("preview of %s failed (session %s)", call.name, ctx.session_id)
+        raise ToolError(f"internal error in {call.name}: {type(exc).__name__}") from exc
     return preview
+
+
+def quote_path(key: str, prefix: str = "") -> str:
+    """``key`` for a human to read, unambiguously: as it is when plain, else in double quotes
+    with what could disguise it escaped (as git quotes odd names): control characters
+    (``\\n``, ``\\x1b``), invisible or direction-changing ones (``\\u202e``), quotes and
+    backslashes; the quotes show leading and trailing spaces. An approval prompt names its file
+    this way, so ``"a.py\\n+ harmless"`` cannot pass for a line of the diff. ``prefix`` (a diff
+    header's ``a/``) goes inside the quotes; whether to quote is decided on ``key`` alone."""
+    plain = key.isprintable() and key == key.strip() and '"' not in key and "\\" not in key
+    if plain and key:
+        return prefix + key
+    return '"' + "".join(_escape(char) for char in prefix + key) + '"'
+
+
+def _escape(char: str) -> str:
+    if char in ('"', "\\"):
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return repr(char)[1:-1]  # \n, \t, \x1b, \u202e, ...
 
 
 def _describe(exc: JidokaError | OSError, ctx: ToolContext) -> str:
@@ -281,15 +306,16 @@ def _preview(
 
 
 def _diff(ctx: ToolContext, key: str, old: str | None, new: str) -> str:
-    before = "/dev/null" if old is None else f"a/{key}"
-    lines = difflib.unified_diff(_keep_ends(old or ""), _keep_ends(new), before, f"b/{key}")
+    before = "/dev/null" if old is None else quote_path(key, "a/")
+    after = quote_path(key, "b/")
+    lines = difflib.unified_diff(_keep_ends(old or ""), _keep_ends(new), before, after)
     out: list[str] = []
     for line in lines:
         if len(out) == ctx.max_diff_lines:
             out.append(f"[diff truncated: {1 + sum(1 for _ in lines)} more lines]\n")
             break
         out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
-    text = "".join(out) if out else f"[no changes to {key}]"
+    text = "".join(out) if out else f"[no changes to {quote_path(key)}]"
     if len(text) > ctx.max_output_chars:
         text = text[: ctx.max_output_chars - 40] + "\n[diff truncated: too long]\n"
     return text
