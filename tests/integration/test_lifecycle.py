@@ -73,6 +73,32 @@ async def test_idle_active_idle_timeout(
     assert (info.status, info.reason) == (Status.TERMINATED, "timeout")
 
 
+async def test_a_message_wakes_an_idle_session_that_never_times_out(
+    runtime: jidoka.Runtime, client: jidoka.Client, clock: FakeClock
+) -> None:
+    """Issue 10, item 10: an idle session without a time-out has no timer entry; the message
+    that wakes it used to raise after its commit (the caller saw an error, over HTTP a 500, for
+    a stored message) and left it without an idle timer, active for ever."""
+    config = {"idle_after_seconds": 0.2, "timeout_minutes": 0}
+    async with client.subscribe_to_all_sessions() as events:
+        sid = await client.create_session(config=config)
+        await take(events, 2)
+        clock.advance(0.2)
+        await until(events, "session_status", status="idle")
+
+        message = await client.send_message(sid, "user", "back")
+
+        woke = await next_event(events)
+        assert (woke.session_id, woke.data) == (sid, {"status": "active", "previous": "idle"})
+        clock.advance(0.2)  # the idle timer was re-armed: it goes idle again
+        idle = await until(events, "session_status", status="idle")
+        assert (idle.session_id, idle.seq) == (sid, message.seq + 1)
+    history = await client.get_conversation_history(sid)
+    assert [(m.seq, m.content) for m in history] == [(message.seq, "back")]
+    stored = await runtime.manager.services.store.read_events(sid)
+    assert [e.type for e in stored].count("conversation_added") == 1
+
+
 async def test_reads_are_not_activity(client: jidoka.Client, clock: FakeClock) -> None:
     async with client.subscribe_to_all_sessions() as events:
         sid = await client.create_session(config={"idle_after_seconds": 10})

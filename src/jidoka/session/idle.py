@@ -24,6 +24,7 @@ from .session import Session
 from .state import Status
 
 if TYPE_CHECKING:
+    import asyncio
     from collections import deque
 
     from ..clock import Clock
@@ -47,7 +48,7 @@ class IdleTimers:
         _live: dict[str, Session]
         _timers: TimerQueue
 
-        def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None: ...
+        def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
         async def _load_quietly(self, session_id: str) -> None: ...
         async def save(self, session_id: object) -> SavedSession: ...
         async def _terminate_quietly(
@@ -66,11 +67,21 @@ class IdleTimers:
         return session_id in self._dormant
 
     def touch(self, session: Session) -> None:
-        """After a command: an idle session that became active needs its idle deadline back."""
-        if session.timer_at is None or session.timer_at > (
-            deadline := session.last_activity + session.state.config.idle_after_seconds
-        ):
-            self._schedule(session, deadline)
+        """After a command: the session's next look is at its idle deadline, unless an earlier
+        one is set. An idle session that became active needs this: it may have no timer at all
+        (one that never times out has none once idle)."""
+        self._schedule(session, session.last_activity + session.state.config.idle_after_seconds)
+
+    def rearm(self, session: Session) -> None:
+        """Repair a session whose timer step failed after a commit: the timer looks at it at
+        once, and :meth:`_on_due` sets its real deadline from its status and last activity.
+
+        Without this, a session whose timer was not re-armed would never go idle nor time
+        out, and would stay in memory until terminated.
+        """
+        now = self._clock.monotonic()
+        session.timer_at = now
+        self._timers.schedule(session.session_id, now)
 
     def _on_due(self, session_id: str, when: float) -> None:
         session = self._live.get(session_id)

@@ -8,6 +8,12 @@ intensity is terminated with ``error`` set, on a task of its own — nothing spa
 Termination is awaited, never timed: the session's workers are cancelled and awaited (bounded by
 the grace period), its subscriptions ended, its cache entries and store log released, and only
 then is it replaced by its tombstone.
+
+What follows a commit never fails the command that made it (see :mod:`.session`): the runtime's
+share of a command's follow-up (idle timer, snapshots) runs in the session's post-commit section
+through :meth:`SessionManager._after_command`, failures there are repaired by
+:meth:`SessionManager._on_post_commit_fault`, and the commands made of several commits (create,
+restore, terminate) run to their end even if their caller is cancelled (``_to_completion``).
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import contextlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, TypeVar
 
 import msgspec
+from opentelemetry.trace import Span
 
 from ..config import Settings
 from ..errors import (
@@ -44,7 +53,7 @@ from .context import SessionState, json_size
 from .idle import IdleTimers
 from .info import SessionInfo, Tombstone
 from .persistence import CorruptSession, load_state, saved_copy
-from .session import Session, SessionServices
+from .session import Session, SessionServices, Step
 from .snapshot import SnapshotError, decode_state, encode_state, state_to_dict
 from .state import Status, check_transition
 from .supervisor import Supervisor, WorkerCrash, WorkerFactory
@@ -58,6 +67,8 @@ logger = logging.getLogger("jidoka.manager")
 REASON_REQUESTED: Final = "requested"
 REASON_TIMEOUT: Final = "timeout"
 REASON_ERROR: Final = "error"
+
+_T = TypeVar("_T")
 
 
 class SessionManager(IdleTimers):
@@ -85,6 +96,11 @@ class SessionManager(IdleTimers):
         self._default_config_dict = self._default_config.to_dict()
         self._started = False
         self._closed = False
+        # Sessions whose projection is being rebuilt from the log (an apply failed after a
+        # commit), with the task doing it.
+        self._rebuilding: dict[str, asyncio.Task[None]] = {}
+        services.after_command = self._after_command
+        services.on_fault = self._on_post_commit_fault
 
     # --- lifecycle of the manager -----------------------------------------------------------------
 
@@ -142,7 +158,7 @@ class SessionManager(IdleTimers):
                 f"owner must be a non-empty string of at most 256 characters, got {owner!r}",
                 argument="owner",
             )
-        with self.telemetry.span("create_session") as span:
+        with self._span("create_session") as span:
             started = self._clock.monotonic()
             meta = self._json_object(metadata, "metadata", self.settings.max_metadata_bytes)
             llm = self._json_object(llm_config, "llm_config", self.settings.max_llm_config_bytes)
@@ -169,18 +185,72 @@ class SessionManager(IdleTimers):
                 }
                 if owner is not None:
                     created["owner"] = owner
-                async with session.lock:
-                    await session.commit([(EventType.SESSION_CREATED, created)])
-                    if state.config == self._default_config:
-                        state.config = self._default_config  # share one instance
-                    await session.transition(Status.ACTIVE)
-                self._live[session_id] = session
-            finally:
+            except BaseException:
                 self._creating -= 1
-            self._schedule(session, session.last_activity + state.config.idle_after_seconds)
-            self.telemetry.sessions_created.add(1)
-            self.telemetry.create_duration.record(self._clock.monotonic() - started)
+                raise
+            await self._to_completion(
+                self._open(session, created, started),
+                f"jidoka:{session_id}:create",
+                inline=self._never_waits(),
+            )
             return session_id
+
+    async def _open(self, session: Session, created: dict[str, Any], started: float | None) -> None:
+        """Bring a new (or restored) session to life: commit ``session_created`` and its move
+        to ``active``, make it live, arm its idle timer. Releases the reservation
+        :meth:`_reserve` made, when the commits are done (or failed), not when a cancelled
+        caller leaves. What follows the commits is logged if it fails, never raised: the
+        session exists, and a caller told otherwise would create another."""
+        state = session.state
+        try:
+            async with session.lock:
+                await session.commit([(EventType.SESSION_CREATED, created)])
+                if state.config == self._default_config:
+                    state.config = self._default_config  # share one instance
+                await session.transition(Status.ACTIVE)
+            self._tombstones.pop(session.session_id, None)  # a restored one's
+            self._live[session.session_id] = session
+        finally:
+            self._creating -= 1
+        try:
+            self._schedule(session, session.last_activity + state.config.idle_after_seconds)
+        except Exception as exc:
+            session.report_fault(Step.IDLE_TIMER, exc)
+        try:
+            self.telemetry.sessions_created.add(1)
+            if started is not None:
+                self.telemetry.create_duration.record(self._clock.monotonic() - started)
+        except Exception as exc:
+            session.report_fault(Step.TELEMETRY, exc)
+
+    def _never_waits(self) -> bool:
+        """True if the store and bus never wait: a commit then has no suspension point, so
+        nothing can cancel a run of commits halfway and it needs no task of its own."""
+        return self.services.fast_append is not None and self.services.fast_publish is not None
+
+    async def _to_completion(self, work: Coroutine[Any, Any, _T], name: str, *, inline: bool) -> _T:
+        """Await ``work`` (several commits and what follows them) so that it runs to its end
+        even if the caller is cancelled: stopped halfway, it would leave a session between
+        states (created and never live, terminating and never terminated) and its subscribers
+        without the events that say so.
+
+        It runs as a task of its own, awaited through a shield; a failure it meets after its
+        caller has gone is logged. ``inline`` runs it in the caller's task instead, when
+        nothing can cancel it halfway (no suspension point, or a caller nobody cancels but the
+        runtime's shutdown) or when the caller's identity matters (a worker ending its own
+        session is the one task its supervisor spares).
+        """
+        if inline:
+            return await work
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.add_done_callback(self._background_done)  # nobody else will look
+            raise
 
     def _reserve(self) -> None:
         limit = self.settings.max_sessions
@@ -440,10 +510,11 @@ class SessionManager(IdleTimers):
         ):
             await self.terminate(session_id, reason=reason, error=error)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -472,30 +543,71 @@ class SessionManager(IdleTimers):
             raise InvalidTransition(sid, Status.TERMINATING, Status.TERMINATING)
         check_transition(sid, session.state.status, Status.TERMINATING)
         session.terminating = True
-        with self.telemetry.span("terminate_session", sid):
-            started = self._clock.monotonic()
+        with self._span("terminate_session", sid):
+            return await self._to_completion(
+                self._terminate_now(session, reason, error),
+                f"jidoka:{sid}:terminate",
+                inline=self._terminates_inline(session),
+            )
+
+    def _terminates_inline(self, session: Session) -> bool:
+        """Whether a termination may run in the caller's task (see :meth:`_to_completion`).
+
+        Yes for the runtime's own tasks (only its shutdown cancels them) and for a worker of
+        the session (its supervisor spares the task that asks). Yes when nothing in it can
+        wait: a store and bus that never wait, no workers to await, the lock free, nobody
+        subscribed to the session (whose stream might have to catch up before it ends), so
+        the common termination costs no task and no turn of the event loop.
+        """
+        current = asyncio.current_task()
+        supervisor = session.supervisor
+        if current in self._background or (
+            supervisor is not None and current in supervisor.tasks()
+        ):
+            return True
+        subscribers = getattr(self.services.bus, "subscriber_count", None)
+        return (
+            supervisor is None
+            and self._never_waits()
+            and not session.lock.locked()
+            and subscribers is not None
+            and subscribers(session.session_id) == 0
+        )
+
+    async def _terminate_now(self, session: Session, reason: str, error: str | None) -> SessionInfo:
+        """Commit ``terminating``, stop the workers, commit ``terminated``, retire the session.
+
+        Only a failed commit is raised. Whatever fails after the first commit is logged and
+        the termination goes on: a failure stopping the workers, recording a metric or ending
+        the streams must not leave a session terminating forever, nor tell the caller that a
+        termination the log holds did not happen (a retry would then be refused).
+        """
+        started = self._clock.monotonic()
+        try:
+            async with session.lock:
+                await session.transition(Status.TERMINATING)
             try:
-                async with session.lock:
-                    await session.transition(Status.TERMINATING)
                 await self._release(session)
-                async with session.lock:
-                    status = {
-                        "status": Status.TERMINATED.value,
-                        "previous": Status.TERMINATING.value,
-                    }
-                    if error is not None:
-                        status["error"] = error
-                    await session.commit(
-                        [
-                            (EventType.SESSION_STATUS, status),
-                            (EventType.SESSION_TERMINATED, {"reason": reason, "error": error}),
-                        ]
-                    )
+            except Exception as exc:
+                session.report_fault(Step.WORKERS, exc)
+            async with session.lock:
+                status = {"status": Status.TERMINATED.value, "previous": Status.TERMINATING.value}
+                if error is not None:
+                    status["error"] = error
+                await session.commit(
+                    [
+                        (EventType.SESSION_STATUS, status),
+                        (EventType.SESSION_TERMINATED, {"reason": reason, "error": error}),
+                    ]
+                )
+            try:
                 self.telemetry.sessions_terminated.add(1, {"reason": reason})
                 self.telemetry.terminate_duration.record(self._clock.monotonic() - started)
-            finally:
-                await self._retire(session)
-            return await self.info(sid)
+            except Exception as exc:
+                session.report_fault(Step.TELEMETRY, exc)
+        finally:
+            await self._retire(session)
+        return SessionInfo.of(session.state)
 
     async def _release(self, session: Session) -> None:
         """Stop a session's workers and drop its cached files (awaited, bounded by the grace)."""
@@ -516,12 +628,23 @@ class SessionManager(IdleTimers):
             session.state.status = Status.TERMINATED
             session.state.reason = session.state.reason or REASON_ERROR
         self._remember(session.state)
-        if len(self._timers) > 2 * self.live_count() + 1024:
-            self._timers.compact(self._timer_wanted)
-        # Streams end after the last events; by then the tombstone answers for the session.
-        await self.services.bus.close_session(sid)
-        with contextlib.suppress(StoreError, RuntimeClosed):
+        # What follows may fail (logged); the session is retired all the same.
+        try:
+            if len(self._timers) > 2 * self.live_count() + 1024:
+                self._timers.compact(self._timer_wanted)
+        except Exception as exc:
+            session.report_fault(Step.IDLE_TIMER, exc)
+        try:
+            # Streams end after the last events; by then the tombstone answers for the session.
+            await self.services.bus.close_session(sid)
+        except Exception as exc:
+            session.report_fault(Step.STREAMS, exc)
+        try:
             await self.services.store.release(sid)
+        except (StoreError, RuntimeClosed):
+            pass
+        except Exception as exc:
+            session.report_fault(Step.RELEASE, exc)
 
     # --- helpers for the client -------------------------------------------------------------------
 
@@ -531,14 +654,112 @@ class SessionManager(IdleTimers):
         operation: str,
         call: Callable[[Session], Coroutine[Any, Any, Any]],
     ) -> Any:
-        """Run a command on a live session inside a span, then re-arm its idle timer."""
+        """Run a command on a live session inside a span.
+
+        What a committed command implies for the runtime (the idle timer, a snapshot now and
+        then) is not done here, after the call, but in the session's post-commit section
+        (:meth:`_after_command`): there it runs even if this caller is cancelled once the
+        command has committed, for commands that do not come through here too (the agent's
+        events), and a failure in it cannot reach the caller.
+        """
         session = await self.session(session_id)
-        with self.telemetry.span(operation, session.session_id):
-            result = await call(session)
-        self.touch(session)
-        if session.state.seq - session.snapshot_seq >= self.settings.snapshot_interval:
-            self._snapshot(session)
-        return result
+        with self._span(operation, session.session_id):
+            return await call(session)
+
+    def _span(
+        self, operation: str, session_id: str | None = None
+    ) -> AbstractContextManager[Span | None]:
+        """The operation's span, whose *ending* cannot fail the operation (see _GuardedSpan)."""
+        span = self.telemetry.span(operation, session_id)
+        if isinstance(span, contextlib.nullcontext):  # tracing off: nothing that can fail
+            return span
+        return _GuardedSpan(span, operation, session_id)
+
+    def _after_command(self, session: Session) -> None:
+        """A client command on ``session`` committed: re-arm its idle timer (an idle session
+        that became active may have none), and snapshot it now and then.
+
+        Called from the session's post-commit section (``SessionServices.after_command``),
+        so it runs whether or not the command's caller still waits; it never raises, each
+        step's failure being reported (and the timer re-armed: _on_post_commit_fault).
+        """
+        try:
+            self.touch(session)
+        except Exception as exc:
+            session.report_fault(Step.IDLE_TIMER, exc)
+        if (
+            session.state.seq - session.snapshot_seq >= self.settings.snapshot_interval
+            and session.session_id not in self._rebuilding  # never snapshot a stale projection
+        ):
+            try:
+                self._snapshot(session)
+            except Exception as exc:
+                session.report_fault(Step.SNAPSHOT, exc)
+
+    def _on_post_commit_fault(self, session: Session, step: Step, error: Exception) -> None:
+        """Repair what a failed post-commit step left broken (it is logged already).
+
+        A projection that missed committed events is rebuilt from the log (:meth:`_rebuild`);
+        an idle timer that was not re-armed is re-armed (:meth:`rearm`). The other steps leave
+        nothing broken in the session (see :class:`~.session.Step`).
+        """
+        sid = session.session_id
+        if self._closed or self._live.get(sid) is not session or session.terminating:
+            return  # going away: nothing to repair
+        if step is Step.APPLY:
+            if sid not in self._rebuilding:
+                self._rebuilding[sid] = self._spawn(
+                    self._rebuild(session, error), f"jidoka:{sid}:rebuild"
+                )
+        elif step is Step.IDLE_TIMER:
+            self.rearm(session)
+
+    async def _rebuild(self, session: Session, error: Exception) -> None:
+        """Rebuild a projection from the log after applying committed events to it failed.
+
+        ``apply`` is pure and commands are validated before they commit, so that failure is a
+        bug, and the projection no longer matches the log. The log is the truth: replay it, as
+        a load after a restart does, under the session's lock (commands queued before this ran
+        on the stale projection; they were numbered right, see ``Session._after_commit``).
+        If the log cannot be replayed either, the bug is in applying an event now stored and
+        no retry will cure it: the session is terminated with ``error`` (a durable store keeps
+        its log for inspection), like a session whose workers keep crashing. So is a session
+        of the memory store whose log was trimmed (it no longer starts at ``session_created``).
+        """
+        sid = session.session_id
+        try:
+            async with session.lock:
+                if session.terminating:
+                    return
+                state, _ = await load_state(self.services.store, sid)
+                if state.seq < session.state.seq:
+                    raise CorruptSession(
+                        f"session {sid!r}: its log ends at seq {state.seq}, before the "
+                        f"{session.state.seq} committed",
+                        session_id=sid,
+                    )
+                if state.config == self._default_config:
+                    state.config = self._default_config
+                session.state = state
+        except Exception as exc:
+            self._rebuilding.pop(sid, None)
+            logger.error(
+                "session %s: its state could not be rebuilt from its log (%r); terminating it",
+                sid,
+                exc,
+                extra={"session_id": sid},
+            )
+            detail = f"applying committed events failed ({error!r:.200}), and so did replaying "
+            await self._terminate_quietly(sid, REASON_ERROR, f"{detail}its log ({exc!r:.200})")
+            return
+        finally:
+            self._rebuilding.pop(sid, None)
+        logger.warning(
+            "session %s: state rebuilt from its log (seq %d)",
+            sid,
+            session.state.seq,
+            extra={"session_id": sid},
+        )
 
     def _snapshot(self, session: Session) -> None:
         """Write a snapshot in the background (only durable stores profit from one)."""
@@ -700,7 +921,7 @@ class SessionManager(IdleTimers):
             raise SessionNotFound(repr(session_id))
         if session_id in self._live or session_id in self._dormant or (session_id in self._loading):
             raise SessionExists(session_id)
-        with self.telemetry.span("restore_session", session_id):
+        with self._span("restore_session", session_id):
             found = await self.services.store.load_saved(session_id)
             if found is None:
                 raise SessionNotFound(session_id)
@@ -721,16 +942,18 @@ class SessionManager(IdleTimers):
                     "restored_from": summary.saved_at.isoformat(),
                     "state": state_to_dict(saved),
                 }
-                async with session.lock:
-                    await session.commit([(EventType.SESSION_CREATED, created)])
-                    await session.transition(Status.ACTIVE)
-                self._tombstones.pop(session_id, None)
-                self._live[session_id] = session
-            finally:
+            except BaseException:
                 self._creating -= 1
-        self._schedule(session, session.last_activity + state.config.idle_after_seconds)
-        self.telemetry.sessions_created.add(1)
-        return SessionInfo.of(state)
+                raise
+            await self._to_completion(
+                self._open(session, created, None),
+                f"jidoka:{session_id}:restore",
+                inline=self._never_waits(),
+            )
+        rebuilding = self._rebuilding.get(session_id)
+        if rebuilding is not None:  # an apply failed: answer with what the log says
+            await asyncio.wait({rebuilding})
+        return SessionInfo.of(session.state)
 
     async def list_saved(self, owner: str | None = None) -> list[SavedSession]:
         self.check_open()
@@ -777,3 +1000,43 @@ class SessionManager(IdleTimers):
 
     def is_live(self, session_id: str) -> bool:
         return session_id in self._live
+
+
+class _GuardedSpan:
+    """A telemetry span whose ending cannot fail the operation it timed.
+
+    By the time a span ends, the operation may have committed; an exporter or span processor
+    raising then must not turn a done command into an error. Such a failure is logged with the
+    session id; an exception the operation itself raised passes through unchanged.
+    """
+
+    __slots__ = ("_inner", "_operation", "_session_id")
+
+    def __init__(
+        self, inner: AbstractContextManager[Span | None], operation: str, session_id: str | None
+    ) -> None:
+        self._inner = inner
+        self._operation = operation
+        self._session_id = session_id
+
+    def __enter__(self) -> Span | None:
+        return self._inner.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._inner.__exit__(kind, error, traceback)
+        except Exception as exc:
+            if exc is not error:
+                logger.error(
+                    "session %s: ending the %s span failed (%r); the operation stands",
+                    self._session_id,
+                    self._operation,
+                    exc,
+                    exc_info=exc,
+                    extra={"session_id": self._session_id, "step": "telemetry"},
+                )

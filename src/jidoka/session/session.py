@@ -6,9 +6,16 @@ applied in the order they arrived while other sessions proceed in parallel:
 1. validate the input against the current projection (bounds, paths, roles) — a refused
    command appends nothing;
 2. make the event(s), numbered with the next ``seq``;
-3. append them to the store (when this returns they are as durable as the store promises);
-4. :func:`~jidoka.session.context.apply` them to the projection;
-5. publish them on the bus.
+3. append them to the store (when this returns they are as durable as the store promises): the
+   *commit point*, after which the command has happened;
+4. the post-commit section (:meth:`Session._after_commit`, one place for all of it):
+   :func:`~jidoka.session.context.apply` them to the projection, publish them on the bus, the
+   command's own follow-up (cache, counters) and the runtime's (idle timer, snapshots).
+
+Nothing in step 4 may turn the command into an error: the caller would be told it failed when
+its event is stored, and a client that retries would write it twice. So step 4 never raises
+(each step's failure is logged with the session id and repaired where it can be: see
+:class:`Step`), and it runs to its end even if the caller is cancelled after the commit.
 
 Blocking work (reading files) happens in a worker thread *before* the lock is taken.
 
@@ -19,7 +26,9 @@ and brings an idle session back to ``active`` with a ``session_status`` event fi
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -59,7 +68,9 @@ if TYPE_CHECKING:
     from ..bus.base import EventBus
     from ..store.base import SessionStore
 
-__all__ = ["Session", "SessionServices"]
+__all__ = ["Session", "SessionServices", "Step"]
+
+logger = logging.getLogger("jidoka.session")
 
 
 MAX_KEY_CHARS: Final = 256
@@ -90,10 +101,32 @@ AppendFuture = Callable[
 ]
 
 
+class Step(enum.StrEnum):
+    """The steps that run after a commit, as named in the log when one fails.
+
+    A failure is reported (:meth:`Session.report_fault`) and never raised; the runtime's
+    ``on_fault`` hook then repairs what the failure left broken: a projection that missed
+    events is rebuilt from the log (``APPLY``), an idle timer is re-armed (``IDLE_TIMER``).
+    The others leave nothing to repair in the session (a subscriber that missed a published
+    event, a cache entry not written, a metric not counted); the log says what was lost.
+    """
+
+    APPLY = "applying the events to the projection"
+    PUBLISH = "publishing an event"
+    FOLLOW_UP = "the command's follow-up (cache, counters)"
+    IDLE_TIMER = "re-arming the idle timer"
+    SNAPSHOT = "scheduling a snapshot"
+    TELEMETRY = "recording telemetry"
+    WORKERS = "stopping the workers"
+    STREAMS = "ending the event streams"
+    RELEASE = "releasing the stored log"
+
+
 class SessionServices:
     """What every session of a runtime shares: one reference per session instead of many."""
 
     __slots__ = (
+        "after_command",
         "append_future",
         "blocking",
         "bus",
@@ -102,6 +135,8 @@ class SessionServices:
         "fast_append",
         "fast_publish",
         "messages_appended",
+        "on_fault",
+        "publishing",
         "store",
         "token_counter",
     )
@@ -131,6 +166,13 @@ class SessionServices:
         # Durable stores that can hand back a future let a commit avoid a task of its own.
         self.append_future: AppendFuture | None = getattr(store, "append_future", None)
         self.messages_appended = 0
+        # Set by the session manager: what a committed client command does to the runtime
+        # (idle timer, snapshots), and who repairs what a failed post-commit step broke.
+        # Both are called from the post-commit section; neither is allowed to raise into it.
+        self.after_command: Callable[[Session], None] | None = None
+        self.on_fault: Callable[[Session, Step, Exception], None] | None = None
+        # Publications in flight on a bus that must be awaited (strong references).
+        self.publishing: set[asyncio.Task[None]] = set()
 
 
 class Session:
@@ -197,7 +239,7 @@ class Session:
         assert services.fast_publish is not None
         events = self._events([(EventType.SESSION_STATUS, data)])
         services.fast_append(self.state.session_id, events)
-        self._apply_and_publish(events, services.fast_publish)
+        self._after_commit(events, None, False)
 
     def _events(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
         when = datetime.fromtimestamp(self.services.clock.time(), UTC)
@@ -209,11 +251,20 @@ class Session:
             events.append(Event(type_, sid, seq, when, data))
         return events
 
-    async def commit(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
-        """Append, apply and publish events. The caller holds :attr:`lock`.
+    async def commit(
+        self,
+        items: Iterable[tuple[str, dict[str, Any]]],
+        *,
+        after: Callable[[], object] | None = None,
+        activity: bool = False,
+    ) -> list[Event]:
+        """Append the events, then run the post-commit section. The caller holds :attr:`lock`.
 
-        Once the store has been asked to append, the rest runs to completion even if the caller
-        is cancelled, so the projection never falls behind the log.
+        An error raised here means nothing was stored. Once the store has taken the events,
+        the post-commit section (:meth:`_after_commit`: apply, publish, ``after``, and the
+        runtime's ``after_command`` hook when ``activity`` says this is a client command) runs
+        to its end even if the caller is cancelled meanwhile, so the projection never falls
+        behind the log and nothing the command implies is skipped; and it never raises.
         """
         if self._pending:  # a cancelled caller's commit is still finishing
             if self._drained is None:
@@ -224,68 +275,161 @@ class Session:
         events = self._events(items)
         if services.fast_append is not None and services.fast_publish is not None:
             services.fast_append(sid, events)
-            self._apply_and_publish(events, services.fast_publish)
+            self._after_commit(events, after, activity)  # no suspension point in between
             return events
         if services.append_future is not None:
             # The store calls `_committed` when the commit is done, before waking us, and
             # whether or not we are still waiting: no task and no shield needed.
-            done = services.append_future(sid, events, functools.partial(self._committed, events))
+            done = services.append_future(
+                sid, events, functools.partial(self._committed, events, after, activity)
+            )
             self._pending += 1  # only once the store has taken it (it may refuse at once)
             await done
             return events
         self._pending += 1
-        task = asyncio.get_running_loop().create_task(self._commit_slow(events))
+        task = asyncio.get_running_loop().create_task(self._commit_slow(events, after, activity))
         await asyncio.shield(task)
         return events
 
-    async def _commit_slow(self, events: list[Event]) -> None:
+    async def _commit_slow(
+        self, events: list[Event], after: Callable[[], object] | None, activity: bool
+    ) -> None:
         try:
             await self.services.store.append(self.state.session_id, events)
         except BaseException as exc:
-            self._committed(events, exc)
+            self._committed(events, after, activity, exc)
             raise
-        self._committed(events, None)
+        self._committed(events, after, activity, None)
 
-    def _committed(self, events: list[Event], error: BaseException | None) -> None:
-        """A durable append finished: apply and publish if it committed, whoever still waits."""
+    def _committed(
+        self,
+        events: list[Event],
+        after: Callable[[], object] | None,
+        activity: bool,
+        error: BaseException | None,
+    ) -> None:
+        """A durable append finished: the post-commit section if it committed, whoever waits."""
         self._pending -= 1
         if self._pending == 0 and self._drained is not None:
             self._drained.set_result(None)
             self._drained = None
-        if error is not None:
-            return  # nothing was stored: nothing to apply
-        publish = self.services.fast_publish
-        if publish is not None:
-            self._apply_and_publish(events, publish)
-            return
-        for event in events:
-            apply(self.state, event)
+        if error is None:  # else nothing was stored: nothing follows
+            self._after_commit(events, after, activity)
+
+    def _after_commit(
+        self, events: list[Event], after: Callable[[], object] | None, activity: bool
+    ) -> None:
+        """Everything that follows a durable append, in one place. Never raises.
+
+        When this runs the events are in the log: the command has happened, whatever fails
+        now. So each step is guarded on its own, and a failure is reported (logged with the
+        session id, and handed to the runtime's ``on_fault`` hook to repair what it broke)
+        rather than raised into a caller who would take a stored command for a failed one.
+        Only ``Exception`` is caught; ``CancelledError`` and the like pass. Nothing here
+        awaits, so a cancellation of the caller cannot stop it halfway.
+
+        1. **Apply** each event to the projection. ``apply`` is pure and the command was
+           validated against the projection before its commit, so a failure here is a bug, and
+           the projection no longer matches the log. Its ``seq`` still moves to the last event
+           (the next commit must be numbered after what is stored); the runtime then rebuilds
+           the projection from the log, under the session's lock, or terminates the session
+           with ``error`` if the log cannot be replayed either (``SessionManager._rebuild``).
+           Until then, reads may see the state from before the event.
+        2. **Publish** each event (one failing costs subscribers that event, not the others).
+        3. The command's own **follow-up** (``after``: the file cache, counters).
+        4. For a client command, the runtime's ``after_command`` hook (idle timer, snapshot).
+        """
+        state = self.state
+        try:
+            for event in events:
+                apply(state, event)
+        except Exception as exc:
+            last = events[-1]
+            if state.seq < last.seq:
+                state.seq, state.updated_at = last.seq, last.time
+            self.report_fault(Step.APPLY, exc)
+        services = self.services
+        publish = services.fast_publish
+        if publish is None:
+            self._publish_later(events)
+        else:
+            for event in events:
+                try:
+                    publish(event)
+                except Exception as exc:
+                    self.report_fault(Step.PUBLISH, exc)
+        if after is not None:
+            try:
+                after()
+            except Exception as exc:
+                self.report_fault(Step.FOLLOW_UP, exc)
+        if activity and services.after_command is not None:
+            try:
+                services.after_command(self)
+            except Exception as exc:  # the hook guards its own steps: a last resort
+                self.report_fault(Step.IDLE_TIMER, exc)
+
+    def _publish_later(self, events: list[Event]) -> None:
+        """Publish on a bus that must be awaited, in a task of its own: neither the caller
+        nor the store's callback waits for it."""
         bus = self.services.bus
 
         async def publish_all() -> None:
             for event in events:
-                await bus.publish(event)
+                try:
+                    await bus.publish(event)
+                except Exception as exc:
+                    self.report_fault(Step.PUBLISH, exc)
 
-        asyncio.get_running_loop().create_task(publish_all())
+        tasks = self.services.publishing
+        task = asyncio.get_running_loop().create_task(
+            publish_all(), name=f"jidoka:{self.state.session_id}:publish"
+        )
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
-    def _apply_and_publish(self, events: list[Event], publish: Callable[[Event], None]) -> None:
-        state = self.state
-        for event in events:
-            apply(state, event)
-        for event in events:
-            publish(event)
+    def report_fault(self, step: Step, error: Exception) -> None:
+        """A step after a commit failed: log it with the session id, let the runtime repair
+        what it broke. Never raises: the post-commit section calls it, and must not."""
+        sid = self.state.session_id
+        logger.error(
+            "session %s: %s failed after its events were committed; the command stands (%r)",
+            sid,
+            step,
+            error,
+            exc_info=error,
+            extra={"session_id": sid, "step": step.name.lower()},
+        )
+        hook = self.services.on_fault
+        if hook is not None:
+            try:
+                hook(self, step, error)
+            except Exception:
+                logger.exception(
+                    "session %s: repairing after %s failed", sid, step, extra={"session_id": sid}
+                )
 
     def ensure_writable(self) -> None:
         if self.terminating or self.state.status in (Status.TERMINATING, Status.TERMINATED):
             raise SessionTerminated(self.session_id, reason=self.state.reason or "terminating")
 
-    async def command(self, items: list[tuple[str, dict[str, Any]]]) -> list[Event]:
-        """Run one client command: activity, then commit. The caller holds :attr:`lock`."""
+    async def command(
+        self,
+        items: list[tuple[str, dict[str, Any]]],
+        after: Callable[[], object] | None = None,
+    ) -> list[Event]:
+        """Run one client command: activity, then commit. The caller holds :attr:`lock`.
+
+        ``after`` is the command's follow-up once committed (a cache update, a counter): it
+        runs in the post-commit section, so it is neither skipped by a cancellation nor able
+        to fail the command. What the command returns is built from its events, not read
+        back from the projection (which a failed apply would have left behind).
+        """
         self.ensure_writable()
         self.last_activity = self.services.clock.monotonic()
         if self.state.status is Status.IDLE:
             items.insert(0, (EventType.SESSION_STATUS, _STATUS_DATA[Status.IDLE, Status.ACTIVE]))
-        return await self.commit(items)
+        return await self.commit(items, after=after, activity=True)
 
     async def transition(self, to: Status, *, error: str | None = None) -> Event:
         """Commit a ``session_status`` event (the caller checked the move and holds the lock)."""
@@ -317,11 +461,15 @@ class Session:
                     "max_message_bytes", limit, session_id=self.session_id, actual=size
                 )
         async with self.lock:
-            await self.command([(EventType.CONVERSATION_ADDED, {"role": role, "content": content})])
-            self.services.messages_appended += 1
-            history = self.state.history
-            assert history is not None
-            return history[-1]
+            events = await self.command(
+                [(EventType.CONVERSATION_ADDED, {"role": role, "content": content})],
+                self._count_message,
+            )
+        event = events[-1]
+        return Message(event.id, role, content, event.time, event.seq)
+
+    def _count_message(self) -> None:
+        self.services.messages_appended += 1
 
     async def clear_conversation(self) -> int:
         async with self.lock:
@@ -350,12 +498,12 @@ class Session:
                 "line_count": facts.line_count,
                 "language": facts.language,
             }
-            await self.command([(EventType.FILE_ADDED, data)])
-            self.services.cache.put(
-                self.session_id, facts.path, facts.text, facts.size, facts.mtime_ns
-            )
-            assert self.state.files is not None
-            return self.state.files[facts.path]
+            cache = functools.partial(
+                self.services.cache.put,
+                self.session_id, facts.path, facts.text, facts.size, facts.mtime_ns,
+            )  # fmt: skip
+            event = (await self.command([(EventType.FILE_ADDED, data)], cache))[-1]
+            return ActiveFile(facts.path, event.time, event.seq)
 
     async def remove_file(self, path: object) -> bool:
         """Remove an active file; ``False`` (and no event) if it was not active."""
@@ -364,8 +512,8 @@ class Session:
             self.ensure_writable()
             if key not in (self.state.files or {}):
                 return False
-            await self.command([(EventType.FILE_REMOVED, {"path": key})])
-            self.services.cache.invalidate(self.session_id, key)
+            forget = functools.partial(self.services.cache.invalidate, self.session_id, key)
+            await self.command([(EventType.FILE_REMOVED, {"path": key})], forget)
             return True
 
     async def update_file_index(self, path: object, fields: object) -> FileIndexEntry:
@@ -385,8 +533,8 @@ class Session:
                 entry = msgspec.structs.replace(entry, extra=merged)
             encoded = msgspec.to_builtins(entry)
             await self.command([(EventType.FILE_INDEX_UPDATED, {"path": key, "entry": encoded})])
-            assert self.state.index is not None
-            return self.state.index[key]
+            # What apply makes of the event, whatever became of apply.
+            return msgspec.convert(encoded, FileIndexEntry)
 
     async def put_working_context(self, key: object, value: object) -> None:
         self._check_key(key)
