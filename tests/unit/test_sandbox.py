@@ -836,8 +836,9 @@ def test_a_checked_project_root_is_rechecked_not_resolved_again(tmp_path: Path) 
     assert resolve_project_root(checked) == checked
     os.rename(tmp_path / "projects" / "web", tmp_path / "projects" / "web-old")
     os.symlink(tmp_path / "elsewhere", tmp_path / "projects" / "web")
-    with pytest.raises(jidoka.PathNotAllowed, match="symlink in its path"):
+    with pytest.raises(jidoka.PathNotAllowed, match="symlink in its path") as info:
         resolve_project_root(checked)
+    assert type(info.value.path) is str  # a ProjectRoot there could not be encoded (a 500)
     assert resolve_project_root(str(checked)) == os.path.realpath(tmp_path / "elsewhere")
 
 

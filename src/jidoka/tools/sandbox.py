@@ -79,6 +79,8 @@ def resolve_project_root(project_root: object, *, within: str | None = None) -> 
             argument="project_root",
         )
     raw = os.fspath(project_root)
+    if isinstance(raw, str):
+        raw = str.__str__(raw)  # a plain str (not a ProjectRoot) for errors, which get encoded
     if (
         not isinstance(raw, str)
         or not raw
