@@ -270,9 +270,12 @@ class Client:
                 raise
             services = self._manager.services
             store = services.store
+            page_bytes = self._manager.settings.subscriber_page_bytes
 
             async def read(sid: str, after: int, limit: int) -> list[Event]:
-                return await store.read_events(sid, after_seq=after, limit=limit)
+                return await store.read_events(
+                    sid, after_seq=after, limit=limit, max_bytes=page_bytes
+                )
 
             yield Subscription.ended(
                 session_id,

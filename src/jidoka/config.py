@@ -56,7 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     subscriber_queue_size: _Positive = 1_000
     #: Stored bytes a subscription that is catching up (or replaying) reads from the store at
     #: once, besides ``subscriber_queue_size`` events; a larger event is read alone.
-    subscriber_page_bytes: _Positive = 1_048_576
+    subscriber_page_bytes: _Positive = 262_144
     #: Agent turns waiting to run, across all sessions; one more raises
     #: ``LimitExceeded('max_queued_turns_total')`` (each session also has ``max_queued_turns``).
     max_queued_turns_total: _Positive = 1_000

@@ -123,7 +123,8 @@ class Runtime:
             raise RuntimeClosed("a Runtime can be started once")
         store = self._store_instance or await self._open_store()
         bus = MemoryBus(
-            reader=_reader(store),
+            reader=_reader(store, self.settings.subscriber_page_bytes),
+            keeps_logs=store.durable,  # a durable store keeps an ended session's log
             queue_size=self.settings.subscriber_queue_size,
             now=self.clock.time,
         )
@@ -269,8 +270,13 @@ class Runtime:
         return f"<Runtime {self._state.value} store={self.settings.store!r}>"
 
 
-def _reader(store: SessionStore) -> Any:
+def _reader(store: SessionStore, page_bytes: int) -> Any:
+    """The bus's catch-up reads: at most ``limit`` events and about ``page_bytes`` of them, so a
+    subscriber replaying a long log of large events holds one bounded page at a time."""
+
     async def read(session_id: str, after_seq: int, limit: int) -> list[Event]:
-        return await store.read_events(session_id, after_seq=after_seq, limit=limit)
+        return await store.read_events(
+            session_id, after_seq=after_seq, limit=limit, max_bytes=page_bytes
+        )
 
     return read

@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "max_sessions": 100_000,
     "max_tombstones": 10_000,
     "subscriber_queue_size": 1_000,
-    "subscriber_page_bytes": 1_048_576,
+    "subscriber_page_bytes": 262_144,
     "max_queued_turns_total": 1_000,
     "cache_max_bytes": 64 * 1024 * 1024,
     "cache_session_max_bytes": 8 * 1024 * 1024,

@@ -12,15 +12,21 @@ import asyncio
 import json
 import typing
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import jidoka
+from jidoka.bus.base import Subscription
 from jidoka.config import Settings
 from jidoka.errors import InvalidConfig, LimitExceeded
+from jidoka.events import Event, EventType
+from jidoka.server.streams import CHUNK_BYTES, EventStream, StreamRegistry
 from jidoka.session.state import SessionCeilings, SessionConfig
+from jidoka.store.sqlite import SqliteStore
 
 from ..helpers import until
 
@@ -266,3 +272,84 @@ async def test_the_runtime_queues_at_most_max_queued_turns_total(tmp_path: Path)
         for turn in turns:
             with pytest.raises(jidoka.SessionTerminated):
                 await turn
+
+
+# --- event streams -------------------------------------------------------------------------------
+
+
+class Stalled:
+    """An ASGI ``send`` to a client that stopped reading: body messages go into the buffer
+    until the server waits for it to drain (the empty message), which never happens."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.waiting = asyncio.Event()
+        self.gone = asyncio.Event()
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != "http.response.body":
+            return
+        if message["body"]:
+            self.chunks.append(message["body"])
+        else:
+            self.waiting.set()
+            await asyncio.Event().wait()
+
+    async def receive(self) -> Any:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def test_a_stalled_stream_reads_one_page_and_writes_one_chunk(tmp_path: Path) -> None:
+    """40 events of 100 KB replayed to a client that does not read: the stream takes one
+    store page (``max_bytes``) and writes one bounded chunk, then waits; it used to read the
+    whole log and write it as one 4 MB chunk."""
+    sid, size, page = "A" * 26, 100_000, 256 * 1024
+    store = SqliteStore(tmp_path / "events.sqlite3")
+    await store.open()
+    try:
+        when = datetime.now(UTC)
+        await store.append(
+            sid,
+            [Event(EventType.CONVERSATION_ADDED, sid, seq, when, {"content": "x" * size})
+             for seq in range(1, 41)],
+        )  # fmt: skip
+        reads: list[int] = []
+
+        async def reader(session_id: str, after: int, limit: int) -> list[Event]:
+            events = await store.read_events(
+                session_id, after_seq=after, limit=limit, max_bytes=page
+            )
+            reads.append(len(events))
+            return events
+
+        @asynccontextmanager
+        async def subscribe() -> AsyncIterator[Subscription]:
+            yield Subscription(sid, queue_size=1_000, reader=reader, now=lambda: 0.0, after_seq=0)
+
+        registry = StreamRegistry(max_per_principal=1)
+        stream = EventStream(
+            subscribe(), registry=registry, heartbeat=60.0, by_seq=True, principal="p"
+        )
+        await stream.open()
+        assert registry.streams("p") == 1
+        client = Stalled()
+        task = asyncio.create_task(stream({"type": "http"}, client.receive, client.send))
+        async with asyncio.timeout(10):
+            await client.waiting.wait()
+        assert reads == [3]  # one page: the third event reaches 256 KiB
+        written = sum(len(chunk) for chunk in client.chunks)
+        assert written <= CHUNK_BYTES + 2 * size
+        # A second stream of the same principal is refused before it subscribes.
+        second = EventStream(
+            subscribe(), registry=registry, heartbeat=60.0, by_seq=True, principal="p"
+        )
+        with pytest.raises(LimitExceeded) as caught:
+            await second.open()
+        assert (caught.value.limit, caught.value.maximum) == ("max_streams_per_principal", 1)
+        client.gone.set()  # the client goes away: the stream ends and gives its place back
+        async with asyncio.timeout(10):
+            await task
+        assert registry.streams("p") == 0
+    finally:
+        await store.aclose()

@@ -192,3 +192,23 @@ async def test_memory_store_frees_released_logs_and_trims() -> None:
     assert store.sessions() == frozenset()
     with pytest.raises(ValueError, match="at least 1"):
         MemoryStore(max_events_per_session=0)
+
+
+async def test_read_events_bounded_by_bytes(store: SessionStore) -> None:
+    """``max_bytes`` cuts a page after the event that reaches it, never before the first: a
+    replaying reader's page stays bounded while it still always makes progress."""
+    big = [
+        Event(EventType.CONVERSATION_ADDED, A, seq, T0, {"role": "user", "content": "x" * 10_000})
+        for seq in range(1, 21)
+    ]
+    await store.append(A, big)
+    one = await store.read_events(A, after_seq=0, max_bytes=1)
+    assert [e.seq for e in one][:1] == [1]
+    page = await store.read_events(A, after_seq=4, limit=10, max_bytes=25_000)
+    assert [e.seq for e in page] == list(range(5, 5 + len(page)))  # a prefix, in order
+    assert 1 <= len(page) <= 10
+    if store.durable:  # a store that reads from disk must honour the bound
+        assert [e.seq for e in one] == [1]
+        assert len(page) == 3  # 10 KB each: the third reaches 25 KB
+    whole = await store.read_events(A, after_seq=0, max_bytes=1 << 30)
+    assert [e.seq for e in whole] == list(range(1, 21))

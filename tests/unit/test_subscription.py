@@ -116,3 +116,27 @@ async def test_an_ended_stream_pages_through_the_store_then_ends() -> None:
     assert set(limits) == {3}  # never the whole log at once
     assert len(limits) >= 3
     assert ended.statistics().dropped == 0
+
+
+async def test_finish_leaves_a_kept_log_to_be_read_page_by_page() -> None:
+    """A stalled subscriber of a session that ends: from a store that keeps the log, finish()
+    reads nothing at once (it used to load everything not yet caught up into the queue)."""
+    store = MemoryStore()
+    for seq in range(1, 11):
+        await store.append(A, [event(seq)])
+    reads: list[int] = []
+
+    async def reader(session_id: str, after: int, limit: int) -> list[Event]:
+        reads.append(after)
+        return await store.read_events(session_id, after_seq=after, limit=2)
+
+    subscription = Subscription(
+        A, queue_size=2, reader=reader, now=lambda: 0.0, after_seq=0, keeps_logs=True
+    )
+    await subscription.finish()
+    assert reads == []
+    assert subscription.statistics().queued == 0
+    async with asyncio.timeout(PROMPTLY):
+        seqs = [e.seq async for e in subscription]
+    assert seqs == list(range(1, 11))
+    assert subscription.statistics().dropped == 0

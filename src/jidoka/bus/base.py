@@ -57,6 +57,7 @@ class Subscription:
         "_closed",
         "_delivered",
         "_dropped",
+        "_keeps_logs",
         "_last_seq",
         "_latest_seen",
         "_now",
@@ -78,10 +79,14 @@ class Subscription:
         now: Callable[[], float],
         after_seq: int | None = None,
         on_lost: Callable[[int], None] | None = None,
+        keeps_logs: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.session_id = session_id
+        #: The reader's store keeps a session's log after it ends (a durable one does), so
+        #: catching up can go on at the consumer's pace once the session has ended.
+        self._keeps_logs = keeps_logs
         self.queue_size = queue_size
         self._now = now
         self._on_lost = on_lost
@@ -126,9 +131,16 @@ class Subscription:
         self._wake()
 
     async def finish(self) -> None:
-        """The session is ending: take every event still to be caught up from the store now
-        (it may free the log next), then close. The queue may exceed its bound by that much."""
-        if self._catching_up and self.session_id is not None and self._reader is not None:
+        """The session is ending: close. A store that may free the log next (the memory
+        store) is read now for every event still to be caught up, so the queue may exceed its
+        bound by that much (events that store holds in memory anyway); from one that keeps
+        logs, catching up goes on page by page as the consumer reads."""
+        if (
+            self._catching_up
+            and not self._keeps_logs
+            and self.session_id is not None
+            and self._reader is not None
+        ):
             while True:
                 seen = self._latest_seen
                 events = await self._reader(self.session_id, self._last_seq, 1 << 62)

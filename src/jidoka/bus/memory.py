@@ -26,11 +26,14 @@ class MemoryBus:
         reader: EventReader | None = None,
         queue_size: int = 1_000,
         now: Callable[[], float],
+        keeps_logs: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.queue_size = queue_size
         self._reader = reader
+        #: Whether ``reader``'s store keeps a session's log after it ends (see ``finish``).
+        self._keeps_logs = keeps_logs
         self._now = now
         self._topics: dict[str, set[Subscription]] = {}
         self._global: set[Subscription] = set()
@@ -65,6 +68,7 @@ class MemoryBus:
             now=self._now,
             after_seq=after_seq,
             on_lost=self._count_lost,
+            keeps_logs=self._keeps_logs,
         )
         topic = self._global if session_id is None else self._topics.setdefault(session_id, set())
         topic.add(subscription)

@@ -128,6 +128,16 @@ def serve(
             rich_help_panel=_LIMITS,
         ),
     ] = None,
+    max_streams: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Event streams open at once per principal, SSE and WebSocket subscriptions "
+            "(env JIDOKA_MAX_STREAMS_PER_PRINCIPAL; default 32).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
     heartbeat: Annotated[
         float | None,
         typer.Option(
@@ -160,6 +170,7 @@ def serve(
         "port": port,
         "max_body_bytes": max_body_bytes,
         "max_inflight": max_inflight,
+        "max_streams_per_principal": max_streams,
         "heartbeat_seconds": heartbeat,
         "shutdown_timeout": shutdown_timeout,
         "cors_origins": tuple(cors_origin) if cors_origin else None,

@@ -72,6 +72,7 @@ class _Endpoints:
             registry=self.streams,
             heartbeat=self.config.heartbeat_seconds,
             by_seq=True,
+            principal=principal,
         )
         await stream.open()
         return stream
@@ -84,6 +85,7 @@ class _Endpoints:
             heartbeat=self.config.heartbeat_seconds,
             by_seq=False,
             keep=self.ops.visibility(principal),
+            principal=principal,
         )
         await stream.open()
         return stream
@@ -170,7 +172,9 @@ def create_app(
         auth_enabled=config.auth_enabled,
         projects_dir=config.projects_dir,
     )
-    streams = StreamRegistry()
+    # Without auth there are no principals to tell apart: max_connections bounds the streams.
+    per_principal = config.max_streams_per_principal if config.auth_enabled else None
+    streams = StreamRegistry(max_per_principal=per_principal)
     endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
     docs = ApiDocs()
     handlers = SessionRoutes(ops)

@@ -32,6 +32,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1 << 20
     max_inflight: int = 64
+    #: Event streams (SSE, WebSocket subscriptions) one principal may have open at once.
+    max_streams_per_principal: int = 32
     heartbeat_seconds: float = 15.0
     shutdown_timeout: float = 10.0
     #: Log one line per request (method, path, status, duration, request id).
@@ -44,6 +46,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidConfig(f"port must be 0..65535, got {self.port}", field="port")
+        if self.max_streams_per_principal < 1:
+            raise InvalidConfig(
+                "max_streams_per_principal must be at least 1", field="max_streams_per_principal"
+            )
         for name in ("max_body_bytes", "max_inflight"):
             if getattr(self, name) < 1:
                 raise InvalidConfig(f"{name} must be at least 1", field=name)
@@ -90,6 +96,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             ("JIDOKA_PORT", "port", int),
             ("JIDOKA_MAX_BODY_BYTES", "max_body_bytes", int),
             ("JIDOKA_MAX_INFLIGHT", "max_inflight", int),
+            ("JIDOKA_MAX_STREAMS_PER_PRINCIPAL", "max_streams_per_principal", int),
         ):
             raw = env.get(name)
             if raw:

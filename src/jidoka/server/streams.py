@@ -7,11 +7,22 @@ session, client gone, server draining, cancellation -- leave the subscription, a
 
 Wire format (``docs/http-api.md``): one SSE message per event, ``id:`` the event's seq on a
 session stream (so ``Last-Event-ID`` resumes it) and the event id on the global stream; events
-already queued are written in one chunk; a ``: keep-alive`` comment after ``heartbeat`` seconds of
-silence; a final ``event: shutdown`` (without ``id:``) when the server drains, and a final
-``event: end`` (without ``id:``) when a session stream is complete because the session has
-ended: there is nothing to resume, and a client (a browser's ``EventSource`` reconnects by
-itself) knows to stop.
+already queued are written together, in chunks of about ``CHUNK_BYTES``; a ``: keep-alive``
+comment after ``heartbeat`` seconds of silence; a final ``event: shutdown`` (without ``id:``)
+when the server drains, and a final ``event: end`` (without ``id:``) when a session stream is
+complete because the session has ended: there is nothing to resume, and a client (a browser's
+``EventSource`` reconnects by itself) knows to stop.
+
+**Memory per stream.** A reader that does not read (slow, or hostile) must not make the server
+hold its whole replay. A stream takes the next events from its subscription only once the
+chunk before has left the server's send buffer (the ASGI server's flow control applies
+backpressure to ``send``; an empty body message waits for the buffer to drain), chunks are
+bounded in bytes, and a subscription catching up reads the store one bounded page at a time
+(``Settings.subscriber_page_bytes``). A stalled stream so holds about one page and one chunk.
+
+**Streams per principal.** Each principal may have ``max_streams_per_principal`` event streams
+open at once, SSE and WebSocket subscriptions together (:meth:`StreamRegistry.reserve`); the
+next is refused with ``LimitExceeded`` (429 with ``Retry-After``), before it subscribes.
 """
 
 from __future__ import annotations
@@ -25,12 +36,15 @@ from typing import Final
 from starlette.types import Receive, Scope, Send
 
 from ..bus.base import Subscription
+from ..errors import LimitExceeded
 from ..events import Event, EventType, encode_event
 
-__all__ = ["EventStream", "StreamRegistry", "sse_frame"]
+__all__ = ["CHUNK_BYTES", "EventStream", "StreamRegistry", "sse_frame"]
 
 #: Events written per chunk at most, when the subscriber has a backlog.
 _BATCH: Final = 256
+#: Bytes per chunk: a chunk ends with the event that reaches this (one larger event goes alone).
+CHUNK_BYTES: Final = 256 * 1024
 _HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -51,11 +65,36 @@ def sse_frame(event: Event, *, by_seq: bool) -> bytes:
 
 
 class StreamRegistry:
-    """The open streams and WebSockets, so that shutdown can end each one cleanly."""
+    """The open streams and WebSockets, so that shutdown can end each one cleanly; and how many
+    event streams each principal has open, so that none can open them without end."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_per_principal: int | None = None) -> None:
+        if max_per_principal is not None and max_per_principal < 1:
+            raise ValueError("max_per_principal must be at least 1")
         self._closers: set[Callable[[], None]] = set()
+        self._streams: dict[str | None, int] = {}
+        self.max_per_principal = max_per_principal
         self.draining = False
+
+    def reserve(self, principal: str | None) -> None:
+        """Count one more stream of ``principal``; ``LimitExceeded`` past the limit. Every
+        successful call is matched by one :meth:`release`."""
+        count = self._streams.get(principal, 0)
+        limit = self.max_per_principal
+        if limit is not None and count >= limit:
+            raise LimitExceeded("max_streams_per_principal", limit, actual=count + 1)
+        self._streams[principal] = count + 1
+
+    def release(self, principal: str | None) -> None:
+        count = self._streams.get(principal, 0) - 1
+        if count > 0:
+            self._streams[principal] = count
+        else:
+            self._streams.pop(principal, None)
+
+    def streams(self, principal: str | None) -> int:
+        """Event streams ``principal`` has open."""
+        return self._streams.get(principal, 0)
 
     def add(self, closer: Callable[[], None]) -> None:
         """Track a stream; one opened while draining is told to finish at once."""
@@ -91,8 +130,11 @@ class EventStream:
         by_seq: bool,
         keep: Filter | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        principal: str | None = None,
     ) -> None:
         self._context = subscription
+        self._principal = principal
+        self._reserved = False
         self._registry = registry
         self._heartbeat = heartbeat
         self._by_seq = by_seq
@@ -101,8 +143,20 @@ class EventStream:
         self._subscription: Subscription | None = None
 
     async def open(self) -> None:
-        """Subscribe now, before any byte is sent, so errors can still be a problem response."""
-        self._subscription = await self._context.__aenter__()
+        """Take the principal's stream slot and subscribe now, before any byte is sent, so
+        errors (the stream limit among them) can still be a problem response."""
+        self._registry.reserve(self._principal)
+        self._reserved = True
+        try:
+            self._subscription = await self._context.__aenter__()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self._registry.release(self._principal)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscription = self._subscription
@@ -125,13 +179,19 @@ class EventStream:
                     raise exc  # type: ignore[misc]
         finally:
             self._registry.discard(subscription.close)
-            await self._context.__aexit__(None, None, None)
+            try:
+                await self._context.__aexit__(None, None, None)
+            finally:
+                self._release()
 
     async def _pump(self, subscription: Subscription, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         await send({"type": "http.response.body", "body": b": ok\n\n", "more_body": True})
         async for chunk in self._chunks(subscription):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Wait until the send buffer has drained (an empty message writes nothing but
+            # waits like any other) before taking, or reading from the store, any more.
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
         if self._registry.draining:
             await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": True})
         elif self._by_seq:  # a session stream runs until its session ends: it is complete
@@ -150,16 +210,20 @@ class EventStream:
             except StopAsyncIteration:
                 return
             frames: list[bytes] = []
+            size = 0
             batch: Event | None = event
-            while batch is not None and len(frames) < _BATCH:
+            while batch is not None:
                 if self._keep is None or await self._keep(batch):
-                    frames.append(sse_frame(batch, by_seq=self._by_seq))
+                    frame = sse_frame(batch, by_seq=self._by_seq)
+                    frames.append(frame)
+                    size += len(frame)
+                    if size >= CHUNK_BYTES or len(frames) >= _BATCH:
+                        break  # the rest stays queued until this chunk has gone out
                 batch = subscription.get_nowait()
-            # A full batch: the event taken last still goes out, in this chunk.
-            if batch is not None and (self._keep is None or await self._keep(batch)):
-                frames.append(sse_frame(batch, by_seq=self._by_seq))
             if frames:
-                yield b"".join(frames)
+                chunk = b"".join(frames)
+                frames.clear()  # the frames are in the chunk: keep one copy only
+                yield chunk
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -208,7 +208,14 @@ class WebSocketSession:
         else:
             sid = await self.ops.owned(self.principal, sid)
             context = self.client.subscribe_to_session(sid, after_seq=args.get("after_seq"))
-        subscription = await context.__aenter__()
+        # A subscription is an event stream: it counts against the principal's stream limit.
+        principal = self.principal
+        self.registry.reserve(principal)
+        try:
+            subscription = await context.__aenter__()
+        except BaseException:
+            self.registry.release(principal)
+            raise
         ready = asyncio.Event()
         visible = self.ops.visibility(self.principal)
 
@@ -225,7 +232,10 @@ class WebSocketSession:
             finally:
                 await context.__aexit__(None, None, None)
 
-        self._subscriptions[name] = asyncio.create_task(pump())
+        task = asyncio.create_task(pump())
+        # Released when the task is done, even if it is cancelled before it ever ran.
+        task.add_done_callback(lambda _: self.registry.release(principal))
+        self._subscriptions[name] = task
         return {"subscription": name}, ready
 
     async def _send_event(self, name: str, event: Event) -> None:

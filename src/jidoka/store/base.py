@@ -73,10 +73,20 @@ class SessionStore(Protocol):
         ...
 
     async def read_events(
-        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         """Events with ``seq > after_seq`` in order, at most ``limit``. A store may have
-        trimmed old events; the first returned seq then shows the gap."""
+        trimmed old events; the first returned seq then shows the gap.
+
+        With ``max_bytes``, the read stops after the event that brings the stored size read to
+        ``max_bytes`` or more (so a page is never empty while events remain): what a reader
+        replaying a long log may bring into memory at once. A store whose events are in memory
+        already may ignore it (its page costs only references)."""
         ...
 
     async def last_seq(self, session_id: str) -> int:

@@ -60,8 +60,14 @@ class MemoryStore:
             log.first_seq += excess
 
     async def read_events(
-        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Event]:
+        # ``max_bytes`` is not needed here: a page is a slice of events held anyway.
         log = self._logs.get(session_id)
         if log is None:
             return []

@@ -503,14 +503,29 @@ class SqliteStore:
         return await asyncio.to_thread(call)
 
     async def read_events(
-        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(
+            cursor = conn.execute(
                 "SELECT seq, type, time_us, data FROM events WHERE session_id = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (session_id, after_seq, -1 if limit is None else max(limit, 0)),
-            ).fetchall()
+            )
+            if max_bytes is None:
+                return cursor.fetchall()
+            rows, size = [], 0
+            for row in cursor:  # row by row: what is past the byte bound is never fetched
+                rows.append(row)
+                size += len(row[3])
+                if size >= max_bytes:
+                    break
+            cursor.close()
+            return rows
 
         rows: list[tuple[Any, ...]] = await self._read(session_id, run)
         events = []
