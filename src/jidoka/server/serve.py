@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -93,6 +94,7 @@ def _token(config: ServerConfig, data_dir: str) -> tuple[ServerConfig, str | Non
 
 
 def _bind(config: ServerConfig) -> socket.socket:
+    """The listening socket; a port already taken is a :class:`JidokaError` that names it."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio turns on TCP_NODELAY only for sockets that say they are TCP
     # (without it, each answer waits ~40 ms for a delayed ACK on the plain asyncio loop).
@@ -100,9 +102,15 @@ def _bind(config: ServerConfig) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((config.host, config.port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        where = f"{config.host}:{config.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise JidokaError(
+                f"port {config.port} on {config.host} is already in use (another jidoka serve?):"
+                f" stop that server, or pick another port (--port 0 picks a free one)"
+            ) from None
+        raise JidokaError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -118,11 +126,13 @@ async def serve(
     """Run until SIGTERM/SIGINT; returns the exit code. ``metrics`` is best made before the
     loop starts (the OpenTelemetry SDK takes locks while it sets up)."""
     metrics = metrics or PrometheusMetrics()
+    sock: socket.socket | None = None
     try:
+        # The port first: a port in use is said at once, before sessions are recovered.
+        sock = _bind(config)
         async with Runtime(settings=settings, meter_provider=metrics.meter_provider) as runtime:
             data_dir = runtime.settings.data_dir
             config, generated = await asyncio.to_thread(_token, config, data_dir)
-            sock = _bind(config)
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             url = f"http://{shown}:{port}"
@@ -155,6 +165,8 @@ async def serve(
         print(f"jidoka: error: {exc}", file=sys.stderr)
         return 1
     finally:
+        if sock is not None:
+            sock.close()
         metrics.shutdown()
     return 0
 
