@@ -15,7 +15,12 @@ fi
 if [ -z "$python" ]; then
   echo "jidoka: needs Python 3.11 or newer (set JIDOKA_PYTHON)" >&2; exit 1
 fi
+# Progress goes to stderr, one line per step that takes a while: the first run is silent
+# for a minute otherwise, and stdout belongs to the command being run.
+fresh=""
 if [ ! -x "$venv/bin/python" ]; then
+  echo "jidoka: creating .venv and installing dependencies (first run, ~1 min)…" >&2
+  fresh=1
   "$python" -m venv "$venv"
 fi
 stamp="$venv/.jidoka-installed"
@@ -25,9 +30,13 @@ want="$sum-$extras"
 have="$(cat "$stamp" 2>/dev/null || true)"
 # The dev extra includes the server and llm extras: a test venv can run the server as it is.
 if [ "$have" != "$want" ] && ! { [ "$extras" = "server,llm" ] && [ "$have" = "$sum-dev" ]; }; then
+  if [ -z "$fresh" ]; then
+    echo "jidoka: installing dependencies into .venv (pyproject.toml or JIDOKA_EXTRAS changed)…" >&2
+  fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -c 'import jidoka' || { echo "jidoka: install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
+  echo "jidoka: .venv is ready" >&2
 fi
 export PATH="$venv/bin:$PATH"
