@@ -45,11 +45,49 @@ _TRANSIENT_STATUSES: Final = frozenset({502, 503, 504})
 
 class ServerUnavailable(JidokaError):
     """The server could not be reached (refused, timed out, or dropped the connection), so the
-    request may or may not have taken effect. ``url`` is the server's base URL."""
+    request may or may not have taken effect. ``url`` is the server's base URL.
 
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(f"the Jidoka server at {url} could not be reached: {detail}")
+    The message says it in a user's words: ``cannot reach a jidoka server at URL: is `jidoka
+    serve` running? (...)`` when no connection could be made, ``the jidoka server at URL did not
+    answer ROUTE: ...`` when one was made and then failed (or none was free in time)."""
+
+    def __init__(self, url: str, detail: str, *, connected: bool = True) -> None:
+        if connected:
+            message = f"the jidoka server at {url} did not answer {detail}"
+        else:
+            hint = "is `jidoka serve` running?"
+            message = f"cannot reach a jidoka server at {url}: {hint} ({detail})"
+        super().__init__(message)
         self.url = url
+
+
+#: Transport failures in words, most specific first (httpx's own text is often empty).
+_TRANSPORT_WORDS: Final[tuple[tuple[type[httpx.TransportError], str], ...]] = (
+    (httpx.ConnectTimeout, "timed out connecting"),
+    (httpx.ReadTimeout, "timed out waiting for the answer"),
+    (httpx.WriteTimeout, "timed out sending the request"),
+    (httpx.PoolTimeout, "no connection free in time"),
+    (httpx.RemoteProtocolError, "the connection was dropped"),
+    (httpx.ReadError, "the connection was dropped"),
+    (httpx.WriteError, "the connection was dropped"),
+)
+
+
+def _transport_detail(exc: httpx.TransportError) -> str:
+    """What went wrong, without a Python repr: httpx's message, else a phrase for its kind."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, httpx.ConnectError):
+        cause: BaseException | None = exc
+        for _ in range(8):  # the chain is short; a bound all the same
+            if cause is None or isinstance(cause, ConnectionRefusedError):
+                break
+            cause = cause.__cause__ or cause.__context__
+        refused = isinstance(cause, ConnectionRefusedError)
+        return "connection refused" if refused or not text else text
+    for kind, words in _TRANSPORT_WORDS:
+        if isinstance(exc, kind):
+            return f"{words} ({text})" if text and text != words else words
+    return text or type(exc).__name__
 
 
 def segment(value: str) -> str:
@@ -96,8 +134,10 @@ def error_for(response: httpx.Response, route: str) -> JidokaError:
 
 
 def translate(exc: httpx.HTTPError, url: str, route: str) -> JidokaError:
-    if isinstance(exc, httpx.TransportError):  # refused, timed out, dropped
-        return ServerUnavailable(url, f"{route}: {exc!r}")
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):  # nobody there
+        return ServerUnavailable(url, _transport_detail(exc), connected=False)
+    if isinstance(exc, httpx.TransportError):  # timed out, dropped
+        return ServerUnavailable(url, f"{route}: {_transport_detail(exc)}")
     return JidokaError(f"{route}: {exc}")
 
 

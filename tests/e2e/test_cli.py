@@ -12,15 +12,21 @@ A few checks that need no server (usage errors, ``--version``, ``demo``) run in 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import json
 import os
+import pty
 import queue
 import re
+import select
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +40,7 @@ from typer.testing import CliRunner
 import jidoka
 import jidoka.server
 from jidoka.cli import app, main
-from tests.e2e.conftest import client_environment, exit_code
+from tests.e2e.conftest import ServerProcess, client_environment, exit_code
 
 TOKEN = "cli-e2e-token-0123456789abcdefgh"
 WRONG_TOKEN = "not-the-token-0123456789abcdefgh"
@@ -210,6 +216,57 @@ def _free_port() -> int:
     return port
 
 
+_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07)")
+
+
+def plain(text: str) -> str:
+    """Terminal output without its escape sequences."""
+    return _ESCAPE.sub("", text)
+
+
+def run_in_terminal(
+    argv: list[str], env: Mapping[str, str], *, columns: int = 100
+) -> tuple[int, str, str]:
+    """Run ``argv`` with its stdout on a pseudo-terminal ``columns`` wide (stdin /dev/null,
+    stderr a pipe): what a person at a terminal sees. Returns the exit code, what the terminal
+    received (escapes included, ``\r\n`` as ``\n``) and stderr. Reads until the command
+    closes the terminal, with a deadline."""
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        terminal_env = {**env, "TERM": "xterm-256color", "COLUMNS": str(columns)}
+        process = subprocess.Popen(
+            argv, env=terminal_env, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(slave)
+    received = bytearray()
+    deadline = time.monotonic() + STEP_DEADLINE
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([master], [], [], remaining)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the command closed its terminal
+                break
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        os.close(master)
+    code = exit_code(process, STEP_DEADLINE)
+    assert process.stderr is not None
+    stderr = process.stderr.read().decode("utf-8", errors="replace")
+    process.stderr.close()
+    return code, received.decode("utf-8", errors="replace").replace("\r\n", "\n"), stderr
+
+
+def jidoka_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jidoka", *args]
+
+
 # --- with no server -----------------------------------------------------------------------------
 
 
@@ -343,6 +400,105 @@ def test_demo_runs_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     summaries = [line for line in lines if ULID.match(line[2:28])]
     assert len(summaries) == 2
     assert all(line.endswith(": terminated (requested)") for line in summaries)
+
+
+#: Every command's help, by its path.
+_COMMANDS = [
+    [],
+    ["serve"],
+    ["sessions"],
+    *[["sessions", verb] for verb in ("list", "create", "show", "terminate", "save")],
+    *[["sessions", verb] for verb in ("restore", "saved", "delete")],
+    ["send"],
+    ["events"],
+    ["chat"],
+    ["demo"],
+]
+#: What Typer writes for a value by default: its Python type.
+_PYTHON_TYPES = re.compile(r"<(?:str|bool|int|float|path|Path|list\[[^>]*\])(?: range)?>")
+
+
+@pytest.mark.parametrize("command", _COMMANDS, ids=lambda c: " ".join(c) or "jidoka")
+def test_help_names_values_one_way(command: list[str]) -> None:
+    """TEXT, INTEGER, PATH, JSON..., nothing for a flag (``--help`` included), an optional
+    argument as ``[SESSION_ID]`` in every verb: never a Python type."""
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    help_text = result.output
+    assert not _PYTHON_TYPES.search(help_text), _PYTHON_TYPES.findall(help_text)
+    assert "[[" not in help_text
+    assert "{" not in help_text.split("Usage:")[1].splitlines()[0]  # no Typer braces
+    if command in (["events"], ["chat"]):
+        assert f"jidoka {command[0]} [OPTIONS] [SESSION_ID]" in help_text
+    if command == ["send"]:
+        assert "jidoka send [OPTIONS] SESSION_ID TEXT" in help_text
+
+
+def test_a_port_in_use_is_named_before_the_data_directory_is_opened(tmp_path: Path) -> None:
+    """The port is bound before the runtime opens (and recovers sessions): a busy one is said at
+    once, with the way out, and the data directory is not even created."""
+    data = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)]
+        done = subprocess.run(
+            jidoka_command(*serve),
+            env=client_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=STEP_DEADLINE,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert _one_error_line(done) == (
+        f"jidoka: error: port {port} on 127.0.0.1 is already in use (another jidoka serve?): "
+        "stop that server, or pick another port (--port 0 picks a free one)"
+    )
+    assert not data.exists()
+
+
+def _readme_example() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (example,) = [block for block in blocks if "jidoka.Runtime(" in block]
+    return example
+
+
+def test_the_demo_and_the_readme_example_run_beside_a_server(tmp_path: Path) -> None:
+    """``./scripts/run`` keeps its store in ./.jidoka: the demo and the README's example, run
+    from the same directory meanwhile, use directories of their own. Pointed at the server's,
+    the demo says who holds it, in one line."""
+    shutil.copy(Path(__file__).resolve().parents[2] / "README.md", tmp_path / "README.md")
+    with ServerProcess(tmp_path / ".jidoka", log_dir=tmp_path) as server:
+        assert server.process is not None
+
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, *argv],
+                cwd=tmp_path,
+                env=client_environment(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=STEP_DEADLINE,
+                check=False,
+            )
+
+        demo = run("-m", "jidoka", "demo", "--sessions", "1", "--messages", "1")
+        assert demo.returncode == 0, demo.stderr
+        assert demo.stdout.splitlines()[-1].endswith(": terminated (requested)")
+        example = run("-c", _readme_example())
+        assert example.returncode == 0, example.stderr
+        assert "conversation_added" in example.stdout
+        locked = run("-m", "jidoka", "demo", "--data-dir", str(tmp_path / ".jidoka"))
+        assert locked.returncode == 1
+        line = _one_error_line(locked)
+        assert f"pid {server.process.pid}" in line, line
+        assert "--data-dir" in line
+    assert (tmp_path / ".jidoka-example").is_dir()  # the example's own directory
 
 
 # --- against the server -------------------------------------------------------------------------
@@ -563,8 +719,10 @@ def test_unreachable_server_is_exit_1_and_one_line(cli_server: CliServer) -> Non
         done = cli_server.run(*argv, "--url", url)
         assert done.returncode == 1
         line = _one_error_line(done)
-        assert url in line
-        assert "could not be reached" in line
+        assert line == (
+            f"jidoka: error: cannot reach a jidoka server at {url}: is `jidoka serve` running? "
+            "(connection refused)"
+        )
 
 
 def test_bad_metadata_json_is_a_usage_error(cli_server: CliServer) -> None:
@@ -577,3 +735,58 @@ def test_server_rejection_of_a_config_is_exit_1(cli_server: CliServer) -> None:
     done = cli_server.run("sessions", "create", "--config", '{"max_history": 0}')
     assert done.returncode == 1
     assert "max_history" in _one_error_line(done)
+
+
+def test_send_at_a_terminal_says_what_it_stored(cli_server: CliServer) -> None:
+    """A person is told the message was stored and what runs the agent; a pipe still gets the
+    bare seq (``test_session_verbs_human_output``), --json the message."""
+    sid = cli_server.create()
+    code, out, err = run_in_terminal(jidoka_command("send", sid, "hello"), cli_server.env)
+    assert (code, err) == (0, "")
+    assert plain(out) == f"stored message 3 in {sid}; `jidoka chat {sid}` runs the agent\n"
+    code, out, err = run_in_terminal(jidoka_command("send", sid, "hi", "--json"), cli_server.env)
+    assert (code, err) == (0, "")
+    assert json.loads(plain(out))["seq"] == 4
+
+
+def test_events_at_a_terminal_are_one_short_line_each(cli_server: CliServer) -> None:
+    """A person gets time, seq, type and a few words per event, cut to the terminal's width;
+    --json (and a pipe: ``test_events_prints_stored_events_and_exits``) keep the data whole."""
+    sid = cli_server.create("--metadata", json.dumps({"note": "n" * 300}))
+    long = "why does test_login fail? " * 30
+    cli_server.ok("send", sid, long)
+    code, out, err = run_in_terminal(jidoka_command("events", sid, *IDLE), cli_server.env)
+    assert (code, err) == (0, "")
+    lines = plain(out).splitlines()
+    assert [line.split()[1:3] for line in lines] == [
+        ["1", "session_created"],
+        ["2", "session_status"],
+        ["3", "conversation_added"],
+    ]
+    assert all(len(line) <= 100 for line in lines), [len(line) for line in lines]
+    assert "initializing → active" in lines[1]
+    assert " conversation_added user: why does test_login fail? why" in lines[2]
+    assert lines[2].endswith("…")
+    code, out, err = run_in_terminal(jidoka_command("events", sid, "--json", *IDLE), cli_server.env)
+    assert (code, err) == (0, "")
+    events = [jidoka.decode_event(line) for line in plain(out).splitlines()]
+    assert events[-1].data["content"] == long
+
+
+def test_events_of_a_restored_session_go_past_its_first_life(cli_server: CliServer) -> None:
+    """The log of a restored session holds its first termination; ``events`` goes past it to
+    what came after the restore."""
+    sid = cli_server.create()
+    cli_server.ok("send", sid, "first life")
+    cli_server.ok("sessions", "save", sid)
+    cli_server.ok("sessions", "terminate", sid)
+    cli_server.ok("sessions", "restore", sid)
+    cli_server.ok("send", sid, "second life")
+    events = [
+        jidoka.decode_event(line)
+        for line in cli_server.ok("events", sid, "--json", *IDLE).splitlines()
+    ]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    kinds = [e.type for e in events]
+    assert "session_terminated" in kinds
+    assert events[-1].data["content"] == "second life"

@@ -24,6 +24,7 @@ import pytest
 
 from jidoka.cli import main
 from tests.e2e.conftest import ALICE_TOKEN, ServerProcess, client_environment, exit_code
+from tests.e2e.test_cli import plain, run_in_terminal
 
 DEADLINE = 30.0
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -441,3 +442,56 @@ def test_usage_errors_are_one_line_and_exit_2(
     lines = captured.err.splitlines()
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("jidoka: error: ")
+
+
+# --- first contact ------------------------------------------------------------------------------
+
+
+def test_no_provider_is_said_once_and_leaves_no_session_behind(server: ServerProcess) -> None:
+    """The server has no default provider and none is given: the error is one line on stderr
+    (not a second time on stdout), and the session made for the chat is terminated, not left
+    active and useless."""
+    done = jidoka(server, "chat", "-m", "hello")
+    no_traceback(done)
+    assert done.returncode == 1
+    sid = created(done.stdout)
+    assert done.stdout.splitlines()[1:] == ["you> hello"]
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("jidoka: error: ")
+    assert "no model provider configured" in line
+    assert line.endswith(f"the session made for this chat ({sid}) was terminated")
+    info = show(server, sid)
+    assert (info["status"], info["reason"]) == ("terminated", "chat_setup_failed")
+
+
+def test_a_config_error_leaves_a_given_session_alone(server: ServerProcess, chats: Any) -> None:
+    """A session the user named is theirs: told once, left as it is; an interactive chat ends
+    (no later message could do better)."""
+    sid = new_session(server)
+    done = jidoka(server, "chat", sid, "-m", "hello")
+    no_traceback(done)
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == ["you> hello"]
+    (line,) = done.stderr.splitlines()
+    assert "no model provider configured" in line
+    assert "terminated" not in line
+    chat = chats(sid)
+    chat.send("hello again")
+    assert chat.exit_code() == 1
+    assert "error:" not in chat.output
+    assert len(chat.stderr().splitlines()) == 1
+    assert show(server, sid)["status"] in {"active", "idle"}
+
+
+def test_a_spinner_shows_at_a_terminal_until_the_answer(server: ServerProcess) -> None:
+    """On a terminal, ``thinking…`` shows while the turn has printed nothing; it is removed
+    before the answer. Through a pipe there is none (the exact lines of the tests above)."""
+    args = ["chat", "--llm-config", _llm([{"text": "Hi there."}]), "-m", "hello"]
+    code, out, err = run_in_terminal([sys.executable, "-m", "jidoka", *args], _env(server))
+    assert (code, err) == (0, "")
+    assert "thinking…" in out
+    spinner_end, answer = out.rindex("thinking…"), out.index("Hi there.")
+    assert spinner_end < answer
+    assert "\x1b[2K" in out[spinner_end:answer]  # its line erased before the answer is written
+    assert plain(out[answer:]).splitlines()[0] == "Hi there."
+    assert plain(out).splitlines()[1] == "you> hello"

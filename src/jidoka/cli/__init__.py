@@ -30,6 +30,7 @@ from .._version import __version__
 from ..errors import JidokaError, Unauthorized
 from . import chat, demo, events, serve, sessions
 from .common import CommandFailed
+from .help import Command, Group
 from .output import error_line
 
 __all__ = ["app", "main"]
@@ -42,13 +43,14 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
-app.command()(serve.serve)
+app.command(cls=Command)(serve.serve)
 app.add_typer(sessions.app)
-app.command()(sessions.send)
-app.command()(events.events)
-app.command()(chat.chat)
-app.command()(demo.demo)
+app.command(cls=Command)(sessions.send)
+app.command(cls=Command)(events.events)
+app.command(cls=Command)(chat.chat)
+app.command(cls=Command)(demo.demo)
 
 
 def _print_version(value: bool) -> None:

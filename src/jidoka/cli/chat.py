@@ -14,6 +14,7 @@ Ctrl-C is the loop's own signal handler: during a turn it asks the server to can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 import typer
 
 from ..errors import (
+    InvalidConfig,
     JidokaError,
     LimitExceeded,
     LLMError,
@@ -59,6 +61,8 @@ _ENDS: Final = frozenset({"idle", "cancelled", "failed"})
 _GRACE: Final = 10.0
 _INTERRUPTED: Final = 130
 _NEW_SESSION = "New session (without SESSION_ID)"
+#: The termination reason of a session ``chat`` made whose first turn could not start.
+_SETUP_FAILED: Final = "chat_setup_failed"
 
 
 class Approve(StrEnum):
@@ -71,7 +75,7 @@ def chat(
     session_id: Annotated[
         str | None,
         typer.Argument(
-            metavar="[SESSION_ID]",
+            metavar="SESSION_ID",
             help="The session to talk to; without it a new one is made (see --llm-config) "
             "and its id printed first.",
             show_default=False,
@@ -97,6 +101,7 @@ def chat(
     llm_config: Annotated[
         str | None,
         typer.Option(
+            metavar="JSON",
             help="JSON object: the LLM configuration.",
             show_default=False,
             rich_help_panel=_NEW_SESSION,
@@ -105,6 +110,7 @@ def chat(
     config: Annotated[
         str | None,
         typer.Option(
+            metavar="JSON",
             help='JSON object: session config overrides, e.g. {"allow_write": "ask"}.',
             show_default=False,
             rich_help_panel=_NEW_SESSION,
@@ -113,6 +119,7 @@ def chat(
     project_root: Annotated[
         str | None,
         typer.Option(
+            metavar="PATH",
             help="The directory the session's files live in (made absolute here).",
             show_default=False,
             rich_help_panel=_NEW_SESSION,
@@ -152,13 +159,29 @@ def chat(
         if sid is None:
             sid = await client.create_session(config=overrides, llm_config=llm, project_root=root)
             view.session(sid)
-        async with client.subscribe_to_session(sid) as subscription:
-            session = _Chat(client, sid, view, approve, stdin)
-            return await session.run(subscription, message or None)
+        session = _Chat(client, sid, view, approve, stdin)
+        try:
+            async with client.subscribe_to_session(sid) as subscription:
+                return await session.run(subscription, message or None)
+        except InvalidConfig as exc:
+            if session_id is not None or session.completed:
+                raise
+            # The session was made for this chat and can never answer (no provider, a bad
+            # model config): do not leave it behind, active and useless.
+            with contextlib.suppress(JidokaError):
+                await client.terminate_session(sid, reason=_SETUP_FAILED)
+            raise CommandFailed(
+                f"{exc.message}; the session made for this chat ({sid}) was terminated"
+            ) from None
 
     code = run_remote(url, token, work)
     if code:
         raise typer.Exit(code)
+
+
+def _config_error(event: Event) -> bool:
+    """A turn's ``error`` event for a configuration it could not start with."""
+    return event.type == EventType.ERROR and event.data.get("code") == "invalid_config"
 
 
 class _Chat:
@@ -191,6 +214,7 @@ class _Chat:
         self._interrupted = False  # a turn was cancelled by our Ctrl-C
         self._stop: str | None = None  # why the chat ends early: quit, ended, failed
         self._quit_code = 0
+        self.completed = 0  # turns that ran to their end (failed ones included)
 
     # --- the whole chat -------------------------------------------------------------------------
 
@@ -269,7 +293,8 @@ class _Chat:
     async def _consume(self, subscription: AsyncIterator[Event]) -> None:
         async for event in subscription:
             self._last_seq = max(self._last_seq, event.seq)
-            self._view.event(event)
+            if not (self._in_turn and _config_error(event) and not self._view.json):
+                self._view.event(event)  # (our own turn's config error: the command says it)
             if event.type == EventType.AGENT_STATUS and event.data.get("status") in _ENDS:
                 self._ends.append((event.seq, str(event.data["status"])))
                 self._changed.set()
@@ -344,8 +369,8 @@ class _Chat:
                 continue
             try:
                 await self._turn(line)
-            except (SessionNotFound, SessionTerminated, Unauthorized):
-                raise
+            except (SessionNotFound, SessionTerminated, Unauthorized, InvalidConfig):
+                raise  # no later turn could do better: the chat ends
             except JidokaError as exc:  # busy, unreachable, refused: the chat goes on
                 self._view.error(str(exc))
         return 0
@@ -367,15 +392,23 @@ class _Chat:
         """Run one turn; ``None`` if it completed, else what went wrong (already shown)."""
         start = self._last_seq
         self._in_turn, self._cancelling = True, False
+        self._view.waiting()
         try:
             try:
                 result = await self._client.chat(self._sid, text)
+            except InvalidConfig:
+                # Its error event is not shown (the command says it once, on stderr): wait for
+                # it to pass while this is still our turn.
+                await self._settle(start, {"failed"})
+                raise
             except (LLMError, LimitExceeded) as exc:
                 if isinstance(exc, LimitExceeded) and exc.limit != "max_iterations":
                     raise  # refused before the turn started
+                self.completed += 1
                 if not await self._settle(start, {"failed"}):
                     self._view.error(exc.message)  # its error event did not come: say it here
                 return f"the turn failed: {exc.message}"
+            self.completed += 1
             await self._settle(result.message.seq, _ENDS)
             self._view.result(result)
             if result.interrupted and not self._interrupted:
@@ -383,4 +416,5 @@ class _Chat:
             return None
         finally:
             self._in_turn = False
+            self._view.done_waiting()
             self._drop_approvals()

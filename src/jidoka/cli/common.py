@@ -39,6 +39,7 @@ UrlOption = Annotated[
     str,
     typer.Option(
         "--url",
+        metavar="URL",
         envvar="JIDOKA_URL",
         help="Base URL of the server (`jidoka serve` prints it).",
         rich_help_panel=_CONNECTION,
@@ -48,6 +49,7 @@ TokenOption = Annotated[
     str | None,
     typer.Option(
         "--token",
+        metavar="TOKEN",
         envvar="JIDOKA_TOKEN",
         help="Bearer token for the server (`jidoka serve` prints one).",
         show_default=False,

@@ -3,15 +3,18 @@
 When does a non-following ``events SID`` stop? The stream does not say "that was the last stored
 event", and the session's last seq is not in ``SessionInfo``, so the command stops when the
 stream has been **idle** for ``--idle`` seconds (0.5 by default) or the stream ends because the
-session terminated. Stored events are replayed back to back, so a short idle time loses none of
+session has ended. Stored events are replayed back to back, so a short idle time loses none of
 them; an event that happens to arrive during that window is printed too.
 
-``--follow`` stops only when the stream ends: a session's stream after its
-``session_terminated`` event (or when the server shuts down), the global stream never; Ctrl-C
-then ends it with exit code 0, since stopping is the normal way out of ``tail -f``-like output.
+``--follow`` stops only when the stream ends: a session's stream when the session has ended and
+the server says so (``event: end``), the global stream never. A server that shuts down or
+restarts does **not** end it: the stream resumes once the server is back, a session's stream
+where it left off (nothing missed, nothing repeated), the global stream live (missing what
+happened meanwhile). Ctrl-C ends it with exit code 0, since stopping is the normal way out of
+``tail -f``-like output. A restored session's log holds the ``session_terminated`` of its earlier
+life: the stream goes on past it.
 
-A session that has already terminated has no stream to open: the server refuses it with
-``session-terminated``, which is reported like any other error (exit code 1).
+A session that has already terminated replays what the server still stores of it, then ends.
 """
 
 from __future__ import annotations
@@ -77,8 +80,9 @@ def events(
 ) -> None:
     """Print events, one per line: time, seq, type, data (--json: one event object per line).
 
+    At a terminal the data is summed up in a few words; piped, it is printed whole as JSON.
     Without --follow, a session's stored events are printed and the command ends once the
-    stream has been idle for --idle seconds or the session has terminated. The global stream
+    stream has been idle for --idle seconds or the session has ended. The global stream
     (no SESSION_ID) has no stored events: it shows what happens meanwhile.
     """
     if session_id is None and after_seq:

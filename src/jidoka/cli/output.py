@@ -4,7 +4,9 @@ JSON for a program.
 Rich is used only when stdout is a terminal: piped through Rich, tables get box characters and
 lines wrap at 80 columns, which breaks ``grep`` and ``cut``. Plain mode writes aligned columns
 with ``print`` instead, and ``--json`` always writes bare JSON (one document, or one object per
-line for event streams) so ``jq`` can read it whatever the terminal.
+line for event streams) so ``jq`` can read it whatever the terminal. What a person reads may say
+more than what a script parses: ``send`` says what it stored where a pipe gets the bare seq, and
+an event is one short line (a summary of its data) where a pipe gets its data whole.
 
 Every write is flushed: ``jidoka events --follow | consumer`` must see each event as it comes,
 not when a pipe buffer fills.
@@ -22,9 +24,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..events import Event, encode_event
+from ..events import Event, EventType, encode_event
+from .transcript import tool_summary
 
-__all__ = ["Output", "compact", "error_line", "timestamp"]
+__all__ = ["Output", "compact", "error_line", "event_summary", "timestamp"]
 
 _STATUS_STYLES: Final = {
     "initializing": "yellow",
@@ -33,6 +36,8 @@ _STATUS_STYLES: Final = {
     "terminating": "yellow",
     "terminated": "dim",
 }
+#: Characters a summary keeps even on a narrow terminal (the line is then cut at its edge).
+_MIN_SUMMARY: Final = 20
 _EVENT_STYLES: Final = {
     "session_created": "green",
     "session_status": "cyan",
@@ -40,6 +45,75 @@ _EVENT_STYLES: Final = {
     "error": "bold red",
     "events_dropped": "bold yellow",
 }
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters (an ellipsis says it was cut)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: max(limit - 1, 0)].rstrip() + "…"
+
+
+def _summarise(event: Event) -> str:
+    data = event.data
+    kind = event.type
+    if kind == EventType.SESSION_CREATED:
+        nested = data.get("state")
+        state: dict[str, Any] = nested if isinstance(nested, dict) else data
+        parts = ["restored"] if "restored_from" in data else []
+        if state.get("owner"):
+            parts.append(f"owner {state['owner']}")
+        if state.get("metadata"):
+            parts.append(f"metadata {compact(state['metadata'])}")
+        return " · ".join(parts)
+    if kind == EventType.SESSION_STATUS:
+        previous, status = data.get("previous"), data.get("status")
+        return f"{previous} → {status}" if previous else str(status)
+    if kind == EventType.SESSION_TERMINATED:
+        error = f": {data['error']}" if data.get("error") else ""
+        return f"reason {data.get('reason')}{error}"
+    if kind == EventType.CONVERSATION_ADDED:
+        return f"{data.get('role')}: {data.get('content')}"
+    if kind == EventType.CONVERSATION_CLEARED:
+        return f"{data.get('count')} messages"
+    if kind in (EventType.FILE_ADDED, EventType.FILE_REMOVED, EventType.FILE_INDEX_UPDATED):
+        return str(data.get("path"))
+    if kind == EventType.WORKING_CONTEXT_UPDATED:
+        if data.get("deleted"):
+            return f"{data.get('key')} deleted"
+        return f"{data.get('key')} = {compact(data.get('value'))}"
+    if kind == EventType.LLM_STREAM_CHUNK:
+        return str(data.get("text"))
+    if kind == EventType.LLM_RESPONSE:
+        return str(data.get("content") or "")
+    if kind == EventType.TOOL_CALL:
+        return tool_summary(str(data.get("name")), data.get("arguments"))
+    if kind == EventType.TOOL_RESULT:
+        if data.get("is_error"):
+            return f"✗ {data.get('name')}: {data.get('content')}"
+        return f"✓ {data.get('name')}"
+    if kind == EventType.AGENT_STATUS:
+        return str(data.get("status"))
+    if kind == EventType.APPROVAL_REQUESTED:
+        return f"{data.get('tool')} {data.get('path')}"
+    if kind == EventType.APPROVAL_DECIDED:
+        word = "allowed" if data.get("allow") else "denied"
+        return f"{word} ({data['reason']})" if data.get("reason") else word
+    if kind == EventType.ERROR:
+        return str(data.get("message") or data.get("code"))
+    if kind == EventType.EVENTS_DROPPED:
+        return f"{data.get('count', 'some')} events could not be delivered"
+    return compact(data) if data else ""
+
+
+def event_summary(event: Event, limit: int = 80) -> str:
+    """What an event says, for a person: a few words from its data (``user: why does...``,
+    ``active → idle``, ``read_file src/app.py``), on one line of at most ``limit`` characters.
+    Data of an unexpected shape falls back to its JSON, never to an error."""
+    try:
+        text = _summarise(event)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        text = compact(event.data)
+    return _cut(text, limit)
 
 
 def compact(value: Any) -> str:
@@ -138,8 +212,12 @@ class Output:
             self._write(f"{name + ':':<{width + 1}} {value}")
 
     def event(self, event: Event, *, with_session: bool) -> None:
-        """One event per line: time, (session,) seq, type, data. ``with_session`` for the
-        global stream, which mixes sessions."""
+        """One event per line: time, (session,) seq, type, then its data. ``with_session`` for
+        the global stream, which mixes sessions.
+
+        A person at a terminal gets a short summary of the data (:func:`event_summary`), cut to
+        the line; a pipe gets the data whole, as compact JSON (what scripts read); ``--json``
+        the event itself."""
         if self.json:
             self._write(encode_event(event).decode())
             return
@@ -147,16 +225,19 @@ class Output:
         if with_session:
             head.append(event.session_id or "-")
         head.append(str(event.seq))
-        data = compact(event.data) if event.data else ""
         if self._console is not None:
+            lead = " ".join(head) + " "
+            room = max(self._console.width - len(lead) - len(event.type) - 1, _MIN_SUMMARY)
+            summary = event_summary(event, room)
             text = Text.assemble(
-                (" ".join(head) + " ", "dim"),
+                (lead, "dim"),
                 (event.type, _EVENT_STYLES.get(event.type, "bold")),
-                " " + data if data else "",
+                " " + summary if summary else "",
             )
-            self._console.print(text)
+            self._console.print(text, no_wrap=True, overflow="ellipsis")
             sys.stdout.flush()
         else:
+            data = compact(event.data) if event.data else ""
             self._write(" ".join([*head, event.type, data]).rstrip())
 
     @staticmethod

@@ -16,6 +16,7 @@ import typer
 
 from ..session.state import Status
 from .common import DEFAULT_URL, JsonOption, TokenOption, UrlOption, json_object, run_remote
+from .help import Command, Group
 from .output import Output, compact, timestamp
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ app = typer.Typer(
     name="sessions",
     help="Create, list, inspect, terminate, save and restore sessions on a server.",
     no_args_is_help=True,
+    cls=Group,
 )
 
 SessionId = Annotated[
@@ -53,7 +55,7 @@ def _info_row(info: SessionInfo) -> list[str]:
     ]
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_(
     status: Annotated[
         Status | None, typer.Option(help="Only sessions with this status.", show_default=False)
@@ -83,21 +85,30 @@ def list_(
     out.table(headers, (_info_row(info) for info in sessions), empty="no sessions")
 
 
-@app.command()
+@app.command(cls=Command)
 def create(
     metadata: Annotated[
-        str | None, typer.Option(help="A JSON object kept with the session.", show_default=False)
+        str | None,
+        typer.Option(
+            metavar="JSON", help="A JSON object kept with the session.", show_default=False
+        ),
     ] = None,
     config: Annotated[
         str | None,
-        typer.Option(help="JSON object: session config overrides.", show_default=False),
+        typer.Option(
+            metavar="JSON", help="JSON object: session config overrides.", show_default=False
+        ),
     ] = None,
     llm_config: Annotated[
-        str | None, typer.Option(help="JSON object: the LLM configuration.", show_default=False)
+        str | None,
+        typer.Option(
+            metavar="JSON", help="JSON object: the LLM configuration.", show_default=False
+        ),
     ] = None,
     project_root: Annotated[
         str | None,
         typer.Option(
+            metavar="PATH",
             help="The directory the session's files live in (made absolute here).",
             show_default=False,
         ),
@@ -126,7 +137,7 @@ def create(
         out.document(result)
 
 
-@app.command()
+@app.command(cls=Command)
 def show(
     session_id: SessionId,
     url: UrlOption = DEFAULT_URL,
@@ -160,7 +171,7 @@ def show(
     out.fields([(name, value) for name, value in pairs if value])
 
 
-@app.command()
+@app.command(cls=Command)
 def terminate(
     session_id: SessionId,
     reason: Annotated[str, typer.Option(help="Why, as recorded in the session.")] = "requested",
@@ -181,7 +192,7 @@ def terminate(
         out.line(f"{info.session_id} {info.status} (reason: {info.reason or reason})")
 
 
-@app.command()
+@app.command(cls=Command)
 def save(
     session_id: SessionId,
     url: UrlOption = DEFAULT_URL,
@@ -202,7 +213,7 @@ def save(
         out.line(f"{saved.session_id} saved ({saved.message_count} message{plural})")
 
 
-@app.command()
+@app.command(cls=Command)
 def restore(
     session_id: SessionId,
     url: UrlOption = DEFAULT_URL,
@@ -222,7 +233,7 @@ def restore(
         out.line(f"{info.session_id} restored ({info.status})")
 
 
-@app.command()
+@app.command(cls=Command)
 def saved(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
@@ -250,7 +261,7 @@ def saved(
     out.table(["ID", "SAVED", "MESSAGES", "METADATA"], rows, empty="no saved sessions")
 
 
-@app.command()
+@app.command(cls=Command)
 def delete(
     session_id: SessionId,
     url: UrlOption = DEFAULT_URL,
@@ -278,7 +289,11 @@ def send(
     token: TokenOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Append a message to a session's conversation and print its seq."""
+    """Append a message to a session's conversation and print its seq.
+
+    This stores the message; it does not run the agent (`jidoka chat` does). At a terminal the
+    command says so; for a pipe it prints the bare seq, with --json the stored message.
+    """
     content = sys.stdin.read() if text == "-" else text
 
     async def work(client: RemoteClient) -> Message:
@@ -288,5 +303,10 @@ def send(
     out = Output(json=json)
     if out.json:
         out.document(message)
+    elif out.rich:
+        out.line(
+            f"stored message {message.seq} in {session_id}; "
+            f"`jidoka chat {session_id}` runs the agent"
+        )
     else:
         out.line(str(message.seq))

@@ -1,6 +1,8 @@
 """How ``jidoka chat`` shows a conversation: rendered for a person, or as JSON lines.
 
-Rendered, the answer streams inline as its ``llm_stream_chunk`` events arrive; each tool call is
+Rendered, a turn shows a spinner (``thinking…``, on a terminal only: a pipe gets no escapes)
+until its first output, then the answer streams inline as its ``llm_stream_chunk`` events arrive;
+each tool call is
 one dim line (``⚙ read_file src/app.py ✓``, or ``✗ error: ...`` when it failed); a write waiting
 for approval shows its diff; a finished answer ends with a dim usage line (``[tokens: prompt 120
 · completion 14]``); an ``error`` event is one red line. Colours only when stdout is a terminal:
@@ -19,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import msgspec
 from rich.console import Console
+from rich.status import Status
 from rich.text import Text
 
 from ..events import Event, EventType, encode_event
@@ -81,12 +84,27 @@ class Transcript:
         self._prompt_open = False  # a prompt on stderr (JSON mode) waits for its answer
         self._open_tool: str | None = None  # the call whose line waits for its ✓ or ✗
         self._streamed: set[int] = set()  # iterations whose text was shown
+        self._spinner: Status | None = None  # shown while a turn has printed nothing yet
 
     # --- writing --------------------------------------------------------------------------------
+
+    def waiting(self) -> None:
+        """A turn has started: a spinner until its first output (a terminal only). Rich draws
+        it from a thread of its own, and removes it without a trace (transient)."""
+        if self._console is not None and self._spinner is None and self._at_line_start:
+            self._spinner = self._console.status("thinking…", spinner="dots")
+            self._spinner.start()
+
+    def done_waiting(self) -> None:
+        """Remove the spinner (before any output, and when the turn ends)."""
+        spinner, self._spinner = self._spinner, None
+        if spinner is not None:
+            spinner.stop()
 
     def _write(self, text: str, style: str = "") -> None:
         if not text:
             return
+        self.done_waiting()
         if self._console is not None:
             self._console.print(Text(text, style=style), end="")
         else:
@@ -107,6 +125,7 @@ class Transcript:
         self._write("\n")
 
     def _json_line(self, data: bytes) -> None:
+        self.done_waiting()
         sys.stdout.write(data.decode() + "\n")
         sys.stdout.flush()
 
