@@ -15,6 +15,7 @@ from .clock import Clock, FakeClock, SystemClock
 from .config import Settings
 from .errors import (
     DataDirLocked,
+    HostNotAllowed,
     InvalidArgument,
     InvalidConfig,
     InvalidRole,
@@ -22,6 +23,7 @@ from .errors import (
     JidokaError,
     LimitExceeded,
     LLMError,
+    OriginNotAllowed,
     PathNotAllowed,
     RuntimeClosed,
     SessionBusy,
@@ -30,6 +32,7 @@ from .errors import (
     SessionTerminated,
     StoreError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from .events import Event, EventType, decode_event, encode_event
 from .runtime import Runtime
@@ -57,6 +60,7 @@ __all__ = [
     "FileCache",
     "FileExcerpt",
     "FileIndexEntry",
+    "HostNotAllowed",
     "InvalidArgument",
     "InvalidConfig",
     "InvalidRole",
@@ -65,6 +69,7 @@ __all__ = [
     "LLMError",
     "LimitExceeded",
     "Message",
+    "OriginNotAllowed",
     "PathNotAllowed",
     "RemoteClient",
     "Runtime",
@@ -84,6 +89,7 @@ __all__ = [
     "SystemClock",
     "TokenUsage",
     "Unauthorized",
+    "UnsupportedMediaType",
     "__version__",
     "decode_event",
     "encode_event",

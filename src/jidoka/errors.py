@@ -9,10 +9,13 @@ says it in its message, so a log line or an HTTP problem document is useful on i
     ├── InvalidTransition        a lifecycle move the state machine forbids
     ├── InvalidArgument          bad input to a public call (names the argument)
     │   ├── InvalidRole          a message role other than user | assistant | system
-    │   └── InvalidConfig        a bad SessionConfig / Settings field (names the field)
+    │   ├── InvalidConfig        a bad SessionConfig / Settings field (names the field)
+    │   └── UnsupportedMediaType an HTTP request body that does not say it is JSON
     ├── PathNotAllowed           a path outside the session's project root, or not a regular file
     ├── LimitExceeded            a configured bound was hit (names the limit and its value)
     ├── Unauthorized             the caller may not do this
+    ├── HostNotAllowed           an HTTP request whose Host is not a name of the server
+    ├── OriginNotAllowed         a browser page of another origin tried to change something
     ├── SessionExists            restoring a session whose id is live
     ├── SessionBusy              a turn is running and the session's policy is ``reject``
     ├── LLMError                 the model provider failed (names the session and provider)
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "DataDirLocked",
+    "HostNotAllowed",
     "InvalidArgument",
     "InvalidConfig",
     "InvalidRole",
@@ -35,6 +39,7 @@ __all__ = [
     "JidokaError",
     "LLMError",
     "LimitExceeded",
+    "OriginNotAllowed",
     "PathNotAllowed",
     "RuntimeClosed",
     "SessionBusy",
@@ -43,6 +48,7 @@ __all__ = [
     "SessionTerminated",
     "StoreError",
     "Unauthorized",
+    "UnsupportedMediaType",
 ]
 
 
@@ -122,6 +128,20 @@ class InvalidConfig(InvalidArgument):
         self.field = field
 
 
+class UnsupportedMediaType(InvalidArgument):
+    """An HTTP request body whose ``Content-Type`` is not JSON (``content_type``: what was
+    sent, ``None`` for nothing). Refused even when the body is JSON: a web page can send that
+    type-less or as ``text/plain`` to any server without the browser asking it first."""
+
+    def __init__(self, content_type: str | None) -> None:
+        got = repr(content_type) if content_type else "none"
+        super().__init__(
+            f"the request body must be JSON with Content-Type: application/json (got {got})",
+            argument="content-type",
+        )
+        self.content_type = content_type
+
+
 class PathNotAllowed(JidokaError):
     """A path that the session's sandbox refuses; ``reason`` says which rule it broke."""
 
@@ -156,6 +176,31 @@ class LimitExceeded(JidokaError):
 
 class Unauthorized(JidokaError):
     """The caller is not allowed to do this (missing or unknown credentials)."""
+
+
+class HostNotAllowed(JidokaError):
+    """The request's ``Host`` is not a name the server answers to (421 over HTTP): what a page
+    that re-pointed its own domain at the server (DNS rebinding) sends. ``--allowed-host``
+    adds names."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"Host {host!r} is not a name of this server; "
+            "start it with --allowed-host to accept that name"
+        )
+        self.host = host
+
+
+class OriginNotAllowed(JidokaError):
+    """A browser page of another origin (``origin``) tried to change something or open the
+    WebSocket (403 over HTTP). ``--cors-origin`` allows an origin."""
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(
+            f"requests from the web origin {origin!r} are refused; "
+            "start the server with --cors-origin to allow it"
+        )
+        self.origin = origin
 
 
 class StoreError(JidokaError):

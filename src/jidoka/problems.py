@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 
 from .errors import (
     DataDirLocked,
+    HostNotAllowed,
     InvalidArgument,
     InvalidConfig,
     InvalidRole,
@@ -23,6 +24,7 @@ from .errors import (
     JidokaError,
     LimitExceeded,
     LLMError,
+    OriginNotAllowed,
     PathNotAllowed,
     RuntimeClosed,
     SessionBusy,
@@ -31,6 +33,7 @@ from .errors import (
     SessionTerminated,
     StoreError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 __all__ = [
@@ -70,11 +73,15 @@ KINDS: Final = (
     ProblemKind(LLMError, "llm-error", 502, "Model provider failed"),
     ProblemKind(InvalidRole, "invalid-role", 422, "Invalid message role"),
     ProblemKind(InvalidConfig, "invalid-config", 422, "Invalid configuration"),
+    ProblemKind(UnsupportedMediaType, "unsupported-media-type", 415, "Request body is not JSON"),
     ProblemKind(InvalidArgument, "invalid-argument", 422, "Invalid argument"),
     # 422, not 403: the caller may act on the session; the path it named is what is refused.
     ProblemKind(PathNotAllowed, "path-not-allowed", 422, "Path not allowed"),
     ProblemKind(LimitExceeded, "limit-exceeded", 429, "Limit exceeded"),
     ProblemKind(Unauthorized, "unauthorized", 401, "Unauthorized"),
+    # The browser checks (docs/operations.md, "Browsers and the local server").
+    ProblemKind(HostNotAllowed, "host-not-allowed", 421, "Host not allowed"),
+    ProblemKind(OriginNotAllowed, "origin-not-allowed", 403, "Origin not allowed"),
     ProblemKind(StoreError, "store-error", 503, "Session store unavailable"),
     ProblemKind(RuntimeClosed, "runtime-closed", 503, "Runtime shutting down"),
     ProblemKind(DataDirLocked, "data-dir-locked", 503, "Data directory locked"),
@@ -97,6 +104,9 @@ _MEMBERS: Final = (
     "to_status",
     "data_dir",
     "provider",
+    "host",
+    "origin",
+    "content_type",
 )
 
 
@@ -177,6 +187,11 @@ _REBUILD: Final[dict[str, Callable[[Mapping[str, Any], str | None, str], JidokaE
     "invalid-config": lambda p, sid, d: _same_detail(
         InvalidConfig(d, field=_str(p, "field", "config")), sid
     ),
+    "unsupported-media-type": lambda p, sid, d: UnsupportedMediaType(
+        p.get("content_type") if isinstance(p.get("content_type"), str) else None
+    ),
+    "host-not-allowed": lambda p, sid, d: HostNotAllowed(_str(p, "host")),
+    "origin-not-allowed": lambda p, sid, d: OriginNotAllowed(_str(p, "origin")),
     "invalid-argument": lambda p, sid, d: _same_detail(
         InvalidArgument(d, argument=_str(p, "argument", "request")), sid
     ),

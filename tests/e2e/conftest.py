@@ -53,10 +53,18 @@ _URL_LINE = re.compile(r"^export JIDOKA_URL=(\S+)\s*$")
 
 #: Server options by their flag name (without ``--``) -> the ServerConfig field the fallback sets.
 _OPTIONS = {
+    "insecure-no-auth": "insecure_no_auth",
+    "cors-origin": "cors_origins",
+    "allowed-host": "allowed_hosts",
     "heartbeat": "heartbeat_seconds",
     "shutdown-timeout": "shutdown_timeout",
     "max-body-bytes": "max_body_bytes",
     "max-inflight": "max_inflight",
+    "max-header-bytes": "max_header_bytes",
+    "header-timeout": "header_timeout",
+    "body-timeout": "body_timeout",
+    "idle-timeout": "idle_timeout",
+    "max-connections": "max_connections",
 }
 _FALLBACK = (
     "import json, sys\n"
@@ -123,8 +131,9 @@ def serve_command_available() -> bool:
 class ServerProcess:
     """One ``jidoka serve`` subprocess (SQLite store) that can be stopped, killed, restarted.
 
-    ``options`` are server flags by name without ``--`` (``{"heartbeat": 0.2}``); ``env`` adds
-    variables (``JIDOKA_MAX_BODY_BYTES``...); ``tokens`` become ``JIDOKA_TOKENS``.
+    ``options`` are server flags by name without ``--`` (``{"heartbeat": 0.2}``; ``True`` for a
+    switch, a list for a repeatable flag); ``env`` adds variables (``JIDOKA_MAX_BODY_BYTES``...);
+    ``tokens`` become ``JIDOKA_TOKENS``.
     """
 
     def __init__(
@@ -159,7 +168,13 @@ class ServerProcess:
             command = [sys.executable, "-m", "jidoka", "serve", "--host", "127.0.0.1"]
             command += ["--port", "0", "--data-dir", str(self.data_dir), "--store", "sqlite"]
             for name, value in self.options.items():
-                command += [f"--{name}", str(value)]
+                if value is True:  # a switch (insecure-no-auth)
+                    command.append(f"--{name}")
+                elif isinstance(value, list | tuple):  # a repeatable flag (cors-origin)
+                    for item in value:
+                        command += [f"--{name}", str(item)]
+                else:
+                    command += [f"--{name}", str(value)]
             return command
         overrides = {_OPTIONS[name]: value for name, value in self.options.items()}
         return [sys.executable, "-c", _FALLBACK, str(self.data_dir), json.dumps(overrides)]

@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
 NO_SUCH_SESSION = "01ZZZZZZZZZZZZZZZZZZZZZZZZ"
 MAX_BODY = 2048
 HOLD_DEADLINE = 30.0
+JSON = {"Content-Type": "application/json"}
 
 
 def new_session(client: httpx.Client, **body: Any) -> str:
@@ -269,7 +270,7 @@ def test_streamed_body_over_max_body_bytes_is_413(limited: ServerProcess) -> Non
 
     with http_client(limited.url, ALICE_TOKEN) as client:
         before = len(client.get("/v1/sessions").json()["sessions"])
-        response = client.post("/v1/sessions", content=chunks())
+        response = client.post("/v1/sessions", content=chunks(), headers=JSON)
         problem = problem_of(response, "limit-exceeded", 413)
         assert problem["limit"] == "max_request_bytes"
         assert problem["maximum"] == MAX_BODY
@@ -292,7 +293,7 @@ def test_too_many_requests_in_flight_is_429(limited: ServerProcess) -> None:
     def send_held() -> None:
         with http_client(limited.url, ALICE_TOKEN) as client:
             try:
-                held["response"] = client.post("/v1/sessions", content=body())
+                held["response"] = client.post("/v1/sessions", content=body(), headers=JSON)
             except httpx.HTTPError as exc:
                 held["error"] = exc
 

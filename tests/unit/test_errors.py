@@ -10,6 +10,7 @@ import jidoka
 from jidoka import errors
 from jidoka.errors import (
     DataDirLocked,
+    HostNotAllowed,
     InvalidArgument,
     InvalidConfig,
     InvalidRole,
@@ -17,6 +18,7 @@ from jidoka.errors import (
     JidokaError,
     LimitExceeded,
     LLMError,
+    OriginNotAllowed,
     PathNotAllowed,
     RuntimeClosed,
     SessionBusy,
@@ -25,6 +27,7 @@ from jidoka.errors import (
     SessionTerminated,
     StoreError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
@@ -37,6 +40,7 @@ TREE: dict[type[JidokaError], type[Exception]] = {
     InvalidArgument: JidokaError,
     InvalidRole: InvalidArgument,
     InvalidConfig: InvalidArgument,
+    UnsupportedMediaType: InvalidArgument,
     PathNotAllowed: JidokaError,
     LimitExceeded: JidokaError,
     Unauthorized: JidokaError,
@@ -46,6 +50,8 @@ TREE: dict[type[JidokaError], type[Exception]] = {
     DataDirLocked: JidokaError,
     SessionBusy: JidokaError,
     LLMError: JidokaError,
+    HostNotAllowed: JidokaError,
+    OriginNotAllowed: JidokaError,
 }
 
 # One instance of each class, about session SID.
@@ -70,6 +76,9 @@ MAKERS: dict[type[JidokaError], Callable[[], JidokaError]] = {
 # Errors that are about no session at all.
 SESSIONLESS: dict[type[JidokaError], Callable[[], JidokaError]] = {
     DataDirLocked: lambda: DataDirLocked("/var/lib/jidoka", "pid 123"),
+    UnsupportedMediaType: lambda: UnsupportedMediaType("text/plain"),
+    HostNotAllowed: lambda: HostNotAllowed("evil.test:8765"),
+    OriginNotAllowed: lambda: OriginNotAllowed("http://evil.test"),
 }
 
 

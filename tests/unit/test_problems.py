@@ -15,6 +15,7 @@ import pytest
 from jidoka import errors
 from jidoka.errors import (
     DataDirLocked,
+    HostNotAllowed,
     InvalidArgument,
     InvalidConfig,
     InvalidRole,
@@ -22,6 +23,7 @@ from jidoka.errors import (
     JidokaError,
     LimitExceeded,
     LLMError,
+    OriginNotAllowed,
     PathNotAllowed,
     RuntimeClosed,
     SessionBusy,
@@ -30,6 +32,7 @@ from jidoka.errors import (
     SessionTerminated,
     StoreError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from jidoka.problems import PROBLEM_BASE, error_from_problem, problem_for, status_for
 
@@ -52,6 +55,9 @@ ATTRIBUTES = (
     "provider",
     "status",
     "retryable",
+    "host",
+    "origin",
+    "content_type",
 )
 
 # Several realistic instances per class: with and without a session, optional fields set or not.
@@ -96,6 +102,10 @@ CASES: dict[str, Callable[[], JidokaError]] = {
     ),
     "LLMError-bare": lambda: LLMError("connection reset", provider="anthropic"),
     "DataDirLocked": lambda: DataDirLocked("/var/lib/jidoka", "pid 123"),
+    "UnsupportedMediaType": lambda: UnsupportedMediaType("text/plain;charset=UTF-8"),
+    "UnsupportedMediaType-none": lambda: UnsupportedMediaType(None),
+    "HostNotAllowed": lambda: HostNotAllowed("evil.test:8765"),
+    "OriginNotAllowed": lambda: OriginNotAllowed("http://127.0.0.1:9999"),
 }
 
 
@@ -144,6 +154,9 @@ def test_round_trip_keeps_class_message_and_attributes(name: str) -> None:
         ("LimitExceeded-bytes", 413, "limit-exceeded"),
         ("LimitExceeded-sessionless", 429, "limit-exceeded"),
         ("Unauthorized", 401, "unauthorized"),
+        ("UnsupportedMediaType", 415, "unsupported-media-type"),
+        ("HostNotAllowed", 421, "host-not-allowed"),
+        ("OriginNotAllowed", 403, "origin-not-allowed"),
         ("StoreError", 503, "store-error"),
         ("RuntimeClosed", 503, "runtime-closed"),
     ],

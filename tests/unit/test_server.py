@@ -28,6 +28,7 @@ from jidoka.server.streams import sse_frame
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-0123456789ab"
+JSON = {"Content-Type": "application/json"}
 
 
 # --- auth and limits -----------------------------------------------------------------------------
@@ -162,7 +163,7 @@ async def api(
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         headers = {"Authorization": f"Bearer {ALICE}"}
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", headers=headers
+            transport=transport, base_url="http://localhost", headers=headers
         ) as http:
             yield http, metrics
 
@@ -197,7 +198,7 @@ async def test_body_over_the_limit_is_413_by_header_or_by_stream(
         for _ in range(10):
             yield b" " * 1000
 
-    response = await http.post("/v1/sessions", content=chunks())
+    response = await http.post("/v1/sessions", content=chunks(), headers=JSON)
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
     assert (await http.get("/v1/sessions")).json()["sessions"] == []
@@ -215,7 +216,7 @@ async def test_too_many_requests_in_flight_is_429_with_retry_after(
         await release.wait()
         yield b"{}"
 
-    held = asyncio.create_task(http.post("/v1/sessions", content=held_body()))
+    held = asyncio.create_task(http.post("/v1/sessions", content=held_body(), headers=JSON))
     await started.wait()
     response = await http.get("/v1/sessions")
     assert response.status_code == 429
@@ -287,7 +288,9 @@ async def test_projects_dir_confines_project_roots(tmp_path: Path) -> None:
         config = ServerConfig(tokens={ALICE: "alice"}, projects_dir=str(tmp_path / "projects"))
         transport = httpx.ASGITransport(app=create_app(rt, config))
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://t", headers={"Authorization": f"Bearer {ALICE}"}
+            transport=transport,
+            base_url="http://localhost",
+            headers={"Authorization": f"Bearer {ALICE}"},
         ) as http:
             ok = await http.post("/v1/sessions", json={"project_root": "web"})
             assert ok.status_code == 201

@@ -101,6 +101,15 @@ def serve(
             rich_help_panel=_SERVER,
         ),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also answer requests whose Host is this name (repeatable; name[:port], "
+            "*.domain, or * for any) (env JIDOKA_ALLOWED_HOSTS).",
+            show_default=False,
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
     projects_dir: Annotated[
         Path | None,
         typer.Option(
@@ -154,6 +163,49 @@ def serve(
             rich_help_panel=_LIMITS,
         ),
     ] = None,
+    max_header_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=1024,
+            help="Largest request head, 431 beyond (env JIDOKA_MAX_HEADER_BYTES; default 16 KiB).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request head may take (env JIDOKA_HEADER_TIMEOUT; default 10).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request body may stall (env JIDOKA_BODY_TIMEOUT; default 30).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds an idle connection stays open (env JIDOKA_IDLE_TIMEOUT; default 5).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Open connections, streams included; 503 beyond (env JIDOKA_MAX_CONNECTIONS; "
+            "default 1024).",
+            show_default=False,
+            rich_help_panel=_LIMITS,
+        ),
+    ] = None,
     log_level: Annotated[
         LogLevel, typer.Option(help="Log verbosity (to stderr).", rich_help_panel=_SERVER)
     ] = LogLevel.INFO,
@@ -173,7 +225,13 @@ def serve(
         "max_streams_per_principal": max_streams,
         "heartbeat_seconds": heartbeat,
         "shutdown_timeout": shutdown_timeout,
+        "max_header_bytes": max_header_bytes,
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "idle_timeout": idle_timeout,
+        "max_connections": max_connections,
         "cors_origins": tuple(cors_origin) if cors_origin else None,
+        "allowed_hosts": tuple(allowed_host) if allowed_host else None,
         "insecure_no_auth": True if insecure_no_auth else None,
         "projects_dir": os.fspath(projects_dir) if projects_dir is not None else None,
     }

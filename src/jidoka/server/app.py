@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from ..errors import InvalidArgument, JidokaError
 from ..runtime import Runtime
 from .auth import Authenticator, InflightLimiter
+from .browser_guard import BrowserGuard, HostPolicy, OriginPolicy
 from .config import ServerConfig
 from .docs import ApiDocs
 from .metrics import CONTENT_TYPE, PrometheusMetrics
@@ -196,6 +197,13 @@ def create_app(
     router = Router()
     for path, table in by_path.items():
         router.add(path, table)  # every method of a path at once: a 405 lists them in Allow
+    hosts = HostPolicy(config.host, config.allowed_hosts)
+    if hosts.wildcard and not config.allowed_hosts:
+        logger.warning(
+            "listening on every address (%s): requests must name the server by an IP address "
+            "or localhost; add each host name clients use with --allowed-host",
+            config.host,
+        )
     middleware: list[MiddlewareFactory] = [
         functools.partial(
             ApiMiddleware,
@@ -204,7 +212,9 @@ def create_app(
             max_body_bytes=config.max_body_bytes,
             observe=_http_observer(metrics),
             access_log=config.access_log,
-        )
+        ),
+        # Inside ApiMiddleware, which turns its refusals into problems with the request id.
+        functools.partial(BrowserGuard, hosts=hosts, origins=OriginPolicy(config.cors_origins)),
     ]
     if config.cors_origins:
         middleware.insert(

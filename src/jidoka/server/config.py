@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from ..errors import InvalidConfig
+from .browser_guard import parse_allowed_host
 
 __all__ = ["ServerConfig", "load_tokens"]
 
@@ -30,6 +31,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     tokens: dict[str, str] = {}
     insecure_no_auth: bool = False
     cors_origins: tuple[str, ...] = ()
+    #: More ``Host`` names to answer to (``name[:port]``, ``*.domain``, ``*`` for any) besides
+    #: the loopback names and the bound address: see :class:`~.browser_guard.HostPolicy`.
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 1 << 20
     max_inflight: int = 64
     #: Event streams (SSE, WebSocket subscriptions) one principal may have open at once.
@@ -42,6 +46,18 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     #: taken from it). Unset, a client may open any directory the server can read: fine for a
     #: personal server on loopback, not for one shared by several principals.
     projects_dir: str | None = None
+    # Connection limits (docs/operations.md, "Connection limits"); enforced by
+    # :class:`jidoka.server.protocol.LimitedHttpProtocol`.
+    #: Largest request head (request line and headers); beyond it a 431 and a close.
+    max_header_bytes: int = 16 << 10
+    #: Seconds a request head may take from its first byte to its blank line (slowloris).
+    header_timeout: float = 10.0
+    #: Seconds a request body may go without a byte arriving before the request is ended (408).
+    body_timeout: float = 30.0
+    #: Seconds a connection may sit with no request in progress (fresh or after a response).
+    idle_timeout: float = 5.0
+    #: Open connections (HTTP, event streams and WebSockets alike); beyond it a 503 and a close.
+    max_connections: int = 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -50,10 +66,21 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise InvalidConfig(
                 "max_streams_per_principal must be at least 1", field="max_streams_per_principal"
             )
-        for name in ("max_body_bytes", "max_inflight"):
+        for name in ("max_body_bytes", "max_inflight", "max_connections"):
             if getattr(self, name) < 1:
                 raise InvalidConfig(f"{name} must be at least 1", field=name)
-        for name in ("heartbeat_seconds", "shutdown_timeout"):
+        if self.max_header_bytes < 1024:
+            raise InvalidConfig(
+                f"max_header_bytes must be at least 1024, got {self.max_header_bytes}",
+                field="max_header_bytes",
+            )
+        for name in (
+            "heartbeat_seconds",
+            "shutdown_timeout",
+            "header_timeout",
+            "body_timeout",
+            "idle_timeout",
+        ):
             value = getattr(self, name)
             if not value > 0 or value == float("inf"):
                 raise InvalidConfig(f"{name} must be a positive number, got {value}", field=name)
@@ -64,6 +91,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
                 )
             if not principal:
                 raise InvalidConfig("every token needs a non-empty principal", field="tokens")
+        for entry in self.allowed_hosts:
+            parse_allowed_host(entry)  # InvalidConfig naming the entry
         if not self.tokens and not self.insecure_no_auth and not self.is_loopback:
             raise InvalidConfig(
                 f"refusing to serve {self.host!r} (not a loopback address) without tokens; "
@@ -87,7 +116,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
         """``JIDOKA_HOST``, ``JIDOKA_PORT``, ``JIDOKA_TOKENS``, ``JIDOKA_CORS_ORIGINS``,
-        ``JIDOKA_MAX_BODY_BYTES``, ``JIDOKA_MAX_INFLIGHT``; ``overrides`` (flags) win."""
+        ``JIDOKA_ALLOWED_HOSTS`` (comma-separated),
+        ``JIDOKA_MAX_BODY_BYTES``, ``JIDOKA_MAX_INFLIGHT``, and the connection limits
+        ``JIDOKA_MAX_HEADER_BYTES``, ``JIDOKA_HEADER_TIMEOUT``, ``JIDOKA_BODY_TIMEOUT``,
+        ``JIDOKA_IDLE_TIMEOUT``, ``JIDOKA_MAX_CONNECTIONS``; ``overrides`` (flags) win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, field, kind in (
@@ -97,6 +129,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             ("JIDOKA_MAX_BODY_BYTES", "max_body_bytes", int),
             ("JIDOKA_MAX_INFLIGHT", "max_inflight", int),
             ("JIDOKA_MAX_STREAMS_PER_PRINCIPAL", "max_streams_per_principal", int),
+            ("JIDOKA_MAX_HEADER_BYTES", "max_header_bytes", int),
+            ("JIDOKA_HEADER_TIMEOUT", "header_timeout", float),
+            ("JIDOKA_BODY_TIMEOUT", "body_timeout", float),
+            ("JIDOKA_IDLE_TIMEOUT", "idle_timeout", float),
+            ("JIDOKA_MAX_CONNECTIONS", "max_connections", int),
         ):
             raw = env.get(name)
             if raw:
@@ -106,10 +143,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
                     raise InvalidConfig(f"{name}={raw!r} is not valid", field=field) from None
         if env.get("JIDOKA_TOKENS"):
             values["tokens"] = parse_tokens(env["JIDOKA_TOKENS"], "JIDOKA_TOKENS")
-        if env.get("JIDOKA_CORS_ORIGINS"):
-            values["cors_origins"] = tuple(
-                o.strip() for o in env["JIDOKA_CORS_ORIGINS"].split(",") if o.strip()
-            )
+        for name, field in (
+            ("JIDOKA_CORS_ORIGINS", "cors_origins"),
+            ("JIDOKA_ALLOWED_HOSTS", "allowed_hosts"),
+        ):
+            if env.get(name):
+                values[field] = tuple(o.strip() for o in env[name].split(",") if o.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**values)

@@ -14,7 +14,10 @@ event streams. What it does, in order:
    a 500 (anything else, traceback in the log only), unless the response has started;
 5. logs one line per request and records ``jidoka.http.*`` metrics.
 
-WebSockets authenticate in their endpoint (browsers cannot set headers on them).
+WebSockets authenticate in their endpoint (browsers cannot set headers on them). What only a
+web page would send (a foreign ``Host`` or ``Origin``, a body not typed as JSON) is refused by
+:class:`~jidoka.server.browser_guard.BrowserGuard`, which runs inside this middleware, so its
+refusals get a request id, a log line and metrics like any other problem.
 """
 
 from __future__ import annotations

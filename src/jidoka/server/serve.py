@@ -33,6 +33,7 @@ from .app import create_app
 from .config import ServerConfig
 from .metrics import PrometheusMetrics
 from .middleware import RequestIdFilter
+from .protocol import protocol_class
 
 __all__ = ["TOKEN_FILE", "run_server", "serve"]
 
@@ -40,6 +41,8 @@ logger = logging.getLogger("jidoka.server")
 #: Where a generated token is kept (in the data directory), so a restart keeps it.
 TOKEN_FILE = "server-token"
 LOCAL_PRINCIPAL = "local"
+#: File descriptors wanted besides one per connection (store, logs, listening socket, spare).
+SPARE_FDS = 128
 
 
 class _Server(uvicorn.Server):
@@ -93,6 +96,31 @@ def _token(config: ServerConfig, data_dir: str) -> tuple[ServerConfig, str | Non
     return ServerConfig(**values), token
 
 
+def _raise_fd_limit(max_connections: int) -> None:
+    """Each connection is a file descriptor: lift the soft ``RLIMIT_NOFILE`` towards the hard
+    one so that ``max_connections`` can be reached (a common soft default is 1024, which would
+    make ``accept`` fail before the cap answers 503); warn if even the hard one is too low."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    needed = max_connections + SPARE_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "max_connections=%d needs about %d file descriptors, but at most %d may be open "
+            "(ulimit -n); connections may fail before the cap refuses them",
+            max_connections,
+            needed,
+            target,
+        )
+
+
 def _bind(config: ServerConfig) -> socket.socket:
     """The listening socket; a port already taken is a :class:`JidokaError` that names it."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -137,8 +165,12 @@ async def serve(
             shown = f"[{host}]" if ":" in host else host
             url = f"http://{shown}:{port}"
             app = create_app(runtime, config, metrics=metrics)
+            _raise_fd_limit(config.max_connections)
+            # Connection limits live in the protocol (see .protocol): uvicorn's
+            # limit_concurrency is left off, it neither bounds open sockets nor counts right.
             uv_config = uvicorn.Config(
                 app,
+                http=protocol_class(config),
                 lifespan="off",
                 log_config=None,
                 access_log=False,
