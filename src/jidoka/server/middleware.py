@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import JidokaError, LimitExceeded
@@ -164,6 +165,11 @@ class ApiMiddleware:
                 receive = self._bounded(receive)
             try:
                 await self.app(scope, receive, send_with_id)
+            except ClientDisconnect:
+                # Gone mid-body (or ended by the server's body timeout, which answered 408):
+                # nobody to answer, and no error of ours. 499 as in nginx's logs.
+                if not started_response:
+                    status = 499
             except Exception as exc:
                 # The app's one exception handler: a JidokaError is its problem document, and
                 # anything else a 500 whose traceback goes to the log only. Once the response
