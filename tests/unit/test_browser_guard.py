@@ -8,6 +8,7 @@ browser in tests/browser/test_hostile_page.py.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ import jidoka
 from jidoka.errors import InvalidConfig
 from jidoka.server.app import create_app
 from jidoka.server.browser_guard import (
+    BrowserGuard,
     HostPattern,
     HostPolicy,
     OriginPolicy,
@@ -197,3 +199,31 @@ async def test_the_app_on_a_wildcard_address_warns_and_refuses_names(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, headers=headers) as http:
             assert (await http.get("http://box.lan/v1/sessions")).status_code == 200
+
+
+async def test_a_refused_handshake_without_the_denial_extension_is_a_bare_close() -> None:
+    """A server that cannot send a body with a refused handshake gets a close before accept
+    (uvicorn answers 403); the app behind the guard is never called."""
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not see a refused handshake")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    guard = BrowserGuard(app, hosts=HostPolicy("127.0.0.1"), origins=OriginPolicy())
+    scope = {
+        "type": "websocket",
+        "path": "/v1/ws",
+        "headers": [(b"host", b"127.0.0.1:8765"), (b"origin", b"http://evil.test")],
+        "server": ("127.0.0.1", 8765),
+    }
+    await guard(scope, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "origin not allowed"}]
+    sent.clear()
+    await guard({**scope, "headers": [(b"host", b"evil.test:8765")]}, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "host not allowed"}]

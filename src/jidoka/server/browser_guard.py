@@ -281,4 +281,8 @@ class BrowserGuard:
             headers = {"X-Request-ID": request_id} if request_id else None
             await problem_response(exc, request_id, headers)(scope, receive, send)
         else:
-            await send({"type": "websocket.close", "code": 1008, "reason": str(exc)[:120]})
+            # A close reason has at most 123 bytes: the problem's name, not its detail.
+            reason = (
+                "origin not allowed" if isinstance(exc, OriginNotAllowed) else "host not allowed"
+            )
+            await send({"type": "websocket.close", "code": 1008, "reason": reason})
