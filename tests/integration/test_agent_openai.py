@@ -22,10 +22,14 @@ import pytest
 
 import jidoka
 from jidoka.bus.base import Subscription
+from jidoka.llm.prompt import message_tokens, tools_tokens
+from jidoka.llm.types import ChatMessage, ToolCall, ToolSpec
+from jidoka.session.context import estimate_tokens
 
 from ..helpers import PROMPTLY, settle, until
 from ..support.openai_server import (
     Cut,
+    Empty,
     Hang,
     Malformed,
     OpenAIServer,
@@ -285,16 +289,16 @@ async def test_a_server_error_fails_the_turn_not_the_session(
 
 
 @pytest.mark.parametrize(
-    ("broken", "why"),
+    ("broken", "why", "retryable"),
     [
-        (Cut(["half of ", "an answer"]), "stream ended before the answer was complete"),
-        (Cut(["half of ", "an answer"], abrupt=False), "no finish_reason before the end"),
-        (Malformed(["half of ", "an answer"]), "malformed stream chunk"),
+        (Cut(["half of ", "an answer"]), "stream ended before the answer was complete", True),
+        (Cut(["half of ", "an answer"], abrupt=False), "without a finish_reason", False),
+        (Malformed(["half of ", "an answer"]), "malformed stream chunk", True),
     ],
     ids=["cut-broken-body", "cut-clean-end", "malformed-chunk"],
 )
 async def test_a_stream_broken_mid_answer_is_an_error_not_a_short_answer(
-    server: OpenAIServer, client: jidoka.Client, broken: Cut | Malformed, why: str
+    server: OpenAIServer, client: jidoka.Client, broken: Cut | Malformed, why: str, retryable: bool
 ) -> None:
     server.queue(broken, Text(["whole"]))
     sid = await client.create_session(llm_config=llm(server))
@@ -302,12 +306,12 @@ async def test_a_stream_broken_mid_answer_is_an_error_not_a_short_answer(
         with pytest.raises(jidoka.LLMError) as caught:
             await client.chat(sid, "hi")
         seen = await until_idle(events)
-    assert caught.value.retryable
+    assert caught.value.retryable is retryable
     assert caught.value.session_id == sid
     assert why in str(caught.value)
     assert streamed(seen) == "half of an answer"  # what streamed was shown live...
     [error] = of_type(seen, "error")
-    assert (error.data["code"], error.data["retryable"]) == ("llm_error", True)
+    assert (error.data["code"], error.data["retryable"]) == ("llm_error", retryable)
     assert why in error.data["message"]
     assert seen[-1].data["status"] == "failed"
     # ... but it is not the answer: no assistant message
@@ -694,3 +698,315 @@ async def test_sessions_on_one_endpoint_share_one_sdk_client(
     await client.terminate_session(first)  # a session's end leaves the shared client open
     server.queue(Text(["still"]))
     assert (await client.chat(second, "again")).message.content == "still"
+
+
+# --- real servers' ways (issue 12): usage, windows, cut calls, settings ---------------------------
+
+
+def request_tokens(body: dict[str, Any]) -> int:
+    """A request's size as the turn loop counts it (the runtime's default token counter)."""
+    messages = [
+        ChatMessage(
+            role=m["role"],
+            content=m.get("content"),
+            tool_calls=[
+                ToolCall(
+                    id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"]
+                )
+                for c in m.get("tool_calls", [])
+            ]
+            or None,
+        )
+        for m in body["messages"]
+    ]
+    tools = [
+        ToolSpec(
+            name=t["function"]["name"],
+            description=t["function"]["description"],
+            parameters=t["function"]["parameters"],
+        )
+        for t in body.get("tools", [])
+    ]
+    return tools_tokens(tools, estimate_tokens) + sum(
+        message_tokens(m, estimate_tokens) for m in messages
+    )
+
+
+async def test_usage_a_server_does_not_send_is_estimated_and_says_so(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    server.queue(Text(["Hel", "lo."], usage=False), Text(["Again."], prompt_tokens=5))
+    sid = await client.create_session(llm_config=llm(server))
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        result = await client.chat(sid, "say hello")
+        seen = await until_idle(events)
+
+    prompt = request_tokens(server.requests[0].body)
+    assert prompt > 50  # the system message and the tools' schemas, not zero
+    answer = estimate_tokens("Hello.")
+    assert result.usage == jidoka.TokenUsage(prompt, answer, prompt + answer, estimated=True)
+    [response] = of_type(seen, "llm_response")
+    assert response.data["usage"] == {
+        "prompt_tokens": prompt,
+        "completion_tokens": answer,
+        "total_tokens": prompt + answer,
+        "estimated": True,
+    }
+    assert (await client.get_session_info(sid)).usage == result.usage
+    # A measured turn after it adds up; the sum stays marked as partly estimated.
+    after = await client.chat(sid, "again")
+    assert after.usage == jidoka.TokenUsage(5, 1, 6)
+    info = (await client.get_session_info(sid)).usage
+    assert info == jidoka.TokenUsage(prompt + 5, answer + 1, prompt + answer + 6, estimated=True)
+
+
+async def test_a_cancelled_turn_counts_the_prompt_the_server_had(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    server.queue(Slow(["half an ", "answer"], before=1))
+    sid = await client.create_session(llm_config=llm(server))
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        turn = asyncio.create_task(client.chat(sid, "go"))
+        await until(events, "llm_stream_chunk")
+        assert await client.cancel(sid)
+        result = await turn
+        seen = await until_idle(events)
+
+    prompt = request_tokens(server.requests[0].body)
+    answer = estimate_tokens("half an ")
+    assert result.interrupted
+    assert result.usage == jidoka.TokenUsage(prompt, answer, prompt + answer, estimated=True)
+    [response] = of_type(seen, "llm_response")
+    assert response.data["usage"]["estimated"] is True
+    assert (await client.get_session_info(sid)).usage == result.usage
+
+
+async def test_a_failed_turn_records_its_usage(server: OpenAIServer, client: jidoka.Client) -> None:
+    # The first call is measured, the second fails mid-answer (the server had its prompt).
+    server.queue(
+        ToolCalls([("c1", "list_files", "{}")], prompt_tokens=30, completion_tokens=3),
+        Cut(["half"]),
+    )
+    sid = await client.create_session(llm_config=llm(server))
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        with pytest.raises(jidoka.LLMError):
+            await client.chat(sid, "hi")
+        seen = await until_idle(events)
+
+    second = request_tokens(server.requests[1].body)
+    half = estimate_tokens("half")
+    [error] = of_type(seen, "error")
+    assert error.data["usage"] == {
+        "prompt_tokens": 30 + second,
+        "completion_tokens": 3 + half,
+        "total_tokens": 33 + second + half,
+        "estimated": True,
+    }
+    usage = (await client.get_session_info(sid)).usage
+    assert usage == jidoka.TokenUsage(30 + second, 3 + half, 33 + second + half, estimated=True)
+
+
+async def test_a_call_the_server_refused_counts_nothing(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    server.queue(Status(400, "the request exceeds the available context size"))
+    sid = await client.create_session(llm_config=llm(server))
+    with pytest.raises(jidoka.LLMError):
+        await client.chat(sid, "hi")
+    assert (await client.get_session_info(sid)).usage == jidoka.TokenUsage()
+
+
+async def test_a_large_tool_result_is_cut_to_the_window_and_kept_whole_in_the_log(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    # 38 KB of code against a 2,048-token window: one read_file made the next request 7,629
+    # tokens and the server answered 400.
+    big = "".join(f"def function_{n}(value):\n    return value * {n} + 1\n\n" for n in range(800))
+    (project / "big.py").write_text(big)
+    assert len(big) > 38_000
+    server.queue(
+        ToolCalls([("c1", "read_file", json.dumps({"path": "big.py"}))]),
+        Text(["It defines functions."]),
+    )
+    config = llm(server, context_window=2048, max_tokens=256)
+    sid = await client.create_session(project_root=str(project), llm_config=config)
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        result = await client.chat(sid, "what is in big.py?")
+        seen = await until_idle(events)
+
+    assert result.message.content == "It defines functions."
+    for request in server.requests:
+        assert request_tokens(request.body) <= 2048 - 256
+    tool = server.requests[1].body["messages"][-1]
+    assert tool["role"] == "tool"
+    assert tool["content"].startswith("    1| def function_0(value):")
+    assert "[cut to fit the context window:" in tool["content"]
+    assert "call read_file with start_line=" in tool["content"]
+    assert "search_code" in tool["content"]
+    [logged] = of_type(seen, "tool_result")
+    assert logged.data["cut_for_model"] is True
+    assert len(logged.data["content"]) > 16_384  # the whole result, not the model's part
+    assert logged.data["content"].startswith(tool["content"].split("[cut to fit")[0])
+
+
+async def test_older_tool_results_are_cut_further_to_keep_later_requests_in_the_window(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    (project / "a.txt").write_text("".join(f"alpha line {n}\n" for n in range(400)))
+    (project / "b.txt").write_text("".join(f"beta line {n}\n" for n in range(400)))
+    # a.txt fits when it comes in; the long thought before the second call does not leave
+    # room for both, so the next request cuts a.txt's result further.
+    thought = "Now the other file, which matters as much. " * 50
+    server.queue(
+        ToolCalls([("c1", "read_file", json.dumps({"path": "a.txt"}))]),
+        ToolCalls([("c2", "read_file", json.dumps({"path": "b.txt"}))], text=[thought]),
+        Text(["Both read."]),
+    )
+    config = llm(server, context_window=3000, max_tokens=200)
+    sid = await client.create_session(project_root=str(project), llm_config=config)
+    result = await client.chat(sid, "read both")
+
+    assert result.message.content == "Both read."
+    assert all(request_tokens(r.body) <= 3000 - 200 for r in server.requests)
+    last = server.requests[-1].body["messages"]
+    a_result, b_result = (m["content"] for m in last if m["role"] == "tool")
+    first = server.requests[1].body["messages"][-1]["content"]
+    assert "[cut to fit" not in first  # it was sent whole once
+    assert a_result.startswith("    1| alpha line 0")
+    assert "[cut to fit" in a_result
+    assert len(a_result) < len(first)
+    assert "[cut to fit" in b_result
+
+
+async def test_a_request_that_cannot_fit_is_not_sent(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    # The window is smaller than the instructions and the tools' schemas alone.
+    config = llm(server, context_window=300, max_tokens=100)
+    sid = await client.create_session(llm_config=config)
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        with pytest.raises(jidoka.LimitExceeded) as caught:
+            await client.chat(sid, "hi")
+        seen = await until_idle(events)
+    assert caught.value.limit == "context_window - max_tokens"
+    assert caught.value.maximum == 200
+    assert server.requests == []
+    [error] = of_type(seen, "error")
+    assert error.data["code"] == "limit_exceeded"
+
+
+async def test_a_tool_call_cut_by_max_tokens_is_not_run_and_the_model_retries(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    whole = json.dumps({"path": "notes.md", "content": "first line\nsecond line\n"})
+    server.queue(
+        ToolCalls([("w1", "write_file", whole[:30])], finish_reason="length"),
+        ToolCalls([("w2", "write_file", whole)]),
+        Text(["Written."]),
+    )
+    config = llm(server, max_tokens=64)
+    sid = await client.create_session(
+        project_root=str(project), config={"allow_write": True}, llm_config=config
+    )
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        result = await client.chat(sid, "write notes.md")
+        seen = await until_idle(events)
+
+    assert result.message.content == "Written."
+    assert result.iterations == 3
+    first, second = of_type(seen, "tool_result")
+    assert first.data["call_id"] == "w1"
+    assert first.data["is_error"] is True
+    assert first.data["cut_off"] is True
+    assert "cut off" in first.data["content"]
+    assert second.data == {
+        "call_id": "w2",
+        "name": "write_file",
+        "content": second.data["content"],
+        "is_error": False,
+    }
+    assert (project / "notes.md").read_text() == "first line\nsecond line\n"
+    told = server.requests[1].body["messages"][-1]
+    assert told["role"] == "tool"
+    assert told["tool_call_id"] == "w1"
+    assert "was not run" in told["content"]
+
+
+async def test_a_cut_call_is_never_run_even_when_its_arguments_parse(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    # Cut at a point where the JSON still parses: the file would be written half.
+    server.queue(
+        ToolCalls(
+            [("w1", "write_file", json.dumps({"path": "half.md", "content": "the first"}))],
+            finish_reason="length",
+        ),
+        Text(["Stopped."]),
+    )
+    sid = await client.create_session(
+        project_root=str(project), config={"allow_write": True}, llm_config=llm(server)
+    )
+    await client.chat(sid, "write half.md")
+    assert not (project / "half.md").exists()
+
+
+async def test_system_prompt_replaces_the_default_instructions(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    server.queue(Text(["ok"]))
+    config = llm(server, system_prompt="You only answer in haiku.")
+    sid = await client.create_session(llm_config=config)
+    await client.chat(sid, "hi")
+    system = server.requests[0].body["messages"][0]
+    assert system["role"] == "system"
+    assert system["content"].startswith("You only answer in haiku.")
+    assert "You are a coding assistant" not in system["content"]
+
+
+async def test_tool_choice_names_a_tool_for_the_first_call_of_each_turn(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    # llama-cpp-python acts on tools only when tool_choice names one; naming it on every call
+    # would leave the model no way to answer.
+    server.queue(
+        ToolCalls([("c1", "read_file", json.dumps({"path": "src/app.py"}))]),
+        Text(["42."]),
+        Text(["Hello."]),
+    )
+    config = llm(server, tool_choice="read_file")
+    sid = await client.create_session(project_root=str(project), llm_config=config)
+    await client.chat(sid, "what does main return?")
+    await client.chat(sid, "thanks")
+
+    named = {"type": "function", "function": {"name": "read_file"}}
+    sent = [r.body.get("tool_choice") for r in server.requests]
+    assert sent == [named, None, named]
+
+
+async def test_an_assistant_message_with_only_tool_calls_has_empty_content(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    server.queue(
+        ToolCalls([("c1", "read_file", json.dumps({"path": "src/app.py"}))]),
+        Text(["42."]),
+    )
+    sid = await client.create_session(project_root=str(project), llm_config=llm(server))
+    await client.chat(sid, "what does main return?")
+    assistant = server.requests[1].body["messages"][-2]
+    assert assistant["role"] == "assistant"
+    assert assistant["content"] == ""
+
+
+async def test_an_empty_200_stream_fails_the_turn_as_not_retryable(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    server.queue(Empty())
+    sid = await client.create_session(llm_config=llm(server))
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        with pytest.raises(jidoka.LLMError) as caught:
+            await client.chat(sid, "hi")
+        seen = await until_idle(events)
+    assert not caught.value.retryable
+    [error] = of_type(seen, "error")
+    assert error.data["retryable"] is False
+    assert "sent no data" in error.data["message"]

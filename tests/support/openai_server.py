@@ -13,8 +13,9 @@ for ``stream_options.include_usage``) or not. What it answers is scripted per te
 Behaviours: :class:`Text`, :class:`ToolCalls`, :class:`Status` (any error status, e.g.
 :func:`rate_limited`), :class:`Cut` (the connection is closed after k chunks, without ``[DONE]``),
 :class:`Slow` (chunks held back until the test sets an :class:`asyncio.Event`), :class:`Hang` (no
-answer at all), :class:`Malformed` (an event that is not JSON). A request with nothing queued
-gets a 500 the SDK does not retry.
+answer at all), :class:`Malformed` (an event that is not JSON), :class:`Recorded` (a real
+server's answer replayed byte for byte from tests/fixtures/llm_streams). A request with nothing
+queued gets a 500 the SDK does not retry.
 
 The server runs in the test's own event loop on a pre-bound, already listening socket (so it is
 ready as soon as the context is entered: connections queue in the backlog), and is shut down
@@ -31,6 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -42,9 +44,12 @@ from starlette.types import Receive, Scope, Send
 
 __all__ = [
     "Cut",
+    "Empty",
     "Hang",
+    "JSONInstead",
     "Malformed",
     "OpenAIServer",
+    "Recorded",
     "RecordedRequest",
     "Slow",
     "Status",
@@ -68,6 +73,8 @@ class Text:
     finish_reason: str = "stop"
     prompt_tokens: int = 7
     completion_tokens: int | None = None  # default: one per chunk
+    #: False: ignore ``stream_options.include_usage`` (send no usage), as llama-cpp-python does.
+    usage: bool = True
 
 
 @dataclass
@@ -80,6 +87,10 @@ class ToolCalls:
     pieces: int = 3
     prompt_tokens: int = 11
     completion_tokens: int = 5
+    #: True: every fragment repeats the id and the name (llama-cpp-python's shape).
+    repeat_name: bool = False
+    #: ``length``: the answer was cut by max_tokens (give the last call cut arguments).
+    finish_reason: str = "tool_calls"
 
 
 @dataclass
@@ -131,7 +142,50 @@ class Malformed:
     data: str = "{this is not json"
 
 
-Behaviour = Text | ToolCalls | Status | Cut | Slow | Hang | Malformed
+@dataclass
+class Recorded:
+    """Replay a recorded answer of a real server byte for byte: ``NAME.sse`` is the body as it
+    came off the wire, ``NAME.json`` its status, headers and how the body ended (``complete``,
+    or ``dropped``: the server closed the connection without ending the body). The recorder is
+    ``scripts/compat-llama --record``; tests/fixtures/llm_streams/README.md says how each was
+    made. The body is sent in the pieces it came in: one per SSE event."""
+
+    path: Path  # either file of the pair, or the name without a suffix
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = json.loads(self.path.with_suffix(".json").read_text())
+        return meta
+
+    @property
+    def body(self) -> bytes:
+        return self.path.with_suffix(".sse").read_bytes()
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request the server was sent when this was recorded."""
+        request: dict[str, Any] = self.meta["request"]
+        return request
+
+
+@dataclass
+class Empty:
+    """HTTP 200 with an event stream that has no event at all, then the end of the body (or a
+    dropped connection, ``dropped``): a server that failed after answering 200."""
+
+    dropped: bool = False
+
+
+@dataclass
+class JSONInstead:
+    """HTTP 200 with a JSON error document where the stream should be."""
+
+    message: str
+
+
+Behaviour = (
+    Text | ToolCalls | Status | Cut | Slow | Hang | Malformed | Recorded | Empty | JSONInstead
+)
 
 
 @dataclass(frozen=True)
@@ -215,9 +269,18 @@ class OpenAIServer:
             return _error(behaviour.status, behaviour.message, behaviour.headers)
         if isinstance(behaviour, Hang):
             return _Raw(self._hang)
+        if isinstance(behaviour, Recorded):
+            return _Raw(lambda receive, send: self._replay(behaviour, send))
+        if isinstance(behaviour, JSONInstead):
+            document = {"error": {"message": behaviour.message, "type": "server_error"}}
+            return JSONResponse(document, status_code=200)
+        if isinstance(behaviour, Empty):
+            return _Raw(lambda receive, send: self._empty(behaviour, send))
         if not body.get("stream"):
             return JSONResponse(_completion(behaviour))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if isinstance(behaviour, Text) and not behaviour.usage:
+            include_usage = False
         return _Raw(lambda receive, send: self._stream(behaviour, include_usage, receive, send))
 
     async def _stream(
@@ -269,13 +332,40 @@ class OpenAIServer:
                 first = {"index": index, "id": call_id, "type": "function", "function": head}
                 await emit(sse.delta({"tool_calls": [first]}))
                 for piece in _split(arguments, behaviour.pieces):
-                    fragment = {"index": index, "function": {"arguments": piece}}
+                    fragment: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
+                    if behaviour.repeat_name:
+                        fragment.update(id=call_id, type="function")
+                        fragment["function"]["name"] = name
                     await emit(sse.delta({"tool_calls": [fragment]}))
             await emit(
-                sse.finish("tool_calls"),
+                sse.finish(behaviour.finish_reason),
                 *sse.usage(behaviour.prompt_tokens, behaviour.completion_tokens),
             )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _replay(self, recorded: Recorded, send: Send) -> None:
+        meta, body = recorded.meta, recorded.body
+        headers = [
+            (name.lower().encode(), value.encode())
+            for name, value in meta.get("headers", {}).items()
+            if name.lower() in ("content-type", "cache-control")
+        ]
+        await send({"type": "http.response.start", "status": meta["status"], "headers": headers})
+        pieces = [piece + b"\n\n" for piece in body.split(b"\n\n")]
+        pieces[-1] = pieces[-1][:-2]  # the split added a separator after the last one
+        for piece in pieces:
+            if piece:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        if meta.get("ended", "complete") == "complete":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # "dropped": return without ending the body; uvicorn closes the connection mid-body
+
+    async def _empty(self, behaviour: Empty, send: Send) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        if not behaviour.dropped:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _hang(self, receive: Receive, send: Send) -> None:
         if await self._wait(asyncio.Event().wait(), receive):

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -31,9 +33,12 @@ from jidoka.llm.types import (
 from tests.helpers import PROMPTLY
 from tests.support.openai_server import (
     Cut,
+    Empty,
     Hang,
+    JSONInstead,
     Malformed,
     OpenAIServer,
+    Recorded,
     Slow,
     Status,
     Text,
@@ -170,6 +175,7 @@ async def test_messages_tools_and_sampling_are_translated(server: OpenAIServer, 
         {"role": "user", "content": "read a.py"},
         {
             "role": "assistant",
+            "content": "",  # never absent, never null: what every server accepts
             "tool_calls": [
                 {
                     "id": "c1",
@@ -193,6 +199,70 @@ async def test_messages_tools_and_sampling_are_translated(server: OpenAIServer, 
     ]
     assert body["temperature"] == 0.5
     assert body["max_tokens"] == 10
+
+
+async def test_a_name_repeated_in_every_fragment_is_taken_once(server: OpenAIServer, build: Build):
+    # llama-cpp-python repeats function.name (and the id) in every streamed fragment.
+    server.queue(
+        ToolCalls(
+            [
+                ("call_a", "read_file", '{"path": "src/app.py"}'),
+                ("call_b", "search_code", '{"pattern": "def main"}'),
+            ],
+            pieces=5,
+            repeat_name=True,
+        )
+    )
+
+    _, completion = await run(build())
+
+    assert completion.tool_calls == [
+        ToolCall(id="call_a", name="read_file", arguments='{"path": "src/app.py"}'),
+        ToolCall(id="call_b", name="search_code", arguments='{"pattern": "def main"}'),
+    ]
+
+
+async def test_a_server_that_sends_no_usage_gets_none_not_zero(server: OpenAIServer, build: Build):
+    # llama-cpp-python ignores stream_options.include_usage.
+    server.queue(Text(["Hi", "!"], usage=False))
+
+    _, completion = await run(build())
+
+    assert server.requests[0].body["stream_options"] == {"include_usage": True}
+    assert completion.text == "Hi!"
+    assert completion.usage is None  # unknown: the turn loop estimates it and says so
+
+
+@pytest.mark.parametrize(
+    ("choice", "sent"),
+    [
+        ("read_file", {"type": "function", "function": {"name": "read_file"}}),
+        ("required", "required"),
+        ("none", "none"),
+    ],
+)
+async def test_tool_choice_is_sent_as_the_server_expects(
+    server: OpenAIServer, build: Build, choice: str, sent: object
+):
+    server.queue(Text(["ok"]), Text(["ok"]))
+    spec = ToolSpec(name="read_file", description="Read", parameters={"type": "object"})
+    provider = build()
+
+    await run(
+        provider, ChatRequest(model="m", messages=HELLO.messages, tools=[spec], tool_choice=choice)
+    )
+    await run(provider, ChatRequest(model="m", messages=HELLO.messages, tools=[spec]))
+
+    assert server.requests[0].body["tool_choice"] == sent
+    assert "tool_choice" not in server.requests[1].body
+
+
+async def test_an_empty_api_key_env_means_no_key(server: OpenAIServer, build: Build):
+    server.queue(Text(["ok"]))
+
+    await run(build(api_key_env=""))
+
+    assert server.requests[0].authorization == "Bearer not-needed"
 
 
 async def test_tool_calls_are_assembled_from_split_deltas(server: OpenAIServer, build: Build):
@@ -301,8 +371,56 @@ async def test_a_stream_cut_mid_answer_is_an_error_not_a_short_answer(
 
     assert deltas == ["The answer ", "is"]
     assert error.message.startswith(f"session {SID!r}: stream ended before the answer was complete")
-    assert error.retryable
+    # A lost connection may go better next time; a stream the server ended itself will not.
+    assert error.retryable is abrupt
     assert len(server.requests) == 1  # nothing is retried once the answer streams
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["body-ended", "connection-dropped"])
+async def test_an_empty_200_stream_is_a_server_failure_not_retryable(
+    server: OpenAIServer, build: Build, dropped: bool
+):
+    # llama-cpp-python answers 200 and then fails in its chat template: no chunk at all.
+    server.queue(Empty(dropped=dropped))
+
+    deltas, error = await failure(build(max_retries=3))
+
+    assert deltas == []
+    assert "answered HTTP 200 but sent no data" in error.message
+    assert "its own log has the reason" in error.message
+    assert not error.retryable
+    assert len(server.requests) == 1
+
+
+async def test_a_json_error_instead_of_a_stream_says_the_server_s_words(
+    server: OpenAIServer, build: Build
+):
+    server.queue(JSONInstead("Template error: list object has no element 0"))
+
+    _, error = await failure(build())
+
+    assert "instead of a stream" in error.message
+    assert "Template error: list object has no element 0" in error.message
+    assert not error.retryable
+
+
+async def test_an_error_event_in_the_stream_is_reported_with_its_text(
+    server: OpenAIServer, build: Build, tmp_path: Path
+):
+    # llama-server reports a failure after the 200 as data: {"error": {...}}.
+    (tmp_path / "err.sse").write_bytes(
+        b'data: {"error":{"code":500,"message":"the request exceeds the available context '
+        b'size","type":"exceed_context_size_error"}}\n\n'
+    )
+    (tmp_path / "err.json").write_text(
+        json.dumps({"status": 200, "headers": {"content-type": "text/event-stream"}})
+    )
+    server.queue(Recorded(tmp_path / "err"))
+
+    _, error = await failure(build())
+
+    assert "exceeds the available context size" in error.message
+    assert not error.retryable
 
 
 async def test_a_chunk_that_is_not_json_is_an_error(server: OpenAIServer, build: Build):
@@ -529,6 +647,11 @@ async def test_the_server_answers_without_streaming_too(server: OpenAIServer):
         {"provider": "scripted", "script": [{"chunks": ["a"]}, {"tool_calls": []}]},
         {"temperature": 2.0, "timeout": 1},
         {"temperature": None, "model": None},
+        {"api_key_env": ""},  # no key, as JIDOKA_LLM_API_KEY_ENV="" says
+        {"system_prompt": "You review Go code."},
+        {"tool_choice": "read_file"},
+        {"tool_choice": "required"},
+        {"tool_choice": "none"},
     ],
 )
 def test_valid_llm_configs(config: dict[str, Any]):
@@ -544,7 +667,12 @@ def test_valid_llm_configs(config: dict[str, Any]):
         ({"model": ""}, "llm_config.model"),
         ({"model": 4}, "llm_config.model"),
         ({"base_url": "ftp://example.com"}, "llm_config.base_url"),
-        ({"api_key_env": ""}, "llm_config.api_key_env"),
+        ({"system_prompt": ""}, "llm_config.system_prompt"),
+        ({"system_prompt": 7}, "llm_config.system_prompt"),
+        ({"system_prompt": "x" * 40_000}, "llm_config.system_prompt"),
+        ({"tool_choice": "read file!"}, "llm_config.tool_choice"),
+        ({"tool_choice": ""}, "llm_config.tool_choice"),
+        ({"tool_choice": {"type": "function"}}, "llm_config.tool_choice"),
         ({"api_key_env": "1ABC"}, "llm_config.api_key_env"),
         ({"api_key_env": "MY KEY"}, "llm_config.api_key_env"),
         ({"temperature": 2.5}, "llm_config.temperature"),
@@ -798,3 +926,46 @@ def test_providers_satisfy_the_protocol():
     assert isinstance(
         make_provider({"provider": "openai"}, environ={"OPENAI_API_KEY": "k"}), Provider
     )
+
+
+# --- documented llm_config keys ------------------------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guide.md"
+#: A valid value for each key, to check that what the guide documents is accepted.
+SAMPLES: dict[str, object] = {
+    "provider": "openai",
+    "model": "gemma-3-270m",
+    "base_url": "http://127.0.0.1:8080/v1",
+    "api_key_env": "OPENAI_API_KEY",
+    "temperature": 0.2,
+    "max_tokens": 256,
+    "context_window": 2048,
+    "timeout": 30,
+    "max_retries": 1,
+    "system_prompt": "You review Go code.",
+    "tool_choice": "read_file",
+    "script": [{"text": "hi"}],
+}
+
+
+def documented_keys() -> list[str]:
+    """The keys in the guide's llm_config table (the rows after "Its keys")."""
+    text = GUIDE.read_text(encoding="utf-8")
+    table = text.split("Its keys (all optional", 1)[1].split("\n\n", 2)[1]
+    return [line.split("`")[1] for line in table.splitlines() if line.startswith("| `")]
+
+
+def test_every_documented_llm_config_key_is_accepted_and_every_accepted_key_documented():
+    from jidoka.llm import providers
+
+    keys = documented_keys()
+    assert "system_prompt" in keys
+    assert sorted(keys) == sorted(providers._KEYS)
+    assert sorted(SAMPLES) == sorted(keys)
+    for key in keys:
+        config = {key: SAMPLES[key]}
+        if key == "script":
+            config["provider"] = "scripted"
+        validate_llm_config(config)  # nothing documented is refused
+    for key in keys:  # the module's own table says the same
+        assert f"``{key}``" in (providers.__doc__ or "")

@@ -18,6 +18,16 @@ assistant message, and says ``interrupted`` in its ``llm_response``.
 
 Failures stay inside the session: a provider error ends the turn with an ``error`` event and an
 ``LLMError``; a tool error goes back to the model as the tool's result; the session stays usable.
+
+Every request of a turn fits ``context_window - max_tokens`` (see :mod:`.prompt`): a tool result
+is cut to the room left, with a note on how to read the rest, while its ``tool_result`` event
+keeps it whole. A tool call whose answer was cut by ``max_tokens`` (``finish_reason: length``)
+has arguments that may be cut too: it is not run, and the model is told to make it again.
+
+Usage is the endpoint's where it reports it. Where it does not (no usage in the stream, a
+cancelled call, a failed one) it is estimated with the session's token counter and marked
+``estimated``, in ``llm_response``/``error`` events and in ``SessionInfo.usage``; a call the
+endpoint refused with an HTTP error counts nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +56,15 @@ from ..session.info import TokenUsage
 from ..session.session import Session
 from ..tools.files import ToolContext
 from ..tools.registry import ToolRegistry, ToolResult, preview_write, quote_path
-from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages
+from .prompt import (
+    DEFAULT_INSTRUCTIONS,
+    budget_for,
+    cut_to_fit,
+    message_tokens,
+    prompt_messages,
+    request_limit,
+    tools_tokens,
+)
 from .providers import ClientCache, make_provider
 from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, ToolCall, Usage
 
@@ -56,6 +74,15 @@ logger = logging.getLogger("jidoka.agent")
 
 #: Bounds on what one event carries (the log keeps events small; the model gets the full text).
 MAX_EVENT_TEXT: Final = 16_384
+#: A ``tool_result`` event keeps the whole result (the tools bound it themselves, to
+#: ``max_output_chars``, 20,000 characters by default); this is only a ceiling behind that.
+MAX_TOOL_RESULT_TEXT: Final = 262_144
+#: What the model is told for a tool call its answer cut off (``finish_reason: length``).
+CUT_CALL: Final = (
+    "error: this call was cut off: your answer reached max_tokens while writing its arguments, "
+    "so they are incomplete and the call was not run. Make the call again, complete (split a "
+    "long write into smaller edits if needed)."
+)
 _MISSING: Final = object()
 
 
@@ -147,6 +174,8 @@ class Agent:
         self._provider: Provider | None = None
         self._provider_key: bytes | None = None
         self._partial: list[str] = []
+        #: The model call under way (its usage is estimated if the turn stops during it).
+        self._in_flight: ChatRequest | None = None
         self.closed = False
 
     # --- what clients call ----------------------------------------------------------------------
@@ -313,6 +342,7 @@ class Agent:
         usage = Usage()
         iterations = 0
         self._partial = []
+        self._in_flight = None
         try:
             provider = await self._provider_for(llm_config)
             registry = ToolRegistry.default(allow_write=config.allow_write is not False)
@@ -320,8 +350,15 @@ class Agent:
             instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
             budget = budget_for(llm_config, tools, instructions, self._counter)
             bundle = await session.build_context(CONTEXT_PARTS, budget)
-            transcript = prompt_messages(bundle, instructions)
+            window = _Window(
+                prompt_messages(bundle, instructions),
+                limit=request_limit(llm_config),
+                fixed=tools_tokens(tools, self._counter),
+                counter=self._counter,
+                session_id=self.session_id,
+            )
             model = str(llm_config.get("model") or "default")
+            tool_choice = llm_config.get("tool_choice")
             while True:
                 if iterations >= config.max_iterations:
                     raise LimitExceeded(
@@ -330,19 +367,22 @@ class Agent:
                 iterations += 1
                 request = ChatRequest(
                     model=model,
-                    messages=list(transcript),
+                    messages=window.fit(),
                     tools=tools,
                     temperature=llm_config.get("temperature"),
                     max_tokens=llm_config.get("max_tokens"),
+                    tool_choice=_choice_for(tool_choice, iterations),
                 )
                 self._partial = []
+                self._in_flight = request
                 completion = await self._stream(provider, request, iterations)
-                usage = usage + completion.usage
+                self._in_flight = None
+                usage = usage + self._usage_of(completion, request)
                 if not completion.tool_calls:
                     return await self._finish(
                         completion.text, usage, iterations, completion.finish_reason
                     )
-                transcript.append(
+                window.add(
                     ChatMessage(
                         role="assistant",
                         content=completion.text or None,
@@ -350,27 +390,84 @@ class Agent:
                     )
                 )
                 await self._emit(EventType.AGENT_STATUS, {"status": "calling_tool"})
+                cut = completion.finish_reason == "length"
+                cut_off = completion.tool_calls[-1] if cut else None
                 for call in completion.tool_calls:
-                    result = await self._call_tool(session, registry, call, iterations)
-                    transcript.append(
-                        ChatMessage(role="tool", content=result.content, tool_call_id=call.id)
+                    if call is cut_off:  # its arguments may be cut: never run it
+                        content = await self._refuse_cut_call(call, iterations)
+                        window.add_result(call.id, content, content)
+                        continue
+                    result, for_model = await self._call_tool(
+                        session, registry, call, iterations, room=window.room()
                     )
+                    window.add_result(call.id, result.content, for_model)
                 await self._emit(EventType.AGENT_STATUS, {"status": "thinking"})
         except asyncio.CancelledError:
             if not turn.user_cancelled:
                 raise
-            return await self._interrupted(usage, iterations)
+            return await self._interrupted(usage + self._stopped_call(None), iterations)
         except JidokaError as exc:
             # A provider failure, a bound, a bad llm_config (a missing key variable ...): the
             # turn ends in the log too, so nobody watching is left at "thinking".
-            await self._fail(exc, usage, iterations)
+            await self._fail(exc, usage + self._stopped_call(exc), iterations)
             if isinstance(exc, LLMError) and exc.session_id is None:
                 exc.session_id = self.session_id
             raise
         except Exception as exc:
             logger.exception("session %s: the turn failed", self.session_id)
-            await self._fail(exc, usage, iterations)
+            await self._fail(exc, usage + self._stopped_call(exc), iterations)
             raise
+
+    def _usage_of(self, completion: Completion, request: ChatRequest) -> Usage:
+        """The endpoint's usage of one call, or an estimate when it sent none."""
+        if completion.usage is not None:
+            return completion.usage
+        answer = completion.text + "".join(c.name + c.arguments for c in completion.tool_calls)
+        return self._estimate(request, answer)
+
+    def _stopped_call(self, exc: BaseException | None) -> Usage:
+        """The estimated usage of the model call a cancel or a failure stopped: the server had
+        the prompt (and made what streamed of the answer) unless it refused the request with an
+        HTTP error."""
+        request, self._in_flight = self._in_flight, None
+        if request is None or (isinstance(exc, LLMError) and exc.status is not None):
+            return Usage()
+        return self._estimate(request, "".join(self._partial))
+
+    def _estimate(self, request: ChatRequest, answer: str) -> Usage:
+        prompt = tools_tokens(request.tools, self._counter) + sum(
+            message_tokens(m, self._counter) for m in request.messages
+        )
+        completion = self._counter(answer) if answer else 0
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            estimated=True,
+        )
+
+    async def _refuse_cut_call(self, call: ToolCall, iteration: int) -> str:
+        """Log a call cut off by ``max_tokens`` and its refusal, as any call and result."""
+        await self._emit(
+            EventType.TOOL_CALL,
+            {
+                "call_id": call.id,
+                "name": call.name,
+                "arguments": _bounded(call.arguments),
+                "iteration": iteration,
+            },
+        )
+        await self._emit(
+            EventType.TOOL_RESULT,
+            {
+                "call_id": call.id,
+                "name": call.name,
+                "content": CUT_CALL,
+                "is_error": True,
+                "cut_off": True,
+            },
+        )
+        return CUT_CALL
 
     async def _provider_for(self, llm_config: dict[str, Any]) -> Provider:
         """The provider for this config, made once (and again only if the config changes).
@@ -441,8 +538,10 @@ class Agent:
                 await reader
 
     async def _call_tool(
-        self, session: Session, registry: ToolRegistry, call: ToolCall, iteration: int
-    ) -> ToolResult:
+        self, session: Session, registry: ToolRegistry, call: ToolCall, iteration: int, room: int
+    ) -> tuple[ToolResult, str]:
+        """Run one call; return its result and what the model gets of it (cut to ``room``
+        tokens, with a note on how to read the rest; the event keeps it whole)."""
         await self._emit(
             EventType.TOOL_CALL,
             {
@@ -473,15 +572,16 @@ class Agent:
                     result = await registry.run(call, context, timeout=config.tool_timeout_seconds)
                 except Exception as exc:  # run() answers failures itself; this is a last guard
                     result = self._tool_crashed(call, exc)
-        await self._emit(
-            EventType.TOOL_RESULT,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "content": _bounded(result.content),
-                "is_error": result.is_error,
-            },
-        )
+        cut = cut_to_fit(result.content, room, self._counter)
+        data: dict[str, Any] = {
+            "call_id": call.id,
+            "name": call.name,
+            "content": _bounded(result.content, MAX_TOOL_RESULT_TEXT),
+            "is_error": result.is_error,
+        }
+        if cut is not None:
+            data["cut_for_model"] = True  # the model saw a part; this is the whole
+        await self._emit(EventType.TOOL_RESULT, data)
         for path in (*result.paths_read, *result.paths_written):
             try:
                 await self._update_index(self.session_id, path)
@@ -491,7 +591,7 @@ class Agent:
                 logger.exception(  # end the turn
                     "session %s: indexing %r after %s failed", self.session_id, path, call.name
                 )
-        return result
+        return result, result.content if cut is None else cut
 
     def _tool_crashed(self, call: ToolCall, exc: Exception) -> ToolResult:
         """A tool failure that was not a refusal (a bug, or an error nothing translated):
@@ -592,7 +692,7 @@ class Agent:
                 "message_id": message.id,
                 "seq": message.seq,
                 "content": _bounded(message.content),
-                "usage": msgspec.to_builtins(usage),
+                "usage": _usage_data(usage),
                 "iterations": iterations,
                 "finish_reason": finish_reason,
                 "interrupted": interrupted,
@@ -615,6 +715,8 @@ class Agent:
             data.update(limit=exc.limit, maximum=exc.maximum)
         elif isinstance(exc, InvalidConfig):
             data["field"] = exc.field
+        if usage.total_tokens or usage.estimated:
+            data["usage"] = _usage_data(usage)  # counted in SessionInfo.usage too
         if self._record_usage is not None:
             self._record_usage(usage, "failed")
         with contextlib.suppress(SessionTerminated):
@@ -636,4 +738,105 @@ def _error_code(exc: Exception) -> str:
 
 
 def _usage(usage: Usage) -> TokenUsage:
+    if usage.estimated:
+        return TokenUsage(
+            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, estimated=True
+        )
     return TokenUsage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+
+
+def _usage_data(usage: Usage) -> dict[str, Any]:
+    """A usage in an event: the three counts, and ``estimated: true`` when it is one."""
+    data: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.estimated:
+        data["estimated"] = True
+    return data
+
+
+def _choice_for(tool_choice: object, iteration: int) -> str | None:
+    """``llm_config.tool_choice`` for one call of a turn: ``none`` for every call; a tool's name
+    or ``required`` only for the first (the model must be free to answer after, or it would call
+    tools until ``max_iterations``); ``auto`` or unset: nothing sent."""
+    if not isinstance(tool_choice, str) or tool_choice == "auto":
+        return None
+    if tool_choice == "none" or iteration == 1:
+        return tool_choice
+    return None
+
+
+class _Window:
+    """A turn's prompt kept within the request limit (``context_window - max_tokens``).
+
+    ``head`` is the session's context (system message, conversation, the user's message last);
+    the turn's own messages come after it. :meth:`fit` makes the next request fit, cutting the
+    turn's tool results (oldest first; their whole text is kept here to cut again from), then
+    leaving out the oldest conversation messages; what still does not fit raises
+    ``LimitExceeded`` rather than being sent.
+    """
+
+    def __init__(
+        self,
+        head: list[ChatMessage],
+        *,
+        limit: int,
+        fixed: int,
+        counter: TokenCounter,
+        session_id: str,
+    ) -> None:
+        self._head = head
+        self._turn: list[ChatMessage] = []
+        self._whole: dict[int, str] = {}  # turn index of a tool result -> its whole text
+        self._limit = limit
+        self._fixed = fixed
+        self._counter = counter
+        self._session_id = session_id
+
+    def _cost(self, messages: list[ChatMessage]) -> int:
+        return sum(message_tokens(m, self._counter) for m in messages)
+
+    def used(self) -> int:
+        return self._fixed + self._cost(self._head) + self._cost(self._turn)
+
+    def room(self) -> int:
+        """Tokens left for the text of one more tool result."""
+        overhead = message_tokens(ChatMessage(role="tool", content=""), self._counter)
+        return self._limit - self.used() - overhead
+
+    def add(self, message: ChatMessage) -> None:
+        self._turn.append(message)
+
+    def add_result(self, call_id: str, whole: str, for_model: str) -> None:
+        self._whole[len(self._turn)] = whole
+        self._turn.append(ChatMessage(role="tool", content=for_model, tool_call_id=call_id))
+
+    def fit(self) -> list[ChatMessage]:
+        """The messages of the next request, made to fit the limit."""
+        excess = self.used() - self._limit
+        for index, whole in self._whole.items():
+            if excess <= 0:
+                break
+            message = self._turn[index]
+            cost = self._counter(message.content or "")
+            cut = cut_to_fit(whole, max(0, cost - excess), self._counter)
+            if cut is not None:
+                self._turn[index] = ChatMessage(
+                    role="tool", content=cut, tool_call_id=message.tool_call_id
+                )
+                excess -= cost - self._counter(cut)
+        # The oldest conversation messages go next: never the system message (instructions),
+        # never the user's message that started the turn (the last of the head).
+        while excess > 0 and len(self._head) > 2:
+            dropped = self._head.pop(1)
+            excess -= message_tokens(dropped, self._counter)
+        if excess > 0:
+            raise LimitExceeded(
+                "context_window - max_tokens",
+                self._limit,
+                session_id=self._session_id,
+                actual=self._limit + excess,
+            )
+        return [*self._head, *self._turn]

@@ -51,15 +51,21 @@ class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens of one or more model calls. ``estimated``: some of them were counted here with the
+    session's token counter because the endpoint did not say (no usage in its stream, a
+    cancelled or failed call), so they are an approximation, not the server's count."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             total_tokens=self.total_tokens + other.total_tokens,
+            estimated=self.estimated or other.estimated,
         )
 
 
@@ -71,6 +77,8 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     tools: list[ToolSpec] = []
     temperature: float | None = None
     max_tokens: int | None = None
+    #: ``auto``, ``required``, ``none`` or a tool's name; ``None``: not sent (the server's default).
+    tool_choice: str | None = None
 
 
 class TextDelta(msgspec.Struct, frozen=True):
@@ -82,12 +90,15 @@ class TextDelta(msgspec.Struct, frozen=True):
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
     """The end of one model call: the whole text, the tool calls (assembled), the usage.
 
-    ``finish_reason`` is the provider's (``stop``, ``tool_calls``, ``length`` ...).
+    ``finish_reason`` is the provider's (``stop``, ``tool_calls``, ``length`` ...). ``usage`` is
+    ``None`` when the endpoint did not report it (many local servers ignore
+    ``stream_options.include_usage``): the turn loop then estimates it, and says so, rather than
+    counting zero.
     """
 
     text: str
     tool_calls: list[ToolCall] = []
-    usage: Usage = Usage()
+    usage: Usage | None = Usage()
     finish_reason: str | None = None
 
 

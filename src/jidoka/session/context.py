@@ -112,6 +112,7 @@ class SessionState:
         "status",
         "updated_at",
         "usage",
+        "usage_estimated",
         "wc_sizes",
         "working_context",
     )
@@ -136,6 +137,8 @@ class SessionState:
         self.error: str | None = None
         #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
         self.usage: tuple[int, int, int] | None = None
+        #: Some of ``usage`` was estimated (the endpoint did not report it).
+        self.usage_estimated = False
         #: The agent's last ``agent_status`` (``thinking``, ``idle`` ...), None before any turn.
         self.agent_status: str | None = None
         #: Write approvals asked for and not yet decided, by call id.
@@ -177,6 +180,7 @@ class SessionState:
             "reason": self.reason,
             "error": self.error,
             "usage": self.usage,
+            "usage_estimated": self.usage_estimated,
             "agent_status": self.agent_status,
             "pending_approvals": sorted(self.pending_approvals or ()),
         }
@@ -275,6 +279,7 @@ def _index_updated(state: SessionState, event: Event) -> None:
 
 
 def _llm_response(state: SessionState, event: Event) -> None:
+    """A turn's usage (``llm_response``, or the ``error`` that ended a failed turn) adds up."""
     usage = event.data.get("usage")
     if isinstance(usage, dict):
         before = state.usage or (0, 0, 0)
@@ -283,6 +288,7 @@ def _llm_response(state: SessionState, event: Event) -> None:
             before[1] + int(usage.get("completion_tokens", 0)),
             before[2] + int(usage.get("total_tokens", 0)),
         )
+        state.usage_estimated = state.usage_estimated or usage.get("estimated") is True
 
 
 def _agent_status(state: SessionState, event: Event) -> None:
@@ -336,6 +342,7 @@ _APPLY: Final[dict[str, Callable[[SessionState, Event], None]]] = {
     EventType.FILE_INDEX_UPDATED: _index_updated,
     EventType.WORKING_CONTEXT_UPDATED: _working_context,
     EventType.LLM_RESPONSE: _llm_response,
+    EventType.ERROR: _llm_response,
     EventType.AGENT_STATUS: _agent_status,
     EventType.APPROVAL_REQUESTED: _approval_requested,
     EventType.APPROVAL_DECIDED: _approval_decided,

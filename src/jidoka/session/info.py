@@ -14,11 +14,17 @@ __all__ = ["SessionInfo", "Tombstone", "TokenUsage"]
 
 
 class TokenUsage(msgspec.Struct, frozen=True, gc=False):
-    """Tokens the session's agent used, summed over its turns."""
+    """Tokens the session's agent used, summed over its turns.
+
+    ``estimated`` is there (``True``) when some of the tokens were counted by the session's
+    token counter instead of reported by the endpoint (a server that sends no usage, a
+    cancelled or failed call); it is left out otherwise, so the measured case reads as before.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    estimated: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 _NO_USAGE: Final = TokenUsage()
@@ -62,7 +68,11 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
             reason=state.reason,
             project_root=state.project_root,
             owner=state.owner,
-            usage=TokenUsage(*state.usage) if state.usage is not None else _NO_USAGE,
+            usage=(
+                TokenUsage(*state.usage, estimated=True if state.usage_estimated else msgspec.UNSET)
+                if state.usage is not None
+                else _NO_USAGE
+            ),
         )
 
 

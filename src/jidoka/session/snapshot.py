@@ -45,6 +45,7 @@ class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
     error: str | None = None
     owner: str | None = None
     usage: tuple[int, int, int] | None = None
+    usage_estimated: bool = False
     agent_status: str | None = None
     pending_approvals: list[str] = []
 
@@ -81,6 +82,7 @@ def _snapshot(state: SessionState) -> _Snapshot:
         error=state.error,
         owner=state.owner,
         usage=state.usage,
+        usage_estimated=state.usage_estimated,
         agent_status=state.agent_status,
         pending_approvals=sorted(state.pending_approvals or ()),
     )
@@ -131,6 +133,7 @@ def decode_state(raw: bytes | dict[str, Any], *, session_id: str | None = None) 
     state.error = snap.error
     state.owner = snap.owner
     state.usage = snap.usage
+    state.usage_estimated = snap.usage_estimated
     state.agent_status = snap.agent_status
     state.pending_approvals = set(snap.pending_approvals) or None
     return state

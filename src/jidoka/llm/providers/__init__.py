@@ -8,12 +8,17 @@ fill the gaps, key by key):
 ``model``           the model name sent to the endpoint
 ``base_url``        the endpoint, e.g. ``http://127.0.0.1:8000/v1`` (default: OpenAI's)
 ``api_key_env``     the *name* of the environment variable holding the key (default
-                    ``OPENAI_API_KEY``); ``null`` for a local server that needs no key
+                    ``OPENAI_API_KEY``); ``null`` or ``""`` for a local server that needs no key
 ``temperature``     0 to 2
 ``max_tokens``      > 0, the answer's length bound
-``context_window``  > 0 tokens (default 8192), used by the turn loop to fit the prompt
+``context_window``  > 0 tokens (default 8192): no request of a turn is larger than
+                    ``context_window - max_tokens`` (counted with the runtime's token counter)
 ``timeout``         > 0 seconds per HTTP read/connect (default 60)
 ``max_retries``     >= 0 (default 3), the SDK's retries before the answer starts
+``system_prompt``   the instructions at the head of the system message (replaces the default)
+``tool_choice``     ``auto`` (default: not sent), ``required``, ``none``, or the name of a tool:
+                    sent with the first model call of each turn, ``auto`` after (for servers
+                    that act on tools only when one is named, e.g. llama-cpp-python)
 ``script``          the turns of the ``scripted`` provider (see :mod:`.scripted`)
 ==================  =========================================================================
 
@@ -54,8 +59,14 @@ _KEYS: Final = (
     "context_window",
     "timeout",
     "max_retries",
+    "system_prompt",
+    "tool_choice",
     "script",
 )
+#: ``tool_choice`` values that are not a tool's name.
+TOOL_CHOICES: Final = ("auto", "required", "none")
+#: The longest ``system_prompt`` accepted (characters); ``max_llm_config_bytes`` bounds it too.
+MAX_SYSTEM_PROMPT: Final = 32_768
 _ENV_NAME_CHARS: Final = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
 )
@@ -177,8 +188,11 @@ def validate_llm_config(llm_config: dict[str, Any]) -> None:
     base_url = _check_string(llm_config, "base_url")
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         raise _bad("base_url", "must be an http:// or https:// URL")
-    variable = _check_string(llm_config, "api_key_env")
-    if variable is not None and (variable[0].isdigit() or not set(variable) <= _ENV_NAME_CHARS):
+    # "" means "no key", as JIDOKA_LLM_API_KEY_ENV="" does for the runtime's default.
+    variable = llm_config.get("api_key_env")
+    if variable != "":
+        variable = _check_string(llm_config, "api_key_env")
+    if variable and (variable[0].isdigit() or not set(variable) <= _ENV_NAME_CHARS):
         raise _bad(
             "api_key_env",
             "must be the NAME of an environment variable (letters, digits, underscores), "
@@ -189,6 +203,16 @@ def validate_llm_config(llm_config: dict[str, Any]) -> None:
     _check_int(llm_config, "max_tokens", minimum=1)
     _check_int(llm_config, "context_window", minimum=1)
     _check_int(llm_config, "max_retries", minimum=0)
+    system_prompt = _check_string(llm_config, "system_prompt")
+    if system_prompt is not None and len(system_prompt) > MAX_SYSTEM_PROMPT:
+        raise _bad("system_prompt", f"is longer than {MAX_SYSTEM_PROMPT} characters")
+    tool_choice = _check_string(llm_config, "tool_choice")
+    if (
+        tool_choice is not None
+        and tool_choice not in TOOL_CHOICES
+        and (len(tool_choice) > 64 or not set(tool_choice) <= _ENV_NAME_CHARS | {"-"})
+    ):
+        raise _bad("tool_choice", f"must be one of {', '.join(TOOL_CHOICES)} or a tool's name")
     script = llm_config.get("script")
     if script is not None:
         if provider is not None and provider != "scripted":

@@ -6,12 +6,22 @@ protocol; this module translates Jidoka's :mod:`~jidoka.llm.types` to it and bac
 - messages and tools become Chat Completions dicts; the answer is streamed (``stream=True``, with
   ``stream_options={"include_usage": True}`` so the last chunk carries the token usage). A server
   that rejects ``stream_options`` (HTTP 400 naming it) is asked again without, once, and the
-  provider remembers not to send it any more;
-- streamed tool-call fragments are assembled by their ``index`` into complete :class:`ToolCall`;
+  provider remembers not to send it any more. A server that ignores it sends no usage: the
+  :class:`Completion` then says ``usage=None`` and the turn loop estimates it (never a silent 0);
+- an assistant message that only calls tools is sent with ``content: ""``: every server takes
+  it, while an absent content breaks some chat templates and ``null`` is refused by others;
+- streamed tool-call fragments are assembled by their ``index`` into complete :class:`ToolCall`,
+  as the reference SDKs do: the id and the name are taken once (servers such as
+  llama-cpp-python repeat the name in every fragment), only the arguments are concatenated;
 - retries with exponential backoff (honouring ``Retry-After``) are the SDK's own: it retries 408,
   409, 429, 5xx, connection errors and timeouts *before the first byte of the answer*, streaming
   or not (``max_retries``); once the answer streams nothing is retried here -- a stream cut in the
-  middle is an :class:`~jidoka.errors.LLMError` (``retryable=True``), never a partial answer;
+  middle is an :class:`~jidoka.errors.LLMError`, never a partial answer. It is ``retryable`` only
+  when there is a reason to think a retry may go better: the connection was lost mid-answer. A
+  stream the server ended itself without finishing, or an HTTP 200 with no data at all (a server
+  that failed after answering 200, e.g. a chat template error), is not: the same request fails
+  the same way. The server's own error text goes into the message where it sent one (an error
+  event, or a JSON error document instead of a stream);
 - every SDK exception becomes an :class:`~jidoka.errors.LLMError` whose message never contains
   the API key.
 
@@ -23,6 +33,7 @@ on a worker thread at the first call, not on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -48,6 +59,8 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 NO_KEY: Final = "not-needed"
 _CUT: Final = "stream ended before the answer was complete"
 _REDACTED: Final = "[redacted]"
+#: How much of a body that is not a stream is read to find the server's error text.
+_MAX_ERROR_BODY: Final = 8192
 
 
 class OpenAIProvider:
@@ -98,15 +111,15 @@ class OpenAIProvider:
     ) -> OpenAIProvider:
         """Build from a validated ``llm_config``; the key is read from ``environ`` now."""
         variable = config.get("api_key_env", "OPENAI_API_KEY")
-        if variable is None:
+        if variable is None or variable == "":  # "": no key, as JIDOKA_LLM_API_KEY_ENV="" says
             api_key = NO_KEY
         else:
             api_key = environ.get(variable, "")
             if not api_key:
                 raise InvalidConfig(
                     f"the environment variable {variable} (named by llm_config.api_key_env) is "
-                    "not set or empty; set it to the API key, or use api_key_env: null for a "
-                    "server that needs no key",
+                    'not set or empty; set it to the API key, or use api_key_env: null (or "") '
+                    "for a server that needs no key",
                     field="llm_config.api_key_env",
                     session_id=session_id,
                 )
@@ -132,11 +145,14 @@ class OpenAIProvider:
         text: list[str] = []
         calls = _ToolCalls()
         finish_reason: str | None = None
-        usage = Usage()
+        usage: Usage | None = None
+        chunks = 0
         async with response:
+            await self._refuse_non_stream(response)
             while (
-                chunk := await self._next_chunk(response, finish_reason is not None)
+                chunk := await self._next_chunk(response, finish_reason is not None, chunks)
             ) is not None:
+                chunks += 1
                 if chunk.usage is not None:
                     usage = Usage(
                         prompt_tokens=chunk.usage.prompt_tokens or 0,
@@ -148,8 +164,14 @@ class OpenAIProvider:
                 if delta_text:
                     text.append(delta_text)
                     yield TextDelta(delta_text)
+        if chunks == 0:
+            raise self._llm_error(_empty(self.base_url, "the stream ended"), retryable=False)
         if finish_reason is None:
-            raise self._llm_error(f"{_CUT} (no finish_reason before the end)", retryable=True)
+            raise self._llm_error(
+                f"{_CUT}: {self.base_url} ended the stream without a finish_reason (after "
+                f"{chunks} chunks); the server stopped answering, see its log",
+                retryable=False,
+            )
         yield Completion(
             text="".join(text),
             tool_calls=calls.assemble(),
@@ -232,6 +254,8 @@ class OpenAIProvider:
         if request.tools:
             tools: list[ChatCompletionToolParam] = [_tool(t) for t in request.tools]
             params["tools"] = tools
+            if request.tool_choice is not None:
+                params["tool_choice"] = _tool_choice(request.tool_choice)
         temperature = request.temperature if request.temperature is not None else self.temperature
         if temperature is not None:
             params["temperature"] = temperature
@@ -253,11 +277,35 @@ class OpenAIProvider:
             failure, cause = self._error(exc, streaming=False), self._chain(exc)
         raise failure from cause  # outside the except: no implicit __context__ either
 
+    async def _refuse_non_stream(self, response: openai.AsyncStream[ChatCompletionChunk]) -> None:
+        """A 200 whose body is a JSON document, not a stream: some servers and proxies answer
+        an error that way. Its error text is the best explanation there is; without this check
+        the SSE decoder would find no event in it and report an empty stream."""
+        http = response.response
+        if not http.headers.get("content-type", "").lower().startswith("application/json"):
+            return
+        body = bytearray()
+        try:
+            async for piece in http.aiter_bytes():
+                body += piece
+                if len(body) >= _MAX_ERROR_BODY:
+                    break
+        except Exception:  # whatever arrived is all the explanation there is
+            pass
+        said = _error_text(bytes(body[:_MAX_ERROR_BODY]))
+        raise self._llm_error(
+            f"{self.base_url} answered HTTP 200 with a JSON document instead of a stream"
+            + (f": {said}" if said else ""),
+            retryable=False,
+            status=http.status_code,
+        )
+
     async def _next_chunk(
-        self, response: openai.AsyncStream[ChatCompletionChunk], finished: bool
+        self, response: openai.AsyncStream[ChatCompletionChunk], finished: bool, chunks: int
     ) -> ChatCompletionChunk | None:
         """The next chunk, or None at the end of the stream (``finished``: a finish_reason was
-        seen, so a connection lost now only loses the usage chunk)."""
+        seen, so a connection lost now only loses the usage chunk; ``chunks``: how many came
+        before)."""
         try:
             return await response.__anext__()
         except StopAsyncIteration:
@@ -265,7 +313,13 @@ class OpenAIProvider:
         except openai.APIConnectionError as exc:  # the connection dropped, or timed out
             if finished:
                 return None
-            failure, cause = self._error(exc, streaming=True), self._chain(exc)
+            if chunks == 0 and not isinstance(exc, openai.APITimeoutError):
+                failure = self._llm_error(
+                    _empty(self.base_url, "the connection was closed"), retryable=False
+                )
+            else:
+                failure = self._error(exc, streaming=True)
+            cause = self._chain(exc)
         except openai.OpenAIError as exc:
             failure, cause = self._error(exc, streaming=True), self._chain(exc)
         except ValueError as exc:  # an SSE event that is not JSON
@@ -276,8 +330,11 @@ class OpenAIProvider:
             # HTTP library's own errors (httpx.RemoteProtocolError, ReadTimeout...) escape here.
             if finished:
                 return None
-            message = f"{_CUT}: {type(exc).__name__}: {exc}"
-            failure, cause = self._llm_error(message, retryable=True), self._chain(exc)
+            if chunks == 0:
+                message = _empty(self.base_url, f"{type(exc).__name__}: {exc}")
+            else:
+                message = f"{_CUT}: {type(exc).__name__}: {exc}"
+            failure, cause = self._llm_error(message, retryable=chunks > 0), self._chain(exc)
         raise failure from cause
 
     def _chain(self, exc: Exception) -> Exception | None:
@@ -341,9 +398,9 @@ def _message(message: ChatMessage) -> ChatCompletionMessageParam:
         return {"role": "user", "content": content}
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": content}
-    assistant: ChatCompletionAssistantMessageParam = {"role": "assistant"}
-    if message.content is not None or not message.tool_calls:
-        assistant["content"] = content
+    # Always a string, "" when the message only calls tools: llama-cpp-python's chat templates
+    # fail on a missing content (after answering 200), and its server refuses null (HTTP 500).
+    assistant: ChatCompletionAssistantMessageParam = {"role": "assistant", "content": content}
     if message.tool_calls:
         assistant["tool_calls"] = [
             {
@@ -365,6 +422,40 @@ def _tool(tool: ToolSpec) -> ChatCompletionToolParam:
             "parameters": tool.parameters,
         },
     }
+
+
+def _tool_choice(choice: str) -> Any:
+    """``llm_config.tool_choice`` on the wire: a mode as is, a tool's name as the object that
+    names it."""
+    if choice in ("auto", "required", "none"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _empty(base_url: str, how: str) -> str:
+    return (
+        f"{base_url} answered HTTP 200 but sent no data ({how} before the first chunk): the "
+        "server failed while preparing the answer (a chat template error, for one) and did not "
+        "say why in the stream; its own log has the reason. Not retried: the same request "
+        "fails the same way"
+    )
+
+
+def _error_text(body: bytes) -> str:
+    """The message of an error document (``{"error": {"message": ...}}``, ``{"error": "..."}``,
+    ``{"detail": ...}``), else the start of the body as text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if isinstance(document, dict):
+        error = document.get("error", document.get("detail", document.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if error is not None:
+            return (error if isinstance(error, str) else json.dumps(error))[:500]
+    return text[:500]
 
 
 def _mentions_stream_options(exc: openai.BadRequestError) -> bool:
@@ -394,28 +485,27 @@ def _absorb(chunk: ChatCompletionChunk, calls: _ToolCalls) -> tuple[str, str | N
 
 
 class _ToolCalls:
-    """Streamed tool-call fragments, keyed by index: the id and the name come once (the first
-    non-empty id wins, as some servers repeat it), the name and the arguments are
-    concatenated."""
+    """Streamed tool-call fragments, keyed by index, assembled as the reference SDKs do: the id
+    and the name are taken from the first fragment that has them (llama-cpp-python repeats the
+    name in every fragment, others repeat the id; a repeat is not more name), and only the
+    arguments are concatenated."""
 
     def __init__(self) -> None:
-        self._calls: dict[int, tuple[str, list[str], list[str]]] = {}
+        self._calls: dict[int, tuple[str, str, list[str]]] = {}
 
     def add(
         self, index: int | None, call_id: str | None, name: str | None, arguments: str | None
     ) -> None:
         if index is None:  # servers that omit the index send each call whole, in order
             index = len(self._calls)
-        known_id, names, parts = self._calls.setdefault(index, ("", [], []))
-        if call_id and not known_id:
-            self._calls[index] = (call_id, names, parts)
-        if name:
-            names.append(name)
+        known_id, known_name, parts = self._calls.setdefault(index, ("", "", []))
+        if (call_id and not known_id) or (name and not known_name):
+            self._calls[index] = (known_id or call_id or "", known_name or name or "", parts)
         if arguments:
             parts.append(arguments)
 
     def assemble(self) -> list[ToolCall]:
         return [
-            ToolCall(id=call_id or f"call_{index}", name="".join(names), arguments="".join(parts))
-            for index, (call_id, names, parts) in sorted(self._calls.items())
+            ToolCall(id=call_id or f"call_{index}", name=name, arguments="".join(parts))
+            for index, (call_id, name, parts) in sorted(self._calls.items())
         ]
