@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from jidoka.errors import InvalidArgument
 from jidoka.server.middleware import ROUTE_KEY
-from jidoka.server.router import Endpoint, JidokaApp, Router
+from jidoka.server.router import Endpoint, JidokaApp, Route, Router
 
 
 def endpoint(name: str) -> Endpoint:
@@ -90,7 +90,7 @@ def test_get_routes_answer_head() -> None:
     made.add("/r", {"GET": endpoint("get"), "POST": endpoint("post")})
     found = made.match("/r")
     assert found is not None
-    assert set(found[0].endpoints) == {"GET", "HEAD", "POST"}
+    assert set(found[0].routes) == {"GET", "HEAD", "POST"}
     assert found[0].allow == "GET, HEAD, POST"
 
 
@@ -173,3 +173,68 @@ async def test_middleware_wraps_in_order_and_lifespan_completes() -> None:
 async def test_unknown_websocket_path_is_closed() -> None:
     sent = await call(JidokaApp(Router(), websockets={}), {"type": "websocket", "path": "/x"})
     assert sent == [{"type": "websocket.close", "code": 1000, "reason": ""}]
+
+
+# --- routes: query parameters and streams --------------------------------------------------------
+
+
+def stream_router() -> Router:
+    """A stream route and a plain route whose key may end in ``/events``."""
+    made = Router()
+    made.add("/v1/s/{sid}/events", {"GET": Route(endpoint("events"), stream=True)})
+    made.add("/v1/s/{sid}/wc/{key:path}", {"GET": endpoint("get"), "PUT": endpoint("put")})
+    return made
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "stream"),
+    [
+        ("GET", "/v1/s/A/events", True),
+        ("HEAD", "/v1/s/A/events", True),  # HEAD is the GET route
+        ("POST", "/v1/s/A/events", False),  # a 405 is answered at once: it counts
+        ("PUT", "/v1/s/A/wc/x/events", False),  # a path ending in /events is not a stream
+        ("GET", "/v1/s/A/wc/events", False),
+        ("GET", "/v1/nowhere/events", False),
+        ("GET", "/v1/ws", False),
+    ],
+)
+def test_streams_are_decided_by_the_matched_route(method: str, path: str, stream: bool) -> None:
+    assert stream_router().is_stream(http(method, path)) is stream
+
+
+async def test_the_app_routes_by_the_match_the_stream_test_kept() -> None:
+    made = stream_router()
+    app = JidokaApp(made, websockets={})
+    scope = http("PUT", "/v1/s/A/wc/x/events")
+    assert made.is_stream(scope) is False
+    sent = await call(app, scope)
+    assert msgspec.json.decode(sent[1]["body"]) == {
+        "name": "put", "params": {"sid": "A", "key": "x/events"},
+    }  # fmt: skip
+
+
+async def test_unknown_query_parameters_are_refused_before_the_endpoint() -> None:
+    called: list[str] = []
+
+    async def listing(request: Request) -> Response:
+        called.append(request.url.query)
+        return Response(b"{}", media_type="application/json")
+
+    made = Router()
+    made.add("/r", {"GET": Route(listing, query=frozenset({"limit", "cursor"}))})
+    made.add("/plain", {"GET": endpoint("plain")})
+    app = JidokaApp(made, websockets={})
+    ok = await call(app, {**http("GET", "/r"), "query_string": b"limit=5&cursor=x"})
+    assert ok[0]["status"] == 200
+    for query, unknown in ((b"limt=5", "limt"), (b"limit=5&page=2", "page"), (b"%00=1", "\x00")):
+        with pytest.raises(InvalidArgument) as refused:
+            await call(app, {**http("GET", "/r"), "query_string": query})
+        assert refused.value.argument == unknown
+        assert repr(unknown) in refused.value.message
+        assert "cursor, limit" in refused.value.message  # what the route takes
+    with pytest.raises(InvalidArgument, match="takes: none"):
+        await call(app, {**http("GET", "/plain"), "query_string": b"x=1"})
+    assert called == ["limit=5&cursor=x"]
+    # HEAD takes the GET route's parameters.
+    head = await call(app, {**http("HEAD", "/r"), "query_string": b"limit=1"})
+    assert head[0]["status"] == 200

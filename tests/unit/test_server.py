@@ -261,6 +261,34 @@ async def test_unexpected_errors_are_500_problems_without_a_traceback(
     assert "boom: internal detail" in caplog.text
 
 
+async def test_a_held_request_on_a_path_ending_in_events_counts_as_in_flight(
+    api: tuple[httpx.AsyncClient, PrometheusMetrics],
+) -> None:
+    """``PUT .../working-context/x/events`` is no event stream: held open, it takes the
+    principal's one slot (``max_inflight=1``) like any request."""
+    http, _ = api
+    sid = (await http.post("/v1/sessions", json={})).json()["session_id"]
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def held_body() -> AsyncIterator[bytes]:
+        started.set()
+        await release.wait()
+        yield b'{"value": 1}'
+
+    path = f"/v1/sessions/{sid}/working-context/x/events"
+    held = asyncio.create_task(
+        http.put(path, content=held_body(), headers={"Content-Type": "application/json"})
+    )
+    await started.wait()
+    refused = await http.get("/v1/sessions")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["limit"] == "max_inflight_requests"
+    release.set()
+    assert (await held).json() == {"key": "x/events", "value": 1}
+    assert (await http.get("/v1/sessions")).status_code == 200
+
+
 # --- OpenAPI -------------------------------------------------------------------------------------
 
 
@@ -300,3 +328,20 @@ async def test_projects_dir_confines_project_roots(tmp_path: Path) -> None:
                 assert refused.status_code == 422, escape
                 assert refused.json()["type"].endswith("/path-not-allowed")
                 assert refused.json()["path"] == escape
+
+
+def test_openapi_declares_exactly_the_query_parameters_each_route_takes() -> None:
+    """The router refuses undeclared query parameters, so the document must list every one
+    a route takes -- the event streams' included (``lastEventId`` for EventSource polyfills)."""
+    paths = openapi_document()["paths"]
+    streams = {spec.path: spec for spec in ROUTES if spec.stream}
+    assert set(streams) == {"/v1/sessions/{session_id}/events", "/v1/events"}
+    assert set(streams["/v1/sessions/{session_id}/events"].query) == {"after_seq", "lastEventId"}
+    assert set(streams["/v1/events"].query) == {"lastEventId"}
+    for spec in ROUTES:
+        operation = paths[spec.path.replace("{key:path}", "{key}")][spec.method.lower()]
+        declared = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+        assert declared == set(spec.query), spec.name
+    headers = paths["/v1/sessions/{session_id}/events"]["get"]["parameters"]
+    assert {"name": "Last-Event-ID", "in": "header", "required": False,
+            "schema": {"type": "string"}} in headers  # fmt: skip

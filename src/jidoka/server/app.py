@@ -20,18 +20,19 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
-from ..errors import InvalidArgument, JidokaError
+from ..errors import JidokaError
 from ..runtime import Runtime
 from .auth import Authenticator, InflightLimiter
 from .browser_guard import BrowserGuard, HostPolicy, OriginPolicy
 from .config import ServerConfig
 from .docs import ApiDocs
+from .inputs import parse_seq, query_str
 from .metrics import CONTENT_TYPE, PrometheusMetrics
 from .middleware import PRINCIPAL_KEY, ApiMiddleware
 from .openapi import openapi_document
 from .operations import Operations
 from .responses import json_response
-from .router import Endpoint, JidokaApp, MiddlewareFactory, Router
+from .router import Endpoint, JidokaApp, MiddlewareFactory, Route, Router
 from .routes import ROUTES, SessionRoutes
 from .streams import EventStream, StreamRegistry
 from .ws import WebSocketSession
@@ -126,15 +127,23 @@ class _Endpoints:
 
 
 def _after_seq(request: Request) -> int | None:
-    raw = request.headers.get("last-event-id") or request.query_params.get("after_seq")
-    if raw is None or raw == "":
-        return None
-    if not raw.isdigit() or len(raw) > 18:
-        raise InvalidArgument(
-            f"Last-Event-ID / after_seq must be an event seq (a non-negative integer), got {raw!r}",
-            argument="after_seq",
-        )
-    return int(raw)
+    """Where a session stream resumes: the most recent position a client can have sent wins.
+
+    A browser's ``EventSource`` reconnects with the ``Last-Event-ID`` header; polyfills that
+    cannot set headers append ``?lastEventId=`` instead; both keep the URL's original
+    ``?after_seq=``, which is therefore the oldest. So: header, then ``lastEventId``, then
+    ``after_seq``; an empty value counts as absent. A bad header is reported as ``after_seq``
+    (the position it stands for), a bad query value under its own name.
+    """
+    header = request.headers.get("last-event-id")
+    if header:
+        return parse_seq(header, argument="after_seq", source="the Last-Event-ID header")
+    query = request.query_params
+    for name in ("lastEventId", "after_seq"):
+        raw = query_str(query, name)
+        if raw:
+            return parse_seq(raw, argument=name, source=f"query parameter {name}")
+    return None
 
 
 def _http_observer(metrics: PrometheusMetrics | None) -> Any:
@@ -179,15 +188,16 @@ def create_app(
     endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
     docs = ApiDocs()
     handlers = SessionRoutes(ops)
-    by_path: dict[str, dict[str, Endpoint]] = {
+    by_path: dict[str, dict[str, Route | Endpoint]] = {
         "/healthz": {"GET": endpoints.healthz},
         "/readyz": {"GET": endpoints.readyz},
     }
     for spec in ROUTES:
-        by_path.setdefault(spec.path, {})[spec.method] = handlers.handler(spec.name)
+        # Streams are the app's own endpoints; every other verb is a SessionRoutes handler.
+        handler = getattr(endpoints, spec.name) if spec.stream else handlers.handler(spec.name)
+        route = Route(handler, frozenset(spec.query), spec.stream)
+        by_path.setdefault(spec.path, {})[spec.method] = route
     by_path |= {
-        "/v1/sessions/{session_id}/events": {"GET": endpoints.session_events},
-        "/v1/events": {"GET": endpoints.all_events},
         "/metrics": {"GET": endpoints.prometheus},
         "/openapi.json": {"GET": endpoints.openapi},
         "/": {"GET": docs.index},
@@ -212,6 +222,7 @@ def create_app(
             max_body_bytes=config.max_body_bytes,
             observe=_http_observer(metrics),
             access_log=config.access_log,
+            is_stream=router.is_stream,
         ),
         # Inside ApiMiddleware, which turns its refusals into problems with the request id.
         functools.partial(BrowserGuard, hosts=hosts, origins=OriginPolicy(config.cors_origins)),

@@ -7,8 +7,8 @@ event streams. What it does, in order:
 1. gives the request an id (the client's ``X-Request-ID`` if it is sane, else a new one), puts it
    on the response and in :data:`request_id_var` for log records;
 2. for ``/v1`` HTTP routes, resolves the bearer token to a principal (401 problem if it cannot)
-   and counts the request against the principal's in-flight bound (429 problem beyond it; event
-   streams do not count);
+   and counts the request against the principal's in-flight bound (429 problem beyond it; the
+   routes the router marks as streams do not count: see ``is_stream``);
 3. bounds the request body (413 problem, from ``Content-Length`` up front or while reading);
 4. turns an error the app raises into its problem document (a :class:`~jidoka.JidokaError`) or
    a 500 (anything else, traceback in the log only), unless the response has started;
@@ -78,9 +78,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def is_stream(path: str) -> bool:
-    """Event streams and the WebSocket: long-lived, not counted as requests in flight."""
-    return path.endswith("/events") or path == "/v1/ws"
+#: Whether an HTTP request is for a stream route (long-lived, so not counted in flight).
+StreamTest = Callable[[Scope], bool]
+
+
+def no_streams(scope: Scope) -> bool:
+    """The default :data:`StreamTest`: every request counts."""
+    return False
 
 
 class ApiMiddleware:
@@ -93,6 +97,7 @@ class ApiMiddleware:
         max_body_bytes: int,
         observe: Observer | None = None,
         access_log: bool = True,
+        is_stream: StreamTest = no_streams,
     ) -> None:
         self.app = app
         self.auth = auth
@@ -100,6 +105,9 @@ class ApiMiddleware:
         self.max_body_bytes = max_body_bytes
         self.observe = observe
         self.access_log = access_log
+        #: Decided by the route a request matches (the router's), never by how its path ends:
+        #: ``PUT .../working-context/x/events`` is a plain request and counts.
+        self.is_stream = is_stream
         # Request ids: random per process, then a counter -- unique across restarts and much
         # cheaper than a UUID per request.
         self._id_prefix = os.urandom(6).hex()
@@ -156,7 +164,7 @@ class ApiMiddleware:
                         raise LimitExceeded(
                             "max_request_bytes", self.max_body_bytes, actual=int(length)
                         )
-                    if not is_stream(path):
+                    if not self.is_stream(scope):
                         self.limiter.acquire(principal)
                         counted = True
                 except JidokaError as exc:

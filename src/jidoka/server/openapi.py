@@ -34,6 +34,18 @@ _QUERY: Final[dict[str, dict[str, Any]]] = {
         "description": "true: answer with the turn's result when it ends (else 202 at once)",
         "schema": {"type": "string", "enum": ["true", "false"]},
     },
+    "after_seq": {
+        "description": "Replay the stored events after this seq, then go live",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "lastEventId": {
+        "description": (
+            "What EventSource polyfills send on reconnect: on a session's stream the same as "
+            "after_seq (Last-Event-ID header first, then this, then after_seq); on /v1/events "
+            "accepted and ignored (it does not replay)"
+        ),
+        "schema": {"type": "string"},
+    },
 }
 _ERRORS: Final = {
     "401": "Missing or unknown token",
@@ -46,12 +58,7 @@ _ERRORS: Final = {
 
 
 def _operation(spec: RouteSpec, refs: dict[type, Any]) -> dict[str, Any]:
-    params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in _PARAM.findall(spec.path)
-    ]
-    params += [{"name": name, "in": "query", "required": name == "path", **_QUERY[name]}
-               for name in spec.query]  # fmt: skip
+    params = _parameters(spec)
     problem = {"content": {PROBLEM_CONTENT_TYPE: {"schema": refs[Problem]}}}
     responses: dict[str, Any] = {
         code: {"description": text, **problem} for code, text in _ERRORS.items()
@@ -87,31 +94,35 @@ def _operation(spec: RouteSpec, refs: dict[type, Any]) -> dict[str, Any]:
     return operation
 
 
-def _stream(summary: str, session: bool) -> dict[str, Any]:
-    params: list[dict[str, Any]] = []
-    if session:
-        params = [
-            {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "after_seq", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 0}},
-            {"name": "Last-Event-ID", "in": "header", "required": False,
-             "schema": {"type": "string"}},
-        ]  # fmt: skip
+def _parameters(spec: RouteSpec) -> list[dict[str, Any]]:
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PARAM.findall(spec.path)
+    ]
+    params += [{"name": name, "in": "query", "required": name == "path", **_QUERY[name]}
+               for name in spec.query]  # fmt: skip
+    return params
+
+
+def _stream(spec: RouteSpec) -> dict[str, Any]:
+    params = _parameters(spec)
+    if "after_seq" in spec.query:
+        params.append({"name": "Last-Event-ID", "in": "header", "required": False,
+                       "schema": {"type": "string"}})  # fmt: skip
     return {
-        "get": {
-            "operationId": "session_events" if session else "all_events",
-            "summary": summary,
-            "parameters": params,
-            "security": [{"bearer": []}],
-            "responses": {
-                "200": {
-                    "description": "Server-Sent Events (see docs/http-api.md)",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                },
-                "401": {"description": "Missing or unknown token"},
-                "404": {"description": "No such session"},
+        "operationId": spec.name,
+        "summary": spec.summary,
+        "parameters": params,
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {
+                "description": "Server-Sent Events (see docs/http-api.md)",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
-        }
+            "401": {"description": "Missing or unknown token"},
+            "404": {"description": "No such session"},
+            "422": {"description": "A bad position, or an unknown query parameter"},
+        },
     }
 
 
@@ -126,9 +137,8 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for spec in ROUTES:
         path = _PARAM.sub(r"{\1}", spec.path)
-        paths.setdefault(path, {})[spec.method.lower()] = _operation(spec, refs)
-    paths["/v1/sessions/{session_id}/events"] = _stream("One session's events", True)
-    paths["/v1/events"] = _stream("Lifecycle events of your sessions", False)
+        operation = _stream(spec) if spec.stream else _operation(spec, refs)
+        paths.setdefault(path, {})[spec.method.lower()] = operation
     for probe, text in (("/healthz", "The process is alive"), ("/readyz", "The store answers")):
         paths[probe] = {"get": {"operationId": probe[1:], "summary": text, "security": [],
                                 "responses": {"200": {"description": "OK"},

@@ -16,6 +16,12 @@ in ``Allow``, and a WebSocket to an unknown path is closed. Unlike Starlette, a 
 extra trailing slash is not redirected: an API client gets the 404 and sees its mistake.
 Exceptions are left to :class:`~jidoka.server.middleware.ApiMiddleware`, which turns a
 :class:`~jidoka.JidokaError` into its problem document and anything else into a 500.
+
+What it adds: each method of a path is a :class:`Route` that declares its query parameters
+(any other is refused with a 422 naming it, before the endpoint runs) and whether it is an
+event stream. :meth:`Router.is_stream` answers that for the middleware, which runs first and
+counts every other request against the in-flight limit -- by the route a request matches,
+not by how its path ends (``PUT .../working-context/x/events`` is no stream).
 """
 
 from __future__ import annotations
@@ -24,15 +30,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from starlette.datastructures import State
+from starlette.datastructures import QueryParams, State
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketClose
 
+from .inputs import check_query
 from .middleware import REQUEST_ID_KEY, ROUTE_KEY
 from .responses import RouteNotFound, problem_response
 
-__all__ = ["Endpoint", "JidokaApp", "Router", "WebSocketEndpoint"]
+__all__ = ["Endpoint", "JidokaApp", "Route", "Router", "WebSocketEndpoint"]
 
 #: Takes the request, answers with any ASGI response (a ``Response``, an event stream).
 Endpoint = Callable[[Request], Awaitable[ASGIApp]]
@@ -41,13 +48,29 @@ WebSocketEndpoint = Callable[[WebSocket], Awaitable[None]]
 MiddlewareFactory = Callable[[ASGIApp], ASGIApp]
 
 
+#: Where :meth:`Router.is_stream` leaves its match for the app's routing of the same request.
+_MATCH_KEY: Final = "jidoka.match"
+_UNMATCHED: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One method of a path: its endpoint, the query parameters it takes, whether it streams."""
+
+    endpoint: Endpoint
+    #: Query parameter names the endpoint reads; a request with any other is refused (422).
+    query: frozenset[str] = frozenset()
+    #: A long-lived event stream: not counted against the in-flight limit.
+    stream: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Template:
     path: str
     literals: tuple[tuple[int, str], ...]  # (segment index, text) of the fixed segments
     params: tuple[tuple[int, str], ...]  # (segment index, name) of the {parameters}
     tail: str | None  # the name of a last {name:path}, which takes the rest of the path
-    endpoints: Mapping[str, Endpoint]  # by method, HEAD included where GET is
+    routes: Mapping[str, Route]  # by method, HEAD included where GET is
     allow: str  # the ``Allow`` header of a 405
 
 
@@ -59,10 +82,15 @@ class Router:
         self._by_length: dict[int, list[_Template]] = {}
         self._tails: list[_Template] = []
 
-    def add(self, path: str, endpoints: Mapping[str, Endpoint]) -> None:
+    def add(self, path: str, endpoints: Mapping[str, Route | Endpoint]) -> None:
+        """Add ``path`` with all its methods; a bare endpoint is a :class:`Route` that takes
+        no query parameters and is no stream."""
         if not path.startswith("/") or not endpoints:
             raise ValueError(f"a route needs an absolute path and a method: {path!r}")
-        methods = dict(endpoints)
+        methods = {
+            method: route if isinstance(route, Route) else Route(route)
+            for method, route in endpoints.items()
+        }
         if "GET" in methods:
             methods.setdefault("HEAD", methods["GET"])
         segments = path.split("/")
@@ -118,6 +146,18 @@ class Router:
                     return template, values
         return None
 
+    def is_stream(self, scope: Scope) -> bool:
+        """Whether the request in ``scope`` is for a stream route (by its path and method).
+
+        The middleware asks before the app runs; the match is kept in the scope so the app
+        does not look the path up a second time."""
+        found = self.match(scope["path"])
+        scope[_MATCH_KEY] = found
+        if found is None:
+            return False
+        route = found[0].routes.get(scope["method"])
+        return route is not None and route.stream
+
 
 def _fit(template: _Template, segments: list[str]) -> dict[str, str] | None:
     """The parameters if ``segments`` has the template's fixed segments, else ``None``."""
@@ -171,19 +211,24 @@ class JidokaApp:
                 return
             await endpoint(WebSocket(scope, receive, send))
             return
-        found = self.router.match(path)
+        cached = scope.pop(_MATCH_KEY, _UNMATCHED)
+        found: tuple[_Template, dict[str, str]] | None = (
+            self.router.match(path) if cached is _UNMATCHED else cached
+        )
         method: str = scope["method"]
         if found is None:
             await self._refuse(scope, receive, send, _NOT_FOUND)
             return
         template, params = found
         scope[ROUTE_KEY] = template.path
-        endpoint_for_method = template.endpoints.get(method)
-        if endpoint_for_method is None:
+        route = template.routes.get(method)
+        if route is None:
             await self._refuse(scope, receive, send, _NOT_ALLOWED, {"Allow": template.allow})
             return
+        if scope.get("query_string"):
+            check_query(QueryParams(scope["query_string"]), route.query)
         scope["path_params"] = params
-        response = await endpoint_for_method(Request(scope, receive, send))
+        response = await route.endpoint(Request(scope, receive, send))
         await response(scope, receive, send)
 
     @staticmethod

@@ -3,19 +3,19 @@
 Handlers stay this thin on purpose: validation of values belongs to the core (which names the
 session and the argument in its errors), ownership to :class:`Operations`, and errors to the
 app's one exception handler, which turns any :class:`~jidoka.JidokaError` into problem+json.
-:data:`ROUTES` also feeds the OpenAPI document, so the two cannot disagree.
+:data:`ROUTES` also feeds the OpenAPI document, so the two cannot disagree, and the router: the
+query parameters a route declares are the only ones it accepts, and a route marked ``stream``
+is the only kind the in-flight limit leaves uncounted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import quote
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -46,9 +46,10 @@ from ..wire import (
     WorkingContextValue,
     WorkingContextWrite,
 )
+from .inputs import decode_json, query_int, query_str
 from .middleware import PRINCIPAL_KEY
 from .operations import Operations
-from .responses import MalformedBody, json_response
+from .responses import json_response
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ROUTES", "RouteSpec", "SessionRoutes"]
 
@@ -56,7 +57,6 @@ T = TypeVar("T")
 logger = logging.getLogger("jidoka.server")
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
-_ERROR_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`")
 
 
 class RouteSpec(NamedTuple):
@@ -69,9 +69,13 @@ class RouteSpec(NamedTuple):
     body: type | None
     response: type | None
     status: int
+    #: The query parameters it takes; the router refuses any other (422 naming it).
     query: tuple[str, ...] = ()
     #: Other successful or specific answers: (status, body type, description).
     also: tuple[tuple[int, type | None, str], ...] = ()
+    #: An event stream: long-lived by design, so not counted as a request in flight (its
+    #: handler is the app's, not :class:`SessionRoutes`').
+    stream: bool = False
 
 
 ROUTES: Final = (
@@ -129,6 +133,11 @@ ROUTES: Final = (
               "Bring a saved session back", None, SessionInfo, 200),
     RouteSpec("DELETE", "/v1/saved-sessions/{session_id}", "delete_saved_session",
               "Delete a saved copy", None, None, 204),
+    RouteSpec("GET", "/v1/sessions/{session_id}/events", "session_events",
+              "One session's events", None, None, 200, ("after_seq", "lastEventId"),
+              stream=True),
+    RouteSpec("GET", "/v1/events", "all_events", "Lifecycle events of your sessions",
+              None, None, 200, ("lastEventId",), stream=True),
 )  # fmt: skip
 
 
@@ -137,41 +146,12 @@ def _principal(request: Request) -> str | None:
     return principal
 
 
-def _where(exc: msgspec.ValidationError) -> str:
-    match = _ERROR_PATH.search(str(exc))
-    return match.group(1) or "body" if match else "body"
-
-
 async def decode_body(request: Request, kind: type[T], *, optional: bool = False) -> T:
     """The body as ``kind``; an empty body is ``kind()`` when every field is optional."""
     raw = await request.body()
     if optional and not raw.strip():
         return kind()
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidArgument(f"invalid request body: {exc}", argument=_where(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the request body is not valid JSON: {exc}", argument="body") from None
-
-
-def query_int(request: Request, name: str, default: int | None, maximum: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise InvalidArgument(
-            f"query parameter {name} must be an integer from 1 to {maximum}, got {raw!r}",
-            argument=name,
-        )
-    return int(raw)
-
-
-def query_str(request: Request, name: str) -> str | None:
-    values = request.query_params.getlist(name)
-    if len(values) > 1:
-        raise InvalidArgument(f"query parameter {name} given more than once", argument=name)
-    return values[0] if values else None
+    return decode_json(raw, kind)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -202,13 +182,14 @@ class SessionRoutes:
         return json_response(info, 201, {"Location": location})
 
     async def list_sessions(self, request: Request) -> Response:
-        limit = query_int(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+        query = request.query_params
+        limit = query_int(query, "limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
         assert limit is not None
         page = await self.ops.list_sessions(
             _principal(request),
-            status=query_str(request, "status"),
+            status=query_str(query, "status"),
             limit=limit + 1,
-            after=query_str(request, "cursor"),
+            after=query_str(query, "cursor"),
         )
         more = len(page) > limit
         page = page[:limit]
@@ -221,7 +202,7 @@ class SessionRoutes:
         )
 
     async def terminate_session(self, request: Request) -> Response:
-        reason = query_str(request, "reason")
+        reason = query_str(request.query_params, "reason")
         extra = {"reason": reason} if reason is not None else {}
         info = await self.ops.terminate_session(_principal(request), **request.path_params, **extra)
         return json_response(info)
@@ -253,7 +234,7 @@ class SessionRoutes:
         return json_response(active, 201)
 
     async def remove_file(self, request: Request) -> Response:
-        path = query_str(request, "path")
+        path = query_str(request.query_params, "path")
         if path is None:
             raise InvalidArgument("query parameter path is required", argument="path")
         removed = await self.ops.remove_file(_principal(request), **request.path_params, path=path)
@@ -303,7 +284,7 @@ class SessionRoutes:
         """With ``?wait=true`` the answer is the turn's result (the connection stays open for
         the whole turn); without, 202 at once and the turn's progress on the event stream."""
         body = await decode_body(request, ChatRequestBody)
-        wait = query_str(request, "wait")
+        wait = query_str(request.query_params, "wait")
         if wait not in (None, "true", "false"):
             raise InvalidArgument(f"wait must be true or false, got {wait!r}", argument="wait")
         principal = _principal(request)

@@ -5,6 +5,12 @@ out, errors as the same problem documents as HTTP; ``subscribe``/``unsubscribe``
 ``{"subscription", "event"}`` frames. Commands of one socket run in order (a client that sends
 a message and then reads the history sees its message); each subscription is its own task, and
 one lock serialises writes to the socket.
+
+Whatever a client sends gets a reply, never a dropped socket: a binary frame, a frame that is
+not JSON, nests too deep, is not a command, names an unknown op or gives an argument of the
+wrong type is answered with an ``invalid-argument`` error naming the part at fault (``frame``,
+``command``, ``op``, the argument) and the socket takes the next command. A text frame that is
+not UTF-8 is closed with 1007 by the protocol layer before it reaches this module.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import contextlib
 import inspect
 import itertools
 import logging
+import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -24,9 +31,10 @@ from ..client import Client
 from ..errors import InvalidArgument, JidokaError, Unauthorized
 from ..events import Event, encode_event
 from .auth import Authenticator
+from .inputs import decode_json, error_path
 from .middleware import REQUEST_ID_KEY
 from .operations import Operations
-from .responses import problem_body
+from .responses import MalformedBody, problem_body
 from .streams import StreamRegistry
 
 __all__ = ["WebSocketSession"]
@@ -56,6 +64,49 @@ class _Command(msgspec.Struct, forbid_unknown_fields=True):
     token: str | None = None
 
 
+class _SubscribeArgs(msgspec.Struct, forbid_unknown_fields=True):
+    session_id: str | None = None
+    after_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+def _arguments(verb: str) -> type[msgspec.Struct]:
+    """The arguments of ``verb`` as a struct built from its :class:`Operations` signature, so a
+    command's argument of the wrong type is refused here, naming it, instead of failing
+    somewhere inside the core (or not at all)."""
+    method = getattr(Operations, verb)
+    hints = typing.get_type_hints(method)
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for name, parameter in list(inspect.signature(method).parameters.items())[2:]:
+        # [2:]: self, and the principal (the socket's, not the command's).
+        if parameter.default is inspect.Parameter.empty:
+            fields.append((name, hints[name]))
+        else:
+            fields.append((name, hints[name], parameter.default))
+    return msgspec.defstruct(f"{verb}_args", fields, kw_only=True, forbid_unknown_fields=True)
+
+
+#: Each verb's argument struct, built once at import.
+_ARGUMENTS: Final = {verb: _arguments(verb) for verb in VERBS}
+#: The binary frame's refusal (commands are JSON text frames).
+_BINARY: Final = "binary frames are not commands: send each command as a JSON text frame"
+
+
+def _field(exc: msgspec.ValidationError) -> str:
+    """The argument a conversion error is about (``$.include[0]`` -> ``include``)."""
+    return error_path(exc, "args").split(".", 1)[0].split("[", 1)[0] or "args"
+
+
+def _converted(op: str, args: dict[str, Any], kind: type[msgspec.Struct]) -> Any:
+    """``args`` checked against ``kind`` (type and presence of each argument)."""
+    unknown = set(args) - set(kind.__struct_fields__)
+    if unknown:
+        raise InvalidArgument(f"{op}: unknown arguments {sorted(unknown)}", argument="args")
+    try:
+        return msgspec.convert(args, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidArgument(f"{op}: {exc}", argument=_field(exc)) from None
+
+
 class WebSocketSession:
     """One connected socket: authenticates, runs commands, pumps subscriptions."""
 
@@ -78,7 +129,6 @@ class WebSocketSession:
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self._params = {verb: _parameters(getattr(ops, verb)) for verb in VERBS}
 
     async def run(self) -> None:
         header = self.ws.headers.get("authorization")
@@ -97,8 +147,12 @@ class WebSocketSession:
             if not authenticated and not await self._first_message_auth():
                 return
             while True:
-                raw = await self.ws.receive_text()
-                await self._command(raw)
+                frame = await self._receive()
+                if isinstance(frame, bytes):
+                    error = InvalidArgument(_BINARY, argument="frame")
+                    await self._send({"id": None, "ok": False, "error": self._problem(error)})
+                    continue
+                await self._command(frame)
         except WebSocketDisconnect:
             pass
         finally:
@@ -119,15 +173,28 @@ class WebSocketSession:
             async with self._send_lock:
                 await self.ws.close(code=code, reason=reason)
 
+    async def _receive(self) -> str | bytes:
+        """The next frame: its text, or its bytes if it is a binary frame."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        text: str | None = message.get("text")
+        if text is not None:
+            return text
+        data: bytes | None = message.get("bytes")
+        return data or b""
+
     async def _first_message_auth(self) -> bool:
         try:
             async with asyncio.timeout(AUTH_TIMEOUT):
-                raw = await self.ws.receive_text()
-            command = msgspec.json.decode(raw, type=_Command)
+                frame = await self._receive()
+            if isinstance(frame, bytes):
+                raise Unauthorized(f"authentication failed: {_BINARY}")
+            command = decode_json(frame, _Command, argument="command", what="the first message")
             if command.op != "auth" or command.token is None:
                 raise Unauthorized('the first message must be {"op": "auth", "token": ...}')
             self.principal = self.auth.check_token(command.token)
-        except (TimeoutError, msgspec.DecodeError, msgspec.ValidationError, Unauthorized) as exc:
+        except (TimeoutError, InvalidArgument, Unauthorized) as exc:
             error = exc if isinstance(exc, Unauthorized) else Unauthorized("authentication failed")
             await self._send({"id": None, "ok": False, "error": self._problem(error)})
             await self._close(1008, "unauthorized")
@@ -139,9 +206,9 @@ class WebSocketSession:
         request_id: str | int | None = None
         try:
             try:
-                command = msgspec.json.decode(raw, type=_Command)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise InvalidArgument(f"invalid command: {exc}", argument="command") from None
+                command = decode_json(raw, _Command, argument="command", what="the command")
+            except MalformedBody as exc:  # not JSON: 422 here, as any bad command
+                raise InvalidArgument(exc.message, argument="command") from None
             request_id = command.id
             if command.op in BACKGROUND:
                 task = asyncio.get_running_loop().create_task(self._run_background(command))
@@ -154,18 +221,30 @@ class WebSocketSession:
                 ready.set()  # events only after the client knows the subscription's name
                 return
             result = await self._dispatch(command)
-        except JidokaError as exc:
-            await self._send({"id": request_id, "ok": False, "error": self._problem(exc)})
+        except Exception as exc:
+            await self._send({"id": request_id, "ok": False, "error": self._failure(exc)})
             return
         await self._send({"id": request_id, "ok": True, "result": result})
 
     async def _run_background(self, command: _Command) -> None:
         try:
             result = await self._dispatch(command)
-        except JidokaError as exc:
-            await self._send({"id": command.id, "ok": False, "error": self._problem(exc)})
+        except Exception as exc:
+            await self._send({"id": command.id, "ok": False, "error": self._failure(exc)})
             return
         await self._send({"id": command.id, "ok": True, "result": result})
+
+    def _failure(self, exc: Exception) -> dict[str, Any]:
+        """The problem of a failed command. An error that is not a :class:`JidokaError` is a
+        bug of ours: its traceback goes to the log, the client gets an internal-error problem
+        with the request id, and the socket goes on (as an HTTP request gets a 500)."""
+        if not isinstance(exc, JidokaError):
+            request_id = self.ws.scope.get(REQUEST_ID_KEY)
+            logger.error("websocket %s: unexpected error in a command", request_id, exc_info=exc)
+            exc = JidokaError(
+                f"internal error (request id {request_id}); the server log has the details"
+            )
+        return self._problem(exc)
 
     async def _dispatch(self, command: _Command) -> Any:
         if command.op == "unsubscribe":
@@ -177,37 +256,27 @@ class WebSocketSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             return {"subscription": name}
-        params = self._params.get(command.op)
-        if params is None:
+        kind = _ARGUMENTS.get(command.op)
+        if kind is None:
             raise InvalidArgument(
-                f"unknown op {command.op!r}; expected one of {[*VERBS, 'subscribe']}",
+                f"unknown op {command.op[:64]!r}; expected one of {[*VERBS, 'subscribe']}",
                 argument="op",
             )
-        unknown = set(command.args) - params
-        if unknown:
-            raise InvalidArgument(
-                f"{command.op}: unknown arguments {sorted(unknown)}", argument="args"
-            )
+        parsed = _converted(command.op, command.args, kind)
         method: Callable[..., Awaitable[Any]] = getattr(self.ops, command.op)
-        try:
-            result = await method(self.principal, **command.args)
-        except TypeError as exc:  # a required argument is missing
-            raise InvalidArgument(f"{command.op}: {exc}", argument="args") from None
+        # Only the arguments given: the others keep the method's own defaults.
+        result = await method(self.principal, **{n: getattr(parsed, n) for n in command.args})
         return msgspec.to_builtins(result)
 
     async def _subscribe(self, args: dict[str, Any]) -> tuple[dict[str, str], asyncio.Event]:
-        unknown = set(args) - {"session_id", "after_seq"}
-        if unknown:
-            raise InvalidArgument(
-                f"subscribe: unknown arguments {sorted(unknown)}", argument="args"
-            )
-        sid = args.get("session_id")
+        parsed: _SubscribeArgs = _converted("subscribe", args, _SubscribeArgs)
+        sid = parsed.session_id
         name = f"s{next(self._ids)}"
         if sid is None:
             context = self.client.subscribe_to_all_sessions()
         else:
             sid = await self.ops.owned(self.principal, sid)
-            context = self.client.subscribe_to_session(sid, after_seq=args.get("after_seq"))
+            context = self.client.subscribe_to_session(sid, after_seq=parsed.after_seq)
         # A subscription is an event stream: it counts against the principal's stream limit.
         principal = self.principal
         self.registry.reserve(principal)
@@ -249,8 +318,3 @@ class WebSocketSession:
 
     def _problem(self, exc: JidokaError) -> dict[str, Any]:
         return problem_body(exc, self.ws.scope.get(REQUEST_ID_KEY))[1]
-
-
-def _parameters(method: Callable[..., Any]) -> frozenset[str]:
-    names = list(inspect.signature(method).parameters)
-    return frozenset(names[1:])  # the principal is the socket's, not the command's
