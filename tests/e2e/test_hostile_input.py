@@ -337,6 +337,24 @@ async def test_bad_utf8_in_a_text_frame_closes_with_1007(server: ServerProcess) 
         assert closed.value.rcvd.code == 1007
 
 
+async def test_a_websocket_message_past_the_body_limit_closes_with_1009(
+    server: ServerProcess,
+) -> None:
+    """A WebSocket message is bounded like an HTTP body, not by the library's 16 MiB."""
+    async with connect(
+        server.ws_url, additional_headers=bearer(ALICE_TOKEN), max_size=None
+    ) as connection:
+        ws = WsClient(connection)
+        assert isinstance(await ws.ok("list_sessions"), list)
+        value = "x" * (2 << 20)  # 2 MiB: over the server's 1 MiB body limit
+        frame = json.dumps({"id": "big", "op": "list_sessions", "args": {"pad": value}})
+        await connection.send(frame)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.receive()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
+
+
 #: frame -> (the argument the error names, whether the reply carries the command's id). The
 #: id cannot be known when the frame is not a well-formed command.
 MALFORMED_COMMANDS = {

@@ -176,6 +176,10 @@ async def serve(
                 access_log=False,
                 timeout_graceful_shutdown=max(1, round(config.shutdown_timeout)),
                 server_header=False,
+                # A WebSocket message is bounded like an HTTP body (uvicorn's default is
+                # 16 MiB), and few may wait unread: the two multiply into a socket's memory.
+                ws_max_size=config.max_body_bytes,
+                ws_max_queue=4,
             )
             server = _Server(uv_config, asyncio.get_running_loop(), app.state.streams.drain)
             print(f"Jidoka {__version__} serving on {url}", file=out)
