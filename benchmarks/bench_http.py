@@ -255,7 +255,12 @@ async def _serve(store: str, data_dir: Path | None) -> None:
         assert data_dir is not None
         runtime = durable_runtime(data_dir)
     async with runtime:
-        app = create_app(runtime, ServerConfig(tokens={TOKEN: PRINCIPAL}, access_log=False))
+        # One principal opens every stream of the fan-out and idle-stream runs: lift the
+        # per-principal stream limit (32 by default) above what they open.
+        server_config = ServerConfig(
+            tokens={TOKEN: PRINCIPAL}, access_log=False, max_streams_per_principal=1 << 16
+        )
+        app = create_app(runtime, server_config)
         front = _Front(app)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
