@@ -32,7 +32,9 @@ from jidoka import FakeClock, Status
 from jidoka.bus.base import Subscription
 from jidoka.events import Event, EventType
 from jidoka.session import session as session_module
+from jidoka.session.lifecycle import Lifecycle
 from jidoka.session.manager import SessionManager
+from jidoka.session.recovery import Recovery
 from tests.e2e.conftest import ALICE_TOKEN, ServerProcess, SSEFrame, http_client, sse_frames
 from tests.helpers import next_event, quiesce, settle, take, until
 
@@ -188,10 +190,10 @@ def _idle_timer(plant: Plant) -> None:
 
 
 def _snapshot(plant: Plant) -> None:
-    def snapshot(self: SessionManager, session: session_module.Session) -> None:
+    def snapshot(self: Recovery, session: session_module.Session) -> None:
         plant.fail()
 
-    plant.monkeypatch.setattr(SessionManager, "_snapshot", snapshot)
+    plant.monkeypatch.setattr(Recovery, "snapshot", snapshot)
     plant.runtime.manager.get(plant.sid).snapshot_seq = -(10**6)  # a snapshot is due
 
 
@@ -234,13 +236,13 @@ def _streams(plant: Plant) -> None:
 
 
 def _workers(plant: Plant) -> None:
-    real = SessionManager._release
+    real = Lifecycle.release
 
-    async def release(self: SessionManager, session: session_module.Session) -> None:
+    async def release(self: Lifecycle, session: session_module.Session) -> None:
         plant.fail()
         await real(self, session)
 
-    plant.monkeypatch.setattr(SessionManager, "_release", release)
+    plant.monkeypatch.setattr(Lifecycle, "release", release)
 
 
 FAULTS: dict[str, Callable[[Plant], None]] = {

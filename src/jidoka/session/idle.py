@@ -1,18 +1,25 @@
-"""Idle transitions and time-outs: the timer-driven half of the session manager.
+"""Idle transitions and time-outs: the timer-driven part of the session manager.
 
-A mixin of :class:`~jidoka.session.manager.SessionManager`, kept apart because it is one
-concern: each live session has at most one timer entry (its next deadline); when it comes due,
-an active session that saw no activity for ``idle_after_seconds`` goes idle, and an idle one
-past ``timeout_minutes`` is saved (if persistence is on) and terminated with reason ``timeout``.
-Work that can be done on the spot is; work that must wait runs as bounded background tasks.
+One concern, in one object with its own state (the shared :class:`~.timers.TimerQueue` and the
+queue of due work), given what it needs explicitly: the registry to find sessions in, the
+manager's background tasks to run waiting work on, and the three things it asks of the rest of
+the manager (load a recovered session, save one, terminate one).
+
+Each live session has at most one timer entry (its next deadline); when it comes due, an
+active session that saw no activity for ``idle_after_seconds`` goes idle, and an idle one past
+``timeout_minutes`` is saved (if persistence is on) and terminated with reason ``timeout``. A
+dormant session's entry loads it (loading sets its real deadline). Work that can be done on the
+spot is; work that must wait runs as bounded background tasks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
 
+from ..clock import Clock
 from ..errors import (
     InvalidTransition,
     RuntimeClosed,
@@ -20,57 +27,71 @@ from ..errors import (
     SessionTerminated,
     StoreError,
 )
+from .background import BackgroundTasks
+from .registry import SessionRegistry
 from .session import Session
-from .state import Status
+from .state import REASON_TIMEOUT, Status
+from .timers import TimerQueue
 
-if TYPE_CHECKING:
-    import asyncio
-    from collections import deque
-
-    from ..clock import Clock
-    from ..store.base import SavedSession, StoredSession
-    from .timers import TimerQueue
-
-__all__ = ["IdleTimers"]
+__all__ = ["IdleReaper"]
 
 logger = logging.getLogger("jidoka.manager")
 
 
-class IdleTimers:
-    """The manager's timer methods; what they use of the manager is declared here."""
+class IdleReaper:
+    """Moves quiet sessions to ``idle`` and ends the ones idle too long."""
 
-    if TYPE_CHECKING:
-        _clock: Clock
-        _closed: bool
-        _dormant: dict[str, StoredSession]
-        _due: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], str]]
-        _due_running: int
-        _live: dict[str, Session]
-        _timers: TimerQueue
+    # Timer-driven work that must wait (a durable commit, a load, a time-out) runs as tasks,
+    # at most this many at once: 100k sessions coming due together queue up instead of
+    # becoming 100k tasks.
+    MAX_DUE_TASKS: Final = 64
 
-        def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
-        async def _load_quietly(self, session_id: str) -> None: ...
-        async def save(self, session_id: object) -> SavedSession: ...
-        async def _terminate_quietly(
-            self, session_id: str, reason: str, error: str | None
-        ) -> None: ...
+    def __init__(
+        self,
+        clock: Clock,
+        registry: SessionRegistry,
+        tasks: BackgroundTasks,
+        *,
+        load: Callable[[str], Awaitable[None]],
+        save: Callable[[str], Awaitable[object]],
+        terminate: Callable[[str, str, str | None], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._clock = clock
+        self._registry = registry
+        self._tasks = tasks
+        self._load = load  # a dormant session, quietly (it may be gone or corrupt)
+        self._save = save
+        self._terminate = terminate  # quietly: someone else may have terminated it first
+        self.timers = TimerQueue(clock, self._on_due)
+        self._due: deque[tuple[Callable[[], Awaitable[Any]], str]] = deque()
+        self._due_running = 0
+        self._closed = False
 
-    def _schedule(self, session: Session, when: float) -> None:
+    def start(self) -> None:
+        self.timers.start()
+
+    async def aclose(self) -> None:
+        """Stop the timers; due work not started yet is dropped."""
+        self._closed = True
+        await self.timers.aclose()
+
+    # --- deadlines --------------------------------------------------------------------------------
+
+    def schedule(self, session: Session, when: float) -> None:
+        """Look at ``session`` at ``when``, unless an earlier look is set."""
         if session.timer_at is None or when < session.timer_at:
             session.timer_at = when
-            self._timers.schedule(session.session_id, when)
+            self.timers.schedule(session.session_id, when)
 
-    def _timer_wanted(self, session_id: str, when: float) -> bool:
-        session = self._live.get(session_id)
-        if session is not None:
-            return session.timer_at == when
-        return session_id in self._dormant
+    def watch(self, session_id: str, when: float) -> None:
+        """Look at a dormant session at ``when`` (its config is unknown until it is loaded)."""
+        self.timers.schedule(session_id, when)
 
     def touch(self, session: Session) -> None:
         """After a command: the session's next look is at its idle deadline, unless an earlier
         one is set. An idle session that became active needs this: it may have no timer at all
         (one that never times out has none once idle)."""
-        self._schedule(session, session.last_activity + session.state.config.idle_after_seconds)
+        self.schedule(session, session.last_activity + session.state.config.idle_after_seconds)
 
     def rearm(self, session: Session) -> None:
         """Repair a session whose timer step failed after a commit: the timer looks at it at
@@ -81,13 +102,33 @@ class IdleTimers:
         """
         now = self._clock.monotonic()
         session.timer_at = now
-        self._timers.schedule(session.session_id, now)
+        self.timers.schedule(session.session_id, now)
+
+    def schedule_timeout(self, session: Session) -> None:
+        timeout = session.state.config.timeout_minutes
+        if timeout > 0:
+            self.schedule(session, session.idle_since + timeout * 60)
+
+    def prune(self) -> None:
+        """Drop the entries of ended sessions once they pile up (a session retires): without
+        this, each would stay until it came due."""
+        if len(self.timers) > 2 * self._registry.live_count() + 1024:
+            self.timers.compact(self._wanted)
+
+    def _wanted(self, session_id: str, when: float) -> bool:
+        session = self._registry.live.get(session_id)
+        if session is not None:
+            return session.timer_at == when
+        return session_id in self._registry.dormant
+
+    # --- what comes due ---------------------------------------------------------------------------
 
     def _on_due(self, session_id: str, when: float) -> None:
-        session = self._live.get(session_id)
-        if session is None and session_id in self._dormant:
+        registry = self._registry
+        session = registry.live.get(session_id)
+        if session is None and session_id in registry.dormant:
             # A recovered session: load it; loading schedules its real deadline.
-            self._enqueue(lambda: self._load_quietly(session_id), f"jidoka:{session_id}:load")
+            self._enqueue(lambda: self._load(session_id), f"jidoka:{session_id}:load")
             return
         if session is None or session.timer_at != when or session.terminating:
             return
@@ -98,14 +139,14 @@ class IdleTimers:
         if status is Status.ACTIVE:
             deadline = session.last_activity + config.idle_after_seconds
             if now < deadline:
-                self._schedule(session, deadline)
+                self.schedule(session, deadline)
             else:
                 if not self._go_idle_now(session):
                     self._enqueue(lambda: self._go_idle(session), f"jidoka:{session_id}:idle")
         elif status is Status.IDLE and config.timeout_minutes > 0:
             deadline = session.idle_since + config.timeout_minutes * 60
             if now < deadline:
-                self._schedule(session, deadline)
+                self.schedule(session, deadline)
             else:
                 self._enqueue(lambda: self._time_out(session), f"jidoka:{session_id}:timeout")
 
@@ -114,16 +155,14 @@ class IdleTimers:
         sid = session.session_id
         if session.state.config.persistence_enabled:
             try:
-                await self.save(sid)
+                await self._save(sid)
             except (SessionTerminated, SessionNotFound, InvalidTransition, RuntimeClosed):
                 return
             except StoreError:
                 logger.exception("session %s: not saved; its time-out is postponed", sid)
-                self._schedule(session, self._clock.monotonic() + 60.0)
+                self.schedule(session, self._clock.monotonic() + 60.0)
                 return
-        from .manager import REASON_TIMEOUT
-
-        await self._terminate_quietly(sid, REASON_TIMEOUT, None)
+        await self._terminate(sid, REASON_TIMEOUT, None)
 
     def _go_idle_now(self, session: Session) -> bool:
         """The idle transition done on the spot, when it needs no waiting: the store and bus
@@ -133,7 +172,7 @@ class IdleTimers:
             return False
         session.idle_since = self._clock.monotonic()
         session.transition_nowait(Status.IDLE)
-        self._schedule_timeout(session)
+        self.schedule_timeout(session)
         return True
 
     async def _go_idle(self, session: Session) -> None:
@@ -144,23 +183,15 @@ class IdleTimers:
             deadline = session.last_activity + config.idle_after_seconds
             now = self._clock.monotonic()
             if now < deadline:  # activity while we waited for the lock
-                self._schedule(session, deadline)
+                self.schedule(session, deadline)
                 return
             session.idle_since = now  # the time-out counts from the decision, not the commit
             await session.transition(Status.IDLE)
-            self._schedule_timeout(session)
+            self.schedule_timeout(session)
 
-    def _schedule_timeout(self, session: Session) -> None:
-        timeout = session.state.config.timeout_minutes
-        if timeout > 0:
-            self._schedule(session, session.idle_since + timeout * 60)
+    # --- bounded work -----------------------------------------------------------------------------
 
-    # Timer-driven work that must wait (a durable commit, a load, a time-out) runs as tasks,
-    # at most this many at once: 100k sessions coming due together queue up instead of
-    # becoming 100k tasks.
-    MAX_DUE_TASKS: Final = 64
-
-    def _enqueue(self, make: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
+    def _enqueue(self, make: Callable[[], Awaitable[Any]], name: str) -> None:
         self._due.append((make, name))
         self._pump()
 
@@ -168,9 +199,9 @@ class IdleTimers:
         while self._due and self._due_running < self.MAX_DUE_TASKS and not self._closed:
             make, name = self._due.popleft()
             self._due_running += 1
-            self._spawn(self._bounded(make), name)
+            self._tasks.spawn(self._bounded(make), name)
 
-    async def _bounded(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    async def _bounded(self, make: Callable[[], Awaitable[Any]]) -> None:
         try:
             await make()
         finally:

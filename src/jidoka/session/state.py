@@ -24,6 +24,9 @@ from ..errors import InvalidConfig, InvalidTransition
 
 __all__ = [
     "CONFIG_SCHEMA_VERSION",
+    "REASON_ERROR",
+    "REASON_REQUESTED",
+    "REASON_TIMEOUT",
     "TRANSITIONS",
     "SessionCeilings",
     "SessionConfig",
@@ -58,6 +61,12 @@ def check_transition(session_id: str, from_status: str, to_status: str) -> Statu
     if dst not in TRANSITIONS[src]:
         raise InvalidTransition(session_id, src.value, dst.value)
     return dst
+
+
+#: Termination reasons the runtime itself uses (clients may give their own).
+REASON_REQUESTED: Final = "requested"
+REASON_TIMEOUT: Final = "timeout"
+REASON_ERROR: Final = "error"
 
 
 CONFIG_SCHEMA_VERSION: Final = 1

@@ -1,0 +1,306 @@
+"""Between the log and the projection: loading recovered sessions, recalling ended ones, and
+rebuilding a projection that missed its events.
+
+The store's log is the truth and a projection is derived from it. This module holds every place
+where the manager goes back to the log for it: at start-up it finds the sessions a durable
+store kept alive (they stay *dormant*, loaded on first use or when their timer comes due, once
+however many callers ask); a session that was mid-turn or mid-termination when the process died
+is closed properly in the log; one that cannot be replayed is buried as terminated with
+``error``, alone; an id nobody remembers is looked up in the log and, if its session ended,
+remembered as a tombstone; a projection whose apply failed after a commit is rebuilt by
+replaying the log. It also writes the snapshots that keep a replay short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config import Settings
+from ..errors import RuntimeClosed, SessionTerminated, StoreError
+from ..events import Event, EventType
+from ..ids import is_session_id
+from ..store.base import StoredSession
+from .background import BackgroundTasks
+from .context import SessionState
+from .idle import IdleReaper
+from .lifecycle import Lifecycle
+from .persistence import CorruptSession, load_state
+from .registry import SessionRegistry
+from .session import Session, SessionServices
+from .snapshot import encode_state
+from .state import REASON_ERROR, Status
+
+__all__ = ["Recovery"]
+
+logger = logging.getLogger("jidoka.manager")
+
+
+class Recovery:
+    """Brings sessions back from the store's log, and keeps projections true to it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: SessionServices,
+        registry: SessionRegistry,
+        tasks: BackgroundTasks,
+        idle: IdleReaper,
+        lifecycle: Lifecycle,
+        *,
+        terminate: Callable[[str, str, str | None], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._services = services
+        self._registry = registry
+        self._tasks = tasks
+        self._idle = idle
+        self._lifecycle = lifecycle
+        self._terminate = terminate  # by id, quietly: for a projection the log cannot rebuild
+        self._clock = services.clock
+        self._default_config = settings.session_defaults
+        self._started_at = 0.0
+        # Sessions whose projection is being rebuilt from the log (an apply failed after a
+        # commit), with the task doing it.
+        self._rebuilding: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        """Find the sessions the store kept alive; they load lazily."""
+        self._started_at = self._clock.monotonic()
+        recovered = await self._services.store.live_sessions()
+        # Their configs are unknown until loaded: look at them after the default idle period.
+        check = self._started_at + self._default_config.idle_after_seconds
+        for stored in recovered:
+            self._registry.dormant[stored.session_id] = stored
+            self._idle.watch(stored.session_id, check)
+        if recovered:
+            logger.info("found %d live sessions in the store", len(recovered))
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    async def load(self, session_id: str) -> Session:
+        """Load a recovered session (once, however many callers ask at the same time)."""
+        loading = self._registry.loading
+        pending = loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        loading[session_id] = future
+        try:
+            session = await self._load_now(session_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: concurrent callers re-raise it themselves
+            raise
+        else:
+            future.set_result(session)
+            return session
+        finally:
+            del loading[session_id]
+
+    async def _load_now(self, session_id: str) -> Session:
+        dormant = self._registry.dormant
+        stored = dormant[session_id]
+        try:
+            state, snapshot_seq = await load_state(self._services.store, session_id)
+        except CorruptSession as exc:
+            logger.error("%s", exc)
+            del dormant[session_id]
+            await self._bury_corrupt(session_id, stored, str(exc))
+            raise SessionTerminated(session_id, reason=REASON_ERROR) from exc
+        session = Session(state, self._services)
+        session.snapshot_seq = snapshot_seq
+        if state.config == self._default_config:
+            state.config = self._default_config
+        session.idle_since = self._started_at
+        del dormant[session_id]
+        self._registry.live[session_id] = session
+        status = state.status
+        if status is Status.ACTIVE:
+            async with session.lock:
+                await session.transition(Status.IDLE)
+        elif status is Status.INITIALIZING:
+            async with session.lock:
+                await session.commit(
+                    [
+                        (EventType.SESSION_STATUS, {"status": "terminated", "previous": status}),
+                        (EventType.SESSION_TERMINATED, {"reason": REASON_ERROR, "error": None}),
+                    ]
+                )
+            await self._lifecycle.retire(session)
+            raise SessionTerminated(session_id, reason=REASON_ERROR)
+        elif status is Status.TERMINATING:
+            self._tasks.spawn(self._finish_terminating(session), f"jidoka:{session_id}:terminate")
+            return session
+        await self._close_interrupted_turn(session)
+        timeout = state.config.timeout_minutes
+        if timeout > 0:
+            self._idle.schedule(session, session.idle_since + timeout * 60)
+        return session
+
+    async def _close_interrupted_turn(self, session: Session) -> None:
+        """A turn the process died in the middle of ends in the log: writes that waited for an
+        approval are denied (nothing was written), and the agent's status says ``failed``."""
+        state = session.state
+        items: list[tuple[str, dict[str, Any]]] = [
+            (EventType.APPROVAL_DECIDED, {"call_id": call_id, "allow": False, "reason": "restart"})
+            for call_id in sorted(state.pending_approvals or ())
+        ]
+        if state.agent_status in ("thinking", "calling_tool"):
+            items.append((EventType.AGENT_STATUS, {"status": "failed", "reason": "restart"}))
+        if items:
+            async with session.lock:
+                await session.commit(items)
+
+    async def _finish_terminating(self, session: Session) -> None:
+        """A session caught mid-termination by a crash: finish the job."""
+        session.terminating = True
+        async with session.lock:
+            await session.commit(
+                [
+                    (EventType.SESSION_STATUS, {"status": "terminated", "previous": "terminating"}),
+                    (EventType.SESSION_TERMINATED, {"reason": "interrupted", "error": None}),
+                ]
+            )
+        await self._lifecycle.retire(session)
+
+    async def _bury_corrupt(self, session_id: str, stored: StoredSession, error: str) -> None:
+        """Record a session that cannot be loaded as terminated with ``error``, alone."""
+        now = self._clock.time()
+        when = datetime.fromtimestamp(now, UTC)
+        state = SessionState(session_id)
+        state.created_at = state.updated_at = when
+        state.status = Status.TERMINATED
+        state.reason, state.error = REASON_ERROR, error
+        # The owner the store recorded: its owner still sees (only) it, listed or asked for.
+        state.owner = stored.owner
+        self._registry.remember(state)
+        store = self._services.store
+        last = stored.last_seq
+        with contextlib.suppress(StoreError, RuntimeClosed):  # best effort: mark it in the log
+            last = await store.last_seq(session_id)
+            await store.append(
+                session_id,
+                [
+                    Event(
+                        EventType.SESSION_STATUS,
+                        session_id,
+                        last + 1,
+                        when,
+                        {"status": "terminated", "previous": stored.status, "error": error},
+                    ),
+                    Event(
+                        EventType.SESSION_TERMINATED,
+                        session_id,
+                        last + 2,
+                        when,
+                        {"reason": REASON_ERROR, "error": error},
+                    ),
+                ],
+            )
+
+    async def recall(self, session_id: str) -> None:
+        """Remember a session the store holds a terminated log for, as a tombstone.
+
+        Tombstones live in memory and are bounded, but the durable log outlives both a restart
+        and the tombstone's eviction: rebuilt from it, such a session still answers
+        ``terminated`` with its reason (as the lifecycle contract says) instead of "not found".
+        One store lookup per unknown id of the right shape; the log is replayed only if the
+        store has one, and once (the tombstone then answers).
+        """
+        if not is_session_id(session_id):
+            return
+        store = self._services.store
+        try:
+            if await store.last_seq(session_id) == 0:
+                return
+            state, _ = await load_state(store, session_id)
+        except (CorruptSession, StoreError):
+            return  # nothing trustworthy to remember: the id stays unknown
+        if state.status is not Status.TERMINATED:
+            return  # not a finished session (a live one is never unknown)
+        if self._registry.known(session_id):
+            return  # restored or recovered while the log was read
+        self._registry.remember(state)
+
+    # --- keeping the projection true to the log ---------------------------------------------------
+
+    def rebuild_soon(self, session: Session, error: Exception) -> None:
+        """Rebuild ``session``'s projection from its log in the background (once at a time)."""
+        sid = session.session_id
+        if sid not in self._rebuilding:
+            self._rebuilding[sid] = self._tasks.spawn(
+                self._rebuild(session, error), f"jidoka:{sid}:rebuild"
+            )
+
+    def rebuilding(self, session_id: str) -> asyncio.Task[None] | None:
+        """The task rebuilding the session's projection, if one is."""
+        return self._rebuilding.get(session_id)
+
+    async def _rebuild(self, session: Session, error: Exception) -> None:
+        """Rebuild a projection from the log after applying committed events to it failed.
+
+        ``apply`` is pure and commands are validated before they commit, so that failure is a
+        bug, and the projection no longer matches the log. The log is the truth: replay it, as
+        a load after a restart does, under the session's lock (commands queued before this ran
+        on the stale projection; they were numbered right, see ``Session._after_commit``).
+        If the log cannot be replayed either, the bug is in applying an event now stored and
+        no retry will cure it: the session is terminated with ``error`` (a durable store keeps
+        its log for inspection), like a session whose workers keep crashing. So is a session
+        of the memory store whose log was trimmed (it no longer starts at ``session_created``).
+        """
+        sid = session.session_id
+        try:
+            async with session.lock:
+                if session.terminating:
+                    return
+                state, _ = await load_state(self._services.store, sid)
+                if state.seq < session.state.seq:
+                    raise CorruptSession(
+                        f"session {sid!r}: its log ends at seq {state.seq}, before the "
+                        f"{session.state.seq} committed",
+                        session_id=sid,
+                    )
+                if state.config == self._default_config:
+                    state.config = self._default_config
+                session.state = state
+        except Exception as exc:
+            self._rebuilding.pop(sid, None)
+            logger.error(
+                "session %s: its state could not be rebuilt from its log (%r); terminating it",
+                sid,
+                exc,
+                extra={"session_id": sid},
+            )
+            detail = f"applying committed events failed ({error!r:.200}), and so did replaying "
+            await self._terminate(sid, REASON_ERROR, f"{detail}its log ({exc!r:.200})")
+            return
+        finally:
+            self._rebuilding.pop(sid, None)
+        logger.warning(
+            "session %s: state rebuilt from its log (seq %d)",
+            sid,
+            session.state.seq,
+            extra={"session_id": sid},
+        )
+
+    def snapshot(self, session: Session) -> None:
+        """Write a snapshot in the background (only durable stores profit from one)."""
+        if not self._services.store.durable:
+            session.snapshot_seq = session.state.seq
+            return
+        session.snapshot_seq = seq = session.state.seq
+        state = encode_state(session.state)
+        store = self._services.store
+        sid = session.session_id
+
+        async def write() -> None:
+            try:
+                await store.write_snapshot(sid, seq, state)
+            except (StoreError, RuntimeClosed) as exc:
+                logger.warning("session %s: snapshot at seq %d not written: %s", sid, seq, exc)
+
+        self._tasks.spawn(write(), f"jidoka:{sid}:snapshot")
