@@ -33,6 +33,7 @@ from ..support.openai_server import (
     Hang,
     Malformed,
     OpenAIServer,
+    Recorded,
     RecordedRequest,
     Slow,
     Status,
@@ -1010,3 +1011,22 @@ async def test_an_empty_200_stream_fails_the_turn_as_not_retryable(
     [error] = of_type(seen, "error")
     assert error.data["retryable"] is False
     assert "sent no data" in error.data["message"]
+
+
+LLAMA_SERVER_CUT_CALLS = Path(__file__).parents[1] / "fixtures/llm_streams/llama-server/no_content"
+
+
+async def test_a_recorded_llama_server_answer_cut_by_length_runs_no_cut_call(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    # llama-server's real stream: two read_file calls, then finish_reason "length".
+    server.queue(Recorded(LLAMA_SERVER_CUT_CALLS), Text(["Done."]))
+    sid = await client.create_session(project_root=str(project), llm_config=llm(server))
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        result = await client.chat(sid, "read it")
+        seen = await until_idle(events)
+    assert result.message.content == "Done."
+    first, last = of_type(seen, "tool_result")
+    assert "cut_off" not in first.data  # complete before the cut: it ran
+    assert last.data["cut_off"] is True
+    assert "was not run" in last.data["content"]
