@@ -31,6 +31,7 @@ import jidoka
 from jidoka import FakeClock, Status
 from jidoka.bus.base import Subscription
 from jidoka.events import Event, EventType
+from jidoka.session import postcommit
 from jidoka.session import session as session_module
 from jidoka.session.lifecycle import Lifecycle
 from jidoka.session.manager import SessionManager
@@ -125,14 +126,14 @@ class Plant:
 
 
 def _apply(plant: Plant) -> None:
-    real = session_module.apply
+    real = postcommit.apply
 
     def apply(state: Any, event: Event) -> None:
         if plant.hits(event):
             plant.fail()
         real(state, event)
 
-    plant.monkeypatch.setattr(session_module, "apply", apply)
+    plant.monkeypatch.setattr(postcommit, "apply", apply)
 
 
 def _publish(plant: Plant) -> None:
@@ -338,12 +339,12 @@ async def test_a_projection_that_cannot_be_rebuilt_ends_its_session(
     def apply_fails(state: Any, event: Event) -> None:
         raise InjectedFault("this event cannot be applied")
 
-    real = session_module.apply
+    real = postcommit.apply
 
     def apply(state: Any, event: Event) -> None:
         (apply_fails if event.type == EventType.CONVERSATION_ADDED else real)(state, event)
 
-    monkeypatch.setattr(session_module, "apply", apply)
+    monkeypatch.setattr(postcommit, "apply", apply)
     monkeypatch.setattr("jidoka.session.persistence.apply", apply)
     async with client.subscribe_to_session(sid) as events:
         with caplog.at_level(logging.ERROR):

@@ -14,7 +14,15 @@ import msgspec
 from ..errors import JidokaError, LimitExceeded, PathNotAllowed
 from ..tools.sandbox import Sandbox
 
-__all__ = ["FileFacts", "detect_language", "read_bounded", "read_file", "stat_file"]
+__all__ = [
+    "FileFacts",
+    "detect_language",
+    "read_all",
+    "read_bounded",
+    "read_file",
+    "stat_all",
+    "stat_file",
+]
 
 _READ_CHUNK: Final = 1 << 16  # how much a read grows the buffer when a file grew mid-read
 
@@ -120,3 +128,19 @@ def stat_file(sandbox: Sandbox, path: str) -> tuple[int, int] | None:
     if not stat.S_ISREG(st.st_mode):
         return None  # replaced by a directory, FIFO, ...: read_file would refuse it
     return st.st_size, st.st_mtime_ns
+
+
+def stat_all(sandbox: Sandbox, paths: list[str]) -> list[tuple[int, int] | None]:
+    """:func:`stat_file` of each path, in one trip to a worker thread."""
+    return [stat_file(sandbox, path) for path in paths]
+
+
+def read_all(sandbox: Sandbox, paths: list[str], max_bytes: int) -> list[FileFacts | None]:
+    """:func:`read_file` of each path, ``None`` for one that can no longer be read."""
+    out: list[FileFacts | None] = []
+    for path in paths:
+        try:
+            out.append(read_file(sandbox, path, max_bytes))
+        except (OSError, PathNotAllowed, LimitExceeded):
+            out.append(None)  # changed since it was added; the context skips it
+    return out

@@ -32,8 +32,9 @@ from .background import BackgroundTasks
 from .context import SessionState, json_size
 from .idle import IdleReaper
 from .info import SessionInfo
+from .postcommit import Step
 from .registry import SessionRegistry
-from .session import Session, SessionServices, Step
+from .session import Session, SessionServices
 from .spans import guarded_span
 from .state import REASON_ERROR, Status, check_transition
 from .supervisor import Supervisor, WorkerCrash, WorkerFactory

@@ -41,10 +41,11 @@ from .background import BackgroundTasks
 from .idle import IdleReaper
 from .info import SessionInfo
 from .lifecycle import Lifecycle
+from .postcommit import Step
 from .recovery import Recovery
 from .registry import SessionRegistry
 from .saved import SavedSessions
-from .session import Session, SessionServices, Step
+from .session import Session, SessionServices
 from .spans import guarded_span
 from .state import REASON_ERROR as REASON_ERROR
 from .state import REASON_REQUESTED as REASON_REQUESTED

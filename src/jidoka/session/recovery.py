@@ -246,7 +246,7 @@ class Recovery:
         ``apply`` is pure and commands are validated before they commit, so that failure is a
         bug, and the projection no longer matches the log. The log is the truth: replay it, as
         a load after a restart does, under the session's lock (commands queued before this ran
-        on the stale projection; they were numbered right, see ``Session._after_commit``).
+        on the stale projection; they were numbered right, see ``postcommit.after_commit``).
         If the log cannot be replayed either, the bug is in applying an event now stored and
         no retry will cure it: the session is terminated with ``error`` (a durable store keeps
         its log for inspection), like a session whose workers keep crashing. So is a session

@@ -8,14 +8,17 @@ applied in the order they arrived while other sessions proceed in parallel:
 2. make the event(s), numbered with the next ``seq``;
 3. append them to the store (when this returns they are as durable as the store promises): the
    *commit point*, after which the command has happened;
-4. the post-commit section (:meth:`Session._after_commit`, one place for all of it):
+4. the post-commit section (:func:`~.postcommit.after_commit`, one place for all of it):
    :func:`~jidoka.session.context.apply` them to the projection, publish them on the bus, the
    command's own follow-up (cache, counters) and the runtime's (idle timer, snapshots).
 
 Nothing in step 4 may turn the command into an error: the caller would be told it failed when
 its event is stored, and a client that retries would write it twice. So step 4 never raises
 (each step's failure is logged with the session id and repaired where it can be: see
-:class:`Step`), and it runs to its end even if the caller is cancelled after the commit.
+:class:`~.postcommit.Step`), and it runs to its end even if the caller is cancelled after the
+commit.
+
+The checks of step 1 that need no lock are in :mod:`.inputs`.
 
 Blocking work (reading files) happens in a worker thread *before* the lock is taken.
 
@@ -26,7 +29,6 @@ and brings an idle session back to ``active`` with a ``session_status`` event fi
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -49,7 +51,6 @@ from ..events import Event, EventType
 from ..tools.sandbox import Sandbox
 from . import files as _files
 from .context import (
-    CONTEXT_PARTS,
     ROLES,
     ActiveFile,
     ContextBundle,
@@ -57,10 +58,11 @@ from .context import (
     Message,
     SessionState,
     TokenCounter,
-    apply,
     build_context,
     json_size,
 )
+from .inputs import check_include, check_index_room, check_key, json_copy, split_index_fields
+from .postcommit import Step, after_commit, report_fault
 from .state import Status
 from .supervisor import Supervisor
 
@@ -68,19 +70,11 @@ if TYPE_CHECKING:
     from ..bus.base import EventBus
     from ..store.base import SessionStore
 
-__all__ = ["Session", "SessionServices", "Step"]
+__all__ = ["Session", "SessionServices"]
 
 logger = logging.getLogger("jidoka.session")
 
 
-MAX_KEY_CHARS: Final = 256
-_INDEX_FIELDS: Final = {
-    "language": (str, type(None)),
-    "line_count": (int,),
-    "size": (int,),
-    "mtime": (int, float),
-    "last_accessed": (int, float, str),
-}
 # Shared, read-only event payloads for the commonest status moves: an idle session's log then
 # holds no dict of its own for them.
 _STATUS_DATA: Final[dict[tuple[Status, Status], dict[str, Any]]] = {
@@ -99,27 +93,6 @@ _STATUS_DATA: Final[dict[tuple[Status, Status], dict[str, Any]]] = {
 AppendFuture = Callable[
     [str, Sequence[Event], Callable[[BaseException | None], None]], asyncio.Future[None]
 ]
-
-
-class Step(enum.StrEnum):
-    """The steps that run after a commit, as named in the log when one fails.
-
-    A failure is reported (:meth:`Session.report_fault`) and never raised; the runtime's
-    ``on_fault`` hook then repairs what the failure left broken: a projection that missed
-    events is rebuilt from the log (``APPLY``), an idle timer is re-armed (``IDLE_TIMER``).
-    The others leave nothing to repair in the session (a subscriber that missed a published
-    event, a cache entry not written, a metric not counted); the log says what was lost.
-    """
-
-    APPLY = "applying the events to the projection"
-    PUBLISH = "publishing an event"
-    FOLLOW_UP = "the command's follow-up (cache, counters)"
-    IDLE_TIMER = "re-arming the idle timer"
-    SNAPSHOT = "scheduling a snapshot"
-    TELEMETRY = "recording telemetry"
-    WORKERS = "stopping the workers"
-    STREAMS = "ending the event streams"
-    RELEASE = "releasing the stored log"
 
 
 class SessionServices:
@@ -239,7 +212,7 @@ class Session:
         assert services.fast_publish is not None
         events = self._events([(EventType.SESSION_STATUS, data)])
         services.fast_append(self.state.session_id, events)
-        self._after_commit(events, None, False)
+        after_commit(self, events, None, False)
 
     def _events(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
         when = datetime.fromtimestamp(self.services.clock.time(), UTC)
@@ -261,10 +234,11 @@ class Session:
         """Append the events, then run the post-commit section. The caller holds :attr:`lock`.
 
         An error raised here means nothing was stored. Once the store has taken the events,
-        the post-commit section (:meth:`_after_commit`: apply, publish, ``after``, and the
-        runtime's ``after_command`` hook when ``activity`` says this is a client command) runs
-        to its end even if the caller is cancelled meanwhile, so the projection never falls
-        behind the log and nothing the command implies is skipped; and it never raises.
+        the post-commit section (:func:`~.postcommit.after_commit`: apply, publish, ``after``,
+        and the runtime's ``after_command`` hook when ``activity`` says this is a client
+        command) runs to its end even if the caller is cancelled meanwhile, so the projection
+        never falls behind the log and nothing the command implies is skipped; and it never
+        raises.
         """
         if self._pending:  # a cancelled caller's commit is still finishing
             if self._drained is None:
@@ -275,7 +249,7 @@ class Session:
         events = self._events(items)
         if services.fast_append is not None and services.fast_publish is not None:
             services.fast_append(sid, events)
-            self._after_commit(events, after, activity)  # no suspension point in between
+            after_commit(self, events, after, activity)  # no suspension point in between
             return events
         if services.append_future is not None:
             # The store calls `_committed` when the commit is done, before waking us, and
@@ -314,100 +288,12 @@ class Session:
             self._drained.set_result(None)
             self._drained = None
         if error is None:  # else nothing was stored: nothing follows
-            self._after_commit(events, after, activity)
-
-    def _after_commit(
-        self, events: list[Event], after: Callable[[], object] | None, activity: bool
-    ) -> None:
-        """Everything that follows a durable append, in one place. Never raises.
-
-        When this runs the events are in the log: the command has happened, whatever fails
-        now. So each step is guarded on its own, and a failure is reported (logged with the
-        session id, and handed to the runtime's ``on_fault`` hook to repair what it broke)
-        rather than raised into a caller who would take a stored command for a failed one.
-        Only ``Exception`` is caught; ``CancelledError`` and the like pass. Nothing here
-        awaits, so a cancellation of the caller cannot stop it halfway.
-
-        1. **Apply** each event to the projection. ``apply`` is pure and the command was
-           validated against the projection before its commit, so a failure here is a bug, and
-           the projection no longer matches the log. Its ``seq`` still moves to the last event
-           (the next commit must be numbered after what is stored); the runtime then rebuilds
-           the projection from the log, under the session's lock, or terminates the session
-           with ``error`` if the log cannot be replayed either (``SessionManager._rebuild``).
-           Until then, reads may see the state from before the event.
-        2. **Publish** each event (one failing costs subscribers that event, not the others).
-        3. The command's own **follow-up** (``after``: the file cache, counters).
-        4. For a client command, the runtime's ``after_command`` hook (idle timer, snapshot).
-        """
-        state = self.state
-        try:
-            for event in events:
-                apply(state, event)
-        except Exception as exc:
-            last = events[-1]
-            if state.seq < last.seq:
-                state.seq, state.updated_at = last.seq, last.time
-            self.report_fault(Step.APPLY, exc)
-        services = self.services
-        publish = services.fast_publish
-        if publish is None:
-            self._publish_later(events)
-        else:
-            for event in events:
-                try:
-                    publish(event)
-                except Exception as exc:
-                    self.report_fault(Step.PUBLISH, exc)
-        if after is not None:
-            try:
-                after()
-            except Exception as exc:
-                self.report_fault(Step.FOLLOW_UP, exc)
-        if activity and services.after_command is not None:
-            try:
-                services.after_command(self)
-            except Exception as exc:  # the hook guards its own steps: a last resort
-                self.report_fault(Step.IDLE_TIMER, exc)
-
-    def _publish_later(self, events: list[Event]) -> None:
-        """Publish on a bus that must be awaited, in a task of its own: neither the caller
-        nor the store's callback waits for it."""
-        bus = self.services.bus
-
-        async def publish_all() -> None:
-            for event in events:
-                try:
-                    await bus.publish(event)
-                except Exception as exc:
-                    self.report_fault(Step.PUBLISH, exc)
-
-        tasks = self.services.publishing
-        task = asyncio.get_running_loop().create_task(
-            publish_all(), name=f"jidoka:{self.state.session_id}:publish"
-        )
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+            after_commit(self, events, after, activity)
 
     def report_fault(self, step: Step, error: Exception) -> None:
-        """A step after a commit failed: log it with the session id, let the runtime repair
-        what it broke. Never raises: the post-commit section calls it, and must not."""
-        sid = self.state.session_id
-        logger.error(
-            "session %s: %s failed after its events were committed; the command stands (%r)",
-            sid,
-            step,
-            error,
-            exc_info=error,
-            extra={"session_id": sid, "step": step.name.lower()},
-        )
-        hook = self.services.on_fault
-        if hook is not None:
-            try:
-                hook(self, step, error)
-            except Exception:
-                logger.exception(
-                    "session %s: repairing after %s failed", sid, step, extra={"session_id": sid}
-                )
+        """A step after a commit failed: log it, let the runtime repair what it broke (see
+        :func:`~.postcommit.report_fault`). Never raises."""
+        report_fault(self, step, error)
 
     def ensure_writable(self) -> None:
         if self.terminating or self.state.status in (Status.TERMINATING, Status.TERMINATED):
@@ -490,7 +376,7 @@ class Session:
                 raise LimitExceeded(
                     "max_files", config.max_files, session_id=self.session_id, path=facts.path
                 )
-            self._check_index_room(facts.path)
+            check_index_room(self.state, facts.path)
             data = {
                 "path": facts.path,
                 "size": facts.size,
@@ -521,11 +407,11 @@ class Session:
             raise InvalidArgument(
                 "fields must be a mapping", argument="fields", session_id=self.session_id
             )
-        known, extra = self._split_index_fields(fields)
+        known, extra = split_index_fields(fields, self.session_id)
         key = await self._key(path)
         async with self.lock:
             self.ensure_writable()
-            self._check_index_room(key)
+            check_index_room(self.state, key)
             current = (self.state.index or {}).get(key) or FileIndexEntry(path=key)
             entry = msgspec.structs.replace(current, **known)
             if extra:
@@ -537,9 +423,9 @@ class Session:
             return msgspec.convert(encoded, FileIndexEntry)
 
     async def put_working_context(self, key: object, value: object) -> None:
-        self._check_key(key)
+        check_key(key, self.session_id)
         assert isinstance(key, str)
-        value = self._json_copy(value, "value")
+        value = json_copy(value, "value", self.session_id)
         size = len(key) + json_size(value)
         limit = self.state.config.max_working_context_bytes
         async with self.lock:
@@ -554,7 +440,7 @@ class Session:
             await self.command([(EventType.WORKING_CONTEXT_UPDATED, data)])
 
     async def delete_working_context(self, key: object) -> bool:
-        self._check_key(key)
+        check_key(key, self.session_id)
         async with self.lock:
             self.ensure_writable()
             if key not in (self.state.working_context or {}):
@@ -583,7 +469,7 @@ class Session:
                 argument="type",
                 session_id=self.session_id,
             )
-        payload = self._json_copy(data, "data")
+        payload = json_copy(data, "data", self.session_id)
         if not isinstance(payload, dict):
             raise InvalidArgument(
                 "event data must be a JSON object", argument="data", session_id=self.session_id
@@ -607,7 +493,7 @@ class Session:
         context = self.state.working_context or {}
         if key is None:
             return msgspec.json.decode(msgspec.json.encode(context))
-        self._check_key(key)
+        check_key(key, self.session_id)
         if key not in context:
             return default
         return msgspec.json.decode(msgspec.json.encode(context[key]))
@@ -615,7 +501,7 @@ class Session:
     async def build_context(
         self, include: object, max_tokens: object, counter: TokenCounter | None = None
     ) -> ContextBundle:
-        parts = self._check_include(include)
+        parts = check_include(include, self.session_id)
         if max_tokens is not None and (
             not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
         ):
@@ -640,7 +526,7 @@ class Session:
         sandbox = self._sandbox()
         cache = self.services.cache
         stamps: list[tuple[int, int] | None] = await self.services.blocking(
-            _stat_all, sandbox, paths
+            _files.stat_all, sandbox, paths
         )
         texts: dict[str, str] = {}
         missing: list[str] = []
@@ -655,7 +541,7 @@ class Session:
                 texts[path] = text
         if missing:
             read: list[_files.FileFacts | None] = await self.services.blocking(
-                _read_all, sandbox, missing, self.state.config.max_file_bytes
+                _files.read_all, sandbox, missing, self.state.config.max_file_bytes
             )
             for facts in read:
                 if facts is not None:
@@ -663,7 +549,7 @@ class Session:
                     cache.put(self.session_id, facts.path, facts.text, facts.size, facts.mtime_ns)
         return texts
 
-    # --- validation helpers -----------------------------------------------------------------------
+    # --- paths --------------------------------------------------------------------------------
 
     def _sandbox(self, path: object = "") -> Sandbox:
         if self.sandbox is None:
@@ -678,112 +564,3 @@ class Session:
         sandbox = self._sandbox(path)
         key, _ = await self.services.blocking(sandbox.resolve, path)
         return str(key)
-
-    def _check_index_room(self, key: str) -> None:
-        index = self.state.index or {}
-        limit = self.state.config.max_index_entries
-        if key not in index and len(index) >= limit:
-            raise LimitExceeded("max_index_entries", limit, session_id=self.session_id, path=key)
-
-    def _check_key(self, key: object) -> None:
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
-            raise InvalidArgument(
-                f"working-context key must be a string of 1 to {MAX_KEY_CHARS} characters, "
-                f"got {key!r:.80}",
-                argument="key",
-                session_id=self.session_id,
-            )
-
-    def _check_include(self, include: object) -> frozenset[str]:
-        if isinstance(include, str) or not isinstance(include, Iterable):
-            raise InvalidArgument(
-                "include must be a collection of part names", argument="include",
-                session_id=self.session_id,
-            )  # fmt: skip
-        parts = frozenset(include)
-        unknown = parts - frozenset(CONTEXT_PARTS)
-        if unknown:
-            raise InvalidArgument(
-                f"unknown context parts {sorted(map(str, unknown))}; expected a subset of "
-                f"{list(CONTEXT_PARTS)}",
-                argument="include",
-                session_id=self.session_id,
-            )
-        return parts
-
-    def _json_copy(self, value: object, argument: str) -> Any:
-        """A private JSON copy of ``value`` (so callers cannot mutate the projection later)."""
-        try:
-            return msgspec.json.decode(msgspec.json.encode(value))
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:
-            raise InvalidArgument(
-                f"{argument} is not JSON-serialisable: {exc}",
-                argument=argument,
-                session_id=self.session_id,
-            ) from None
-
-    def _split_index_fields(self, fields: dict[Any, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        known: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for name, value in fields.items():
-            if not isinstance(name, str):
-                raise InvalidArgument(
-                    f"file index field names must be strings, got {name!r}",
-                    argument="fields",
-                    session_id=self.session_id,
-                )
-            kinds = _INDEX_FIELDS.get(name)
-            if kinds is None:
-                if name in ("path", "extra"):
-                    raise InvalidArgument(
-                        f"file index field {name!r} cannot be set",
-                        argument=f"fields.{name}",
-                        session_id=self.session_id,
-                    )
-                extra[name] = self._json_copy(value, f"fields.{name}")
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, kinds)
-                or (isinstance(value, int | float) and value < 0)
-            ):
-                raise InvalidArgument(
-                    f"file index field {name!r} has an invalid value {value!r:.80}",
-                    argument=f"fields.{name}",
-                    session_id=self.session_id,
-                )
-            if name == "last_accessed":
-                value = _to_datetime(value, self.session_id)
-            known[name] = value
-        if json_size(extra) > 16_384:
-            raise LimitExceeded("file_index_extra_bytes", 16_384, session_id=self.session_id)
-        return known, extra
-
-
-def _to_datetime(value: object, session_id: str) -> datetime:
-    try:
-        if isinstance(value, str):
-            parsed = datetime.fromisoformat(value)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        assert isinstance(value, int | float)
-        return datetime.fromtimestamp(value, UTC)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise InvalidArgument(
-            f"last_accessed is not a time: {exc}",
-            argument="fields.last_accessed",
-            session_id=session_id,
-        ) from None
-
-
-def _stat_all(sandbox: Sandbox, paths: list[str]) -> list[tuple[int, int] | None]:
-    return [_files.stat_file(sandbox, path) for path in paths]
-
-
-def _read_all(sandbox: Sandbox, paths: list[str], max_bytes: int) -> list[_files.FileFacts | None]:
-    out: list[_files.FileFacts | None] = []
-    for path in paths:
-        try:
-            out.append(_files.read_file(sandbox, path, max_bytes))
-        except (OSError, PathNotAllowed, LimitExceeded):
-            out.append(None)  # changed since it was added; the context skips it
-    return out
