@@ -46,19 +46,40 @@ def _no_extra_bufts():
 lib.llama_model_default_params = _no_extra_bufts
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
-#: The GGUF carries no chat template, so each server is given Gemma's turn format: llama-server
-#: as a Jinja template (written for this check: the system message goes into the first user
-#: turn, tool calls and results are shown as text), llama-cpp-python by its built-in ``gemma``
-#: chat format.
+#: The GGUF carries no chat template, so each server is given Gemma's turn format: llama-cpp-python
+#: by its built-in ``gemma`` chat format, llama-server as a Jinja template written for this check.
+#: llama-server learns the tool-call format from the template itself, by rendering it with and
+#: without a call and comparing the text: a call rendered as ``<tool_call>\n{"name": ...,
+#: "arguments": ...}\n</tool_call>`` inside Gemma's model turn is recognised as a JSON call
+#: between tags, so llama-server parses such calls into streamed ``tool_calls`` and, with
+#: ``tool_choice: "required"``, constrains the output by a grammar to end in one. Choices made for
+#: the small model:
+#: - an assistant message renders only its first call: the template then does not claim parallel
+#:   calls, so the grammar allows exactly one call (with parallel calls allowed, the model repeats
+#:   the same call until ``max_tokens`` cuts it off);
+#: - when tools are offered, a short made-up exchange precedes the conversation (a call of the
+#:   first tool, its result, and a plain greeting): the grammar allows free text before the call,
+#:   and without an example the model only echoes the prompt and never reaches one;
+#: - the system message goes into the first user turn, and a tool result is a user turn.
 GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{{ bos_token }}{% set ns = namespace(system='', first=true) %}"
     "{% for m in messages %}{% if m['role'] == 'system' %}"
     "{% set ns.system = ns.system + m['content'] + '\n\n' %}{% endif %}{% endfor %}"
-    "{% set ns.first = true %}"
+    "{% if tools %}"
+    "{{ '<start_of_turn>user\nYou can call tools. To call one, answer with only a call in tags:\n"
+    '<tool_call>\n{"name": "NAME", "arguments": {...}}\n</tool_call>\nThe tools:\n\' }}'
+    "{% for t in tools %}{{ t | tojson }}{{ '\n' }}{% endfor %}"
+    "{% set demo = tools[0]['function']['name'] %}"
+    "{{ 'Call ' + demo + '.<end_of_turn>\n<start_of_turn>model\n<tool_call>\n{\"name\": \"'"
+    ' + demo + \'", "arguments": {}}\n</tool_call><end_of_turn>\n'
+    "<start_of_turn>user\nTool result:\n(done)<end_of_turn>\n"
+    "<start_of_turn>model\nDone.<end_of_turn>\n"
+    "<start_of_turn>user\nSay hi.<end_of_turn>\n<start_of_turn>model\nHi!<end_of_turn>\n' }}"
+    "{% endif %}"
     "{% for m in messages %}{% if m['role'] != 'system' %}"
     "{% if m['role'] == 'assistant' %}{{ '<start_of_turn>model\n' }}"
     "{% if m['content'] %}{{ m['content'] | trim }}{% endif %}"
-    "{% if m['tool_calls'] %}{% for c in m['tool_calls'] %}"
+    "{% if m['tool_calls'] %}{% for c in m['tool_calls'][:1] %}"
     "{{ '<tool_call>\n{\"name\": \"' + c['function']['name'] + '\", \"arguments\": ' }}"
     "{{ c['function']['arguments'] if c['function']['arguments'] is string "
     "else c['function']['arguments'] | tojson }}{{ '}\n</tool_call>' }}{% endfor %}{% endif %}"
@@ -66,11 +87,7 @@ GEMMA_TEMPLATE = (
     "{% elif m['role'] == 'tool' %}"
     "{{ '<start_of_turn>user\nTool result:\n' + m['content'] | trim + '<end_of_turn>\n' }}"
     "{% else %}{{ '<start_of_turn>user\n' }}"
-    "{% if ns.first %}{{ ns.system }}{% if tools %}"
-    "{{ 'You may call these tools. To call one, answer with <tool_call>{\"name\": ..., "
-    "\"arguments\": {...}}</tool_call>.\n' }}"
-    "{% for t in tools %}{{ t | tojson }}{{ '\n' }}{% endfor %}{{ '\n' }}{% endif %}"
-    "{% set ns.first = false %}{% endif %}"
+    "{% if ns.first %}{{ ns.system }}{% set ns.first = false %}{% endif %}"
     "{{ m['content'] | trim + '<end_of_turn>\n' }}{% endif %}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
@@ -435,10 +452,24 @@ async def main() -> int:
             name="llama-cpp-python",
             label=f"llama-cpp-python[server] {args.version}",
             argv=[
-                python, "-c", LAUNCH_A, "--model", str(args.model), "--host", "127.0.0.1",
-                "--port", "{port}", "--n_ctx", str(N_CTX), "--n_threads", threads,
-                "--model_alias", "gemma-3-270m", "--chat_format", "gemma",
-            ],  # fmt: skip
+                python,
+                "-c",
+                LAUNCH_A,
+                "--model",
+                str(args.model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--n_ctx",
+                str(N_CTX),
+                "--n_threads",
+                threads,
+                "--model_alias",
+                "gemma-3-270m",
+                "--chat_format",
+                "gemma",
+            ],
             env={"LLAMA_CPP_LIB_PATH": str(args.lib)},
             tool_choice="read_file",
             log=args.logs / "llama-cpp-python.log",
@@ -447,14 +478,31 @@ async def main() -> int:
             name="llama-server",
             label=f"llama-server (llama.cpp from the {args.version} sdist)",
             argv=[
-                str(args.llama_server), "-m", str(args.model), "--host", "127.0.0.1",
-                "--port", "{port}", "-c", str(N_CTX), "-t", threads, "--no-repack",
-                "--alias", "gemma-3-270m", "-np", "1",
-                "--chat-template-file", str(template),
-            ],  # fmt: skip
+                str(args.llama_server),
+                "-m",
+                str(args.model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "-c",
+                str(N_CTX),
+                "-t",
+                threads,
+                "--no-repack",
+                "--alias",
+                "gemma-3-270m",
+                "-np",
+                "1",
+                "--jinja",
+                "--chat-template-file",
+                str(template),
+            ],
             env={"LD_LIBRARY_PATH": str(args.lib)},
-            # Gemma 3 270M is a small base model: offered tools, it never chooses one, so the
-            # first call of a turn is asked for one (llama-server constrains it to a call).
+            # Gemma 3 270M is a small base model and rarely chooses a tool by itself, so the
+            # first call of a turn asks for one: llama-server then constrains the output by a
+            # grammar to end in a call. It accepts only "auto", "none" and "required"; a
+            # tool_choice naming a function is read as "auto".
             tool_choice="required",
             log=args.logs / "llama-server.log",
         ),

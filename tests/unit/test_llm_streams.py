@@ -135,6 +135,25 @@ async def test_llama_cpp_python_tool_call_name_is_taken_once(
     assert completion.finish_reason == "tool_calls"
 
 
+async def test_llama_server_streams_one_whole_tool_call_when_required(
+    server: OpenAIServer, provider: Provider
+) -> None:
+    # The check's template lets llama-server recognise its call format, so tool_choice
+    # "required" is enforced: the name comes once, the arguments in fragments.
+    recording = LLAMA_SERVER / "tool_calls"
+    assert Recorded(recording).request["tool_choice"] == "required"
+    expected = parsed(recording)
+    assert [n for n in expected["names"][0] if n] == ["read_file"]
+
+    completion = await replay(server, provider, recording)
+
+    [call] = completion.tool_calls
+    assert call.name == "read_file"
+    assert json.loads(call.arguments) == {"path": "notes.txt"}
+    assert completion.text == ""
+    assert completion.finish_reason == "tool_calls"
+
+
 async def test_llama_cpp_python_cut_tool_call_has_arguments_that_do_not_parse(
     server: OpenAIServer, provider: Provider
 ) -> None:
