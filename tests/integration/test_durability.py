@@ -499,3 +499,22 @@ async def test_closed_store_refuses_every_command_without_hanging(
         for _ in range(2):  # the second must not wait for the first
             with pytest.raises(jidoka.RuntimeClosed):
                 await asyncio.wait_for(rt.client.send_message(sid, "user", "x"), 10)
+
+
+async def test_a_queued_load_of_a_session_a_client_loaded_first_does_nothing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A dormant session's timer queues a load; a client that loads it first must not turn
+    the queued load into a KeyError ("background task failed") when it finally runs."""
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        sid = await rt.client.create_session()
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        manager = rt.manager
+        assert not manager.is_live(sid)  # dormant until asked for
+        await rt.client.get_session_info(sid)  # the client loads it
+        assert manager.is_live(sid)
+        await manager._load_quietly(sid)  # the timer's queued load, arriving late
+        assert manager.is_live(sid)
+        await rt.client.terminate_session(sid)
+        await manager._load_quietly(sid)  # and after it ended

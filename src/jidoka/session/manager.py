@@ -192,6 +192,10 @@ class SessionManager:
         raise registry.missing(session_id if isinstance(session_id, str) else repr(session_id))
 
     async def _load_quietly(self, session_id: str) -> None:
+        # Queued by a timer; a client may have loaded (or ended) the session since.
+        registry = self._registry
+        if session_id not in registry.dormant and session_id not in registry.loading:
+            return
         with contextlib.suppress(SessionTerminated, SessionNotFound, RuntimeClosed):
             await self._recovery.load(session_id)
 
