@@ -533,3 +533,21 @@ def test_over_http_faults_after_the_commit_are_logged_not_answered(tmp_path: Pat
         stderr = server.stderr_text(tail=200_000)
     assert f"session {sid}: re-arming the idle timer failed after" in stderr
     assert f"session {sid}: ending the event streams failed after" in stderr
+
+
+async def test_a_failing_span_end_does_not_fail_a_save_that_was_written(
+    runtime: jidoka.Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``save`` writes its copy inside its span: an exporter failing as the span ends must not
+    report the written copy as a failed save (a client would save it again)."""
+    client = runtime.client
+    sid = await client.create_session(config=CONFIG)
+    await client.send_message(sid, "user", "keep me")
+    plant = Plant(runtime, monkeypatch, sid, Command(_send, "", "save_session"))
+    _span(plant)
+    with caplog.at_level(logging.ERROR):
+        saved = await client.save_session(sid)
+    assert plant.fired == 1, "the span did not end through the failing processor"
+    assert saved.session_id == sid
+    assert [s.session_id for s in await client.list_saved_sessions()] == [sid]
+    assert _fault_records(caplog, sid) or sid in caplog.text

@@ -49,7 +49,7 @@ class SavedSessions:
 
     async def save(self, session: Session) -> SavedSession:
         """Write a named, self-contained copy of a live session (replacing an older one)."""
-        with self._telemetry.span("save_session", session.session_id):
+        with guarded_span(self._telemetry, "save_session", session.session_id):
             async with session.lock:
                 session.ensure_writable()
                 when = datetime.fromtimestamp(self._services.clock.time(), UTC)
