@@ -152,12 +152,15 @@ class RemoteSubscription:
 
     A background task reads the stream into a small queue, so a consumer that cancels a wait
     (``asyncio.wait_for(anext(sub), ...)``) loses nothing. The iteration ends where the server
-    ends the stream, with ``event: end`` (the session has ended and all its events were sent),
-    never at a ``session_terminated`` event it reads: a restored session's log holds the
-    termination of its earlier life, and its stream goes on past it. An error the server
-    answers when reconnecting (the session is gone, the token was revoked) is raised from the
-    iteration. Transport failures, ``shutdown`` and 502/503/504 answers are retried for as long
-    as the subscription is open.
+    ends the stream, with ``event: end`` (the session has ended and all its events were sent)
+    or with a 204 (a resume at or past the end of an ended session's log), never at a
+    ``session_terminated`` event it reads: a restored session's log holds the termination of
+    its earlier life, and its stream goes on past it. Frames are read by
+    their JSON, whatever their ``event:`` name (the agent's ``error`` is ``agent_error``) or
+    without one (``?frames=unnamed``); only ``end`` and ``shutdown`` are told by name. An
+    error the server answers when reconnecting (the session is gone, the token was revoked) is
+    raised from the iteration. Transport failures, ``shutdown`` and 502/503/504 answers are
+    retried for as long as the subscription is open.
     """
 
     def __init__(
@@ -211,10 +214,15 @@ class RemoteSubscription:
     async def _start(self) -> None:
         """Connect (errors surface to the caller) before returning, so no event published after
         the subscription was entered can be missed; then read in the background."""
-        self._stream = await self._connect(first=True)
+        stream = await self._connect(first=True)
+        if stream is None:  # nothing after the position, and the session has ended
+            self._queue.put_nowait(None)
+            return
+        self._stream = stream
         self._task = asyncio.create_task(self._run(), name=f"jidoka-sse {self._path}")
 
-    async def _connect(self, *, first: bool) -> _Stream:
+    async def _connect(self, *, first: bool) -> _Stream | None:
+        """A connection's parsed messages, or ``None`` for a 204: the stream is complete."""
         # The query only on the first request: on a reconnect it would compete with the header.
         resume = self.session_id is not None and self._last_seq is not None
         params = {"after_seq": self._last_seq} if resume and first else {}
@@ -226,6 +234,9 @@ class RemoteSubscription:
                 aconnect_sse(self._http, "GET", self._path, params=params, headers=headers)
             )
             response = source.response
+            if response.status_code == 204:
+                await stack.aclose()
+                return None
             if not response.is_success:
                 await response.aread()
                 error = error_for(response, route)
@@ -258,9 +269,13 @@ class RemoteSubscription:
                     await asyncio.sleep(self._delay)
                     self._delay = min(self._delay * 2, self._delays[1])
                     try:
-                        self._stream = await self._connect(first=False)
+                        stream = await self._connect(first=False)
                     except (ServerUnavailable, _Retry):
                         continue
+                    if stream is None:  # 204: it ended while we were away, and we have it all
+                        await self._queue.put(None)
+                        return
+                    self._stream = stream
                 try:
                     ended = await self._pump(self._stream)
                 finally:

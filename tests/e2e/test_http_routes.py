@@ -66,6 +66,7 @@ EXERCISED = {
     ("DELETE", "/v1/saved-sessions/{id}"),
     ("GET", "/v1/sessions/{id}/events"),
     ("GET", "/v1/events"),
+    ("POST", "/v1/stream-tickets"),  # tests/e2e/test_stream_tickets.py
     ("GET", "/v1/ws"),  # tests/e2e/test_websocket.py
 }
 

@@ -1,11 +1,14 @@
 """Server-Sent Events end to end: resume without gap or duplicate, heartbeats, end of stream,
-the lifecycle stream, refusals, slow consumers and the shutdown frame.
+the lifecycle stream, refusals, slow consumers and the shutdown frame; what browsers need (the
+agent's error not named ``error``, unnamed frames on request, 204 for a finished stream, and
+``RemoteClient`` reading all of it).
 
 Reads wait for frames with the client's read timeout as the deadline; nothing sleeps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 from collections.abc import Iterator
@@ -15,6 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from jidoka import RemoteClient
+from jidoka.events import EventType
+from jidoka.server.streams import FRAME_NAMES
 from tests.e2e.conftest import (
     ALICE_TOKEN,
     SSEFrame,
@@ -77,7 +83,7 @@ def check_frames(frames: list[SSEFrame], sid: str) -> list[int]:
         event = frame.json()
         assert event["session_id"] == sid
         assert event["seq"] == int(frame.id)
-        assert event["type"] == frame.event
+        assert frame.event == FRAME_NAMES.get(event["type"], event["type"])
         assert event["id"] == f"{sid}-{frame.id}"
         seqs.append(event["seq"])
     return seqs
@@ -150,11 +156,12 @@ def test_resuming_after_the_session_terminated_replays_the_rest(
     seqs = check_frames([*seen, *rest], sid)
     assert seqs == list(range(1, len(seqs) + 1))
     assert rest[-1].event == "session_terminated"
-    # Resuming once more, after everything: nothing left, and the stream says it is complete.
+    # Resuming once more, after everything: nothing left, and never will be. 204 is what
+    # makes a browser's EventSource stop (a 200 with only `end` would have it come back).
     headers = {"Last-Event-ID": str(seqs[-1])}
-    with alice.stream("GET", f"/v1/sessions/{sid}/events", headers=headers) as response:
-        assert response.status_code == 200
-        assert split_end(list(events(sse_frames(response)))) == []
+    response = alice.get(f"/v1/sessions/{sid}/events", headers=headers)
+    assert response.status_code == 204, response.text
+    assert response.content == b""
 
 
 def test_a_live_stream_ends_when_the_session_terminates(alice: httpx.Client, sid: str) -> None:
@@ -319,3 +326,123 @@ def test_the_global_stream_shows_a_session_restored_after_a_restart(make_server:
     mine = [kind for session, kind in got if session == sid]
     assert mine[:1] == ["session_created"], got
     assert mine[-1:] == ["session_terminated"], got
+
+
+# --- what browsers need -------------------------------------------------------------------------
+
+#: A model that fails half-way through its answer: the agent's ``error`` event.
+FAILING_MODEL = {
+    "provider": "scripted",
+    "script": [{"chunks": ["half an ans"], "error": {"message": "overloaded", "status": 500}}],
+}
+
+
+def failed_turn(client: httpx.Client) -> str:
+    """A terminated session whose log holds an agent ``error`` event (and a few others)."""
+    response = client.post("/v1/sessions", json={"llm_config": FAILING_MODEL})
+    assert response.status_code == 201, response.text
+    sid: str = response.json()["session_id"]
+    chat = client.post(f"/v1/sessions/{sid}/chat", params={"wait": "true"}, json={"text": "hi"})
+    assert chat.status_code == 502, chat.text
+    assert client.delete(f"/v1/sessions/{sid}").status_code == 200
+    return sid
+
+
+def whole_log(client: httpx.Client, sid: str, **params: str) -> list[SSEFrame]:
+    """Every frame of an ended session's stream from the start, up to and with ``end``."""
+    path = f"/v1/sessions/{sid}/events"
+    with client.stream("GET", path, params={"after_seq": "0", **params}) as response:
+        assert response.status_code == 200
+        return list(events(sse_frames(response)))
+
+
+def test_the_agents_error_is_not_named_error(alice: httpx.Client) -> None:
+    """``event: error`` would reach an EventSource's connection-loss handler: the agent's
+    error frame is ``agent_error``, its JSON type still ``error``."""
+    sid = failed_turn(alice)
+    frames = split_end(whole_log(alice, sid))
+    assert check_frames(frames, sid) == list(range(1, len(frames) + 1))
+    errors = [f for f in frames if f.json()["type"] == "error"]
+    assert len(errors) == 1
+    assert errors[0].event == "agent_error"
+    assert errors[0].json()["data"]["message"]
+    assert "error" not in {f.event for f in frames}
+    # No event type, now or later, is sent under a name EventSource keeps for itself.
+    assert not {"error", "message", "open"} & {FRAME_NAMES.get(t, t) for t in EventType}
+
+
+def test_unnamed_frames_reach_one_handler(alice: httpx.Client) -> None:
+    """``?frames=unnamed``: no event frame has an ``event:`` line (EventSource hands each to
+    ``onmessage``); the type is in the JSON. ``end`` stays named: it is not an event."""
+    sid = failed_turn(alice)
+    named = split_end(whole_log(alice, sid))
+    unnamed = whole_log(alice, sid, frames="unnamed")
+    assert (unnamed[-1].event, unnamed[-1].id) == ("end", None)
+    unnamed = unnamed[:-1]
+    assert [f.event for f in unnamed] == [None] * len(named)
+    assert [(f.id, f.data) for f in unnamed] == [(f.id, f.data) for f in named]
+    assert "error" in {f.json()["type"] for f in unnamed}
+    # The global stream takes it too.
+    with alice.stream("GET", "/v1/events", params={"frames": "unnamed"}) as response:
+        frames = sse_frames(response)
+        assert next(frames).comment == "ok"
+        other = new_session(alice)
+        frame = next(events(frames))
+    assert (frame.event, frame.json()["session_id"]) == (None, other)
+    assert frame.json()["type"] == "session_created"
+
+
+@pytest.mark.parametrize("bad", ["", "none", "Unnamed", "named,unnamed"])
+def test_a_bad_frames_value_is_422(alice: httpx.Client, sid: str, bad: str) -> None:
+    for path in (f"/v1/sessions/{sid}/events", "/v1/events"):
+        response = alice.get(path, params={"frames": bad})
+        problem = problem_of(response, "invalid-argument", 422)
+        assert problem["argument"] == "frames"
+    twice = alice.get("/v1/events", params=[("frames", "named"), ("frames", "named")])
+    assert problem_of(twice, "invalid-argument", 422)["argument"] == "frames"
+
+
+@pytest.mark.parametrize("resume", ["last-event-id", "after_seq", "lastEventId"])
+def test_a_finished_stream_answers_204(alice: httpx.Client, resume: str) -> None:
+    """At or past the end of an ended session's log: 204, however the position is given;
+    before it: the rest, then ``end``."""
+    sid = failed_turn(alice)
+    last = int(split_end(whole_log(alice, sid))[-1].id or 0)
+    path = f"/v1/sessions/{sid}/events"
+
+    def at(seq: int) -> httpx.Response:
+        if resume == "last-event-id":
+            return alice.get(path, headers={"Last-Event-ID": str(seq)})
+        return alice.get(path, params={resume: str(seq)})
+
+    for seq in (last, last + 1, last + 1000):
+        response = at(seq)
+        assert response.status_code == 204, (seq, response.text)
+        assert response.content == b""
+    response = at(last - 1)
+    assert response.status_code == 200
+    rest = split_end([f for f in parse_frames(response.text) if f.comment is None])
+    assert [int(f.id or 0) for f in rest] == [last]
+    assert rest[0].event == "session_terminated"
+
+
+def parse_frames(text: str) -> list[SSEFrame]:
+    """The frames of a whole SSE body already read."""
+    response = httpx.Response(200, text=text)
+    return list(sse_frames(response))
+
+
+async def test_remote_client_reads_every_frame_and_stops_at_204(server: Any) -> None:
+    """RemoteClient reads the agent's ``agent_error`` frame like any other, and a
+    subscription at the end of an ended session ends at once (the 204) instead of failing on
+    a body that is no event stream."""
+    async with RemoteClient(server.url, token=ALICE_TOKEN) as client:
+        with http_client(server.url, ALICE_TOKEN) as alice:
+            sid = await asyncio.to_thread(failed_turn, alice)
+        async with client.subscribe_to_session(sid, after_seq=0) as subscription:
+            got = [event async for event in subscription]
+        assert [e.seq for e in got] == list(range(1, len(got) + 1))
+        assert "error" in {e.type for e in got}
+        assert got[-1].type == "session_terminated"
+        async with client.subscribe_to_session(sid, after_seq=got[-1].seq) as subscription:
+            assert [event async for event in subscription] == []

@@ -336,8 +336,13 @@ def test_openapi_declares_exactly_the_query_parameters_each_route_takes() -> Non
     paths = openapi_document()["paths"]
     streams = {spec.path: spec for spec in ROUTES if spec.stream}
     assert set(streams) == {"/v1/sessions/{session_id}/events", "/v1/events"}
-    assert set(streams["/v1/sessions/{session_id}/events"].query) == {"after_seq", "lastEventId"}
-    assert set(streams["/v1/events"].query) == {"lastEventId"}
+    browser = {"ticket", "frames"}  # a stream ticket, unnamed frames (docs/http-api.md)
+    assert set(streams["/v1/sessions/{session_id}/events"].query) == {
+        "after_seq",
+        "lastEventId",
+        *browser,
+    }
+    assert set(streams["/v1/events"].query) == {"lastEventId", *browser}
     for spec in ROUTES:
         operation = paths[spec.path.replace("{key:path}", "{key}")][spec.method.lower()]
         declared = {p["name"] for p in operation["parameters"] if p["in"] == "query"}

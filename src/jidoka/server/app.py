@@ -34,7 +34,8 @@ from .operations import Operations
 from .responses import json_response
 from .router import Endpoint, JidokaApp, MiddlewareFactory, Route, Router
 from .routes import ROUTES, SessionRoutes
-from .streams import EventStream, StreamRegistry
+from .streams import EventStream, StreamRegistry, named_frames
+from .tickets import TicketBook
 from .ws import WebSocketSession
 
 __all__ = ["create_app"]
@@ -75,6 +76,7 @@ class _Endpoints:
             heartbeat=self.config.heartbeat_seconds,
             by_seq=True,
             principal=principal,
+            named=named_frames(request.query_params.getlist("frames")),
         )
         await stream.open()
         return stream
@@ -88,6 +90,7 @@ class _Endpoints:
             by_seq=False,
             keep=self.ops.visibility(principal),
             principal=principal,
+            named=named_frames(request.query_params.getlist("frames")),
         )
         await stream.open()
         return stream
@@ -187,7 +190,13 @@ def create_app(
     streams = StreamRegistry(max_per_principal=per_principal)
     endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
     docs = ApiDocs()
-    handlers = SessionRoutes(ops)
+    # Stream tickets: issued by a route handler, redeemed by the middleware (the auth step).
+    tickets = TicketBook(
+        ttl=config.stream_ticket_ttl,
+        max_per_principal=config.max_stream_tickets_per_principal,
+        max_total=config.max_stream_tickets,
+    )
+    handlers = SessionRoutes(ops, tickets)
     by_path: dict[str, dict[str, Route | Endpoint]] = {
         "/healthz": {"GET": endpoints.healthz},
         "/readyz": {"GET": endpoints.readyz},
@@ -223,6 +232,7 @@ def create_app(
             observe=_http_observer(metrics),
             access_log=config.access_log,
             is_stream=router.is_stream,
+            tickets=tickets,
         ),
         # Inside ApiMiddleware, which turns its refusals into problems with the request id.
         functools.partial(BrowserGuard, hosts=hosts, origins=OriginPolicy(config.cors_origins)),

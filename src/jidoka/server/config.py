@@ -38,6 +38,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_inflight: int = 64
     #: Event streams (SSE, WebSocket subscriptions) one principal may have open at once.
     max_streams_per_principal: int = 32
+    #: Seconds a stream ticket (``POST /v1/stream-tickets``) stays good, at most 60.
+    stream_ticket_ttl: float = 30.0
+    #: Unused stream tickets one principal may hold, and all principals together.
+    max_stream_tickets_per_principal: int = 32
+    max_stream_tickets: int = 4096
     heartbeat_seconds: float = 15.0
     shutdown_timeout: float = 10.0
     #: Log one line per request (method, path, status, duration, request id).
@@ -66,7 +71,19 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise InvalidConfig(
                 "max_streams_per_principal must be at least 1", field="max_streams_per_principal"
             )
-        for name in ("max_body_bytes", "max_inflight", "max_connections"):
+        if not 0 < self.stream_ticket_ttl <= 60:
+            raise InvalidConfig(
+                f"stream_ticket_ttl must be more than 0 and at most 60 seconds, "
+                f"got {self.stream_ticket_ttl}",
+                field="stream_ticket_ttl",
+            )
+        for name in (
+            "max_body_bytes",
+            "max_inflight",
+            "max_connections",
+            "max_stream_tickets_per_principal",
+            "max_stream_tickets",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidConfig(f"{name} must be at least 1", field=name)
         if self.max_header_bytes < 1024:
@@ -117,7 +134,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
         """``JIDOKA_HOST``, ``JIDOKA_PORT``, ``JIDOKA_TOKENS``, ``JIDOKA_CORS_ORIGINS``,
         ``JIDOKA_ALLOWED_HOSTS`` (comma-separated),
-        ``JIDOKA_MAX_BODY_BYTES``, ``JIDOKA_MAX_INFLIGHT``, and the connection limits
+        ``JIDOKA_MAX_BODY_BYTES``, ``JIDOKA_MAX_INFLIGHT``, ``JIDOKA_STREAM_TICKET_TTL``,
+        ``JIDOKA_MAX_STREAM_TICKETS_PER_PRINCIPAL``, and the connection limits
         ``JIDOKA_MAX_HEADER_BYTES``, ``JIDOKA_HEADER_TIMEOUT``, ``JIDOKA_BODY_TIMEOUT``,
         ``JIDOKA_IDLE_TIMEOUT``, ``JIDOKA_MAX_CONNECTIONS``; ``overrides`` (flags) win."""
         env = os.environ if environ is None else environ
@@ -129,6 +147,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             ("JIDOKA_MAX_BODY_BYTES", "max_body_bytes", int),
             ("JIDOKA_MAX_INFLIGHT", "max_inflight", int),
             ("JIDOKA_MAX_STREAMS_PER_PRINCIPAL", "max_streams_per_principal", int),
+            ("JIDOKA_STREAM_TICKET_TTL", "stream_ticket_ttl", float),
+            ("JIDOKA_MAX_STREAM_TICKETS_PER_PRINCIPAL", "max_stream_tickets_per_principal", int),
             ("JIDOKA_MAX_HEADER_BYTES", "max_header_bytes", int),
             ("JIDOKA_HEADER_TIMEOUT", "header_timeout", float),
             ("JIDOKA_BODY_TIMEOUT", "body_timeout", float),

@@ -7,12 +7,16 @@ event streams. What it does, in order:
 1. gives the request an id (the client's ``X-Request-ID`` if it is sane, else a new one), puts it
    on the response and in :data:`request_id_var` for log records;
 2. for ``/v1`` HTTP routes, resolves the bearer token to a principal (401 problem if it cannot)
-   and counts the request against the principal's in-flight bound (429 problem beyond it; the
-   routes the router marks as streams do not count: see ``is_stream``);
+   -- or, on an event stream route only, a ``?ticket=`` from ``POST /v1/stream-tickets``
+   (:mod:`jidoka.server.tickets`; spent on use) -- and counts the request against the
+   principal's in-flight bound (429 problem beyond it; the routes the router marks as streams
+   do not count: see ``is_stream``);
 3. bounds the request body (413 problem, from ``Content-Length`` up front or while reading);
 4. turns an error the app raises into its problem document (a :class:`~jidoka.JidokaError`) or
    a 500 (anything else, traceback in the log only), unless the response has started;
-5. logs one line per request and records ``jidoka.http.*`` metrics.
+5. logs one line per request and records ``jidoka.http.*`` metrics. The line has the path,
+   never the query string: a stream ticket (and whatever else a client puts there) stays out
+   of the log.
 
 WebSockets authenticate in their endpoint (browsers cannot set headers on them). What only a
 web page would send (a foreign ``Host`` or ``Origin``, a body not typed as JSON) is refused by
@@ -31,12 +35,14 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import JidokaError, LimitExceeded
+from ..errors import JidokaError, LimitExceeded, Unauthorized
 from .auth import Authenticator, InflightLimiter
 from .responses import problem_response
+from .tickets import TicketBook
 
 __all__ = [
     "PRINCIPAL_KEY",
@@ -87,6 +93,17 @@ def no_streams(scope: Scope) -> bool:
     return False
 
 
+def _ticket(scope: Scope) -> str | None:
+    """The request's ``?ticket=``, if it has one; more than one is refused."""
+    query: bytes = scope.get("query_string", b"")
+    if b"ticket" not in query:
+        return None  # the common case, without parsing the query
+    values = QueryParams(query).getlist("ticket")
+    if len(values) > 1:
+        raise Unauthorized("give one stream ticket, not several")
+    return values[0] if values else None
+
+
 class ApiMiddleware:
     def __init__(
         self,
@@ -98,6 +115,7 @@ class ApiMiddleware:
         observe: Observer | None = None,
         access_log: bool = True,
         is_stream: StreamTest = no_streams,
+        tickets: TicketBook | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
@@ -108,6 +126,8 @@ class ApiMiddleware:
         #: Decided by the route a request matches (the router's), never by how its path ends:
         #: ``PUT .../working-context/x/events`` is a plain request and counts.
         self.is_stream = is_stream
+        #: Where ``?ticket=`` is redeemed on stream routes; ``None``: tickets are not taken.
+        self.tickets = tickets
         # Request ids: random per process, then a counter -- unique across restarts and much
         # cheaper than a UUID per request.
         self._id_prefix = os.urandom(6).hex()
@@ -153,7 +173,14 @@ class ApiMiddleware:
         try:
             if path.startswith("/v1/"):
                 try:
-                    principal = self.auth.principal(_header(scope, b"authorization"))
+                    stream = self.is_stream(scope)
+                    ticket = _ticket(scope) if stream and self.tickets is not None else None
+                    if ticket is not None and self.tickets is not None:
+                        # A browser's EventSource cannot send the header: the ticket stands
+                        # for it, on stream routes only (and is spent, whatever follows).
+                        principal = self.tickets.redeem(ticket, path)
+                    else:
+                        principal = self.auth.principal(_header(scope, b"authorization"))
                     scope[PRINCIPAL_KEY] = principal
                     length = _header(scope, b"content-length")
                     if (
@@ -164,7 +191,7 @@ class ApiMiddleware:
                         raise LimitExceeded(
                             "max_request_bytes", self.max_body_bytes, actual=int(length)
                         )
-                    if not self.is_stream(scope):
+                    if not stream:
                         self.limiter.acquire(principal)
                         counted = True
                 except JidokaError as exc:

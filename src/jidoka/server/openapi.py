@@ -46,6 +46,17 @@ _QUERY: Final[dict[str, dict[str, Any]]] = {
         ),
         "schema": {"type": "string"},
     },
+    "ticket": {
+        "description": (
+            "A ticket from POST /v1/stream-tickets, in place of the Authorization header "
+            "(for EventSource); single use"
+        ),
+        "schema": {"type": "string"},
+    },
+    "frames": {
+        "description": "unnamed: event frames without an event: line (all reach onmessage)",
+        "schema": {"type": "string", "enum": ["named", "unnamed"]},
+    },
 }
 _ERRORS: Final = {
     "401": "Missing or unknown token",
@@ -119,7 +130,8 @@ def _stream(spec: RouteSpec) -> dict[str, Any]:
                 "description": "Server-Sent Events (see docs/http-api.md)",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
-            "401": {"description": "Missing or unknown token"},
+            "204": {"description": "Nothing left to stream: the session has ended"},
+            "401": {"description": "Missing or unknown token, or a spent stream ticket"},
             "404": {"description": "No such session"},
             "422": {"description": "A bad position, or an unknown query parameter"},
         },

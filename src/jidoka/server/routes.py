@@ -50,6 +50,7 @@ from .inputs import decode_json, query_int, query_str
 from .middleware import PRINCIPAL_KEY
 from .operations import Operations
 from .responses import json_response
+from .tickets import StreamTicket, StreamTicketRequest, TicketBook
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ROUTES", "RouteSpec", "SessionRoutes"]
 
@@ -134,10 +135,13 @@ ROUTES: Final = (
     RouteSpec("DELETE", "/v1/saved-sessions/{session_id}", "delete_saved_session",
               "Delete a saved copy", None, None, 204),
     RouteSpec("GET", "/v1/sessions/{session_id}/events", "session_events",
-              "One session's events", None, None, 200, ("after_seq", "lastEventId"),
-              stream=True),
+              "One session's events", None, None, 200,
+              ("after_seq", "lastEventId", "ticket", "frames"), stream=True),
     RouteSpec("GET", "/v1/events", "all_events", "Lifecycle events of your sessions",
-              None, None, 200, ("lastEventId",), stream=True),
+              None, None, 200, ("lastEventId", "ticket", "frames"), stream=True),
+    RouteSpec("POST", "/v1/stream-tickets", "create_stream_ticket",
+              "A short-lived, single-use ticket that opens an event stream (for EventSource)",
+              StreamTicketRequest, StreamTicket, 201),
 )  # fmt: skip
 
 
@@ -160,8 +164,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 class SessionRoutes:
     """The handlers of :data:`ROUTES`, by name."""
 
-    def __init__(self, ops: Operations) -> None:
+    def __init__(self, ops: Operations, tickets: TicketBook) -> None:
         self.ops = ops
+        #: Stream tickets this server issues (the middleware redeems them).
+        self.tickets = tickets
         #: Turns running in the background (202), until they end: to log how they ended.
         self._background: set[asyncio.Future[ChatResult]] = set()
 
@@ -329,3 +335,17 @@ class SessionRoutes:
     async def delete_saved_session(self, request: Request) -> Response:
         await self.ops.delete_saved_session(_principal(request), **request.path_params)
         return Response(status_code=204)
+
+    async def create_stream_ticket(self, request: Request) -> Response:
+        """A ticket for a browser's ``EventSource`` (see :mod:`jidoka.server.tickets`). With a
+        ``session_id``, the session must be the caller's, and the ticket opens its stream only.
+        ``Cache-Control: no-store``: it is a credential, if a short-lived one."""
+        body = await decode_body(request, StreamTicketRequest, optional=True)
+        principal = _principal(request)
+        sid = path = None
+        if body.session_id is not None:
+            sid = await self.ops.owned(principal, body.session_id)
+            path = f"/v1/sessions/{sid}/events"
+        ticket = self.tickets.issue(principal, path=path)
+        answer = StreamTicket(ticket=ticket, expires_in=self.tickets.ttl, session_id=sid)
+        return json_response(answer, 201, {"Cache-Control": "no-store"})
