@@ -211,7 +211,7 @@ def create_app(
         "/openapi.json": {"GET": endpoints.openapi},
         "/": {"GET": docs.index},
         "/docs": {"GET": docs.page},
-        "/docs/assets/{name}": {"GET": docs.asset},
+        "/docs/assets/{name}": {"GET": Route(docs.asset, frozenset({"v"}))},  # ?v=<content hash>
     }
     router = Router()
     for path, table in by_path.items():
