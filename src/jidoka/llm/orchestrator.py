@@ -19,15 +19,10 @@ assistant message, and says ``interrupted`` in its ``llm_response``.
 Failures stay inside the session: a provider error ends the turn with an ``error`` event and an
 ``LLMError``; a tool error goes back to the model as the tool's result; the session stays usable.
 
-Every request of a turn fits ``context_window - max_tokens`` (see :mod:`.prompt`): a tool result
-is cut to the room left, with a note on how to read the rest, while its ``tool_result`` event
-keeps it whole. A tool call whose answer was cut by ``max_tokens`` (``finish_reason: length``)
-has arguments that may be cut too: it is not run, and the model is told to make it again.
-
-Usage is the endpoint's where it reports it. Where it does not (no usage in the stream, a
-cancelled call, a failed one) it is estimated with the session's token counter and marked
-``estimated``, in ``llm_response``/``error`` events and in ``SessionInfo.usage``; a call the
-endpoint refused with an HTTP error counts nothing.
+The parts of a turn live beside it: what a queued turn is and the runtime's cap on them in
+:mod:`.turns`, running the model's tool calls and asking about writes in :mod:`.tool_calls`,
+fitting every request into ``context_window - max_tokens`` in :mod:`.window`, counting (or
+estimating) the tokens used in :mod:`.usage`.
 """
 
 from __future__ import annotations
@@ -37,12 +32,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
 from ..errors import (
-    InvalidArgument,
     InvalidConfig,
     JidokaError,
     LimitExceeded,
@@ -52,90 +46,22 @@ from ..errors import (
 )
 from ..events import EventType
 from ..session.context import CONTEXT_PARTS, Message, TokenCounter
-from ..session.info import TokenUsage
 from ..session.session import Session
-from ..tools.files import ToolContext
-from ..tools.registry import ToolRegistry, ToolResult, preview_write, quote_path
-from .prompt import (
-    DEFAULT_INSTRUCTIONS,
-    budget_for,
-    cut_to_fit,
-    message_tokens,
-    prompt_messages,
-    request_limit,
-    tools_tokens,
-)
+from ..tools.registry import ToolRegistry
+from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider
-from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, ToolCall, Usage
+from .tool_calls import CUT_CALL as CUT_CALL
+from .tool_calls import MAX_EVENT_TEXT as MAX_EVENT_TEXT
+from .tool_calls import MAX_TOOL_RESULT_TEXT as MAX_TOOL_RESULT_TEXT
+from .tool_calls import ToolCaller, bounded
+from .turns import ChatResult, Turn, TurnQueueLimit
+from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, Usage
+from .usage import estimate, token_usage, usage_data, usage_of
+from .window import TurnWindow
 
 __all__ = ["Agent", "ChatResult", "TurnQueueLimit"]
 
 logger = logging.getLogger("jidoka.agent")
-
-#: Bounds on what one event carries (the log keeps events small; the model gets the full text).
-MAX_EVENT_TEXT: Final = 16_384
-#: A ``tool_result`` event keeps the whole result (the tools bound it themselves, to
-#: ``max_output_chars``, 20,000 characters by default); this is only a ceiling behind that.
-MAX_TOOL_RESULT_TEXT: Final = 262_144
-#: What the model is told for a tool call its answer cut off (``finish_reason: length``).
-CUT_CALL: Final = (
-    "error: this call was cut off: your answer reached max_tokens while writing its arguments, "
-    "so they are incomplete and the call was not run. Make the call again, complete (split a "
-    "long write into smaller edits if needed)."
-)
-_MISSING: Final = object()
-
-
-class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``chat`` returns: the assistant's message (with its seq), this turn's token usage,
-    whether the turn was interrupted (then ``message`` holds the partial answer), how many model
-    calls it took, and why the model stopped."""
-
-    message: Message
-    usage: TokenUsage
-    interrupted: bool = False
-    iterations: int = 0
-    finish_reason: str | None = None
-
-
-class _Turn:
-    __slots__ = ("future", "task", "text", "user_cancelled")
-
-    def __init__(self, text: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.text = text
-        self.future: asyncio.Future[ChatResult] = loop.create_future()
-        self.task: asyncio.Task[ChatResult] | None = None
-        self.user_cancelled = False
-
-
-class TurnQueueLimit:
-    """How many turns may wait to run across all the runtime's sessions (each session also caps
-    its own queue): a waiting turn holds its text, and a client that does not wait for answers
-    (HTTP 202, WebSocket) could otherwise queue them without end. One per runtime, shared by
-    its agents."""
-
-    __slots__ = ("limit", "queued")
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("the turn queue limit must be at least 1")
-        self.limit = limit
-        self.queued = 0
-
-    def acquire(self, session_id: str) -> None:
-        if self.queued >= self.limit:
-            raise LimitExceeded(
-                "max_queued_turns_total", self.limit, session_id=session_id, actual=self.queued + 1
-            )
-        self.queued += 1
-
-    def release(self, count: int = 1) -> None:
-        self.queued -= count
-        assert self.queued >= 0, "a queued turn was released twice"
-
-
-def _bounded(text: str, limit: int = MAX_EVENT_TEXT) -> str:
-    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more chars]"
 
 
 class Agent:
@@ -167,10 +93,12 @@ class Agent:
         self._on_exit = on_exit
         self._clients = clients
         self._queue_limit = queue_limit
-        self._queue: deque[_Turn] = deque()
+        self._queue: deque[Turn] = deque()
         self._wakeup: asyncio.Event = asyncio.Event()
-        self._current: _Turn | None = None
-        self._approvals: dict[str, asyncio.Future[bool]] = {}
+        self._current: Turn | None = None
+        self._tools = ToolCaller(
+            session_id, emit=self._emit, update_index=update_index, counter=token_counter
+        )
         self._provider: Provider | None = None
         self._provider_key: bytes | None = None
         self._partial: list[str] = []
@@ -207,7 +135,7 @@ class Agent:
             self._queue_limit.acquire(self.session_id)
         if self.busy and policy == "interrupt":
             self.cancel()
-        turn = _Turn(text, asyncio.get_running_loop())
+        turn = Turn(text, asyncio.get_running_loop())
         self._queue.append(turn)
         self._wakeup.set()
         return turn.future
@@ -217,7 +145,7 @@ class Agent:
         """Turns waiting to run (not counting the one running)."""
         return len(self._queue)
 
-    def _next_turn(self) -> _Turn:
+    def _next_turn(self) -> Turn:
         turn = self._queue.popleft()
         if self._queue_limit is not None:
             self._queue_limit.release()
@@ -246,16 +174,8 @@ class Agent:
         return True
 
     def approve(self, call_id: object, allow: object) -> None:
-        if not isinstance(allow, bool):
-            raise InvalidArgument("allow must be true or false", argument="allow")
-        future = self._approvals.get(call_id) if isinstance(call_id, str) else None
-        if future is None or future.done():
-            raise InvalidArgument(
-                f"no write is waiting for approval under call id {call_id!r}",
-                argument="call_id",
-                session_id=self.session_id,
-            )
-        future.set_result(allow)
+        """The user's answer about the write waiting under ``call_id``."""
+        self._tools.approve(call_id, allow)
 
     # --- the worker -----------------------------------------------------------------------------
 
@@ -316,9 +236,7 @@ class Agent:
         if self._queue_limit is not None:
             self._queue_limit.release(len(self._queue))
         self._queue.clear()
-        for future in self._approvals.values():
-            if not future.done():
-                future.set_result(False)
+        self._tools.deny_all()
         provider, self._provider = self._provider, None
         if provider is not None:
             with contextlib.suppress(Exception):
@@ -333,7 +251,7 @@ class Agent:
         session = await self._session()
         await session.append_event(type_, data)
 
-    async def _turn(self, turn: _Turn) -> ChatResult:
+    async def _turn(self, turn: Turn) -> ChatResult:
         session = await self._session()
         llm_config = {**self._defaults, **session.state.llm_config}
         config = session.state.config
@@ -350,7 +268,7 @@ class Agent:
             instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
             budget = budget_for(llm_config, tools, instructions, self._counter)
             bundle = await session.build_context(CONTEXT_PARTS, budget)
-            window = _Window(
+            window = TurnWindow(
                 prompt_messages(bundle, instructions),
                 limit=request_limit(llm_config),
                 fixed=tools_tokens(tools, self._counter),
@@ -377,7 +295,7 @@ class Agent:
                 self._in_flight = request
                 completion = await self._stream(provider, request, iterations)
                 self._in_flight = None
-                usage = usage + self._usage_of(completion, request)
+                usage = usage + usage_of(completion, request, self._counter)
                 if not completion.tool_calls:
                     return await self._finish(
                         completion.text, usage, iterations, completion.finish_reason
@@ -394,10 +312,10 @@ class Agent:
                 cut_off = completion.tool_calls[-1] if cut else None
                 for call in completion.tool_calls:
                     if call is cut_off:  # its arguments may be cut: never run it
-                        content = await self._refuse_cut_call(call, iterations)
+                        content = await self._tools.refuse_cut(call, iterations)
                         window.add_result(call.id, content, content)
                         continue
-                    result, for_model = await self._call_tool(
+                    result, for_model = await self._tools.run(
                         session, registry, call, iterations, room=window.room()
                     )
                     window.add_result(call.id, result.content, for_model)
@@ -418,13 +336,6 @@ class Agent:
             await self._fail(exc, usage + self._stopped_call(exc), iterations)
             raise
 
-    def _usage_of(self, completion: Completion, request: ChatRequest) -> Usage:
-        """The endpoint's usage of one call, or an estimate when it sent none."""
-        if completion.usage is not None:
-            return completion.usage
-        answer = completion.text + "".join(c.name + c.arguments for c in completion.tool_calls)
-        return self._estimate(request, answer)
-
     def _stopped_call(self, exc: BaseException | None) -> Usage:
         """The estimated usage of the model call a cancel or a failure stopped: the server had
         the prompt (and made what streamed of the answer) unless it refused the request with an
@@ -432,42 +343,7 @@ class Agent:
         request, self._in_flight = self._in_flight, None
         if request is None or (isinstance(exc, LLMError) and exc.status is not None):
             return Usage()
-        return self._estimate(request, "".join(self._partial))
-
-    def _estimate(self, request: ChatRequest, answer: str) -> Usage:
-        prompt = tools_tokens(request.tools, self._counter) + sum(
-            message_tokens(m, self._counter) for m in request.messages
-        )
-        completion = self._counter(answer) if answer else 0
-        return Usage(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=prompt + completion,
-            estimated=True,
-        )
-
-    async def _refuse_cut_call(self, call: ToolCall, iteration: int) -> str:
-        """Log a call cut off by ``max_tokens`` and its refusal, as any call and result."""
-        await self._emit(
-            EventType.TOOL_CALL,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "arguments": _bounded(call.arguments),
-                "iteration": iteration,
-            },
-        )
-        await self._emit(
-            EventType.TOOL_RESULT,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "content": CUT_CALL,
-                "is_error": True,
-                "cut_off": True,
-            },
-        )
-        return CUT_CALL
+        return estimate(request, "".join(self._partial), self._counter)
 
     async def _provider_for(self, llm_config: dict[str, Any]) -> Provider:
         """The provider for this config, made once (and again only if the config changes).
@@ -537,122 +413,6 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _call_tool(
-        self, session: Session, registry: ToolRegistry, call: ToolCall, iteration: int, room: int
-    ) -> tuple[ToolResult, str]:
-        """Run one call; return its result and what the model gets of it (cut to ``room``
-        tokens, with a note on how to read the rest; the event keeps it whole)."""
-        await self._emit(
-            EventType.TOOL_CALL,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "arguments": _bounded(call.arguments),
-                "iteration": iteration,
-            },
-        )
-        config = session.state.config
-        root = session.state.project_root
-        if root is None:
-            result = ToolResult(
-                call_id=call.id,
-                name=call.name,
-                content="error: this session has no project_root, so it has no files",
-                is_error=True,
-            )
-        else:
-            context = ToolContext(root=root, session_id=self.session_id)
-            denied: str | None = None
-            if registry.is_write(call.name) and config.allow_write == "ask":
-                denied = await self._ask(call, context, config.approval_timeout_seconds)
-            if denied is not None:
-                result = ToolResult(call_id=call.id, name=call.name, content=denied, is_error=True)
-            else:
-                try:
-                    result = await registry.run(call, context, timeout=config.tool_timeout_seconds)
-                except Exception as exc:  # run() answers failures itself; this is a last guard
-                    result = self._tool_crashed(call, exc)
-        cut = cut_to_fit(result.content, room, self._counter)
-        data: dict[str, Any] = {
-            "call_id": call.id,
-            "name": call.name,
-            "content": _bounded(result.content, MAX_TOOL_RESULT_TEXT),
-            "is_error": result.is_error,
-        }
-        if cut is not None:
-            data["cut_for_model"] = True  # the model saw a part; this is the whole
-        await self._emit(EventType.TOOL_RESULT, data)
-        for path in (*result.paths_read, *result.paths_written):
-            try:
-                await self._update_index(self.session_id, path)
-            except JidokaError:
-                pass  # the file changed or went away since the tool saw it: nothing to index
-            except Exception:  # the tool's work is done; a failed bookkeeping step must not
-                logger.exception(  # end the turn
-                    "session %s: indexing %r after %s failed", self.session_id, path, call.name
-                )
-        return result, result.content if cut is None else cut
-
-    def _tool_crashed(self, call: ToolCall, exc: Exception) -> ToolResult:
-        """A tool failure that was not a refusal (a bug, or an error nothing translated):
-        logged, and told to the model as an error result, so the turn goes on."""
-        logger.error("session %s: tool %s failed", self.session_id, call.name, exc_info=exc)
-        return ToolResult(
-            call_id=call.id,
-            name=call.name,
-            content=f"error: internal error in {call.name}: {type(exc).__name__}",
-            is_error=True,
-        )
-
-    async def _ask(self, call: ToolCall, context: ToolContext, wait: float) -> str | None:
-        """Ask the user about a write; ``None`` if allowed, else what the model is told."""
-        try:
-            path, diff = await preview_write(call, context)
-        except JidokaError as exc:
-            return f"error: {exc.message}"
-        except Exception as exc:  # preview_write translates failures; this is a last guard
-            return self._tool_crashed(call, exc).content
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._approvals[call.id] = future
-        shown = quote_path(path)  # a name with a newline or edge spaces must not mislead
-        try:
-            try:
-                await self._emit(
-                    EventType.APPROVAL_REQUESTED,
-                    {
-                        "call_id": call.id,
-                        "tool": call.name,
-                        "path": path,
-                        "summary": f"{call.name} wants to change {shown}",
-                        "diff": _bounded(diff),
-                    },
-                )
-                async with asyncio.timeout(wait):
-                    allow = await future
-                reason = "user"
-            except TimeoutError:
-                allow, reason = False, "timeout"
-            except asyncio.CancelledError:
-                # The turn stops while the question is open (or still being committed: a
-                # commit completes even when its caller is cancelled). Close it in the log;
-                # nothing was written.
-                with contextlib.suppress(JidokaError):
-                    await self._emit(
-                        EventType.APPROVAL_DECIDED,
-                        {"call_id": call.id, "allow": False, "reason": "cancelled"},
-                    )
-                raise
-            await self._emit(
-                EventType.APPROVAL_DECIDED, {"call_id": call.id, "allow": allow, "reason": reason}
-            )
-        finally:
-            self._approvals.pop(call.id, None)
-        if allow:
-            return None
-        if reason == "timeout":
-            return f"error: the write to {shown} was not approved in time; it was not made"
-        return f"error: the user denied the write to {shown}; it was not made"
-
     async def _finish(
         self, text: str, usage: Usage, iterations: int, finish_reason: str | None
     ) -> ChatResult:
@@ -660,7 +420,7 @@ class Agent:
         await self._respond(message, usage, iterations, finish_reason, interrupted=False)
         return ChatResult(
             message=message,
-            usage=_usage(usage),
+            usage=token_usage(usage),
             iterations=iterations,
             finish_reason=finish_reason,
         )
@@ -671,7 +431,7 @@ class Agent:
         await self._respond(message, usage, iterations, "cancelled", interrupted=True)
         return ChatResult(
             message=message,
-            usage=_usage(usage),
+            usage=token_usage(usage),
             interrupted=True,
             iterations=iterations,
             finish_reason="cancelled",
@@ -691,8 +451,8 @@ class Agent:
             {
                 "message_id": message.id,
                 "seq": message.seq,
-                "content": _bounded(message.content),
-                "usage": _usage_data(usage),
+                "content": bounded(message.content),
+                "usage": usage_data(usage),
                 "iterations": iterations,
                 "finish_reason": finish_reason,
                 "interrupted": interrupted,
@@ -716,7 +476,7 @@ class Agent:
         elif isinstance(exc, InvalidConfig):
             data["field"] = exc.field
         if usage.total_tokens or usage.estimated:
-            data["usage"] = _usage_data(usage)  # counted in SessionInfo.usage too
+            data["usage"] = usage_data(usage)  # counted in SessionInfo.usage too
         if self._record_usage is not None:
             self._record_usage(usage, "failed")
         with contextlib.suppress(SessionTerminated):
@@ -737,26 +497,6 @@ def _error_code(exc: Exception) -> str:
     return "internal_error"
 
 
-def _usage(usage: Usage) -> TokenUsage:
-    if usage.estimated:
-        return TokenUsage(
-            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, estimated=True
-        )
-    return TokenUsage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
-
-
-def _usage_data(usage: Usage) -> dict[str, Any]:
-    """A usage in an event: the three counts, and ``estimated: true`` when it is one."""
-    data: dict[str, Any] = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-    if usage.estimated:
-        data["estimated"] = True
-    return data
-
-
 def _choice_for(tool_choice: object, iteration: int) -> str | None:
     """``llm_config.tool_choice`` for one call of a turn: ``none`` for every call; a tool's name
     or ``required`` only for the first (the model must be free to answer after, or it would call
@@ -766,77 +506,3 @@ def _choice_for(tool_choice: object, iteration: int) -> str | None:
     if tool_choice == "none" or iteration == 1:
         return tool_choice
     return None
-
-
-class _Window:
-    """A turn's prompt kept within the request limit (``context_window - max_tokens``).
-
-    ``head`` is the session's context (system message, conversation, the user's message last);
-    the turn's own messages come after it. :meth:`fit` makes the next request fit, cutting the
-    turn's tool results (oldest first; their whole text is kept here to cut again from), then
-    leaving out the oldest conversation messages; what still does not fit raises
-    ``LimitExceeded`` rather than being sent.
-    """
-
-    def __init__(
-        self,
-        head: list[ChatMessage],
-        *,
-        limit: int,
-        fixed: int,
-        counter: TokenCounter,
-        session_id: str,
-    ) -> None:
-        self._head = head
-        self._turn: list[ChatMessage] = []
-        self._whole: dict[int, str] = {}  # turn index of a tool result -> its whole text
-        self._limit = limit
-        self._fixed = fixed
-        self._counter = counter
-        self._session_id = session_id
-
-    def _cost(self, messages: list[ChatMessage]) -> int:
-        return sum(message_tokens(m, self._counter) for m in messages)
-
-    def used(self) -> int:
-        return self._fixed + self._cost(self._head) + self._cost(self._turn)
-
-    def room(self) -> int:
-        """Tokens left for the text of one more tool result."""
-        overhead = message_tokens(ChatMessage(role="tool", content=""), self._counter)
-        return self._limit - self.used() - overhead
-
-    def add(self, message: ChatMessage) -> None:
-        self._turn.append(message)
-
-    def add_result(self, call_id: str, whole: str, for_model: str) -> None:
-        self._whole[len(self._turn)] = whole
-        self._turn.append(ChatMessage(role="tool", content=for_model, tool_call_id=call_id))
-
-    def fit(self) -> list[ChatMessage]:
-        """The messages of the next request, made to fit the limit."""
-        excess = self.used() - self._limit
-        for index, whole in self._whole.items():
-            if excess <= 0:
-                break
-            message = self._turn[index]
-            cost = self._counter(message.content or "")
-            cut = cut_to_fit(whole, max(0, cost - excess), self._counter)
-            if cut is not None:
-                self._turn[index] = ChatMessage(
-                    role="tool", content=cut, tool_call_id=message.tool_call_id
-                )
-                excess -= cost - self._counter(cut)
-        # The oldest conversation messages go next: never the system message (instructions),
-        # never the user's message that started the turn (the last of the head).
-        while excess > 0 and len(self._head) > 2:
-            dropped = self._head.pop(1)
-            excess -= message_tokens(dropped, self._counter)
-        if excess > 0:
-            raise LimitExceeded(
-                "context_window - max_tokens",
-                self._limit,
-                session_id=self._session_id,
-                actual=self._limit + excess,
-            )
-        return [*self._head, *self._turn]
