@@ -14,7 +14,7 @@ from typing import Final
 
 from ..errors import LimitExceeded, Unauthorized
 
-__all__ = ["ANONYMOUS", "Authenticator", "InflightLimiter"]
+__all__ = ["ANONYMOUS", "Authenticator", "InflightLimiter", "PrincipalCounter"]
 
 #: The principal of every caller when auth is off (``--insecure-no-auth``): it sees everything.
 ANONYMOUS: Final = None
@@ -58,32 +58,51 @@ class Authenticator:
         return found
 
 
-class InflightLimiter:
-    """At most ``limit`` requests in flight per principal; the next one gets 429.
+class PrincipalCounter:
+    """How many of one kind of thing each principal holds, at most ``limit`` (``None``: no
+    limit); the next one is :class:`~jidoka.LimitExceeded` naming ``limit_name`` (429).
 
     A concurrency bound rather than a rate: it caps what one principal can make the server hold
-    (tasks, buffers, store commits) without a clock, and a well-behaved client that awaits its
-    answers never meets it. Streams do not count (they are long by design).
+    (tasks, buffers, open streams) without a clock, and a well-behaved client never meets it.
+    Every successful :meth:`acquire` is matched by one :meth:`release`.
     """
 
-    __slots__ = ("_inflight", "limit")
+    __slots__ = ("_counts", "limit", "limit_name")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit_name: str, limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"{limit_name} must be at least 1, got {limit}")
+        self.limit_name = limit_name
         self.limit = limit
-        self._inflight: dict[str | None, int] = {}
+        self._counts: dict[str | None, int] = {}
 
     def acquire(self, principal: str | None) -> None:
-        count = self._inflight.get(principal, 0)
-        if count >= self.limit:
-            raise LimitExceeded("max_inflight_requests", self.limit, actual=count + 1)
-        self._inflight[principal] = count + 1
+        count = self._counts.get(principal, 0)
+        limit = self.limit
+        if limit is not None and count >= limit:
+            raise LimitExceeded(self.limit_name, limit, actual=count + 1)
+        self._counts[principal] = count + 1
 
     def release(self, principal: str | None) -> None:
-        count = self._inflight.get(principal, 0) - 1
+        count = self._counts.get(principal, 0) - 1
         if count > 0:
-            self._inflight[principal] = count
+            self._counts[principal] = count
         else:
-            self._inflight.pop(principal, None)
+            self._counts.pop(principal, None)
+
+    def count(self, principal: str | None) -> int:
+        """What ``principal`` holds now."""
+        return self._counts.get(principal, 0)
+
+
+class InflightLimiter(PrincipalCounter):
+    """At most ``limit`` requests in flight per principal; the next one gets 429. Streams do
+    not count (they are long by design; :class:`~.streams.StreamRegistry` bounds them)."""
+
+    __slots__ = ()
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("max_inflight_requests", limit)
 
     def inflight(self, principal: str | None) -> int:
-        return self._inflight.get(principal, 0)
+        return self.count(principal)

@@ -48,8 +48,9 @@ from typing import Final
 from starlette.types import Receive, Scope, Send
 
 from ..bus.base import Subscription
-from ..errors import InvalidArgument, LimitExceeded
+from ..errors import InvalidArgument
 from ..events import Event, EventType, encode_event
+from .auth import PrincipalCounter
 
 __all__ = [
     "CHUNK_BYTES",
@@ -120,32 +121,22 @@ class StreamRegistry:
     event streams each principal has open, so that none can open them without end."""
 
     def __init__(self, *, max_per_principal: int | None = None) -> None:
-        if max_per_principal is not None and max_per_principal < 1:
-            raise ValueError("max_per_principal must be at least 1")
         self._closers: set[Callable[[], None]] = set()
-        self._streams: dict[str | None, int] = {}
+        self._streams = PrincipalCounter("max_streams_per_principal", max_per_principal)
         self.max_per_principal = max_per_principal
         self.draining = False
 
     def reserve(self, principal: str | None) -> None:
         """Count one more stream of ``principal``; ``LimitExceeded`` past the limit. Every
         successful call is matched by one :meth:`release`."""
-        count = self._streams.get(principal, 0)
-        limit = self.max_per_principal
-        if limit is not None and count >= limit:
-            raise LimitExceeded("max_streams_per_principal", limit, actual=count + 1)
-        self._streams[principal] = count + 1
+        self._streams.acquire(principal)
 
     def release(self, principal: str | None) -> None:
-        count = self._streams.get(principal, 0) - 1
-        if count > 0:
-            self._streams[principal] = count
-        else:
-            self._streams.pop(principal, None)
+        self._streams.release(principal)
 
     def streams(self, principal: str | None) -> int:
         """Event streams ``principal`` has open."""
-        return self._streams.get(principal, 0)
+        return self._streams.count(principal)
 
     def add(self, closer: Callable[[], None]) -> None:
         """Track a stream; one opened while draining is told to finish at once."""
