@@ -336,6 +336,24 @@ def http_client(
     )
 
 
+def new_session(client: httpx.Client, **body: Any) -> str:
+    """Create a session over HTTP (``body`` is the create request's JSON) and return its id."""
+    response = client.post("/v1/sessions", json=body)
+    assert response.status_code == 201, response.text
+    sid: str = response.json()["session_id"]
+    return sid
+
+
+def post_message(client: httpx.Client, sid: str, content: str) -> int:
+    """Store a user message over HTTP and return its seq."""
+    response = client.post(
+        f"/v1/sessions/{sid}/messages", json={"role": "user", "content": content}
+    )
+    assert response.status_code == 201, response.text
+    seq: int = response.json()["seq"]
+    return seq
+
+
 def problem_of(
     response: httpx.Response, slug: str, status: int, *, session_id: str | None = None
 ) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tests.e2e.conftest import (
     WsClient,
     bearer,
     http_client,
+    new_session,
     problem_of,
     sse_frames,
     wait_until,
@@ -64,13 +65,6 @@ FUZZ_SETTINGS = settings(
 def nested(depth: int, leaf: bytes = b"1") -> bytes:
     """``depth`` arrays inside each other around ``leaf``."""
     return b"[" * depth + leaf + b"]" * depth
-
-
-def new_session(client: httpx.Client, **body: Any) -> str:
-    response = client.post("/v1/sessions", json=body)
-    assert response.status_code == 201, response.text
-    sid: str = response.json()["session_id"]
-    return sid
 
 
 @pytest.fixture

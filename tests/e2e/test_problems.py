@@ -21,6 +21,7 @@ from tests.e2e.conftest import (
     BOB_TOKEN,
     ServerProcess,
     http_client,
+    new_session,
     problem_of,
     wait_until,
 )
@@ -29,13 +30,6 @@ NO_SUCH_SESSION = "01ZZZZZZZZZZZZZZZZZZZZZZZZ"
 MAX_BODY = 2048
 HOLD_DEADLINE = 30.0
 JSON = {"Content-Type": "application/json"}
-
-
-def new_session(client: httpx.Client, **body: Any) -> str:
-    response = client.post("/v1/sessions", json=body)
-    assert response.status_code == 201, response.text
-    sid: str = response.json()["session_id"]
-    return sid
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from tests.e2e.conftest import (
     ALICE_TOKEN,
     SSEFrame,
     http_client,
+    new_session,
+    post_message,
     problem_of,
     sse_frames,
 )
@@ -33,25 +35,14 @@ SLOW_CONSUMER_MESSAGES = 2000
 SLOW_CONSUMER_WORKERS = 8
 
 
-def new_session(client: httpx.Client) -> str:
-    response = client.post("/v1/sessions", json={"config": {"max_history": 10000}})
-    assert response.status_code == 201, response.text
-    sid: str = response.json()["session_id"]
-    return sid
-
-
-def post(client: httpx.Client, sid: str, content: str) -> int:
-    response = client.post(
-        f"/v1/sessions/{sid}/messages", json={"role": "user", "content": content}
-    )
-    assert response.status_code == 201, response.text
-    seq: int = response.json()["seq"]
-    return seq
-
-
 def events(frames: Iterator[SSEFrame]) -> Iterator[SSEFrame]:
     """The event frames (comments skipped)."""
     return (frame for frame in frames if frame.comment is None)
+
+
+def new_history_session(client: httpx.Client) -> str:
+    """A session that keeps every message of these tests in its history."""
+    return new_session(client, config={"max_history": 10000})
 
 
 def read_until_seq(frames: Iterator[SSEFrame], last: int) -> list[SSEFrame]:
@@ -91,14 +82,14 @@ def check_frames(frames: list[SSEFrame], sid: str) -> list[int]:
 
 @pytest.fixture
 def sid(alice: httpx.Client) -> str:
-    return new_session(alice)
+    return new_history_session(alice)
 
 
 @pytest.mark.parametrize("resume", ["last-event-id", "after_seq"])
 def test_reconnect_resumes_without_gap_or_duplicate(
     alice: httpx.Client, sid: str, resume: str
 ) -> None:
-    first_batch = [post(alice, sid, f"a{i}") for i in range(5)]
+    first_batch = [post_message(alice, sid, f"a{i}") for i in range(5)]
     kept = 4  # read this many events, then drop the connection
     with alice.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as response:
         assert response.status_code == 200
@@ -107,7 +98,7 @@ def test_reconnect_resumes_without_gap_or_duplicate(
     seqs_before = check_frames(before, sid)
     assert seqs_before == [1, 2, 3, 4]
     # More happens while the client is away.
-    second_batch = [post(alice, sid, f"b{i}") for i in range(5)]
+    second_batch = [post_message(alice, sid, f"b{i}") for i in range(5)]
     last = second_batch[-1]
     assert first_batch[-1] < second_batch[0]
     where: dict[str, Any] = (
@@ -127,11 +118,11 @@ def test_reconnect_resumes_without_gap_or_duplicate(
 
 
 def test_without_a_position_the_stream_is_live_only(alice: httpx.Client, sid: str) -> None:
-    old = post(alice, sid, "before")
+    old = post_message(alice, sid, "before")
     with alice.stream("GET", f"/v1/sessions/{sid}/events") as response:
         frames = sse_frames(response)
         assert next(frames).comment == "ok"  # subscribed: what follows is live
-        new = post(alice, sid, "after")
+        new = post_message(alice, sid, "after")
         frame = next(events(frames))
     assert int(frame.id or 0) == new > old
     assert frame.json()["data"]["content"] == "after"
@@ -142,7 +133,7 @@ def test_resuming_after_the_session_terminated_replays_the_rest(
 ) -> None:
     """The client was away when the session ended: resuming from its last event must still
     deliver what it missed, ending with ``session_terminated`` (the doc's "no gap")."""
-    seq = post(alice, sid, "hello")
+    seq = post_message(alice, sid, "hello")
     with alice.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as response:
         assert response.status_code == 200
         seen = read_until_seq(sse_frames(response), seq)
@@ -181,7 +172,7 @@ def test_heartbeat_on_an_idle_stream(make_server: Any) -> None:
     server = make_server(options={"heartbeat": 0.2})
     # A keep-alive must come well before the default 15 s: the read timeout is the deadline.
     with http_client(server.url, ALICE_TOKEN, read_timeout=5.0) as client:
-        sid = new_session(client)
+        sid = new_history_session(client)
         for path in (f"/v1/sessions/{sid}/events", "/v1/events"):
             with client.stream("GET", path) as response:
                 frames = sse_frames(response)
@@ -193,7 +184,7 @@ def test_heartbeat_on_an_idle_stream(make_server: Any) -> None:
         with client.stream("GET", f"/v1/sessions/{sid}/events") as response:
             frames = sse_frames(response)
             assert next(frames).comment == "ok"
-            seq = post(client, sid, "between heartbeats")
+            seq = post_message(client, sid, "between heartbeats")
             frame = next(events(frames))
             assert frame.id == str(seq)
 
@@ -203,8 +194,8 @@ def test_the_global_stream_shows_the_lifecycle(alice: httpx.Client) -> None:
         assert response.status_code == 200
         frames = sse_frames(response)
         assert next(frames).comment == "ok"
-        sid = new_session(alice)
-        post(alice, sid, "not a lifecycle event")
+        sid = new_history_session(alice)
+        post_message(alice, sid, "not a lifecycle event")
         assert alice.delete(f"/v1/sessions/{sid}", params={"reason": "bye"}).status_code == 200
         got = []
         for frame in events(frames):
@@ -242,7 +233,7 @@ def test_a_slow_consumer_does_not_stall_the_session(alice: httpx.Client, sid: st
     per_worker = SLOW_CONSUMER_MESSAGES // SLOW_CONSUMER_WORKERS
 
     def produce(worker: int) -> list[int]:
-        return [post(alice, sid, f"{worker}:{i}:" + "x" * 200) for i in range(per_worker)]
+        return [post_message(alice, sid, f"{worker}:{i}:" + "x" * 200) for i in range(per_worker)]
 
     with (
         http_client(str(alice.base_url), ALICE_TOKEN) as reader,
@@ -265,7 +256,7 @@ def test_a_slow_consumer_does_not_stall_the_session(alice: httpx.Client, sid: st
         for worker in range(SLOW_CONSUMER_WORKERS):  # each producer's messages in its order
             assert [int(i) for w, i in origin if w == str(worker)] == list(range(per_worker))
         # Caught up, it is live again.
-        more = post(alice, sid, "live again")
+        more = post_message(alice, sid, "live again")
         frame = next(events(frames))
         assert frame.id == str(more)
 
@@ -273,8 +264,8 @@ def test_a_slow_consumer_does_not_stall_the_session(alice: httpx.Client, sid: st
 def test_shutdown_ends_streams_with_a_shutdown_frame(make_server: Any) -> None:
     server = make_server(options={"shutdown-timeout": 5})
     with http_client(server.url, ALICE_TOKEN) as client:
-        sid = new_session(client)
-        seq = post(client, sid, "before shutdown")
+        sid = new_history_session(client)
+        seq = post_message(client, sid, "before shutdown")
         with (
             client.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as one,
             client.stream("GET", "/v1/events") as everything,
@@ -300,7 +291,7 @@ def test_the_global_stream_shows_a_session_restored_after_a_restart(make_server:
     lifecycle stream shows the restored session's whole lifecycle."""
     server = make_server()
     with http_client(server.url, ALICE_TOKEN) as client:
-        sid = new_session(client)
+        sid = new_history_session(client)
         assert client.post(f"/v1/sessions/{sid}/save").status_code == 201
         assert client.delete(f"/v1/sessions/{sid}").status_code == 200
     server.restart()
@@ -312,10 +303,10 @@ def test_the_global_stream_shows_a_session_restored_after_a_restart(make_server:
         assert next(frames).comment == "ok"
         restored = client.post(f"/v1/saved-sessions/{sid}/restore")
         assert restored.status_code == 200, restored.text
-        post(client, sid, "after the restore")
+        post_message(client, sid, "after the restore")
         assert client.delete(f"/v1/sessions/{sid}").status_code == 200
         # A session of the same principal created afterwards: the marker that ends the read.
-        marker = new_session(client)
+        marker = new_history_session(client)
         assert client.delete(f"/v1/sessions/{marker}").status_code == 200
         got = []
         for frame in events(frames):
@@ -386,7 +377,7 @@ def test_unnamed_frames_reach_one_handler(alice: httpx.Client) -> None:
     with alice.stream("GET", "/v1/events", params={"frames": "unnamed"}) as response:
         frames = sse_frames(response)
         assert next(frames).comment == "ok"
-        other = new_session(alice)
+        other = new_history_session(alice)
         frame = next(events(frames))
     assert (frame.event, frame.json()["session_id"]) == (None, other)
     assert frame.json()["type"] == "session_created"

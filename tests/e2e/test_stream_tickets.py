@@ -19,6 +19,8 @@ from tests.e2e.conftest import (
     BOB_TOKEN,
     SSEFrame,
     http_client,
+    new_session,
+    post_message,
     problem_of,
     sse_frames,
     wait_until,
@@ -26,22 +28,6 @@ from tests.e2e.conftest import (
 
 #: A ticket from ``secrets.token_urlsafe(32)``: 43 characters of the URL-safe alphabet.
 TICKET_CHARS = 43
-
-
-def new_session(client: httpx.Client) -> str:
-    response = client.post("/v1/sessions")
-    assert response.status_code == 201, response.text
-    sid: str = response.json()["session_id"]
-    return sid
-
-
-def post(client: httpx.Client, sid: str, content: str) -> int:
-    response = client.post(
-        f"/v1/sessions/{sid}/messages", json={"role": "user", "content": content}
-    )
-    assert response.status_code == 201, response.text
-    seq: int = response.json()["seq"]
-    return seq
 
 
 def ticket(client: httpx.Client, session_id: str | None = None) -> str:
@@ -81,7 +67,7 @@ def test_a_ticket_opens_a_session_stream_once(
     alice: httpx.Client, anonymous_client: httpx.Client
 ) -> None:
     sid = new_session(alice)
-    seq = post(alice, sid, "hello")
+    seq = post_message(alice, sid, "hello")
     value = ticket(alice, sid)
     path = f"/v1/sessions/{sid}/events"
     params = {"ticket": value, "after_seq": "0"}
@@ -107,7 +93,7 @@ def test_a_ticket_without_a_session_opens_any_of_the_callers_streams(
         sid = new_session(alice)  # the ticket's principal sees its own lifecycle
         frame = next(f for f in frames if f.comment is None)
         assert (frame.json()["session_id"], frame.json()["type"]) == (sid, "session_created")
-    seq = post(alice, sid, "x")
+    seq = post_message(alice, sid, "x")
     params = {"ticket": ticket(alice), "after_seq": str(seq - 1)}
     with anonymous_client.stream("GET", f"/v1/sessions/{sid}/events", params=params) as two:
         assert two.status_code == 200
@@ -264,7 +250,7 @@ def test_tickets_without_auth(make_server: Any) -> None:
     server = make_server(options={"insecure-no-auth": True})
     with http_client(server.url) as client:
         sid = new_session(client)
-        seq = post(client, sid, "hello")
+        seq = post_message(client, sid, "hello")
         response = client.post("/v1/stream-tickets", json={"session_id": sid})
         assert response.status_code == 201, response.text
         value = response.json()["ticket"]
