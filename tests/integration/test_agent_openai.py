@@ -477,12 +477,31 @@ async def test_max_iterations_stops_a_model_that_keeps_calling_tools(
     assert caught.value.limit == "max_iterations"
     assert caught.value.session_id == sid
     assert len(server.requests) == 3
+    # The last call asked for an answer; a server that calls tools anyway still ends the turn.
+    assert [r.body.get("tool_choice") for r in server.requests] == [None, None, "none"]
     assert len(of_type(seen, "tool_result")) == 3
     [error] = of_type(seen, "error")
     assert error.data["code"] == "max_iterations"
     assert error.data["iterations"] == 3
     assert seen[-1].data["status"] == "failed"
     assert (await client.chat(sid, "stop it")).message.content == "ok"  # still usable
+
+
+async def test_the_last_allowed_call_asks_for_an_answer(
+    server: OpenAIServer, client: jidoka.Client, project: Path
+) -> None:
+    # A small local model keeps calling tools after their results; on the turn's last allowed
+    # call Jidoka sends tool_choice "none", so the turn ends with an answer, not LimitExceeded.
+    server.queue(ToolCalls([read_call("c1", "README.md")]), Text(["It is a readme."]))
+    config = llm(server, tool_choice="required")
+    sid = await client.create_session(
+        project_root=str(project), config={"max_iterations": 2}, llm_config=config
+    )
+    result = await client.chat(sid, "what is in the readme?")
+    assert result.message.content == "It is a readme."
+    assert result.iterations == 2
+    assert [r.body.get("tool_choice") for r in server.requests] == ["required", "none"]
+    assert server.requests[1].body["tools"]  # still offered: the template keeps its shape
 
 
 # --- writes ---------------------------------------------------------------------------------------

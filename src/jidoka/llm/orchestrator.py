@@ -289,7 +289,7 @@ class Agent:
                     tools=tools,
                     temperature=llm_config.get("temperature"),
                     max_tokens=llm_config.get("max_tokens"),
-                    tool_choice=_choice_for(tool_choice, iterations),
+                    tool_choice=_choice_for(tool_choice, iterations, config.max_iterations),
                 )
                 self._partial = []
                 self._in_flight = request
@@ -497,12 +497,14 @@ def _error_code(exc: Exception) -> str:
     return "internal_error"
 
 
-def _choice_for(tool_choice: object, iteration: int) -> str | None:
-    """``llm_config.tool_choice`` for one call of a turn: ``none`` for every call; a tool's name
-    or ``required`` only for the first (the model must be free to answer after, or it would call
-    tools until ``max_iterations``); ``auto`` or unset: nothing sent."""
+def _choice_for(tool_choice: object, iteration: int, last: int) -> str | None:
+    """``tool_choice`` for one call of a turn. The turn's last allowed call is ``none``: a call
+    there would end the turn in ``LimitExceeded`` anyway, so the model is asked to answer from
+    what its tools found instead (small local models otherwise call tools until the limit).
+    Else ``llm_config.tool_choice``: ``none`` for every call; a tool's name or ``required``
+    only for the first (the model must be free to answer after); ``auto`` or unset: nothing."""
+    if iteration >= last:
+        return "none"
     if not isinstance(tool_choice, str) or tool_choice == "auto":
         return None
-    if tool_choice == "none" or iteration == 1:
-        return tool_choice
-    return None
+    return tool_choice if tool_choice == "none" or iteration == 1 else None
