@@ -12,7 +12,7 @@ from .bus.base import Subscription
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, FakeClock, SystemClock
-from .config import Settings
+from .config import SessionConfig, Settings
 from .errors import (
     DataDirLocked,
     HostNotAllowed,
@@ -45,7 +45,7 @@ from .session.context import (
     estimate_tokens,
 )
 from .session.info import SessionInfo, TokenUsage
-from .session.state import SessionConfig, Status
+from .session.state import Status
 from .store.base import SavedSession
 
 __all__ = [

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from jidoka.config import SessionConfig
 from jidoka.events import Event, EventType
 from jidoka.session.context import (
     MESSAGE_OVERHEAD_TOKENS,
@@ -16,7 +17,7 @@ from jidoka.session.context import (
     estimate_tokens,
     replay,
 )
-from jidoka.session.state import SessionConfig, Status
+from jidoka.session.state import Status
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -20,8 +20,9 @@ from typing import Any, Final
 
 import msgspec
 
+from ..config import SessionConfig
 from ..events import Event, EventType
-from .state import SessionConfig, Status
+from .state import Status
 
 __all__ = [
     "ActiveFile",

@@ -7,8 +7,9 @@ from typing import Any, Final
 
 import msgspec
 
+from ..config import SessionConfig
 from .context import SessionState
-from .state import SessionConfig, Status
+from .state import Status
 
 __all__ = ["SessionInfo", "Tombstone", "TokenUsage"]
 
