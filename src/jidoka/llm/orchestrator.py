@@ -45,8 +45,9 @@ from ..errors import (
     SessionTerminated,
 )
 from ..events import EventType
-from ..session.context import CONTEXT_PARTS, Message, TokenCounter
+from ..session.context import CONTEXT_PARTS, TokenCounter
 from ..session.session import Session
+from ..session.state import Message
 from ..tools.registry import ToolRegistry
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider

@@ -8,8 +8,7 @@ from typing import Any, Final
 import msgspec
 
 from ..config import SessionConfig
-from .context import SessionState
-from .state import Status
+from .state import SessionState, Status
 
 __all__ = ["SessionInfo", "Tombstone", "TokenUsage"]
 
