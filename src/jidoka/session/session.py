@@ -48,8 +48,8 @@ from ..errors import (
     SessionTerminated,
 )
 from ..events import Event, EventType
+from ..tools import reading as _files
 from ..tools.sandbox import Sandbox
-from . import files as _files
 from .context import ContextBundle, TokenCounter, build_context
 from .inputs import check_include, check_index_room, check_key, json_copy, split_index_fields
 from .postcommit import Step, after_commit, report_fault
