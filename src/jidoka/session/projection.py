@@ -10,6 +10,10 @@ message cost O(history), and appending must stay O(1).
 Bounds are enforced *before* an event is made (by the session's commands), so ``apply`` never
 refuses a valid event. The one bound ``apply`` itself implements is the history window: the
 projection keeps the newest ``max_history`` messages and drops the oldest; the log keeps them all.
+
+The state's shapes live in :mod:`.state`, not here: a ``session_created`` that restores a saved
+session carries its snapshot, so applying it decodes one (:mod:`.snapshot`), and snapshots
+decode into those shapes. The imports go one way: projection, then snapshot, then state.
 """
 
 from __future__ import annotations
