@@ -12,7 +12,7 @@ from .bus.base import Subscription
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, FakeClock, SystemClock
-from .config import Settings
+from .config import SessionConfig, Settings
 from .errors import (
     DataDirLocked,
     HostNotAllowed,
@@ -36,16 +36,9 @@ from .errors import (
 )
 from .events import Event, EventType, decode_event, encode_event
 from .runtime import Runtime
-from .session.context import (
-    ActiveFile,
-    ContextBundle,
-    FileExcerpt,
-    FileIndexEntry,
-    Message,
-    estimate_tokens,
-)
+from .session.context import ContextBundle, FileExcerpt, estimate_tokens
 from .session.info import SessionInfo, TokenUsage
-from .session.state import SessionConfig, Status
+from .session.state import ActiveFile, FileIndexEntry, Message, Status
 from .store.base import SavedSession
 
 __all__ = [

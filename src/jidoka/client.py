@@ -19,15 +19,10 @@ from .events import Event
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
 from .llm.providers import validate_llm_config
-from .session.context import (
-    CONTEXT_PARTS,
-    ActiveFile,
-    ContextBundle,
-    FileIndexEntry,
-    Message,
-)
+from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
 from .session.manager import REASON_REQUESTED, SessionManager
+from .session.state import ActiveFile, FileIndexEntry, Message
 from .store.base import SavedSession
 
 __all__ = ["Client"]

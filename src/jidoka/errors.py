@@ -1,13 +1,14 @@
 """The exceptions Jidoka raises, all rooted in :class:`JidokaError`.
 
 Every error carries what it is about as attributes (``session_id``, ``path``, ``limit`` ...) and
-says it in its message, so a log line or an HTTP problem document is useful on its own. The tree::
+says it in its message, so a log line or an HTTP problem document is useful on its own. The tree
+of every error a caller can meet (defined here unless a module is named)::
 
     JidokaError
     ├── SessionNotFound          no live session and no tombstone with that id
     ├── SessionTerminated        the session has ended; it can be read, not changed
     ├── InvalidTransition        a lifecycle move the state machine forbids
-    ├── InvalidArgument          bad input to a public call (names the argument)
+    ├── InvalidArgument          bad input to a public call (names the argument); a ValueError too
     │   ├── InvalidRole          a message role other than user | assistant | system
     │   ├── InvalidConfig        a bad SessionConfig / Settings field (names the field)
     │   └── UnsupportedMediaType an HTTP request body that does not say it is JSON
@@ -20,11 +21,26 @@ says it in its message, so a log line or an HTTP problem document is useful on i
     ├── SessionBusy              a turn is running and the session's policy is ``reject``
     ├── LLMError                 the model provider failed (names the session and provider)
     ├── StoreError               the session store failed (names the session)
+    │   ├── CorruptSession       (session.persistence) one stored session cannot be rebuilt
+    │   ├── SeqConflict          (store.base) an append lost the race for its seq
+    │   └── SchemaError          (store.sqlite) a database this version cannot read
+    ├── SnapshotError            (session.snapshot) a snapshot or saved copy that does not decode
     ├── DataDirLocked            another runtime owns the data directory
-    └── RuntimeClosed            the runtime (or one of its parts) was used after it closed
+    ├── RuntimeClosed            the runtime (or one of its parts) was used after it closed
+    └── ServerUnavailable        (remote) RemoteClient cannot reach the server; the call may or
+                                 may not have taken effect
 
-They are raised by the in-process :class:`~jidoka.Client` and, later, re-raised by the remote client
-from HTTP problem documents, so catching them works the same whichever client is used.
+The in-process :class:`~jidoka.Client` raises them, and :class:`~jidoka.RemoteClient` re-raises
+the same classes from the server's problem documents, so catching them works the same whichever
+client is used (``ServerUnavailable`` is the remote client's own: the network failed).
+
+A few subclasses stay inside the package and are never seen as such: ``ToolError``
+(``tools.files``: a tool's refusal, handed back to the model as the tool's result);
+``MalformedBody`` and ``NestingTooDeep`` (``server.responses``, ``server.inputs``: request bodies
+the server refuses, answered as ``InvalidArgument`` problem documents, 400 and 422);
+``RouteNotFound`` (``server.responses``: a 404/405 problem document); and the two
+``KeyNotFound`` (``server.operations`` answers 404; ``RemoteClient.get_working_context`` turns
+that 404 back into its default).
 """
 
 from __future__ import annotations

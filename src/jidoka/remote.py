@@ -40,16 +40,10 @@ from ._remote_events import (
 from ._version import __version__
 from .errors import InvalidArgument, InvalidRole, JidokaError, RuntimeClosed
 from .llm.orchestrator import ChatResult
-from .session.context import (
-    CONTEXT_PARTS,
-    ROLES,
-    ActiveFile,
-    ContextBundle,
-    FileIndexEntry,
-    Message,
-)
+from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
 from .session.manager import REASON_REQUESTED
+from .session.state import ROLES, ActiveFile, FileIndexEntry, Message
 from .store.base import SavedSession
 
 __all__ = ["RemoteClient", "RemoteSubscription", "ServerUnavailable"]

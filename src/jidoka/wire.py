@@ -13,8 +13,9 @@ from typing import Any
 
 import msgspec
 
-from .session.context import ActiveFile, ContextBundle, FileIndexEntry, Message
+from .session.context import ContextBundle
 from .session.info import SessionInfo
+from .session.state import ActiveFile, FileIndexEntry, Message
 from .store.base import SavedSession
 
 __all__ = [

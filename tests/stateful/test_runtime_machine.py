@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
 import jidoka
-from jidoka.session.context import replay
 from jidoka.session.persistence import load_state
+from jidoka.session.projection import replay
 from tests.helpers import quiesce
 
 IDLE_AFTER = 10.0

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 import jidoka
-from jidoka.config import STORES, Settings
+from jidoka.config import STORES, SessionConfig, Settings
 from jidoka.errors import InvalidConfig
-from jidoka.session.state import SessionConfig
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": ".jidoka",
@@ -305,7 +304,7 @@ def test_settings_are_immutable() -> None:
 
 
 def test_session_ceilings_default_and_from_env() -> None:
-    from jidoka.session.state import SessionCeilings
+    from jidoka.config import SessionCeilings
 
     assert Settings().session_ceilings == SessionCeilings()
     settings = Settings.from_env({"JIDOKA_SESSION_CEILINGS": '{"max_history": 500}'})

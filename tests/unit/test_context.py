@@ -7,16 +7,11 @@ from typing import Any
 
 import pytest
 
+from jidoka.config import SessionConfig
 from jidoka.events import Event, EventType
-from jidoka.session.context import (
-    MESSAGE_OVERHEAD_TOKENS,
-    SessionState,
-    apply,
-    build_context,
-    estimate_tokens,
-    replay,
-)
-from jidoka.session.state import SessionConfig, Status
+from jidoka.session.context import MESSAGE_OVERHEAD_TOKENS, build_context, estimate_tokens
+from jidoka.session.projection import apply, replay
+from jidoka.session.state import SessionState, Status
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 import pytest
@@ -231,3 +233,57 @@ def test_error_with_weird_session_id_is_quoted() -> None:
     error = SessionNotFound("a'b\nc")
     assert repr("a'b\nc") in str(error)
     assert "\n" not in str(error)
+
+
+def _documented_tree() -> dict[str, str]:
+    """The tree drawn in ``errors.__doc__``: class name -> parent name."""
+    doc = errors.__doc__ or ""
+    lines = doc[doc.index("    JidokaError\n") :].split("\n\n", 1)[0].splitlines()[1:]
+    parents = ["JidokaError"]
+    tree: dict[str, str] = {}
+    for line in lines:
+        branch = max(line.find("├── "), line.find("└── "))
+        if branch < 0:
+            continue  # a description that goes on to a second line
+        depth = (branch - 4) // 4  # the tree starts four spaces in; each level is four wide
+        name = line[branch + 4 :].split()[0]
+        del parents[depth + 1 :]
+        tree[name] = parents[depth]
+        parents.append(name)
+    return tree
+
+
+def _every_error_class() -> set[type[JidokaError]]:
+    for module in pkgutil.walk_packages(jidoka.__path__, "jidoka."):
+        if not module.name.endswith("__main__"):  # importing it would run the CLI
+            importlib.import_module(module.name)
+    found: set[type[JidokaError]] = set()
+    todo = [JidokaError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("jidoka.") and not sub.__name__.startswith("_"):
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def test_the_docstring_draws_every_error_with_its_parent() -> None:
+    """Every error class in the package is in the drawn tree under its real parent, or named
+    among the few that never leave the package; nothing drawn is made up."""
+    tree = _documented_tree()
+    classes = _every_error_class()
+    assert {"ServerUnavailable", "CorruptSession", "StoreError"} <= set(tree)
+    internal = {cls.__name__ for cls in classes} - set(tree)
+    assert internal == {
+        "KeyNotFound",
+        "MalformedBody",
+        "NestingTooDeep",
+        "RouteNotFound",
+        "ToolError",
+    }
+    for name in internal:
+        assert f"``{name}``" in (errors.__doc__ or "")
+    for cls in classes:
+        if cls.__name__ in tree:
+            assert tree[cls.__name__] == cls.__bases__[0].__name__, cls
+    assert set(tree) <= {cls.__name__ for cls in classes}

@@ -21,11 +21,10 @@ import pytest
 
 import jidoka
 from jidoka.bus.base import Subscription
-from jidoka.config import Settings
+from jidoka.config import SessionCeilings, SessionConfig, Settings
 from jidoka.errors import InvalidConfig, LimitExceeded
 from jidoka.events import Event, EventType
 from jidoka.server.streams import CHUNK_BYTES, EventStream, StreamRegistry
-from jidoka.session.state import SessionCeilings, SessionConfig
 from jidoka.store.sqlite import SqliteStore
 
 from ..helpers import until

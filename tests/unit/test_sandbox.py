@@ -1,4 +1,4 @@
-"""The path sandbox (jidoka.tools.sandbox) and the file readers built on it (jidoka.session.files).
+"""The path sandbox (jidoka.tools.sandbox) and the file readers built on it (jidoka.tools.reading).
 
 Everything here blocks by design (callers run it in a worker thread), so the tests are plain
 synchronous functions.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import jidoka
-from jidoka.session.files import FileFacts, detect_language, read_bounded, read_file, stat_file
+from jidoka.tools.reading import FileFacts, detect_language, read_bounded, read_file, stat_file
 from jidoka.tools.sandbox import (
     MAX_LINK_HOPS,
     MAX_PATH_CHARS,

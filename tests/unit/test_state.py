@@ -12,13 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jidoka
-from jidoka.session.state import (
-    CONFIG_SCHEMA_VERSION,
-    TRANSITIONS,
-    SessionConfig,
-    Status,
-    check_transition,
-)
+from jidoka.config import CONFIG_SCHEMA_VERSION, SessionConfig
+from jidoka.session.state import TRANSITIONS, Status, check_transition
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 

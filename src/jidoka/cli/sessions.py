@@ -21,8 +21,8 @@ from .output import Output, compact, timestamp
 
 if TYPE_CHECKING:
     from ..remote import RemoteClient
-    from ..session.context import Message
     from ..session.info import SessionInfo
+    from ..session.state import Message
     from ..store.base import SavedSession
 
 __all__ = ["app", "send"]

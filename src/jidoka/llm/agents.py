@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..session.context import Message, TokenCounter
+from ..session.context import TokenCounter
 from ..session.manager import SessionManager
 from ..session.session import Session
+from ..session.state import Message
 from ..telemetry import Telemetry
 from .orchestrator import Agent, ChatResult, TurnQueueLimit
 from .providers import ClientCache

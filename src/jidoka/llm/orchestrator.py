@@ -21,8 +21,9 @@ Failures stay inside the session: a provider error ends the turn with an ``error
 
 The parts of a turn live beside it: what a queued turn is and the runtime's cap on them in
 :mod:`.turns`, running the model's tool calls and asking about writes in :mod:`.tool_calls`,
-fitting every request into ``context_window - max_tokens`` in :mod:`.window`, counting (or
-estimating) the tokens used in :mod:`.usage`.
+fitting every request into ``context_window - max_tokens`` in :mod:`.window`, streaming one
+model call into the log in :mod:`.streaming`, counting (or estimating) the tokens used in
+:mod:`.usage`.
 """
 
 from __future__ import annotations
@@ -45,17 +46,16 @@ from ..errors import (
     SessionTerminated,
 )
 from ..events import EventType
-from ..session.context import CONTEXT_PARTS, Message, TokenCounter
+from ..session.context import CONTEXT_PARTS, TokenCounter
 from ..session.session import Session
+from ..session.state import Message
 from ..tools.registry import ToolRegistry
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider
-from .tool_calls import CUT_CALL as CUT_CALL
-from .tool_calls import MAX_EVENT_TEXT as MAX_EVENT_TEXT
-from .tool_calls import MAX_TOOL_RESULT_TEXT as MAX_TOOL_RESULT_TEXT
+from .streaming import stream_call
 from .tool_calls import ToolCaller, bounded
 from .turns import ChatResult, Turn, TurnQueueLimit
-from .types import ChatMessage, ChatRequest, Completion, Provider, TextDelta, Usage
+from .types import ChatMessage, ChatRequest, Provider, Usage
 from .usage import estimate, token_usage, usage_data, usage_of
 from .window import TurnWindow
 
@@ -293,7 +293,9 @@ class Agent:
                 )
                 self._partial = []
                 self._in_flight = request
-                completion = await self._stream(provider, request, iterations)
+                completion = await stream_call(
+                    provider, request, iterations, emit=self._emit, partial=self._partial
+                )
                 self._in_flight = None
                 usage = usage + usage_of(completion, request, self._counter)
                 if not completion.tool_calls:
@@ -364,54 +366,6 @@ class Agent:
             if old is not None:
                 await old.aclose()
         return self._provider
-
-    async def _stream(self, provider: Provider, request: ChatRequest, iteration: int) -> Completion:
-        """Stream one model call into ``llm_stream_chunk`` events.
-
-        A reader task pulls from the provider while chunks are committed, and the text that
-        arrived meanwhile goes into the next event: a slow store makes fewer, larger chunks
-        instead of slowing the model down.
-        """
-        items: asyncio.Queue[TextDelta | Completion | BaseException] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for item in provider.stream(request):
-                    items.put_nowait(item)
-            except Exception as exc:
-                items.put_nowait(exc)
-
-        reader = asyncio.get_running_loop().create_task(read())
-        try:
-            while True:
-                item = await items.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, Completion):
-                    return item
-                text = [item.text]
-                done: Completion | BaseException | None = None
-                while not items.empty():
-                    more = items.get_nowait()
-                    if isinstance(more, TextDelta):
-                        text.append(more.text)
-                    else:
-                        done = more
-                        break
-                chunk = "".join(text)
-                self._partial.append(chunk)
-                if chunk:
-                    await self._emit(
-                        EventType.LLM_STREAM_CHUNK, {"text": chunk, "iteration": iteration}
-                    )
-                if isinstance(done, BaseException):
-                    raise done
-                if done is not None:
-                    return done
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
 
     async def _finish(
         self, text: str, usage: Usage, iterations: int, finish_reason: str | None

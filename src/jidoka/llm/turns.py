@@ -16,8 +16,8 @@ import asyncio
 import msgspec
 
 from ..errors import LimitExceeded
-from ..session.context import Message
 from ..session.info import TokenUsage
+from ..session.state import Message
 
 __all__ = ["ChatResult", "Turn", "TurnQueueLimit"]
 

@@ -3,14 +3,18 @@
 Provider-neutral on purpose: a provider translates these to and from its wire format (the
 OpenAI-compatible Chat Completions one, a script, ...), and nothing above the provider layer sees
 an SDK type. Messages follow the Chat Completions shape because every compatible server speaks it.
+The two shapes the tools share (:class:`ToolCall`, :class:`ToolSpec`) are defined in
+:mod:`jidoka.tools.spec`, which imports nothing of this package, and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
+
+from ..tools.spec import ToolCall, ToolSpec
 
 __all__ = [
     "ChatMessage",
@@ -24,15 +28,6 @@ __all__ = [
 ]
 
 
-class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
-    """One call the model asked for. ``arguments`` is the JSON text the model produced (it may
-    be invalid JSON: the tool layer reports that back to the model as a tool error)."""
-
-    id: str
-    name: str
-    arguments: str
-
-
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A message of the prompt. ``tool`` messages answer one call (``tool_call_id``)."""
 
@@ -40,14 +35,6 @@ class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-
-
-class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A tool as the model sees it: name, description, JSON Schema of its arguments."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

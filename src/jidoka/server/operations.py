@@ -17,9 +17,10 @@ from ..client import Client
 from ..errors import InvalidArgument, JidokaError, SessionNotFound
 from ..events import Event, EventType
 from ..llm.orchestrator import ChatResult
-from ..session.context import CONTEXT_PARTS, ActiveFile, ContextBundle, FileIndexEntry, Message
+from ..session.context import CONTEXT_PARTS, ContextBundle
 from ..session.info import SessionInfo
 from ..session.manager import REASON_REQUESTED, SessionManager
+from ..session.state import ActiveFile, FileIndexEntry, Message
 from ..store.base import SavedSession
 from ..tools.sandbox import ProjectRoot, resolve_project_root
 

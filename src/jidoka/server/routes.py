@@ -21,8 +21,9 @@ from starlette.responses import Response
 
 from ..errors import InvalidArgument
 from ..llm.orchestrator import ChatResult
-from ..session.context import ActiveFile, ContextBundle, FileIndexEntry, Message
+from ..session.context import ContextBundle
 from ..session.info import SessionInfo
+from ..session.state import ActiveFile, FileIndexEntry, Message
 from ..store.base import SavedSession
 from ..wire import (
     Accepted,

@@ -7,8 +7,8 @@ from typing import Any, Final
 
 import msgspec
 
-from .context import SessionState
-from .state import SessionConfig, Status
+from ..config import SessionConfig
+from .state import SessionState, Status
 
 __all__ = ["SessionInfo", "Tombstone", "TokenUsage"]
 

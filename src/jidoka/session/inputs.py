@@ -16,7 +16,8 @@ from typing import Any, Final
 import msgspec
 
 from ..errors import InvalidArgument, LimitExceeded
-from .context import CONTEXT_PARTS, SessionState, json_size
+from .context import CONTEXT_PARTS
+from .state import SessionState, json_size
 
 __all__ = [
     "MAX_KEY_CHARS",

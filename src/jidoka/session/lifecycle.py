@@ -29,14 +29,13 @@ from ..ids import IdGenerator
 from ..telemetry import SESSION_ID_ATTRIBUTE, Telemetry
 from ..tools.sandbox import resolve_project_root
 from .background import BackgroundTasks
-from .context import SessionState, json_size
 from .idle import IdleReaper
 from .info import SessionInfo
 from .postcommit import Step
 from .registry import SessionRegistry
 from .session import Session, SessionServices
 from .spans import guarded_span
-from .state import REASON_ERROR, Status, check_transition
+from .state import REASON_ERROR, SessionState, Status, check_transition, json_size
 from .supervisor import Supervisor, WorkerCrash, WorkerFactory
 
 __all__ = ["Lifecycle"]

@@ -15,8 +15,9 @@ from datetime import datetime
 from ..errors import JidokaError, StoreError
 from ..events import EventType
 from ..store.base import SavedSession, SessionStore
-from .context import SessionState, apply
+from .projection import apply
 from .snapshot import SnapshotError, decode_state, encode_state
+from .state import SessionState
 
 __all__ = ["CorruptSession", "load_state", "saved_copy"]
 

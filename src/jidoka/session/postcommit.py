@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..events import Event
-from .context import apply
+from .projection import apply
 
 if TYPE_CHECKING:
     from .session import Session

@@ -26,14 +26,13 @@ from ..events import Event, EventType
 from ..ids import is_session_id
 from ..store.base import StoredSession
 from .background import BackgroundTasks
-from .context import SessionState
 from .idle import IdleReaper
 from .lifecycle import Lifecycle
 from .persistence import CorruptSession, load_state
 from .registry import SessionRegistry
 from .session import Session, SessionServices
 from .snapshot import encode_state
-from .state import REASON_ERROR, Status
+from .state import REASON_ERROR, SessionState, Status
 
 __all__ = ["Recovery"]
 

@@ -28,10 +28,9 @@ from ..errors import (
     SessionTerminated,
 )
 from ..store.base import StoredSession
-from .context import SessionState
 from .info import Tombstone
 from .session import Session
-from .state import REASON_ERROR, Status
+from .state import REASON_ERROR, SessionState, Status
 
 __all__ = ["SessionRegistry"]
 

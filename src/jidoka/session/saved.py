@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from ..errors import SessionExists, SessionNotFound
 from ..store.base import SavedSession
 from ..telemetry import Telemetry
-from .context import SessionState
 from .info import SessionInfo
 from .lifecycle import Lifecycle
 from .persistence import CorruptSession, saved_copy
@@ -25,7 +24,7 @@ from .registry import SessionRegistry
 from .session import Session, SessionServices
 from .snapshot import SnapshotError, decode_state, state_to_dict
 from .spans import guarded_span
-from .state import Status
+from .state import SessionState, Status
 
 __all__ = ["SavedSessions"]
 

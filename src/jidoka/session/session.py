@@ -48,22 +48,12 @@ from ..errors import (
     SessionTerminated,
 )
 from ..events import Event, EventType
+from ..tools import reading as _files
 from ..tools.sandbox import Sandbox
-from . import files as _files
-from .context import (
-    ROLES,
-    ActiveFile,
-    ContextBundle,
-    FileIndexEntry,
-    Message,
-    SessionState,
-    TokenCounter,
-    build_context,
-    json_size,
-)
+from .context import ContextBundle, TokenCounter, build_context
 from .inputs import check_include, check_index_room, check_key, json_copy, split_index_fields
 from .postcommit import Step, after_commit, report_fault
-from .state import Status
+from .state import ROLES, ActiveFile, FileIndexEntry, Message, SessionState, Status, json_size
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ from typing import Any, Final
 
 import msgspec
 
+from ..config import SessionConfig
 from ..errors import JidokaError
-from .context import ActiveFile, FileIndexEntry, Message, SessionState, json_size
-from .state import SessionConfig, Status
+from .state import ActiveFile, FileIndexEntry, Message, SessionState, Status, json_size
 
 __all__ = ["SNAPSHOT_FORMAT", "SnapshotError", "decode_state", "encode_state", "state_to_dict"]
 

@@ -1,4 +1,11 @@
-"""Session lifecycle: the statuses, the one transition table, and the session's configuration.
+"""A session's state: its lifecycle (the statuses, the one transition table) and its projection.
+
+:class:`SessionState` is what a session's event log adds up to (history, active files, file
+index, working context, status); the records it holds (:class:`Message`, :class:`ActiveFile`,
+:class:`FileIndexEntry`) are also what clients get back. Only
+:func:`~jidoka.session.projection.apply` changes a ``SessionState``; this module holds the shapes
+alone, so the projection, snapshots and ``build_context`` all build on it and on nothing of each
+other's.
 
 The lifecycle (blueprint §4)::
 
@@ -14,24 +21,29 @@ The lifecycle (blueprint §4)::
 
 from __future__ import annotations
 
-import re
+from collections import deque
+from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Any, Final
 
 import msgspec
 
-from ..errors import InvalidConfig, InvalidTransition
+from ..config import SessionConfig
+from ..errors import InvalidTransition
 
 __all__ = [
-    "CONFIG_SCHEMA_VERSION",
     "REASON_ERROR",
     "REASON_REQUESTED",
     "REASON_TIMEOUT",
+    "ROLES",
     "TRANSITIONS",
-    "SessionCeilings",
-    "SessionConfig",
+    "ActiveFile",
+    "FileIndexEntry",
+    "Message",
+    "SessionState",
     "Status",
     "check_transition",
+    "json_size",
 ]
 
 
@@ -69,202 +81,143 @@ REASON_TIMEOUT: Final = "timeout"
 REASON_ERROR: Final = "error"
 
 
-CONFIG_SCHEMA_VERSION: Final = 1
+# --- the projected state -------------------------------------------------------------------------
 
-_PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-_NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-_PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-_NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+#: The roles a conversation message may have.
+ROLES: Final = frozenset({"user", "assistant", "system"})
 
 
-class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Per-session limits and behaviour. Immutable, so sessions with equal configs share one.
+class Message(msgspec.Struct, frozen=True, gc=False):
+    """One conversation message. ``id`` is the id of the event that added it."""
 
-    Build one with :meth:`from_dict` (or ``SessionConfig(**fields).validated()``: the plain
-    constructor does not check bounds); a bad field raises :class:`~jidoka.InvalidConfig`
-    naming it.
+    id: str
+    role: str
+    content: str
+    timestamp: datetime
+    seq: int
+
+
+class ActiveFile(msgspec.Struct, frozen=True, gc=False):
+    """A file the session is working on; ``path`` is relative to the project root."""
+
+    path: str
+    added_at: datetime
+    seq: int
+
+
+class FileIndexEntry(msgspec.Struct, frozen=True):
+    """What the session knows about one file. ``mtime`` is seconds since the epoch."""
+
+    path: str
+    language: str | None = None
+    line_count: int | None = None
+    size: int | None = None
+    mtime: float | None = None
+    last_accessed: datetime | None = None
+    extra: dict[str, Any] = {}
+
+
+class SessionState:
+    """The projection of one session's log. Mutated only by
+    :func:`~jidoka.session.projection.apply`.
+
+    Containers are created on first use: an idle, empty session holds no history deque, no file
+    dicts and no working-context dict, which is most of what keeps it small.
     """
 
-    #: Messages kept in the projection's history; the oldest is dropped beyond it (the log keeps
-    #: every message).
-    max_history: _PositiveInt = 100
-    #: Active files per session; adding one more raises ``LimitExceeded``.
-    max_files: _PositiveInt = 50
-    #: Largest file that can be added or read into context, in bytes.
-    max_file_bytes: _PositiveInt = 1_048_576
-    #: Largest message content, in UTF-8 bytes.
-    max_message_bytes: _PositiveInt = 262_144
-    #: File index entries per session (active files and files the agent looked at).
-    max_index_entries: _PositiveInt = 1_000
-    #: Total JSON size of the working context, in bytes.
-    max_working_context_bytes: _PositiveInt = 1_048_576
-    #: Seconds without activity after which an active session becomes idle.
-    idle_after_seconds: _PositiveFloat = 300.0
-    #: Minutes a session may stay idle before it is terminated (reason ``timeout``); 0 disables.
-    timeout_minutes: _NonNegativeFloat = 30.0
-    #: Keep the session in the durable store (no effect with the memory store).
-    persistence_enabled: bool = True
-    #: Worker restarts allowed within ``max_restart_seconds`` before the session is terminated.
-    max_restarts: _NonNegativeInt = 3
-    max_restart_seconds: _PositiveFloat = 5.0
-    #: Feature flags by name, for extensions.
-    features: dict[str, bool] = {}
-    #: The agent: model calls per turn at most (each round of tool calls takes one); past it the
-    #: turn stops with an ``error`` event and ``LimitExceeded('max_iterations')``.
-    max_iterations: _PositiveInt = 10
-    #: What a chat (or a user message) does while a turn runs: wait its turn (``queue``), fail
-    #: with ``SessionBusy`` (``reject``), or cancel the running turn first (``interrupt``).
-    concurrent_turn_policy: Literal["queue", "reject", "interrupt"] = "queue"
-    #: Whether the agent's tools may write files: ``False``, ``True``, or ``"ask"`` (each write
-    #: emits ``approval_requested`` and waits for ``approve()``; no answer in time denies).
-    allow_write: bool | Literal["ask"] = False
-    approval_timeout_seconds: _PositiveFloat = 300.0
-    #: Seconds one tool call may take (its blocking work runs off the event loop).
-    tool_timeout_seconds: _PositiveFloat = 30.0
-    #: Turns that may wait behind the running one (policy ``queue``); one more raises
-    #: ``LimitExceeded('max_queued_turns')``. Each waiting turn holds its text in memory.
-    max_queued_turns: _PositiveInt = 16
+    __slots__ = (
+        "agent_status",
+        "config",
+        "created_at",
+        "error",
+        "files",
+        "history",
+        "index",
+        "llm_config",
+        "metadata",
+        "owner",
+        "pending_approvals",
+        "project_root",
+        "reason",
+        "seq",
+        "session_id",
+        "status",
+        "updated_at",
+        "usage",
+        "usage_estimated",
+        "wc_sizes",
+        "working_context",
+    )
 
-    @classmethod
-    def from_dict(
-        cls, data: object, *, session_id: str | None = None, base: SessionConfig | None = None
-    ) -> SessionConfig:
-        """Validate a mapping into a config; missing fields come from ``base`` (or the defaults).
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.seq = 0
+        self.status = Status.INITIALIZING
+        self.created_at: datetime | None = None
+        self.updated_at: datetime | None = None
+        self.metadata: dict[str, Any] = {}
+        self.config = SessionConfig()
+        self.llm_config: dict[str, Any] = {}
+        self.project_root: str | None = None
+        self.owner: str | None = None
+        self.history: deque[Message] | None = None
+        self.files: dict[str, ActiveFile] | None = None
+        self.index: dict[str, FileIndexEntry] | None = None
+        self.working_context: dict[str, Any] | None = None
+        self.wc_sizes: dict[str, int] | None = None
+        self.reason: str | None = None
+        self.error: str | None = None
+        #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
+        self.usage: tuple[int, int, int] | None = None
+        #: Some of ``usage`` was estimated (the endpoint did not report it).
+        self.usage_estimated = False
+        #: The agent's last ``agent_status`` (``thinking``, ``idle`` ...), None before any turn.
+        self.agent_status: str | None = None
+        #: Write approvals asked for and not yet decided, by call id.
+        self.pending_approvals: set[str] | None = None
 
-        Accepts the output of :meth:`to_dict`, including its ``schema_version``.
-        """
-        if data is None:
-            return base if base is not None else cls()
-        if isinstance(data, SessionConfig):
-            return data.validated(session_id=session_id)
-        if not isinstance(data, dict):
-            raise InvalidConfig(
-                f"config must be a mapping, got {type(data).__name__}",
-                field="config",
-                session_id=session_id,
-            )
-        fields = dict(data)
-        version = fields.pop("schema_version", CONFIG_SCHEMA_VERSION)
-        if version != CONFIG_SCHEMA_VERSION:
-            raise InvalidConfig(
-                f"unsupported config schema_version {version!r} (this version reads "
-                f"{CONFIG_SCHEMA_VERSION})",
-                field="schema_version",
-                session_id=session_id,
-            )
-        if base is not None and fields:
-            merged = msgspec.structs.asdict(base)
-            merged.update(fields)
-            fields = merged
-        elif base is not None:
-            return base
-        return convert_or_raise(fields, cls, session_id=session_id)
+    @property
+    def conversation_count(self) -> int:
+        return len(self.history) if self.history is not None else 0
 
-    def validated(self, *, session_id: str | None = None) -> SessionConfig:
-        """This config if every field is within bounds, else :class:`InvalidConfig`."""
-        convert_or_raise(msgspec.to_builtins(self), SessionConfig, session_id=session_id)
-        return self
+    @property
+    def file_count(self) -> int:
+        return len(self.files) if self.files is not None else 0
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping with ``schema_version``, the inverse of :meth:`from_dict`."""
-        out: dict[str, Any] = {"schema_version": CONFIG_SCHEMA_VERSION}
-        out.update(msgspec.to_builtins(self))
-        return out
+    @property
+    def index_count(self) -> int:
+        return len(self.index) if self.index is not None else 0
 
+    @property
+    def working_context_bytes(self) -> int:
+        return sum(self.wc_sizes.values()) if self.wc_sizes is not None else 0
 
-_CeilingInt = Annotated[int, msgspec.Meta(ge=1)] | None
-_CeilingFloat = Annotated[float, msgspec.Meta(gt=0)] | None
-
-
-class SessionCeilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The largest value a session's config may give each of its limits: the operator's bound
-    on what one client can make the runtime hold (memory, disk, time) through ``create_session``.
-
-    One field per numeric :class:`SessionConfig` field, of the same name (``features``: how
-    many flags). ``None`` lifts a ceiling. ``timeout_minutes`` 0 ("never") is always accepted:
-    what idle sessions hold is bounded by ``max_sessions``, not by their timeout.
-    """
-
-    max_history: _CeilingInt = 10_000
-    max_files: _CeilingInt = 1_000
-    max_file_bytes: _CeilingInt = 16 * 1_048_576
-    max_message_bytes: _CeilingInt = 4 * 1_048_576
-    max_index_entries: _CeilingInt = 100_000
-    max_working_context_bytes: _CeilingInt = 16 * 1_048_576
-    idle_after_seconds: _CeilingFloat = 86_400.0
-    timeout_minutes: _CeilingFloat = 10_080.0
-    max_restarts: _CeilingInt = 100
-    max_restart_seconds: _CeilingFloat = 3_600.0
-    features: _CeilingInt = 64
-    max_iterations: _CeilingInt = 100
-    approval_timeout_seconds: _CeilingFloat = 86_400.0
-    tool_timeout_seconds: _CeilingFloat = 3_600.0
-    max_queued_turns: _CeilingInt = 256
-
-    @classmethod
-    def from_dict(cls, data: object) -> SessionCeilings:
-        """Validate a mapping into ceilings; fields left out keep their defaults."""
-        if isinstance(data, SessionCeilings):
-            return data
-        if not isinstance(data, dict):
-            raise InvalidConfig(
-                f"session ceilings must be a mapping, got {type(data).__name__}",
-                field="session_ceilings",
-            )
-        return convert_or_raise(dict(data), cls)
-
-    def check(self, config: SessionConfig, *, session_id: str | None = None) -> SessionConfig:
-        """``config`` if every limit is within its ceiling, else :class:`InvalidConfig` naming
-        the field, its value and the ceiling."""
-        for name in self.__struct_fields__:
-            ceiling: int | float | None = getattr(self, name)
-            if ceiling is None:
-                continue
-            value = getattr(config, name)
-            if name == "features":
-                if len(value) > ceiling:
-                    raise InvalidConfig(
-                        f"config field 'features' has {len(value)} flags; this runtime allows "
-                        f"at most {ceiling}",
-                        field=name,
-                        session_id=session_id,
-                    )
-                continue
-            if name == "timeout_minutes" and value == 0:
-                continue  # "never": see the class docstring
-            if value > ceiling:
-                raise InvalidConfig(
-                    f"config field {name!r} is {value!r}, above this runtime's ceiling of "
-                    f"{ceiling!r}",
-                    field=name,
-                    session_id=session_id,
-                )
-        return config
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the projection holds, as comparable plain values (for tests and replay)."""
+        return {
+            "session_id": self.session_id,
+            "seq": self.seq,
+            "status": str(self.status),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "metadata": self.metadata,
+            "config": self.config.to_dict(),
+            "llm_config": self.llm_config,
+            "project_root": self.project_root,
+            "owner": self.owner,
+            "history": list(self.history or ()),
+            "files": dict(self.files or {}),
+            "index": dict(self.index or {}),
+            "working_context": dict(self.working_context or {}),
+            "reason": self.reason,
+            "error": self.error,
+            "usage": self.usage,
+            "usage_estimated": self.usage_estimated,
+            "agent_status": self.agent_status,
+            "pending_approvals": sorted(self.pending_approvals or ()),
+        }
 
 
-_T = TypeVar("_T")
-_AT_PATH = re.compile(r"- at (?:`key` in )?`\$\.?([^`]*)`$")
-_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
-
-
-def convert_or_raise(data: dict[str, Any], kind: type[_T], *, session_id: str | None = None) -> _T:
-    """``msgspec.convert`` that turns a validation error into :class:`InvalidConfig`.
-
-    The error's ``field`` is the dotted path msgspec reports (``features.x``), so callers and
-    HTTP clients learn exactly which field was wrong.
-    """
-    try:
-        return msgspec.convert(data, kind, strict=True)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        unknown = _UNKNOWN.search(text)
-        at = _AT_PATH.search(text)
-        if unknown:
-            field = unknown.group(1)
-        elif at and at.group(1):
-            field = at.group(1)
-        else:
-            field = kind.__name__
-        raise InvalidConfig(
-            f"invalid {kind.__name__} field {field!r}: {text}", field=field, session_id=session_id
-        ) from None
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON (the unit of the working-context bound)."""
+    return len(msgspec.json.encode(value))

@@ -22,38 +22,31 @@ import os
 import secrets
 import stat
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 import msgspec
 import regex
 from pathspec import GitIgnoreSpec
 
 from ..errors import JidokaError, LimitExceeded, PathNotAllowed
-from ..session.files import read_bounded
-from ..session.files import read_file as read_facts
+from .reading import read_bounded
+from .reading import read_file as read_facts
 from .sandbox import Sandbox
-
-if TYPE_CHECKING:
-    from .registry import ToolRegistry, ToolResult, preview_write
 
 __all__ = [
     "ToolContext",
     "ToolError",
     "ToolOutput",
-    "ToolRegistry",
-    "ToolResult",
     "current_text",
     "edit_file",
     "edit_text",
     "encode_content",
     "list_files",
-    "preview_write",
     "read_file",
     "search_code",
     "write_file",
 ]
 
-_FROM_REGISTRY: Final = frozenset({"ToolRegistry", "ToolResult", "preview_write"})
 _BINARY_PROBE: Final = 8192  # a NUL byte in this many leading bytes marks a file as binary
 _SHOWN_LINE_CHARS: Final = 300  # a search hit shows at most this much of its line
 _GITIGNORE_BYTES: Final = 256 * 1024
@@ -485,13 +478,3 @@ def _bound(text: str, ctx: ToolContext) -> str:
 def _check(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise TimeoutError("tool deadline passed")
-
-
-def __getattr__(name: str) -> Any:
-    """Serve the registry's public names from here too, so one import gives the agent all it
-    needs. Lazily: :mod:`.registry` imports this module, so a plain import would be a cycle."""
-    if name in _FROM_REGISTRY:
-        from . import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

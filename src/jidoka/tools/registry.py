@@ -1,5 +1,5 @@
 """The model's side of the file tools: their argument Structs, the JSON Schemas generated from
-them, and running one :class:`~jidoka.llm.types.ToolCall` safely.
+them, and running one :class:`~jidoka.tools.spec.ToolCall` safely.
 
 Schemas are generated from the same Structs that decode the model's arguments, so what the model
 is told and what is enforced cannot drift apart. :meth:`ToolRegistry.run` never raises for
@@ -29,9 +29,9 @@ import msgspec
 from msgspec import Meta
 
 from ..errors import JidokaError, LimitExceeded, PathNotAllowed
-from ..llm.types import ToolCall, ToolSpec
 from . import files
 from .files import ToolContext, ToolError, ToolOutput
+from .spec import ToolCall, ToolSpec
 
 __all__ = [
     "EditFileArgs",

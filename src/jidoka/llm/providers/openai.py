@@ -10,9 +10,8 @@ protocol; this module translates Jidoka's :mod:`~jidoka.llm.types` to it and bac
   :class:`Completion` then says ``usage=None`` and the turn loop estimates it (never a silent 0);
 - an assistant message that only calls tools is sent with ``content: ""``: every server takes
   it, while an absent content breaks some chat templates and ``null`` is refused by others;
-- streamed tool-call fragments are assembled by their ``index`` into complete :class:`ToolCall`,
-  as the reference SDKs do: the id and the name are taken once (servers such as
-  llama-cpp-python repeat the name in every fragment), only the arguments are concatenated;
+- streamed tool-call fragments are assembled by their ``index`` into complete ``ToolCall``
+  (:mod:`.chat_completions` holds that translation, both ways);
 - retries with exponential backoff (honouring ``Retry-After``) are the SDK's own: it retries 408,
   409, 429, 5xx, connection errors and timeouts *before the first byte of the answer*, streaming
   or not (``max_retries``); once the answer streams nothing is retried here -- a stream cut in the
@@ -40,11 +39,17 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import openai
 
 from ...errors import InvalidConfig, LLMError, RuntimeClosed
-from ..types import ChatMessage, ChatRequest, Completion, TextDelta, ToolCall, ToolSpec, Usage
+from ..types import ChatRequest, Completion, TextDelta, Usage
+from .chat_completions import (
+    ToolCallFragments,
+    absorb,
+    message_param,
+    tool_choice_param,
+    tool_param,
+)
 
 if TYPE_CHECKING:
     from openai.types.chat import (
-        ChatCompletionAssistantMessageParam,
         ChatCompletionChunk,
         ChatCompletionMessageParam,
         ChatCompletionToolParam,
@@ -143,7 +148,7 @@ class OpenAIProvider:
         client = await self._ensure_client()
         response = await self._open(client, request)
         text: list[str] = []
-        calls = _ToolCalls()
+        calls = ToolCallFragments()
         finish_reason: str | None = None
         usage: Usage | None = None
         chunks = 0
@@ -159,7 +164,7 @@ class OpenAIProvider:
                         completion_tokens=chunk.usage.completion_tokens or 0,
                         total_tokens=chunk.usage.total_tokens or 0,
                     )
-                delta_text, reason = _absorb(chunk, calls)
+                delta_text, reason = absorb(chunk, calls)
                 finish_reason = reason or finish_reason
                 if delta_text:
                     text.append(delta_text)
@@ -249,13 +254,13 @@ class OpenAIProvider:
     async def _open(
         self, client: openai.AsyncOpenAI, request: ChatRequest
     ) -> openai.AsyncStream[ChatCompletionChunk]:
-        messages: list[ChatCompletionMessageParam] = [_message(m) for m in request.messages]
+        messages: list[ChatCompletionMessageParam] = [message_param(m) for m in request.messages]
         params: dict[str, Any] = {"model": request.model or self.model or "", "messages": messages}
         if request.tools:
-            tools: list[ChatCompletionToolParam] = [_tool(t) for t in request.tools]
+            tools: list[ChatCompletionToolParam] = [tool_param(t) for t in request.tools]
             params["tools"] = tools
             if request.tool_choice is not None:
-                params["tool_choice"] = _tool_choice(request.tool_choice)
+                params["tool_choice"] = tool_choice_param(request.tool_choice)
         temperature = request.temperature if request.temperature is not None else self.temperature
         if temperature is not None:
             params["temperature"] = temperature
@@ -380,7 +385,7 @@ class OpenAIProvider:
         )
 
 
-# --- translation ---------------------------------------------------------------------------------
+# --- the SDK call and its errors' text -----------------------------------------------------------
 
 
 async def _create(
@@ -388,48 +393,6 @@ async def _create(
 ) -> openai.AsyncStream[ChatCompletionChunk]:
     stream = await client.chat.completions.create(stream=True, **params)
     return cast("openai.AsyncStream[ChatCompletionChunk]", stream)
-
-
-def _message(message: ChatMessage) -> ChatCompletionMessageParam:
-    content = message.content or ""
-    if message.role == "system":
-        return {"role": "system", "content": content}
-    if message.role == "user":
-        return {"role": "user", "content": content}
-    if message.role == "tool":
-        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": content}
-    # Always a string, "" when the message only calls tools: llama-cpp-python's chat templates
-    # fail on a missing content (after answering 200), and its server refuses null (HTTP 500).
-    assistant: ChatCompletionAssistantMessageParam = {"role": "assistant", "content": content}
-    if message.tool_calls:
-        assistant["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in message.tool_calls
-        ]
-    return assistant
-
-
-def _tool(tool: ToolSpec) -> ChatCompletionToolParam:
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-        },
-    }
-
-
-def _tool_choice(choice: str) -> Any:
-    """``llm_config.tool_choice`` on the wire: a mode as is, a tool's name as the object that
-    names it."""
-    if choice in ("auto", "required", "none"):
-        return choice
-    return {"type": "function", "function": {"name": choice}}
 
 
 def _empty(base_url: str, how: str) -> str:
@@ -460,52 +423,3 @@ def _error_text(body: bytes) -> str:
 
 def _mentions_stream_options(exc: openai.BadRequestError) -> bool:
     return "stream_options" in exc.message or "stream_options" in str(exc.body)
-
-
-def _absorb(chunk: ChatCompletionChunk, calls: _ToolCalls) -> tuple[str, str | None]:
-    """Fold one chunk's first choice into ``calls``; return its text and finish_reason."""
-    text = ""
-    reason: str | None = None
-    for choice in chunk.choices:
-        if choice.index != 0:
-            continue  # we ask for one choice (n=1)
-        delta = choice.delta
-        if delta is not None:
-            text += delta.content or ""
-            for fragment in delta.tool_calls or ():
-                function = fragment.function
-                calls.add(
-                    getattr(fragment, "index", None),
-                    fragment.id,
-                    function.name if function is not None else None,
-                    function.arguments if function is not None else None,
-                )
-        reason = choice.finish_reason or reason
-    return text, reason
-
-
-class _ToolCalls:
-    """Streamed tool-call fragments, keyed by index, assembled as the reference SDKs do: the id
-    and the name are taken from the first fragment that has them (llama-cpp-python repeats the
-    name in every fragment, others repeat the id; a repeat is not more name), and only the
-    arguments are concatenated."""
-
-    def __init__(self) -> None:
-        self._calls: dict[int, tuple[str, str, list[str]]] = {}
-
-    def add(
-        self, index: int | None, call_id: str | None, name: str | None, arguments: str | None
-    ) -> None:
-        if index is None:  # servers that omit the index send each call whole, in order
-            index = len(self._calls)
-        known_id, known_name, parts = self._calls.setdefault(index, ("", "", []))
-        if (call_id and not known_id) or (name and not known_name):
-            self._calls[index] = (known_id or call_id or "", known_name or name or "", parts)
-        if arguments:
-            parts.append(arguments)
-
-    def assemble(self) -> list[ToolCall]:
-        return [
-            ToolCall(id=call_id or f"call_{index}", name=name, arguments="".join(parts))
-            for index, (call_id, name, parts) in sorted(self._calls.items())
-        ]

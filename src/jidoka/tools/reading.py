@@ -1,4 +1,5 @@
-"""Reading project files for a session: facts for the file index and text for the context.
+"""Reading project files through the sandbox: facts for a session's file index, text for its
+context, and the bounded read the agent's file tools share.
 
 All functions here block (they touch the disk); the session runs them in a worker thread.
 """
@@ -12,7 +13,7 @@ from typing import Final
 import msgspec
 
 from ..errors import JidokaError, LimitExceeded, PathNotAllowed
-from ..tools.sandbox import Sandbox
+from .sandbox import Sandbox
 
 __all__ = [
     "FileFacts",

@@ -1,0 +1,212 @@
+"""A session's projection: :func:`apply`, the one function that folds its event log into a
+:class:`~jidoka.session.state.SessionState`.
+
+:func:`apply` is the only code that changes a :class:`SessionState`. It is deterministic and does
+no I/O, reads no clock and draws no random number: the same log always yields the same state, so
+a session can be rebuilt from its log at any time (replay, restore, another node taking over).
+It updates the state in place rather than returning a copy; a copying apply would make every
+message cost O(history), and appending must stay O(1).
+
+Bounds are enforced *before* an event is made (by the session's commands), so ``apply`` never
+refuses a valid event. The one bound ``apply`` itself implements is the history window: the
+projection keeps the newest ``max_history`` messages and drops the oldest; the log keeps them all.
+
+The state's shapes live in :mod:`.state`, not here: a ``session_created`` that restores a saved
+session carries its snapshot, so applying it decodes one (:mod:`.snapshot`), and snapshots
+decode into those shapes. The imports go one way: projection, then snapshot, then state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import msgspec
+
+from ..config import SessionConfig
+from ..events import Event, EventType
+from .snapshot import decode_state
+from .state import ActiveFile, FileIndexEntry, Message, SessionState, Status, json_size
+
+__all__ = ["apply", "replay"]
+
+
+def _created(state: SessionState, event: Event) -> None:
+    data = event.data
+    restored = data.get("state")
+    if restored is not None:
+        _restored(state, event, restored)
+        return
+    state.history = state.files = state.index = state.working_context = state.wc_sizes = None
+    state.reason = state.error = None
+    state.created_at = event.time
+    state.status = Status(data.get("status", Status.INITIALIZING))
+    metadata, llm_config = data.get("metadata"), data.get("llm_config")
+    state.metadata = metadata if metadata is not None else {}
+    state.config = SessionConfig.from_dict(data.get("config"), session_id=state.session_id)
+    state.llm_config = llm_config if llm_config is not None else {}
+    state.project_root = data.get("project_root")
+    state.owner = data.get("owner")
+
+
+def _restored(state: SessionState, event: Event, saved: dict[str, Any]) -> None:
+    """A restored session starts a new life from its saved copy (``session_created.state``)."""
+    source = decode_state(saved, session_id=state.session_id)
+    for name in SessionState.__slots__:
+        if name not in ("seq", "session_id", "updated_at"):
+            setattr(state, name, getattr(source, name))
+    state.status = Status(event.data.get("status", Status.INITIALIZING))
+    state.reason = state.error = None
+
+
+def _status(state: SessionState, event: Event) -> None:
+    state.status = Status(event.data["status"])
+    if event.data.get("error"):
+        state.error = event.data["error"]
+
+
+def _terminated(state: SessionState, event: Event) -> None:
+    state.status = Status.TERMINATED
+    state.reason = event.data.get("reason")
+    state.error = event.data.get("error") or state.error
+
+
+def _message(state: SessionState, event: Event) -> None:
+    if state.history is None:
+        state.history = deque(maxlen=state.config.max_history)
+    data = event.data
+    state.history.append(Message(event.id, data["role"], data["content"], event.time, event.seq))
+
+
+def _cleared(state: SessionState, event: Event) -> None:
+    state.history = None
+
+
+def _file_added(state: SessionState, event: Event) -> None:
+    data = event.data
+    path = data["path"]
+    if state.files is None:
+        state.files = {}
+    state.files.pop(path, None)  # re-adding moves it to the end (most recent)
+    state.files[path] = ActiveFile(path, event.time, event.seq)
+    _put_index(
+        state,
+        FileIndexEntry(
+            path=path,
+            language=data.get("language"),
+            line_count=data.get("line_count"),
+            size=data.get("size"),
+            mtime=data.get("mtime"),
+            last_accessed=event.time,
+        ),
+    )
+
+
+def _file_removed(state: SessionState, event: Event) -> None:
+    if state.files is not None:
+        state.files.pop(event.data["path"], None)
+        if not state.files:
+            state.files = None
+
+
+def _index_updated(state: SessionState, event: Event) -> None:
+    _put_index(state, msgspec.convert(event.data["entry"], FileIndexEntry))
+
+
+def _llm_response(state: SessionState, event: Event) -> None:
+    """A turn's usage (``llm_response``, or the ``error`` that ended a failed turn) adds up."""
+    usage = event.data.get("usage")
+    if isinstance(usage, dict):
+        before = state.usage or (0, 0, 0)
+        state.usage = (
+            before[0] + int(usage.get("prompt_tokens", 0)),
+            before[1] + int(usage.get("completion_tokens", 0)),
+            before[2] + int(usage.get("total_tokens", 0)),
+        )
+        state.usage_estimated = state.usage_estimated or usage.get("estimated") is True
+
+
+def _agent_status(state: SessionState, event: Event) -> None:
+    state.agent_status = event.data.get("status")
+
+
+def _approval_requested(state: SessionState, event: Event) -> None:
+    if state.pending_approvals is None:
+        state.pending_approvals = set()
+    state.pending_approvals.add(event.data["call_id"])
+
+
+def _approval_decided(state: SessionState, event: Event) -> None:
+    if state.pending_approvals is not None:
+        state.pending_approvals.discard(event.data["call_id"])
+        if not state.pending_approvals:
+            state.pending_approvals = None
+
+
+def _put_index(state: SessionState, entry: FileIndexEntry) -> None:
+    if state.index is None:
+        state.index = {}
+    state.index.pop(entry.path, None)
+    state.index[entry.path] = entry
+
+
+def _working_context(state: SessionState, event: Event) -> None:
+    key = event.data["key"]
+    if event.data.get("deleted"):
+        if state.working_context is not None:
+            state.working_context.pop(key, None)
+            assert state.wc_sizes is not None
+            state.wc_sizes.pop(key, None)
+        return
+    if state.working_context is None:
+        state.working_context, state.wc_sizes = {}, {}
+    assert state.wc_sizes is not None
+    value = event.data["value"]
+    state.working_context[key] = value
+    state.wc_sizes[key] = len(key) + json_size(value)
+
+
+_APPLY: Final[dict[str, Callable[[SessionState, Event], None]]] = {
+    EventType.SESSION_CREATED: _created,
+    EventType.SESSION_STATUS: _status,
+    EventType.SESSION_TERMINATED: _terminated,
+    EventType.CONVERSATION_ADDED: _message,
+    EventType.CONVERSATION_CLEARED: _cleared,
+    EventType.FILE_ADDED: _file_added,
+    EventType.FILE_REMOVED: _file_removed,
+    EventType.FILE_INDEX_UPDATED: _index_updated,
+    EventType.WORKING_CONTEXT_UPDATED: _working_context,
+    EventType.LLM_RESPONSE: _llm_response,
+    EventType.ERROR: _llm_response,
+    EventType.AGENT_STATUS: _agent_status,
+    EventType.APPROVAL_REQUESTED: _approval_requested,
+    EventType.APPROVAL_DECIDED: _approval_decided,
+}
+
+
+def apply(state: SessionState, event: Event) -> None:
+    """Apply the next event of the session's log to its projection.
+
+    Events that do not change the projection (LLM chunks, tool calls, errors ...) still advance
+    ``seq`` and ``updated_at``. Raises ``ValueError`` if the event is not the next one, which
+    means the log is corrupt; the state is then left unchanged.
+    """
+    if event.session_id != state.session_id or event.seq != state.seq + 1:
+        raise ValueError(
+            f"event {event.session_id}/{event.seq} does not follow "
+            f"{state.session_id}/{state.seq} in the log"
+        )
+    handler = _APPLY.get(event.type)
+    if handler is not None:
+        handler(state, event)
+    state.seq = event.seq
+    state.updated_at = event.time
+
+
+def replay(session_id: str, events: Iterable[Event]) -> SessionState:
+    """Rebuild a projection from a whole log."""
+    state = SessionState(session_id)
+    for event in events:
+        apply(state, event)
+    return state
