@@ -15,7 +15,7 @@ follow.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
@@ -186,14 +186,19 @@ class Verb:
             for f in msgspec.structs.fields(self.body)
         )
 
-    def url(self, args: Any, quote_segment: Callable[[str], str]) -> str:
-        """The path with ``args``' path parameters put in, each quoted by ``quote_segment``."""
+    def url(self, values: Mapping[str, str], quote_segment: Callable[[str], str]) -> str:
+        """The path with the path parameters in ``values`` put in, quoted by
+        ``quote_segment``."""
         parts = []
         for part in self.path.split("/"):
             if part.startswith("{") and part.endswith("}"):
-                part = quote_segment(getattr(args, part[1:-1].split(":", 1)[0]))
+                part = quote_segment(values[part[1:-1].split(":", 1)[0]])
             parts.append(part)
         return "/".join(parts)
+
+    def takes_slashes(self, name: str) -> bool:
+        """Whether path parameter ``name`` may hold ``/`` (a ``{name:path}``)."""
+        return f"{{{name}:path}}" in self.path
 
 
 # --- how each verb runs on a scoped client -------------------------------------------------------
