@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -121,6 +122,8 @@ def remote_method(verb: Verb) -> Callable[..., Awaitable[Any]]:
     assert verb.client is not None
     model = getattr(Client, verb.client)
     signature = inspect.signature(model)
+    # A Client method that returns nothing drops the wire's echo (put_working_context's).
+    returns_nothing = typing.get_type_hints(model).get("return") is type(None)
 
     async def method(self: RemoteClient, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(self, *args, **kwargs)
@@ -129,6 +132,8 @@ def remote_method(verb: Verb) -> Callable[..., Awaitable[Any]]:
         del values["self"]
         refuse_owner(values.pop("owner", None))
         answer = await self._verb(verb, values)
+        if returns_nothing:
+            return None
         return answer if verb.unwrap is None else getattr(answer, verb.unwrap)
 
     method.__name__ = method.__qualname__ = verb.client
