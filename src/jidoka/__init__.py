@@ -36,6 +36,7 @@ from .errors import (
 )
 from .events import Event, EventType, decode_event, encode_event
 from .runtime import Runtime
+from .scoped import ScopedClient
 from .session.context import (
     ActiveFile,
     ContextBundle,
@@ -75,6 +76,7 @@ __all__ = [
     "Runtime",
     "RuntimeClosed",
     "SavedSession",
+    "ScopedClient",
     "ServerUnavailable",
     "SessionBusy",
     "SessionConfig",
