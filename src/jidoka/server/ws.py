@@ -1,7 +1,9 @@
 """``GET /v1/ws``: the client verbs as JSON commands, and event subscriptions, on one socket.
 
 Protocol (``docs/http-api.md``): ``{"id", "op", "args"}`` in, ``{"id", "ok", "result"|"error"}``
-out, errors as the same problem documents as HTTP; ``subscribe``/``unsubscribe`` push
+out. The ops are the verbs of :data:`jidoka.verbs.VERBS`, their ``args`` the verb's argument
+struct (checked here, naming the argument at fault as HTTP does), their ``result`` the very
+bytes the HTTP route answers, and errors the same problem documents as HTTP; ``subscribe``/``unsubscribe`` push
 ``{"subscription", "event"}`` frames. Commands of one socket run in order (a client that sends
 a message and then reads the history sees its message); each subscription is its own task, and
 one lock serialises writes to the socket.
