@@ -152,7 +152,7 @@ class Verb:
                 fields.append((spec.name, spec.type))
             else:
                 fields.append((spec.name, spec.type, default))
-        # Required first, as a signature needs; kw_only makes the order otherwise free.
+        # kw_only: a required field may follow one with a default (path, then query, then body).
         args = msgspec.defstruct(
             f"{self.name}_args", fields, kw_only=True, forbid_unknown_fields=True
         )

@@ -5,9 +5,10 @@ the body become the verb's argument struct, the verb runs on the caller's
 :class:`~jidoka.scoped.ScopedClient` (which checks whose session it is), and its answer is
 encoded as declared. Validation of values belongs to the core (which names the session and the
 argument in its errors), errors to the app's one exception handler, which turns any
-:class:`~jidoka.JidokaError` into problem+json. :data:`ROUTES` feeds the router and the OpenAPI
-document, so the three cannot disagree: the query parameters a route declares are the only ones
-it accepts, and a route marked ``stream`` is the only kind the in-flight limit leaves uncounted.
+:class:`~jidoka.JidokaError` into problem+json. :data:`ROUTES` (the router's table) and the
+OpenAPI document both read the verb table, so they cannot disagree: the query parameters a verb
+declares are the only ones its route accepts, and a route marked ``stream`` is the only kind the
+in-flight limit leaves uncounted.
 """
 
 from __future__ import annotations
