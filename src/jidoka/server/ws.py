@@ -3,10 +3,10 @@
 Protocol (``docs/http-api.md``): ``{"id", "op", "args"}`` in, ``{"id", "ok", "result"|"error"}``
 out. The ops are the verbs of :data:`jidoka.verbs.VERBS`, their ``args`` the verb's argument
 struct (checked here, naming the argument at fault as HTTP does), their ``result`` the very
-bytes the HTTP route answers, and errors the same problem documents as HTTP; ``subscribe``/``unsubscribe`` push
-``{"subscription", "event"}`` frames. Commands of one socket run in order (a client that sends
-a message and then reads the history sees its message); each subscription is its own task, and
-one lock serialises writes to the socket.
+bytes the HTTP route answers, and errors the same problem documents as HTTP;
+``subscribe``/``unsubscribe`` push ``{"subscription", "event"}`` frames. Commands of one socket
+run in order (a client that sends a message and then reads the history sees its message); each
+subscription is its own task, and one lock serialises writes to the socket.
 
 Whatever a client sends gets a reply, never a dropped socket: a binary frame, a frame that is
 not JSON, nests too deep, is not a command, names an unknown op or gives an argument of the
