@@ -70,6 +70,11 @@ class RemoteClient(_Verbs):
     the token, so passing one is an :class:`~jidoka.InvalidArgument`.
     """
 
+    if TYPE_CHECKING:
+        # Client's, not the network's: a type checker is told they are not here.
+        scoped: None  # type: ignore[assignment]
+        submit_chat: None  # type: ignore[assignment]
+
     def __init__(
         self,
         url: str,

@@ -130,3 +130,9 @@ def test_arguments_are_one_struct_per_verb_with_path_query_and_body() -> None:
         assert len(verb.path_params) + len(verb.query) + len(verb.body_fields) == len(fields)
     assert len({v.name for v in VERBS}) == len(VERBS)
     assert len({(v.method, v.path) for v in VERBS}) == len(VERBS)
+
+
+def test_remote_client_has_none_of_clients_in_process_only_methods() -> None:
+    """``scoped`` and ``submit_chat`` are Client's alone (the type checker is told so)."""
+    assert not hasattr(RemoteClient, "scoped")
+    assert not hasattr(RemoteClient, "submit_chat")
