@@ -7,6 +7,8 @@ async with jidoka.Runtime() as rt:
     await rt.client.send_message(sid, "user", "hello")
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .bus.base import Subscription
 from .cache import FileCache
@@ -36,10 +38,14 @@ from .errors import (
 )
 from .events import Event, EventType, decode_event, encode_event
 from .runtime import Runtime
+from .scoped import ScopedClient
 from .session.context import ContextBundle, FileExcerpt, estimate_tokens
 from .session.info import SessionInfo, TokenUsage
 from .session.state import ActiveFile, FileIndexEntry, Message, Status
 from .store.base import SavedSession
+
+if TYPE_CHECKING:  # imported when first used (see __getattr__), typed all the same
+    from .remote import RemoteClient, ServerUnavailable
 
 __all__ = [
     "ActiveFile",
@@ -68,6 +74,7 @@ __all__ = [
     "Runtime",
     "RuntimeClosed",
     "SavedSession",
+    "ScopedClient",
     "ServerUnavailable",
     "SessionBusy",
     "SessionConfig",

@@ -19,6 +19,7 @@ from .events import Event
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
 from .llm.providers import validate_llm_config
+from .scoped import ScopedClient
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
 from .session.manager import REASON_REQUESTED, SessionManager
@@ -37,6 +38,13 @@ class Client:
         self._manager = manager
         self._bus = bus
         self._agents = agents
+
+    def scoped(self, principal: str | None, *, projects_dir: str | None = None) -> ScopedClient:
+        """This client as ``principal`` may use it: only its own sessions are visible, and the
+        sessions it creates are its own (what the server runs each request on). ``None`` is
+        the anonymous principal, which sees every session. ``projects_dir`` confines the
+        ``project_root`` of the sessions it creates."""
+        return ScopedClient(self, self._manager, principal, projects_dir=projects_dir)
 
     # --- lifecycle ------------------------------------------------------------------------------
 

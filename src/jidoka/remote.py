@@ -17,88 +17,47 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final, Self, TypeVar, cast
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import httpx
 import msgspec
 
-from . import wire
 from ._remote_events import (
     KeyNotFound,
     RemoteSubscription,
     ServerUnavailable,
     error_for,
-    segment,
-    session_path,
     translate,
 )
+from ._remote_verbs import refuse_owner, remote_method, request_for
 from ._version import __version__
 from .errors import InvalidArgument, InvalidRole, JidokaError, RuntimeClosed
-from .llm.orchestrator import ChatResult
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
-from .session.manager import REASON_REQUESTED
-from .session.state import ROLES, ActiveFile, FileIndexEntry, Message
-from .store.base import SavedSession
+from .session.state import ROLES, Message
+from .verbs import MAX_PAGE, VERBS, Verb, by_name
+
+if TYPE_CHECKING:
+    # The verbs are made from the verb table at import (see the end of this module), with
+    # Client's own signatures: this tells the type checker so.
+    from .client import Client as _Verbs
+else:
+    _Verbs = object
 
 __all__ = ["RemoteClient", "RemoteSubscription", "ServerUnavailable"]
 
-_T = TypeVar("_T")
 #: Short requests in flight at most; more wait their turn (FIFO). Like a browser's connections
 #: per host: more cost CPU, since httpx's pool does work per connection on every request
 #: (1,000 concurrent creations on loopback: 2 s with 8, 4-5 s with 16, a pool timeout with 100).
 _MAX_CONNECTIONS: Final = 8
 #: Idle connections kept for chats and event streams.
 _LONG_KEEPALIVE: Final = 8
-#: The largest page the server serves (``limit`` above it is refused); longer lists take pages.
-_MAX_PAGE: Final = 1000
-#: Where a validation error points (``... - at `$.role```): the argument to name.
-_ERROR_PATH: Final = re.compile(r" - at `\$\.?([^`.\[]*)")
 
 
-def _saved(session_id: object) -> str:
-    return session_path(session_id).replace("/v1/sessions/", "/v1/saved-sessions/", 1)
-
-
-def _key_route(session_id: str, key: object) -> str:
-    route = session_path(session_id)
-    if not isinstance(key, str) or not key:
-        raise InvalidArgument(
-            f"working-context key must be a non-empty string, got {key!r:.80}",
-            argument="key",
-            session_id=session_id,
-        )
-    return f"{route}/working-context/{segment(key)}"
-
-
-def _encode(body: object, argument: str, session_id: str | None = None) -> bytes:
-    """JSON for a request body; an unencodable value is the caller's error, as in process."""
-    if isinstance(body, msgspec.Struct):
-        _check_types(body)
-    try:
-        return msgspec.json.encode(body)
-    except (TypeError, ValueError, msgspec.EncodeError) as exc:
-        raise InvalidArgument(
-            f"{argument} is not JSON-serialisable: {exc}", argument=argument, session_id=session_id
-        ) from None
-
-
-def _check_types(body: msgspec.Struct) -> None:
-    """Refuse an argument of the wrong type here, as the server would: JSON would otherwise
-    carry some of them as something else (bytes become a base64 string, a tuple a list)."""
-    try:
-        msgspec.convert(msgspec.structs.asdict(body), type(body))
-    except msgspec.ValidationError as exc:
-        field = match.group(1) if (match := _ERROR_PATH.search(str(exc))) else "request"
-        raise InvalidArgument(f"invalid argument: {exc}", argument=field or "request") from None
-
-
-class RemoteClient:
+class RemoteClient(_Verbs):
     """Create, drive and watch the sessions of a ``jidoka serve`` server.
 
     Every method of :class:`~jidoka.Client`, with the same arguments, results and exceptions,
@@ -111,6 +70,11 @@ class RemoteClient:
     ``owner`` arguments exist only so code can switch clients: the server decides ownership from
     the token, so passing one is an :class:`~jidoka.InvalidArgument`.
     """
+
+    if TYPE_CHECKING:
+        # Client's, not the network's: a type checker is told they are not here.
+        scoped: None  # type: ignore[assignment]
+        submit_chat: None  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -189,28 +153,8 @@ class RemoteClient:
             finally:
                 await self._long.aclose()
 
-    # --- lifecycle ------------------------------------------------------------------------------
-
-    async def create_session(
-        self,
-        *,
-        metadata: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
-        llm_config: dict[str, Any] | None = None,
-        project_root: str | None = None,
-        owner: str | None = None,
-    ) -> str:
-        """Create a session owned by the token's principal and return its id."""
-        _refuse_owner(owner)
-        for name, value in (("metadata", metadata), ("config", config), ("llm_config", llm_config)):
-            _encode(value, name)  # to name the argument that cannot travel
-        body = wire.CreateSessionRequest(
-            metadata=metadata, config=config, llm_config=llm_config, project_root=project_root
-        )
-        return (await self._call("POST", "/v1/sessions", SessionInfo, body=body)).session_id
-
-    async def get_session_info(self, session_id: str) -> SessionInfo:
-        return await self._call("GET", session_path(session_id), SessionInfo)
+    # --- the verbs that need more than their declaration -----------------------------------------
+    # (every other verb of Client is made from the verb table at the end of this module)
 
     async def list_sessions(
         self,
@@ -221,17 +165,16 @@ class RemoteClient:
         owner: str | None = None,
     ) -> list[SessionInfo]:
         """Sessions in creation order; without ``limit``, every page is fetched."""
-        _refuse_owner(owner)
+        refuse_owner(owner)
         if limit is not None and (not _natural(limit) or limit < 1):
             raise InvalidArgument(f"limit must be positive, got {limit!r}", argument="limit")
+        verb = _verb("list_sessions")
         sessions: list[SessionInfo] = []
         cursor = after
         while True:
-            params: dict[str, str | int] = {} if status is None else {"status": str(status)}
-            if cursor is not None:
-                params["cursor"] = cursor
-            params["limit"] = min(_MAX_PAGE, _MAX_PAGE if limit is None else limit - len(sessions))
-            page = await self._call("GET", "/v1/sessions", wire.SessionPage, params=params)
+            size = min(MAX_PAGE, MAX_PAGE if limit is None else limit - len(sessions))
+            values = {"status": status, "limit": size, "cursor": cursor}
+            page = await self._verb(verb, values)
             sessions.extend(page.sessions)
             full = limit is not None and len(sessions) >= limit
             # An empty page or a repeated cursor would loop forever: stop rather than trust it.
@@ -239,122 +182,26 @@ class RemoteClient:
                 return sessions[:limit]
             cursor = page.next_cursor
 
-    async def terminate_session(
-        self, session_id: str, *, reason: str = REASON_REQUESTED
-    ) -> SessionInfo:
-        params = {"reason": reason}
-        return await self._call("DELETE", session_path(session_id), SessionInfo, params=params)
-
-    # --- saved sessions -------------------------------------------------------------------------
-
-    async def save_session(self, session_id: str) -> SavedSession:
-        return await self._call("POST", f"{session_path(session_id)}/save", SavedSession)
-
-    async def restore_session(self, session_id: str) -> SessionInfo:
-        return await self._call("POST", f"{_saved(session_id)}/restore", SessionInfo)
-
-    async def list_saved_sessions(self, *, owner: str | None = None) -> list[SavedSession]:
-        """The caller's saved copies."""
-        _refuse_owner(owner)
-        found = await self._call("GET", "/v1/saved-sessions", wire.SavedSessionList)
-        return found.saved_sessions
-
-    async def delete_saved_session(self, session_id: str) -> None:
-        await self._call("DELETE", _saved(session_id), type(None))
-
-    # --- the agent ------------------------------------------------------------------------------
-
-    async def chat(self, session_id: str, text: str) -> ChatResult:
-        """Run one agent turn and return its result; the request waits for the whole turn (no
-        read timeout). Cancelling this call does not stop the turn (it belongs to the session);
-        :meth:`cancel` does."""
-        route = f"{session_path(session_id)}/chat"
-        body = wire.ChatRequestBody(text=text)
-        answer = ChatResult
-        params = {"wait": "true"}
-        return await self._call("POST", route, answer, body=body, params=params, long_lived=True)
-
-    async def cancel(self, session_id: str) -> bool:
-        """Stop the session's running turn; ``False`` if no turn was running."""
-        route = f"{session_path(session_id)}/cancel"
-        return (await self._call("POST", route, wire.Cancelled)).cancelled
-
-    async def approve(self, session_id: str, call_id: str, allow: bool = True) -> None:
-        """Answer an ``approval_requested`` event: let the write happen, or not."""
-        route = session_path(session_id)
-        if not isinstance(call_id, str) or not call_id or "/" in call_id:
-            raise InvalidArgument(  # no route can name it: nothing can wait under it
-                f"no write is waiting for approval under call id {call_id!r}",
-                argument="call_id",
-                session_id=session_id,
-            )
-        body = wire.ApprovalRequest(allow=allow)
-        route = f"{route}/approvals/{segment(call_id)}"
-        await self._call("POST", route, type(None), body=body, argument="allow")
-
-    # --- conversation ---------------------------------------------------------------------------
-
     async def send_message(self, session_id: str, role: str, content: str) -> Message:
         if not isinstance(role, str) or (role not in ROLES and not isinstance(content, str)):
             # As in process (the role is checked first), not the server's type error.
             raise InvalidRole(session_id if isinstance(session_id, str) else None, role)
-        body = wire.SendMessageRequest(role=role, content=content)
-        return await self._call("POST", f"{session_path(session_id)}/messages", Message, body=body)
-
-    async def get_conversation_history(self, session_id: str) -> list[Message]:
-        path = f"{session_path(session_id)}/messages"
-        return (await self._call("GET", path, wire.MessageList)).messages
-
-    async def clear_conversation(self, session_id: str) -> int:
-        path = f"{session_path(session_id)}/messages"
-        return (await self._call("DELETE", path, wire.Cleared)).cleared
-
-    # --- files ----------------------------------------------------------------------------------
-
-    async def add_file(self, session_id: str, path: str) -> ActiveFile:
-        body = wire.AddFileRequest(path=path)
-        return await self._call("POST", f"{session_path(session_id)}/files", ActiveFile, body=body)
-
-    async def remove_file(self, session_id: str, path: str) -> bool:
-        route = f"{session_path(session_id)}/files"
-        return (await self._call("DELETE", route, wire.Removed, params={"path": path})).removed
-
-    async def get_active_files(self, session_id: str) -> list[ActiveFile]:
-        return (await self._call("GET", f"{session_path(session_id)}/files", wire.FileList)).files
-
-    async def get_file_index(self, session_id: str) -> list[FileIndexEntry]:
-        path = f"{session_path(session_id)}/file-index"
-        return (await self._call("GET", path, wire.FileIndexList)).entries
-
-    async def update_file_index(
-        self, session_id: str, path: str, fields: dict[str, Any]
-    ) -> FileIndexEntry:
-        body = wire.UpdateFileIndexRequest(path=path, fields=fields)
-        route = f"{session_path(session_id)}/file-index"
-        return await self._call("PATCH", route, FileIndexEntry, body=body, argument="fields")
-
-    # --- working context ------------------------------------------------------------------------
-
-    async def put_working_context(self, session_id: str, key: str, value: Any) -> None:
-        body = wire.WorkingContextWrite(value=value)
-        route = _key_route(session_id, key)
-        await self._call("PUT", route, wire.WorkingContextValue, body=body, argument="value")
+        values = {"session_id": session_id, "role": role, "content": content}
+        message: Message = await self._verb(_verb("send_message"), values)
+        return message
 
     async def get_working_context(
         self, session_id: str, key: str | None = None, default: Any = None
     ) -> Any:
         """The value under ``key`` (``default`` if absent), or the whole mapping if no key."""
         if key is None:
-            route = f"{session_path(session_id)}/working-context"
-            return (await self._call("GET", route, wire.WorkingContextMap)).working_context
-        route = _key_route(session_id, key)
+            answer = await self._verb(_verb("get_working_context_map"), {"session_id": session_id})
+            return answer.working_context
         try:
-            return (await self._call("GET", route, wire.WorkingContextValue)).value
+            values = {"session_id": session_id, "key": key}
+            return (await self._verb(_verb("get_working_context"), values)).value
         except KeyNotFound:
             return default
-
-    async def delete_working_context(self, session_id: str, key: str) -> bool:
-        return (await self._call("DELETE", _key_route(session_id, key), wire.Deleted)).deleted
 
     async def build_context(
         self,
@@ -362,16 +209,17 @@ class RemoteClient:
         include: Iterable[str] = CONTEXT_PARTS,
         max_tokens: int | None = None,
     ) -> ContextBundle:
-        route = f"{session_path(session_id)}/context"
         if isinstance(include, str) or not isinstance(include, Iterable):
             raise InvalidArgument("include must be a collection of part names", argument="include")
-        body = wire.BuildContextRequest(include=list(include), max_tokens=max_tokens)
-        return await self._call("POST", route, ContextBundle, body=body, argument="include")
+        values = {"session_id": session_id, "include": list(include), "max_tokens": max_tokens}
+        bundle: ContextBundle = await self._verb(_verb("build_context"), values)
+        return bundle
 
     # --- events ---------------------------------------------------------------------------------
 
+    # RemoteSubscription is Subscription's twin over SSE (the same iteration), not a subclass.
     @asynccontextmanager
-    async def subscribe_to_session(
+    async def subscribe_to_session(  # type: ignore[override]
         self, session_id: str, *, after_seq: int | None = None
     ) -> AsyncIterator[RemoteSubscription]:
         """Every event of one session; leaving the block closes the stream.
@@ -390,7 +238,9 @@ class RemoteClient:
             yield subscription
 
     @asynccontextmanager
-    async def subscribe_to_all_sessions(self) -> AsyncIterator[RemoteSubscription]:
+    async def subscribe_to_all_sessions(  # type: ignore[override]
+        self,
+    ) -> AsyncIterator[RemoteSubscription]:
         """The lifecycle events of the caller's sessions. The stream is not replayable: events
         published while it reconnects (after a dropped connection or a restart) are missed."""
         async with self._subscription(None, None) as subscription:
@@ -437,26 +287,31 @@ class RemoteClient:
         if self._closed:
             raise RuntimeClosed(f"the RemoteClient for {self._url} is closed")
 
+    async def _verb(self, verb: Verb, values: Mapping[str, Any]) -> Any:
+        """Call ``verb`` with ``values`` (its arguments by name); its answer, decoded."""
+        self._check_open()
+        try:
+            request = request_for(verb, values)
+        except InvalidArgument as exc:  # name the session, as in process
+            session_id = values.get("session_id")
+            if exc.session_id is None and isinstance(session_id, str):
+                exc.session_id = session_id
+            raise
+        return await self._call(request.method, request.path, verb.result, request.body,
+                                request.params, long_lived=request.long_lived)  # fmt: skip
+
     async def _call(
         self,
         method: str,
         path: str,
-        answer: type[_T],
+        answer: type | None,
+        content: bytes | None,
+        params: Mapping[str, str | int],
         *,
-        body: msgspec.Struct | None = None,
-        argument: str = "request",
-        params: Mapping[str, str | int] | None = None,
         long_lived: bool = False,
-    ) -> _T:
+    ) -> Any:
         """Send one request and decode its answer as ``answer``."""
-        self._check_open()
-        try:
-            content = None if body is None else _encode(body, argument)
-        except InvalidArgument as exc:  # name the session, as in process
-            if exc.session_id is None and path.startswith("/v1/sessions/"):
-                exc.session_id = unquote(path.split("/")[3])
-            raise
-        headers = None if body is None else {"Content-Type": "application/json"}
+        headers = None if content is None else {"Content-Type": "application/json"}
         route = f"{method} {path}"
         # A long-lived request (a chat) has no read timeout: it lasts as long as its turn.
         http, timeout = (self._long, self._no_read_timeout) if long_lived else (self._http, None)
@@ -474,8 +329,8 @@ class RemoteClient:
             raise translate(exc, self._url, route) from exc
         if not response.is_success:
             raise error_for(response, route)
-        if response.status_code == 204:
-            return cast(_T, None)
+        if response.status_code == 204 or answer is None:
+            return None
         try:
             return msgspec.json.decode(response.content, type=answer)
         except msgspec.DecodeError as exc:
@@ -493,10 +348,15 @@ def _natural(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _refuse_owner(owner: str | None) -> None:
-    if owner is not None:
-        raise InvalidArgument(
-            "owner cannot be chosen through the server: it scopes every session to the principal "
-            "of the client's token",
-            argument="owner",
-        )
+def _verb(name: str) -> Verb:
+    verb = by_name(name)
+    assert verb is not None, name
+    return verb
+
+
+# Every other verb of Client, made from its declaration (remote_method binds Client's own
+# signature, so arguments and defaults behave as in process).
+for _declared in VERBS:
+    if _declared.client is not None and _declared.client not in vars(RemoteClient):
+        setattr(RemoteClient, _declared.client, remote_method(_declared))
+del _declared

@@ -36,6 +36,8 @@ __all__ = [
     "SavedSessionList",
     "SendMessageRequest",
     "SessionPage",
+    "StreamTicket",
+    "StreamTicketRequest",
     "UpdateFileIndexRequest",
     "WorkingContextMap",
     "WorkingContextValue",
@@ -162,6 +164,22 @@ class Deleted(msgspec.Struct, kw_only=True):
     """Whether ``DELETE .../working-context/{key}`` found the key."""
 
     deleted: bool
+
+
+class StreamTicketRequest(_Request):
+    """``POST /v1/stream-tickets`` (the body is optional): ``session_id`` limits the ticket to
+    that session's event stream; without it, it opens any event stream of the caller's."""
+
+    session_id: str | None = None
+
+
+class StreamTicket(msgspec.Struct, kw_only=True):
+    """A ticket for one event stream: ``?ticket=<ticket>``, once, within ``expires_in`` seconds."""
+
+    ticket: str
+    expires_in: float
+    #: The session whose stream it opens; ``None``: any of the caller's event streams.
+    session_id: str | None = None
 
 
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):

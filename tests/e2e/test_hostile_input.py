@@ -312,13 +312,13 @@ async def test_binary_frame_gets_an_error_reply_and_the_socket_stays(
         error = check_error(reply)
         assert error["argument"] == "frame"
         assert "binary" in error["detail"]
-        assert isinstance(await ws.ok("list_sessions"), list)
+        assert isinstance((await ws.ok("list_sessions"))["sessions"], list)
 
 
 async def test_bad_utf8_in_a_text_frame_closes_with_1007(server: ServerProcess) -> None:
     async with connect(server.ws_url, additional_headers=bearer(ALICE_TOKEN)) as connection:
         ws = WsClient(connection)
-        assert isinstance(await ws.ok("list_sessions"), list)
+        assert isinstance((await ws.ok("list_sessions"))["sessions"], list)
         # A text frame whose payload is not UTF-8: the client library refuses to build one,
         # so the frame is written by hand (opcode 1, masked, as a client must).
         payload = b'{"op": "\xff\xfe"}'
@@ -339,7 +339,7 @@ async def test_a_websocket_message_past_the_body_limit_closes_with_1009(
         server.ws_url, additional_headers=bearer(ALICE_TOKEN), max_size=None
     ) as connection:
         ws = WsClient(connection)
-        assert isinstance(await ws.ok("list_sessions"), list)
+        assert isinstance((await ws.ok("list_sessions"))["sessions"], list)
         value = "x" * (2 << 20)  # 2 MiB: over the server's 1 MiB body limit
         frame = json.dumps({"id": "big", "op": "list_sessions", "args": {"pad": value}})
         await connection.send(frame)
@@ -388,7 +388,8 @@ async def test_malformed_commands_get_an_error_reply_naming_the_problem(
         # Nothing happened to the session, and the socket takes the next command.
         info = await ws.ok("get_session_info", {"session_id": sid})
         assert info["conversation_count"] == 0
-        assert await ws.ok("get_working_context", {"session_id": sid}) == {}
+        empty = {"working_context": {}}
+        assert await ws.ok("get_working_context_map", {"session_id": sid}) == empty
 
 
 async def test_malformed_first_message_auth_is_1008_not_a_drop(make_server: Any) -> None:
@@ -576,13 +577,14 @@ _ops = st.sampled_from([
     "create_session", "get_session_info", "list_sessions", "terminate_session", "send_message",
     "get_conversation_history", "clear_conversation", "add_file", "remove_file",
     "get_active_files", "get_file_index", "update_file_index", "put_working_context",
-    "get_working_context", "delete_working_context", "build_context", "save_session",
+    "get_working_context", "get_working_context_map", "delete_working_context",
+    "build_context", "save_session",
     "restore_session", "list_saved_sessions", "delete_saved_session", "cancel", "approve",
     "subscribe", "unsubscribe", "auth", "", "nope",
 ])  # fmt: skip
 _arg_names = st.sampled_from([
     "session_id", "role", "content", "path", "fields", "key", "value", "include", "max_tokens",
-    "status", "limit", "after", "reason", "call_id", "allow", "metadata", "config",
+    "status", "limit", "cursor", "reason", "call_id", "allow", "metadata", "config",
     "project_root", "after_seq", "subscription", "bogus",
 ])  # fmt: skip
 

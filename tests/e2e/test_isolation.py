@@ -15,6 +15,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from jidoka.verbs import VERBS, Scope
 from tests.e2e.conftest import (
     ALICE_TOKEN,
     BOB_TOKEN,
@@ -252,14 +253,22 @@ WS_COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("get_file_index", {}),
     ("update_file_index", {"path": "a.py", "fields": {"size": 3}}),
     ("put_working_context", {"key": "secret/key", "value": "bob"}),
-    ("get_working_context", {}),
+    ("get_working_context_map", {}),
     ("get_working_context", {"key": "secret/key"}),
     ("delete_working_context", {"key": "secret/key"}),
     ("build_context", {}),
     ("save_session", {}),
     ("restore_session", {}),
     ("delete_saved_session", {}),
+    ("chat", {"text": "bob"}),
+    ("cancel", {}),
+    ("approve", {"call_id": "c1", "allow": True}),
 ]
+
+
+def test_the_websocket_commands_cover_every_verb_that_names_a_session() -> None:
+    named = {v.name for v in VERBS if v.websocket and v.scope in (Scope.SESSION, Scope.SAVED)}
+    assert {op for op, _ in WS_COMMANDS} == named
 
 
 def check_ws_problem(reply: dict[str, Any], slug: str, status: int) -> dict[str, Any]:
@@ -287,9 +296,9 @@ async def test_bob_gets_session_not_found_on_every_websocket_command(
             reply = await ws.call("subscribe", args)
             error = check_ws_problem(reply, "session-not-found", 404)
             assert error["session_id"] == alices.sid
-        sessions = await ws.ok("list_sessions")
+        sessions = (await ws.ok("list_sessions"))["sessions"]
         assert alices.sid not in {s["session_id"] for s in sessions}
-        saved = await ws.ok("list_saved_sessions")
+        saved = (await ws.ok("list_saved_sessions"))["saved_sessions"]
         assert alices.sid not in {s["session_id"] for s in saved}
         assert ws.pushed == []
 

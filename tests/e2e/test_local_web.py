@@ -274,8 +274,8 @@ async def test_a_websocket_from_an_allowed_origin_works(
         url = f"ws://jidoka.test:{port}/v1/ws"
         extra = {"origin": f"http://jidoka.test:{port}", "host": "127.0.0.1", "port": port}
     async with connect(url, open_timeout=30, **extra) as connection:
-        sessions = await WsClient(connection).ok("list_sessions")
-    assert isinstance(sessions, list)
+        page = await WsClient(connection).ok("list_sessions")
+    assert isinstance(page["sessions"], list)
 
 
 # --- the project's own clients -------------------------------------------------------------------

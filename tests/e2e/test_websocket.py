@@ -67,7 +67,7 @@ async def test_commands_get_replies_with_their_ids(server: ServerProcess) -> Non
             reply = await ws.receive()
             assert reply["id"] == request_id
             assert reply["ok"] is True
-            assert isinstance(reply["result"], list)
+            assert reply["result"] == {"sessions": [], "next_cursor": None}
 
         info = await ws.ok("create_session", {"metadata": {"via": "ws"}})
         sid = info["session_id"]
@@ -77,24 +77,29 @@ async def test_commands_get_replies_with_their_ids(server: ServerProcess) -> Non
         assert set(message) >= {"id", "role", "content", "timestamp", "seq"}
         assert message["content"] == "hi"
         history = await ws.ok("get_conversation_history", {"session_id": sid})
-        assert history == [message]
-        await ws.ok("put_working_context", {"session_id": sid, "key": "a/b", "value": [1]})
-        assert await ws.ok("get_working_context", {"session_id": sid, "key": "a/b"}) == [1]
-        assert await ws.ok("get_working_context", {"session_id": sid}) == {"a/b": [1]}
-        assert await ws.ok("delete_working_context", {"session_id": sid, "key": "a/b"}) is True
+        assert history == {"messages": [message]}
+        written = {"key": "a/b", "value": [1]}
+        assert await ws.ok("put_working_context", {"session_id": sid, **written}) == written
+        assert await ws.ok("get_working_context", {"session_id": sid, "key": "a/b"}) == written
+        assert await ws.ok("get_working_context_map", {"session_id": sid}) == {
+            "working_context": {"a/b": [1]}
+        }
+        deleted = await ws.ok("delete_working_context", {"session_id": sid, "key": "a/b"})
+        assert deleted == {"deleted": True}
         bundle = await ws.ok("build_context", {"session_id": sid})
         assert [m["content"] for m in bundle["messages"]] == ["hi"]
         saved = await ws.ok("save_session", {"session_id": sid})
         assert saved["session_id"] == sid
-        assert sid in {s["session_id"] for s in await ws.ok("list_saved_sessions")}
-        assert sid in {s["session_id"] for s in await ws.ok("list_sessions")}
+        saved_list = (await ws.ok("list_saved_sessions"))["saved_sessions"]
+        assert sid in {s["session_id"] for s in saved_list}
+        assert sid in {s["session_id"] for s in (await ws.ok("list_sessions"))["sessions"]}
 
         # The same JSON as the HTTP answers.
         over_ws = await ws.ok("get_session_info", {"session_id": sid})
         over_http = await asyncio.to_thread(http_get, server, f"/v1/sessions/{sid}")
         assert over_ws == over_http
         messages_http = await asyncio.to_thread(http_get, server, f"/v1/sessions/{sid}/messages")
-        assert messages_http == {"messages": history}
+        assert messages_http == history
 
         ended = await ws.ok("terminate_session", {"session_id": sid, "reason": "ws-done"})
         assert ended["status"] == "terminated"
@@ -138,7 +143,7 @@ async def test_errors_are_problem_documents(server: ServerProcess) -> None:
         check_error(await ws.call("terminate_session", {"session_id": sid}),
                     "invalid-transition", 409)  # fmt: skip
         # The socket is still usable after every error.
-        assert isinstance(await ws.ok("list_sessions"), list)
+        assert isinstance((await ws.ok("list_sessions"))["sessions"], list)
 
 
 @pytest.mark.parametrize("op", ["no_such_op", "auth", "__init__", "owned", "_dispatch", ""])
@@ -147,7 +152,7 @@ async def test_unknown_op_is_invalid_argument(server: ServerProcess, op: str) ->
         ws = WsClient(connection)
         error = check_error(await ws.call(op), "invalid-argument", 422)
         assert error["argument"] == "op"
-        assert isinstance(await ws.ok("list_sessions"), list)
+        assert isinstance((await ws.ok("list_sessions"))["sessions"], list)
 
 
 @pytest.mark.parametrize(
@@ -160,7 +165,7 @@ async def test_malformed_frames_are_invalid_argument(server: ServerProcess, fram
         ws = WsClient(connection)
         await connection.send(frame)
         check_error(await ws.receive(), "invalid-argument", 422)
-        assert isinstance(await ws.ok("list_sessions"), list)
+        assert isinstance((await ws.ok("list_sessions"))["sessions"], list)
 
 
 async def test_subscribe_pushes_the_sessions_events_until_unsubscribed(
@@ -253,7 +258,7 @@ async def test_auth_with_the_first_message(server: ServerProcess) -> None:
         assert await ws.receive() == {"id": "a1", "ok": True, "result": {"principal": "bob"}}
         info = await ws.ok("create_session")
         assert info["owner"] == "bob"
-        sessions = await ws.ok("list_sessions")
+        sessions = (await ws.ok("list_sessions"))["sessions"]
         assert {s["owner"] for s in sessions} == {"bob"}
 
 
@@ -327,7 +332,7 @@ async def test_chat_runs_beside_other_commands_and_can_be_cancelled(
             if push.get("event", {}).get("type") == "llm_stream_chunk":
                 break
         assert (await ws.ok("get_session_info", {"session_id": sid}))["session_id"] == sid
-        assert await ws.ok("cancel", {"session_id": sid}) is True
+        assert await ws.ok("cancel", {"session_id": sid}) == {"cancelled": True}
         while True:
             message = await ws.receive()
             if message.get("id") == "chat-1":

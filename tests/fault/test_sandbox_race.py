@@ -24,7 +24,6 @@ import pytest
 
 import jidoka
 from jidoka.errors import JidokaError
-from jidoka.server.operations import Operations
 from jidoka.tools.files import (
     ToolContext,
     ToolOutput,
@@ -202,9 +201,7 @@ async def test_projects_dir_create_never_roots_outside(
     (projects / "proj").mkdir(parents=True)
     outside.mkdir()
     os.symlink(outside, projects / "evil")
-    operations = Operations(
-        runtime.client, runtime.manager, auth_enabled=False, projects_dir=str(projects)
-    )
+    scoped = runtime.client.scoped(None, projects_dir=str(projects))
     real_projects = await asyncio.to_thread(os.path.realpath, projects)
     tally = Tally()
     stop_at = time.monotonic() + SAFETY_STOP
@@ -214,7 +211,8 @@ async def test_projects_dir_create_never_roots_outside(
                 break
             tally.tries += 1
             try:
-                info = await operations.create_session(None, project_root="proj")
+                sid = await scoped.create_session(project_root="proj")
+                info = await runtime.client.get_session_info(sid)
             except JidokaError:
                 tally.refused += 1
                 continue

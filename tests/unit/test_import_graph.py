@@ -4,9 +4,10 @@ The graph is read from the source with :mod:`ast`, so it sees every import: at t
 module, inside a function (a lazy import is still a dependency), and under ``TYPE_CHECKING``
 (a type that crosses packages both ways means the two packages are one idea, or the type lives in
 the wrong one). A node of the package graph is a subpackage (``session``, ``tools``, ...) or a
-top-level module (``config``, ``errors``, ...). Between modules only imports that run are counted:
-a ``TYPE_CHECKING`` import between two modules of one package is how a type annotation names its
-caller, and costs nothing at import time.
+top-level module (``config``, ``errors``, ...). Between modules only imports that run are
+counted: a ``TYPE_CHECKING`` import between two modules of one package is how a type annotation
+names its caller, and costs nothing at import time. Top-level modules are modules of one package
+(``jidoka``), so between two of them, too, only imports that run make an edge.
 """
 
 from __future__ import annotations
@@ -133,8 +134,13 @@ def _package_graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], list[st
     for module in MODULES:
         source = _node(module)
         graph.setdefault(source, set())
+        runs = set(_imports(module, runtime_only=True))
         for target in _imports(module, runtime_only=False):
             dest = _node(target)
+            # Two top-level modules are modules of one package (jidoka): between them, as
+            # between any two modules of a package, only an import that runs makes an edge.
+            if target not in runs and module.count(".") == 1 and target.count(".") == 1:
+                continue
             if dest != source:
                 graph[source].add(dest)
                 edges.setdefault((source, dest), []).append(f"{module} imports {target}")

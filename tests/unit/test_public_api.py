@@ -40,6 +40,7 @@ PUBLIC_API = [
     "Runtime",
     "RuntimeClosed",
     "SavedSession",
+    "ScopedClient",
     "ServerUnavailable",
     "SessionBusy",
     "SessionConfig",

@@ -246,12 +246,12 @@ async def test_unexpected_errors_are_500_problems_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     http, _ = api
-    from jidoka.server.operations import Operations
+    from jidoka.client import Client
 
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom: internal detail")
 
-    monkeypatch.setattr(Operations, "list_saved_sessions", broken)
+    monkeypatch.setattr(Client, "list_saved_sessions", broken)
     response = await http.get("/v1/saved-sessions")
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"

@@ -30,10 +30,9 @@ from .inputs import parse_seq, query_str
 from .metrics import CONTENT_TYPE, PrometheusMetrics
 from .middleware import PRINCIPAL_KEY, ApiMiddleware
 from .openapi import openapi_document
-from .operations import Operations
 from .responses import json_response
 from .router import Endpoint, JidokaApp, MiddlewareFactory, Route, Router
-from .routes import ROUTES, SessionRoutes
+from .routes import ROUTES, Scopes, SessionRoutes
 from .streams import EventStream, StreamRegistry, named_frames
 from .tickets import TicketBook
 from .ws import WebSocketSession
@@ -51,14 +50,14 @@ class _Endpoints:
         self,
         runtime: Runtime,
         config: ServerConfig,
-        ops: Operations,
+        scopes: Scopes,
         auth: Authenticator,
         streams: StreamRegistry,
         metrics: PrometheusMetrics | None,
     ) -> None:
         self.runtime = runtime
         self.config = config
-        self.ops = ops
+        self.scopes = scopes
         self.auth = auth
         self.streams = streams
         self.metrics = metrics
@@ -66,7 +65,7 @@ class _Endpoints:
 
     async def session_events(self, request: Request) -> ASGIApp:
         principal = request.scope.get(PRINCIPAL_KEY)
-        sid = await self.ops.owned(principal, request.path_params["session_id"])
+        sid = await self.scopes(principal).owned(request.path_params["session_id"])
         after = _after_seq(request)
         # A session that ended while the client was away still replays what the store holds
         # after its position, then ends; without a position it is a 409 (SessionTerminated).
@@ -88,7 +87,7 @@ class _Endpoints:
             registry=self.streams,
             heartbeat=self.config.heartbeat_seconds,
             by_seq=False,
-            keep=self.ops.visibility(principal),
+            keep=self.scopes(principal).visibility(),
             principal=principal,
             named=named_frames(request.query_params.getlist("frames")),
         )
@@ -98,7 +97,7 @@ class _Endpoints:
     async def websocket(self, websocket: WebSocket) -> None:
         session = WebSocketSession(
             websocket,
-            ops=self.ops,
+            scopes=self.scopes,
             client=self.runtime.client,
             auth=self.auth,
             registry=self.streams,
@@ -179,16 +178,13 @@ def create_app(
     event stream and WebSocket with a final frame (what a graceful shutdown calls first)."""
     config = config or ServerConfig()
     auth = Authenticator(config.tokens, enabled=config.auth_enabled)
-    ops = Operations(
-        runtime.client,
-        runtime.manager,
-        auth_enabled=config.auth_enabled,
-        projects_dir=config.projects_dir,
+    scopes = Scopes(
+        runtime.client, auth_enabled=config.auth_enabled, projects_dir=config.projects_dir
     )
     # Without auth there are no principals to tell apart: max_connections bounds the streams.
     per_principal = config.max_streams_per_principal if config.auth_enabled else None
     streams = StreamRegistry(max_per_principal=per_principal)
-    endpoints = _Endpoints(runtime, config, ops, auth, streams, metrics)
+    endpoints = _Endpoints(runtime, config, scopes, auth, streams, metrics)
     docs = ApiDocs()
     # Stream tickets: issued by a route handler, redeemed by the middleware (the auth step).
     tickets = TicketBook(
@@ -196,7 +192,7 @@ def create_app(
         max_per_principal=config.max_stream_tickets_per_principal,
         max_total=config.max_stream_tickets,
     )
-    handlers = SessionRoutes(ops, tickets)
+    handlers = SessionRoutes(scopes, tickets)
     by_path: dict[str, dict[str, Route | Endpoint]] = {
         "/healthz": {"GET": endpoints.healthz},
         "/readyz": {"GET": endpoints.readyz},

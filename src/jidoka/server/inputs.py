@@ -50,6 +50,7 @@ MAX_QUERY_INT_DIGITS: Final = 18
 _QUOTE: Final = 64
 _ASCII_INT: Final = re.compile(rf"[0-9]{{1,{MAX_QUERY_INT_DIGITS}}}")
 _ERROR_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`")
+_MISSING_FIELD: Final = re.compile(r"^Object missing required field `([^`]*)`")
 _CONTAINERS: Final = (dict, list, msgspec.Struct)
 
 
@@ -72,9 +73,13 @@ def _shown(text: str) -> str:
 def error_path(exc: msgspec.ValidationError, default: str) -> str:
     """The field a msgspec error is about (``$.config.max_files`` -> ``config.max_files``), or
     ``default`` when it is about the whole document."""
-    match = _ERROR_PATH.search(str(exc))
+    text = str(exc)
+    match = _ERROR_PATH.search(text)
     # msgspec writes a mapping's key as ``[...]``: the path stops at the mapping.
     path = match.group(1).split("[...]", 1)[0] if match else ""
+    missing = _MISSING_FIELD.match(text)
+    if missing is not None:  # the field that is missing, where it should be
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
     return path or default
 
 

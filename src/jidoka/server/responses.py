@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from ..errors import InvalidArgument, JidokaError, LimitExceeded, Unauthorized
 from ..problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, problem_for, status_for
-from .operations import KeyNotFound
+from ..verbs import KeyNotFound
 
 __all__ = [
     "MalformedBody",

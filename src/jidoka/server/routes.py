@@ -1,68 +1,48 @@
-"""The ``/v1`` HTTP routes: decode the request, call :class:`Operations`, encode the answer.
+"""The ``/v1`` HTTP routes, made from the verb table (:data:`jidoka.verbs.VERBS`).
 
-Handlers stay this thin on purpose: validation of values belongs to the core (which names the
-session and the argument in its errors), ownership to :class:`Operations`, and errors to the
-app's one exception handler, which turns any :class:`~jidoka.JidokaError` into problem+json.
-:data:`ROUTES` also feeds the OpenAPI document, so the two cannot disagree, and the router: the
-query parameters a route declares are the only ones it accepts, and a route marked ``stream``
-is the only kind the in-flight limit leaves uncounted.
+One generic handler serves every verb: the path parameters, the declared query parameters and
+the body become the verb's argument struct, the verb runs on the caller's
+:class:`~jidoka.scoped.ScopedClient` (which checks whose session it is), and its answer is
+encoded as declared. Validation of values belongs to the core (which names the session and the
+argument in its errors), errors to the app's one exception handler, which turns any
+:class:`~jidoka.JidokaError` into problem+json. :data:`ROUTES` (the router's table) and the
+OpenAPI document both read the verb table, so they cannot disagree: the query parameters a verb
+declares are the only ones its route accepts, and a route marked ``stream`` is the only kind the
+in-flight limit leaves uncounted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
+import msgspec
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..client import Client
 from ..errors import InvalidArgument
-from ..llm.orchestrator import ChatResult
-from ..session.context import ContextBundle
-from ..session.info import SessionInfo
-from ..session.state import ActiveFile, FileIndexEntry, Message
-from ..store.base import SavedSession
-from ..wire import (
-    Accepted,
-    AddFileRequest,
-    ApprovalRequest,
-    BuildContextRequest,
-    Cancelled,
-    ChatRequestBody,
-    Cleared,
-    CreateSessionRequest,
-    Deleted,
-    FileIndexList,
-    FileList,
-    MessageList,
-    Removed,
-    SavedSessionList,
-    SendMessageRequest,
-    SessionPage,
-    UpdateFileIndexRequest,
-    WorkingContextMap,
-    WorkingContextValue,
-    WorkingContextWrite,
-)
+from ..llm.turns import ChatResult
+from ..scoped import ScopedClient
+from ..verbs import DEFAULT_PAGE, MAX_PAGE, VERBS, Param, Verb, by_name
+from ..wire import Accepted, StreamTicket, StreamTicketRequest
 from .inputs import decode_json, query_int, query_str
 from .middleware import PRINCIPAL_KEY
-from .operations import Operations
 from .responses import json_response
-from .tickets import StreamTicket, StreamTicketRequest, TicketBook
+from .tickets import TicketBook
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ROUTES", "RouteSpec", "SessionRoutes"]
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ROUTES", "RouteSpec", "Scopes", "SessionRoutes"]
 
-T = TypeVar("T")
 logger = logging.getLogger("jidoka.server")
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 
 
 class RouteSpec(NamedTuple):
-    """One route: what the router needs and what the OpenAPI document says of it."""
+    """One route, as the router and the OpenAPI document read it (from its :class:`Verb`)."""
 
     method: str
     path: str
@@ -72,235 +52,130 @@ class RouteSpec(NamedTuple):
     response: type | None
     status: int
     #: The query parameters it takes; the router refuses any other (422 naming it).
-    query: tuple[str, ...] = ()
-    #: Other successful or specific answers: (status, body type, description).
-    also: tuple[tuple[int, type | None, str], ...] = ()
+    query: tuple[str, ...]
     #: An event stream: long-lived by design, so not counted as a request in flight (its
     #: handler is the app's, not :class:`SessionRoutes`').
-    stream: bool = False
+    stream: bool
+    verb: Verb
 
 
-ROUTES: Final = (
-    RouteSpec("POST", "/v1/sessions", "create_session", "Create a session",
-              CreateSessionRequest, SessionInfo, 201),
-    RouteSpec("GET", "/v1/sessions", "list_sessions", "List your sessions (paged)",
-              None, SessionPage, 200, ("status", "limit", "cursor")),
-    RouteSpec("GET", "/v1/sessions/{session_id}", "get_session", "A session's description",
-              None, SessionInfo, 200),
-    RouteSpec("DELETE", "/v1/sessions/{session_id}", "terminate_session",
-              "Terminate a session", None, SessionInfo, 200, ("reason",)),
-    RouteSpec("POST", "/v1/sessions/{session_id}/messages", "send_message",
-              "Append a message", SendMessageRequest, Message, 201),
-    RouteSpec("GET", "/v1/sessions/{session_id}/messages", "get_messages",
-              "The conversation window", None, MessageList, 200),
-    RouteSpec("DELETE", "/v1/sessions/{session_id}/messages", "clear_messages",
-              "Clear the conversation", None, Cleared, 200),
-    RouteSpec("GET", "/v1/sessions/{session_id}/files", "get_files", "Active files",
-              None, FileList, 200),
-    RouteSpec("POST", "/v1/sessions/{session_id}/files", "add_file", "Make a file active",
-              AddFileRequest, ActiveFile, 201),
-    RouteSpec("DELETE", "/v1/sessions/{session_id}/files", "remove_file",
-              "Make a file inactive", None, Removed, 200, ("path",)),
-    RouteSpec("GET", "/v1/sessions/{session_id}/file-index", "get_file_index",
-              "The file index", None, FileIndexList, 200),
-    RouteSpec("PATCH", "/v1/sessions/{session_id}/file-index", "update_file_index",
-              "Merge fields into a file's index entry", UpdateFileIndexRequest,
-              FileIndexEntry, 200),
-    RouteSpec("GET", "/v1/sessions/{session_id}/working-context", "get_working_context_map",
-              "The whole working context", None, WorkingContextMap, 200),
-    RouteSpec("GET", "/v1/sessions/{session_id}/working-context/{key:path}",
-              "get_working_context", "One working-context value", None,
-              WorkingContextValue, 200),
-    RouteSpec("PUT", "/v1/sessions/{session_id}/working-context/{key:path}",
-              "put_working_context", "Store a working-context value", WorkingContextWrite,
-              WorkingContextValue, 200),
-    RouteSpec("DELETE", "/v1/sessions/{session_id}/working-context/{key:path}",
-              "delete_working_context", "Remove a working-context key", None, Deleted, 200),
-    RouteSpec("POST", "/v1/sessions/{session_id}/context", "build_context",
-              "Build the context an LLM would see", BuildContextRequest, ContextBundle, 200),
-    RouteSpec("POST", "/v1/sessions/{session_id}/chat", "chat",
-              "Run one agent turn (202 and events; ?wait=true answers with the result)",
-              ChatRequestBody, ChatResult, 200, ("wait",),
-              ((202, Accepted, "The turn runs; follow it on the events stream"),
-               (502, None, "The model provider failed (problem llm-error)"))),
-    RouteSpec("POST", "/v1/sessions/{session_id}/cancel", "cancel",
-              "Stop the running agent turn", None, Cancelled, 200),
-    RouteSpec("POST", "/v1/sessions/{session_id}/approvals/{call_id}", "approve",
-              "Answer a write approval", ApprovalRequest, None, 204),
-    RouteSpec("POST", "/v1/sessions/{session_id}/save", "save_session",
-              "Save a named copy of the session", None, SavedSession, 201),
-    RouteSpec("GET", "/v1/saved-sessions", "list_saved_sessions", "Your saved sessions",
-              None, SavedSessionList, 200),
-    RouteSpec("POST", "/v1/saved-sessions/{session_id}/restore", "restore_session",
-              "Bring a saved session back", None, SessionInfo, 200),
-    RouteSpec("DELETE", "/v1/saved-sessions/{session_id}", "delete_saved_session",
-              "Delete a saved copy", None, None, 204),
-    RouteSpec("GET", "/v1/sessions/{session_id}/events", "session_events",
-              "One session's events", None, None, 200,
-              ("after_seq", "lastEventId", "ticket", "frames"), stream=True),
-    RouteSpec("GET", "/v1/events", "all_events", "Lifecycle events of your sessions",
-              None, None, 200, ("lastEventId", "ticket", "frames"), stream=True),
-    RouteSpec("POST", "/v1/stream-tickets", "create_stream_ticket",
-              "A short-lived, single-use ticket that opens an event stream (for EventSource)",
-              StreamTicketRequest, StreamTicket, 201),
+ROUTES: Final = tuple(
+    RouteSpec(v.method, v.path, v.name, v.summary, v.body, v.result, v.status, v.query_names,
+              v.stream, v)
+    for v in VERBS
 )  # fmt: skip
-
-
-def _principal(request: Request) -> str | None:
-    principal: str | None = request.scope.get(PRINCIPAL_KEY)
-    return principal
-
-
-async def decode_body(request: Request, kind: type[T], *, optional: bool = False) -> T:
-    """The body as ``kind``; an empty body is ``kind()`` when every field is optional."""
-    raw = await request.body()
-    if optional and not raw.strip():
-        return kind()
-    return decode_json(raw, kind)
-
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class SessionRoutes:
-    """The handlers of :data:`ROUTES`, by name."""
+class Scopes:
+    """Makes the :class:`ScopedClient` of a request's principal. Without auth there is one
+    anonymous principal, which sees every session (``None``)."""
 
-    def __init__(self, ops: Operations, tickets: TicketBook) -> None:
-        self.ops = ops
+    __slots__ = ("_auth", "_projects_dir", "client")
+
+    def __init__(self, client: Client, *, auth_enabled: bool, projects_dir: str | None) -> None:
+        self.client = client
+        self._auth = auth_enabled
+        self._projects_dir = projects_dir
+
+    def __call__(self, principal: str | None) -> ScopedClient:
+        return self.client.scoped(
+            principal if self._auth else None, projects_dir=self._projects_dir
+        )
+
+    def of(self, request: Request) -> ScopedClient:
+        principal: str | None = request.scope.get(PRINCIPAL_KEY)
+        return self(principal)
+
+
+def _bounds(kind: Any) -> tuple[int, int]:
+    """The ``ge``/``le`` of an ``Annotated[int, Meta(...)]`` query parameter."""
+    low, high = 0, 10**18 - 1
+    for meta in typing.get_args(kind)[1:]:
+        if isinstance(meta, msgspec.Meta):
+            low = int(meta.ge) if meta.ge is not None else low
+            high = int(meta.le) if meta.le is not None else high
+    return low, high
+
+
+def _query_value(query: QueryParams, param: Param, raw: str) -> Any:
+    """A query string's value as the parameter's type (what a WebSocket op gets as JSON):
+    integers in ASCII digits only (:func:`~jidoka.server.inputs.query_int`)."""
+    kind = param.type
+    if typing.get_origin(kind) is typing.Annotated and typing.get_args(kind)[0] is int:
+        low, high = _bounds(kind)
+        return query_int(query, param.name, default=None, minimum=low, maximum=high)
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        message = f"query parameter {param.name}: {exc}"
+        raise InvalidArgument(message, argument=param.name) from None
+
+
+async def arguments(verb: Verb, request: Request) -> Any:
+    """The verb's argument struct from the request: path, query and body, each already checked
+    against its type (so the struct is built without a second pass)."""
+    values: dict[str, Any] = dict(request.path_params)
+    query = request.query_params
+    for param in verb.query:
+        raw = query_str(query, param.name)
+        if raw is not None:
+            values[param.name] = _query_value(query, param, raw)
+        elif param.default is msgspec.NODEFAULT:
+            message = f"query parameter {param.name} is required"
+            raise InvalidArgument(message, argument=param.name)
+    if verb.body is not None:
+        raw_body = await request.body()
+        if verb.body_optional and not raw_body.strip():
+            body = verb.body()
+        else:
+            body = decode_json(raw_body, verb.body)
+        for name in verb.body_fields:
+            values[name] = getattr(body, name)
+    return verb.args(**values)
+
+
+class SessionRoutes:
+    """The handlers of :data:`ROUTES` (streams aside), by name."""
+
+    def __init__(self, scopes: Scopes, tickets: TicketBook) -> None:
+        self.scopes = scopes
         #: Stream tickets this server issues (the middleware redeems them).
         self.tickets = tickets
         #: Turns running in the background (202), until they end: to log how they ended.
         self._background: set[asyncio.Future[ChatResult]] = set()
 
     def handler(self, name: str) -> Handler:
-        handler: Handler = getattr(self, name)
-        return handler
+        if name == "create_stream_ticket":
+            return self.create_stream_ticket
+        verb = by_name(name)
+        if verb is None or verb.call is None:
+            raise LookupError(f"no verb {name!r} for a route handler")
 
-    async def create_session(self, request: Request) -> Response:
-        body = await decode_body(request, CreateSessionRequest, optional=True)
-        info = await self.ops.create_session(
-            _principal(request),
-            metadata=body.metadata,
-            config=body.config,
-            llm_config=body.llm_config,
-            project_root=body.project_root,
-        )
-        location = f"/v1/sessions/{quote(info.session_id, safe='')}"
-        return json_response(info, 201, {"Location": location})
+        async def serve(request: Request) -> Response:
+            return await self._serve(verb, request)
 
-    async def list_sessions(self, request: Request) -> Response:
-        query = request.query_params
-        limit = query_int(query, "limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
-        assert limit is not None
-        page = await self.ops.list_sessions(
-            _principal(request),
-            status=query_str(query, "status"),
-            limit=limit + 1,
-            after=query_str(query, "cursor"),
-        )
-        more = len(page) > limit
-        page = page[:limit]
-        cursor = page[-1].session_id if more and page else None
-        return json_response(SessionPage(sessions=page, next_cursor=cursor))
+        serve.__name__ = name
+        return serve
 
-    async def get_session(self, request: Request) -> Response:
-        return json_response(
-            await self.ops.get_session_info(_principal(request), **request.path_params)
-        )
+    async def _serve(self, verb: Verb, request: Request) -> Response:
+        args = await arguments(verb, request)
+        scoped = self.scopes.of(request)
+        if verb.background and not _wait(request):
+            return await self._submit(scoped, args)
+        result = await scoped.run(verb, args)
+        if result is None:
+            return Response(status_code=204)
+        headers = {"Location": verb.location(result)} if verb.location is not None else None
+        return json_response(result, verb.status, headers)
 
-    async def terminate_session(self, request: Request) -> Response:
-        reason = query_str(request.query_params, "reason")
-        extra = {"reason": reason} if reason is not None else {}
-        info = await self.ops.terminate_session(_principal(request), **request.path_params, **extra)
-        return json_response(info)
-
-    async def send_message(self, request: Request) -> Response:
-        body = await decode_body(request, SendMessageRequest)
-        message = await self.ops.send_message(
-            _principal(request), **request.path_params, role=body.role, content=body.content
-        )
-        return json_response(message, 201)
-
-    async def get_messages(self, request: Request) -> Response:
-        history = await self.ops.get_conversation_history(
-            _principal(request), **request.path_params
-        )
-        return json_response(MessageList(messages=history))
-
-    async def clear_messages(self, request: Request) -> Response:
-        count = await self.ops.clear_conversation(_principal(request), **request.path_params)
-        return json_response(Cleared(cleared=count))
-
-    async def get_files(self, request: Request) -> Response:
-        files = await self.ops.get_active_files(_principal(request), **request.path_params)
-        return json_response(FileList(files=files))
-
-    async def add_file(self, request: Request) -> Response:
-        body = await decode_body(request, AddFileRequest)
-        active = await self.ops.add_file(_principal(request), **request.path_params, path=body.path)
-        return json_response(active, 201)
-
-    async def remove_file(self, request: Request) -> Response:
-        path = query_str(request.query_params, "path")
-        if path is None:
-            raise InvalidArgument("query parameter path is required", argument="path")
-        removed = await self.ops.remove_file(_principal(request), **request.path_params, path=path)
-        return json_response(Removed(removed=removed))
-
-    async def get_file_index(self, request: Request) -> Response:
-        entries = await self.ops.get_file_index(_principal(request), **request.path_params)
-        return json_response(FileIndexList(entries=entries))
-
-    async def update_file_index(self, request: Request) -> Response:
-        body = await decode_body(request, UpdateFileIndexRequest)
-        entry = await self.ops.update_file_index(
-            _principal(request), **request.path_params, path=body.path, fields=body.fields
-        )
-        return json_response(entry)
-
-    async def get_working_context_map(self, request: Request) -> Response:
-        mapping = await self.ops.get_working_context(_principal(request), **request.path_params)
-        return json_response(WorkingContextMap(working_context=mapping))
-
-    async def get_working_context(self, request: Request) -> Response:
-        params: dict[str, Any] = request.path_params
-        value = await self.ops.get_working_context(_principal(request), **params)
-        return json_response(WorkingContextValue(key=params["key"], value=value))
-
-    async def put_working_context(self, request: Request) -> Response:
-        body = await decode_body(request, WorkingContextWrite)
-        params: dict[str, Any] = request.path_params
-        await self.ops.put_working_context(_principal(request), **params, value=body.value)
-        return json_response(WorkingContextValue(key=params["key"], value=body.value))
-
-    async def delete_working_context(self, request: Request) -> Response:
-        deleted = await self.ops.delete_working_context(_principal(request), **request.path_params)
-        return json_response(Deleted(deleted=deleted))
-
-    async def build_context(self, request: Request) -> Response:
-        body = await decode_body(request, BuildContextRequest, optional=True)
-        bundle = await self.ops.build_context(
-            _principal(request),
-            **request.path_params,
-            include=body.include,
-            max_tokens=body.max_tokens,
-        )
-        return json_response(bundle)
-
-    async def chat(self, request: Request) -> Response:
-        """With ``?wait=true`` the answer is the turn's result (the connection stays open for
-        the whole turn); without, 202 at once and the turn's progress on the event stream."""
-        body = await decode_body(request, ChatRequestBody)
-        wait = query_str(request.query_params, "wait")
-        if wait not in (None, "true", "false"):
-            raise InvalidArgument(f"wait must be true or false, got {wait!r}", argument="wait")
-        principal = _principal(request)
-        sid = await self.ops.owned(principal, request.path_params["session_id"])
-        if wait == "true":
-            return json_response(await self.ops.chat(principal, session_id=sid, text=body.text))
-        # Queued before answering: a turn the session cannot take (busy, or past its queue
-        # limits) is the problem answer, not a 202 for a turn that will never run.
-        turn = await self.ops.submit_chat(principal, session_id=sid, text=body.text)
+    async def _submit(self, scoped: ScopedClient, args: Any) -> Response:
+        """A turn queued (202) rather than awaited. Queued before answering: a turn the session
+        cannot take (busy, or past its queue limits) is the problem answer, not a 202 for a
+        turn that will never run."""
+        sid = await scoped.owned(args.session_id)
+        turn = await scoped.client.submit_chat(sid, args.text)
         self._background.add(turn)
         turn.add_done_callback(self._chat_done)
         events = f"/v1/sessions/{quote(sid, safe='')}/events"
@@ -312,41 +187,26 @@ class SessionRoutes:
             # Already an `error` event on the session's stream; the log gets a line too.
             logger.info("background chat ended with %r", task.exception())
 
-    async def cancel(self, request: Request) -> Response:
-        cancelled = await self.ops.cancel(_principal(request), **request.path_params)
-        return json_response(Cancelled(cancelled=cancelled))
-
-    async def approve(self, request: Request) -> Response:
-        body = await decode_body(request, ApprovalRequest)
-        await self.ops.approve(_principal(request), **request.path_params, allow=body.allow)
-        return Response(status_code=204)
-
-    async def save_session(self, request: Request) -> Response:
-        saved = await self.ops.save_session(_principal(request), **request.path_params)
-        return json_response(saved, 201)
-
-    async def list_saved_sessions(self, request: Request) -> Response:
-        saved = await self.ops.list_saved_sessions(_principal(request))
-        return json_response(SavedSessionList(saved_sessions=saved))
-
-    async def restore_session(self, request: Request) -> Response:
-        info = await self.ops.restore_session(_principal(request), **request.path_params)
-        return json_response(info)
-
-    async def delete_saved_session(self, request: Request) -> Response:
-        await self.ops.delete_saved_session(_principal(request), **request.path_params)
-        return Response(status_code=204)
-
     async def create_stream_ticket(self, request: Request) -> Response:
         """A ticket for a browser's ``EventSource`` (see :mod:`jidoka.server.tickets`). With a
         ``session_id``, the session must be the caller's, and the ticket opens its stream only.
         ``Cache-Control: no-store``: it is a credential, if a short-lived one."""
-        body = await decode_body(request, StreamTicketRequest, optional=True)
-        principal = _principal(request)
+        raw = await request.body()
+        body = decode_json(raw, StreamTicketRequest) if raw.strip() else StreamTicketRequest()
+        principal: str | None = request.scope.get(PRINCIPAL_KEY)
         sid = path = None
         if body.session_id is not None:
-            sid = await self.ops.owned(principal, body.session_id)
+            sid = await self.scopes(principal).owned(body.session_id)
             path = f"/v1/sessions/{sid}/events"
         ticket = self.tickets.issue(principal, path=path)
         answer = StreamTicket(ticket=ticket, expires_in=self.tickets.ttl, session_id=sid)
         return json_response(answer, 201, {"Cache-Control": "no-store"})
+
+
+def _wait(request: Request) -> bool:
+    """``?wait=true``: answer with the turn's result (the connection stays open for the whole
+    turn); without, 202 at once and the turn's progress on the event stream."""
+    wait = query_str(request.query_params, "wait")
+    if wait not in (None, "true", "false"):
+        raise InvalidArgument(f"wait must be true or false, got {wait!r}", argument="wait")
+    return wait == "true"

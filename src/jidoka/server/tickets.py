@@ -36,9 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import msgspec
-
 from ..errors import LimitExceeded, Unauthorized
+from ..wire import StreamTicket, StreamTicketRequest
 
 __all__ = [
     "MAX_TTL",
@@ -57,22 +56,6 @@ _MAX_TICKET_CHARS: Final = 128
 _REFUSED: Final = (
     "unknown, used or expired stream ticket (ask POST /v1/stream-tickets for a new one)"
 )
-
-
-class StreamTicketRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``POST /v1/stream-tickets`` (the body is optional): ``session_id`` limits the ticket to
-    that session's event stream; without it, it opens any event stream of the caller's."""
-
-    session_id: str | None = None
-
-
-class StreamTicket(msgspec.Struct, kw_only=True):
-    """A ticket for one event stream: ``?ticket=<ticket>``, once, within ``expires_in`` seconds."""
-
-    ticket: str
-    expires_in: float
-    #: The session whose stream it opens; ``None``: any of the caller's event streams.
-    session_id: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,10 +1,12 @@
 """``GET /v1/ws``: the client verbs as JSON commands, and event subscriptions, on one socket.
 
 Protocol (``docs/http-api.md``): ``{"id", "op", "args"}`` in, ``{"id", "ok", "result"|"error"}``
-out, errors as the same problem documents as HTTP; ``subscribe``/``unsubscribe`` push
-``{"subscription", "event"}`` frames. Commands of one socket run in order (a client that sends
-a message and then reads the history sees its message); each subscription is its own task, and
-one lock serialises writes to the socket.
+out. The ops are the verbs of :data:`jidoka.verbs.VERBS`, their ``args`` the verb's argument
+struct (checked here, naming the argument at fault as HTTP does), their ``result`` the very
+bytes the HTTP route answers, and errors the same problem documents as HTTP;
+``subscribe``/``unsubscribe`` push ``{"subscription", "event"}`` frames. Commands of one socket
+run in order (a client that sends a message and then reads the history sees its message); each
+subscription is its own task, and one lock serialises writes to the socket.
 
 Whatever a client sends gets a reply, never a dropped socket: a binary frame, a frame that is
 not JSON, nests too deep, is not a command, names an unknown op or gives an argument of the
@@ -17,11 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
-import typing
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -30,11 +29,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..client import Client
 from ..errors import InvalidArgument, JidokaError, Unauthorized
 from ..events import Event, encode_event
+from ..scoped import ScopedClient
+from ..verbs import VERBS, by_name
 from .auth import Authenticator
 from .inputs import decode_json, error_path
 from .middleware import REQUEST_ID_KEY
-from .operations import Operations
 from .responses import MalformedBody, problem_body
+from .routes import Scopes
 from .streams import StreamRegistry
 
 __all__ = ["WebSocketSession"]
@@ -42,18 +43,12 @@ __all__ = ["WebSocketSession"]
 logger = logging.getLogger("jidoka.server.ws")
 
 AUTH_TIMEOUT: Final = 10.0
-#: Verbs a command may name: the Operations methods (their first argument is the principal).
-VERBS: Final = (
-    "create_session", "get_session_info", "list_sessions", "terminate_session",
-    "send_message", "get_conversation_history", "clear_conversation", "add_file",
-    "remove_file", "get_active_files", "get_file_index", "update_file_index",
-    "put_working_context", "get_working_context", "delete_working_context", "build_context",
-    "save_session", "restore_session", "list_saved_sessions", "delete_saved_session",
-    "chat", "cancel", "approve",
-)  # fmt: skip
+#: The ops a command may name: every verb that is not the server's own (event streams are
+#: ``subscribe`` here, stream tickets are for browsers' ``EventSource``).
+OPS: Final = tuple(verb.name for verb in VERBS if verb.websocket)
 #: Verbs that may take long: each runs in a task of its own and replies when done, so the
 #: socket keeps taking commands (``cancel`` above all) meanwhile.
-BACKGROUND: Final = frozenset({"chat"})
+BACKGROUND: Final = frozenset(verb.name for verb in VERBS if verb.background)
 _encode: Final = msgspec.json.Encoder().encode
 
 
@@ -69,24 +64,6 @@ class _SubscribeArgs(msgspec.Struct, forbid_unknown_fields=True):
     after_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
-def _arguments(verb: str) -> type[msgspec.Struct]:
-    """The arguments of ``verb`` as a struct built from its :class:`Operations` signature, so a
-    command's argument of the wrong type is refused here, naming it, instead of failing
-    somewhere inside the core (or not at all)."""
-    method = getattr(Operations, verb)
-    hints = typing.get_type_hints(method)
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    for name, parameter in list(inspect.signature(method).parameters.items())[2:]:
-        # [2:]: self, and the principal (the socket's, not the command's).
-        if parameter.default is inspect.Parameter.empty:
-            fields.append((name, hints[name]))
-        else:
-            fields.append((name, hints[name], parameter.default))
-    return msgspec.defstruct(f"{verb}_args", fields, kw_only=True, forbid_unknown_fields=True)
-
-
-#: Each verb's argument struct, built once at import.
-_ARGUMENTS: Final = {verb: _arguments(verb) for verb in VERBS}
 #: The binary frame's refusal (commands are JSON text frames).
 _BINARY: Final = "binary frames are not commands: send each command as a JSON text frame"
 
@@ -97,7 +74,8 @@ def _field(exc: msgspec.ValidationError) -> str:
 
 
 def _converted(op: str, args: dict[str, Any], kind: type[msgspec.Struct]) -> Any:
-    """``args`` checked against ``kind`` (type and presence of each argument)."""
+    """``args`` checked against ``kind`` (type and presence of each argument), naming the
+    argument at fault as the HTTP route names it."""
     unknown = set(args) - set(kind.__struct_fields__)
     if unknown:
         raise InvalidArgument(f"{op}: unknown arguments {sorted(unknown)}", argument="args")
@@ -114,13 +92,13 @@ class WebSocketSession:
         self,
         websocket: WebSocket,
         *,
-        ops: Operations,
+        scopes: Scopes,
         client: Client,
         auth: Authenticator,
         registry: StreamRegistry,
     ) -> None:
         self.ws = websocket
-        self.ops = ops
+        self.scopes = scopes
         self.client = client
         self.auth = auth
         self.registry = registry
@@ -256,17 +234,19 @@ class WebSocketSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             return {"subscription": name}
-        kind = _ARGUMENTS.get(command.op)
-        if kind is None:
+        verb = by_name(command.op)
+        if verb is None or not verb.websocket:
+            expected = [*OPS, "subscribe", "unsubscribe"]
             raise InvalidArgument(
-                f"unknown op {command.op[:64]!r}; expected one of {[*VERBS, 'subscribe']}",
-                argument="op",
+                f"unknown op {command.op[:64]!r}; expected one of {expected}", argument="op"
             )
-        parsed = _converted(command.op, command.args, kind)
-        method: Callable[..., Awaitable[Any]] = getattr(self.ops, command.op)
-        # Only the arguments given: the others keep the method's own defaults.
-        result = await method(self.principal, **{n: getattr(parsed, n) for n in command.args})
-        return msgspec.to_builtins(result)
+        parsed = _converted(command.op, command.args, verb.args)
+        result = await self._scoped().run(verb, parsed)
+        # The very bytes the HTTP route answers (its body), inside the reply.
+        return msgspec.Raw(_encode(result))
+
+    def _scoped(self) -> ScopedClient:
+        return self.scopes(self.principal)
 
     async def _subscribe(self, args: dict[str, Any]) -> tuple[dict[str, str], asyncio.Event]:
         parsed: _SubscribeArgs = _converted("subscribe", args, _SubscribeArgs)
@@ -275,7 +255,7 @@ class WebSocketSession:
         if sid is None:
             context = self.client.subscribe_to_all_sessions()
         else:
-            sid = await self.ops.owned(self.principal, sid)
+            sid = await self._scoped().owned(sid)
             context = self.client.subscribe_to_session(sid, after_seq=parsed.after_seq)
         # A subscription is an event stream: it counts against the principal's stream limit.
         principal = self.principal
@@ -286,7 +266,7 @@ class WebSocketSession:
             self.registry.release(principal)
             raise
         ready = asyncio.Event()
-        visible = self.ops.visibility(self.principal)
+        visible = self._scoped().visibility()
 
         async def pump() -> None:
             try:

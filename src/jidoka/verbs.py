@@ -1,0 +1,411 @@
+"""Every client verb, declared once: what the HTTP routes, the OpenAPI document, the WebSocket
+ops and :class:`~jidoka.RemoteClient` are all made from.
+
+A :class:`Verb` says what a verb takes (path, query and body arguments, with their types), what
+it answers (the :mod:`jidoka.wire` type the HTTP body and the WebSocket ``result`` encode, byte
+for byte), which errors it can raise, which principal may call it (:class:`Scope`), and how it
+runs on a principal-scoped client (:class:`~jidoka.scoped.ScopedClient`). The hand-written,
+documented surface stays :class:`~jidoka.Client`: ``client`` names its method, ``unwrap`` the
+field of the answer that method returns, and a test checks every declaration against it.
+
+Core-light on purpose (no server framework): ``RemoteClient`` reads the same table to build its
+requests. Adding a verb is a :class:`Verb` here and its method on ``Client``; the transports
+follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from urllib.parse import quote
+
+import msgspec
+
+from . import wire
+from .errors import (
+    InvalidArgument,
+    InvalidRole,
+    InvalidTransition,
+    JidokaError,
+    LimitExceeded,
+    LLMError,
+    PathNotAllowed,
+    SessionBusy,
+    SessionExists,
+    SessionNotFound,
+    SessionTerminated,
+)
+from .llm.turns import ChatResult
+from .session.context import CONTEXT_PARTS, ContextBundle
+from .session.info import SessionInfo
+from .session.state import REASON_REQUESTED, ActiveFile, FileIndexEntry, Message, Status
+from .store.base import SavedSession
+
+if TYPE_CHECKING:
+    from .scoped import ScopedClient
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "VERBS",
+    "KeyNotFound",
+    "Param",
+    "Scope",
+    "Verb",
+    "by_name",
+]
+
+#: A page of ``list_sessions`` unless ``limit`` says otherwise, and the largest one served.
+DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 1000
+
+
+class KeyNotFound(JidokaError):
+    """``get_working_context`` of a key the session does not hold (404
+    ``working-context-key-not-found``; the in-process client answers its ``default`` instead)."""
+
+    def __init__(self, session_id: str, key: str) -> None:
+        super().__init__(f"no working-context key {key!r}", session_id=session_id)
+        self.key = key
+
+
+class Scope(StrEnum):
+    """Which principal may call a verb, checked before it runs (another principal's session
+    is not found, exactly like one that does not exist, so ids cannot be probed)."""
+
+    #: ``session_id`` names a live or terminated session of the caller's.
+    SESSION = "session"
+    #: ``session_id`` names a saved copy of the caller's.
+    SAVED = "saved_session"
+    #: Nothing named: the verb lists (or creates) the caller's own sessions.
+    OWNER = "owner"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A query parameter: its name, type (as the WebSocket takes it), default (none: it is
+    required) and meaning."""
+
+    name: str
+    type: Any
+    default: Any = msgspec.NODEFAULT
+    description: str = ""
+
+
+Call = Callable[["ScopedClient", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Verb:
+    """One verb: its wire name (the WebSocket ``op``, the route's name and OpenAPI
+    ``operationId``) and all a transport needs to serve or call it."""
+
+    name: str
+    method: str
+    path: str
+    summary: str
+    scope: Scope
+    #: The answer's type (``None``: no body, 204 over HTTP, ``null`` over the WebSocket).
+    result: type | None
+    #: The success status over HTTP.
+    status: int = 200
+    #: The request body's type (a :mod:`jidoka.wire` request struct), if it takes one.
+    body: type[msgspec.Struct] | None = None
+    query: tuple[Param, ...] = ()
+    #: What the verb itself can raise, beyond what every route can answer (see the OpenAPI).
+    errors: tuple[type[JidokaError], ...] = ()
+    #: How it runs, the scope already checked; ``None`` for what the server serves itself
+    #: (event streams, stream tickets).
+    call: Call | None = None
+    #: The :class:`~jidoka.Client` method it is, and the answer's field that method returns.
+    client: str | None = None
+    unwrap: str | None = None
+    #: An event stream (SSE): long-lived, not counted as a request in flight.
+    stream: bool = False
+    #: Queued turns: HTTP answers 202 at once unless ``?wait=true``; the WebSocket waits.
+    background: bool = False
+    #: The ``Location`` of what a 201 created, from the answer.
+    location: Callable[[Any], str] | None = None
+    #: The arguments as one struct: path parameters, query parameters, body fields (derived).
+    args: type[msgspec.Struct] = field(init=False)
+    path_params: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(
+            part[1:-1].split(":", 1)[0]
+            for part in self.path.split("/")
+            if part.startswith("{") and part.endswith("}")
+        )
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [(n, str) for n in names]
+        for param in self.query:
+            if param.default is msgspec.NODEFAULT:
+                fields.append((param.name, param.type))
+            else:
+                fields.append((param.name, param.type, param.default))
+        for spec in msgspec.structs.fields(self.body) if self.body is not None else ():
+            default = spec.default
+            if spec.default_factory is not msgspec.NODEFAULT:
+                default = msgspec.field(default_factory=spec.default_factory)
+            if default is msgspec.NODEFAULT:
+                fields.append((spec.name, spec.type))
+            else:
+                fields.append((spec.name, spec.type, default))
+        # kw_only: a required field may follow one with a default (path, then query, then body).
+        args = msgspec.defstruct(
+            f"{self.name}_args", fields, kw_only=True, forbid_unknown_fields=True
+        )
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "path_params", names)
+
+    @property
+    def websocket(self) -> bool:
+        """Whether the WebSocket serves it as an op (streams are its ``subscribe``)."""
+        return self.call is not None
+
+    @property
+    def query_names(self) -> tuple[str, ...]:
+        """The query parameters the route takes (the router refuses any other)."""
+        names = tuple(p.name for p in self.query)
+        return (*names, "wait") if self.background else names
+
+    @property
+    def body_fields(self) -> tuple[str, ...]:
+        if self.body is None:
+            return ()
+        return tuple(f.name for f in msgspec.structs.fields(self.body))
+
+    @property
+    def body_optional(self) -> bool:
+        """Whether an empty body stands for the body with every default."""
+        if self.body is None:
+            return True
+        return all(
+            f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT
+            for f in msgspec.structs.fields(self.body)
+        )
+
+    def url(self, values: Mapping[str, str], quote_segment: Callable[[str], str]) -> str:
+        """The path with the path parameters in ``values`` put in, quoted by
+        ``quote_segment``."""
+        parts = []
+        for part in self.path.split("/"):
+            if part.startswith("{") and part.endswith("}"):
+                part = quote_segment(values[part[1:-1].split(":", 1)[0]])
+            parts.append(part)
+        return "/".join(parts)
+
+    def takes_slashes(self, name: str) -> bool:
+        """Whether path parameter ``name`` may hold ``/`` (a ``{name:path}``)."""
+        return f"{{{name}:path}}" in self.path
+
+
+# --- how each verb runs on a scoped client -------------------------------------------------------
+
+
+async def _create_session(c: ScopedClient, a: Any) -> SessionInfo:
+    sid = await c.create_session(
+        metadata=a.metadata, config=a.config, llm_config=a.llm_config, project_root=a.project_root
+    )
+    return await c.client.get_session_info(sid)
+
+
+async def _list_sessions(c: ScopedClient, a: Any) -> wire.SessionPage:
+    # One more than asked: whether there is a next page, without a second query.
+    found = await c.client.list_sessions(a.status, limit=a.limit + 1, after=a.cursor, owner=c.owner)
+    page = found[: a.limit]
+    cursor = page[-1].session_id if len(found) > a.limit and page else None
+    return wire.SessionPage(sessions=page, next_cursor=cursor)
+
+
+async def _terminate_session(c: ScopedClient, a: Any) -> SessionInfo:
+    return await c.client.terminate_session(a.session_id, reason=a.reason)
+
+
+async def _get_working_context(c: ScopedClient, a: Any) -> wire.WorkingContextValue:
+    value = await c.client.get_working_context(a.session_id, a.key, _MISSING)
+    if value is _MISSING:
+        raise KeyNotFound(a.session_id, a.key)
+    return wire.WorkingContextValue(key=a.key, value=value)
+
+
+async def _put_working_context(c: ScopedClient, a: Any) -> wire.WorkingContextValue:
+    await c.client.put_working_context(a.session_id, a.key, a.value)
+    return wire.WorkingContextValue(key=a.key, value=a.value)
+
+
+async def _build_context(c: ScopedClient, a: Any) -> ContextBundle:
+    include = CONTEXT_PARTS if a.include is None else a.include
+    return await c.client.build_context(a.session_id, include, a.max_tokens)
+
+
+async def _list_saved_sessions(c: ScopedClient, a: Any) -> wire.SavedSessionList:
+    found = await c.client.list_saved_sessions(owner=c.owner)
+    return wire.SavedSessionList(saved_sessions=found)
+
+
+async def _approve(c: ScopedClient, a: Any) -> None:
+    await c.client.approve(a.session_id, a.call_id, a.allow)
+
+
+async def _delete_saved_session(c: ScopedClient, a: Any) -> None:
+    await c.client.delete_saved_session(a.session_id)
+
+
+def _session_verb(method: str, *fields: str, wrap: type | None = None, key: str = "") -> Call:
+    """The common shape: ``client.<method>(session_id, *fields)``, its answer wrapped in
+    ``wrap(<key>=answer)`` when the wire wraps it (collections and bare values)."""
+
+    async def call(c: ScopedClient, a: Any) -> Any:
+        answer = await getattr(c.client, method)(a.session_id, *(getattr(a, f) for f in fields))
+        return answer if wrap is None else wrap(**{key: answer})
+
+    call.__name__ = f"_{method}"
+    return call
+
+
+_MISSING: Any = object()
+_SESSION_ERRORS: Final = (SessionNotFound,)
+#: A change to a session: it must be live.
+_CHANGE_ERRORS: Final = (SessionNotFound, SessionTerminated, LimitExceeded)
+_SID: Final = "/v1/sessions/{session_id}"
+_SAVED: Final = "/v1/saved-sessions/{session_id}"
+_KEY: Final = _SID + "/working-context/{key:path}"
+_STREAM_QUERY: Final = (
+    Param("lastEventId", str | None, None,
+          "What EventSource polyfills send on reconnect: on a session's stream the same as "
+          "after_seq (Last-Event-ID header first, then this, then after_seq); on /v1/events "
+          "accepted and ignored (it does not replay)"),
+    Param("ticket", str | None, None,
+          "A ticket from POST /v1/stream-tickets, in place of the Authorization header "
+          "(for EventSource); single use"),
+    Param("frames", Literal["named", "unnamed"] | None, None,
+          "unnamed: event frames without an event: line (all reach onmessage)"),
+)  # fmt: skip
+
+
+def _session_location(info: SessionInfo) -> str:
+    return f"/v1/sessions/{quote(info.session_id, safe='')}"
+
+
+VERBS: Final[tuple[Verb, ...]] = (
+    Verb("create_session", "POST", "/v1/sessions", "Create a session", Scope.OWNER,
+         SessionInfo, 201, body=wire.CreateSessionRequest,
+         errors=(InvalidArgument, PathNotAllowed, LimitExceeded),
+         call=_create_session, client="create_session", unwrap="session_id",
+         location=_session_location),
+    Verb("list_sessions", "GET", "/v1/sessions", "List your sessions (paged)", Scope.OWNER,
+         wire.SessionPage, query=(
+             Param("status", Status | None, None, "Only sessions with this status"),
+             Param("limit", Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)], DEFAULT_PAGE,
+                   f"Page size (1-{MAX_PAGE}, default {DEFAULT_PAGE})"),
+             Param("cursor", str | None, None, "`next_cursor` of the previous page")),
+         call=_list_sessions, client="list_sessions", unwrap="sessions"),
+    Verb("get_session_info", "GET", _SID, "A session's description", Scope.SESSION,
+         SessionInfo, errors=_SESSION_ERRORS,
+         call=_session_verb("get_session_info"), client="get_session_info"),
+    Verb("terminate_session", "DELETE", _SID, "Terminate a session", Scope.SESSION,
+         SessionInfo, query=(Param("reason", str, REASON_REQUESTED, "Why it is terminated"),),
+         errors=(SessionNotFound, InvalidTransition),
+         call=_terminate_session, client="terminate_session"),
+    Verb("send_message", "POST", _SID + "/messages", "Append a message", Scope.SESSION,
+         Message, 201, body=wire.SendMessageRequest,
+         errors=(*_CHANGE_ERRORS, InvalidRole, SessionBusy),
+         call=_session_verb("send_message", "role", "content"), client="send_message"),
+    Verb("get_conversation_history", "GET", _SID + "/messages", "The conversation window",
+         Scope.SESSION, wire.MessageList, errors=(SessionNotFound, SessionTerminated),
+         call=_session_verb("get_conversation_history", wrap=wire.MessageList, key="messages"),
+         client="get_conversation_history", unwrap="messages"),
+    Verb("clear_conversation", "DELETE", _SID + "/messages", "Clear the conversation",
+         Scope.SESSION, wire.Cleared, errors=_CHANGE_ERRORS,
+         call=_session_verb("clear_conversation", wrap=wire.Cleared, key="cleared"),
+         client="clear_conversation", unwrap="cleared"),
+    Verb("get_active_files", "GET", _SID + "/files", "Active files", Scope.SESSION,
+         wire.FileList, errors=(SessionNotFound, SessionTerminated),
+         call=_session_verb("get_active_files", wrap=wire.FileList, key="files"),
+         client="get_active_files", unwrap="files"),
+    Verb("add_file", "POST", _SID + "/files", "Make a file active", Scope.SESSION,
+         ActiveFile, 201, body=wire.AddFileRequest, errors=(*_CHANGE_ERRORS, PathNotAllowed),
+         call=_session_verb("add_file", "path"), client="add_file"),
+    Verb("remove_file", "DELETE", _SID + "/files", "Make a file inactive", Scope.SESSION,
+         wire.Removed, query=(Param("path", str, description="A path relative to the "
+                                    "project root"),),
+         errors=_CHANGE_ERRORS,
+         call=_session_verb("remove_file", "path", wrap=wire.Removed, key="removed"),
+         client="remove_file", unwrap="removed"),
+    Verb("get_file_index", "GET", _SID + "/file-index", "The file index", Scope.SESSION,
+         wire.FileIndexList, errors=(SessionNotFound, SessionTerminated),
+         call=_session_verb("get_file_index", wrap=wire.FileIndexList, key="entries"),
+         client="get_file_index", unwrap="entries"),
+    Verb("update_file_index", "PATCH", _SID + "/file-index",
+         "Merge fields into a file's index entry", Scope.SESSION, FileIndexEntry,
+         body=wire.UpdateFileIndexRequest, errors=(*_CHANGE_ERRORS, PathNotAllowed),
+         call=_session_verb("update_file_index", "path", "fields"), client="update_file_index"),
+    Verb("get_working_context_map", "GET", _SID + "/working-context",
+         "The whole working context", Scope.SESSION, wire.WorkingContextMap,
+         errors=(SessionNotFound, SessionTerminated),
+         call=_session_verb("get_working_context", wrap=wire.WorkingContextMap,
+                            key="working_context"),
+         client="get_working_context", unwrap="working_context"),
+    Verb("get_working_context", "GET", _KEY, "One working-context value", Scope.SESSION,
+         wire.WorkingContextValue, errors=(SessionNotFound, SessionTerminated, KeyNotFound),
+         call=_get_working_context, client="get_working_context", unwrap="value"),
+    Verb("put_working_context", "PUT", _KEY, "Store a working-context value", Scope.SESSION,
+         wire.WorkingContextValue, body=wire.WorkingContextWrite, errors=_CHANGE_ERRORS,
+         call=_put_working_context, client="put_working_context"),
+    Verb("delete_working_context", "DELETE", _KEY, "Remove a working-context key",
+         Scope.SESSION, wire.Deleted, errors=_CHANGE_ERRORS,
+         call=_session_verb("delete_working_context", "key", wrap=wire.Deleted, key="deleted"),
+         client="delete_working_context", unwrap="deleted"),
+    Verb("build_context", "POST", _SID + "/context", "Build the context an LLM would see",
+         Scope.SESSION, ContextBundle, body=wire.BuildContextRequest,
+         errors=(SessionNotFound, SessionTerminated),
+         call=_build_context, client="build_context"),
+    Verb("chat", "POST", _SID + "/chat",
+         "Run one agent turn (202 and events; ?wait=true answers with the result)",
+         Scope.SESSION, ChatResult, body=wire.ChatRequestBody, background=True,
+         errors=(*_CHANGE_ERRORS, SessionBusy, LLMError),
+         call=_session_verb("chat", "text"), client="chat"),
+    Verb("cancel", "POST", _SID + "/cancel", "Stop the running agent turn", Scope.SESSION,
+         wire.Cancelled, errors=(SessionNotFound, SessionTerminated),
+         call=_session_verb("cancel", wrap=wire.Cancelled, key="cancelled"),
+         client="cancel", unwrap="cancelled"),
+    Verb("approve", "POST", _SID + "/approvals/{call_id}", "Answer a write approval",
+         Scope.SESSION, None, 204, body=wire.ApprovalRequest,
+         errors=(SessionNotFound, SessionTerminated, InvalidArgument),
+         call=_approve, client="approve"),
+    Verb("save_session", "POST", _SID + "/save", "Save a named copy of the session",
+         Scope.SESSION, SavedSession, 201, errors=(SessionNotFound, LimitExceeded),
+         call=_session_verb("save_session"), client="save_session"),
+    Verb("list_saved_sessions", "GET", "/v1/saved-sessions", "Your saved sessions",
+         Scope.OWNER, wire.SavedSessionList,
+         call=_list_saved_sessions, client="list_saved_sessions",
+         unwrap="saved_sessions"),
+    Verb("restore_session", "POST", _SAVED + "/restore", "Bring a saved session back",
+         Scope.SAVED, SessionInfo, errors=(SessionNotFound, SessionExists, LimitExceeded),
+         call=_session_verb("restore_session"), client="restore_session"),
+    Verb("delete_saved_session", "DELETE", _SAVED, "Delete a saved copy", Scope.SAVED,
+         None, 204, errors=_SESSION_ERRORS,
+         call=_delete_saved_session, client="delete_saved_session"),
+    Verb("session_events", "GET", _SID + "/events", "One session's events", Scope.SESSION,
+         None, stream=True, query=(
+             Param("after_seq", Annotated[int, msgspec.Meta(ge=0)] | None, None,
+                   "Replay the stored events after this seq, then go live"),
+             *_STREAM_QUERY),
+         errors=(SessionNotFound, SessionTerminated, LimitExceeded)),
+    Verb("all_events", "GET", "/v1/events", "Lifecycle events of your sessions", Scope.OWNER,
+         None, stream=True, query=_STREAM_QUERY, errors=(LimitExceeded,)),
+    # The server's own: a credential for a browser's EventSource (jidoka.server.tickets).
+    Verb("create_stream_ticket", "POST", "/v1/stream-tickets",
+         "A short-lived, single-use ticket that opens an event stream (for EventSource)",
+         Scope.OWNER, wire.StreamTicket, 201, body=wire.StreamTicketRequest,
+         errors=(SessionNotFound, LimitExceeded)),
+)  # fmt: skip
+
+_BY_NAME: Final = {verb.name: verb for verb in VERBS}
+
+
+def by_name(name: str) -> Verb | None:
+    """The verb called ``name``, if there is one."""
+    return _BY_NAME.get(name)
