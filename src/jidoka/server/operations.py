@@ -17,6 +17,7 @@ from ..client import Client
 from ..errors import InvalidArgument, JidokaError, SessionNotFound
 from ..events import Event, EventType
 from ..llm.orchestrator import ChatResult
+from ..problems import KeyNotFound
 from ..session.context import CONTEXT_PARTS, ActiveFile, ContextBundle, FileIndexEntry, Message
 from ..session.info import SessionInfo
 from ..session.manager import REASON_REQUESTED, SessionManager
@@ -26,14 +27,6 @@ from ..tools.sandbox import ProjectRoot, resolve_project_root
 __all__ = ["KeyNotFound", "Operations"]
 
 _MISSING: Any = object()
-
-
-class KeyNotFound(JidokaError):
-    """``GET .../working-context/{key}`` for a key the session does not hold (404)."""
-
-    def __init__(self, session_id: str, key: str) -> None:
-        super().__init__(f"no working-context key {key!r}", session_id=session_id)
-        self.key = key
 
 
 class Operations:
