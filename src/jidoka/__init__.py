@@ -12,7 +12,7 @@ from .bus.base import Subscription
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, FakeClock, SystemClock
-from .config import Settings
+from .config import LLMConfig, Settings
 from .errors import (
     DataDirLocked,
     HostNotAllowed,
@@ -66,6 +66,7 @@ __all__ = [
     "InvalidRole",
     "InvalidTransition",
     "JidokaError",
+    "LLMConfig",
     "LLMError",
     "LimitExceeded",
     "Message",

@@ -19,10 +19,31 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from ._llm_config import (
+    MAX_SYSTEM_PROMPT,
+    PROVIDERS,
+    TOOL_CHOICES,
+    LLMConfig,
+    ScriptCall,
+    ScriptError,
+    ScriptTurn,
+    ScriptUsage,
+)
 from .errors import InvalidConfig
 from .session.state import SessionCeilings, SessionConfig, convert_or_raise
 
-__all__ = ["STORES", "Settings"]
+__all__ = [
+    "MAX_SYSTEM_PROMPT",
+    "PROVIDERS",
+    "STORES",
+    "TOOL_CHOICES",
+    "LLMConfig",
+    "ScriptCall",
+    "ScriptError",
+    "ScriptTurn",
+    "ScriptUsage",
+    "Settings",
+]
 
 #: Store backends by name.
 STORES: Final = ("memory", "sqlite")
