@@ -102,12 +102,12 @@ def test_id_and_source_are_derived() -> None:
 
 
 def test_default_data_is_an_empty_object() -> None:
-    assert Event("error", SID, 1, T0).data == {}
-    assert decode_event(encode_event(Event("error", SID, 1, T0))).data == {}
+    assert Event(EventType.ERROR, SID, 1, T0).data == {}
+    assert decode_event(encode_event(Event(EventType.ERROR, SID, 1, T0))).data == {}
 
 
 def test_event_is_frozen() -> None:
-    event = Event("error", SID, 1, T0, {})
+    event = Event(EventType.ERROR, SID, 1, T0, {})
     with pytest.raises(AttributeError):
         event.seq = 2  # type: ignore[misc]
 
@@ -147,7 +147,7 @@ def test_json_has_cloudevents_fields() -> None:
 
 
 def test_encoding_is_one_line_utf8() -> None:
-    raw = encode_event(Event("error", SID, 1, T0, {"text": "line1\nline2 — é"}))
+    raw = encode_event(Event(EventType.ERROR, SID, 1, T0, {"text": "line1\nline2 — é"}))
     assert b"\n" not in raw
     raw.decode("utf-8")
 
@@ -159,13 +159,13 @@ def test_round_trip() -> None:
 
 def test_round_trip_keeps_offset_time() -> None:
     when = datetime(2026, 6, 1, 8, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30)))
-    decoded = decode_event(encode_event(Event("error", SID, 9, when)))
+    decoded = decode_event(encode_event(Event(EventType.ERROR, SID, 9, when)))
     assert decoded.time == when
     assert decoded.time.utcoffset() == when.utcoffset()
 
 
 def test_decode_accepts_str() -> None:
-    event = Event("error", SID, 5, T0, {"x": 1})
+    event = Event(EventType.ERROR, SID, 5, T0, {"x": 1})
     assert decode_event(encode_event(event).decode()) == event
 
 
