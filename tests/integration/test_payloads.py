@@ -144,3 +144,31 @@ def test_the_stored_v1_log_has_the_structs_shapes() -> None:
         event = Event(EVENT_TYPES[type_], session_id, seq, datetime.fromisoformat(time),
                       msgspec.json.decode(data))  # fmt: skip
         assert_conforms(event)
+
+
+@pytest.mark.stores("sqlite")
+async def test_what_a_restart_writes_has_the_structs_shapes(tmp_path: Path, project: Path) -> None:
+    """The events recovery writes for a turn a restart interrupted (the write it waited on
+    denied, the agent failed) are built from the Structs too."""
+    data = tmp_path / "db"
+    write = call("write_file", "w1", path="src/app.py", content="gone\n")
+    async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
+        sid = await rt.client.create_session(
+            project_root=str(project),
+            config={"allow_write": "ask"},
+            llm_config=scripted({"tool_calls": [write]}),
+        )
+        async with rt.client.subscribe_to_session(sid, after_seq=0) as events:
+            turn = asyncio.create_task(rt.client.chat(sid, "rewrite it"))
+            async with asyncio.timeout(PROMPTLY):
+                async for event in events:
+                    if event.type == EventType.APPROVAL_REQUESTED:
+                        break
+    with pytest.raises(jidoka.SessionTerminated):
+        await turn
+    async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
+        logged = await rt.read_events(sid)
+    restart = [e for e in logged if e.data.get("reason") == "restart"]
+    assert [e.type for e in restart] == [EventType.APPROVAL_DECIDED, EventType.AGENT_STATUS]
+    for event in logged:
+        assert_conforms(event)
