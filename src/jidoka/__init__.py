@@ -14,7 +14,7 @@ from .bus.base import Subscription
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, FakeClock, SystemClock
-from .config import SessionConfig, Settings
+from .config import LLMConfig, SessionConfig, Settings
 from .errors import (
     DataDirLocked,
     HostNotAllowed,
@@ -65,6 +65,7 @@ __all__ = [
     "InvalidRole",
     "InvalidTransition",
     "JidokaError",
+    "LLMConfig",
     "LLMError",
     "LimitExceeded",
     "Message",

@@ -21,7 +21,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from .errors import JidokaError, SessionNotFound
 from .events import Event, decode_event
-from .problems import PROBLEM_CONTENT_TYPE, error_from_problem
+from .problems import PROBLEM_CONTENT_TYPE, KeyNotFound, error_from_problem
 
 __all__ = [
     "KeyNotFound",
@@ -38,7 +38,6 @@ _Stream = tuple[AsyncExitStack, AsyncIterator[ServerSentEvent]]  # closer, parse
 #: Events read ahead of the consumer. Small on purpose: when it is full the reader stops reading
 #: the socket, and the server's slow-consumer policy (catch-up from its store) takes over.
 _QUEUE_SIZE: Final = 64
-_KEY_NOT_FOUND: Final = "/working-context-key-not-found"
 #: Answers that mean "try again later" when a stream reconnects (the server is restarting).
 _TRANSIENT_STATUSES: Final = frozenset({502, 503, 504})
 
@@ -119,16 +118,10 @@ def _problem(response: httpx.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-class KeyNotFound(JidokaError):
-    """No such working-context key: ``get_working_context`` answers its default instead."""
-
-
 def error_for(response: httpx.Response, route: str) -> JidokaError:
     """The exception an error answer stands for (the body must have been read)."""
     problem = _problem(response)
     if problem is not None:
-        if str(problem.get("type", "")).endswith(_KEY_NOT_FOUND):
-            return KeyNotFound(str(problem.get("detail", "")))
         return error_from_problem(problem, status=response.status_code)
     return JidokaError(f"{route}: the server answered HTTP {response.status_code}")
 

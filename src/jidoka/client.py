@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .bus.base import EventBus, Subscription
+from .config import LLMConfig
 from .errors import InvalidArgument, SessionTerminated
 from .events import Event
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
-from .llm.providers import validate_llm_config
 from .scoped import ScopedClient
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
@@ -62,7 +62,7 @@ class Client:
         ``owner`` names the principal it belongs to (the server sets it from the caller's
         token and shows each principal only its own sessions)."""
         if isinstance(llm_config, dict) and llm_config:
-            validate_llm_config(llm_config)  # a typo fails now, not at the first chat
+            LLMConfig.from_dict(llm_config)  # a typo fails now, not at the first chat
         return await self._manager.create(
             metadata=metadata,
             config=config,

@@ -26,11 +26,29 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
+from ._llm_config import (
+    MAX_SYSTEM_PROMPT,
+    PROVIDERS,
+    TOOL_CHOICES,
+    LLMConfig,
+    ScriptCall,
+    ScriptError,
+    ScriptTurn,
+    ScriptUsage,
+)
 from .errors import InvalidConfig
 
 __all__ = [
     "CONFIG_SCHEMA_VERSION",
+    "MAX_SYSTEM_PROMPT",
+    "PROVIDERS",
     "STORES",
+    "TOOL_CHOICES",
+    "LLMConfig",
+    "ScriptCall",
+    "ScriptError",
+    "ScriptTurn",
+    "ScriptUsage",
     "SessionCeilings",
     "SessionConfig",
     "Settings",

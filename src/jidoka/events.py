@@ -9,14 +9,17 @@ strictly increasing with no gaps.
 exactly one identity, a replayed event has the same ``id`` as the original (so consumers can
 de-duplicate), and an idle session's log costs two strings fewer per event.
 
-``data`` is a plain JSON object. Events are shared between the store and every subscriber, so
-treat ``data`` as read-only.
+``data`` is a plain JSON object, of the shape :mod:`jidoka.payloads` gives for each type (what
+builds an event builds that Struct; ``docs/events.md`` is the table). Events are shared between
+the store and every subscriber, so treat ``data`` as read-only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final
 
 import msgspec
@@ -24,6 +27,7 @@ import msgspec
 from .errors import InvalidArgument
 
 __all__ = [
+    "EVENT_TYPES",
     "GLOBAL_EVENT_TYPES",
     "Event",
     "EventType",
@@ -59,6 +63,12 @@ class EventType(StrEnum):
     EVENTS_DROPPED = "events_dropped"
 
 
+#: Each type by its wire name: a dict lookup, cheaper than ``EventType(name)`` for a store that
+#: reads types back as text.
+EVENT_TYPES: Final[Mapping[str, EventType]] = MappingProxyType(
+    {kind.value: kind for kind in EventType}
+)
+
 #: The lifecycle events that also go to the global stream (``subscribe_to_all_sessions``).
 GLOBAL_EVENT_TYPES: Final = frozenset(
     {EventType.SESSION_CREATED, EventType.SESSION_STATUS, EventType.SESSION_TERMINATED}
@@ -68,10 +78,11 @@ GLOBAL_EVENT_TYPES: Final = frozenset(
 class Event(msgspec.Struct, frozen=True, gc=False):
     """One change to one session.
 
-    ``time`` is a timezone-aware UTC datetime; ``type`` is one of :class:`EventType`'s values.
+    ``time`` is a timezone-aware UTC datetime. ``type`` is an :class:`EventType` (a ``str``
+    too, so it compares equal to its wire name).
     """
 
-    type: str
+    type: EventType
     session_id: str
     seq: int
     time: datetime
@@ -102,9 +113,12 @@ class Event(msgspec.Struct, frozen=True, gc=False):
 
 
 class _WireEvent(msgspec.Struct, frozen=True):
-    """The JSON layout; ``id``/``source`` are written for consumers and ignored when read back."""
+    """The JSON layout; ``id``/``source`` are written for consumers and ignored when read back.
 
-    type: str
+    ``type`` must be an :class:`EventType`: a name this version does not know is malformed.
+    """
+
+    type: EventType
     session_id: str
     seq: int
     time: datetime

@@ -38,6 +38,7 @@ from .errors import (
     SessionTerminated,
 )
 from .llm.turns import ChatResult
+from .problems import KeyNotFound
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
 from .session.state import REASON_REQUESTED, ActiveFile, FileIndexEntry, Message, Status
@@ -60,15 +61,6 @@ __all__ = [
 #: A page of ``list_sessions`` unless ``limit`` says otherwise, and the largest one served.
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
-
-
-class KeyNotFound(JidokaError):
-    """``get_working_context`` of a key the session does not hold (404
-    ``working-context-key-not-found``; the in-process client answers its ``default`` instead)."""
-
-    def __init__(self, session_id: str, key: str) -> None:
-        super().__init__(f"no working-context key {key!r}", session_id=session_id)
-        self.key = key
 
 
 class Scope(StrEnum):

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jidoka
-from jidoka.events import GLOBAL_EVENT_TYPES, Event, EventType, decode_event, encode_event
+from jidoka.events import (
+    EVENT_TYPES,
+    GLOBAL_EVENT_TYPES,
+    Event,
+    EventType,
+    decode_event,
+    encode_event,
+)
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 T0 = datetime(2026, 1, 1, 12, 30, 15, 123456, tzinfo=UTC)
@@ -95,12 +102,12 @@ def test_id_and_source_are_derived() -> None:
 
 
 def test_default_data_is_an_empty_object() -> None:
-    assert Event("error", SID, 1, T0).data == {}
-    assert decode_event(encode_event(Event("error", SID, 1, T0))).data == {}
+    assert Event(EventType.ERROR, SID, 1, T0).data == {}
+    assert decode_event(encode_event(Event(EventType.ERROR, SID, 1, T0))).data == {}
 
 
 def test_event_is_frozen() -> None:
-    event = Event("error", SID, 1, T0, {})
+    event = Event(EventType.ERROR, SID, 1, T0, {})
     with pytest.raises(AttributeError):
         event.seq = 2  # type: ignore[misc]
 
@@ -140,7 +147,7 @@ def test_json_has_cloudevents_fields() -> None:
 
 
 def test_encoding_is_one_line_utf8() -> None:
-    raw = encode_event(Event("error", SID, 1, T0, {"text": "line1\nline2 — é"}))
+    raw = encode_event(Event(EventType.ERROR, SID, 1, T0, {"text": "line1\nline2 — é"}))
     assert b"\n" not in raw
     raw.decode("utf-8")
 
@@ -152,13 +159,13 @@ def test_round_trip() -> None:
 
 def test_round_trip_keeps_offset_time() -> None:
     when = datetime(2026, 6, 1, 8, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30)))
-    decoded = decode_event(encode_event(Event("error", SID, 9, when)))
+    decoded = decode_event(encode_event(Event(EventType.ERROR, SID, 9, when)))
     assert decoded.time == when
     assert decoded.time.utcoffset() == when.utcoffset()
 
 
 def test_decode_accepts_str() -> None:
-    event = Event("error", SID, 5, T0, {"x": 1})
+    event = Event(EventType.ERROR, SID, 5, T0, {"x": 1})
     assert decode_event(encode_event(event).decode()) == event
 
 
@@ -207,6 +214,20 @@ def test_malformed_raises_invalid_argument(raw: bytes) -> None:
         decode_event(raw)
     assert info.value.argument == "event"
     assert "malformed event" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["x", "Error", "session-created", "custom_event", ""])
+def test_a_type_this_version_does_not_know_is_malformed(name: str) -> None:
+    with pytest.raises(jidoka.InvalidArgument, match="malformed event") as info:
+        decode_event(_wire(type=name))
+    assert info.value.argument == "event"
+
+
+def test_decoded_type_is_the_enum_member() -> None:
+    decoded = decode_event(_wire(type="tool_call"))
+    assert decoded.type is EventType.TOOL_CALL
+    assert EVENT_TYPES["tool_call"] is EventType.TOOL_CALL
+    assert set(EVENT_TYPES.values()) == set(EventType)
 
 
 @pytest.mark.parametrize("seq", [0, -1, -(2**40)])
@@ -268,14 +289,14 @@ _IDS = st.from_regex(r"[0-9A-HJKMNP-TV-Z]{26}", fullmatch=True)
 
 @settings(max_examples=200, deadline=None)
 @given(
-    type_=st.sampled_from(list(EventType)) | st.text(min_size=1, max_size=30),
+    type_=st.sampled_from(list(EventType)),
     session_id=_IDS,
     seq=st.integers(min_value=1, max_value=2**63 - 1),
     time=_TIMES,
     data=st.dictionaries(st.text(max_size=10), _JSON, max_size=6),
 )
 def test_round_trip_property(
-    type_: str, session_id: str, seq: int, time: datetime, data: dict[str, Any]
+    type_: EventType, session_id: str, seq: int, time: datetime, data: dict[str, Any]
 ) -> None:
     event = Event(type_, session_id, seq, time, data)
     raw = encode_event(event)

@@ -7,11 +7,13 @@ client raises (same class, message and attributes), so ``except SessionNotFound`
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+import jidoka
 from jidoka import errors
 from jidoka.errors import (
     DataDirLocked,
@@ -34,7 +36,18 @@ from jidoka.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from jidoka.problems import PROBLEM_BASE, error_from_problem, problem_for, status_for
+from jidoka.problems import (
+    PROBLEM_BASE,
+    PROBLEMS,
+    KeyNotFound,
+    MalformedBody,
+    NestingTooDeep,
+    Problem,
+    error_from_problem,
+    problem_for,
+    problem_of,
+    status_for,
+)
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 
@@ -248,3 +261,80 @@ def test_wrongly_typed_members_are_ignored() -> None:
     assert rebuilt.maximum == 0
     assert rebuilt.actual is None
     assert rebuilt.session_id is None
+
+
+# --- the one table ---------------------------------------------------------------------------
+
+#: Public errors that never travel as a problem document: the remote client raises it when
+#: there is no answer at all to rebuild from.
+CLIENT_ONLY = {"ServerUnavailable"}
+#: The errors only the HTTP layer raises (rows of their own; rebuilt by the row their slug names).
+SERVER_CASES: dict[str, Callable[[], JidokaError]] = {
+    "KeyNotFound": lambda: KeyNotFound(SID, "notes"),
+    "MalformedBody": lambda: MalformedBody("body is not valid JSON", argument="body"),
+    "NestingTooDeep": lambda: NestingTooDeep("body", argument="body", maximum=128),
+}
+HTTP_API = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
+
+
+def _public_errors() -> set[type[JidokaError]]:
+    return {
+        value
+        for name in jidoka.__all__
+        if isinstance(value := getattr(jidoka, name), type)
+        and issubclass(value, JidokaError)
+        and name not in CLIENT_ONLY
+    }
+
+
+def test_every_public_error_has_a_row_of_its_own() -> None:
+    rows = [row.error for row in PROBLEMS]
+    assert len(rows) == len(set(rows)), "one row per class"
+    assert _public_errors() <= set(rows)
+    for name in CLIENT_ONLY:
+        assert getattr(jidoka, name) not in rows
+
+
+def test_rows_are_most_specific_first() -> None:
+    """The first isinstance match wins, so no row may hide a subclass's row below it."""
+    for index, row in enumerate(PROBLEMS):
+        for later in PROBLEMS[index + 1 :]:
+            assert not issubclass(later.error, row.error), (row.error, later.error)
+
+
+@pytest.mark.parametrize("row", PROBLEMS, ids=lambda row: row.error.__name__)
+def test_every_row_round_trips_with_its_fields(row: Problem) -> None:
+    makes = [*CASES.values(), *SERVER_CASES.values()]
+    instances = [exc for make in makes if type(exc := make()) is row.error]
+    assert instances, f"no case builds a {row.error.__name__}"
+    for original in instances:
+        problem, rebuilt = _round_trip(original)
+        assert problem_of(original) is row
+        assert problem["type"] == row.type_uri
+        assert problem["title"] == row.title
+        assert problem["status"] == status_for(original)
+        extra = set(problem) - {"type", "title", "status", "detail", "request_id", "session_id"}
+        assert extra <= set(row.fields)
+        rebuilder = row if row.rebuild is not None else problem_of_slug(row.slug)
+        assert type(rebuilt) is rebuilder.error
+        assert str(rebuilt) == str(original)
+        for name in ("session_id", *row.fields):
+            attribute = "status" if name == "provider_status" else name
+            if hasattr(rebuilt, attribute):
+                assert getattr(rebuilt, attribute) == getattr(original, attribute), name
+
+
+def problem_of_slug(slug: str) -> Problem:
+    return next(row for row in PROBLEMS if row.slug == slug and row.rebuild is not None)
+
+
+def test_the_http_api_table_says_what_the_rows_say() -> None:
+    """docs/http-api.md's error table: each row's slug, status and class, as PROBLEMS has them."""
+    lines = HTTP_API.read_text(encoding="utf-8").split("## Errors", 1)[1].splitlines()
+    table = [line for line in lines if line.startswith("| `")]
+    for row in PROBLEMS:
+        line = next((text for text in table if f"`{row.slug}`" in text.split(" | ")[0]), "")
+        assert line, f"{row.slug} is not in docs/http-api.md's error table"
+        assert str(row.status) in line, (row.slug, row.status)
+        if row.error in _public_errors():
+            assert f"`{row.error.__name__}`" in line, row.error.__name__

@@ -13,11 +13,14 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import openai
 import pytest
 
+import jidoka
+from jidoka.config import LLMConfig
 from jidoka.errors import InvalidConfig, LLMError, RuntimeClosed
-from jidoka.llm.providers import make_provider, validate_llm_config
+from jidoka.llm.providers import make_provider
 from jidoka.llm.providers.openai import OpenAIProvider
 from jidoka.llm.providers.scripted import END_OF_SCRIPT, ScriptedProvider
 from jidoka.llm.types import (
@@ -575,7 +578,7 @@ async def test_a_server_without_keys_gets_a_placeholder(server: OpenAIServer, bu
 def test_an_api_key_in_llm_config_is_refused():
     config = {"provider": "openai", "api_key": KEY}
     for check in (
-        lambda: validate_llm_config(config),
+        lambda: LLMConfig.from_dict(config),
         lambda: make_provider(config, environ=ENV),
     ):
         with pytest.raises(InvalidConfig) as caught:
@@ -588,7 +591,7 @@ def test_an_api_key_in_llm_config_is_refused():
 
 def test_a_key_put_in_api_key_env_is_not_echoed():
     with pytest.raises(InvalidConfig) as caught:
-        validate_llm_config({"api_key_env": KEY})
+        LLMConfig.from_dict({"api_key_env": KEY})
     assert caught.value.field == "llm_config.api_key_env"
     assert KEY not in str(caught.value)
 
@@ -655,7 +658,7 @@ async def test_the_server_answers_without_streaming_too(server: OpenAIServer):
     ],
 )
 def test_valid_llm_configs(config: dict[str, Any]):
-    validate_llm_config(config)
+    LLMConfig.from_dict(config)
 
 
 @pytest.mark.parametrize(
@@ -700,15 +703,49 @@ def test_valid_llm_configs(config: dict[str, Any]):
 )
 def test_invalid_llm_configs_name_the_field(config: dict[str, Any], field: str):
     with pytest.raises(InvalidConfig) as caught:
-        validate_llm_config(config)
+        LLMConfig.from_dict(config)
     assert caught.value.field == field
     assert field in caught.value.message
 
 
 def test_llm_config_must_be_an_object():
     with pytest.raises(InvalidConfig) as caught:
-        validate_llm_config(["provider"])  # type: ignore[arg-type]
+        LLMConfig.from_dict(["provider"])
     assert caught.value.field == "llm_config"
+
+
+def test_llm_config_is_a_typed_struct_that_tells_null_from_absent():
+    config = LLMConfig.from_dict({"provider": "openai", "api_key_env": None, "max_tokens": 64})
+    assert isinstance(config, LLMConfig)
+    assert (config.provider, config.api_key_env, config.max_tokens) == ("openai", None, 64)
+    assert config.model is msgspec.UNSET  # left out: a default may fill it
+    assert config.to_dict() == {"provider": "openai", "api_key_env": None, "max_tokens": 64}
+    assert LLMConfig.from_dict(config) is config
+    assert jidoka.LLMConfig is LLMConfig
+
+
+@pytest.mark.parametrize(
+    ("config", "shown", "hidden"),
+    [
+        ({"temperature": 2.5}, "got 2.5", None),
+        ({"temperature": "hot"}, "got str", "hot"),
+        ({"max_retries": True}, "got bool", None),
+        ({"model": 12}, "got 12", None),
+        ({"model": ["m"]}, "got list", None),
+        ({"base_url": "ftp://sk-secret"}, "http://", "sk-secret"),
+        ({"api_key_env": "sk-secret-key"}, "NAME", "sk-secret"),
+        ({"tool_choice": "sk secret"}, "tool's name", "sk secret"),
+        ({"provider": "sk-" + "x" * 60}, "unknown provider value", "sk-"),
+    ],
+)
+def test_llm_config_messages_show_numbers_and_types_never_strings(
+    config: dict[str, Any], shown: str, hidden: str | None
+):
+    with pytest.raises(InvalidConfig) as caught:
+        LLMConfig.from_dict(config)
+    assert shown in caught.value.message
+    if hidden is not None:
+        assert hidden not in str(caught.value)
 
 
 def test_make_provider_needs_a_known_provider():
@@ -956,16 +993,14 @@ def documented_keys() -> list[str]:
 
 
 def test_every_documented_llm_config_key_is_accepted_and_every_accepted_key_documented():
-    from jidoka.llm import providers
-
     keys = documented_keys()
     assert "system_prompt" in keys
-    assert sorted(keys) == sorted(providers._KEYS)
+    assert sorted(keys) == sorted(LLMConfig.__struct_fields__)
     assert sorted(SAMPLES) == sorted(keys)
     for key in keys:
         config = {key: SAMPLES[key]}
         if key == "script":
             config["provider"] = "scripted"
-        validate_llm_config(config)  # nothing documented is refused
-    for key in keys:  # the module's own table says the same
-        assert f"``{key}``" in (providers.__doc__ or "")
+        LLMConfig.from_dict(config)  # nothing documented is refused
+    for key in keys:  # the class's own table says the same
+        assert f"``{key}``" in (LLMConfig.__doc__ or "")

@@ -31,6 +31,7 @@ PUBLIC_API = [
     "InvalidRole",
     "InvalidTransition",
     "JidokaError",
+    "LLMConfig",
     "LLMError",
     "LimitExceeded",
     "Message",

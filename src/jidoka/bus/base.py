@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..events import Event, EventType
+from ..payloads import EventsDroppedData, data_of
 
 __all__ = ["EventBus", "EventReader", "Subscription", "SubscriptionStatistics"]
 
@@ -223,7 +224,7 @@ class Subscription:
             count, self._pending_drops = self._pending_drops, 0
             self._catching_up = False
             self._lost(count)
-            return self._marker("", 0, {"count": count})
+            return self._marker("", 0, EventsDroppedData(count=count))
         after = self._last_seq
         seen = self._latest_seen
         events = await self._reader(self.session_id, after, self.queue_size)
@@ -251,19 +252,18 @@ class Subscription:
     def _gap(self, first: int, last: int) -> Event:
         assert self.session_id is not None
         self._lost(last - first + 1)
-        return self._marker(
-            self.session_id, last, {"count": last - first + 1, "first_seq": first, "last_seq": last}
-        )
+        dropped = EventsDroppedData(count=last - first + 1, first_seq=first, last_seq=last)
+        return self._marker(self.session_id, last, dropped)
 
     def _lost(self, count: int) -> None:
         self._dropped += count
         if self._on_lost is not None:
             self._on_lost(count)
 
-    def _marker(self, session_id: str, seq: int, data: dict[str, int]) -> Event:
+    def _marker(self, session_id: str, seq: int, data: EventsDroppedData) -> Event:
         self._delivered += 1
         when = datetime.fromtimestamp(self._now(), UTC)
-        return Event(EventType.EVENTS_DROPPED, session_id, seq, when, data)
+        return Event(EventType.EVENTS_DROPPED, session_id, seq, when, data_of(data))
 
     def statistics(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(

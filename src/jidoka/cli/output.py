@@ -100,9 +100,8 @@ def _summarise(event: Event) -> str:
         return f"{word} ({data['reason']})" if data.get("reason") else word
     if kind == EventType.ERROR:
         return str(data.get("message") or data.get("code"))
-    if kind == EventType.EVENTS_DROPPED:
-        return f"{data.get('count', 'some')} events could not be delivered"
-    return compact(data) if data else ""
+    # The one type left (Event.type is an EventType): a stream's loss marker.
+    return f"{data.get('count', 'some')} events could not be delivered"
 
 
 def event_summary(event: Event, limit: int = 80) -> str:

@@ -45,7 +45,12 @@ from ..errors import (
     SessionBusy,
     SessionTerminated,
 )
-from ..events import EventType
+from ..payloads import (
+    AgentStatusData,
+    ErrorData,
+    LLMResponseData,
+    event_item,
+)
 from ..session.context import CONTEXT_PARTS, TokenCounter
 from ..session.session import Session
 from ..session.state import Message
@@ -256,7 +261,7 @@ class Agent:
         llm_config = {**self._defaults, **session.state.llm_config}
         config = session.state.config
         await self._send_message(self.session_id, turn.text)
-        await self._emit(EventType.AGENT_STATUS, {"status": "thinking"})
+        await self._emit(*event_item(AgentStatusData(status="thinking")))
         usage = Usage()
         iterations = 0
         self._partial = []
@@ -309,7 +314,7 @@ class Agent:
                         tool_calls=completion.tool_calls,
                     )
                 )
-                await self._emit(EventType.AGENT_STATUS, {"status": "calling_tool"})
+                await self._emit(*event_item(AgentStatusData(status="calling_tool")))
                 cut = completion.finish_reason == "length"
                 cut_off = completion.tool_calls[-1] if cut else None
                 for call in completion.tool_calls:
@@ -321,7 +326,7 @@ class Agent:
                         session, registry, call, iterations, room=window.room()
                     )
                     window.add_result(call.id, result.content, for_model)
-                await self._emit(EventType.AGENT_STATUS, {"status": "thinking"})
+                await self._emit(*event_item(AgentStatusData(status="thinking")))
         except asyncio.CancelledError:
             if not turn.user_cancelled:
                 raise
@@ -400,42 +405,43 @@ class Agent:
         *,
         interrupted: bool,
     ) -> None:
-        await self._emit(
-            EventType.LLM_RESPONSE,
-            {
-                "message_id": message.id,
-                "seq": message.seq,
-                "content": bounded(message.content),
-                "usage": usage_data(usage),
-                "iterations": iterations,
-                "finish_reason": finish_reason,
-                "interrupted": interrupted,
-            },
+        response = LLMResponseData(
+            message_id=message.id,
+            seq=message.seq,
+            content=bounded(message.content),
+            usage=usage_data(usage),
+            iterations=iterations,
+            finish_reason=finish_reason,
+            interrupted=interrupted,
         )
+        await self._emit(*event_item(response))
         if self._record_usage is not None:
             self._record_usage(usage, "interrupted" if interrupted else "completed")
         status = "cancelled" if interrupted else "idle"
-        await self._emit(EventType.AGENT_STATUS, {"status": status})
+        await self._emit(*event_item(AgentStatusData(status=status)))
 
     async def _fail(self, exc: Exception, usage: Usage, iterations: int) -> None:
-        data: dict[str, Any] = {"code": _error_code(exc), "iterations": iterations}
         if isinstance(exc, JidokaError):
-            data["message"] = exc.message
+            message = exc.message
         else:  # a bug of ours: say so, without details that belong in the log
-            data["message"] = f"internal error ({type(exc).__name__}); see the server log"
+            message = f"internal error ({type(exc).__name__}); see the server log"
+        used = usage_data(usage) if usage.total_tokens or usage.estimated else msgspec.UNSET
+        data = ErrorData(  # usage: counted in SessionInfo.usage too
+            code=_error_code(exc), iterations=iterations, message=message, usage=used
+        )
         if isinstance(exc, LLMError):
-            data.update(provider=exc.provider, status=exc.status, retryable=exc.retryable)
+            data = msgspec.structs.replace(
+                data, provider=exc.provider, status=exc.status, retryable=exc.retryable
+            )
         elif isinstance(exc, LimitExceeded):
-            data.update(limit=exc.limit, maximum=exc.maximum)
+            data = msgspec.structs.replace(data, limit=exc.limit, maximum=exc.maximum)
         elif isinstance(exc, InvalidConfig):
-            data["field"] = exc.field
-        if usage.total_tokens or usage.estimated:
-            data["usage"] = usage_data(usage)  # counted in SessionInfo.usage too
+            data = msgspec.structs.replace(data, field=exc.field)
         if self._record_usage is not None:
             self._record_usage(usage, "failed")
         with contextlib.suppress(SessionTerminated):
-            await self._emit(EventType.ERROR, data)
-            await self._emit(EventType.AGENT_STATUS, {"status": "failed"})
+            await self._emit(*event_item(data))
+            await self._emit(*event_item(AgentStatusData(status="failed")))
 
 
 def _error_code(exc: Exception) -> str:

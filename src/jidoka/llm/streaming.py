@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..events import EventType
+from ..payloads import LLMStreamChunkData, event_item
 from .types import ChatRequest, Completion, Provider, TextDelta
 
 __all__ = ["stream_call"]
@@ -58,7 +58,7 @@ async def stream_call(
             chunk = "".join(text)
             partial.append(chunk)
             if chunk:
-                await emit(EventType.LLM_STREAM_CHUNK, {"text": chunk, "iteration": iteration})
+                await emit(*event_item(LLMStreamChunkData(text=chunk, iteration=iteration)))
             if isinstance(done, BaseException):
                 raise done
             if done is not None:

@@ -17,8 +17,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import msgspec
+
 from ..errors import InvalidArgument, JidokaError
-from ..events import EventType
+from ..payloads import (
+    ApprovalDecidedData,
+    ApprovalRequestedData,
+    ToolCallData,
+    ToolResultData,
+    event_item,
+)
 from ..session.context import TokenCounter
 from ..session.session import Session
 from ..tools.files import ToolContext
@@ -91,23 +99,21 @@ class ToolCaller:
     async def refuse_cut(self, call: ToolCall, iteration: int) -> str:
         """Log a call cut off by ``max_tokens`` and its refusal, as any call and result."""
         await self._emit(
-            EventType.TOOL_CALL,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "arguments": bounded(call.arguments),
-                "iteration": iteration,
-            },
+            *event_item(
+                ToolCallData(
+                    call_id=call.id,
+                    name=call.name,
+                    arguments=bounded(call.arguments),
+                    iteration=iteration,
+                )
+            )
         )
         await self._emit(
-            EventType.TOOL_RESULT,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "content": CUT_CALL,
-                "is_error": True,
-                "cut_off": True,
-            },
+            *event_item(
+                ToolResultData(
+                    call_id=call.id, name=call.name, content=CUT_CALL, is_error=True, cut_off=True
+                )
+            )
         )
         return CUT_CALL
 
@@ -117,13 +123,14 @@ class ToolCaller:
         """Run one call; return its result and what the model gets of it (cut to ``room``
         tokens, with a note on how to read the rest; the event keeps it whole)."""
         await self._emit(
-            EventType.TOOL_CALL,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "arguments": bounded(call.arguments),
-                "iteration": iteration,
-            },
+            *event_item(
+                ToolCallData(
+                    call_id=call.id,
+                    name=call.name,
+                    arguments=bounded(call.arguments),
+                    iteration=iteration,
+                )
+            )
         )
         config = session.state.config
         root = session.state.project_root
@@ -147,15 +154,15 @@ class ToolCaller:
                 except Exception as exc:  # run() answers failures itself; this is a last guard
                     result = self._crashed(call, exc)
         cut = cut_to_fit(result.content, room, self._counter)
-        data: dict[str, Any] = {
-            "call_id": call.id,
-            "name": call.name,
-            "content": bounded(result.content, MAX_TOOL_RESULT_TEXT),
-            "is_error": result.is_error,
-        }
-        if cut is not None:
-            data["cut_for_model"] = True  # the model saw a part; this is the whole
-        await self._emit(EventType.TOOL_RESULT, data)
+        data = ToolResultData(
+            call_id=call.id,
+            name=call.name,
+            content=bounded(result.content, MAX_TOOL_RESULT_TEXT),
+            is_error=result.is_error,
+            # The model saw a part; this is the whole.
+            cut_for_model=msgspec.UNSET if cut is None else True,
+        )
+        await self._emit(*event_item(data))
         for path in (*result.paths_read, *result.paths_written):
             try:
                 await self._update_index(self.session_id, path)
@@ -191,16 +198,14 @@ class ToolCaller:
         shown = quote_path(path)  # a name with a newline or edge spaces must not mislead
         try:
             try:
-                await self._emit(
-                    EventType.APPROVAL_REQUESTED,
-                    {
-                        "call_id": call.id,
-                        "tool": call.name,
-                        "path": path,
-                        "summary": f"{call.name} wants to change {shown}",
-                        "diff": bounded(diff),
-                    },
+                request = ApprovalRequestedData(
+                    call_id=call.id,
+                    tool=call.name,
+                    path=path,
+                    summary=f"{call.name} wants to change {shown}",
+                    diff=bounded(diff),
                 )
+                await self._emit(*event_item(request))
                 async with asyncio.timeout(wait):
                     allow = await future
                 reason = "user"
@@ -212,12 +217,13 @@ class ToolCaller:
                 # nothing was written.
                 with contextlib.suppress(JidokaError):
                     await self._emit(
-                        EventType.APPROVAL_DECIDED,
-                        {"call_id": call.id, "allow": False, "reason": "cancelled"},
+                        *event_item(
+                            ApprovalDecidedData(call_id=call.id, allow=False, reason="cancelled")
+                        )
                     )
                 raise
             await self._emit(
-                EventType.APPROVAL_DECIDED, {"call_id": call.id, "allow": allow, "reason": reason}
+                *event_item(ApprovalDecidedData(call_id=call.id, allow=allow, reason=reason))
             )
         finally:
             self._approvals.pop(call.id, None)

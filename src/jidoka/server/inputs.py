@@ -26,7 +26,7 @@ import msgspec
 from starlette.datastructures import QueryParams
 
 from ..errors import InvalidArgument
-from .responses import MalformedBody
+from ..problems import MalformedBody, NestingTooDeep
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -52,18 +52,6 @@ _ASCII_INT: Final = re.compile(rf"[0-9]{{1,{MAX_QUERY_INT_DIGITS}}}")
 _ERROR_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`")
 _MISSING_FIELD: Final = re.compile(r"^Object missing required field `([^`]*)`")
 _CONTAINERS: Final = (dict, list, msgspec.Struct)
-
-
-class NestingTooDeep(InvalidArgument):
-    """A JSON document nests deeper than :data:`MAX_JSON_DEPTH` (422, ``limit`` names it)."""
-
-    def __init__(self, what: str, *, argument: str) -> None:
-        super().__init__(
-            f"{what} nests arrays and objects deeper than max_json_depth={MAX_JSON_DEPTH}",
-            argument=argument,
-        )
-        self.limit = "max_json_depth"
-        self.maximum = MAX_JSON_DEPTH
 
 
 def _shown(text: str) -> str:
@@ -95,7 +83,7 @@ def decode_json(
     try:
         value = msgspec.json.decode(raw, type=kind)
     except RecursionError:
-        raise NestingTooDeep(what, argument=argument) from None
+        raise NestingTooDeep(what, argument=argument, maximum=MAX_JSON_DEPTH) from None
     except msgspec.ValidationError as exc:
         where = error_path(exc, argument)
         raise InvalidArgument(f"invalid {_noun(what)}: {exc}", argument=where) from None
@@ -103,7 +91,7 @@ def decode_json(
         raise MalformedBody(f"{what} is not valid JSON: {exc}", argument=argument) from None
     # Cheap bound first: a document with no more brackets than the limit cannot be too deep.
     if _brackets(raw) > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
-        raise NestingTooDeep(what, argument=argument)
+        raise NestingTooDeep(what, argument=argument, maximum=MAX_JSON_DEPTH)
     return value
 
 

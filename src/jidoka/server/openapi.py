@@ -16,8 +16,8 @@ from msgspec import inspect as mi
 
 from .._version import __version__
 from ..errors import JidokaError
-from ..problems import KINDS, PROBLEM_CONTENT_TYPE
-from ..verbs import VERBS, KeyNotFound, Param, Verb
+from ..problems import PROBLEM_CONTENT_TYPE, PROBLEMS
+from ..verbs import VERBS, Param, Verb
 from ..wire import Accepted, Problem
 
 __all__ = ["openapi_document"]
@@ -54,12 +54,11 @@ _CHANGES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _status_of(error: type[JidokaError]) -> int:
-    if issubclass(error, KeyNotFound):
-        return 404
-    for kind in KINDS:
-        if issubclass(error, kind.error):
-            return kind.status
-    return 500  # pragma: no cover - JidokaError is the last kind
+    """The status of ``error``'s row in the problem table (the first row it belongs to)."""
+    for row in PROBLEMS:
+        if issubclass(error, row.error):
+            return row.status
+    return 500  # pragma: no cover - JidokaError has the last row
 
 
 def _problem_statuses(verb: Verb) -> set[int]:

@@ -8,9 +8,8 @@ from typing import Any, Final
 import msgspec
 from starlette.responses import Response
 
-from ..errors import InvalidArgument, JidokaError, LimitExceeded, Unauthorized
-from ..problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, problem_for, status_for
-from ..verbs import KeyNotFound
+from ..errors import JidokaError, LimitExceeded, Unauthorized
+from ..problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, MalformedBody, problem_for
 
 __all__ = [
     "MalformedBody",
@@ -22,10 +21,6 @@ __all__ = [
 
 logger = logging.getLogger("jidoka.server")
 _encode: Final = msgspec.json.Encoder().encode
-
-
-class MalformedBody(InvalidArgument):
-    """The request body is not JSON at all (400; a JSON body of the wrong shape is 422)."""
 
 
 class RouteNotFound(JidokaError):
@@ -43,25 +38,15 @@ def json_response(
 
 
 def problem_body(exc: JidokaError, request_id: str | None) -> tuple[int, dict[str, Any]]:
-    """The status and problem document for ``exc``, including the server-only kinds."""
+    """The status and problem document for ``exc`` (:data:`~jidoka.problems.PROBLEMS`' row;
+    a missing route, whose slug follows its status, is the one kind outside the table)."""
     problem = problem_for(exc, request_id=request_id)
-    if isinstance(exc, MalformedBody):
-        problem["status"] = 400
-    elif isinstance(exc, KeyNotFound):
-        problem.update(
-            type=PROBLEM_BASE + "working-context-key-not-found",
-            title="Working-context key not found",
-            status=404,
-            key=exc.key,
-        )
-    elif isinstance(exc, RouteNotFound):
+    if isinstance(exc, RouteNotFound):
         slug, title = (
             ("not-found", "Not found") if exc.status == 404 else
             ("method-not-allowed", "Method not allowed")
         )  # fmt: skip
         problem.update(type=PROBLEM_BASE + slug, title=title, status=exc.status)
-    else:
-        problem["status"] = status_for(exc)
     return int(problem["status"]), problem
 
 

@@ -26,6 +26,14 @@ from ..config import Settings
 from ..errors import InvalidArgument, InvalidTransition, LimitExceeded, RuntimeClosed, StoreError
 from ..events import EventType
 from ..ids import IdGenerator
+from ..payloads import (
+    ErrorData,
+    SessionCreatedData,
+    SessionStatusData,
+    SessionTerminatedData,
+    data_of,
+    event_item,
+)
 from ..telemetry import SESSION_ID_ATTRIBUTE, Telemetry
 from ..tools.sandbox import resolve_project_root
 from .background import BackgroundTasks
@@ -102,17 +110,20 @@ class Lifecycle:
                     span.set_attribute(SESSION_ID_ATTRIBUTE, session_id)
                 state = SessionState(session_id)
                 session = Session(state, self._services)
-                created = {
-                    "status": Status.INITIALIZING.value,
-                    "metadata": meta,
-                    "config": (
-                        self._default_config_dict if cfg is self._default_config else cfg.to_dict()
-                    ),
-                    "llm_config": llm,
-                    "project_root": root,
-                }
-                if owner is not None:
-                    created["owner"] = owner
+                created = data_of(
+                    SessionCreatedData(
+                        status=Status.INITIALIZING.value,
+                        metadata=meta,
+                        config=(
+                            self._default_config_dict
+                            if cfg is self._default_config
+                            else cfg.to_dict()
+                        ),
+                        llm_config=llm,
+                        project_root=root,
+                        owner=msgspec.UNSET if owner is None else owner,
+                    )
+                )
             except BaseException:
                 registry.unreserve()
                 raise
@@ -203,7 +214,7 @@ class Lifecycle:
         if session is None or session.state.status in (Status.TERMINATING, Status.TERMINATED):
             return
         message = f"worker {crash.worker!r} crashed: {crash.error!r}"
-        data = {"worker": crash.worker, "message": message, "restarts": crash.restarts}
+        data = data_of(ErrorData(worker=crash.worker, message=message, restarts=crash.restarts))
         self._tasks.spawn(self._report_crash(session, data), f"jidoka:{session.session_id}:crash")
         if crash.gave_up:
             config = session.state.config
@@ -277,13 +288,15 @@ class Lifecycle:
             except Exception as exc:
                 session.report_fault(Step.WORKERS, exc)
             async with session.lock:
-                status = {"status": Status.TERMINATED.value, "previous": Status.TERMINATING.value}
-                if error is not None:
-                    status["error"] = error
+                status = SessionStatusData(
+                    status=Status.TERMINATED.value,
+                    previous=Status.TERMINATING.value,
+                    error=msgspec.UNSET if error is None else error,
+                )
                 await session.commit(
                     [
-                        (EventType.SESSION_STATUS, status),
-                        (EventType.SESSION_TERMINATED, {"reason": reason, "error": error}),
+                        event_item(status),
+                        event_item(SessionTerminatedData(reason=reason, error=error)),
                     ]
                 )
             try:

@@ -24,6 +24,14 @@ from ..config import Settings
 from ..errors import RuntimeClosed, SessionTerminated, StoreError
 from ..events import Event, EventType
 from ..ids import is_session_id
+from ..payloads import (
+    AgentStatusData,
+    ApprovalDecidedData,
+    SessionStatusData,
+    SessionTerminatedData,
+    data_of,
+    event_item,
+)
 from ..store.base import StoredSession
 from .background import BackgroundTasks
 from .idle import IdleReaper
@@ -125,8 +133,8 @@ class Recovery:
             async with session.lock:
                 await session.commit(
                     [
-                        (EventType.SESSION_STATUS, {"status": "terminated", "previous": status}),
-                        (EventType.SESSION_TERMINATED, {"reason": REASON_ERROR, "error": None}),
+                        event_item(SessionStatusData(status="terminated", previous=status.value)),
+                        event_item(SessionTerminatedData(reason=REASON_ERROR, error=None)),
                     ]
                 )
             await self._lifecycle.retire(session)
@@ -144,12 +152,12 @@ class Recovery:
         """A turn the process died in the middle of ends in the log: writes that waited for an
         approval are denied (nothing was written), and the agent's status says ``failed``."""
         state = session.state
-        items: list[tuple[str, dict[str, Any]]] = [
-            (EventType.APPROVAL_DECIDED, {"call_id": call_id, "allow": False, "reason": "restart"})
+        items: list[tuple[EventType, dict[str, Any]]] = [
+            event_item(ApprovalDecidedData(call_id=call_id, allow=False, reason="restart"))
             for call_id in sorted(state.pending_approvals or ())
         ]
         if state.agent_status in ("thinking", "calling_tool"):
-            items.append((EventType.AGENT_STATUS, {"status": "failed", "reason": "restart"}))
+            items.append(event_item(AgentStatusData(status="failed", reason="restart")))
         if items:
             async with session.lock:
                 await session.commit(items)
@@ -160,8 +168,8 @@ class Recovery:
         async with session.lock:
             await session.commit(
                 [
-                    (EventType.SESSION_STATUS, {"status": "terminated", "previous": "terminating"}),
-                    (EventType.SESSION_TERMINATED, {"reason": "interrupted", "error": None}),
+                    event_item(SessionStatusData(status="terminated", previous="terminating")),
+                    event_item(SessionTerminatedData(reason="interrupted", error=None)),
                 ]
             )
         await self._lifecycle.retire(session)
@@ -189,14 +197,18 @@ class Recovery:
                         session_id,
                         last + 1,
                         when,
-                        {"status": "terminated", "previous": stored.status, "error": error},
+                        data_of(
+                            SessionStatusData(
+                                status="terminated", previous=stored.status, error=error
+                            )
+                        ),
                     ),
                     Event(
                         EventType.SESSION_TERMINATED,
                         session_id,
                         last + 2,
                         when,
-                        {"reason": REASON_ERROR, "error": error},
+                        data_of(SessionTerminatedData(reason=REASON_ERROR, error=error)),
                     ),
                 ],
             )

@@ -14,6 +14,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from ..errors import SessionExists, SessionNotFound
+from ..payloads import SessionCreatedData, data_of
 from ..store.base import SavedSession
 from ..telemetry import Telemetry
 from .info import SessionInfo
@@ -81,11 +82,13 @@ class SavedSessions:
                 state = SessionState(session_id)
                 state.seq = await store.last_seq(session_id)
                 session = Session(state, self._services)
-                created = {
-                    "status": Status.INITIALIZING.value,
-                    "restored_from": summary.saved_at.isoformat(),
-                    "state": state_to_dict(saved),
-                }
+                created = data_of(
+                    SessionCreatedData(
+                        status=Status.INITIALIZING.value,
+                        restored_from=summary.saved_at.isoformat(),
+                        state=state_to_dict(saved),
+                    )
+                )
             except BaseException:
                 registry.unreserve()
                 raise

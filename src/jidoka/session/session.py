@@ -48,6 +48,17 @@ from ..errors import (
     SessionTerminated,
 )
 from ..events import Event, EventType
+from ..payloads import (
+    ConversationAddedData,
+    ConversationClearedData,
+    FileAddedData,
+    FileIndexUpdatedData,
+    FileRemovedData,
+    SessionStatusData,
+    WorkingContextUpdatedData,
+    data_of,
+    event_item,
+)
 from ..tools import reading as _files
 from ..tools.sandbox import Sandbox
 from .context import ContextBundle, TokenCounter, build_context
@@ -68,7 +79,7 @@ logger = logging.getLogger("jidoka.session")
 # Shared, read-only event payloads for the commonest status moves: an idle session's log then
 # holds no dict of its own for them.
 _STATUS_DATA: Final[dict[tuple[Status, Status], dict[str, Any]]] = {
-    (a, b): {"status": b.value, "previous": a.value}
+    (a, b): data_of(SessionStatusData(status=b.value, previous=a.value))
     for a, b in (
         (Status.INITIALIZING, Status.ACTIVE),
         (Status.ACTIVE, Status.IDLE),
@@ -196,7 +207,9 @@ class Session:
     def transition_nowait(self, to: Status) -> None:
         """:meth:`transition` for when :meth:`can_commit_nowait` holds."""
         previous = self.state.status
-        data = _STATUS_DATA.get((previous, to)) or {"status": to.value, "previous": previous}
+        data = _STATUS_DATA.get((previous, to)) or data_of(
+            SessionStatusData(status=to.value, previous=previous.value)
+        )
         services = self.services
         assert services.fast_append is not None
         assert services.fast_publish is not None
@@ -204,7 +217,7 @@ class Session:
         services.fast_append(self.state.session_id, events)
         after_commit(self, events, None, False)
 
-    def _events(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
+    def _events(self, items: Iterable[tuple[EventType, dict[str, Any]]]) -> list[Event]:
         when = datetime.fromtimestamp(self.services.clock.time(), UTC)
         sid = self.state.session_id
         seq = self.state.seq
@@ -216,7 +229,7 @@ class Session:
 
     async def commit(
         self,
-        items: Iterable[tuple[str, dict[str, Any]]],
+        items: Iterable[tuple[EventType, dict[str, Any]]],
         *,
         after: Callable[[], object] | None = None,
         activity: bool = False,
@@ -291,7 +304,7 @@ class Session:
 
     async def command(
         self,
-        items: list[tuple[str, dict[str, Any]]],
+        items: list[tuple[EventType, dict[str, Any]]],
         after: Callable[[], object] | None = None,
     ) -> list[Event]:
         """Run one client command: activity, then commit. The caller holds :attr:`lock`.
@@ -312,9 +325,13 @@ class Session:
         previous = self.state.status
         data = _STATUS_DATA.get((previous, to)) if error is None else None
         if data is None:
-            data = {"status": to.value, "previous": previous.value}
-            if error is not None:
-                data["error"] = error
+            data = data_of(
+                SessionStatusData(
+                    status=to.value,
+                    previous=previous.value,
+                    error=msgspec.UNSET if error is None else error,
+                )
+            )
         (event,) = await self.commit([(EventType.SESSION_STATUS, data)])
         return event
 
@@ -338,7 +355,7 @@ class Session:
                 )
         async with self.lock:
             events = await self.command(
-                [(EventType.CONVERSATION_ADDED, {"role": role, "content": content})],
+                [event_item(ConversationAddedData(role=role, content=content))],
                 self._count_message,
             )
         event = events[-1]
@@ -350,7 +367,7 @@ class Session:
     async def clear_conversation(self) -> int:
         async with self.lock:
             count = self.state.conversation_count
-            await self.command([(EventType.CONVERSATION_CLEARED, {"count": count})])
+            await self.command([event_item(ConversationClearedData(count=count))])
             return count
 
     async def add_file(self, path: object) -> ActiveFile:
@@ -367,18 +384,18 @@ class Session:
                     "max_files", config.max_files, session_id=self.session_id, path=facts.path
                 )
             check_index_room(self.state, facts.path)
-            data = {
-                "path": facts.path,
-                "size": facts.size,
-                "mtime": facts.mtime_ns / 1e9,
-                "line_count": facts.line_count,
-                "language": facts.language,
-            }
+            data = FileAddedData(
+                path=facts.path,
+                size=facts.size,
+                mtime=facts.mtime_ns / 1e9,
+                line_count=facts.line_count,
+                language=facts.language,
+            )
             cache = functools.partial(
                 self.services.cache.put,
                 self.session_id, facts.path, facts.text, facts.size, facts.mtime_ns,
             )  # fmt: skip
-            event = (await self.command([(EventType.FILE_ADDED, data)], cache))[-1]
+            event = (await self.command([event_item(data)], cache))[-1]
             return ActiveFile(facts.path, event.time, event.seq)
 
     async def remove_file(self, path: object) -> bool:
@@ -389,7 +406,7 @@ class Session:
             if key not in (self.state.files or {}):
                 return False
             forget = functools.partial(self.services.cache.invalidate, self.session_id, key)
-            await self.command([(EventType.FILE_REMOVED, {"path": key})], forget)
+            await self.command([event_item(FileRemovedData(path=key))], forget)
             return True
 
     async def update_file_index(self, path: object, fields: object) -> FileIndexEntry:
@@ -408,7 +425,7 @@ class Session:
                 merged = {**current.extra, **extra}
                 entry = msgspec.structs.replace(entry, extra=merged)
             encoded = msgspec.to_builtins(entry)
-            await self.command([(EventType.FILE_INDEX_UPDATED, {"path": key, "entry": encoded})])
+            await self.command([event_item(FileIndexUpdatedData(path=key, entry=encoded))])
             # What apply makes of the event, whatever became of apply.
             return msgspec.convert(encoded, FileIndexEntry)
 
@@ -426,8 +443,8 @@ class Session:
                 raise LimitExceeded(
                     "max_working_context_bytes", limit, session_id=self.session_id, actual=total
                 )
-            data = {"key": key, "value": value}
-            await self.command([(EventType.WORKING_CONTEXT_UPDATED, data)])
+            data = WorkingContextUpdatedData(key=key, value=value)
+            await self.command([event_item(data)])
 
     async def delete_working_context(self, key: object) -> bool:
         check_key(key, self.session_id)
@@ -435,8 +452,8 @@ class Session:
             self.ensure_writable()
             if key not in (self.state.working_context or {}):
                 return False
-            data = {"key": key, "value": None, "deleted": True}
-            await self.command([(EventType.WORKING_CONTEXT_UPDATED, data)])
+            data = WorkingContextUpdatedData(key=key, value=None, deleted=True)
+            await self.command([event_item(data)])
             return True
 
     async def append_event(self, type_: object, data: object) -> Event:
@@ -465,7 +482,7 @@ class Session:
                 "event data must be a JSON object", argument="data", session_id=self.session_id
             )
         async with self.lock:
-            (event,) = await self.command([(str(type_), payload)])
+            (event,) = await self.command([(EventType(str(type_)), payload)])
             return event
 
     # --- reads ----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any, Final, Literal, NamedTuple
 import msgspec
 
 from ..errors import RuntimeClosed, StoreError
-from ..events import Event, EventType
+from ..events import EVENT_TYPES, Event, EventType
 from .base import SavedSession, SeqConflict, StoredSession
 
 __all__ = ["SCHEMA_VERSION", "SchemaError", "SqliteStore"]
@@ -431,7 +431,7 @@ class SqliteStore:
             if event.session_id != session_id or event.seq != first + offset:
                 raise SeqConflict(session_id, first + offset, event.seq)
             rows.append(
-                (session_id, event.seq, event.type, _to_us(event.time), _encode(event.data))
+                (session_id, event.seq, event.type.value, _to_us(event.time), _encode(event.data))
             )
             status = _status_after(status, event)
             if event.type == EventType.SESSION_CREATED:
@@ -532,12 +532,13 @@ class SqliteStore:
         for seq, type_, time_us, data in rows:
             try:
                 payload = _decode_object(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                kind = EVENT_TYPES[type_]
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
                 raise StoreError(
                     f"session {session_id!r}: event {seq} is corrupt: {exc}",
                     session_id=session_id,
                 ) from None
-            events.append(Event(type_, session_id, seq, _from_us(time_us), payload))
+            events.append(Event(kind, session_id, seq, _from_us(time_us), payload))
         return events
 
     async def last_seq(self, session_id: str) -> int:

@@ -40,11 +40,12 @@ from typing import Any, Final
 
 import msgspec
 
-from ...errors import InvalidConfig, LLMError, RuntimeClosed
+from ..._llm_config import ScriptTurn
+from ...errors import LLMError, RuntimeClosed
 from ...session.context import estimate_tokens
 from ..types import ChatRequest, Completion, TextDelta, ToolCall, Usage
 
-__all__ = ["END_OF_SCRIPT", "ScriptedProvider", "check_turn"]
+__all__ = ["END_OF_SCRIPT", "ScriptedProvider"]
 
 #: The text of every call past the end of the script (when there is no ``respond``).
 END_OF_SCRIPT: Final = "(end of script)"
@@ -52,13 +53,6 @@ END_OF_SCRIPT: Final = "(end of script)"
 Turn = Mapping[str, Any]
 Respond = Callable[[ChatRequest], Turn | Awaitable[Turn]]
 Sleep = Callable[[float], Awaitable[None]]
-
-_TURN_KEYS: Final = frozenset(
-    {"chunks", "text", "tool_calls", "usage", "finish_reason", "error", "delay", "hang"}
-)
-_USAGE_KEYS: Final = frozenset({"prompt_tokens", "completion_tokens", "total_tokens"})
-_ERROR_KEYS: Final = frozenset({"message", "status", "retryable"})
-_CALL_KEYS: Final = frozenset({"id", "name", "arguments"})
 
 
 class ScriptedProvider:
@@ -74,7 +68,7 @@ class ScriptedProvider:
         session_id: str | None = None,
     ) -> None:
         for index, turn in enumerate(turns):
-            check_turn(turn, f"llm_config.script[{index}]", session_id=session_id)
+            ScriptTurn.check(turn, f"llm_config.script[{index}]", session_id=session_id)
         self.name = name
         self.requests: list[ChatRequest] = []
         self._turns = list(turns)
@@ -134,83 +128,8 @@ class ScriptedProvider:
             return {"text": END_OF_SCRIPT}
         answer = self._respond(request)
         turn = await answer if inspect.isawaitable(answer) else answer
-        check_turn(turn, "respond()", session_id=self._session_id)
+        ScriptTurn.check(turn, "respond()", session_id=self._session_id)
         return turn
-
-
-def check_turn(turn: object, field: str, *, session_id: str | None = None) -> None:
-    """Raise :class:`InvalidConfig` (naming ``field``) unless ``turn`` is a well-formed turn."""
-
-    def bad(message: str, where: str = "") -> InvalidConfig:
-        return InvalidConfig(
-            f"{field}{where}: {message}", field=f"{field}{where}", session_id=session_id
-        )
-
-    if not isinstance(turn, Mapping):
-        raise bad(f"a turn must be an object, got {type(turn).__name__}")
-    for key in turn:
-        if key not in _TURN_KEYS:
-            raise bad(f"unknown key {key!r}; expected some of {sorted(_TURN_KEYS)}")
-    chunks = turn.get("chunks")
-    if chunks is not None and (
-        not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks)
-    ):
-        raise bad("must be a list of strings", ".chunks")
-    if turn.get("text") is not None and not isinstance(turn["text"], str):
-        raise bad("must be a string", ".text")
-    if turn.get("finish_reason") is not None and not isinstance(turn["finish_reason"], str):
-        raise bad("must be a string", ".finish_reason")
-    delay = turn.get("delay")
-    if delay is not None and (not _is_number(delay) or delay < 0):
-        raise bad("must be a number of seconds >= 0", ".delay")
-    if turn.get("hang") is not None and not isinstance(turn["hang"], bool):
-        raise bad("must be true or false", ".hang")
-    _check_usage(turn.get("usage"), bad)
-    _check_error(turn.get("error"), bad)
-    calls = turn.get("tool_calls")
-    if calls is None:
-        return
-    if not isinstance(calls, list):
-        raise bad("must be a list", ".tool_calls")
-    for i, call in enumerate(calls):
-        where = f".tool_calls[{i}]"
-        if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
-            raise bad("must be an object with a string 'name'", where)
-        if unknown := set(call) - _CALL_KEYS:
-            raise bad(f"unknown key {sorted(unknown)[0]!r}", where)
-        if call.get("id") is not None and not isinstance(call["id"], str):
-            raise bad("must be a string", f"{where}.id")
-        arguments = call.get("arguments")
-        if arguments is not None and not isinstance(arguments, str | Mapping):
-            raise bad("must be an object or a string", f"{where}.arguments")
-
-
-def _check_usage(usage: object, bad: Callable[[str, str], InvalidConfig]) -> None:
-    if usage is None:
-        return
-    if not isinstance(usage, Mapping) or set(usage) - _USAGE_KEYS:
-        raise bad(f"must be an object with some of {sorted(_USAGE_KEYS)}", ".usage")
-    for key, value in usage.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad("must be an integer >= 0", f".usage.{key}")
-
-
-def _check_error(error: object, bad: Callable[[str, str], InvalidConfig]) -> None:
-    if error is None:
-        return
-    if not isinstance(error, Mapping) or set(error) - _ERROR_KEYS:
-        raise bad(f"must be an object with some of {sorted(_ERROR_KEYS)}", ".error")
-    if error.get("message") is not None and not isinstance(error["message"], str):
-        raise bad("must be a string", ".error.message")
-    status = error.get("status")
-    if status is not None and (not isinstance(status, int) or isinstance(status, bool)):
-        raise bad("must be an integer", ".error.status")
-    if error.get("retryable") is not None and not isinstance(error["retryable"], bool):
-        raise bad("must be true or false", ".error.retryable")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _tool_call(call: Mapping[str, Any], turn: int, index: int) -> ToolCall:
