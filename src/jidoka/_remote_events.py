@@ -19,8 +19,8 @@ import httpx
 import msgspec
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from .errors import JidokaError, SessionNotFound
-from .events import Event, decode_event
+from .errors import InvalidArgument, JidokaError, SessionNotFound
+from .events import Event, EventType, decode_event
 from .problems import PROBLEM_CONTENT_TYPE, KeyNotFound, error_from_problem
 
 __all__ = [
@@ -290,10 +290,13 @@ class RemoteSubscription:
                 if not message.data:
                     continue  # a bare id/retry field: nothing to deliver
                 event = _decode(message.data)
+                seq = event if isinstance(event, int) else event.seq
                 if self.session_id is not None:
-                    if self._last_seq is not None and event.seq <= self._last_seq:
+                    if self._last_seq is not None and seq <= self._last_seq:
                         continue  # replayed twice by an overlapping resume
-                    self._last_seq = event.seq
+                    self._last_seq = seq
+                if isinstance(event, int):
+                    continue  # a type this client does not know: skipped, position kept
                 await self._queue.put(event)
                 self._delay = self._delays[0]
         except httpx.HTTPError:
@@ -301,8 +304,28 @@ class RemoteSubscription:
         return False
 
 
-def _decode(raw: str) -> Event:
-    if '"events_dropped"' in raw:  # the global stream's marker has seq 0: decode_event refuses it
+class _Head(msgspec.Struct):
+    """What every event has, whatever its type: enough to skip one this client does not know."""
+
+    type: str
+    seq: int = 0
+
+
+_KNOWN: Final = frozenset(EventType)
+
+
+def _decode(raw: str) -> Event | int:
+    """The event, or the ``seq`` of one whose type this client does not know.
+
+    A newer server may publish event types an older client has never heard of; skipping them
+    (while keeping the stream's position) lets that client keep following, as clients of
+    evolving event APIs do. Anything else malformed is still an error.
+    """
+    try:
+        return decode_event(raw)
+    except InvalidArgument:
         with suppress(msgspec.DecodeError):
-            return msgspec.json.decode(raw, type=Event)
-    return decode_event(raw)
+            head = msgspec.json.decode(raw, type=_Head)
+            if head.type not in _KNOWN:
+                return head.seq
+        raise
