@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
+from starlette.routing import Route
 
 from jidoka.errors import InvalidArgument
 from jidoka.server import ws
@@ -270,3 +271,29 @@ def test_router_matches_any_path_without_raising(path: str, method: str) -> None
     if isinstance(route, ApiRoute) and route.stream and method in (route.methods or ()):
         assert method in ("GET", "HEAD")
         assert any(spec.stream and spec.path == route.path for spec in ROUTES)
+
+
+_PLAIN = [
+    Route(route.path, _endpoint, methods=list(route.methods or ()))
+    for route in ROUTER.routes
+    if isinstance(route, ApiRoute)
+]
+
+
+@FUZZ
+@given(
+    path=st.one_of(
+        st.text(max_size=60).map(lambda text: "/" + text),
+        st.lists(st.sampled_from(["v1", "sessions", "events", "messages", "x", "", "files",
+                                  "working-context", "/events", "s/messages"]), max_size=6).map(
+            lambda parts: "/" + "/".join(parts)),
+    ),
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+)  # fmt: skip
+def test_the_suffix_test_rules_out_only_what_starlette_would(path: str, method: str) -> None:
+    """:class:`ApiRoute` skips the regular expression when the path does not end with the
+    template's fixed tail: for every route, the match is Starlette's own."""
+    scope = {"type": "http", "path": path, "method": method, "headers": []}
+    routes = [route for route in ROUTER.routes if isinstance(route, ApiRoute)]
+    for ours, plain in zip(routes, _PLAIN, strict=True):
+        assert ours.matches(scope)[0] == plain.matches(scope)[0], (ours.path, path)
