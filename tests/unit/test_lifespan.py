@@ -74,9 +74,9 @@ async def test_an_owned_runtime_starts_and_stops_with_the_lifespan(
         created = await http.post("/v1/sessions", json={})
         assert created.status_code == 201
     streams = lifespan_of(app).streams
-    assert not streams.draining
+    before = streams.draining
     assert await lifespan.shutdown() == "lifespan.shutdown.complete"
-    assert streams.draining
+    assert (before, streams.draining) == (False, True)  # the shutdown drained the streams
     with pytest.raises(RuntimeClosed):
         runtime.client  # noqa: B018 -- closed by the lifespan
 
