@@ -4,9 +4,10 @@ The server runs in a **child process** (``python -m benchmarks.bench_http --serv
 the load generator (this process) never shares its CPU or GIL; the machine has 2 cores, one for
 each. The child is what ``jidoka serve`` runs, minus its flags: uvicorn (one worker,
 ``httptools``, on ``uvloop``) serving ``create_app(runtime, ServerConfig(tokens={TOKEN:
-"bench"}, access_log=False))`` over ``Runtime(settings=Settings(), store=...)``. Unlike
-``jidoka serve`` it passes no Prometheus ``metrics=`` (the app then records its
-``jidoka.http.*`` metrics on the global, no-op, OpenTelemetry provider) and keeps idle
+"bench"}, access_log=False), owns_runtime=True)`` over ``Runtime(settings=Settings(),
+store=...)``, which its lifespan opens and closes. Unlike ``jidoka serve`` it passes no
+Prometheus ``metrics=`` (the app then records its ``http.server.request.duration`` on the
+global, no-op, OpenTelemetry provider) and keeps idle
 connections open 30 s instead of uvicorn's 5 s. In front of the app sits a tiny raw ASGI
 callable (:class:`_Front`) that answers three routes itself and passes everything else on:
 
@@ -26,7 +27,7 @@ fresh server each:
    clients, each with its own keep-alive connection (64 sessions are created through the API
    first). Two baselines on the same server, in the same rounds: ``GET /hello`` (raw ASGI,
    above) and ``GET /healthz`` (inside the Jidoka app: its router, the
-   ``ApiMiddleware``, a JSON response; no auth). Every request carries the same
+   middlewares, a JSON response; no auth). Every request carries the same
    ``Authorization`` and ``Content-Type`` headers. A round is one window each of hello, healthz,
    messages; the rounds repeat (3) and the table gives the medians over rounds of requests/s
    and of each round's p50 and p99 latency. The issue's target: message round trips at ≥ 0.5x
@@ -78,7 +79,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -195,7 +195,10 @@ class _Front:
     much faster than through the API; for the memory measurement), the rest passed on."""
 
     def __init__(self, app: Any) -> None:
+        from jidoka.server.lifespan import lifespan_of
+
         self.app = app
+        self.lifespan = lifespan_of(app)  # its runtime and its event streams
         self.server: Any = None  # the uvicorn.Server, for its open connections
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -205,7 +208,7 @@ class _Front:
                 await _send_json(send, HELLO)
                 return
             if path == "/bench/sessions":  # many sessions fast, owned as the API would
-                client = self.app.state.runtime.client
+                client = self.lifespan.runtime.client
                 n = int(scope["query_string"].decode().partition("n=")[2] or 1)
                 ids = [await client.create_session(owner=PRINCIPAL) for _ in range(n)]
                 await _send_json(send, json.dumps(ids).encode())
@@ -214,30 +217,12 @@ class _Front:
                 gc.collect()
                 state = {
                     "rss": _rss(),
-                    "streams": len(self.app.state.streams),
+                    "streams": len(self.lifespan.streams),
                     "connections": len(self.server.server_state.connections),
                 }
                 await _send_json(send, json.dumps(state).encode())
                 return
         await self.app(scope, receive, send)
-
-
-def _child_server_class() -> Any:
-    import uvicorn
-
-    class ChildServer(uvicorn.Server):
-        """uvicorn's server, but SIGTERM ends it without being re-raised afterwards (which would
-        kill the process before the runtime closes), as in ``jidoka serve``."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            previous = signal.signal(signal.SIGTERM, self.handle_exit)
-            try:
-                yield
-            finally:
-                signal.signal(signal.SIGTERM, previous)
-
-    return ChildServer
 
 
 async def _serve(store: str, data_dir: Path | None) -> None:
@@ -246,6 +231,7 @@ async def _serve(store: str, data_dir: Path | None) -> None:
     import jidoka
     from jidoka.server.app import create_app
     from jidoka.server.config import ServerConfig
+    from jidoka.server.serve import exit_zero_after_signals
 
     from .bench_durable import durable_runtime
 
@@ -254,37 +240,38 @@ async def _serve(store: str, data_dir: Path | None) -> None:
     else:
         assert data_dir is not None
         runtime = durable_runtime(data_dir)
-    async with runtime:
-        # One principal opens every stream of the fan-out and idle-stream runs: lift the
-        # per-principal stream limit (32 by default) above what they open.
-        server_config = ServerConfig(
-            tokens={TOKEN: PRINCIPAL}, access_log=False, max_streams_per_principal=1 << 16
-        )
-        app = create_app(runtime, server_config)
-        front = _Front(app)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(2048)
-        config = uvicorn.Config(
-            front,
-            http="httptools",
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_keep_alive=KEEP_ALIVE,
-            timeout_graceful_shutdown=2,
-        )
-        server = _child_server_class()(config)
-        front.server = server
-        loop = type(asyncio.get_running_loop()).__module__
-        print(json.dumps({"port": sock.getsockname()[1], "loop": loop}), flush=True)
-        try:
+    # One principal opens every stream of the fan-out and idle-stream runs: lift the
+    # per-principal stream limit (32 by default) above what they open.
+    server_config = ServerConfig(
+        tokens={TOKEN: PRINCIPAL}, access_log=False, max_streams_per_principal=1 << 16
+    )
+    # As in `jidoka serve`: the app's lifespan opens and closes the runtime, and drains the
+    # streams on SIGTERM.
+    app = create_app(runtime, server_config, owns_runtime=True)
+    front = _Front(app)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    config = uvicorn.Config(
+        front,
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    front.server = server
+    loop = type(asyncio.get_running_loop()).__module__
+    print(json.dumps({"port": sock.getsockname()[1], "loop": loop}), flush=True)
+    try:
+        with exit_zero_after_signals():
             await server.serve(sockets=[sock])
-        finally:
-            app.state.streams.drain()
-            sock.close()
+    finally:
+        sock.close()
 
 
 def _child_main(argv: list[str]) -> None:
@@ -533,7 +520,7 @@ def _load_rows(
             title=f"Same, against GET /healthz through the app ({label})",
             unit="req/s",
             samples=rates["messages"],
-            baseline=Baseline("GET /healthz (routing + ApiMiddleware)", rates["healthz"]),
+            baseline=Baseline("GET /healthz (routing + middlewares)", rates["healthz"]),
             notes=summary,
             details=details,
         ),

@@ -205,3 +205,20 @@ def test_missing_peers_give_not_installed_rows(monkeypatch: pytest.MonkeyPatch) 
         assert math.isnan(result.value)
         json.dumps(result.to_dict())
     assert "(not installed)" in _load("_common").format_table(results)
+
+
+def test_the_app_benchmark_runs_both_ways() -> None:
+    """``bench_http_app`` (the app without a server, and the router alone): every figure a
+    positive, finite number of microseconds."""
+    import asyncio
+
+    bench = _load("bench_http_app")
+    app = asyncio.run(bench.measure(1, 3))
+    routing = asyncio.run(bench.measure_routing(1, 3))
+    assert set(app) == {"post_message_us", "healthz_us"}
+    assert set(routing) == {
+        "route_post_message_us", "route_healthz_us", "route_stream_tickets_us",
+    }  # fmt: skip
+    for value in [*app.values(), *routing.values()]:
+        assert _sane(value)
+        assert value > 0

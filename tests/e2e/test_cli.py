@@ -460,6 +460,33 @@ def test_a_port_in_use_is_named_before_the_data_directory_is_opened(tmp_path: Pa
     assert not data.exists()
 
 
+def test_a_data_directory_in_use_fails_the_lifespan_startup_in_one_line(tmp_path: Path) -> None:
+    """The runtime opens in the app's lifespan: when it cannot (another server holds the data
+    directory), uvicorn's startup fails, and the command says why in one error line -- no
+    traceback -- and exits 1."""
+    data = tmp_path / "data"
+    with ServerProcess(data, log_dir=tmp_path) as server:
+        assert server.process is not None
+        serve = ["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data)]
+        done = subprocess.run(
+            jidoka_command(*serve),
+            env=client_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=STEP_DEADLINE,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "ERROR" not in done.stderr  # uvicorn's own report of the failure is left out
+        errors = [line for line in done.stderr.splitlines() if line.startswith("jidoka: ")]
+        assert len(errors) == 1, done.stderr
+        assert errors[0].startswith("jidoka: error: the data directory")
+        assert f"pid {server.process.pid}" in errors[0]
+        assert done.stdout == ""  # never announced as serving
+
+
 def _readme_example() -> str:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)

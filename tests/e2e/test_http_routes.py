@@ -498,12 +498,15 @@ def test_metrics(alice: httpx.Client, anonymous: httpx.Client) -> None:
     created = re.search(r"^jidoka_sessions_created_total(\{[^}]*\})? (\S+)$", text, re.M)
     assert created, text[:2000]
     assert float(created.group(2)) >= 1
-    requests = re.findall(r"^jidoka_http_requests_total\{([^}]*)\} (\S+)$", text, re.M)
+    requests = re.findall(
+        r"^http_server_request_duration_seconds_count\{([^}]*)\} (\S+)$", text, re.M
+    )
     assert requests, text[:2000]
     labels = " ".join(label for label, _ in requests)
     assert 'http_route="/v1/sessions"' in labels
-    assert 'http_method="POST"' in labels
-    assert "# TYPE jidoka_http_requests_total counter" in text
+    assert 'http_request_method="POST"' in labels
+    assert 'http_response_status_code="201"' in labels
+    assert "# TYPE http_server_request_duration_seconds histogram" in text
 
 
 def test_openapi_document(anonymous: httpx.Client) -> None:

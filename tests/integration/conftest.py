@@ -24,6 +24,7 @@ import jidoka
 from jidoka.remote import RemoteClient  # imported now: a lazy import would block the loop
 from jidoka.server import create_app
 from jidoka.server.config import ServerConfig
+from jidoka.server.lifespan import lifespan_of
 
 #: How long stopping the server lets requests still being answered finish (a bound, not a sleep);
 #: only a failed test leaves one behind (a request waiting for something that never came).
@@ -75,7 +76,7 @@ class _InLoopServer:
     async def stop(self) -> None:
         server = self.server
         try:
-            self.app.state.streams.drain()  # open event streams end with their final frame
+            lifespan_of(self.app).streams.drain()  # open event streams end with their final frame
             for listener in server.servers:
                 listener.close()
             for connection in list(server.server_state.connections):

@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
+from starlette.responses import Response
+from starlette.routing import Route
 
 from jidoka.errors import InvalidArgument
 from jidoka.server import ws
@@ -29,8 +31,8 @@ from jidoka.server.inputs import (
     query_int,
     query_str,
 )
-from jidoka.server.responses import MalformedBody
-from jidoka.server.router import Route, Router
+from jidoka.server.responses import MalformedBody, RouteNotFound
+from jidoka.server.router import ApiRoute, build_router
 from jidoka.server.routes import ROUTES
 from jidoka.wire import CreateSessionRequest, WorkingContextWrite
 
@@ -222,22 +224,23 @@ def test_query_str_and_check_query_only_raise_invalid_argument(raw: str) -> None
 
 
 async def _endpoint(request: Any) -> Any:
-    raise AssertionError("not called")
+    return Response(b"{}", media_type="application/json")
 
 
-def _router() -> Router:
-    router = Router()
-    by_path: dict[str, dict[str, Route]] = {}
-    for spec in ROUTES:
-        by_path.setdefault(spec.path, {})[spec.method] = Route(
-            _endpoint, frozenset(spec.query), spec.stream
-        )
-    for path, routes in by_path.items():
-        router.add(path, routes)
-    return router
+ROUTER = build_router(
+    [
+        ApiRoute(spec.path, spec.method, _endpoint, query=spec.query, stream=spec.stream)
+        for spec in ROUTES
+    ]
+)
 
 
-ROUTER = _router()
+async def _nothing() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _ignore(message: Any) -> None:
+    pass
 
 
 @FUZZ
@@ -251,10 +254,46 @@ ROUTER = _router()
     method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "ü"]),
 )  # fmt: skip
 def test_router_matches_any_path_without_raising(path: str, method: str) -> None:
-    scope = {"type": "http", "path": path, "method": method}
-    stream = ROUTER.is_stream(scope)
-    found = ROUTER.match(path)
-    if stream:
-        assert found is not None
-        assert found[0].path.endswith("/events")
+    """Any path is routed, or refused with a 404/405 problem; a stream is only ever a GET of
+    a route declared as one (whatever the path ends with)."""
+    scope: dict[str, Any] = {"type": "http", "path": path, "method": method, "headers": []}
+    routing = ROUTER(scope, _nothing, _ignore)
+    try:
+        routing.send(None)  # nothing in it waits: it finishes in one step, without a loop
+    except StopIteration:
+        pass
+    except RouteNotFound as refused:
+        assert refused.status in (404, 405)
+    else:
+        routing.close()
+        raise AssertionError("routing waited for something")
+    route = scope.get("route")
+    if isinstance(route, ApiRoute) and route.stream and method in (route.methods or ()):
         assert method in ("GET", "HEAD")
+        assert any(spec.stream and spec.path == route.path for spec in ROUTES)
+
+
+_PLAIN = [
+    Route(route.path, _endpoint, methods=list(route.methods or ()))
+    for route in ROUTER.routes
+    if isinstance(route, ApiRoute)
+]
+
+
+@FUZZ
+@given(
+    path=st.one_of(
+        st.text(max_size=60).map(lambda text: "/" + text),
+        st.lists(st.sampled_from(["v1", "sessions", "events", "messages", "x", "", "files",
+                                  "working-context", "/events", "s/messages"]), max_size=6).map(
+            lambda parts: "/" + "/".join(parts)),
+    ),
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+)  # fmt: skip
+def test_the_suffix_test_rules_out_only_what_starlette_would(path: str, method: str) -> None:
+    """:class:`ApiRoute` skips the regular expression when the path does not end with the
+    template's fixed tail: for every route, the match is Starlette's own."""
+    scope = {"type": "http", "path": path, "method": method, "headers": []}
+    routes = [route for route in ROUTER.routes if isinstance(route, ApiRoute)]
+    for ours, plain in zip(routes, _PLAIN, strict=True):
+        assert ours.matches(scope)[0] == plain.matches(scope)[0], (ours.path, path)

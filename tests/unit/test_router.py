@@ -1,4 +1,4 @@
-"""The segment router and the app core around it, driven as ASGI (no server)."""
+"""The route table on Starlette's router, and the middlewares, driven as ASGI (no server)."""
 
 from __future__ import annotations
 
@@ -6,92 +6,38 @@ from typing import Any
 
 import msgspec
 import pytest
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from jidoka.errors import InvalidArgument
-from jidoka.server.middleware import ROUTE_KEY
-from jidoka.server.router import Endpoint, JidokaApp, Route, Router
+from jidoka.errors import InvalidArgument, LimitExceeded, Unauthorized
+from jidoka.server.auth import Authenticator, InflightLimiter
+from jidoka.server.middleware import (
+    PRINCIPAL_KEY,
+    REQUEST_ID_KEY,
+    BearerPrincipal,
+    InflightBound,
+    Problems,
+    RequestId,
+    StreamTicket,
+)
+from jidoka.server.responses import RouteNotFound
+from jidoka.server.router import ApiRoute, Endpoint, build_router, route_template
+from jidoka.server.tickets import TicketBook
 
 
 def endpoint(name: str) -> Endpoint:
     async def answer(request: Request) -> Response:
-        body = msgspec.json.encode({"name": name, "params": request.path_params})
+        body = msgspec.json.encode(
+            {
+                "name": name,
+                "params": request.path_params,
+                "principal": request.scope.get(PRINCIPAL_KEY),
+            }
+        )
         return Response(body, media_type="application/json")
 
     return answer
-
-
-def router(*paths: str) -> Router:
-    made = Router()
-    for path in paths:
-        made.add(path, {"GET": endpoint(path)})
-    return made
-
-
-def matched(made: Router, path: str) -> tuple[str, dict[str, str]] | None:
-    found = made.match(path)
-    return None if found is None else (found[0].path, found[1])
-
-
-def test_fixed_paths_and_parameters() -> None:
-    made = router(
-        "/healthz", "/v1/sessions", "/v1/sessions/{session_id}", "/v1/sessions/{session_id}/files"
-    )
-    assert matched(made, "/healthz") == ("/healthz", {})
-    assert matched(made, "/v1/sessions") == ("/v1/sessions", {})
-    assert matched(made, "/v1/sessions/S1") == ("/v1/sessions/{session_id}", {"session_id": "S1"})
-    assert matched(made, "/v1/sessions/S1/files") == (
-        "/v1/sessions/{session_id}/files", {"session_id": "S1"},
-    )  # fmt: skip
-    for unknown in ("/", "", "/healthz/", "/v1/sessions/", "/v1/sessions//files", "/v1/x/S1"):
-        assert matched(made, unknown) is None, unknown
-    assert matched(made, "/v1/sessions/S1/files/more") is None
-
-
-def test_a_path_parameter_takes_the_rest_of_the_path() -> None:
-    made = router("/v1/s/{sid}/wc", "/v1/s/{sid}/wc/{key:path}", "/v1/s/{sid}/approvals/{call}")
-    assert matched(made, "/v1/s/A/wc/notes/2024/plan.md") == (
-        "/v1/s/{sid}/wc/{key:path}", {"sid": "A", "key": "notes/2024/plan.md"},
-    )  # fmt: skip
-    assert matched(made, "/v1/s/A/wc/k") == ("/v1/s/{sid}/wc/{key:path}", {"sid": "A", "key": "k"})
-    assert matched(made, "/v1/s/A/wc") == ("/v1/s/{sid}/wc", {"sid": "A"})
-    # Fixed-length templates first: the approvals route is not swallowed by anything.
-    assert matched(made, "/v1/s/A/approvals/c1") == (
-        "/v1/s/{sid}/approvals/{call}", {"sid": "A", "call": "c1"},
-    )  # fmt: skip
-    assert matched(made, "/v1/s//wc/k") is None
-
-
-def test_the_first_template_that_fits_wins() -> None:
-    made = router("/v1/{a}/x", "/v1/{b}/{c}")
-    assert matched(made, "/v1/q/x") == ("/v1/{a}/x", {"a": "q"})
-    assert matched(made, "/v1/q/y") == ("/v1/{b}/{c}", {"b": "q", "c": "y"})
-
-
-@pytest.mark.parametrize(
-    ("path", "complaint"),
-    [
-        ("relative", "absolute path"),
-        ("/v1/{a}b", "whole segment"),
-        ("/v1/{a:int}", "unsupported parameter"),
-        ("/v1/{rest:path}/more", "unsupported parameter"),
-        ("/v1/sessions", "already defined"),
-    ],
-)
-def test_bad_or_repeated_templates_are_refused(path: str, complaint: str) -> None:
-    made = router("/v1/sessions")
-    with pytest.raises(ValueError, match=complaint):
-        made.add(path, {"GET": endpoint(path)})
-
-
-def test_get_routes_answer_head() -> None:
-    made = Router()
-    made.add("/r", {"GET": endpoint("get"), "POST": endpoint("post")})
-    found = made.match("/r")
-    assert found is not None
-    assert set(found[0].routes) == {"GET", "HEAD", "POST"}
-    assert found[0].allow == "GET, HEAD, POST"
 
 
 async def call(
@@ -111,106 +57,68 @@ async def call(
     return sent
 
 
-def http(method: str, path: str) -> dict[str, Any]:
-    return {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
+def http(method: str, path: str, query: bytes = b"", headers: Any = ()) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": list(headers),
+        "query_string": query,
+    }
 
 
-async def test_app_routes_and_refuses_with_problems() -> None:
-    made = Router()
-    made.add("/v1/s/{sid}", {"GET": endpoint("one"), "DELETE": endpoint("gone")})
-    app = JidokaApp(made, websockets={})
-    scope = http("GET", "/v1/s/A")
-    ok = await call(app, scope)
-    assert ok[0]["status"] == 200
-    assert msgspec.json.decode(ok[1]["body"]) == {"name": "one", "params": {"sid": "A"}}
-    assert scope[ROUTE_KEY] == "/v1/s/{sid}"  # what the middleware's metrics label with
-
-    missing = await call(app, http("GET", "/v1/nowhere"))
-    assert missing[0]["status"] == 404
-    assert (b"content-type", b"application/problem+json") in missing[0]["headers"]
-    assert b"no route GET /v1/nowhere" in missing[1]["body"]
-
-    wrong = await call(app, http("PUT", "/v1/s/A"))
-    assert wrong[0]["status"] == 405
-    assert (b"allow", b"DELETE, GET, HEAD") in wrong[0]["headers"]
+def answer(sent: list[dict[str, Any]]) -> Any:
+    return msgspec.json.decode(sent[1]["body"])
 
 
-async def test_errors_are_left_to_the_middleware() -> None:
-    async def refuse(request: Request) -> Response:
-        raise InvalidArgument("no", argument="x")
-
-    made = Router()
-    made.add("/r", {"GET": refuse})
-    with pytest.raises(InvalidArgument):
-        await call(JidokaApp(made, websockets={}), http("GET", "/r"))
+def get(path: str, name: str | None = None, **facts: Any) -> ApiRoute:
+    return ApiRoute(path, "GET", endpoint(name or path), **facts)
 
 
-async def test_middleware_wraps_in_order_and_lifespan_completes() -> None:
-    order: list[str] = []
-
-    def tag(name: str) -> Any:
-        def wrap(inner: Any) -> Any:
-            async def app(scope: Any, receive: Any, send: Any) -> None:
-                order.append(name)
-                await inner(scope, receive, send)
-
-            return app
-
-        return wrap
-
-    app = JidokaApp(router("/r"), websockets={}, middleware=[tag("outer"), tag("inner")])
-    await call(app, http("GET", "/r"))
-    assert order == ["outer", "inner"]
-    assert app.state is not None
-
-    inbox = ({"type": "lifespan.startup"}, {"type": "lifespan.shutdown"})
-    lifespan = await call(app, {"type": "lifespan"}, inbox)
-    assert [m["type"] for m in lifespan] == [
-        "lifespan.startup.complete", "lifespan.shutdown.complete",
-    ]  # fmt: skip
-
-
-async def test_unknown_websocket_path_is_closed() -> None:
-    sent = await call(JidokaApp(Router(), websockets={}), {"type": "websocket", "path": "/x"})
-    assert sent == [{"type": "websocket.close", "code": 1000, "reason": ""}]
-
-
-# --- routes: query parameters and streams --------------------------------------------------------
-
-
-def stream_router() -> Router:
-    """A stream route and a plain route whose key may end in ``/events``."""
-    made = Router()
-    made.add("/v1/s/{sid}/events", {"GET": Route(endpoint("events"), stream=True)})
-    made.add("/v1/s/{sid}/wc/{key:path}", {"GET": endpoint("get"), "PUT": endpoint("put")})
-    return made
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "stream"),
-    [
-        ("GET", "/v1/s/A/events", True),
-        ("HEAD", "/v1/s/A/events", True),  # HEAD is the GET route
-        ("POST", "/v1/s/A/events", False),  # a 405 is answered at once: it counts
-        ("PUT", "/v1/s/A/wc/x/events", False),  # a path ending in /events is not a stream
-        ("GET", "/v1/s/A/wc/events", False),
-        ("GET", "/v1/nowhere/events", False),
-        ("GET", "/v1/ws", False),
-    ],
-)
-def test_streams_are_decided_by_the_matched_route(method: str, path: str, stream: bool) -> None:
-    assert stream_router().is_stream(http(method, path)) is stream
-
-
-async def test_the_app_routes_by_the_match_the_stream_test_kept() -> None:
-    made = stream_router()
-    app = JidokaApp(made, websockets={})
-    scope = http("PUT", "/v1/s/A/wc/x/events")
-    assert made.is_stream(scope) is False
+async def test_fixed_paths_parameters_and_the_rest_of_a_path() -> None:
+    app = build_router(
+        [
+            get("/healthz"),
+            get("/v1/s/{sid}"),
+            get("/v1/s/{sid}/wc"),
+            get("/v1/s/{sid}/wc/{key:path}"),
+            get("/v1/s/{sid}/approvals/{call}"),
+        ]
+    )
+    scope = http("GET", "/v1/s/A/wc/notes/2024/plan.md")
     sent = await call(app, scope)
-    assert msgspec.json.decode(sent[1]["body"]) == {
-        "name": "put", "params": {"sid": "A", "key": "x/events"},
-    }  # fmt: skip
+    assert answer(sent)["params"] == {"sid": "A", "key": "notes/2024/plan.md"}
+    assert route_template(scope) == "/v1/s/{sid}/wc/{key:path}"  # what metrics label with
+    assert answer(await call(app, http("GET", "/v1/s/A/wc")))["params"] == {"sid": "A"}
+    assert answer(await call(app, http("GET", "/v1/s/A/approvals/c1")))["name"] == (
+        "/v1/s/{sid}/approvals/{call}"
+    )
+    for unknown in ("/", "/healthz/", "/v1/s/", "/v1/s//wc", "/v1/x/S1", "/v1/s/A/approvals"):
+        scope = http("GET", unknown)
+        with pytest.raises(RouteNotFound) as missing:  # no redirect, no plain-text 404
+            await call(app, scope)
+        assert missing.value.status == 404, unknown
+        assert route_template(scope) == "unmatched"
+
+
+async def test_a_405_lists_every_method_of_the_path_and_get_answers_head() -> None:
+    app = build_router(
+        [
+            get("/v1/s/{sid}", "one"),
+            ApiRoute("/v1/s/{sid}", "DELETE", endpoint("gone")),
+            ApiRoute("/v1/s/{sid}", "PATCH", endpoint("patch")),
+        ]
+    )
+    assert answer(await call(app, http("DELETE", "/v1/s/A")))["name"] == "gone"
+    assert (await call(app, http("HEAD", "/v1/s/A")))[0]["status"] == 200
+    with pytest.raises(RouteNotFound) as wrong:
+        await call(app, http("PUT", "/v1/s/A"))
+    assert (wrong.value.status, wrong.value.allow) == (405, "DELETE, GET, HEAD, PATCH")
+
+
+def test_a_method_defined_twice_for_a_path_is_refused() -> None:
+    with pytest.raises(ValueError, match="defined twice"):
+        build_router([get("/r"), get("/r")])
 
 
 async def test_unknown_query_parameters_are_refused_before_the_endpoint() -> None:
@@ -220,21 +128,133 @@ async def test_unknown_query_parameters_are_refused_before_the_endpoint() -> Non
         called.append(request.url.query)
         return Response(b"{}", media_type="application/json")
 
-    made = Router()
-    made.add("/r", {"GET": Route(listing, query=frozenset({"limit", "cursor"}))})
-    made.add("/plain", {"GET": endpoint("plain")})
-    app = JidokaApp(made, websockets={})
-    ok = await call(app, {**http("GET", "/r"), "query_string": b"limit=5&cursor=x"})
-    assert ok[0]["status"] == 200
+    app = build_router([ApiRoute("/r", "GET", listing, query={"limit", "cursor"}), get("/plain")])
+    assert (await call(app, http("GET", "/r", b"limit=5&cursor=x")))[0]["status"] == 200
     for query, unknown in ((b"limt=5", "limt"), (b"limit=5&page=2", "page"), (b"%00=1", "\x00")):
         with pytest.raises(InvalidArgument) as refused:
-            await call(app, {**http("GET", "/r"), "query_string": query})
+            await call(app, http("GET", "/r", query))
         assert refused.value.argument == unknown
         assert repr(unknown) in refused.value.message
         assert "cursor, limit" in refused.value.message  # what the route takes
     with pytest.raises(InvalidArgument, match="takes: none"):
-        await call(app, {**http("GET", "/plain"), "query_string": b"x=1"})
+        await call(app, http("GET", "/plain", b"x=1"))
     assert called == ["limit=5&cursor=x"]
     # HEAD takes the GET route's parameters.
-    head = await call(app, {**http("HEAD", "/r"), "query_string": b"limit=1"})
-    assert head[0]["status"] == 200
+    assert (await call(app, http("HEAD", "/r", b"limit=1")))[0]["status"] == 200
+
+
+async def test_unknown_websocket_path_is_closed() -> None:
+    sent = await call(build_router(), {"type": "websocket", "path": "/x", "headers": []})
+    assert sent == [{"type": "websocket.close", "code": 1000, "reason": ""}]
+
+
+async def test_the_lifespan_runs_through_the_router() -> None:
+    import contextlib
+
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        seen.append("start")
+        yield
+        seen.append("stop")
+
+    inbox = ({"type": "lifespan.startup"}, {"type": "lifespan.shutdown"})
+    sent = await call(build_router(lifespan=lifespan), {"type": "lifespan"}, inbox)
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete", "lifespan.shutdown.complete",
+    ]  # fmt: skip
+    assert seen == ["start", "stop"]
+
+
+# --- per-route facts: streams, tickets, the in-flight bound ---------------------------------------
+
+
+def stream_app(limiter: InflightLimiter, tickets: TicketBook) -> Any:
+    """A stream route and plain routes (one whose key may end in ``/events``), behind the
+    middlewares in their order."""
+    counted = [Middleware(InflightBound, limiter=limiter)]
+    routes = [
+        ApiRoute("/v1/s/{sid}/events", "GET", endpoint("events"), query={"ticket"},
+                 stream=True, middleware=[Middleware(StreamTicket, tickets=tickets)]),
+        ApiRoute("/v1/s/{sid}/wc/{key:path}", "PUT", endpoint("put"), inflight=True,
+                 middleware=counted),
+    ]  # fmt: skip
+    auth = Authenticator({"secret-token-0123": "alice"})
+    return build_router(
+        routes,
+        middleware=[
+            Middleware(RequestId),
+            Middleware(Problems),
+            Middleware(BearerPrincipal, auth=auth),
+        ],
+    )
+
+
+BEARER = ((b"authorization", b"Bearer secret-token-0123"),)
+
+
+async def test_only_stream_routes_redeem_a_ticket_and_only_others_count_in_flight() -> None:
+    limiter = InflightLimiter(1)
+    tickets = TicketBook()
+    app = stream_app(limiter, tickets)
+    # A path ending in /events that is no stream route: bearer only, counted in flight.
+    limiter.acquire("alice")  # the principal's one request in flight
+    refused = await call(app, http("PUT", "/v1/s/A/wc/x/events", headers=BEARER))
+    assert refused[0]["status"] == 429
+    assert msgspec.json.decode(refused[1]["body"])["limit"] == "max_inflight_requests"
+    # The stream route does not count, and takes a ticket in place of the header.
+    ticket = tickets.issue("alice", path="/v1/s/A/events")
+    opened = await call(app, http("GET", "/v1/s/A/events", b"ticket=" + ticket.encode()))
+    assert answer(opened) == {"name": "events", "params": {"sid": "A"}, "principal": "alice"}
+    limiter.release("alice")
+    assert limiter.inflight("alice") == 0
+    # A ticket on any other route is refused; it never stands for the bearer there.
+    other = tickets.issue("alice")
+    sent = await call(app, http("PUT", "/v1/s/A/wc/k", b"ticket=" + other.encode(), BEARER))
+    assert sent[0]["status"] == 401
+    assert b"event stream only" in sent[1]["body"]
+    # Spent tickets and missing tokens are 401s, with the request id.
+    again = await call(app, http("GET", "/v1/s/A/events", b"ticket=" + ticket.encode()))
+    assert again[0]["status"] == 401
+    assert (b"x-request-id", msgspec.json.decode(again[1]["body"])["request_id"].encode()) in (
+        again[0]["headers"]
+    )
+    assert (await call(app, http("GET", "/v1/nowhere")))[0]["status"] == 401  # before routing
+
+
+async def test_the_in_flight_bound_is_released_when_the_route_fails() -> None:
+    limiter = InflightLimiter(1)
+
+    async def fail(request: Request) -> Response:
+        raise Unauthorized("no")
+
+    app = build_router(
+        [ApiRoute("/v1/r", "GET", fail, middleware=[Middleware(InflightBound, limiter=limiter)])]
+    )
+    scope = {**http("GET", "/v1/r"), PRINCIPAL_KEY: "bob"}
+    with pytest.raises(Unauthorized):
+        await call(app, scope)
+    assert limiter.inflight("bob") == 0
+    limiter.acquire("bob")
+    with pytest.raises(LimitExceeded):
+        await call(app, {**http("GET", "/v1/r"), PRINCIPAL_KEY: "bob"})
+
+
+async def test_problems_answer_errors_and_500s_with_the_request_id() -> None:
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("secret detail")
+
+    app = build_router([get("/r"), ApiRoute("/boom", "GET", boom)],
+                       middleware=[Middleware(RequestId), Middleware(Problems)])  # fmt: skip
+    scope = http("PUT", "/r", headers=((b"x-request-id", b"req-1"),))
+    sent = await call(app, scope)
+    assert scope[REQUEST_ID_KEY] == "req-1"
+    assert sent[0]["status"] == 405
+    headers = dict(sent[0]["headers"])
+    assert headers[b"allow"] == b"GET, HEAD"
+    assert headers[b"x-request-id"] == b"req-1"
+    assert headers[b"content-type"] == b"application/problem+json"
+    failed = await call(app, http("GET", "/boom"))
+    assert failed[0]["status"] == 500
+    assert b"secret detail" not in failed[1]["body"]

@@ -236,8 +236,21 @@ async def test_metrics_expose_runtime_and_http_series(
     assert (await http.post("/v1/sessions", json={})).status_code == 201
     text = (await http.get("/metrics")).text
     assert "jidoka_sessions_created_total 1.0" in text
-    assert 'jidoka_http_requests_total{http_method="POST",http_route="/v1/sessions"' in text
-    assert "jidoka_http_request_duration_seconds_bucket" in text
+    # OpenTelemetry's HTTP semantic conventions: the metric's name and its attributes.
+    assert (
+        'http_server_request_duration_seconds_count{http_request_method="POST",'
+        'http_response_status_code="201",http_route="/v1/sessions",url_scheme="http"} 1.0'
+    ) in text
+    assert "http_server_request_duration_seconds_bucket" in text
+    # A 404 is labelled without its path (the label set stays bounded), and so is a method
+    # nobody knows.
+    assert (await http.request("BREW", "/v1/nowhere/1234")).status_code == 404
+    text = (await http.get("/metrics")).text
+    assert (
+        'http_request_method="_OTHER",http_response_status_code="404",http_route="unmatched"'
+        in text
+    )
+    assert "1234" not in text
 
 
 async def test_unexpected_errors_are_500_problems_without_a_traceback(

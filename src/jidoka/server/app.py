@@ -1,22 +1,23 @@
-"""The ASGI application: ``create_app(runtime, config)``.
+"""The ASGI application: ``create_app(runtime, config)``, a Starlette ``Router``.
 
-It owns no session state: the :class:`~jidoka.Runtime` it is given does (and is opened and
-closed by whoever runs the server, see :mod:`jidoka.server.serve`), so the same app can serve a
-runtime embedded in a test, a benchmark or ``jidoka serve``. What it adds is the network's
-concerns: routes, auth, limits, problem documents, event streams, metrics and docs.
+It owns no session state: the :class:`~jidoka.Runtime` it is given does. The runtime is opened
+and closed by whoever runs it (a test, an embedding, a benchmark) or, for ``jidoka serve``, by
+the app's own lifespan (:mod:`jidoka.server.lifespan`). What the app adds is the network's
+concerns: the routes (:mod:`jidoka.server.router`, from :data:`~jidoka.server.routes.ROUTES`),
+one middleware per concern (:mod:`jidoka.server.middleware`), event streams, metrics and docs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from typing import Any
+from collections.abc import Callable
 
-from opentelemetry import metrics as otel_metrics
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Router
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
@@ -27,11 +28,21 @@ from .browser_guard import BrowserGuard, HostPolicy, OriginPolicy
 from .config import ServerConfig
 from .docs import ApiDocs
 from .inputs import parse_seq, query_str
-from .metrics import CONTENT_TYPE, PrometheusMetrics
-from .middleware import PRINCIPAL_KEY, ApiMiddleware
+from .lifespan import ServerLifespan
+from .metrics import CONTENT_TYPE, HttpMetrics, PrometheusMetrics
+from .middleware import (
+    PRINCIPAL_KEY,
+    AccessLog,
+    BearerPrincipal,
+    BodyLimit,
+    InflightBound,
+    Problems,
+    RequestId,
+    StreamTicket,
+)
 from .openapi import openapi_document
 from .responses import json_response
-from .router import Endpoint, JidokaApp, MiddlewareFactory, Route, Router
+from .router import ApiRoute, build_router, route_table
 from .routes import ROUTES, Scopes, SessionRoutes
 from .streams import EventStream, StreamRegistry, named_frames
 from .tickets import TicketBook
@@ -50,14 +61,15 @@ class _Endpoints:
         self,
         runtime: Runtime,
         config: ServerConfig,
-        scopes: Scopes,
         auth: Authenticator,
         streams: StreamRegistry,
         metrics: PrometheusMetrics | None,
     ) -> None:
         self.runtime = runtime
         self.config = config
-        self.scopes = scopes
+        self.scopes = Scopes(
+            runtime.client, auth_enabled=config.auth_enabled, projects_dir=config.projects_dir
+        )
         self.auth = auth
         self.streams = streams
         self.metrics = metrics
@@ -148,70 +160,33 @@ def _after_seq(request: Request) -> int | None:
     return None
 
 
-def _http_observer(metrics: PrometheusMetrics | None) -> Any:
-    provider = metrics.meter_provider if metrics is not None else otel_metrics.get_meter_provider()
-    meter = provider.get_meter("jidoka.server")
-    requests = meter.create_counter("jidoka.http.requests", unit="{request}",
-                                    description="HTTP requests answered")  # fmt: skip
-    duration = meter.create_histogram("jidoka.http.request.duration", unit="s",
-                                      description="Time to answer an HTTP request")  # fmt: skip
-
-    def observe(method: str, route: str, status: int, seconds: float) -> None:
-        attributes: dict[str, str | int] = {
-            "http.method": method,
-            "http.route": route,
-            "http.status_code": status,
-        }
-        requests.add(1, attributes)
-        duration.record(seconds, attributes)
-
-    return observe
-
-
 def create_app(
     runtime: Runtime,
     config: ServerConfig | None = None,
     *,
     metrics: PrometheusMetrics | None = None,
-) -> JidokaApp:
-    """The Jidoka ASGI app over a started ``runtime``. ``app.state.streams.drain()`` ends every
-    event stream and WebSocket with a final frame (what a graceful shutdown calls first)."""
+    owns_runtime: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> Router:
+    """The Jidoka ASGI app: Starlette's ``Router`` over the routes, with its middlewares and
+    lifespan (:class:`~jidoka.server.lifespan.ServerLifespan`).
+
+    Over a running ``runtime`` by default; with ``owns_runtime`` the lifespan starts it (the
+    routes are built then) and closes it. The lifespan's shutdown, or a SIGINT/SIGTERM while it
+    runs, ends every event stream and WebSocket with a final frame. ``on_ready`` is called once
+    the app can serve."""
     config = config or ServerConfig()
     auth = Authenticator(config.tokens, enabled=config.auth_enabled)
-    scopes = Scopes(
-        runtime.client, auth_enabled=config.auth_enabled, projects_dir=config.projects_dir
-    )
     # Without auth there are no principals to tell apart: max_connections bounds the streams.
     per_principal = config.max_streams_per_principal if config.auth_enabled else None
     streams = StreamRegistry(max_per_principal=per_principal)
-    endpoints = _Endpoints(runtime, config, scopes, auth, streams, metrics)
-    docs = ApiDocs()
-    # Stream tickets: issued by a route handler, redeemed by the middleware (the auth step).
+    # Stream tickets: issued by a route handler, redeemed by the stream routes.
     tickets = TicketBook(
         ttl=config.stream_ticket_ttl,
         max_per_principal=config.max_stream_tickets_per_principal,
         max_total=config.max_stream_tickets,
     )
-    handlers = SessionRoutes(scopes, tickets)
-    by_path: dict[str, dict[str, Route | Endpoint]] = {
-        "/healthz": {"GET": endpoints.healthz},
-        "/readyz": {"GET": endpoints.readyz},
-    }
-    for spec in ROUTES:
-        # Streams are the app's own endpoints; every other verb is a SessionRoutes handler.
-        handler = getattr(endpoints, spec.name) if spec.stream else handlers.handler(spec.name)
-        route = Route(handler, frozenset(spec.query), spec.stream)
-        by_path.setdefault(spec.path, {})[spec.method] = route
-    by_path |= {
-        "/metrics": {"GET": endpoints.prometheus},
-        "/openapi.json": {"GET": endpoints.openapi},
-        "/": {"GET": docs.index},
-        "/docs": {"GET": docs.page},
-        "/docs/assets/{name}": {"GET": Route(docs.asset, frozenset({"v"}))},  # ?v=<content hash>
-    }
-    router = Router()
-    for path, table in by_path.items():
-        router.add(path, table)  # every method of a path at once: a 405 lists them in Allow
+    limiter = InflightLimiter(config.max_inflight)
     hosts = HostPolicy(config.host, config.allowed_hosts)
     if hosts.wildcard and not config.allowed_hosts:
         logger.warning(
@@ -219,42 +194,85 @@ def create_app(
             "or localhost; add each host name clients use with --allowed-host",
             config.host,
         )
-    middleware: list[MiddlewareFactory] = [
-        functools.partial(
-            ApiMiddleware,
-            auth=auth,
-            limiter=InflightLimiter(config.max_inflight),
-            max_body_bytes=config.max_body_bytes,
-            observe=_http_observer(metrics),
-            access_log=config.access_log,
-            is_stream=router.is_stream,
-            tickets=tickets,
-        ),
-        # Inside ApiMiddleware, which turns its refusals into problems with the request id.
-        functools.partial(BrowserGuard, hosts=hosts, origins=OriginPolicy(config.cors_origins)),
+    middleware = [
+        Middleware(RequestId),
+        *([Middleware(AccessLog)] if config.access_log else []),
+        Middleware(HttpMetrics, meter_provider=metrics.meter_provider if metrics else None),
+        Middleware(Problems),
+        Middleware(BearerPrincipal, auth=auth),
+        Middleware(BodyLimit, max_body_bytes=config.max_body_bytes),
+        # Inside Problems and RequestId: its refusals are problems with the request id.
+        Middleware(BrowserGuard, hosts=hosts, origins=OriginPolicy(config.cors_origins)),
     ]
     if config.cors_origins:
-        middleware.insert(
-            0,
-            functools.partial(
-                CORSMiddleware,
-                allow_origins=list(config.cors_origins),
-                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                # What browser apps and their SSE libraries send: an EventSource polyfill adds
-                # Cache-Control and Last-Event-ID, a retrying client Idempotency-Key.
-                allow_headers=[
-                    "Accept",
-                    "Authorization",
-                    "Cache-Control",
-                    "Content-Type",
-                    "Idempotency-Key",
-                    "Last-Event-ID",
-                    "X-Request-ID",
-                ],
-                expose_headers=["Location", "X-Request-ID", "Retry-After"],
-            ),
+        middleware.insert(0, _cors(config))
+
+    def build_routes() -> None:
+        endpoints = _Endpoints(runtime, config, auth, streams, metrics)
+        handlers = SessionRoutes(endpoints.scopes, tickets)
+        routes = _api_routes(endpoints, handlers, limiter, tickets)
+        router.routes[:] = route_table(routes, [("/v1/ws", endpoints.websocket)])
+
+    lifespan = ServerLifespan(runtime, streams, owns_runtime=owns_runtime, on_ready=on_ready)
+    router = build_router(middleware=middleware, lifespan=lifespan)
+    if owns_runtime:
+        lifespan.started = build_routes
+    else:
+        build_routes()
+    return router
+
+
+def _api_routes(
+    endpoints: _Endpoints, handlers: SessionRoutes, limiter: InflightLimiter, tickets: TicketBook
+) -> list[ApiRoute]:
+    """One route per method of a path: the probes, the ``/v1`` verbs in :data:`ROUTES` order
+    (their streams are the app's endpoints, every other verb a :class:`SessionRoutes`
+    handler), then metrics and docs."""
+    counted = [Middleware(InflightBound, limiter=limiter)]
+    redeem = [Middleware(StreamTicket, tickets=tickets)]
+    docs = ApiDocs()
+    routes = [
+        ApiRoute("/healthz", "GET", endpoints.healthz),
+        ApiRoute("/readyz", "GET", endpoints.readyz),
+    ]
+    for spec in ROUTES:
+        handler = getattr(endpoints, spec.name) if spec.stream else handlers.handler(spec.name)
+        routes.append(
+            ApiRoute(
+                spec.path,
+                spec.method,
+                handler,
+                query=spec.query,
+                stream=spec.stream,
+                inflight=not spec.stream,
+                middleware=redeem if spec.stream else counted,
+            )
         )
-    app = JidokaApp(router, websockets={"/v1/ws": endpoints.websocket}, middleware=middleware)
-    app.state.streams = streams
-    app.state.runtime = runtime
-    return app
+    return [
+        *routes,
+        ApiRoute("/metrics", "GET", endpoints.prometheus),
+        ApiRoute("/openapi.json", "GET", endpoints.openapi),
+        ApiRoute("/", "GET", docs.index),
+        ApiRoute("/docs", "GET", docs.page),
+        ApiRoute("/docs/assets/{name}", "GET", docs.asset, query={"v"}),  # ?v=<content hash>
+    ]
+
+
+def _cors(config: ServerConfig) -> Middleware:
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=list(config.cors_origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        # What browser apps and their SSE libraries send: an EventSource polyfill adds
+        # Cache-Control and Last-Event-ID, a retrying client Idempotency-Key.
+        allow_headers=[
+            "Accept",
+            "Authorization",
+            "Cache-Control",
+            "Content-Type",
+            "Idempotency-Key",
+            "Last-Event-ID",
+            "X-Request-ID",
+        ],
+        expose_headers=["Location", "X-Request-ID", "Retry-After"],
+    )

@@ -2,8 +2,11 @@
 
 Tokens are compared with :func:`hmac.compare_digest` against every configured token, with no
 early exit, so the time taken does not depend on how much of a token an attacker guessed. The
-principal then scopes everything: a session belongs to the principal that created it, and the
-routes answer 404 for anyone else's (see :mod:`jidoka.server.access`).
+principal then scopes everything: a session belongs to the principal that created it, and
+another principal is answered 404 for it, as if it did not exist. The middlewares put the
+principal in the request's scope (:class:`~jidoka.server.middleware.BearerPrincipal`, or a
+stream ticket on an event stream) and bound its requests in flight
+(:class:`~jidoka.server.middleware.InflightBound`, with :class:`InflightLimiter`).
 """
 
 from __future__ import annotations

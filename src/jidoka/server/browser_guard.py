@@ -21,7 +21,7 @@ alone do not protect it (``--insecure-no-auth`` has none). Three doors, each clo
 A request without ``Origin`` or ``Host`` cannot come from a browser and is let through; the
 probes (``/healthz``, ``/readyz``) answer whatever ``Host`` an orchestrator sends. Refusals are
 :class:`~jidoka.JidokaError` subclasses, so HTTP ones become problem documents in
-:class:`~jidoka.server.middleware.ApiMiddleware` (which sits outside this one); a refused
+:class:`~jidoka.server.middleware.Problems` (which sits outside this one); a refused
 WebSocket handshake gets the same document where the server can send a body with it.
 """
 
@@ -228,8 +228,8 @@ def _declares_body(scope: Scope) -> bool:
 
 class BrowserGuard:
     """The ASGI middleware that applies :class:`HostPolicy`, :class:`OriginPolicy` and the JSON
-    rule (see the module's docstring). It goes inside ``ApiMiddleware``, which turns what it
-    raises into problem documents with the request's id."""
+    rule (see the module's docstring). It goes inside ``Problems`` and ``RequestId``, which
+    turn what it raises into problem documents with the request's id."""
 
     def __init__(self, app: ASGIApp, *, hosts: HostPolicy, origins: OriginPolicy) -> None:
         self.app = app

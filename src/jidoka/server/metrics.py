@@ -1,4 +1,5 @@
-"""``/metrics``: the runtime's OpenTelemetry metrics in the Prometheus text format.
+"""``/metrics``: the runtime's OpenTelemetry metrics in the Prometheus text format, and the
+HTTP server's own measurement (:class:`HttpMetrics`).
 
 The runtime records with the OpenTelemetry API only; the server gives it a ``MeterProvider``
 whose reader this module collects on each scrape and renders with ``prometheus_client`` into a
@@ -9,9 +10,11 @@ Names follow the usual mapping: ``jidoka.sessions.created`` becomes ``jidoka_ses
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
+from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -29,8 +32,12 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["PrometheusMetrics"]
+from .middleware import response_status
+from .router import route_template
+
+__all__ = ["HttpMetrics", "PrometheusMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Buckets for durations in seconds: 100 µs to 10 s (the SDK's defaults suit milliseconds).
@@ -117,3 +124,54 @@ class PrometheusMetrics:
 
     def shutdown(self) -> None:
         self.meter_provider.shutdown()
+
+
+#: The methods OpenTelemetry's HTTP conventions name; any other is recorded as ``_OTHER``, so a
+#: client inventing methods cannot grow the label set.
+_KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+class HttpMetrics:
+    """``http.server.request.duration`` (seconds) per request, with OpenTelemetry's semantic
+    convention attributes: ``http.request.method``, ``http.route`` (the route's template, never
+    an id; ``unmatched`` for a 404), ``http.response.status_code`` and ``url.scheme``. On
+    ``/metrics`` that is ``http_server_request_duration_seconds`` (its ``_count`` counts the
+    requests). Written here rather than taken from ``opentelemetry-instrumentation-asgi``,
+    which also opens a span per request and wraps every message sent: this records one
+    histogram point and nothing else.
+
+    ``meter_provider``: the server's (``None``: the global one, a no-op unless set)."""
+
+    def __init__(self, app: ASGIApp, *, meter_provider: Any = None) -> None:
+        self.app = app
+        provider = meter_provider or otel_metrics.get_meter_provider()
+        self._duration = provider.get_meter("jidoka.server").create_histogram(
+            "http.server.request.duration", unit="s", description="Duration of HTTP requests"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            method = scope["method"]
+            attributes: dict[str, str | int] = {
+                "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
+                "http.route": route_template(scope),
+                "http.response.status_code": response_status(scope, status),
+                "url.scheme": scope.get("scheme", "http"),
+            }
+            self._duration.record(time.perf_counter() - started, attributes)

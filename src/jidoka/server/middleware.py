@@ -1,27 +1,27 @@
-"""The one ASGI middleware in front of every route: request id, auth, limits, access log.
+"""The middlewares in front of the routes, one concern each, as plain ASGI callables.
 
-A plain ASGI callable rather than Starlette's ``BaseHTTPMiddleware``: that one runs the app in a
-separate task and buffers streaming responses, which costs latency on every request and breaks
-event streams. What it does, in order:
+Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``: that one runs the app in a separate
+task and buffers streaming responses, which costs latency on every request and breaks event
+streams. :func:`~jidoka.server.app.create_app` stacks them, outermost first:
 
-1. gives the request an id (the client's ``X-Request-ID`` if it is sane, else a new one), puts it
-   on the response and in :data:`request_id_var` for log records;
-2. for ``/v1`` HTTP routes, resolves the bearer token to a principal (401 problem if it cannot)
-   -- or, on an event stream route only, a ``?ticket=`` from ``POST /v1/stream-tickets``
-   (:mod:`jidoka.server.tickets`; spent on use) -- and counts the request against the
-   principal's in-flight bound (429 problem beyond it; the routes the router marks as streams
-   do not count: see ``is_stream``);
-3. bounds the request body (413 problem, from ``Content-Length`` up front or while reading);
-4. turns an error the app raises into its problem document (a :class:`~jidoka.JidokaError`) or
-   a 500 (anything else, traceback in the log only), unless the response has started;
-5. logs one line per request and records ``jidoka.http.*`` metrics. The line has the path,
-   never the query string: a stream ticket (and whatever else a client puts there) stays out
-   of the log.
+1. :class:`RequestId` -- the client's ``X-Request-ID`` if it is sane, else a new one; on the
+   response, in the scope and in :data:`request_id_var` for log records. Outermost, so every
+   refusal below carries it.
+2. :class:`AccessLog` (unless ``access_log`` is off) and
+   :class:`~jidoka.server.metrics.HttpMetrics` -- one line and one measurement per request,
+   refusals included (they read the route template the router left in the scope, and the
+   status sent).
+3. :class:`Problems` -- a :class:`~jidoka.JidokaError` raised by anything inside becomes its
+   problem document, anything else a 500 (traceback in the log only).
+4. :class:`BearerPrincipal` -- on ``/v1`` routes, the bearer token's principal (401 if none),
+   or the ``?ticket=`` that only an event-stream route redeems (:class:`StreamTicket`).
+5. :class:`BodyLimit` -- 413 for a ``/v1`` body over the limit (up front from
+   ``Content-Length``, else while it is read).
+6. :class:`~jidoka.server.browser_guard.BrowserGuard`, then the router. Per route, wrapped
+   around its endpoint: :class:`StreamTicket` (stream routes) and :class:`InflightBound`
+   (every other ``/v1`` route: 429 beyond the principal's bound).
 
-WebSockets authenticate in their endpoint (browsers cannot set headers on them). What only a
-web page would send (a foreign ``Host`` or ``Origin``, a body not typed as JSON) is refused by
-:class:`~jidoka.server.browser_guard.BrowserGuard`, which runs inside this middleware, so its
-refusals get a request id, a log line and metrics like any other problem.
+WebSockets authenticate in their endpoint (browsers cannot set headers on them).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from typing import Final
 
 from starlette.datastructures import QueryParams
@@ -47,26 +46,33 @@ from .tickets import TicketBook
 __all__ = [
     "PRINCIPAL_KEY",
     "REQUEST_ID_KEY",
-    "ROUTE_KEY",
-    "ApiMiddleware",
+    "TICKET_KEY",
+    "AccessLog",
+    "BearerPrincipal",
+    "BodyLimit",
+    "InflightBound",
+    "Problems",
+    "RequestId",
     "RequestIdFilter",
+    "StreamTicket",
     "request_id_var",
+    "response_status",
 ]
 
 logger = logging.getLogger("jidoka.server.access")
 
 PRINCIPAL_KEY: Final = "jidoka.principal"
 REQUEST_ID_KEY: Final = "jidoka.request_id"
-#: The matched route's path template (``/v1/sessions/{session_id}``), set by the router.
-ROUTE_KEY: Final = "jidoka.route"
+#: A ``?ticket=`` waiting for a stream route to redeem it (no principal is set meanwhile).
+TICKET_KEY: Final = "jidoka.ticket"
+#: The status of a request that got no response: the client left (499, as in nginx's logs).
+_STATUS_KEY: Final = "jidoka.status"
 #: The current request's id, for log records (see :class:`RequestIdFilter`).
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "jidoka_request_id", default=None
 )
 _SANE_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-#: (method, route template, status, seconds) -> None
-Observer = Callable[[str, str, int, float], None]
+_API_PREFIX: Final = "/v1/"
 
 
 class RequestIdFilter(logging.Filter):
@@ -84,13 +90,121 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-#: Whether an HTTP request is for a stream route (long-lived, so not counted in flight).
-StreamTest = Callable[[Scope], bool]
+def _is_api(scope: Scope) -> bool:
+    return scope["type"] == "http" and str(scope["path"]).startswith(_API_PREFIX)
 
 
-def no_streams(scope: Scope) -> bool:
-    """The default :data:`StreamTest`: every request counts."""
-    return False
+def response_status(scope: Scope, sent: int | None) -> int:
+    """What to log and measure: the status sent, else 499 if the client left, else 500."""
+    return sent if sent is not None else int(scope.get(_STATUS_KEY, 500))
+
+
+class RequestId:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # Random per process, then a counter: unique across restarts, cheaper than a UUID.
+        self._prefix = os.urandom(6).hex()
+        self._ids = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _SANE_ID.fullmatch(given) else self._new_id()
+        scope[REQUEST_ID_KEY] = request_id
+        token = request_id_var.set(request_id)
+        try:
+            if scope["type"] == "websocket":
+                await self.app(scope, receive, send)
+                return
+            header = (b"x-request-id", request_id.encode())
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", ()), header]}
+                await send(message)
+
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+    def _new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids):010x}"
+
+
+class AccessLog:
+    """One line per HTTP request: method, path (never the query string: a stream ticket, and
+    whatever else a client puts there, stays out of the log), status, time, principal."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            principal = scope.get(PRINCIPAL_KEY)
+            logger.info(
+                "%s %s %d %.1fms principal=%s",
+                scope["method"],
+                scope["path"],
+                response_status(scope, status),
+                (time.perf_counter() - started) * 1000,
+                principal if principal is not None else "-",
+            )
+
+
+class Problems:
+    """The app's one exception handler: a :class:`~jidoka.JidokaError` is answered with its
+    problem document, anything else with a 500 whose traceback goes to the log only. Once the
+    response has started there is nothing to answer with: the error propagates and the server
+    drops the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except ClientDisconnect:
+            # Gone mid-body (or ended by the server's body timeout, which answered 408):
+            # nobody to answer, and no error of ours.
+            if not started:
+                scope[_STATUS_KEY] = 499
+        except Exception as exc:
+            if started:
+                raise
+            request_id = scope.get(REQUEST_ID_KEY)
+            if not isinstance(exc, JidokaError):
+                logger.exception("request %s: unexpected error", request_id, exc_info=exc)
+                exc = JidokaError(
+                    f"internal error (request id {request_id}); the server log has the details"
+                )
+            await problem_response(exc, request_id)(scope, receive, send)
 
 
 def _ticket(scope: Scope) -> str | None:
@@ -104,138 +218,61 @@ def _ticket(scope: Scope) -> str | None:
     return values[0] if values else None
 
 
-class ApiMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        auth: Authenticator,
-        limiter: InflightLimiter,
-        max_body_bytes: int,
-        observe: Observer | None = None,
-        access_log: bool = True,
-        is_stream: StreamTest = no_streams,
-        tickets: TicketBook | None = None,
-    ) -> None:
+class BearerPrincipal:
+    """Who is calling a ``/v1`` route: ``Authorization: Bearer <token>`` resolved to a
+    principal (:class:`~jidoka.Unauthorized` if it cannot be).
+
+    A request with a ``?ticket=`` is left for its route: a browser's ``EventSource`` cannot
+    send the header, so an event-stream route redeems the ticket in its place
+    (:class:`StreamTicket`) and every other route refuses it (see
+    :class:`~jidoka.server.router.ApiRoute`). Which routes are streams is the router's to know,
+    and this middleware runs before it."""
+
+    def __init__(self, app: ASGIApp, *, auth: Authenticator) -> None:
         self.app = app
         self.auth = auth
-        self.limiter = limiter
-        self.max_body_bytes = max_body_bytes
-        self.observe = observe
-        self.access_log = access_log
-        #: Decided by the route a request matches (the router's), never by how its path ends:
-        #: ``PUT .../working-context/x/events`` is a plain request and counts.
-        self.is_stream = is_stream
-        #: Where ``?ticket=`` is redeemed on stream routes; ``None``: tickets are not taken.
-        self.tickets = tickets
-        # Request ids: random per process, then a counter -- unique across restarts and much
-        # cheaper than a UUID per request.
-        self._id_prefix = os.urandom(6).hex()
-        self._ids = itertools.count(1)
-
-    def _new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):010x}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if _is_api(scope):
+            ticket = _ticket(scope)
+            if ticket is not None:
+                scope[TICKET_KEY] = ticket
+            else:
+                scope[PRINCIPAL_KEY] = self.auth.principal(_header(scope, b"authorization"))
+        await self.app(scope, receive, send)
+
+
+class StreamTicket:
+    """On an event-stream route: the waiting ``?ticket=`` becomes the principal it stands for
+    (spent on use, whatever follows; 401 if unknown, used, expired or for another stream)."""
+
+    def __init__(self, app: ASGIApp, *, tickets: TicketBook) -> None:
+        self.app = app
+        self.tickets = tickets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ticket = scope.pop(TICKET_KEY, None)
+        if ticket is not None:
+            scope[PRINCIPAL_KEY] = self.tickets.redeem(ticket, scope["path"])
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """A ``/v1`` request body is at most ``max_body_bytes``: refused up front when its
+    ``Content-Length`` says more, else when what was read goes past it (413 either way)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_api(scope):
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
-        request_id = given if given and _SANE_ID.fullmatch(given) else self._new_id()
-        scope[REQUEST_ID_KEY] = request_id
-        token = request_id_var.set(request_id)
-        try:
-            if scope["type"] == "websocket":
-                await self.app(scope, receive, send)
-            else:
-                await self._http(scope, receive, send, request_id)
-        finally:
-            request_id_var.reset(token)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        started = time.perf_counter()
-        status = 500
-        id_header = (b"x-request-id", request_id.encode())
-
-        started_response = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, started_response
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                started_response = True
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
-            await send(message)
-
-        path: str = scope["path"]
-        principal: str | None = None
-        counted = False
-        try:
-            if path.startswith("/v1/"):
-                try:
-                    stream = self.is_stream(scope)
-                    ticket = _ticket(scope) if stream and self.tickets is not None else None
-                    if ticket is not None and self.tickets is not None:
-                        # A browser's EventSource cannot send the header: the ticket stands
-                        # for it, on stream routes only (and is spent, whatever follows).
-                        principal = self.tickets.redeem(ticket, path)
-                    else:
-                        principal = self.auth.principal(_header(scope, b"authorization"))
-                    scope[PRINCIPAL_KEY] = principal
-                    length = _header(scope, b"content-length")
-                    if (
-                        length is not None
-                        and length.isdigit()
-                        and int(length) > self.max_body_bytes
-                    ):
-                        raise LimitExceeded(
-                            "max_request_bytes", self.max_body_bytes, actual=int(length)
-                        )
-                    if not stream:
-                        self.limiter.acquire(principal)
-                        counted = True
-                except JidokaError as exc:
-                    await problem_response(exc, request_id)(scope, receive, send_with_id)
-                    return
-                receive = self._bounded(receive)
-            try:
-                await self.app(scope, receive, send_with_id)
-            except ClientDisconnect:
-                # Gone mid-body (or ended by the server's body timeout, which answered 408):
-                # nobody to answer, and no error of ours. 499 as in nginx's logs.
-                if not started_response:
-                    status = 499
-            except Exception as exc:
-                # The app's one exception handler: a JidokaError is its problem document, and
-                # anything else a 500 whose traceback goes to the log only. Once the response
-                # has started there is nothing to answer with: the connection is dropped.
-                if started_response:
-                    raise
-                if not isinstance(exc, JidokaError):
-                    logger.exception("request %s: unexpected error", request_id, exc_info=exc)
-                    exc = JidokaError(
-                        f"internal error (request id {request_id}); the server log has the details"
-                    )
-                await problem_response(exc, request_id)(scope, receive, send_with_id)
-        finally:
-            if counted:
-                self.limiter.release(principal)
-            elapsed = time.perf_counter() - started
-            route = scope.get(ROUTE_KEY) or "unmatched"
-            if self.observe is not None:
-                self.observe(scope["method"], route, status, elapsed)
-            if self.access_log:
-                logger.info(
-                    "%s %s %d %.1fms principal=%s",
-                    scope["method"],
-                    path,
-                    status,
-                    elapsed * 1000,
-                    principal if principal is not None else "-",
-                )
-
-    def _bounded(self, receive: Receive) -> Receive:
-        limit = self.max_body_bytes
+        limit = self.limit
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise LimitExceeded("max_request_bytes", limit, actual=int(length))
         total = 0
 
         async def bounded_receive() -> Message:
@@ -247,4 +284,21 @@ class ApiMiddleware:
                     raise LimitExceeded("max_request_bytes", limit, actual=total)
             return message
 
-        return bounded_receive
+        await self.app(scope, bounded_receive, send)
+
+
+class InflightBound:
+    """Counts the route's requests against the principal's in-flight bound while they run
+    (429 beyond it). Wrapped around each ``/v1`` route that is not an event stream."""
+
+    def __init__(self, app: ASGIApp, *, limiter: InflightLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = scope.get(PRINCIPAL_KEY)
+        self.limiter.acquire(principal)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.limiter.release(principal)

@@ -24,11 +24,13 @@ _encode: Final = msgspec.json.Encoder().encode
 
 
 class RouteNotFound(JidokaError):
-    """No route has this path (404), or it has no handler for the method (405)."""
+    """No route has this path (404), or it has no handler for the method (405, with ``allow``:
+    every method the path has, for the ``Allow`` header)."""
 
-    def __init__(self, message: str, *, status: int) -> None:
+    def __init__(self, message: str, *, status: int, allow: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.allow = allow
 
 
 def json_response(
@@ -57,6 +59,8 @@ def problem_response(
     extra = dict(headers or {})
     if isinstance(exc, Unauthorized):
         extra["WWW-Authenticate"] = 'Bearer realm="jidoka"'
+    if isinstance(exc, RouteNotFound) and exc.allow is not None:
+        extra["Allow"] = exc.allow
     if isinstance(exc, LimitExceeded) and status == 429:
         extra["Retry-After"] = "1"
     if status >= 500:

@@ -1,10 +1,11 @@
 """``jidoka serve``: a runtime and the app on uvicorn, with a graceful shutdown.
 
-On SIGTERM or Ctrl-C the server stops accepting connections, ends every event stream with a final
-``shutdown`` event and every WebSocket with close code 1001, lets in-flight requests finish (at
-most ``shutdown_timeout`` seconds), closes the runtime -- which flushes the store -- and returns
-0. uvicorn re-raises a caught signal after its own shutdown (so a supervisor sees "killed by
-SIGTERM"); a server that shut down cleanly should say so with exit code 0, so we do not.
+uvicorn serves the app (a plain ``uvicorn.Server``); the app's ASGI lifespan opens the runtime
+before the first connection and closes it after the last (:mod:`jidoka.server.lifespan`). On
+SIGTERM or Ctrl-C the server stops accepting connections, ends every event stream with a final
+``shutdown`` event and every WebSocket with close code 1001 (the lifespan's signal hook), lets
+in-flight requests finish (at most ``shutdown_timeout`` seconds), closes the runtime -- which
+flushes the store -- and returns 0.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -31,11 +32,12 @@ from ..errors import JidokaError
 from ..runtime import Runtime
 from .app import create_app
 from .config import ServerConfig
+from .lifespan import ServerLifespan, lifespan_of
 from .metrics import PrometheusMetrics
 from .middleware import RequestIdFilter
 from .protocol import protocol_class
 
-__all__ = ["TOKEN_FILE", "run_server", "serve"]
+__all__ = ["TOKEN_FILE", "exit_zero_after_signals", "run_server", "serve"]
 
 logger = logging.getLogger("jidoka.server")
 #: Where a generated token is kept (in the data directory), so a restart keeps it.
@@ -45,35 +47,38 @@ LOCAL_PRINCIPAL = "local"
 SPARE_FDS = 128
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, draining our streams first and not re-raising the signal."""
+@contextlib.contextmanager
+def exit_zero_after_signals() -> Generator[None, None, None]:
+    """uvicorn re-raises the signal that stopped it, into the handlers it found, once its
+    shutdown is done (so that a supervisor sees "killed by SIGTERM"). A server that shut down
+    cleanly should say so with exit code 0: the handlers it finds here take the re-raised
+    signal and do nothing. uvicorn installs its own while it serves, and the app's lifespan
+    chains those (see :mod:`jidoka.server.lifespan`)."""
+    if sys.platform == "win32":  # pragma: no cover
+        yield
+        return
+    found = {sig: signal.signal(sig, _after_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in found.items():
+            signal.signal(sig, handler)
 
-    def __init__(
-        self, config: uvicorn.Config, loop: asyncio.AbstractEventLoop, drain: Callable[[], None]
-    ) -> None:
-        super().__init__(config)
-        self._loop = loop
-        self._drain = drain
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        self.should_exit = True
-        self._loop.call_soon_threadsafe(self._drain)
+def _after_shutdown(signum: int, frame: FrameType | None) -> None:
+    """The signal uvicorn re-raises after its shutdown: already handled."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        if sys.platform == "win32":  # pragma: no cover
-            yield
-            return
-        previous = {
-            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+
+class _QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's report of a failed startup (a traceback) when the app's lifespan says
+    why: ``jidoka serve`` prints that reason as its one error line instead."""
+
+    def __init__(self, lifespan: ServerLifespan) -> None:
+        super().__init__()
+        self.lifespan = lifespan
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.lifespan.startup_error is None or record.levelno < logging.ERROR
 
 
 def _token(config: ServerConfig, data_dir: str) -> tuple[ServerConfig, str | None]:
@@ -158,30 +163,14 @@ async def serve(
     try:
         # The port first: a port in use is said at once, before sessions are recovered.
         sock = _bind(config)
-        async with Runtime(settings=settings, meter_provider=metrics.meter_provider) as runtime:
-            data_dir = runtime.settings.data_dir
-            config, generated = await asyncio.to_thread(_token, config, data_dir)
-            host, port = sock.getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            url = f"http://{shown}:{port}"
-            app = create_app(runtime, config, metrics=metrics)
-            _raise_fd_limit(config.max_connections)
-            # Connection limits live in the protocol (see .protocol): uvicorn's
-            # limit_concurrency is left off, it neither bounds open sockets nor counts right.
-            uv_config = uvicorn.Config(
-                app,
-                http=protocol_class(config),
-                lifespan="off",
-                log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=max(1, round(config.shutdown_timeout)),
-                server_header=False,
-                # A WebSocket message is bounded like an HTTP body (uvicorn's default is
-                # 16 MiB), and few may wait unread: the two multiply into a socket's memory.
-                ws_max_size=config.max_body_bytes,
-                ws_max_queue=4,
-            )
-            server = _Server(uv_config, asyncio.get_running_loop(), app.state.streams.drain)
+        runtime = Runtime(settings=settings, meter_provider=metrics.meter_provider)
+        data_dir = runtime.settings.data_dir
+        config, generated = await asyncio.to_thread(_token, config, data_dir)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}"
+
+        def ready() -> None:
             print(f"Jidoka {__version__} serving on {url}", file=out)
             print(f"  data: {data_dir} (store: {runtime.settings.store})", file=out)
             print(f"export JIDOKA_URL={url}", file=out)
@@ -191,12 +180,45 @@ async def serve(
                 print("  auth: OFF (--insecure-no-auth): anyone who can connect sees everything",
                       file=out)  # fmt: skip
             out.flush()
-            try:
-                await server.serve(sockets=[sock])
-            finally:
-                app.state.streams.drain()
-                sock.close()
-            logger.info("stopped accepting; closing the runtime (flushing the store)")
+
+        # The lifespan opens the runtime (recovering the stored sessions) before the first
+        # connection is accepted, and closes it (flushing the store) after the last one.
+        app = create_app(runtime, config, metrics=metrics, owns_runtime=True, on_ready=ready)
+        lifespan = lifespan_of(app)
+        _raise_fd_limit(config.max_connections)
+        # Connection limits live in the protocol (see .protocol): uvicorn's
+        # limit_concurrency is left off, it neither bounds open sockets nor counts right.
+        uv_config = uvicorn.Config(
+            app,
+            http=protocol_class(config),
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, round(config.shutdown_timeout)),
+            server_header=False,
+            # A WebSocket message is bounded like an HTTP body (uvicorn's default is
+            # 16 MiB), and few may wait unread: the two multiply into a socket's memory.
+            ws_max_size=config.max_body_bytes,
+            ws_max_queue=4,
+        )
+        quiet = _QuietStartupFailure(lifespan)
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addFilter(quiet)
+        try:
+            with exit_zero_after_signals():
+                await uvicorn.Server(uv_config).serve(sockets=[sock])
+        except SystemExit:
+            # uvicorn exits (code 3) when the lifespan's startup failed: said below instead.
+            if lifespan.startup_error is None:
+                raise
+        finally:
+            uvicorn_log.removeFilter(quiet)
+            sock.close()
+        if lifespan.startup_error is not None:
+            error = lifespan.startup_error
+            if isinstance(error, JidokaError | OSError):
+                raise error
+            raise JidokaError(f"the server did not start: {error!r}")
     except (JidokaError, OSError) as exc:
         print(f"jidoka: error: {exc}", file=sys.stderr)
         return 1
