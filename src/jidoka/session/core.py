@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -48,6 +48,12 @@ if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 __all__ = ["STATUS_DATA", "SessionCore"]
+
+#: :func:`~.postcommit.after_commit`, which takes the :class:`~.session.Session` that every
+#: ``SessionCore`` is; named once here for the base class (no ``cast`` call per commit).
+_after_commit = cast(
+    "Callable[[SessionCore, list[Event], Callable[[], object] | None, bool], None]", after_commit
+)
 
 
 #: Shared, read-only event payloads for the commonest status moves: an idle session's log then
@@ -121,7 +127,14 @@ class SessionCore:
         """:meth:`transition` for when :meth:`can_commit_nowait` holds."""
         previous = self.state.status
         data = STATUS_DATA.get((previous, to)) or {"status": to.value, "previous": previous}
-        waiting = self._begin(self._events([(EventType.SESSION_STATUS, data)]), None, False)
+        events = self._events([(EventType.SESSION_STATUS, data)])
+        settled = functools.partial(self._committed, events, None, False)
+        self._pending += 1
+        try:
+            waiting = self.services.append_nowait(self.state.session_id, events, settled)
+        except BaseException:
+            self._pending -= 1
+            raise
         assert waiting is None, "a store that commits inline returned something to await"
 
     def _events(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
@@ -155,26 +168,20 @@ class SessionCore:
                 self._drained = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._drained)
         events = self._events(items)
-        waiting = self._begin(events, after, activity)
-        if waiting is not None:
-            await waiting
-        return events
-
-    def _begin(
-        self, events: list[Event], after: Callable[[], object] | None, activity: bool
-    ) -> Awaitable[None] | None:
-        """Hand ``events`` to the store; it calls :meth:`_committed` when they are settled
-        (before this returns, for a store that commits inline)."""
         self._pending += 1
         try:
-            return self.services.append_nowait(
+            waiting = self.services.append_nowait(
                 self.state.session_id,
                 events,
                 functools.partial(self._committed, events, after, activity),
             )
         except BaseException:  # refused before it was taken: the store will not call back
-            self._settled()
+            self._pending -= 1
+            self._wake_drained()
             raise
+        if waiting is not None:
+            await waiting
+        return events
 
     def _committed(
         self,
@@ -183,13 +190,16 @@ class SessionCore:
         activity: bool,
         error: BaseException | None,
     ) -> None:
-        """The store settled an append: the post-commit section if it committed."""
-        self._settled()
-        if error is None:  # else nothing was stored: nothing follows
-            after_commit(cast("Session", self), events, after, activity)
-
-    def _settled(self) -> None:
+        """The store settled an append (before ``append_nowait`` returned, for a store that
+        commits inline): the post-commit section if it committed."""
         self._pending -= 1
+        if self._drained is not None:
+            self._wake_drained()
+        if error is None:  # else nothing was stored: nothing follows
+            _after_commit(self, events, after, activity)
+
+    def _wake_drained(self) -> None:
+        """Wake the commit that waits for the ones in flight, once none is."""
         if self._pending == 0 and self._drained is not None:
             self._drained.set_result(None)
             self._drained = None
