@@ -29,7 +29,6 @@ The commands themselves are :class:`~.session.Session`'s.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -48,6 +47,9 @@ if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 __all__ = ["STATUS_DATA", "SessionCore"]
+
+#: A commit handed to the store: its events, the command's follow-up, and whether it is activity.
+_InFlight = tuple[list[Event], "Callable[[], object] | None", bool]
 
 #: :func:`~.postcommit.after_commit`, which takes the :class:`~.session.Session` that every
 #: ``SessionCore`` is; named once here for the base class (no ``cast`` call per commit).
@@ -75,7 +77,7 @@ class SessionCore:
 
     __slots__ = (
         "_drained",
-        "_pending",
+        "_in_flight",
         "idle_since",
         "last_activity",
         "lock",
@@ -100,7 +102,11 @@ class SessionCore:
         self.timer_at: float | None = None  # `when` of this session's live timer entry
         self.terminating = False
         self.snapshot_seq = 0  # seq of the newest snapshot written (or loaded)
-        self._pending = 0  # commits handed to the store and not settled (see commit)
+        # The commit handed to the store and not settled yet: its events, ``after`` and
+        # ``activity``, for :meth:`_committed`. There is at most one: commits run under the
+        # lock, and one whose caller was cancelled is waited for by the next (``_drained``).
+        # So the store calls back one bound method, and no closure is made per commit.
+        self._in_flight: _InFlight | None = None
         self._drained: asyncio.Future[None] | None = None
 
     @property
@@ -120,7 +126,7 @@ class SessionCore:
             self.services.commits_inline
             and not self.lock.locked()
             and not self.terminating
-            and self._pending == 0
+            and self._in_flight is None
         )
 
     def transition_nowait(self, to: Status) -> None:
@@ -128,12 +134,11 @@ class SessionCore:
         previous = self.state.status
         data = STATUS_DATA.get((previous, to)) or {"status": to.value, "previous": previous}
         events = self._events([(EventType.SESSION_STATUS, data)])
-        settled = functools.partial(self._committed, events, None, False)
-        self._pending += 1
+        self._in_flight = (events, None, False)
         try:
-            waiting = self.services.append_nowait(self.state.session_id, events, settled)
+            waiting = self.services.append_nowait(self.state.session_id, events, self._committed)
         except BaseException:
-            self._pending -= 1
+            self._in_flight = None
             raise
         assert waiting is None, "a store that commits inline returned something to await"
 
@@ -163,46 +168,34 @@ class SessionCore:
         never falls behind the log and nothing the command implies is skipped; and it never
         raises.
         """
-        if self._pending:  # a cancelled caller's commit is still finishing
+        if self._in_flight is not None:  # a cancelled caller's commit is still finishing
             if self._drained is None:
                 self._drained = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._drained)
         events = self._events(items)
-        self._pending += 1
+        self._in_flight = (events, after, activity)
         try:
-            waiting = self.services.append_nowait(
-                self.state.session_id,
-                events,
-                functools.partial(self._committed, events, after, activity),
-            )
+            waiting = self.services.append_nowait(self.state.session_id, events, self._committed)
         except BaseException:  # refused before it was taken: the store will not call back
-            self._pending -= 1
-            self._wake_drained()
+            self._in_flight = None
             raise
         if waiting is not None:
             await waiting
         return events
 
-    def _committed(
-        self,
-        events: list[Event],
-        after: Callable[[], object] | None,
-        activity: bool,
-        error: BaseException | None,
-    ) -> None:
-        """The store settled an append (before ``append_nowait`` returned, for a store that
-        commits inline): the post-commit section if it committed."""
-        self._pending -= 1
-        if self._drained is not None:
-            self._wake_drained()
+    def _committed(self, error: BaseException | None) -> None:
+        """The store settled the commit in flight (before ``append_nowait`` returned, for a
+        store that commits inline): the post-commit section if it committed."""
+        in_flight = self._in_flight
+        assert in_flight is not None, "a store settled a commit twice"
+        events, after, activity = in_flight
+        self._in_flight = None
+        drained = self._drained
+        if drained is not None:  # the next commit waits for this one
+            self._drained = None
+            drained.set_result(None)
         if error is None:  # else nothing was stored: nothing follows
             _after_commit(self, events, after, activity)
-
-    def _wake_drained(self) -> None:
-        """Wake the commit that waits for the ones in flight, once none is."""
-        if self._pending == 0 and self._drained is not None:
-            self._drained.set_result(None)
-            self._drained = None
 
     def report_fault(self, step: Step, error: Exception) -> None:
         """A step after a commit failed: log it, let the runtime repair what it broke (see
