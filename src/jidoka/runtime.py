@@ -80,7 +80,7 @@ class Runtime:
             explicit["store"] = store
         elif store is not None:
             store_instance = store
-            explicit["store"] = "memory" if not getattr(store, "durable", False) else "sqlite"
+            explicit["store"] = "sqlite" if store.durable else "memory"
         explicit.update(overrides)
         if settings is None:
             self.settings = Settings.from_env(**explicit)
@@ -254,8 +254,8 @@ class Runtime:
     def counts(self) -> RuntimeCounts:
         """The integer counters behind the observable metrics."""
         manager, bus, cache = self._manager, self._bus, self._cache
-        published = getattr(bus, "published", 0)
-        lost = getattr(bus, "lost", 0)
+        published = bus.published if bus is not None else 0
+        lost = bus.lost if bus is not None else 0
         stats = cache.statistics() if cache is not None else None
         return RuntimeCounts(
             active_sessions=manager.live_count() if manager is not None else 0,

@@ -138,15 +138,14 @@ def _apply(plant: Plant) -> None:
 
 def _publish(plant: Plant) -> None:
     services = plant.runtime.manager.services
-    real = services.fast_publish
-    assert real is not None
+    real = services.publish_nowait
 
     def publish(event: Event) -> None:
         if plant.hits(event):
             plant.fail()
         real(event)
 
-    plant.monkeypatch.setattr(services, "fast_publish", publish)
+    plant.monkeypatch.setattr(services, "publish_nowait", publish)
 
 
 def _subscriber(plant: Plant) -> None:
@@ -373,13 +372,14 @@ async def test_a_caller_cancelled_after_the_commit_still_gets_its_effects(
     the call returned, so a cancelled caller left the session active for ever)."""
     client = runtime.client
     services = runtime.manager.services
-    real = services.append_future
-    assert real is not None
-    commits: list[asyncio.Future[None]] = []
+    real = services.append_nowait
+    commits: list[Awaitable[None]] = []
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def append_future(*args: Any) -> asyncio.Future[None]:
-        commits.append(real(*args))  # the store commits, and calls back, as usual
+    def append_nowait(*args: Any) -> Awaitable[None]:
+        waiting = real(*args)  # the store commits, and calls back, as usual
+        assert waiting is not None
+        commits.append(waiting)
         return gate  # but the caller waits here, until cancelled
 
     async with client.subscribe_to_all_sessions() as lifecycle:
@@ -388,7 +388,7 @@ async def test_a_caller_cancelled_after_the_commit_still_gets_its_effects(
         clock.advance(IDLE_AFTER)
         await until(lifecycle, "session_status", status="idle")
         async with client.subscribe_to_session(sid) as events:
-            monkeypatch.setattr(services, "append_future", append_future)
+            monkeypatch.setattr(services, "append_nowait", append_nowait)
             caller = asyncio.create_task(client.send_message(sid, "user", "hello"))
             await settle()
             assert len(commits) == 1
@@ -397,7 +397,7 @@ async def test_a_caller_cancelled_after_the_commit_still_gets_its_effects(
             with pytest.raises(asyncio.CancelledError):
                 await caller
             await asyncio.wait_for(commits[0], 10.0)
-            monkeypatch.setattr(services, "append_future", real)
+            monkeypatch.setattr(services, "append_nowait", real)
             woke = await next_event(events)
             added = await next_event(events)
         assert woke.data["status"] == "active"

@@ -401,7 +401,7 @@ async def test_migration_records_the_owners_of_live_sessions(tmp_path: Path, ver
     store = SqliteStore(path)
     await store.open()
     try:
-        live = await store.live_sessions()
+        live = [stored async for stored in store.live_sessions()]
     finally:
         await store.aclose()
     assert [(s.session_id, s.status, s.owner) for s in live] == [

@@ -136,9 +136,9 @@ async def test_leaving_unsubscribes(runtime: jidoka.Runtime) -> None:
     sid = await client.create_session()
     bus = runtime.bus
     async with client.subscribe_to_session(sid), client.subscribe_to_all_sessions():
-        assert bus.subscriber_count(sid) == 1  # type: ignore[attr-defined]
-        assert bus.subscriber_count(None) == 1  # type: ignore[attr-defined]
-    assert bus.subscriber_count(sid) == 0  # type: ignore[attr-defined]
+        assert bus.subscriber_count(sid) == 1
+        assert bus.subscriber_count(None) == 1
+    assert bus.subscriber_count(sid) == 0
     assert bus.topics() == frozenset()  # type: ignore[attr-defined]
 
 

@@ -110,3 +110,73 @@ async def test_closed_bus_refuses_subscriptions(make_bus: Callable[[int], EventB
     with pytest.raises(RuntimeClosed):
         async with bus.subscribe(A):
             pass
+
+
+async def test_publish_nowait_delivers_as_publish_does(
+    make_bus: Callable[[int], EventBus], log: MemoryStore
+) -> None:
+    """The post-commit section publishes with ``publish_nowait`` (it must not await): same
+    topics, same order, and the ``published`` counter counts both ways."""
+    bus = make_bus(10)
+    before = bus.published
+    async with bus.subscribe(A) as a, bus.subscribe(None) as everyone:
+        for item in (event(A, 1, EventType.SESSION_CREATED), event(B, 1), event(A, 2)):
+            await log.append(item.session_id, [item])
+            bus.publish_nowait(item)
+        await publish(bus, log, event(A, 3))
+        assert [e.seq for e in await take(a, 3)] == [1, 2, 3]
+        assert [(e.session_id, e.seq) for e in await take(everyone, 1)] == [(A, 1)]
+        assert a.get_nowait() is None
+    assert bus.published - before == 4
+
+
+async def test_subscriber_count_per_topic(make_bus: Callable[[int], EventBus]) -> None:
+    bus = make_bus(10)
+    assert (bus.subscriber_count(A), bus.subscriber_count(None)) == (0, 0)
+    async with bus.subscribe(A), bus.subscribe(A), bus.subscribe(None):
+        assert bus.subscriber_count(A) == 2
+        assert bus.subscriber_count(B) == 0
+        assert bus.subscriber_count(None) == 1
+    assert (bus.subscriber_count(A), bus.subscriber_count(None)) == (0, 0)
+
+
+async def test_lost_counts_what_subscribers_were_told_they_missed(
+    make_bus: Callable[[int], EventBus], log: MemoryStore
+) -> None:
+    """The global topic has no log to catch up from: an overflow costs events, one marker
+    says how many, and ``lost`` counts them."""
+    bus = make_bus(2)
+    before = bus.lost
+    async with bus.subscribe(None) as everyone:
+        for n in range(1, 6):
+            await publish(bus, log, event(f"{n}" * 26, 1, EventType.SESSION_CREATED))
+        seen = await take(everyone, 3)
+    assert [e.type for e in seen] == [EventType.SESSION_CREATED] * 2 + [EventType.EVENTS_DROPPED]
+    assert seen[-1].data["count"] == 3
+    assert bus.lost - before == 3
+
+
+async def test_publish_nowait_on_a_closed_bus_is_dropped(
+    make_bus: Callable[[int], EventBus], log: MemoryStore
+) -> None:
+    """After ``aclose`` nobody is subscribed: a late publish (a session's last commit racing
+    the shutdown) goes nowhere, and never raises into the post-commit section."""
+    bus = make_bus(10)
+    await bus.aclose()
+    bus.publish_nowait(event(A, 1))
+    await bus.publish(event(A, 2))
+    assert bus.subscriber_count(A) == 0
+
+
+async def test_a_stalled_stream_of_an_ended_session_loses_nothing(
+    make_bus: Callable[[int], EventBus], log: MemoryStore
+) -> None:
+    """A subscriber far behind when its session ends gets every event all the same, even once
+    the store has let go of the log (the memory store frees it on release)."""
+    bus = make_bus(3)
+    async with bus.subscribe(A) as a:
+        await publish(bus, log, *(event(A, n) for n in range(1, 21)))
+        await bus.close_session(A)
+        await log.release(A)
+        assert [e.seq for e in await drain(a)] == list(range(1, 21))
+        assert a.statistics().dropped == 0

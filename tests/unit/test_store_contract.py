@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,19 @@ async def open_sqlite(tmp_path: Path) -> SessionStore:
 STORES: dict[str, Callable[[Path], Awaitable[SessionStore]]] = {
     "memory": open_memory,
     "sqlite": open_sqlite,
+}
+
+
+async def open_small_sqlite(tmp_path: Path) -> SessionStore:
+    store = SqliteStore(tmp_path / "small.sqlite3", max_database_bytes=64 * 1024)
+    await store.open()
+    return store
+
+
+#: Stores whose commit can fail (a disk that fills up), each opened so that it soon does. The
+#: memory store has no such failure: it refuses a batch at once or stores it.
+SMALL_STORES: dict[str, Callable[[Path], Awaitable[SessionStore]]] = {
+    "sqlite": open_small_sqlite,
 }
 
 
@@ -124,7 +138,7 @@ async def test_live_sessions_follow_lifecycle_events(store: SessionStore) -> Non
                            status(A, 2, EventType.SESSION_STATUS, status="active")])  # fmt: skip
     await store.append(B, [status(B, 1, EventType.SESSION_CREATED, status="initializing")])
     await store.append(B, [status(B, 2, EventType.SESSION_TERMINATED, reason="requested")])
-    live = await store.live_sessions()
+    live = [stored async for stored in store.live_sessions()]
     if store.durable:
         assert [(s.session_id, s.status, s.last_seq) for s in live] == [(A, "active", 2)]
     else:
@@ -148,7 +162,7 @@ async def test_live_sessions_record_the_owner(store: SessionStore) -> None:
     restored = {"owner": "dave", "session_id": C}  # a saved copy (only its owner matters here)
     await store.append(C, [event(C, 3, created, status="initializing", state=restored)])
     await store.append(D, [event(D, 1, created, status="initializing", owner=7)])  # malformed
-    live = await store.live_sessions()
+    live = [stored async for stored in store.live_sessions()]
     if store.durable:
         assert [(s.session_id, s.status, s.last_seq, s.owner) for s in live] == [
             (A, "idle", 3, "alice"),
@@ -212,3 +226,158 @@ async def test_read_events_bounded_by_bytes(store: SessionStore) -> None:
         assert len(page) == 3  # 10 KB each: the third reaches 25 KB
     whole = await store.read_events(A, after_seq=0, max_bytes=1 << 30)
     assert [e.seq for e in whole] == list(range(1, 21))
+
+
+# --- the non-blocking append: the path every session command commits by -------------------------
+
+
+class Settled:
+    """An ``on_done`` that records what it is told, and lets a test wait for it."""
+
+    def __init__(self) -> None:
+        self.calls: list[BaseException | None] = []
+        self.called = asyncio.get_running_loop().create_future()
+
+    def __call__(self, error: BaseException | None) -> None:
+        self.calls.append(error)
+        if not self.called.done():
+            self.called.set_result(None)
+
+
+async def seqs(store: SessionStore, session_id: str) -> list[int]:
+    return [e.seq for e in await store.read_events(session_id)]
+
+
+async def test_append_nowait_commits_then_calls_back_once(store: SessionStore) -> None:
+    settled = Settled()
+    waiting = store.append_nowait(A, events(A, 1, 3), settled)
+    if store.commits_inline:
+        assert waiting is None  # committed, and called back, before it returned
+        assert settled.calls == [None]
+    if waiting is not None:
+        await waiting
+    assert settled.calls == [None]  # called before the awaitable completed, and once
+    assert await seqs(store, A) == [1, 2, 3]
+    waiting = store.append_nowait(A, events(A, 4, 1))  # on_done is optional
+    if waiting is not None:
+        await waiting
+    assert await store.last_seq(A) == 4
+
+
+async def test_append_nowait_is_not_cancelled_with_its_awaiter(store: SessionStore) -> None:
+    """A caller cancelled while its append commits: the append goes on, and ``on_done`` still
+    learns it committed (the session applies its events there)."""
+    settled = Settled()
+    waiting = store.append_nowait(A, events(A, 1, 2), settled)
+    if waiting is not None:
+
+        async def wait() -> None:
+            await waiting
+
+        caller = asyncio.ensure_future(wait())
+        await asyncio.sleep(0)  # one turn: the caller now waits on the append
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    async with asyncio.timeout(10):
+        await settled.called
+    assert settled.calls == [None]
+    assert await seqs(store, A) == [1, 2]
+
+
+async def test_append_nowait_refuses_a_malformed_batch_at_once(store: SessionStore) -> None:
+    """What can be judged before anything is queued raises at once; ``on_done`` is not called."""
+    settled = Settled()
+    hole = [*events(A, 1, 1), *events(A, 3, 1)]
+    with pytest.raises(SeqConflict):
+        store.append_nowait(A, hole, settled)
+    with pytest.raises(SeqConflict):
+        store.append_nowait(A, events(B, 1, 1), settled)  # another session's events
+    assert settled.calls == []
+    assert await store.last_seq(A) == 0
+
+
+async def test_append_nowait_conflicting_with_the_log(store: SessionStore) -> None:
+    """A batch that does not follow the stored log is refused whole: at once (no call back), or
+    at commit time through ``on_done`` and the awaitable, with the same error."""
+    await store.append(A, events(A, 1, 3))
+    settled = Settled()
+    try:
+        waiting = store.append_nowait(A, events(A, 2, 2), settled)
+    except SeqConflict as exc:
+        assert exc.expected == 4
+        assert settled.calls == []
+    else:
+        assert waiting is not None  # not committed, so not settled before it returned
+        with pytest.raises(SeqConflict) as info:
+            await waiting
+        assert settled.calls == [info.value]
+        assert info.value.expected == 4
+    assert await seqs(store, A) == [1, 2, 3]
+    await store.append(A, events(A, 4, 1))  # the log goes on where it was
+
+
+async def test_closed_store_refuses_append_nowait_at_once(store: SessionStore) -> None:
+    await store.aclose()
+    settled = Settled()
+    with pytest.raises(RuntimeClosed):
+        store.append_nowait(A, events(A, 1, 1), settled)
+    assert settled.calls == []
+
+
+@pytest.fixture(params=sorted(SMALL_STORES))
+async def small_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SessionStore]:
+    instance = await SMALL_STORES[request.param](tmp_path)
+    yield instance
+    await instance.aclose()
+
+
+async def test_a_failed_commit_stores_nothing_and_says_so(small_store: SessionStore) -> None:
+    """A commit that fails (the disk is full) reports a StoreError naming the session through
+    ``on_done`` and the awaitable; nothing of the batch is stored, and the store still serves."""
+    store = small_store
+    failure: BaseException | None = None
+    seq = 0
+    for _ in range(200):
+        settled = Settled()
+        batch = [
+            Event(EventType.CONVERSATION_ADDED, A, seq + n, T0, {"content": "x" * 4_000})
+            for n in (1, 2)
+        ]
+        try:
+            waiting = store.append_nowait(A, batch, settled)
+            assert waiting is not None  # a store that can fail a commit cannot commit inline
+            await waiting
+        except StoreError as exc:
+            failure = exc
+            assert settled.calls == [exc]
+            break
+        assert settled.calls == [None]
+        seq += 2
+    assert failure is not None, "the store never filled up"
+    assert isinstance(failure, StoreError)
+    assert not isinstance(failure, SeqConflict)
+    assert failure.session_id == A
+    assert await store.last_seq(A) == seq  # nothing of the failed batch
+    assert await seqs(store, A) == list(range(1, seq + 1))
+    await store.ping()
+
+
+async def test_live_sessions_are_read_page_by_page(store: SessionStore) -> None:
+    """Every live session, in id order, whatever the page size (paging never skips or repeats
+    one); terminated ones are left out."""
+    ids = [chr(ord("A") + n) * 26 for n in range(7)]
+    for n, sid in enumerate(ids):
+        created = Event(EventType.SESSION_CREATED, sid, 1, T0, {"status": "initializing"})
+        await store.append(sid, [created])
+        if n % 3 == 1:
+            ended = Event(EventType.SESSION_TERMINATED, sid, 2, T0, {"reason": "requested"})
+            await store.append(sid, [ended])
+    live = [sid for n, sid in enumerate(ids) if n % 3 != 1]
+    for page_size in (1, 2, 4, 5, 100):
+        found = [s.session_id async for s in store.live_sessions(page_size=page_size)]
+        assert found == (live if store.durable else [])
+    with pytest.raises(ValueError, match="at least 1"):
+        [s async for s in store.live_sessions(page_size=0)]

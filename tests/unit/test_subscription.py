@@ -140,3 +140,27 @@ async def test_finish_leaves_a_kept_log_to_be_read_page_by_page() -> None:
         seqs = [e.seq async for e in subscription]
     assert seqs == list(range(1, 11))
     assert subscription.statistics().dropped == 0
+
+
+async def test_finish_reads_a_log_about_to_be_freed_a_page_at_a_time() -> None:
+    """From a store that frees the log next (keeps_logs=False), finish() reads what is still
+    to be caught up before it goes, but a page (queue_size events) per read: never the whole
+    log in one read."""
+    store = MemoryStore()
+    for seq in range(1, 11):
+        await store.append(A, [event(seq)])
+    limits: list[int] = []
+
+    async def reader(session_id: str, after: int, limit: int) -> list[Event]:
+        limits.append(limit)
+        return await store.read_events(session_id, after_seq=after, limit=limit)
+
+    subscription = Subscription(A, queue_size=3, reader=reader, now=lambda: 0.0, after_seq=0)
+    await subscription.finish()
+    assert set(limits) == {3}
+    assert len(limits) == 5  # four pages of at most three, then the empty read that ends it
+    await store.release(A)  # the memory store frees the log: the stream has what it needs
+    async with asyncio.timeout(PROMPTLY):
+        seqs = [e.seq async for e in subscription]
+    assert seqs == list(range(1, 11))
+    assert subscription.statistics().dropped == 0

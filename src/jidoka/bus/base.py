@@ -19,6 +19,10 @@ events are not queued. Once the consumer has drained its queue:
   marker (``session_id`` ``""``, ``seq`` 0, ``data.count``) and resumes with live events.
 
 A publisher or another subscriber is never slowed by a slow one.
+
+Nothing in :class:`EventBus` assumes the subscribers share the publisher's memory: publishing
+hands an event over without waiting (a bus that crosses processes sends it in the background),
+and the counters and ``subscriber_count`` speak of this process's side only.
 """
 
 from __future__ import annotations
@@ -132,10 +136,11 @@ class Subscription:
         self._wake()
 
     async def finish(self) -> None:
-        """The session is ending: close. A store that may free the log next (the memory
-        store) is read now for every event still to be caught up, so the queue may exceed its
-        bound by that much (events that store holds in memory anyway); from one that keeps
-        logs, catching up goes on page by page as the consumer reads."""
+        """The session is ending: close. From a store that keeps logs, catching up goes on
+        page by page as the consumer reads, and nothing is read here. A store that may free
+        the log next (the memory store) is read now for every event still to be caught up, a
+        page (``queue_size`` events) per read, so the queue may exceed its bound by that much:
+        references to events that store holds in memory anyway, never one unbounded read."""
         if (
             self._catching_up
             and not self._keeps_logs
@@ -144,13 +149,14 @@ class Subscription:
         ):
             while True:
                 seen = self._latest_seen
-                events = await self._reader(self.session_id, self._last_seq, 1 << 62)
+                events = await self._reader(self.session_id, self._last_seq, self.queue_size)
                 events = [e for e in events if e.seq > self._last_seq]
                 if events:
                     if events[0].seq > self._last_seq + 1:
                         self._queue.append(self._gap(self._last_seq + 1, events[0].seq - 1))
                     self._queue.extend(events)
                     self._last_seq = events[-1].seq
+                    continue  # the next page
                 if self._latest_seen <= max(seen, self._last_seq):
                     break  # nothing was published while the read ran that it may have missed
             self._catching_up = False
@@ -276,9 +282,26 @@ class Subscription:
 class EventBus(Protocol):
     """Delivers published events to the subscriptions of their topics."""
 
+    @property
+    def published(self) -> int:
+        """Events this process has handed to the bus (a counter for telemetry)."""
+        ...
+
+    @property
+    def lost(self) -> int:
+        """Events this process's subscribers were told they missed (``events_dropped``)."""
+        ...
+
+    def publish_nowait(self, event: Event) -> None:
+        """Hand ``event`` over for delivery to its session's topic (and, for lifecycle events,
+        the global one) without waiting: what the post-commit section calls, which must not
+        await. Waits on no subscriber; a bus that crosses processes queues the event and sends
+        it in the background. A closed bus drops it: nobody is subscribed any more."""
+        ...
+
     async def publish(self, event: Event) -> None:
-        """Deliver ``event`` to its session's topic (and, for lifecycle events, the global one).
-        Must not wait on any subscriber."""
+        """:meth:`publish_nowait`, then wait until the event has left this process (at once
+        for a bus in memory); for publishers that may wait, such as tests and tools."""
         ...
 
     def subscribe(
@@ -286,6 +309,11 @@ class EventBus(Protocol):
     ) -> AbstractAsyncContextManager[Subscription]:
         """Subscribe to one session (or all, with ``None``); leaving the context unsubscribes.
         With ``after_seq``, events after that seq are replayed from the store first."""
+        ...
+
+    def subscriber_count(self, session_id: str | None = None) -> int:
+        """Subscriptions held in this process on one session's topic (on the global topic
+        with ``None``): whether ending a session's streams may have to wait on a reader."""
         ...
 
     async def close_session(self, session_id: str) -> None:

@@ -168,9 +168,10 @@ class Lifecycle:
             session.report_fault(Step.TELEMETRY, exc)
 
     def never_waits(self) -> bool:
-        """True if the store and bus never wait: a commit then has no suspension point, so
-        nothing can cancel a run of commits halfway and it needs no task of its own."""
-        return self._services.fast_append is not None and self._services.fast_publish is not None
+        """True if the store commits inline (and a bus never waits): a commit then has no
+        suspension point, so nothing can cancel a run of commits halfway and it needs no task
+        of its own."""
+        return self._services.commits_inline
 
     def _json_object(self, value: object, argument: str, limit: int) -> dict[str, Any]:
         if value is None:
@@ -262,13 +263,11 @@ class Lifecycle:
         supervisor = session.supervisor
         if self._tasks.owns(current) or (supervisor is not None and current in supervisor.tasks()):
             return True
-        subscribers = getattr(self._services.bus, "subscriber_count", None)
         return (
             supervisor is None
             and self.never_waits()
             and not session.lock.locked()
-            and subscribers is not None
-            and subscribers(session.session_id) == 0
+            and self._services.bus.subscriber_count(session.session_id) == 0
         )
 
     async def _terminate_now(self, session: Session, reason: str, error: str | None) -> SessionInfo:

@@ -11,7 +11,6 @@ what a failure of each costs are named by :class:`Step`.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable
@@ -69,7 +68,8 @@ def after_commit(
        the projection from the log, under the session's lock, or terminates the session
        with ``error`` if the log cannot be replayed either (``Recovery.rebuild_soon``).
        Until then, reads may see the state from before the event.
-    2. **Publish** each event (one failing costs subscribers that event, not the others).
+    2. **Publish** each event, without waiting (``EventBus.publish_nowait``; one failing
+       costs subscribers that event, not the others).
     3. The command's own **follow-up** (``after``: the file cache, counters).
     4. For a client command, the runtime's ``after_command`` hook (idle timer, snapshot).
     """
@@ -83,15 +83,12 @@ def after_commit(
             state.seq, state.updated_at = last.seq, last.time
         report_fault(session, Step.APPLY, exc)
     services = session.services
-    publish = services.fast_publish
-    if publish is None:
-        _publish_later(session, events)
-    else:
-        for event in events:
-            try:
-                publish(event)
-            except Exception as exc:
-                report_fault(session, Step.PUBLISH, exc)
+    publish = services.publish_nowait
+    for event in events:
+        try:
+            publish(event)
+        except Exception as exc:
+            report_fault(session, Step.PUBLISH, exc)
     if after is not None:
         try:
             after()
@@ -102,26 +99,6 @@ def after_commit(
             services.after_command(session)
         except Exception as exc:  # the hook guards its own steps: a last resort
             report_fault(session, Step.IDLE_TIMER, exc)
-
-
-def _publish_later(session: Session, events: list[Event]) -> None:
-    """Publish on a bus that must be awaited, in a task of its own: neither the caller
-    nor the store's callback waits for it."""
-    bus = session.services.bus
-
-    async def publish_all() -> None:
-        for event in events:
-            try:
-                await bus.publish(event)
-            except Exception as exc:
-                report_fault(session, Step.PUBLISH, exc)
-
-    tasks = session.services.publishing
-    task = asyncio.get_running_loop().create_task(
-        publish_all(), name=f"jidoka:{session.state.session_id}:publish"
-    )
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
 
 
 def report_fault(session: Session, step: Step, error: Exception) -> None:

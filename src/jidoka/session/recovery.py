@@ -75,16 +75,17 @@ class Recovery:
         self._rebuilding: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
-        """Find the sessions the store kept alive; they load lazily."""
+        """Find the sessions the store kept alive, page by page; they load lazily."""
         self._started_at = self._clock.monotonic()
-        recovered = await self._services.store.live_sessions()
         # Their configs are unknown until loaded: look at them after the default idle period.
         check = self._started_at + self._default_config.idle_after_seconds
-        for stored in recovered:
+        found = 0
+        async for stored in self._services.store.live_sessions():
             self._registry.dormant[stored.session_id] = stored
             self._idle.watch(stored.session_id, check)
-        if recovered:
-            logger.info("found %d live sessions in the store", len(recovered))
+            found += 1
+        if found:
+            logger.info("found %d live sessions in the store", found)
 
     # --- loading ----------------------------------------------------------------------------------
 

@@ -6,25 +6,43 @@ Postgres store are interchangeable; one contract test suite runs against every i
 
 Two promises every implementation keeps:
 
-- ``append`` is all-or-nothing for its batch and refuses a batch that does not start right after
+- an append is all-or-nothing for its batch and refuses a batch that does not start right after
   the last stored event (:class:`SeqConflict`): ``(session_id, seq)`` is unique, so two writers can
   never both win;
-- when ``append`` returns, the events are stored as durably as the store promises (``durable``);
-  events are published to subscribers only after that.
+- when an append is acknowledged, the events are stored as durably as the store promises
+  (``durable``); events are published to subscribers only after that.
+
+Nothing here assumes the store shares the process's memory: every call that may go to disk or
+over the network is a coroutine (or, for the session's commit, hands back something to await),
+results are values, and start-up reads the live sessions page by page (``live_sessions``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
 from ..errors import StoreError
 from ..events import Event
 
-__all__ = ["SavedSession", "SeqConflict", "SessionStore", "StoredSession"]
+__all__ = [
+    "LIVE_SESSIONS_PAGE",
+    "OnCommitted",
+    "SavedSession",
+    "SeqConflict",
+    "SessionStore",
+    "StoredSession",
+]
+
+#: Called once when an append taken by ``append_nowait`` is settled: with ``None`` once it is
+#: committed, with the error if nothing of it was stored.
+OnCommitted = Callable[[BaseException | None], None]
+
+#: How many live sessions ``live_sessions`` reads at a time by default.
+LIVE_SESSIONS_PAGE: Final = 500
 
 
 class StoredSession(msgspec.Struct, frozen=True):
@@ -65,11 +83,44 @@ class SeqConflict(StoreError):
 class SessionStore(Protocol):
     """Where session logs are kept."""
 
-    #: Whether an acknowledged append survives the process dying.
-    durable: bool
+    @property
+    def durable(self) -> bool:
+        """Whether an acknowledged append survives the process dying."""
+        ...
+
+    @property
+    def commits_inline(self) -> bool:
+        """Whether ``append_nowait`` has always committed by the time it returns (a store in
+        this process's memory). A session's commit then has no suspension point, which the
+        runtime uses to do small things on the spot instead of in a task of their own."""
+        ...
+
+    def append_nowait(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        on_done: OnCommitted | None = None,
+    ) -> Awaitable[None] | None:
+        """Start appending ``events`` (consecutive seqs of one session) without waiting: the
+        path every session command commits by. Called on the event loop; never blocks.
+
+        A batch refused before anything is queued (not consecutive, another session's, the
+        store closed) raises here, and ``on_done`` is never called. Otherwise the store has
+        taken the batch, and ``on_done(error)`` is called exactly once, on the loop: ``None``
+        when the batch is committed, else the :class:`~jidoka.StoreError` (a
+        :class:`SeqConflict` found at commit time, a failed commit) with nothing stored. It is
+        called before the returned awaitable completes, and even if whoever awaits it was
+        cancelled meanwhile: cancelling the awaiter never cancels the append, so the session
+        layer can apply committed events there and never fall behind its log.
+
+        Returns ``None`` if the batch was committed before this returned (``on_done(None)``
+        has run; a store with ``commits_inline`` always does), else an awaitable that
+        completes when ``on_done`` has run and raises what it was given."""
+        ...
 
     async def append(self, session_id: str, events: Sequence[Event]) -> None:
-        """Store ``events`` (consecutive seqs of one session) atomically, or raise StoreError."""
+        """Store ``events`` (consecutive seqs of one session) atomically, or raise StoreError:
+        ``append_nowait`` awaited, for callers outside a session's commit."""
         ...
 
     async def read_events(
@@ -101,10 +152,13 @@ class SessionStore(Protocol):
         """The newest snapshot ``(seq, state)``, or ``None``."""
         ...
 
-    async def live_sessions(self) -> list[StoredSession]:
+    def live_sessions(self, *, page_size: int = LIVE_SESSIONS_PAGE) -> AsyncIterator[StoredSession]:
         """Sessions whose log does not end in termination (what comes back after a restart),
         by session id, each with its status, last seq and owner: the owner as recorded by the
-        session's latest ``session_created`` event (its saved copy's, for a restored one)."""
+        session's latest ``session_created`` event (its saved copy's, for a restored one).
+
+        Read ``page_size`` at a time, each page starting after the last id of the one before,
+        so start-up never asks for (nor holds in one answer) every stored session at once."""
         ...
 
     async def save(self, saved: SavedSession, state: bytes) -> None:

@@ -9,11 +9,11 @@ log is freed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from ..errors import RuntimeClosed
 from ..events import Event
-from .base import SavedSession, SeqConflict, StoredSession
+from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, SeqConflict, StoredSession
 
 __all__ = ["MemoryStore"]
 
@@ -30,6 +30,7 @@ class MemoryStore:
     """Session logs in process memory."""
 
     durable = False
+    commits_inline = True  # an append is a list extend: it is done when the call returns
 
     def __init__(self, *, max_events_per_session: int = 100_000) -> None:
         if max_events_per_session < 1:
@@ -43,8 +44,14 @@ class MemoryStore:
     async def append(self, session_id: str, events: Sequence[Event]) -> None:
         self.append_nowait(session_id, events)
 
-    def append_nowait(self, session_id: str, events: Sequence[Event]) -> None:
-        """Synchronous append: the memory store never has to wait."""
+    def append_nowait(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        on_done: OnCommitted | None = None,
+    ) -> None:
+        """Append at once: committed (and ``on_done(None)`` called) when this returns, or
+        refused by raising (``on_done`` then never called)."""
         self._check_open(session_id)
         log = self._logs.get(session_id)
         if log is None:
@@ -58,6 +65,8 @@ class MemoryStore:
         if excess > self.max_events_per_session // 4:
             del log.events[:excess]
             log.first_seq += excess
+        if on_done is not None:
+            on_done(None)
 
     async def read_events(
         self,
@@ -85,8 +94,16 @@ class MemoryStore:
     async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
         return self._snapshots.get(session_id)
 
-    async def live_sessions(self) -> list[StoredSession]:
-        return []  # a new process starts with an empty memory store
+    async def live_sessions(
+        self, *, page_size: int = LIVE_SESSIONS_PAGE
+    ) -> AsyncIterator[StoredSession]:
+        """None: a new process starts with an empty memory store, and nothing outlives it."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._check_open(None)
+        nothing: tuple[StoredSession, ...] = ()
+        for stored in nothing:
+            yield stored
 
     async def save(self, saved: SavedSession, state: bytes) -> None:
         self._check_open(saved.session_id)

@@ -1,0 +1,215 @@
+"""The SQLite store's schema: its tables, how a row's values are encoded, and migrations.
+
+``PRAGMA user_version`` records the schema version. Opening an older database migrates it forward
+in one transaction (:func:`migrate`); a newer one is refused with :class:`SchemaError`. The
+helpers that turn an event into its row and its ``sessions`` summary live here too, because the
+writer and the migrations must agree on them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+
+from ..errors import StoreError
+from ..events import Event, EventType
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SchemaError",
+    "created_owner",
+    "decode_object",
+    "encode",
+    "from_us",
+    "max_seq",
+    "migrate",
+    "status_after",
+    "to_us",
+]
+
+SCHEMA_VERSION: Final = 4
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+_SCHEMA: Final = """
+CREATE TABLE events (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    time_us INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (session_id, seq)
+);
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    updated_us INTEGER NOT NULL,
+    owner TEXT
+) WITHOUT ROWID;
+CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated';
+CREATE TABLE snapshots (
+    session_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE TABLE saved_sessions (
+    session_id TEXT PRIMARY KEY,
+    saved_us INTEGER NOT NULL,
+    message_count INTEGER NOT NULL,
+    metadata BLOB NOT NULL,
+    state BLOB NOT NULL,
+    owner TEXT
+);
+"""
+
+
+class SchemaError(StoreError):
+    """The database's schema version is newer than this version of Jidoka understands."""
+
+
+def to_us(when: datetime) -> int:
+    """A time as integer microseconds since the epoch (how rows store it)."""
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+encode: Final = msgspec.json.Encoder().encode
+decode_object: Final = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def max_seq(conn: sqlite3.Connection, session_id: str) -> int:
+    row = conn.execute("SELECT max(seq) FROM events WHERE session_id = ?", (session_id,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def status_after(status: str | None, event: Event) -> str | None:
+    """The session's status once ``event`` is stored (``status`` if it does not change it)."""
+    if event.type == EventType.SESSION_CREATED or event.type == EventType.SESSION_STATUS:
+        value = event.data.get("status")
+        return value if isinstance(value, str) else status
+    if event.type == EventType.SESSION_TERMINATED:
+        return "terminated"
+    return status
+
+
+def created_owner(data: dict[str, Any]) -> str | None:
+    """The owner a ``session_created`` event's data records: its own ``owner`` for a new
+    session, its saved copy's (``state``) for a restored one; ``None`` for anything else, so a
+    malformed event never stops a write or a migration (loading the session will judge it)."""
+    saved = data.get("state")
+    if saved is not None:
+        owner = saved.get("owner") if isinstance(saved, dict) else None
+    else:
+        owner = data.get("owner")
+    return owner if isinstance(owner, str) else None
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION` in one transaction (or refuse)."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database {path} has schema version {version}, newer than this version "
+                f"of Jidoka supports ({SCHEMA_VERSION}); upgrade Jidoka to open it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 0:
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if tables:
+                    raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
+                _execute_script(conn, _SCHEMA)
+            elif version == 1:
+                _migrate_from_v1(conn)  # rebuilds every table in its current form
+            else:
+                # Each step takes the schema one version further, in order.
+                if version < 3:
+                    # v3: saved sessions record the principal that owns them.
+                    conn.execute("ALTER TABLE saved_sessions ADD COLUMN owner TEXT")
+                if version < 4:
+                    # v4: so do live sessions, so the owner is known without loading them.
+                    conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
+                    _backfill_session_owners(conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot prepare the database {path}: {exc}") from exc
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run DDL statements one by one (``executescript`` would commit our transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _backfill_session_owners(conn: sqlite3.Connection) -> None:
+    """Fill ``sessions.owner`` from each session's latest ``session_created`` event (what the
+    writer records from version 4 on). Data that does not decode leaves the owner ``NULL``:
+    the migration never fails on it, and loading that session will report it as corrupt."""
+    rows = conn.execute(
+        "SELECT e.session_id, e.data FROM events AS e JOIN"
+        " (SELECT session_id, max(seq) AS seq FROM events WHERE type = ? GROUP BY session_id)"
+        " AS c ON e.session_id = c.session_id AND e.seq = c.seq",
+        (EventType.SESSION_CREATED.value,),
+    ).fetchall()
+    owners = []
+    for session_id, data in rows:
+        try:
+            owner = created_owner(decode_object(data))
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):  # not JSON bytes
+            continue
+        if owner is not None:
+            owners.append((owner, session_id))
+    conn.executemany("UPDATE sessions SET owner = ? WHERE session_id = ?", owners)
+
+
+def _migrate_from_v1(conn: sqlite3.Connection) -> None:
+    """Version 1 kept only ``events(session_id, seq, type, time TEXT, data TEXT)``.
+
+    Later versions store times as integer microseconds and data as JSON bytes, and add the
+    ``sessions`` summary (status, owner), snapshots and saved sessions: the tables are built
+    in their current form and the summary is computed from the events.
+    """
+    conn.execute("ALTER TABLE events RENAME TO events_v1")
+    _execute_script(conn, _SCHEMA)
+    rows = conn.execute(
+        "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
+    ).fetchall()
+    status: dict[str, tuple[str | None, int, int]] = {}
+    owners: dict[str, str | None] = {}
+    for session_id, seq, type_, time_text, data in rows:
+        when = datetime.fromisoformat(time_text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?)", (session_id, seq, type_, to_us(when), raw)
+        )
+        try:
+            payload = decode_object(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            payload = {}
+        previous = status.get(session_id, (None, 0, 0))[0]
+        event = Event(type_, session_id, seq, when, payload)
+        status[session_id] = (status_after(previous, event), seq, to_us(when))
+        if type_ == EventType.SESSION_CREATED:
+            owners[session_id] = created_owner(payload)
+    for session_id, (state, _last_seq, updated) in status.items():
+        conn.execute(
+            "INSERT INTO sessions (session_id, status, updated_us, owner) VALUES (?, ?, ?, ?)",
+            (session_id, state or "active", updated, owners.get(session_id)),
+        )
+    conn.execute("DROP TABLE events_v1")
