@@ -247,6 +247,32 @@ class Client:
 
     # --- events ---------------------------------------------------------------------------------
 
+    async def read_events(
+        self, session_id: str, *, after_seq: int = 0, limit: int = 100
+    ) -> list[Event]:
+        """Up to ``limit`` of the session's stored events after ``after_seq``, oldest first.
+
+        The log itself, page by page, for a client that catches up or audits without holding
+        a stream open; a terminated session's history stays readable where the store keeps
+        logs (SQLite; the memory store frees them). A page is bounded in bytes too
+        (``subscriber_page_bytes``), so it may hold fewer than ``limit``: read on from the last
+        event's ``seq`` until a page comes back empty.
+        """
+        for name, value, low in (("after_seq", after_seq, 0), ("limit", limit, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidArgument(
+                    f"{name} must be an integer >= {low}, got {value!r}",
+                    argument=name,
+                    session_id=session_id if isinstance(session_id, str) else None,
+                )
+        info = await self._manager.info(session_id)
+        return await self._manager.services.store.read_events(
+            info.session_id,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=self._manager.settings.subscriber_page_bytes,
+        )
+
     @asynccontextmanager
     async def subscribe_to_session(
         self, session_id: str, *, after_seq: int | None = None

@@ -211,6 +211,11 @@ async def _list_sessions(c: ScopedClient, a: Any) -> wire.SessionPage:
     return wire.SessionPage(sessions=page, next_cursor=cursor)
 
 
+async def _read_events(c: ScopedClient, a: Any) -> wire.EventList:
+    events = await c.client.read_events(a.session_id, after_seq=a.after_seq, limit=a.limit)
+    return wire.EventList(events=events)
+
+
 async def _terminate_session(c: ScopedClient, a: Any) -> SessionInfo:
     return await c.client.terminate_session(a.session_id, reason=a.reason)
 
@@ -380,6 +385,14 @@ VERBS: Final[tuple[Verb, ...]] = (
     Verb("delete_saved_session", "DELETE", _SAVED, "Delete a saved copy", Scope.SAVED,
          None, 204, errors=_SESSION_ERRORS,
          call=_delete_saved_session, client="delete_saved_session"),
+    Verb("read_events", "GET", _SID + "/log", "A page of the session's stored events",
+         Scope.SESSION, wire.EventList, query=(
+             Param("after_seq", Annotated[int, msgspec.Meta(ge=0)], 0,
+                   "Events after this seq (the last one of the previous page)"),
+             Param("limit", Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)], DEFAULT_PAGE,
+                   f"Page size (1-{MAX_PAGE}, default {DEFAULT_PAGE}); a page is bounded in "
+                   "bytes too, so read on until one comes back empty")),
+         errors=_SESSION_ERRORS, call=_read_events, client="read_events", unwrap="events"),
     Verb("session_events", "GET", _SID + "/events", "One session's events", Scope.SESSION,
          None, stream=True, query=(
              Param("after_seq", Annotated[int, msgspec.Meta(ge=0)] | None, None,

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from .events import Event
 from .session.context import ContextBundle
 from .session.info import SessionInfo
 from .session.state import ActiveFile, FileIndexEntry, Message
@@ -121,6 +122,10 @@ class SessionPage(msgspec.Struct, kw_only=True):
 
     sessions: list[SessionInfo]
     next_cursor: str | None = None
+
+
+class EventList(msgspec.Struct, kw_only=True):
+    events: list[Event]
 
 
 class MessageList(msgspec.Struct, kw_only=True):

@@ -50,6 +50,7 @@ EXERCISED = {
     ("POST", "/v1/sessions/{id}/messages"),
     ("GET", "/v1/sessions/{id}/messages"),
     ("DELETE", "/v1/sessions/{id}/messages"),
+    ("GET", "/v1/sessions/{id}/log"),
     ("GET", "/v1/sessions/{id}/files"),
     ("POST", "/v1/sessions/{id}/files"),
     ("DELETE", "/v1/sessions/{id}/files"),
@@ -267,6 +268,32 @@ def test_messages_send_list_clear(alice: httpx.Client, sid: str) -> None:
     assert cleared.json() == {"cleared": 3}
     assert alice.get(f"/v1/sessions/{sid}/messages").json() == {"messages": []}
     assert alice.delete(f"/v1/sessions/{sid}/messages").json() == {"cleared": 0}
+
+
+def test_the_log_reads_in_pages_and_outlives_the_session(alice: httpx.Client, sid: str) -> None:
+    for i in range(5):
+        assert alice.post(f"/v1/sessions/{sid}/messages", json={"role": "user", "content": f"m{i}"})
+    pages, after = [], 0
+    while page := alice.get(f"/v1/sessions/{sid}/log", params={"after_seq": after, "limit": 2}):
+        assert page.status_code == 200, page.text
+        events = page.json()["events"]
+        if not events:
+            break
+        assert len(events) <= 2
+        pages.append(events)
+        after = events[-1]["seq"]
+    seqs = [e["seq"] for events in pages for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [
+        e["data"]["content"] for p in pages for e in p if e["type"] == "conversation_added"
+    ] == [f"m{i}" for i in range(5)]
+    assert {e["session_id"] for p in pages for e in p} == {sid}
+    assert alice.delete(f"/v1/sessions/{sid}").status_code == 200
+    after_end = alice.get(f"/v1/sessions/{sid}/log", params={"after_seq": seqs[-1]}).json()
+    assert [e["type"] for e in after_end["events"]][-1] == "session_terminated"
+    bad = alice.get(f"/v1/sessions/{sid}/log", params={"limit": 0})
+    assert bad.status_code == 422
+    assert bad.json()["argument"] == "limit"
 
 
 # --- files and the file index -------------------------------------------------------------------

@@ -247,6 +247,7 @@ WS_COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("send_message", {"role": "user", "content": "bob"}),
     ("get_conversation_history", {}),
     ("clear_conversation", {}),
+    ("read_events", {}),
     ("add_file", {"path": "a.py"}),
     ("remove_file", {"path": "a.py"}),
     ("get_active_files", {}),

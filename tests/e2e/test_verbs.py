@@ -33,7 +33,7 @@ from tests.e2e.conftest import (
 
 #: Values that differ between two identically prepared sessions: masked before comparing.
 _VARYING = re.compile(
-    rb'"(session_id|id|created_at|updated_at|timestamp|added_at|saved_at|last_accessed)":'
+    rb'"(session_id|id|created_at|updated_at|timestamp|added_at|saved_at|last_accessed|time)":'
     rb'("[^"]*"|null)'
 )
 _WRITE = {"path": "app.py", "content": "x = 2\n"}
@@ -105,6 +105,7 @@ CASES: dict[str, Prepare] = {
     "send_message": _on_session(role="user", content="hello"),
     "get_conversation_history": _on_session(),
     "clear_conversation": _on_session(),
+    "read_events": _on_session(after_seq=1, limit=4),
     "get_active_files": _on_session(),
     "add_file": _on_session(path="app.py"),
     "remove_file": _on_session(path="app.py"),
