@@ -157,7 +157,8 @@ def make_runtime(**overrides: Any) -> Any:
     import jidoka
 
     clock = overrides.pop("clock", None)
-    return jidoka.Runtime(settings=jidoka.Settings(), store="memory", clock=clock, **overrides)
+    settings = overrides.pop("settings", None) or jidoka.Settings()
+    return jidoka.Runtime(settings=settings, store="memory", clock=clock, **overrides)
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
