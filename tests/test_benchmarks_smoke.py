@@ -222,3 +222,18 @@ def test_the_app_benchmark_runs_both_ways() -> None:
     for value in [*app.values(), *routing.values()]:
         assert _sane(value)
         assert value > 0
+
+
+def test_the_tree_ab_runs_and_prints_a_ratio_per_measure() -> None:
+    import subprocess
+
+    src = str(ROOT / "src")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", src, src, "--rounds", "2",
+         "--messages", "50", "--sessions", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
+    measures = {row[1].strip(): float(row[4]) for row in rows[1:]}
+    assert set(measures) == {"append", "lifecycle"}
+    assert all(math.isfinite(ratio) and ratio > 0 for ratio in measures.values())
