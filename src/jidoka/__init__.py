@@ -7,6 +7,8 @@ async with jidoka.Runtime() as rt:
     await rt.client.send_message(sid, "user", "hello")
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .bus.base import Subscription
 from .cache import FileCache
@@ -47,6 +49,9 @@ from .session.context import (
 from .session.info import SessionInfo, TokenUsage
 from .session.state import SessionConfig, Status
 from .store.base import SavedSession
+
+if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers (no httpx at import time)
+    from .remote import RemoteClient, ServerUnavailable
 
 __all__ = [
     "ActiveFile",

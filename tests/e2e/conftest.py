@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Self, cast
 
 import httpx
 import pytest
@@ -104,10 +104,9 @@ def exit_code(process: subprocess.Popen[Any], timeout: float) -> int:
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGABRT)
         process.wait()
-        stderr = process.stderr.read() if process.stderr is not None else "(not captured)"
-        if isinstance(stderr, bytes):
-            stderr = stderr.decode("utf-8", errors="replace")
-        pytest.fail(f"{process.args} still running after {timeout} s; its stacks:\n{stderr}")
+        raw = process.stderr.read() if process.stderr is not None else "(not captured)"
+        stderr = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        pytest.fail(f"{process.args!r} still running after {timeout} s; its stacks:\n{stderr}")
 
 
 @functools.cache
@@ -227,14 +226,16 @@ class ServerProcess:
         )
         self._reader.start()
         in_time = self._found.wait(START_DEADLINE)
-        if not in_time or self._url is None:
+        # Set by the reader thread while we waited (mypy would keep the None assigned above).
+        url = cast("str | None", self._url)
+        if not in_time or url is None:
             code = self._reap(signal.SIGKILL) if not in_time else self._reap(None)
             what = "ended its output" if in_time else f"printed no URL in {START_DEADLINE}s"
             raise RuntimeError(
                 f"jidoka serve {what} (code {code}); stdout: {self.stdout_lines!r}\n"
                 f"stderr:\n{self.stderr_text()}"
             )
-        return self._url
+        return url
 
     def _read_stdout(self, stream: IO[str], found: threading.Event) -> None:
         try:
@@ -309,7 +310,7 @@ class ServerProcess:
             return ""
         return text[-tail:]
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -112,7 +112,7 @@ def test_query_integers_take_ascii_digits_only(alice: httpx.Client, sid: str, di
     # The header is checked the same way (a header value is Latin-1: "²" and "¹" are in it).
     if digits in ("²", "¹²"):
         response = alice.get(
-            f"/v1/sessions/{sid}/events", headers={"Last-Event-ID": digits.encode("latin-1")}
+            f"/v1/sessions/{sid}/events", headers={b"Last-Event-ID": digits.encode("latin-1")}
         )
         assert problem_of(response, "invalid-argument", 422)["argument"] == "after_seq"
 

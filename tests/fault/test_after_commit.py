@@ -126,7 +126,8 @@ class Plant:
 
 
 def _apply(plant: Plant) -> None:
-    real = postcommit.apply
+    # Patched where postcommit looks it up; postcommit imports it without re-exporting it.
+    real = postcommit.apply  # type: ignore[attr-defined]
 
     def apply(state: Any, event: Event) -> None:
         if plant.hits(event):
@@ -339,7 +340,8 @@ async def test_a_projection_that_cannot_be_rebuilt_ends_its_session(
     def apply_fails(state: Any, event: Event) -> None:
         raise InjectedFault("this event cannot be applied")
 
-    real = postcommit.apply
+    # Patched where postcommit looks it up; postcommit imports it without re-exporting it.
+    real = postcommit.apply  # type: ignore[attr-defined]
 
     def apply(state: Any, event: Event) -> None:
         (apply_fails if event.type == EventType.CONVERSATION_ADDED else real)(state, event)
