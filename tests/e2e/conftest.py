@@ -13,6 +13,7 @@ process to exit with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -46,6 +47,7 @@ CAROL_TOKEN = "carol-e2e-token-0123456789abcdef"
 TOKENS: Mapping[str, str] = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob", CAROL_TOKEN: "carol"}
 START_DEADLINE = 30.0
 STOP_DEADLINE = 30.0
+CLOSE_DEADLINE = 10.0
 #: Per-request bound for the test clients (a deadline, not a sleep).
 HTTP_TIMEOUT = 30.0
 PROBLEM_BASE = "https://jidoka.dev/problems/"
@@ -297,9 +299,12 @@ class ServerProcess:
         return code
 
     def close(self) -> None:
-        """Kill the server if it still runs (fixture teardown)."""
+        """Stop the server if it still runs (fixture teardown): SIGTERM first, so that it exits
+        as it does in production and writes its coverage data (a SIGKILLed process writes
+        none), then SIGKILL if it has not exited within CLOSE_DEADLINE."""
         if self.process is not None:
-            self.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # _reap has killed it
+                self.stop(timeout=CLOSE_DEADLINE)
         if self in _ACTIVE:
             _ACTIVE.remove(self)
 
