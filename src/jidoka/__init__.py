@@ -44,7 +44,7 @@ from .session.info import SessionInfo, TokenUsage
 from .session.state import ActiveFile, FileIndexEntry, Message, Status
 from .store.base import SavedSession
 
-if TYPE_CHECKING:  # imported when first used (see __getattr__), typed all the same
+if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers (no httpx at import time)
     from .remote import RemoteClient, ServerUnavailable
 
 __all__ = [

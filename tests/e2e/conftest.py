@@ -13,6 +13,7 @@ process to exit with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Self, cast
 
 import httpx
 import pytest
@@ -46,6 +47,7 @@ CAROL_TOKEN = "carol-e2e-token-0123456789abcdef"
 TOKENS: Mapping[str, str] = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob", CAROL_TOKEN: "carol"}
 START_DEADLINE = 30.0
 STOP_DEADLINE = 30.0
+CLOSE_DEADLINE = 10.0
 #: Per-request bound for the test clients (a deadline, not a sleep).
 HTTP_TIMEOUT = 30.0
 PROBLEM_BASE = "https://jidoka.dev/problems/"
@@ -104,10 +106,9 @@ def exit_code(process: subprocess.Popen[Any], timeout: float) -> int:
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGABRT)
         process.wait()
-        stderr = process.stderr.read() if process.stderr is not None else "(not captured)"
-        if isinstance(stderr, bytes):
-            stderr = stderr.decode("utf-8", errors="replace")
-        pytest.fail(f"{process.args} still running after {timeout} s; its stacks:\n{stderr}")
+        raw = process.stderr.read() if process.stderr is not None else "(not captured)"
+        stderr = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        pytest.fail(f"{process.args!r} still running after {timeout} s; its stacks:\n{stderr}")
 
 
 @functools.cache
@@ -227,14 +228,16 @@ class ServerProcess:
         )
         self._reader.start()
         in_time = self._found.wait(START_DEADLINE)
-        if not in_time or self._url is None:
+        # Set by the reader thread while we waited (mypy would keep the None assigned above).
+        url = cast("str | None", self._url)
+        if not in_time or url is None:
             code = self._reap(signal.SIGKILL) if not in_time else self._reap(None)
             what = "ended its output" if in_time else f"printed no URL in {START_DEADLINE}s"
             raise RuntimeError(
                 f"jidoka serve {what} (code {code}); stdout: {self.stdout_lines!r}\n"
                 f"stderr:\n{self.stderr_text()}"
             )
-        return self._url
+        return url
 
     def _read_stdout(self, stream: IO[str], found: threading.Event) -> None:
         try:
@@ -296,9 +299,12 @@ class ServerProcess:
         return code
 
     def close(self) -> None:
-        """Kill the server if it still runs (fixture teardown)."""
+        """Stop the server if it still runs (fixture teardown): SIGTERM first, so that it exits
+        as it does in production and writes its coverage data (a SIGKILLed process writes
+        none), then SIGKILL if it has not exited within CLOSE_DEADLINE."""
         if self.process is not None:
-            self.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # _reap has killed it
+                self.stop(timeout=CLOSE_DEADLINE)
         if self in _ACTIVE:
             _ACTIVE.remove(self)
 
@@ -309,7 +315,7 @@ class ServerProcess:
             return ""
         return text[-tail:]
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -680,7 +680,11 @@ def test_events_follow_the_global_stream_until_ctrl_c(cli_server: CliServer) -> 
         # subscription is established (each wait is bounded, and one attempt normally does).
         for _attempt in range(10):
             sid = cli_server.create()
-            line = lines.poll_for(lambda s, sid=sid: sid in s, timeout=3)
+
+            def shows(line: str, sid: str = sid) -> bool:
+                return sid in line
+
+            line = lines.poll_for(shows, timeout=3)
             if line is not None:
                 break
         else:

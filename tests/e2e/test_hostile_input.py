@@ -112,7 +112,7 @@ def test_query_integers_take_ascii_digits_only(alice: httpx.Client, sid: str, di
     # The header is checked the same way (a header value is Latin-1: "²" and "¹" are in it).
     if digits in ("²", "¹²"):
         response = alice.get(
-            f"/v1/sessions/{sid}/events", headers={"Last-Event-ID": digits.encode("latin-1")}
+            f"/v1/sessions/{sid}/events", headers={b"Last-Event-ID": digits.encode("latin-1")}
         )
         assert problem_of(response, "invalid-argument", 422)["argument"] == "after_seq"
 
@@ -388,7 +388,7 @@ async def test_malformed_commands_get_an_error_reply_naming_the_problem(
         # Nothing happened to the session, and the socket takes the next command.
         info = await ws.ok("get_session_info", {"session_id": sid})
         assert info["conversation_count"] == 0
-        empty = {"working_context": {}}
+        empty: dict[str, dict[str, object]] = {"working_context": {}}
         assert await ws.ok("get_working_context_map", {"session_id": sid}) == empty
 
 

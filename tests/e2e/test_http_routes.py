@@ -485,7 +485,7 @@ def test_sane_request_id_is_echoed(alice: httpx.Client, given: str) -> None:
     "garbage", ["has spaces", "semi;colon", "A" * 129, 'quote"d', "tab\there", "é"]
 )
 def test_garbage_request_id_is_replaced(alice: httpx.Client, garbage: str) -> None:
-    response = alice.get("/v1/sessions/nope", headers={"X-Request-ID": garbage.encode()})
+    response = alice.get("/v1/sessions/nope", headers={b"X-Request-ID": garbage.encode()})
     replaced = response.headers["x-request-id"]
     assert replaced != garbage
     assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", replaced)

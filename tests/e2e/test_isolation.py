@@ -317,7 +317,7 @@ async def test_bobs_websocket_lifecycle_subscription_skips_alices_sessions(
         await alice.ok("terminate_session", {"session_id": hers})
         his = (await bob.ok("create_session"))["session_id"]
         await bob.ok("terminate_session", {"session_id": his})
-        seen = []
+        seen: list[dict[str, Any]] = []
         while not seen or seen[-1]["type"] != "session_terminated":
             frame = await bob.next_push()
             assert frame["subscription"] == subscription

@@ -265,7 +265,8 @@ async def test_a_websocket_from_an_allowed_origin_works(
     open_server: ServerProcess, origin: str
 ) -> None:
     port = port_of(open_server)
-    url, extra = open_server.ws_url, {}
+    url = open_server.ws_url
+    extra: dict[str, Any] = {}
     if origin == "own":
         extra = {"origin": open_server.url}
     elif origin == "cors":

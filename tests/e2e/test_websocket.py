@@ -218,7 +218,7 @@ async def test_subscription_ends_when_the_session_terminates(server: ServerProce
         sid = (await ws.ok("create_session"))["session_id"]
         name = (await ws.ok("subscribe", {"session_id": sid}))["subscription"]
         await ws.ok("terminate_session", {"session_id": sid})
-        frames = []
+        frames: list[dict[str, Any]] = []
         while not frames or "end" not in frames[-1]:
             frames.append(await ws.next_push())
     assert frames[-1] == {"subscription": name, "end": True}
@@ -232,7 +232,7 @@ async def test_lifecycle_subscription_shows_the_callers_sessions(server: ServerP
         sid = (await ws.ok("create_session"))["session_id"]
         await ws.ok("send_message", {"session_id": sid, "role": "user", "content": "x"})
         await ws.ok("terminate_session", {"session_id": sid})
-        seen = []
+        seen: list[dict[str, Any]] = []
         while not seen or seen[-1]["type"] != "session_terminated":
             frame = await ws.next_push()
             assert frame["subscription"] == name

@@ -126,7 +126,8 @@ class Plant:
 
 
 def _apply(plant: Plant) -> None:
-    real = postcommit.apply
+    # Patched where postcommit looks it up; postcommit imports it without re-exporting it.
+    real = postcommit.apply  # type: ignore[attr-defined]
 
     def apply(state: Any, event: Event) -> None:
         if plant.hits(event):
@@ -309,7 +310,7 @@ async def test_a_failure_after_the_commit_does_not_fail_the_command(
 
     assert plant.fired == 1, "the fault was not on the command's path"
     stored = await runtime.store.read_events(sid)
-    assert [e.type for e in stored].count(COMMANDS[command].event_type) == 1
+    assert [e.type.value for e in stored].count(COMMANDS[command].event_type) == 1
     assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
     records = _fault_records(caplog, sid)
     assert records, caplog.text
@@ -338,7 +339,8 @@ async def test_a_projection_that_cannot_be_rebuilt_ends_its_session(
     def apply_fails(state: Any, event: Event) -> None:
         raise InjectedFault("this event cannot be applied")
 
-    real = postcommit.apply
+    # Patched where postcommit looks it up; postcommit imports it without re-exporting it.
+    real = postcommit.apply  # type: ignore[attr-defined]
 
     def apply(state: Any, event: Event) -> None:
         (apply_fails if event.type == EventType.CONVERSATION_ADDED else real)(state, event)

@@ -60,12 +60,12 @@ async def test_a_restart_while_waiting_for_approval_denies(tmp_path: Path, proje
     assert isinstance(turn.exception(), jidoka.SessionTerminated)
     async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
         info = await rt.client.get_session_info(sid)
-        events = await rt.read_events(sid)
-    decided = [e for e in events if e.type == "approval_decided"]
+        stored = await rt.read_events(sid)
+    decided = [e for e in stored if e.type == "approval_decided"]
     assert [(e.data["call_id"], e.data["allow"], e.data["reason"]) for e in decided] == [
         ("w1", False, "restart")
     ]
-    statuses = [e.data for e in events if e.type == "agent_status"]
+    statuses = [e.data for e in stored if e.type == "agent_status"]
     assert statuses[-1] == {"status": "failed", "reason": "restart"}
     assert (project / "src" / "app.py").read_text() == "def main():\n    return 42\n"
     assert info.status == "idle"

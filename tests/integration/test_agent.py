@@ -29,7 +29,7 @@ def read(path: str, call_id: str = "c1") -> dict[str, Any]:
 
 async def kinds(events: Subscription, stop: str = "agent_status") -> list[tuple[str, Any]]:
     """Event types (with a key datum) up to and including the first ``stop`` that ends a turn."""
-    seen = []
+    seen: list[tuple[str, Any]] = []
     async for event in events:
         datum = event.data.get("status") or event.data.get("role") or event.data.get("name")
         seen.append((event.type, datum))

@@ -258,7 +258,7 @@ async def test_update_file_index(client: jidoka.Client, project: Path) -> None:
 async def test_working_context(client: jidoka.Client) -> None:
     sid = await client.create_session(config={"max_working_context_bytes": 64})
     value = {"steps": [1, 2]}
-    assert await client.put_working_context(sid, "plan", value) is None
+    await client.put_working_context(sid, "plan", value)  # answers None (typed so)
     value["steps"].append(3)  # the session kept a copy
     got = await client.get_working_context(sid, "plan")
     assert got == {"steps": [1, 2]}

@@ -78,9 +78,9 @@ async def test_restart_brings_live_sessions_back_idle(
         with pytest.raises(jidoka.SessionNotFound):  # right shape, never existed
             await client.get_session_info("01ZZZZZZZZZZZZZZZZZZZZZZZZ")
         await client.send_message(busy, "user", "after the restart")  # usable, seq continues
-        events = await rt.read_events(busy)
-        assert [e.seq for e in events] == list(range(1, len(events) + 1))
-        assert events[-2].data == {"status": "active", "previous": "idle"}
+        stored = await rt.read_events(busy)
+        assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+        assert stored[-2].data == {"status": "active", "previous": "idle"}
 
 
 async def test_loading_is_lazy(tmp_path: Path, clock: FakeClock) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import jidoka
-from jidoka import FakeClock, Status
+from jidoka import EventType, FakeClock, Status
 from tests.helpers import drain, lifecycle, next_event, quiesce, settle, take, until
 
 
@@ -96,7 +96,7 @@ async def test_a_message_wakes_an_idle_session_that_never_times_out(
     history = await client.get_conversation_history(sid)
     assert [(m.seq, m.content) for m in history] == [(message.seq, "back")]
     stored = await runtime.manager.services.store.read_events(sid)
-    assert [e.type for e in stored].count("conversation_added") == 1
+    assert [e.type for e in stored].count(EventType.CONVERSATION_ADDED) == 1
 
 
 async def test_reads_are_not_activity(client: jidoka.Client, clock: FakeClock) -> None:

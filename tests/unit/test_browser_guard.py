@@ -8,6 +8,7 @@ browser in tests/browser/test_hostile_page.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -204,7 +205,7 @@ async def test_the_app_on_a_wildcard_address_warns_and_refuses_names(
 async def test_a_refused_handshake_without_the_denial_extension_is_a_bare_close() -> None:
     """A server that cannot send a body with a refused handshake gets a close before accept
     (uvicorn answers 403); the app behind the guard is never called."""
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("the app must not see a refused handshake")
@@ -212,7 +213,7 @@ async def test_a_refused_handshake_without_the_denial_extension_is_a_bare_close(
     async def receive() -> dict[str, Any]:
         return {"type": "websocket.connect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     guard = BrowserGuard(app, hosts=HostPolicy("127.0.0.1"), origins=OriginPolicy())

@@ -18,7 +18,7 @@ A, B = "A" * 26, "B" * 26
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def event(session_id: str, seq: int, type_: str = EventType.CONVERSATION_ADDED) -> Event:
+def event(session_id: str, seq: int, type_: EventType = EventType.CONVERSATION_ADDED) -> Event:
     return Event(type_, session_id, seq, T0, {"n": seq})
 
 

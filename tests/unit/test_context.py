@@ -33,7 +33,7 @@ class Log:
         self.add(EventType.SESSION_STATUS, status="active", previous="initializing")
 
     def add(self, type_: str, **data: Any) -> Event:
-        event = Event(type_, SID, len(self.events) + 1, T0, data)
+        event = Event(EventType(type_), SID, len(self.events) + 1, T0, data)
         self.events.append(event)
         return event
 

@@ -29,7 +29,9 @@ LLAMA_SERVER = STREAMS / "llama-server"
 def parsed(recording: Path) -> dict[str, Any]:
     """What the recorded body says, read without the SDK: the text, the tool calls' names and
     arguments by index (every name fragment kept), the finish_reason and the usage."""
-    text, names, arguments = "", {}, {}
+    text = ""
+    names: dict[int, list[str | None]] = {}
+    arguments: dict[int, str] = {}
     finish, usage = None, None
     body = recording.with_suffix(".sse").read_bytes().decode()
     for event in body.split("\n\n"):

@@ -8,7 +8,7 @@ import json
 import socket
 import sys
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -57,11 +57,21 @@ SID = "01KDVDNA002TGFDYKMPAK7J69H"
 HELLO = ChatRequest(model="test-model", messages=[ChatMessage(role="user", content="hi")])
 
 
+def opened(
+    provider: Provider, request: ChatRequest
+) -> AsyncGenerator[TextDelta | Completion, None]:
+    """The provider's stream, which is an async generator, so that ``aclosing`` ends the call
+    at once (the Provider protocol promises only an AsyncIterator)."""
+    stream = provider.stream(request)
+    assert isinstance(stream, AsyncGenerator), stream
+    return stream
+
+
 async def run(provider: Provider, request: ChatRequest = HELLO) -> tuple[list[str], Completion]:
     """The text deltas and the completion of one call (which must end with exactly one)."""
     deltas: list[str] = []
     completions: list[Completion] = []
-    async with asyncio.timeout(PROMPTLY), aclosing(provider.stream(request)) as items:
+    async with asyncio.timeout(PROMPTLY), aclosing(opened(provider, request)) as items:
         async for item in items:
             if isinstance(item, TextDelta):
                 assert not completions, "a delta after the completion"
@@ -77,7 +87,7 @@ async def failure(provider: Provider, request: ChatRequest = HELLO) -> tuple[lis
     deltas: list[str] = []
 
     async def consume() -> None:
-        async with asyncio.timeout(PROMPTLY), aclosing(provider.stream(request)) as items:
+        async with asyncio.timeout(PROMPTLY), aclosing(opened(provider, request)) as items:
             async for item in items:
                 assert isinstance(item, TextDelta), f"a failing call yielded {item!r}"
                 deltas.append(item.text)
@@ -487,7 +497,7 @@ async def test_closing_the_stream_closes_the_http_request(server: OpenAIServer, 
     server.queue(slow)
     provider = build()
 
-    async with aclosing(provider.stream(HELLO)) as items:
+    async with aclosing(opened(provider, HELLO)) as items:
         first = await anext(items)
         assert first == TextDelta("first")
     # aclose() has returned: the server must see the client go, without the release ever set.
@@ -503,7 +513,7 @@ async def test_cancelling_the_task_closes_the_http_request(server: OpenAIServer,
     got_first = asyncio.Event()
 
     async def consume() -> None:
-        async with aclosing(provider.stream(HELLO)) as items:
+        async with aclosing(opened(provider, HELLO)) as items:
             async for _ in items:
                 got_first.set()
 
@@ -523,7 +533,7 @@ async def test_a_released_slow_stream_completes(server: OpenAIServer, build: Bui
     provider = build()
     seen: list[str] = []
 
-    async with asyncio.timeout(PROMPTLY), aclosing(provider.stream(HELLO)) as items:
+    async with asyncio.timeout(PROMPTLY), aclosing(opened(provider, HELLO)) as items:
         async for item in items:
             if isinstance(item, TextDelta):
                 seen.append(item.text)
@@ -884,7 +894,7 @@ async def test_scripted_hang_until_cancelled():
     got_first = asyncio.Event()
 
     async def consume() -> None:
-        async with aclosing(provider.stream(HELLO)) as items:
+        async with aclosing(opened(provider, HELLO)) as items:
             async for _ in items:
                 got_first.set()
 

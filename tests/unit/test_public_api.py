@@ -75,9 +75,20 @@ def test_all_is_sorted_and_unique() -> None:
 
 @pytest.mark.parametrize("name", PUBLIC_API)
 def test_every_name_is_importable(name: str) -> None:
-    assert hasattr(jidoka, name)
-    module = importlib.import_module("jidoka")
-    assert getattr(module, name) is getattr(jidoka, name)
+    namespace: dict[str, object] = {}
+    exec(f"from jidoka import {name}", namespace)
+    assert namespace[name] is getattr(jidoka, name)
+
+
+@pytest.mark.parametrize("name", [name for name in PUBLIC_API if name != "__version__"])
+def test_every_name_is_the_object_defined_in_its_home_module(name: str) -> None:
+    """Each public class or function is defined in a jidoka module and re-exported as that very
+    object (the lazily loaded ones included): not a third-party object, a stale copy or a
+    shadowing name, so that its repr, pickling and ``isinstance`` agree with its home."""
+    exported = getattr(jidoka, name)
+    home = exported.__module__
+    assert home == "jidoka" or home.startswith("jidoka."), home
+    assert getattr(importlib.import_module(home), exported.__qualname__) is exported
 
 
 def test_star_import_gives_exactly_all() -> None:

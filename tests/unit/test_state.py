@@ -216,9 +216,9 @@ def test_no_session_id_means_no_session_in_message() -> None:
 
 
 def test_validated_method_from_docstring() -> None:
-    assert SessionConfig(max_history=5).validated() == SessionConfig.from_dict({"max_history": 5})  # type: ignore[attr-defined]
+    assert SessionConfig(max_history=5).validated() == SessionConfig.from_dict({"max_history": 5})
     with pytest.raises(jidoka.InvalidConfig) as info:
-        SessionConfig(max_history=0).validated()  # type: ignore[attr-defined]
+        SessionConfig(max_history=0).validated()
     assert info.value.field == "max_history"
 
 

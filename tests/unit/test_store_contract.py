@@ -131,7 +131,7 @@ async def test_saved_sessions(store: SessionStore) -> None:
 
 
 async def test_live_sessions_follow_lifecycle_events(store: SessionStore) -> None:
-    def status(sid: str, seq: int, type_: str, **data: object) -> Event:
+    def status(sid: str, seq: int, type_: EventType, **data: object) -> Event:
         return Event(type_, sid, seq, T0, dict(data))
 
     await store.append(A, [status(A, 1, EventType.SESSION_CREATED, status="initializing"),
@@ -149,7 +149,7 @@ async def test_live_sessions_record_the_owner(store: SessionStore) -> None:
     """The owner comes from the latest ``session_created`` (a restored session's from its saved
     copy) and survives the events after it, so a restarted runtime knows it without loading."""
 
-    def event(sid: str, seq: int, type_: str, **data: object) -> Event:
+    def event(sid: str, seq: int, type_: EventType, **data: object) -> Event:
         return Event(type_, sid, seq, T0, dict(data))
 
     created, status = EventType.SESSION_CREATED, EventType.SESSION_STATUS

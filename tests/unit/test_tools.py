@@ -283,8 +283,8 @@ def test_list_files_is_bounded(ctx: ToolContext, root: Path) -> None:
         (root / "many" / f"f{i:02}.txt").write_text("x")
     out = files.list_files(ctx, "many/*", max_results=10).content.splitlines()
     assert out == [f"many/f{i:02}.txt" for i in range(10)] + ["[20 more not shown]"]
-    out = files.list_files(small(ctx, max_walk_entries=15), "many/*").content
-    assert out.endswith("[stopped after 15 entries; use a narrower pattern]")
+    stopped = files.list_files(small(ctx, max_walk_entries=15), "many/*").content
+    assert stopped.endswith("[stopped after 15 entries; use a narrower pattern]")
     assert len(files.list_files(small(ctx, max_output_chars=100), "many/*").content) <= 100
 
 
