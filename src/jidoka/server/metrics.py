@@ -32,9 +32,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .middleware import response_status
+from .middleware import StatusWatch, response_status
 from .router import route_template
 
 __all__ = ["HttpMetrics", "PrometheusMetrics"]
@@ -156,14 +156,7 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status: int | None = None
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch = StatusWatch(send)
         try:
             await self.app(scope, receive, watch)
         finally:
@@ -171,7 +164,7 @@ class HttpMetrics:
             attributes: dict[str, str | int] = {
                 "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
                 "http.route": route_template(scope),
-                "http.response.status_code": response_status(scope, status),
+                "http.response.status_code": response_status(scope, watch.status),
                 "url.scheme": scope.get("scheme", "http"),
             }
             self._duration.record(time.perf_counter() - started, attributes)

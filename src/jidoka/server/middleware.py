@@ -54,6 +54,7 @@ __all__ = [
     "Problems",
     "RequestId",
     "RequestIdFilter",
+    "StatusWatch",
     "StreamTicket",
     "request_id_var",
     "response_status",
@@ -97,6 +98,22 @@ def _is_api(scope: Scope) -> bool:
 def response_status(scope: Scope, sent: int | None) -> int:
     """What to log and measure: the status sent, else 499 if the client left, else 500."""
     return sent if sent is not None else int(scope.get(_STATUS_KEY, 500))
+
+
+class StatusWatch:
+    """``send`` that notes the status of the response passing through it (``None`` until it
+    starts): what the access log and the metrics read once the inner app is done."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 class RequestId:
@@ -145,14 +162,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status: int | None = None
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch = StatusWatch(send)
         try:
             await self.app(scope, receive, watch)
         finally:
@@ -161,7 +171,7 @@ class AccessLog:
                 "%s %s %d %.1fms principal=%s",
                 scope["method"],
                 scope["path"],
-                response_status(scope, status),
+                response_status(scope, watch.status),
                 (time.perf_counter() - started) * 1000,
                 principal if principal is not None else "-",
             )
