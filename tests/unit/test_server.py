@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -363,3 +365,20 @@ def test_openapi_declares_exactly_the_query_parameters_each_route_takes() -> Non
     headers = paths["/v1/sessions/{session_id}/events"]["get"]["parameters"]
     assert {"name": "Last-Event-ID", "in": "header", "required": False,
             "schema": {"type": "string"}} in headers  # fmt: skip
+
+
+async def test_the_access_log_has_a_line_per_request_with_status_and_principal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with jidoka.Runtime(store="memory") as rt:
+        config = ServerConfig(tokens={ALICE: "alice"}, access_log=True)
+        transport = httpx.ASGITransport(app=create_app(rt, config), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            with caplog.at_level(logging.INFO, logger="jidoka.server.access"):
+                headers = {"Authorization": f"Bearer {ALICE}"}
+                assert (await http.post("/v1/sessions", json={}, headers=headers)).is_success
+                assert (await http.get("/v1/sessions")).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "jidoka.server.access"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"POST /v1/sessions 201 [\d.]+ms principal=alice", lines[0]), lines
+    assert re.fullmatch(r"GET /v1/sessions 401 [\d.]+ms principal=-", lines[1]), lines
