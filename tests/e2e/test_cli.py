@@ -434,6 +434,19 @@ def test_help_names_values_one_way(command: list[str]) -> None:
         assert "jidoka send [OPTIONS] SESSION_ID TEXT" in help_text
 
 
+def _serve_once(serve: list[str]) -> subprocess.CompletedProcess[str]:
+    """``jidoka serve ...`` expected to fail at start: run to its end, output captured."""
+    return subprocess.run(
+        jidoka_command(*serve),
+        env=client_environment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=STEP_DEADLINE,
+        check=False,
+    )
+
+
 def test_a_port_in_use_is_named_before_the_data_directory_is_opened(tmp_path: Path) -> None:
     """The port is bound before the runtime opens (and recovers sessions): a busy one is said at
     once, with the way out, and the data directory is not even created."""
@@ -443,15 +456,7 @@ def test_a_port_in_use_is_named_before_the_data_directory_is_opened(tmp_path: Pa
         taken.listen()
         port = taken.getsockname()[1]
         serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)]
-        done = subprocess.run(
-            jidoka_command(*serve),
-            env=client_environment(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=STEP_DEADLINE,
-            check=False,
-        )
+        done = _serve_once(serve)
     assert done.returncode == 1, done.stderr
     assert _one_error_line(done) == (
         f"jidoka: error: port {port} on 127.0.0.1 is already in use (another jidoka serve?): "
@@ -468,15 +473,7 @@ def test_a_data_directory_in_use_fails_the_lifespan_startup_in_one_line(tmp_path
     with ServerProcess(data, log_dir=tmp_path) as server:
         assert server.process is not None
         serve = ["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data)]
-        done = subprocess.run(
-            jidoka_command(*serve),
-            env=client_environment(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=STEP_DEADLINE,
-            check=False,
-        )
+        done = _serve_once(serve)
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr
         assert "ERROR" not in done.stderr  # uvicorn's own report of the failure is left out
