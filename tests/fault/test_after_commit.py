@@ -413,31 +413,34 @@ async def test_a_caller_cancelled_after_the_commit_still_gets_its_effects(
 async def test_a_termination_whose_caller_is_cancelled_still_ends_the_session(
     runtime: jidoka.Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled while the session's workers stop (after ``terminating`` is committed), the
-    termination carries on: ``terminated`` is committed and published, once."""
+    """Cancelled while the session's workers stop (before anything is committed), the
+    termination carries on: ``terminating``, ``terminated`` and ``session_terminated`` are
+    committed and published, once."""
     client = runtime.client
     monkeypatch.setattr(runtime.store, "release", _keep_log)
     sid = await client.create_session()
-    started, let_go = asyncio.Event(), asyncio.Event()
+    started, stopping, let_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def slow_to_stop() -> None:
         started.set()
         try:
             await asyncio.Event().wait()
         finally:
+            stopping.set()
             await let_go.wait()  # its clean-up takes a while (within the grace period)
 
     runtime.start_worker(sid, "slow", slow_to_stop)
     await started.wait()
     async with client.subscribe_to_session(sid) as events:
         caller = asyncio.create_task(client.terminate_session(sid))
-        await until(events, "session_status", status="terminating")
+        await stopping.wait()
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
         let_go.set()
         rest = [event async for event in events]
     assert [(e.type, e.data.get("status") or e.data.get("reason")) for e in rest] == [
+        (EventType.SESSION_STATUS, "terminating"),
         (EventType.SESSION_STATUS, "terminated"),
         (EventType.SESSION_TERMINATED, "requested"),
     ]

@@ -178,7 +178,7 @@ async def test_hanging_worker_is_abandoned_after_grace(
     sid = await client.create_session()
     neighbour = await client.create_session()
     let_go = asyncio.Event()
-    running = asyncio.Event()
+    running, cancelled = asyncio.Event(), asyncio.Event()
 
     async def ignores_cancellation() -> None:
         running.set()
@@ -186,19 +186,19 @@ async def test_hanging_worker_is_abandoned_after_grace(
             try:
                 await let_go.wait()
             except asyncio.CancelledError:
+                cancelled.set()
                 continue  # misbehaves on purpose: swallows every cancellation
 
     runtime.start_worker(sid, "hang", ignores_cancellation)
     await running.wait()
-    async with client.subscribe_to_session(sid) as events:
-        terminating = asyncio.create_task(client.terminate_session(sid))
-        await until(events, "session_status", status="terminating")
-        await settle()
-        assert not terminating.done()  # waiting out the grace period, on the fake clock
-        await client.send_message(neighbour, "user", "meanwhile")  # others carry on
-        with caplog.at_level(logging.ERROR, logger="jidoka.supervisor"):
-            clock.advance(2.0)
-            info = await terminating
+    terminating = asyncio.create_task(client.terminate_session(sid))
+    await cancelled.wait()  # the workers stop before the termination is committed
+    await settle()
+    assert not terminating.done()  # waiting out the grace period, on the fake clock
+    await client.send_message(neighbour, "user", "meanwhile")  # others carry on
+    with caplog.at_level(logging.ERROR, logger="jidoka.supervisor"):
+        clock.advance(2.0)
+        info = await terminating
     assert info.status is Status.TERMINATED
     assert "ignored cancellation" in caplog.text
     assert sid in caplog.text

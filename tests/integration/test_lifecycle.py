@@ -143,19 +143,20 @@ async def test_terminating_session_refuses_commands(
     runtime: jidoka.Runtime, client: jidoka.Client
 ) -> None:
     sid = await client.create_session()
-    release = asyncio.Event()
+    stopping, release = asyncio.Event(), asyncio.Event()
 
     async def stubborn() -> None:
         try:
             await asyncio.Event().wait()
         finally:
+            stopping.set()
             await release.wait()  # slow clean-up: terminate must wait for it
 
     runtime.start_worker(sid, "stubborn", stubborn)
     await settle()
     async with client.subscribe_to_session(sid) as events:
         terminating = asyncio.create_task(client.terminate_session(sid))
-        await until(events, "session_status", status="terminating")
+        await stopping.wait()  # the workers stop before the termination is committed
         assert (await client.get_session_info(sid)).status is Status.TERMINATING
         with pytest.raises(jidoka.SessionTerminated):
             await client.send_message(sid, "user", "too late")
@@ -164,7 +165,13 @@ async def test_terminating_session_refuses_commands(
         assert again.value.from_status == "terminating"
         release.set()
         rest = await drain(events)
-    assert lifecycle(rest)[-1] == ("session_terminated", "requested")
+    # One commit, after the workers stopped: the three events arrive together.
+    assert lifecycle(rest)[-3:] == [
+        ("session_status", "terminating"),
+        ("session_status", "terminated"),
+        ("session_terminated", "requested"),
+    ]
+    assert len({e.seq for e in rest[-3:]}) == 3
     assert (await terminating).status is Status.TERMINATED
 
 

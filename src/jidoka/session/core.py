@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .state import SessionState
     from .supervisor import Supervisor
 
-__all__ = ["STATUS_DATA", "SessionCore"]
+__all__ = ["STATUS_DATA", "SessionCore", "status_data"]
 
 #: A commit handed to the store: its events, the command's follow-up, and whether it is activity.
 _InFlight = tuple[list[Event], "Callable[[], object] | None", bool]
@@ -73,6 +73,21 @@ STATUS_DATA: Final[dict[tuple[Status, Status], dict[str, Any]]] = {
         (Status.IDLE, Status.TERMINATING),
     )
 }
+
+
+def status_data(previous: Status, to: Status, error: str | None = None) -> dict[str, Any]:
+    """The payload of a ``session_status`` event for the move ``previous`` -> ``to``: a shared
+    one (:data:`STATUS_DATA`) for the commonest moves without an error."""
+    data = STATUS_DATA.get((previous, to)) if error is None else None
+    if data is None:
+        data = data_of(
+            SessionStatusData(
+                status=to.value,
+                previous=previous.value,
+                error=msgspec.UNSET if error is None else error,
+            )
+        )
+    return data
 
 
 class SessionCore:
@@ -134,10 +149,7 @@ class SessionCore:
 
     def transition_nowait(self, to: Status) -> None:
         """:meth:`transition` for when :meth:`can_commit_nowait` holds."""
-        previous = self.state.status
-        data = STATUS_DATA.get((previous, to)) or data_of(
-            SessionStatusData(status=to.value, previous=previous.value)
-        )
+        data = status_data(self.state.status, to)
         events = self._events([(EventType.SESSION_STATUS, data)])
         self._in_flight = (events, None, False)
         try:
@@ -231,15 +243,6 @@ class SessionCore:
 
     async def transition(self, to: Status, *, error: str | None = None) -> Event:
         """Commit a ``session_status`` event (the caller checked the move and holds the lock)."""
-        previous = self.state.status
-        data = STATUS_DATA.get((previous, to)) if error is None else None
-        if data is None:
-            data = data_of(
-                SessionStatusData(
-                    status=to.value,
-                    previous=previous.value,
-                    error=msgspec.UNSET if error is None else error,
-                )
-            )
+        data = status_data(self.state.status, to, error)
         (event,) = await self.commit([(EventType.SESSION_STATUS, data)])
         return event

@@ -52,12 +52,17 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     usage: TokenUsage = msgspec.field(default_factory=lambda: TokenUsage())
 
     @classmethod
-    def of(cls, state: SessionState) -> SessionInfo:
+    def of(cls, state: SessionState, *, terminating: bool = False) -> SessionInfo:
+        """The description of ``state``; ``terminating``: a termination has begun (its workers
+        are stopping) that the log does not hold yet, so the session reads ``terminating``."""
         assert state.created_at is not None
         assert state.updated_at is not None
+        status = state.status
+        if terminating and status in (Status.ACTIVE, Status.IDLE):
+            status = Status.TERMINATING
         return cls(
             session_id=state.session_id,
-            status=state.status,
+            status=status,
             created_at=state.created_at,
             updated_at=state.updated_at,
             metadata=state.metadata,

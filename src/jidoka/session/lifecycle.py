@@ -1,17 +1,18 @@
 """A session's life in the manager: creation, workers and their crashes, termination.
 
 Kept together because they are one story told in commits: ``session_created`` and the move to
-``active`` make a session live; its workers run under a :class:`~.supervisor.Supervisor`
-whose crash reports end up in the log (a session over its restart intensity is terminated with
-``error``, on a task of its own — nothing spans two sessions); ``terminating``, the workers'
-stop and ``terminated`` retire it, leaving a tombstone.
+``active``, one append, make a session live; its workers run under a
+:class:`~.supervisor.Supervisor` whose crash reports end up in the log (a session over its
+restart intensity is terminated with ``error``, on a task of its own — nothing spans two
+sessions); the workers' stop, then ``terminating``, ``terminated`` and ``session_terminated`` in
+one append, retire it, leaving a tombstone. Each command is one durable commit (one ``fsync``).
 
 Termination is awaited, never timed: the session's workers are cancelled and awaited (bounded by
 the grace period), its subscriptions ended, its cache entries and store log released, and only
-then is it replaced by its tombstone. Commands made of several commits (create, restore,
-terminate) run to their end even if their caller is cancelled
-(:meth:`~.background.BackgroundTasks.to_completion`), and what follows their commits (the idle
-timer, telemetry, ending the streams) is reported if it fails, never raised: the commits stand.
+then is it replaced by its tombstone. Create, restore and terminate run to their end even if
+their caller is cancelled (:meth:`~.background.BackgroundTasks.to_completion`): a terminate
+waits for the workers before it commits, and what follows the commits (the idle timer,
+telemetry, ending the streams) is reported if it fails, never raised: the commits stand.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from ..ids import IdGenerator
 from ..payloads import (
     ErrorData,
     SessionCreatedData,
-    SessionStatusData,
     SessionTerminatedData,
     data_of,
     event_item,
@@ -37,6 +37,7 @@ from ..payloads import (
 from ..telemetry import SESSION_ID_ATTRIBUTE, Telemetry
 from ..tools.sandbox import resolve_project_root
 from .background import BackgroundTasks
+from .core import status_data
 from .idle import IdleReaper
 from .info import SessionInfo
 from .postcommit import Step
@@ -148,10 +149,18 @@ class Lifecycle:
         registry = self._registry
         try:
             async with session.lock:
-                await session.commit([(EventType.SESSION_CREATED, created)])
+                # One append, one durable commit: a session is live as soon as it exists.
+                await session.commit(
+                    [
+                        (EventType.SESSION_CREATED, created),
+                        (
+                            EventType.SESSION_STATUS,
+                            status_data(Status.INITIALIZING, Status.ACTIVE),
+                        ),
+                    ]
+                )
                 if state.config == self._default_config:
                     state.config = self._default_config  # share one instance
-                await session.transition(Status.ACTIVE)
             registry.tombstones.pop(session.session_id, None)  # a restored one's
             registry.live[session.session_id] = session
         finally:
@@ -271,30 +280,35 @@ class Lifecycle:
         )
 
     async def _terminate_now(self, session: Session, reason: str, error: str | None) -> SessionInfo:
-        """Commit ``terminating``, stop the workers, commit ``terminated``, retire the session.
+        """Stop the workers, then commit ``terminating``, ``terminated`` and
+        ``session_terminated`` in one append (one durable commit), and retire the session.
 
-        Only a failed commit is raised. Whatever fails after the first commit is logged and
-        the termination goes on: a failure stopping the workers, recording a metric or ending
-        the streams must not leave a session terminating forever, nor tell the caller that a
-        termination the log holds did not happen (a retry would then be refused).
+        The workers stop first, so whatever they commit while stopping (a turn's end) comes
+        before the termination in the log, and the termination is one commit whether or not
+        the session had workers. Meanwhile :attr:`~.core.SessionCore.terminating` refuses new
+        commands and the session reads ``terminating``. A process that dies before the commit
+        brings the session back on restart: its termination was never acknowledged.
+
+        Only a failed commit is raised. Whatever fails after it is logged and the termination
+        goes on: a failure stopping the workers, recording a metric or ending the streams must
+        not leave a session terminating forever, nor tell the caller that a termination the
+        log holds did not happen (a retry would then be refused).
         """
         started = self._clock.monotonic()
         try:
-            async with session.lock:
-                await session.transition(Status.TERMINATING)
             try:
                 await self.release(session)
             except Exception as exc:
                 session.report_fault(Step.WORKERS, exc)
             async with session.lock:
-                status = SessionStatusData(
-                    status=Status.TERMINATED.value,
-                    previous=Status.TERMINATING.value,
-                    error=msgspec.UNSET if error is None else error,
-                )
+                previous = session.state.status  # a worker may have moved it meanwhile
                 await session.commit(
                     [
-                        event_item(status),
+                        (EventType.SESSION_STATUS, status_data(previous, Status.TERMINATING)),
+                        (
+                            EventType.SESSION_STATUS,
+                            status_data(Status.TERMINATING, Status.TERMINATED, error),
+                        ),
                         event_item(SessionTerminatedData(reason=reason, error=error)),
                     ]
                 )

@@ -202,7 +202,8 @@ class SessionManager:
     async def info(self, session_id: object) -> SessionInfo:
         self.check_open()
         try:
-            return SessionInfo.of((await self.session(session_id)).state)
+            session = await self.session(session_id)
+            return SessionInfo.of(session.state, terminating=session.terminating)
         except SessionTerminated:
             # Terminated, or found corrupt while loading: the tombstone answers.
             tombstones = self._registry.tombstones

@@ -34,6 +34,7 @@ from ..payloads import (
 )
 from ..store.base import StoredSession
 from .background import BackgroundTasks
+from .core import status_data
 from .idle import IdleReaper
 from .lifecycle import Lifecycle
 from .persistence import CorruptSession, load_state
@@ -127,10 +128,7 @@ class Recovery:
         del dormant[session_id]
         self._registry.live[session_id] = session
         status = state.status
-        if status is Status.ACTIVE:
-            async with session.lock:
-                await session.transition(Status.IDLE)
-        elif status is Status.INITIALIZING:
+        if status is Status.INITIALIZING:
             async with session.lock:
                 await session.commit(
                     [
@@ -140,23 +138,28 @@ class Recovery:
                 )
             await self._lifecycle.retire(session)
             raise SessionTerminated(session_id, reason=REASON_ERROR)
-        elif status is Status.TERMINATING:
+        if status is Status.TERMINATING:
             self._tasks.spawn(self._finish_terminating(session), f"jidoka:{session_id}:terminate")
             return session
-        await self._close_interrupted_turn(session)
+        await self._settle_loaded(session)
         timeout = state.config.timeout_minutes
         if timeout > 0:
             self._idle.schedule(session, session.idle_since + timeout * 60)
         return session
 
-    async def _close_interrupted_turn(self, session: Session) -> None:
-        """A turn the process died in the middle of ends in the log: writes that waited for an
-        approval are denied (nothing was written), and the agent's status says ``failed``."""
+    async def _settle_loaded(self, session: Session) -> None:
+        """In one commit, what a session brought back from its log must record: an ``active``
+        one goes ``idle`` (nobody is using it now), and a turn the process died in the middle
+        of ends: writes that waited for an approval are denied (nothing was written), and the
+        agent's status says ``failed``."""
         state = session.state
-        items: list[tuple[EventType, dict[str, Any]]] = [
+        items: list[tuple[EventType, dict[str, Any]]] = []
+        if state.status is Status.ACTIVE:
+            items.append((EventType.SESSION_STATUS, status_data(Status.ACTIVE, Status.IDLE)))
+        items.extend(
             event_item(ApprovalDecidedData(call_id=call_id, allow=False, reason="restart"))
             for call_id in sorted(state.pending_approvals or ())
-        ]
+        )
         if state.agent_status in ("thinking", "calling_tool"):
             items.append(event_item(AgentStatusData(status="failed", reason="restart")))
         if items:

@@ -213,14 +213,10 @@ class SqliteStore:
         return bool(await self._submit(session_id, run))
 
     async def release(self, session_id: str) -> None:
-        """The log stays (audit, and the tombstone's history); only the writer's cache goes."""
+        """Nothing to write: the log stays (audit, and the tombstone's history), and the commit
+        that terminated the session dropped its snapshots and the writer's record of where its
+        log ends, in the same transaction (no second ``fsync`` per termination)."""
         self._check_open(session_id)
-
-        def run(conn: sqlite3.Connection) -> None:
-            self._writer.last_seq.pop(session_id, None)
-            conn.execute("DELETE FROM snapshots WHERE session_id = ?", (session_id,))
-
-        await self._submit(session_id, run)
 
     # --- reads ------------------------------------------------------------------------------------
 

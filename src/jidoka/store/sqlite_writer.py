@@ -132,6 +132,8 @@ class Writer:
         rows: list[tuple[str, int, str, int, bytes]] = []
         # (session_id, status, updated_us, owner, whether owner is to be written)
         statuses: list[tuple[str, str, int, str | None, bool]] = []
+        # Sessions this batch terminates: their snapshots go in the same transaction.
+        ended: list[tuple[str]] = []
 
         def flush() -> None:
             if rows:
@@ -152,6 +154,9 @@ class Writer:
                     statuses,
                 )
                 statuses.clear()
+            if ended:
+                conn.executemany("DELETE FROM snapshots WHERE session_id = ?", ended)
+                ended.clear()
 
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -176,7 +181,13 @@ class Writer:
                         statuses.append(
                             (sid, append.status, append.rows[-1][3], append.owner, append.created)
                         )
-                    self.last_seq[sid] = append.last_seq
+                    if append.status == "terminated":
+                        # The log is closed: no load needs a snapshot nor this record again
+                        # (a restore under the same id reads where the log ends afresh).
+                        ended.append((sid,))
+                        self.last_seq.pop(sid, None)
+                    else:
+                        self.last_seq[sid] = append.last_seq
                     results.append((request, None, None))
                     continue
                 assert request.run is not None
