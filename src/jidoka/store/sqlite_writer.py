@@ -24,6 +24,7 @@ from typing import Any, Final, NamedTuple
 from ..errors import StoreError
 from .base import OnCommitted, SeqConflict
 from .sqlite_schema import max_seq
+from .wakeup import Waker, Wakers
 
 __all__ = ["Append", "Request", "Writer"]
 
@@ -52,7 +53,7 @@ class Request:
     statement); any other write carries a function to run on the connection.
     """
 
-    __slots__ = ("append", "future", "loop", "on_done", "run", "session_id")
+    __slots__ = ("append", "future", "loop", "on_done", "run", "session_id", "waker")
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Request:
         self.on_done = on_done
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
+        self.waker: Waker | None = None  # set by Writer.put, on the loop's thread
 
 
 _STOP: Final = object()
@@ -80,6 +82,7 @@ class Writer:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Request | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._wakers = Wakers()
         #: Where each session's log ends, as far as this writer knows (its thread only).
         self.last_seq: dict[str, int] = {}
         self.commits = 0
@@ -93,7 +96,8 @@ class Writer:
         self._thread.start()
 
     def put(self, request: Request) -> None:
-        """Queue a request; never blocks."""
+        """Queue a request; never blocks. Called on the request's event loop."""
+        request.waker = self._wakers.for_loop(request.loop)
         self._queue.put(request)
 
     async def stop(self) -> None:
@@ -102,6 +106,7 @@ class Writer:
         thread = self._thread
         if thread is not None:
             await asyncio.to_thread(thread.join)
+        self._wakers.close()  # only now: the thread may post to them until it ends
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:
@@ -229,7 +234,8 @@ class Writer:
 
     @staticmethod
     def _resolve_all(results: list[tuple[Request, Any, BaseException | None]]) -> None:
-        """Wake the callers of a batch: one hop to each event loop, not one per request."""
+        """Wake the callers of a batch: one hop to each event loop, not one per request
+        (:mod:`.wakeup`: an eventfd where the platform has one)."""
 
         def settle(items: list[tuple[Request, Any, BaseException | None]]) -> None:
             for request, value, error in items:
@@ -245,10 +251,10 @@ class Writer:
                 else:
                     request.future.set_result(value)
 
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Any, BaseException | None]]]
-        by_loop = {}
+        by_waker: dict[Waker, list[tuple[Request, Any, BaseException | None]]] = {}
         for item in results:
-            by_loop.setdefault(item[0].loop, []).append(item)
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(settle, items)
+            waker = item[0].waker
+            assert waker is not None
+            by_waker.setdefault(waker, []).append(item)
+        for waker, items in by_waker.items():
+            waker.post(settle, items)
