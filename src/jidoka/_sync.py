@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-__all__ = ["FifoLock"]
+__all__ = ["CommitLock", "FifoLock"]
 
 
 class FifoLock:
@@ -56,3 +56,61 @@ class FifoLock:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.release()
+
+
+class CommitLock(FifoLock):
+    """A session's lock, aware of the session's commits still in flight.
+
+    ``async with lock`` (:meth:`acquire`) is exclusive: it returns once the lock is held *and*
+    no commit is in flight, so the holder sees every earlier command applied to the
+    projection — what a command that validates against it needs. :meth:`acquire_to_append`
+    returns once the lock is held, commits may still be in flight: for an append whose checks
+    do not read what those commits change (a message to an active session), which can then be
+    queued right behind them and share their transaction (see ``SessionCore.queue_command``).
+
+    The session counts its commits with :meth:`begin` and :meth:`end`; a waiter for them
+    shares one future, made only when someone waits.
+    """
+
+    __slots__ = ("_drained", "_pending")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = 0
+        self._drained: asyncio.Future[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Commits handed to the store and not settled yet."""
+        return self._pending
+
+    def begin(self) -> None:
+        self._pending += 1
+
+    def end(self) -> None:
+        self._pending -= 1
+        if not self._pending and self._drained is not None:
+            drained, self._drained = self._drained, None
+            if not drained.done():
+                drained.set_result(None)
+
+    async def settled(self) -> None:
+        """Wait until no commit is in flight (each settled and, if committed, applied)."""
+        while self._pending:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            # Shielded: one waiter's cancellation must not cancel the future others share.
+            await asyncio.shield(self._drained)
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        if self._pending:
+            try:
+                await self.settled()
+            except BaseException:
+                self.release()
+                raise
+
+    async def acquire_to_append(self) -> None:
+        """Hold the lock; commits may still be in flight."""
+        await super().acquire()

@@ -16,6 +16,7 @@ import pytest
 
 import jidoka
 from jidoka import FakeClock, Status
+from jidoka.store.base import SeqConflict
 from jidoka.store.sqlite import DATABASE_NAME, SCHEMA_VERSION, SchemaError, SqliteStore
 from tests.fixtures.make_v1_database import ENDED, LIVE
 from tests.helpers import drain, quiesce, take, until
@@ -518,3 +519,58 @@ async def test_a_queued_load_of_a_session_a_client_loaded_first_does_nothing(
         assert manager.is_live(sid)
         await rt.client.terminate_session(sid)
         await manager._load_quietly(sid)  # and after it ended
+
+
+async def test_one_session_s_concurrent_appends_share_commits(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Many callers appending to one session queue behind the commit in flight: they share
+    transactions, keep the order they were sent in, and each gets its own seq."""
+    async with jidoka.Runtime(tmp_path / "data", clock=clock) as rt:
+        client = rt.client
+        sid = await client.create_session(config={"max_history": 500})
+        store = rt.store
+        commits = store.commits  # type: ignore[attr-defined]
+        sent = await asyncio.gather(*(client.send_message(sid, "user", str(n)) for n in range(200)))
+        used = store.commits - commits  # type: ignore[attr-defined]
+        assert used < 200 / 4, f"{used} commits for 200 appends to one session"
+        assert [m.content for m in sent] == [str(n) for n in range(200)]
+        assert [m.seq for m in sent] == list(range(sent[0].seq, sent[0].seq + 200))
+        history = await client.get_conversation_history(sid)
+        assert [(m.content, m.seq) for m in history] == [(m.content, m.seq) for m in sent]
+    async with jidoka.Runtime(tmp_path / "data", clock=clock) as rt:  # and they are on disk
+        assert [m.content for m in await rt.client.get_conversation_history(sid)] == [
+            str(n) for n in range(200)
+        ]
+
+
+async def test_appends_queued_behind_a_failed_commit_fail_and_nothing_is_lost(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A commit that fails (the database is full) fails the appends of the same session
+    queued behind it, saying so: what a caller was told is stored is stored, what it was told
+    failed is not, and the projection matches the log."""
+    async with jidoka.Runtime(tmp_path / "data", clock=clock, max_database_bytes=128 * 1024) as rt:
+        client = rt.client
+        sid = await client.create_session()
+        big = "x" * 8_000
+        stored: list[jidoka.Message] = []
+        failed: list[jidoka.StoreError] = []
+        for round_ in range(40):
+            results = await asyncio.gather(
+                *(client.send_message(sid, "user", f"{round_}.{n} {big}") for n in range(8)),
+                return_exceptions=True,
+            )
+            stored += [r for r in results if isinstance(r, jidoka.Message)]
+            failed += [r for r in results if isinstance(r, jidoka.StoreError)]
+            assert all(isinstance(r, jidoka.Message | jidoka.StoreError) for r in results)
+            if failed:
+                break
+        assert failed, "the database never filled up"
+        assert all(f.session_id == sid and sid in str(f) for f in failed)
+        behind = [f for f in failed if isinstance(f, SeqConflict)]
+        assert all("an earlier append of this session failed" in str(f) for f in behind)
+        logged = [e for e in await rt.read_events(sid) if e.type == "conversation_added"]
+        assert [e.data["content"] for e in logged] == [m.content for m in stored]
+        history = await client.get_conversation_history(sid)
+        assert [(m.content, m.seq) for m in history] == [(m.content, m.seq) for m in stored]

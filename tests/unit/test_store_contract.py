@@ -93,6 +93,9 @@ async def test_conflicting_append_is_refused_whole(
     assert (info.value.session_id, info.value.expected) == (A, expected)
     assert isinstance(info.value, StoreError)
     assert await store.last_seq(A) == 3
+    # A gap can only follow an append that was not stored (one queued behind a failed
+    # commit): the error says so, for the caller who only sees this one.
+    assert ("an earlier append of this session failed" in str(info.value)) == (first > expected)
 
 
 async def test_batch_with_a_hole_is_refused_whole(store: SessionStore) -> None:

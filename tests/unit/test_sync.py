@@ -1,4 +1,5 @@
-"""FifoLock: mutual exclusion, FIFO hand-over, and cancellation safety."""
+"""FifoLock: mutual exclusion, FIFO hand-over, and cancellation safety; CommitLock: the same, aware
+of the commits in flight."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from jidoka._sync import FifoLock
+from jidoka._sync import CommitLock, FifoLock
 
 
 async def _settle(turns: int = 10) -> None:
@@ -227,3 +228,61 @@ async def test_lock_survives_many_cancellations() -> None:
     assert got == expected
     assert not lock.locked()
     assert await _acquired_soon(lock)
+
+
+# --- CommitLock: the lock that knows about commits in flight ------------------------------------
+
+
+async def test_exclusive_acquire_waits_for_the_commits_in_flight() -> None:
+    lock = CommitLock()
+    lock.begin()
+    lock.begin()
+    holder = asyncio.create_task(lock.acquire())
+    await _settle()
+    assert lock.locked()  # held, but not handed back: two commits are still in flight
+    assert not holder.done()
+    lock.end()
+    await _settle()
+    assert not holder.done()
+    lock.end()
+    await holder
+    assert lock.pending == 0
+    lock.release()
+    assert not lock.locked()
+
+
+async def test_acquire_to_append_does_not_wait_for_commits_in_flight() -> None:
+    lock = CommitLock()
+    lock.begin()
+    await asyncio.wait_for(lock.acquire_to_append(), 1.0)
+    assert lock.locked()
+    lock.release()
+    lock.end()
+
+
+async def test_an_exclusive_waiter_cancelled_while_commits_settle_lets_the_lock_go() -> None:
+    lock = CommitLock()
+    lock.begin()
+    first = asyncio.create_task(lock.acquire())
+    second = asyncio.create_task(lock.acquire())
+    await _settle()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    lock.end()
+    await second  # the lock went on to the next waiter, and nothing is in flight
+    assert lock.locked()
+    lock.release()
+    assert not lock.locked()
+
+
+async def test_settled_returns_at_once_when_nothing_is_in_flight() -> None:
+    lock = CommitLock()
+    await asyncio.wait_for(lock.settled(), 1.0)
+    lock.begin()
+    waiters = [asyncio.create_task(lock.settled()) for _ in range(3)]
+    await _settle()
+    waiters[0].cancel()  # one waiter's cancellation leaves the others waiting
+    await _settle()
+    assert not any(w.done() for w in waiters[1:])
+    lock.end()
+    await asyncio.gather(*waiters[1:])

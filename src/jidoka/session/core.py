@@ -28,14 +28,13 @@ The commands themselves are :class:`~.session.Session`'s.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 
-from .._sync import FifoLock
+from .._sync import CommitLock
 from ..errors import SessionTerminated
 from ..events import Event, EventType
 from ..payloads import SessionStatusData, data_of
@@ -94,7 +93,6 @@ class SessionCore:
     """What a live session holds, and the commit path its commands share."""
 
     __slots__ = (
-        "_drained",
         "_in_flight",
         "idle_since",
         "last_activity",
@@ -111,7 +109,7 @@ class SessionCore:
     def __init__(self, state: SessionState, services: SessionServices) -> None:
         self.state = state
         self.services = services
-        self.lock = FifoLock()
+        self.lock = CommitLock()
         self.supervisor: Supervisor | None = None
         self.sandbox: Sandbox | None = None
         now = services.clock.monotonic()
@@ -120,12 +118,12 @@ class SessionCore:
         self.timer_at: float | None = None  # `when` of this session's live timer entry
         self.terminating = False
         self.snapshot_seq = 0  # seq of the newest snapshot written (or loaded)
-        # The commit handed to the store and not settled yet: its events, ``after`` and
-        # ``activity``, for :meth:`_committed`. There is at most one: commits run under the
-        # lock, and one whose caller was cancelled is waited for by the next (``_drained``).
-        # So the store calls back one bound method, and no closure is made per commit.
-        self._in_flight: _InFlight | None = None
-        self._drained: asyncio.Future[None] | None = None
+        # The commits handed to the store and not settled yet, oldest first: their events,
+        # ``after`` and ``activity``, for :meth:`_committed` (the store settles a session's
+        # commits in order). ``None`` when there are none, which is nearly always: only
+        # appends queued behind one another (:meth:`queue_command`) make more than one. So
+        # the store calls back one bound method, and no closure is made per commit.
+        self._in_flight: list[_InFlight] | None = None
 
     @property
     def session_id(self) -> str:
@@ -150,24 +148,51 @@ class SessionCore:
     def transition_nowait(self, to: Status) -> None:
         """:meth:`transition` for when :meth:`can_commit_nowait` holds."""
         data = status_data(self.state.status, to)
-        events = self._events([(EventType.SESSION_STATUS, data)])
-        self._in_flight = (events, None, False)
-        try:
-            waiting = self.services.append_nowait(self.state.session_id, events, self._committed)
-        except BaseException:
-            self._in_flight = None
-            raise
+        _, waiting = self._queue([(EventType.SESSION_STATUS, data)], None, False)
         assert waiting is None, "a store that commits inline returned something to await"
 
     def _events(self, items: Iterable[tuple[EventType, dict[str, Any]]]) -> list[Event]:
         when = datetime.fromtimestamp(self.services.clock.time(), UTC)
         sid = self.state.session_id
-        seq = self.state.seq
+        in_flight = self._in_flight
+        # Numbered after the commits still in flight, if any: they will be stored first.
+        seq = in_flight[-1][0][-1].seq if in_flight else self.state.seq
         events = []
         for type_, data in items:
             seq += 1
             events.append(Event(type_, sid, seq, when, data))
         return events
+
+    def _queue(
+        self,
+        items: Iterable[tuple[EventType, dict[str, Any]]],
+        after: Callable[[], object] | None,
+        activity: bool,
+    ) -> tuple[list[Event], Awaitable[None] | None]:
+        """Number the events and hand them to the store (see :meth:`commit`)."""
+        events = self._events(items)
+        entry = (events, after, activity)
+        in_flight = self._in_flight
+        if in_flight is None:
+            self._in_flight = [entry]
+        else:
+            in_flight.append(entry)
+        lock = self.lock
+        lock.begin()
+        try:
+            waiting = self.services.append_nowait(self.state.session_id, events, self._committed)
+        except BaseException:  # refused before it was taken: the store will not call back
+            self._forget(entry)
+            lock.end()
+            raise
+        return events, waiting
+
+    def _forget(self, entry: _InFlight) -> None:
+        in_flight = self._in_flight
+        assert in_flight is not None
+        in_flight.remove(entry)
+        if not in_flight:
+            self._in_flight = None
 
     async def commit(
         self,
@@ -176,43 +201,36 @@ class SessionCore:
         after: Callable[[], object] | None = None,
         activity: bool = False,
     ) -> list[Event]:
-        """Append the events, then run the post-commit section. The caller holds :attr:`lock`.
+        """Append the events, then run the post-commit section. The caller holds :attr:`lock`
+        (exclusively: no earlier commit is in flight).
 
         An error raised here means nothing was stored. Once the store has taken the events,
         the post-commit section (:func:`~.postcommit.after_commit`: apply, publish, ``after``,
         and the runtime's ``after_command`` hook when ``activity`` says this is a client
         command) runs to its end even if the caller is cancelled meanwhile, so the projection
         never falls behind the log and nothing the command implies is skipped; and it never
-        raises.
+        raises. A cancelled caller's commit still counts as in flight until it settles, so
+        the next holder of the lock waits for it (:meth:`CommitLock.acquire`).
         """
-        if self._in_flight is not None:  # a cancelled caller's commit is still finishing
-            if self._drained is None:
-                self._drained = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._drained)
-        events = self._events(items)
-        self._in_flight = (events, after, activity)
-        try:
-            waiting = self.services.append_nowait(self.state.session_id, events, self._committed)
-        except BaseException:  # refused before it was taken: the store will not call back
-            self._in_flight = None
-            raise
+        events, waiting = self._queue(items, after, activity)
         if waiting is not None:
             await waiting
         return events
 
     def _committed(self, error: BaseException | None) -> None:
-        """The store settled the commit in flight (before ``append_nowait`` returned, for a
-        store that commits inline): the post-commit section if it committed."""
+        """The store settled the oldest commit in flight (before ``append_nowait`` returned,
+        for a store that commits inline): the post-commit section if it committed."""
         in_flight = self._in_flight
-        assert in_flight is not None, "a store settled a commit twice"
-        events, after, activity = in_flight
-        self._in_flight = None
-        drained = self._drained
-        if drained is not None:  # the next commit waits for this one
-            self._drained = None
-            drained.set_result(None)
-        if error is None:  # else nothing was stored: nothing follows
-            _after_commit(self, events, after, activity)
+        assert in_flight, "a store settled a commit it was not given"
+        entry = in_flight.pop(0)
+        if not in_flight:
+            self._in_flight = None
+        events, after, activity = entry
+        try:
+            if error is None:  # else nothing was stored: nothing follows
+                _after_commit(self, events, after, activity)
+        finally:
+            self.lock.end()
 
     def report_fault(self, step: Step, error: Exception) -> None:
         """A step after a commit failed: log it, let the runtime repair what it broke (see
@@ -235,11 +253,34 @@ class SessionCore:
         to fail the command. What the command returns is built from its events, not read
         back from the projection (which a failed apply would have left behind).
         """
+        self._activity(items)
+        return await self.commit(items, after=after, activity=True)
+
+    async def queue_command(
+        self,
+        items: list[tuple[EventType, dict[str, Any]]],
+        after: Callable[[], object] | None = None,
+    ) -> tuple[list[Event], Awaitable[None] | None]:
+        """:meth:`command` for an append that may queue behind commits still in flight: the
+        caller holds :attr:`lock` by :meth:`~CommitLock.acquire_to_append`, releases it once
+        this returns, then awaits what it returns (``None``: committed already).
+
+        So several callers appending to one session each hand their events to the store
+        without waiting for the previous commit, and the store can put them all in one
+        transaction: one ``fsync`` for many messages of one session. Only an append whose
+        checks do not read the projection may come this way. An idle session first waits for
+        what is in flight: its move back to ``active`` must be decided on a settled status.
+        """
+        if self.state.status is not Status.ACTIVE and self.lock.pending:
+            await self.lock.settled()
+        self._activity(items)
+        return self._queue(items, after, True)
+
+    def _activity(self, items: list[tuple[EventType, dict[str, Any]]]) -> None:
         self.ensure_writable()
         self.last_activity = self.services.clock.monotonic()
         if self.state.status is Status.IDLE:
             items.insert(0, (EventType.SESSION_STATUS, STATUS_DATA[Status.IDLE, Status.ACTIVE]))
-        return await self.commit(items, after=after, activity=True)
 
     async def transition(self, to: Status, *, error: str | None = None) -> Event:
         """Commit a ``session_status`` event (the caller checked the move and holds the lock)."""

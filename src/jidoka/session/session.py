@@ -69,11 +69,19 @@ class Session(SessionCore):
                 raise LimitExceeded(
                     "max_message_bytes", limit, session_id=self.session_id, actual=size
                 )
-        async with self.lock:
-            events = await self.command(
+        # Queued behind this session's commits still in flight, if any (nothing it checks
+        # depends on them): many senders to one session share commits.
+        lock = self.lock
+        await lock.acquire_to_append()
+        try:
+            events, waiting = await self.queue_command(
                 [event_item(ConversationAddedData(role=role, content=content))],
                 self._count_message,
             )
+        finally:
+            lock.release()
+        if waiting is not None:
+            await waiting
         event = events[-1]
         return Message(event.id, role, content, event.time, event.seq)
 

@@ -71,10 +71,10 @@ class SeqConflict(StoreError):
     """An append whose first seq is not the next one: another writer got there first."""
 
     def __init__(self, session_id: str, expected: int, got: int) -> None:
-        super().__init__(
-            f"session {session_id!r}: append at seq {got} but the log expects {expected}",
-            session_id=session_id,
-        )
+        message = f"session {session_id!r}: append at seq {got} but the log expects {expected}"
+        if got > expected:  # a gap: it was queued behind an append that was not stored
+            message += " (an earlier append of this session failed; nothing of this one was stored)"
+        super().__init__(message, session_id=session_id)
         self.expected = expected
         self.got = got
 
