@@ -103,7 +103,10 @@ class CommitLock(FifoLock):
             await asyncio.shield(self._drained)
 
     async def acquire(self) -> None:
-        await super().acquire()
+        if self._locked or self._waiters:
+            await FifoLock.acquire(self)
+        else:
+            self._locked = True
         if self._pending:
             try:
                 await self.settled()
@@ -111,6 +114,18 @@ class CommitLock(FifoLock):
                 self.release()
                 raise
 
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    def try_acquire_to_append(self) -> bool:
+        """Take the lock if it is free and nobody waits (commits may still be in flight):
+        the uncontended case of :meth:`acquire_to_append`, without a coroutine."""
+        if self._locked or self._waiters:
+            return False
+        self._locked = True
+        return True
+
     async def acquire_to_append(self) -> None:
         """Hold the lock; commits may still be in flight."""
-        await super().acquire()
+        if not self.try_acquire_to_append():
+            await FifoLock.acquire(self)

@@ -123,7 +123,7 @@ class SessionCore:
         # commits in order). ``None`` when there are none, which is nearly always: only
         # appends queued behind one another (:meth:`queue_command`) make more than one. So
         # the store calls back one bound method, and no closure is made per commit.
-        self._in_flight: list[_InFlight] | None = None
+        self._in_flight: _InFlight | list[_InFlight] | None = None
 
     @property
     def session_id(self) -> str:
@@ -154,9 +154,12 @@ class SessionCore:
     def _events(self, items: Iterable[tuple[EventType, dict[str, Any]]]) -> list[Event]:
         when = datetime.fromtimestamp(self.services.clock.time(), UTC)
         sid = self.state.session_id
-        in_flight = self._in_flight
         # Numbered after the commits still in flight, if any: they will be stored first.
-        seq = in_flight[-1][0][-1].seq if in_flight else self.state.seq
+        in_flight = self._in_flight
+        if in_flight is None:
+            seq = self.state.seq
+        else:
+            seq = (in_flight[-1] if isinstance(in_flight, list) else in_flight)[0][-1].seq
         events = []
         for type_, data in items:
             seq += 1
@@ -171,12 +174,14 @@ class SessionCore:
     ) -> tuple[list[Event], Awaitable[None] | None]:
         """Number the events and hand them to the store (see :meth:`commit`)."""
         events = self._events(items)
-        entry = (events, after, activity)
+        entry: _InFlight = (events, after, activity)
         in_flight = self._in_flight
-        if in_flight is None:
-            self._in_flight = [entry]
-        else:
+        if in_flight is None:  # the common case: one commit at a time, no list made
+            self._in_flight = entry
+        elif isinstance(in_flight, list):
             in_flight.append(entry)
+        else:
+            self._in_flight = [in_flight, entry]
         lock = self.lock
         lock.begin()
         try:
@@ -188,10 +193,13 @@ class SessionCore:
         return events, waiting
 
     def _forget(self, entry: _InFlight) -> None:
+        """Take back ``entry``, the newest commit in flight (the store refused it)."""
         in_flight = self._in_flight
-        assert in_flight is not None
-        in_flight.remove(entry)
-        if not in_flight:
+        if isinstance(in_flight, list):
+            in_flight.pop()
+            self._in_flight = in_flight[0] if len(in_flight) == 1 else in_flight
+        else:
+            assert in_flight is entry
             self._in_flight = None
 
     async def commit(
@@ -221,10 +229,12 @@ class SessionCore:
         """The store settled the oldest commit in flight (before ``append_nowait`` returned,
         for a store that commits inline): the post-commit section if it committed."""
         in_flight = self._in_flight
-        assert in_flight, "a store settled a commit it was not given"
-        entry = in_flight.pop(0)
-        if not in_flight:
-            self._in_flight = None
+        assert in_flight is not None, "a store settled a commit it was not given"
+        if isinstance(in_flight, list):
+            entry = in_flight.pop(0)
+            self._in_flight = in_flight[0] if len(in_flight) == 1 else in_flight
+        else:
+            entry, self._in_flight = in_flight, None
         events, after, activity = entry
         try:
             if error is None:  # else nothing was stored: nothing follows
@@ -256,7 +266,7 @@ class SessionCore:
         self._activity(items)
         return await self.commit(items, after=after, activity=True)
 
-    async def queue_command(
+    def queue_command(
         self,
         items: list[tuple[EventType, dict[str, Any]]],
         after: Callable[[], object] | None = None,
@@ -268,11 +278,12 @@ class SessionCore:
         So several callers appending to one session each hand their events to the store
         without waiting for the previous commit, and the store can put them all in one
         transaction: one ``fsync`` for many messages of one session. Only an append whose
-        checks do not read the projection may come this way. An idle session first waits for
-        what is in flight: its move back to ``active`` must be decided on a settled status.
+        checks do not read the projection may come this way, and only to an ``active``
+        session or one with nothing in flight: an idle session's move back to ``active``
+        must be decided on a settled status (the caller waits for
+        :meth:`~CommitLock.settled` first).
         """
-        if self.state.status is not Status.ACTIVE and self.lock.pending:
-            await self.lock.settled()
+        assert not self.lock.pending or self.state.status is Status.ACTIVE
         self._activity(items)
         return self._queue(items, after, True)
 

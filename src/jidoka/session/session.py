@@ -40,7 +40,7 @@ from .context import ContextBundle, TokenCounter, build_context
 from .core import SessionCore
 from .inputs import check_include, check_index_room, check_key, json_copy, split_index_fields
 from .services import SessionServices
-from .state import ROLES, ActiveFile, FileIndexEntry, Message, json_size
+from .state import ROLES, ActiveFile, FileIndexEntry, Message, Status, json_size
 
 __all__ = ["Session", "SessionServices"]
 
@@ -72,9 +72,12 @@ class Session(SessionCore):
         # Queued behind this session's commits still in flight, if any (nothing it checks
         # depends on them): many senders to one session share commits.
         lock = self.lock
-        await lock.acquire_to_append()
+        if not lock.try_acquire_to_append():
+            await lock.acquire_to_append()
         try:
-            events, waiting = await self.queue_command(
+            if lock.pending and self.state.status is not Status.ACTIVE:
+                await lock.settled()  # see queue_command
+            events, waiting = self.queue_command(
                 [event_item(ConversationAddedData(role=role, content=content))],
                 self._count_message,
             )
