@@ -132,8 +132,6 @@ class Writer:
             conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[Request]) -> None:
-        if len(batch) == 1 and self._commit_one_row(conn, batch[0]):
-            return
         results: list[tuple[Request, Any, BaseException | None]] = []
         # What this batch changed in ``last_seq`` (session, value before), to undo it if the
         # commit fails: a copy of the whole record would cost O(sessions) per commit.
@@ -228,38 +226,6 @@ class Writer:
         self.commits += 1
         self.batched_requests += len(batch)
         self._resolve_all(results)
-
-    def _commit_one_row(self, conn: sqlite3.Connection, request: Request) -> bool:
-        """Commit an append of one event that changes no status, alone in its batch, as one
-        autocommit ``INSERT``: the common case of a session appending with nobody else
-        writing, which then costs one statement instead of three (``BEGIN``, the insert,
-        ``COMMIT``). ``False`` (nothing done) for any other request."""
-        append = request.append
-        if append is None or append.status is not None or len(append.rows) != 1:
-            return False
-        sid = request.session_id
-        assert sid is not None
-        last_seq = self.last_seq
-        try:
-            last = last_seq.get(sid)
-            if last is None:
-                last = max_seq(conn, sid)
-            if append.first_seq != last + 1:
-                last_seq[sid] = last
-                self._resolve_all([(request, None, SeqConflict(sid, last + 1, append.first_seq))])
-                return True
-            conn.execute(
-                "INSERT INTO events (session_id, seq, type, time_us, data) VALUES (?, ?, ?, ?, ?)",
-                append.rows[0],
-            )
-        except Exception as exc:  # as in _commit_batch: nothing was stored
-            self._fail_all([request], exc)
-            return True
-        last_seq[sid] = append.last_seq
-        self.commits += 1
-        self.batched_requests += 1
-        self._resolve_all([(request, None, None)])
-        return True
 
     def _fail_all(self, batch: list[Request], exc: Exception) -> None:
         logger.error("commit of %d requests failed: %s", len(batch), exc)
