@@ -574,3 +574,26 @@ async def test_appends_queued_behind_a_failed_commit_fail_and_nothing_is_lost(
         assert [e.data["content"] for e in logged] == [m.content for m in stored]
         history = await client.get_conversation_history(sid)
         assert [(m.content, m.seq) for m in history] == [(m.content, m.seq) for m in stored]
+
+
+async def test_a_queued_append_whose_caller_is_cancelled_still_lands_before_the_next_command(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Appends queued behind one another are the store's once queued: cancelling their callers
+    stores and applies them all the same, and the next command that reads the projection
+    (``clear_conversation`` counts the messages it clears) sees every one of them."""
+    async with jidoka.Runtime(tmp_path / "data", clock=clock) as rt:
+        client = rt.client
+        sid = await client.create_session()
+        senders = [asyncio.create_task(client.send_message(sid, "user", str(n))) for n in range(20)]
+        await asyncio.sleep(0)  # every sender has queued its append (the lock is free)
+        for task in senders:
+            task.cancel()
+        cleared = await client.clear_conversation(sid)
+        assert cleared == 20
+        await asyncio.gather(*senders, return_exceptions=True)
+        logged = await rt.read_events(sid)
+        added = [e.data["content"] for e in logged if e.type == "conversation_added"]
+        assert added == [str(n) for n in range(20)]
+        assert logged[-1].type == "conversation_cleared"
+        assert logged[-1].data["count"] == 20
