@@ -72,6 +72,7 @@ from .bench_peers import (
     _measure,
     _openai_sequential,
     _Series,
+    _sqlite_pragmas,
     _version,
     missing,
 )
@@ -151,7 +152,8 @@ async def _openai_create_clear(n: int) -> tuple[float, dict[str, Any]]:
         finally:
             for handle in [warm, *handles]:
                 handle.close()
-    return n / elapsed, {"items_left_in_first": left}
+        info = {"items_left_in_first": left, **_sqlite_pragmas(database)}
+    return n / elapsed, info
 
 
 # --- the rounds ---------------------------------------------------------------------------------
@@ -387,7 +389,7 @@ def run(quick: bool = False) -> list[Result]:
 def _cell(samples: Sequence[float], unit: str) -> str:
     if not samples:
         return "not measured"
-    return f"{format_value(statistics.median(samples), unit)} ({_spread_text(samples, unit)})"
+    return f"{format_value(statistics.median(samples), unit)}; {_spread_text(samples, unit)}"
 
 
 def format_hotpath(results: Sequence[Result]) -> str:
@@ -419,7 +421,7 @@ def format_hotpath(results: Sequence[Result]) -> str:
             after = _cell(r.samples, r.unit)
         previous = r.title
         lines.append(
-            f"| {title} | {r.unit}, median (min to max, n) | {before} | {after} | {ref_cell} | "
+            f"| {title} | {r.unit}: median; min to max (n) | {before} | {after} | {ref_cell} | "
             f"{ratio} | {target} | {met} |"
         )
     lines.append("")
