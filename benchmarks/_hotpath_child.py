@@ -26,6 +26,7 @@ from .bench_durable import (
     _events_ddl,
     _rss,
     _settle,
+    _store_counts,
     durable_runtime,
     jidoka_concurrent,
     jidoka_sequential,
@@ -52,6 +53,7 @@ async def _lifecycle(n: int) -> dict[str, Any]:
             for _ in range(20):  # warm-up: imports, the first commits grow the WAL file
                 await client.terminate_session(await client.create_session())
             await _settle(rt)
+            commits, requests = _store_counts(rt)
             quiesce()
             start = clock()
             ids = [await client.create_session() for _ in range(n)]
@@ -59,7 +61,13 @@ async def _lifecycle(n: int) -> dict[str, Any]:
                 await client.terminate_session(sid)
             await _settle(rt)
             elapsed = clock() - start
-    return {"rate": n / elapsed, "seconds": elapsed}
+            after = _store_counts(rt)
+    return {
+        "rate": n / elapsed,
+        "seconds": elapsed,
+        "commits": after[0] - commits,  # 0 if the store does not count them
+        "requests": after[1] - requests,
+    }
 
 
 def _traced() -> int:

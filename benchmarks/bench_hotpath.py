@@ -161,10 +161,10 @@ async def _openai_create_clear(n: int) -> tuple[float, dict[str, Any]]:
 
 @dataclass
 class _Workload:
-    key: str
     title: str
     unit: str
     child: list[str]  # the child's arguments
+    ops: int  # pairs or messages per repeat
     references: dict[str, Callable[[], float]]  # raw references by name
     peer: Callable[[], Coroutine[Any, Any, tuple[float, dict[str, Any]]]] | None  # for _measure
 
@@ -181,18 +181,18 @@ def _workloads(sizes: Sizes, ddl: str) -> dict[str, _Workload]:
     concurrent = sizes.sessions * sizes.per_session
     return {
         "lifecycle": _Workload(
-            "lifecycle",
             f"Create+terminate, {pairs:,} sessions one after another (durable)",
             "pairs/s",
             ["lifecycle", "--n", str(pairs)],
+            pairs,
             {RAW: lambda: _raw_create_delete(ddl, pairs)},
             lambda: _openai_create_clear(pairs),
         ),
         "single": _Workload(
-            "single",
             f"1 session, {messages:,} awaited send_message (durable)",
             "msg/s",
             ["single", "--n", str(messages)],
+            messages,
             {
                 RAW: lambda: _raw_per_commit(ddl, messages),
                 THREAD: lambda: run_async(lambda: _raw_thread_commit(ddl, messages)),
@@ -200,10 +200,10 @@ def _workloads(sizes: Sizes, ddl: str) -> dict[str, _Workload]:
             lambda: _openai_sequential(messages),
         ),
         "concurrent": _Workload(
-            "concurrent",
             f"{sizes.sessions} sessions x {sizes.per_session} appends, one task each (durable)",
             "msg/s",
             ["concurrent", "--n", str(sizes.sessions), "--per-session", str(sizes.per_session)],
+            concurrent,
             {RAW: lambda: _raw_per_commit(ddl, concurrent)},
             None,
         ),
@@ -211,8 +211,8 @@ def _workloads(sizes: Sizes, ddl: str) -> dict[str, _Workload]:
 
 
 def _trees(before: Path | None, after: Path, round_: int) -> list[tuple[str, Path]]:
-    trees = [("before", before), ("after", after)] if before is not None else [("after", after)]
-    order = [(name, tree) for name, tree in trees if tree is not None]
+    """The trees in this round's order: before first in even rounds, after first in odd."""
+    order = [("after", after)] if before is None else [("before", before), ("after", after)]
     return order if round_ % 2 == 0 else order[::-1]
 
 
@@ -319,6 +319,10 @@ def _throughput_rows(key: str, work: _Workload, data: dict[str, Any]) -> list[Re
         "children": data["children"],
         **({"peer": data["peer"]} if "peer" in data else {}),
     }
+    for tree in ("before", "after"):
+        commits = [c["commits"] for c in data["children"] if c["tree"] == tree]
+        if commits:
+            common[f"commits_per_op_{tree}"] = statistics.median(commits) / work.ops
     names = ([PEER] if work.peer is not None else []) + list(work.references)
     if samples["before"]:
         names.append("before")
@@ -425,6 +429,18 @@ def format_hotpath(results: Sequence[Result]) -> str:
             f"{ratio} | {target} | {met} |"
         )
     lines.append("")
+    per_op = {
+        r.title: " / ".join(
+            f"{r.details[f'commits_per_op_{t}']:.3g}"
+            for t in ("before", "after")
+            if f"commits_per_op_{t}" in r.details
+        )
+        for r in results
+        if "commits_per_op_after" in r.details
+    }
+    if per_op:
+        lines.append("Store commits per pair or message (median; before / after):")
+        lines.extend(f"- {title}: {text}" for title, text in per_op.items())
     lines.append(f"{PEER}: {_TITLES[OPENAI]}. {RAW}: {RAW_TEXT}. {THREAD}: {THREAD_TEXT}.")
     return "\n".join(lines)
 
