@@ -24,9 +24,10 @@ root, so on one disk):
 
 Rounds: in each, every workload runs for before and after in alternating child processes (the
 first alternating by round), and its peer and raw references run in this process in the same
-round, so each round has all of them. Ratios to a reference are ratios of medians; after/before
-is also given as the median of the per-round ratios (as ``benchmarks.ab``), which is what to
-read for a small difference on a noisy machine. Targets are reported, never asserted.
+round, so each round has all of them. Ratios are ratios of medians (the targets are judged on
+them), each followed by the median of the per-round ratios (as ``benchmarks.ab``): what to read
+on a noisy machine, where a burst of someone else's disk writes can slow one round several-fold.
+Targets are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -307,7 +308,12 @@ def _reference_row(
         baseline=baseline,
         target=target,
         notes=reason or "",
-        details={**common, "reference": reference, "reference_missing": reason},
+        details={
+            **common,
+            "reference": reference,
+            "reference_missing": reason,
+            "per_round_ratio": _per_round(after, ref),
+        },
     )
 
 
@@ -351,6 +357,7 @@ def _memory_rows(by_size: dict[str, Any]) -> list[Result]:
                         "reference": "before",
                         "before_samples": before,
                         "after_over_before_per_round": _per_round(samples["after"], before),
+                        "per_round_ratio": _per_round(samples["after"], before),
                         "children": [
                             c for c in data["children"] if c["traced"] == (method != "rss")
                         ],
@@ -413,8 +420,8 @@ def format_hotpath(results: Sequence[Result]) -> str:
         else:
             ref_cell = "—"
         ratio = f"after/{reference}: {r.ratio:.3g}x" if r.ratio is not None else "—"
-        per_round = r.details.get("after_over_before_per_round")
-        if reference == "before" and per_round is not None:
+        per_round = r.details.get("per_round_ratio")
+        if per_round is not None:
             ratio += f" (per round {per_round:.3g}x)"
         target = r.target.text if r.target is not None else "—"
         met = {True: "yes", False: "**no**", None: "—"}[r.met]
