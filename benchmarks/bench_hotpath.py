@@ -341,6 +341,7 @@ def _memory_rows(by_size: dict[str, Any]) -> list[Result]:
         label = f"{int(n) // 1000}k" if int(n) >= 1000 else n
         for method, samples in (("rss", data["samples"]), ("tracemalloc", data["traced"])):
             before = samples["before"]
+            per_round = _per_round(samples["after"], before)
             rows.append(
                 Result(
                     key=f"{NAME}.idle_{label}.{method}",
@@ -356,8 +357,8 @@ def _memory_rows(by_size: dict[str, Any]) -> list[Result]:
                     details={
                         "reference": "before",
                         "before_samples": before,
-                        "after_over_before_per_round": _per_round(samples["after"], before),
-                        "per_round_ratio": _per_round(samples["after"], before),
+                        "after_over_before_per_round": per_round,
+                        "per_round_ratio": per_round,
                         "children": [
                             c for c in data["children"] if c["traced"] == (method != "rss")
                         ],
