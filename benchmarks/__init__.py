@@ -13,7 +13,10 @@ sizes). One module per area, each exposing ``run(quick: bool = False) -> list[Re
 - :mod:`benchmarks.bench_durable` (``--only durable``): the SQLite store against raw per-commit
   SQLite, session load time and start-up with 10k/100k stored sessions;
 - :mod:`benchmarks.bench_peers` (``--only peers``, needs the ``bench`` extra): the same appends
-  against the OpenAI Agents SDK's ``SQLiteSession`` and Google ADK's ``DatabaseSessionService``.
+  against the OpenAI Agents SDK's ``SQLiteSession`` and Google ADK's ``DatabaseSessionService``;
+- :mod:`benchmarks.bench_hotpath` (``--only hotpath``, or ``python -m benchmarks.bench_hotpath
+  --before SRC``): issue 14's table, two source trees alternating in child processes next to
+  ``SQLiteSession`` and raw SQLite, plus idle memory per session.
 
 Every measurement is repeated and reported as a median with its spread, next to a baseline
 measured in the same process and run. Results and method: ``docs/performance.md``.

@@ -34,6 +34,7 @@ __all__ = [
     "clock",
     "format_table",
     "format_value",
+    "git_commit",
     "machine_info",
     "make_runtime",
     "percentile",
@@ -244,11 +245,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
+def git_commit(cwd: Path = ROOT) -> str | None:
+    """The short commit checked out at ``cwd`` (``None`` outside a git checkout)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=10,
@@ -282,7 +284,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "jidoka": jidoka.__version__,
         "msgspec": msgspec.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "event_loop": _loop_name(),
         "asyncio_debug_env": bool(os.environ.get("PYTHONASYNCIODEBUG")),
     }
@@ -295,12 +297,17 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def run_child(module: str, args: Sequence[str], what: str) -> dict[str, Any]:
+def run_child(
+    module: str, args: Sequence[str], what: str, *, src: Path | None = None
+) -> dict[str, Any]:
     """Run ``python -m <module> <args>`` in a fresh process and return the JSON object it prints
-    last. The child gets no ``JIDOKA_*`` variables and no asyncio debug or tracemalloc flags."""
+    last. The child gets no ``JIDOKA_*`` variables and no asyncio debug or tracemalloc flags.
+    With ``src`` (the ``src`` directory of some checkout) the child imports ``jidoka`` from
+    there: it comes first on the path, so one run can measure two source trees."""
     command = [sys.executable, "-m", module, *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOKA_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    first = [str(src)] if src is not None else []
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, str(ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTHONASYNCIODEBUG", None)
     env.pop("PYTHONTRACEMALLOC", None)
     done = subprocess.run(

@@ -4,7 +4,9 @@ Without ``--only`` it runs the in-memory benchmarks (:data:`DEFAULT`); the durab
 (``durable``, ``peers``: see docs/performance.md), the HTTP server (``http``: uvicorn in a
 child process, wrk if installed) and the agent (``agent``: the turn loop's overhead, and 100
 sessions streaming from an OpenAI-compatible server in a child process) run when named, e.g.
-``--only durable peers``, ``--only http`` or ``--only agent``.
+``--only durable peers``, ``--only http`` or ``--only agent``; ``hotpath`` (issue 14's
+table, this checkout only: ``python -m benchmarks.bench_hotpath --before SRC`` adds a
+"before" tree) runs the same way.
 
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
 file under ``benchmarks/results/`` (or ``--output``). ``--quick`` uses tiny sizes: it checks
@@ -30,6 +32,7 @@ from . import (
     bench_durable,
     bench_fanout,
     bench_history,
+    bench_hotpath,
     bench_http,
     bench_lifecycle,
     bench_memory,
@@ -46,10 +49,13 @@ MODULES: dict[str, ModuleType] = {
 }
 #: What runs without ``--only``: the modules above.
 DEFAULT: tuple[str, ...] = tuple(MODULES)
-#: The durable store (SQLite) and its peers, the HTTP server and the agent; they run only when
-#: named with ``--only``.
+#: The durable store (SQLite) and its peers, the hot-path table, the HTTP server and the agent;
+#: they run only when named with ``--only``.
 MODULES.update(
-    {module.NAME: module for module in (bench_durable, bench_peers, bench_http, bench_agent)}
+    {
+        module.NAME: module
+        for module in (bench_durable, bench_peers, bench_hotpath, bench_http, bench_agent)
+    }
 )
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"

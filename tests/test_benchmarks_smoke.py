@@ -150,7 +150,8 @@ def test_memory_anatomy_accounts_for_most_of_a_session() -> None:
 
 def test_durable_benchmarks_run_only_when_named() -> None:
     run = _load("run")
-    assert {"durable", "peers", "http", "agent"} <= set(run.MODULES)
+    assert {"durable", "peers", "hotpath", "http", "agent"} <= set(run.MODULES)
+    assert "hotpath" not in run.DEFAULT
     assert "durable" not in run.DEFAULT
     assert "peers" not in run.DEFAULT
     assert "http" not in run.DEFAULT
@@ -237,3 +238,54 @@ def test_the_tree_ab_runs_and_prints_a_ratio_per_measure() -> None:
     measures = {row[1].strip(): float(row[4]) for row in rows[1:]}
     assert set(measures) == {"append", "lifecycle"}
     assert all(math.isfinite(ratio) and ratio > 0 for ratio in measures.values())
+
+
+def test_hotpath_measures_two_trees_and_writes_its_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI with ``--before`` (this checkout's src as both trees, so each child's import is
+    checked against its tree): every workload's rows, before and after measured, every number
+    positive and finite, the JSON written, the table printed with a row per result."""
+    hotpath = _load("bench_hotpath")
+    output = tmp_path / "hotpath.json"
+    src = str(ROOT / "src")
+    assert hotpath.main(["--quick", "--before", src, "--after", src, "--output", str(output)]) == 0
+    document = json.loads(output.read_text(encoding="utf-8"))
+    assert document["trees"]["before"]["src"] == str((ROOT / "src").resolve())
+    keys = [r["key"] for r in document["results"]]
+    assert len(keys) == len(set(keys)), keys
+    workloads = {key.split(".")[1] for key in keys}
+    assert {"lifecycle", "single", "concurrent", "idle_300", "idle_600"} <= workloads, keys
+    peer_installed = _peer_reason("openai-agents") is None
+    for result in document["results"]:
+        details = result["details"]
+        assert all(_sane(s) for s in result["samples"]), result["key"]
+        assert all(_sane(s) for s in details["before_samples"]), result["key"]
+        assert _sane(details["after_over_before_per_round"]), result["key"]
+        if details.get("reference_missing"):
+            assert not peer_installed, details["reference_missing"]
+            assert result["baseline"] is None
+        else:
+            assert all(_sane(s) for s in result["baseline"]["samples"]), result["key"]
+            assert _sane(result["ratio"]), result["key"]
+        if result["target"] is not None:
+            assert result["met"] in (True, False)
+    table = capsys.readouterr().out
+    assert "| Workload | measured | before | after | reference | ratio | target | met |" in table
+    assert table.count("\n| ") == len(keys) + 1  # the header's separator starts with "|-"
+
+
+def test_hotpath_without_the_peer_says_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without openai-agents its cells say so and the rest is measured ("after" alone here)."""
+    hotpath = _load("bench_hotpath")
+    monkeypatch.setattr(hotpath, "missing", lambda peer: f"not installed ({peer} missing; test)")
+    results = hotpath.measure(hotpath.QUICK, ROOT / "src", only=["lifecycle"])
+    assert [r.key for r in results] == ["hotpath.lifecycle.vs_peer", "hotpath.lifecycle.vs_raw"]
+    peer, raw = results
+    assert peer.baseline is None
+    assert peer.details["reference_missing"].startswith("not installed")
+    assert raw.baseline is not None
+    for result in results:
+        _check_well_formed(result)
+        assert result.details["before_samples"] == []
+    assert "SQLiteSession: not installed" in hotpath.format_hotpath(results)
