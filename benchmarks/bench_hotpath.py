@@ -6,9 +6,8 @@ checkout's own); without ``--before`` only "after" is measured. Every Jidoka mea
 a fresh child process (``benchmarks._hotpath_child``) that imports ``jidoka`` from its tree and
 uses only the public API, so this works against any tree, also one being changed.
 
-Workloads (durable ones on ``Runtime(data_dir, store="sqlite", settings=Settings())``, WAL +
-``synchronous=FULL``; every database in a fresh directory under ``bench_durable``'s scratch
-root, so on one disk):
+Workloads (durable: ``Runtime(data_dir, store="sqlite", settings=Settings())``, WAL + FULL;
+every database in a fresh directory under ``bench_durable``'s scratch root, one disk):
 
 - ``lifecycle``: 1,000 sessions created one after another with ``create_session()``, then each
   terminated; pairs/s. Peer: OpenAI Agents ``SQLiteSession`` on a file, ``SQLiteSession(id,
@@ -17,7 +16,8 @@ root, so on one disk):
 - ``single``: one session, 2,000 awaited ``send_message``; msgs/s. Peer: ``add_items`` per
   message. References: raw per-commit inserts, and the writer-thread floor (the same commits in
   a writer thread, awaited from asyncio).
-- ``concurrent``: 100 sessions x 20 appends, one task per session; reference raw per-commit.
+- ``concurrent``: 100 sessions x 20 appends, one task per session; ``shared``: as many to *one*
+  session from 100 tasks at once (per-session batching); reference raw per-commit.
 - ``idle``: memory store, N sessions (10k, 100k) each holding one 200-character message, gone
   idle (status ``idle``); RSS growth / N in a child of its own, and tracemalloc's live bytes / N
   in another (once per tree and size: tracemalloc is slow).
@@ -82,7 +82,7 @@ __all__ = ["NAME", "WORKLOADS", "measure", "run"]
 
 NAME = "hotpath"
 
-WORKLOADS = ("lifecycle", "single", "concurrent", "idle")
+WORKLOADS = ("lifecycle", "single", "concurrent", "shared", "idle")
 
 #: The references' short names (the table's legend says what they are).
 PEER = "SQLiteSession"
@@ -180,6 +180,12 @@ def _spawn(tree: Path, args: Sequence[str]) -> dict[str, Any]:
 def _workloads(sizes: Sizes, ddl: str) -> dict[str, _Workload]:
     pairs, messages = sizes.pairs, sizes.messages
     concurrent = sizes.sessions * sizes.per_session
+
+    def many(kind: str, title: str) -> _Workload:
+        args = [kind, "--n", str(sizes.sessions), "--per-session", str(sizes.per_session)]
+        raw = {RAW: lambda: _raw_per_commit(ddl, concurrent)}
+        return _Workload(f"{title} (durable)", "msg/s", args, concurrent, raw, None)
+
     return {
         "lifecycle": _Workload(
             f"Create+terminate, {pairs:,} sessions one after another (durable)",
@@ -200,13 +206,11 @@ def _workloads(sizes: Sizes, ddl: str) -> dict[str, _Workload]:
             },
             lambda: _openai_sequential(messages),
         ),
-        "concurrent": _Workload(
-            f"{sizes.sessions} sessions x {sizes.per_session} appends, one task each (durable)",
-            "msg/s",
-            ["concurrent", "--n", str(sizes.sessions), "--per-session", str(sizes.per_session)],
-            concurrent,
-            {RAW: lambda: _raw_per_commit(ddl, concurrent)},
-            None,
+        "concurrent": many(
+            "concurrent", f"{sizes.sessions} sessions x {sizes.per_session} appends, one task each"
+        ),
+        "shared": many(
+            "shared", f"1 session, {sizes.sessions} senders x {sizes.per_session} appends at once"
         ),
     }
 

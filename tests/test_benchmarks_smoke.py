@@ -255,7 +255,8 @@ def test_hotpath_measures_two_trees_and_writes_its_table(
     keys = [r["key"] for r in document["results"]]
     assert len(keys) == len(set(keys)), keys
     workloads = {key.split(".")[1] for key in keys}
-    assert {"lifecycle", "single", "concurrent", "idle_300", "idle_600"} <= workloads, keys
+    expected = {"lifecycle", "single", "concurrent", "shared", "idle_300", "idle_600"}
+    assert expected <= workloads, keys
     peer_installed = _peer_reason("openai-agents") is None
     for result in document["results"]:
         details = result["details"]
