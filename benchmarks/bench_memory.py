@@ -159,10 +159,18 @@ def _anatomy(rt: Any, first: str, second: str) -> dict[str, Any]:
     }
 
 
-async def _child(mode: str, n: int, breakdown: bool) -> dict[str, Any]:
+def message_text(index: int, size: int) -> str:
+    """The ``index``-th session's message: ``size`` ASCII characters, different in every session
+    (a string shared by all of them would be charged to none)."""
+    head = f"message {index} of the memory benchmark: "
+    return (head + "x" * size)[:size]
+
+
+async def _child(mode: str, n: int, breakdown: bool, message_bytes: int = 0) -> dict[str, Any]:
     import jidoka
 
     out: dict[str, Any] = {"mode": mode, "sessions": n, "pid": os.getpid()}
+    out["message_bytes"] = message_bytes
     measure: Callable[[], int]
     if mode == "baseline":
         tracemalloc.start()
@@ -177,13 +185,17 @@ async def _child(mode: str, n: int, breakdown: bool) -> dict[str, Any]:
     clock = jidoka.FakeClock(wall=time.time())
     async with make_runtime(clock=clock, max_sessions=max(n + 1, 100_000)) as rt:
         client = rt.client
-        await client.create_session()  # warm-up
+        warm_up = await client.create_session()
+        if message_bytes:
+            await client.send_message(warm_up, "user", message_text(-1, message_bytes))
         gc.collect()
         gc.collect()
         before = measure()
         start = time.perf_counter()
-        for _ in range(n):
-            await client.create_session()
+        for index in range(n):
+            session_id = await client.create_session()
+            if message_bytes:  # the text is made here so that it is charged to its session
+                await client.send_message(session_id, "user", message_text(index, message_bytes))
         out["create_seconds"] = time.perf_counter() - start
         gc.collect()
         out["after_create"] = (measure() - before) / n
@@ -223,8 +235,11 @@ def _child_main(argv: list[str]) -> None:
     parser.add_argument("--child", choices=("baseline", "rss", "tracemalloc"), required=True)
     parser.add_argument("--sessions", type=int, required=True)
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--message-bytes", type=int, default=0)
     args = parser.parse_args(argv)
-    result = run_async(lambda: _child(args.child, args.sessions, args.breakdown))
+    result = run_async(
+        lambda: _child(args.child, args.sessions, args.breakdown, args.message_bytes)
+    )
     print(json.dumps(result))
 
 
