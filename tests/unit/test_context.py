@@ -59,10 +59,10 @@ def test_history_keeps_newest_max_history() -> None:
     for n in range(5):
         log.message(f"m{n}")
     state = log.state()
-    assert [m.content for m in state.history or ()] == ["m2", "m3", "m4"]
-    assert [m.seq for m in state.history or ()] == [5, 6, 7]
+    assert [m.content for m in state.messages()] == ["m2", "m3", "m4"]
+    assert [m.seq for m in state.messages()] == [5, 6, 7]
     assert state.conversation_count == 3
-    assert (state.history or [])[0].id == f"{SID}-5"
+    assert state.messages()[0].id == f"{SID}-5"
 
 
 def test_clear_conversation() -> None:
@@ -70,7 +70,7 @@ def test_clear_conversation() -> None:
     log.message("a")
     log.add(EventType.CONVERSATION_CLEARED, count=1)
     log.message("b")
-    assert [m.content for m in log.state().history or ()] == ["b"]
+    assert [m.content for m in log.state().messages()] == ["b"]
 
 
 def test_files_and_index() -> None:

@@ -27,7 +27,14 @@ import msgspec
 from ..config import SessionConfig
 from ..events import Event, EventType
 from .snapshot import decode_state
-from .state import ActiveFile, FileIndexEntry, Message, SessionState, Status, json_size
+from .state import (
+    SHORT_HISTORY,
+    ActiveFile,
+    FileIndexEntry,
+    SessionState,
+    Status,
+    json_size,
+)
 
 __all__ = ["apply", "replay"]
 
@@ -73,10 +80,22 @@ def _terminated(state: SessionState, event: Event) -> None:
 
 
 def _message(state: SessionState, event: Event) -> None:
-    if state.history is None:
-        state.history = deque(maxlen=state.config.max_history)
-    data = event.data
-    state.history.append(Message(event.id, data["role"], data["content"], event.time, event.seq))
+    """The window keeps the event itself (shared with the log), a list while it is short."""
+    history = state.history
+    if history is None:
+        state.history = [event]
+    elif type(history) is list:
+        maximum = state.config.max_history
+        if len(history) < min(SHORT_HISTORY, maximum):
+            history.append(event)
+        elif maximum <= SHORT_HISTORY:  # full: drop the oldest (at most SHORT_HISTORY moved)
+            del history[0]
+            history.append(event)
+        else:
+            window = state.history = deque(history, maxlen=maximum)
+            window.append(event)
+    else:
+        history.append(event)
 
 
 def _cleared(state: SessionState, event: Event) -> None:

@@ -74,7 +74,7 @@ def _snapshot(state: SessionState) -> _Snapshot:
         config=state.config.to_dict(),
         llm_config=state.llm_config,
         project_root=state.project_root,
-        history=list(state.history or ()),
+        history=state.messages(),
         files=list((state.files or {}).values()),
         index=list((state.index or {}).values()),
         working_context=dict(state.working_context or {}),

@@ -24,21 +24,24 @@ from __future__ import annotations
 from collections import deque
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, cast
 
 import msgspec
 
 from ..config import SessionConfig
 from ..errors import InvalidTransition
+from ..events import Event
 
 __all__ = [
     "REASON_ERROR",
     "REASON_REQUESTED",
     "REASON_TIMEOUT",
     "ROLES",
+    "SHORT_HISTORY",
     "TRANSITIONS",
     "ActiveFile",
     "FileIndexEntry",
+    "HistoryWindow",
     "Message",
     "SessionState",
     "Status",
@@ -97,6 +100,17 @@ class Message(msgspec.Struct, frozen=True, gc=False):
     seq: int
 
 
+#: The history window: each message as its ``conversation_added`` event (the very object the
+#: store's log holds) until it is first read, then as its :class:`Message`
+#: (:meth:`SessionState.messages`). A list while it holds at most :data:`SHORT_HISTORY`
+#: messages, then a deque of ``max_history`` slots: a deque allocates 64 slots (760 bytes) for
+#: its first item, more than a short conversation's messages cost.
+HistoryWindow: TypeAlias = list[Message | Event] | deque[Message | Event]
+
+#: The longest history window kept as a list (see :data:`HistoryWindow`).
+SHORT_HISTORY: Final = 16
+
+
 class ActiveFile(msgspec.Struct, frozen=True, gc=False):
     """A file the session is working on; ``path`` is relative to the project root."""
 
@@ -121,8 +135,10 @@ class SessionState:
     """The projection of one session's log. Mutated only by
     :func:`~jidoka.session.projection.apply`.
 
-    Containers are created on first use: an idle, empty session holds no history deque, no file
-    dicts and no working-context dict, which is most of what keeps it small.
+    Containers are created on first use: an idle, empty session holds no history window, no
+    file dicts and no working-context dict, which is most of what keeps it small. The history
+    window holds events rather than messages until it is read (see :data:`HistoryWindow`):
+    read it with :meth:`messages`.
     """
 
     __slots__ = (
@@ -160,7 +176,7 @@ class SessionState:
         self.llm_config: dict[str, Any] = {}
         self.project_root: str | None = None
         self.owner: str | None = None
-        self.history: deque[Message] | None = None
+        self.history: HistoryWindow | None = None
         self.files: dict[str, ActiveFile] | None = None
         self.index: dict[str, FileIndexEntry] | None = None
         self.working_context: dict[str, Any] | None = None
@@ -179,6 +195,27 @@ class SessionState:
     @property
     def conversation_count(self) -> int:
         return len(self.history) if self.history is not None else 0
+
+    def messages(self) -> list[Message]:
+        """The history window's messages, oldest first (a new list).
+
+        The newest entries may still be the events that added them: each is turned into its
+        :class:`Message` once, here, and kept in its place, so reading again is a plain copy.
+        They are always a suffix (apply appends events, this turns them all), so the walk stops
+        at the first message from the end.
+        """
+        history = self.history
+        if not history:
+            return []
+        last = len(history)
+        first = last
+        while first > 0 and type(history[first - 1]) is Event:
+            first -= 1
+        for i in range(first, last):
+            event = cast("Event", history[i])
+            data = event.data
+            history[i] = Message(event.id, data["role"], data["content"], event.time, event.seq)
+        return cast("list[Message]", list(history))
 
     @property
     def file_count(self) -> int:
@@ -205,7 +242,7 @@ class SessionState:
             "llm_config": self.llm_config,
             "project_root": self.project_root,
             "owner": self.owner,
-            "history": list(self.history or ()),
+            "history": self.messages(),
             "files": dict(self.files or {}),
             "index": dict(self.index or {}),
             "working_context": dict(self.working_context or {}),
