@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, Generic, TypeAlias, TypeVar, cast, overload
 
 import msgspec
 
@@ -131,6 +131,53 @@ class FileIndexEntry(msgspec.Struct, frozen=True):
     extra: dict[str, Any] = {}
 
 
+_T = TypeVar("_T")
+
+
+class _Rare(Generic[_T]):
+    """A :class:`SessionState` field most sessions never set (files, usage, an error ...).
+
+    Its value lives in the state's ``rare`` dict, which exists only while some such field holds
+    something other than its default: an idle chat session pays one slot for all eleven of
+    them instead of eleven slots (80 bytes). Reading costs a property call instead of a slot
+    read; none of them is read or written on the path of an appended message.
+    """
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, default: _T) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, state: None, owner: type) -> _Rare[_T]: ...
+    @overload
+    def __get__(self, state: SessionState, owner: type) -> _T: ...
+    def __get__(self, state: SessionState | None, owner: type) -> _Rare[_T] | _T:
+        if state is None:
+            return self
+        rare = state.rare
+        if rare is None:
+            return self.default
+        value: _T = rare.get(self.name, self.default)
+        return value
+
+    def __set__(self, state: SessionState, value: _T) -> None:
+        rare = state.rare
+        if value is self.default:  # back to the default: nothing to keep
+            if rare is not None:
+                rare.pop(self.name, None)
+                if not rare:
+                    state.rare = None
+        elif rare is None:
+            state.rare = {self.name: value}
+        else:
+            rare[self.name] = value
+
+
 class SessionState:
     """The projection of one session's log. Mutated only by
     :func:`~jidoka.session.projection.apply`.
@@ -138,32 +185,40 @@ class SessionState:
     Containers are created on first use: an idle, empty session holds no history window, no
     file dicts and no working-context dict, which is most of what keeps it small. The history
     window holds events rather than messages until it is read (see :data:`HistoryWindow`):
-    read it with :meth:`messages`.
+    read it with :meth:`messages`. The fields most sessions never set are not slots of their
+    own (see :class:`_Rare`).
     """
 
     __slots__ = (
-        "agent_status",
         "config",
         "created_at",
-        "error",
-        "files",
         "history",
-        "index",
         "llm_config",
         "metadata",
         "owner",
-        "pending_approvals",
-        "project_root",
-        "reason",
+        "rare",
         "seq",
         "session_id",
         "status",
         "updated_at",
-        "usage",
-        "usage_estimated",
-        "wc_sizes",
-        "working_context",
     )
+
+    project_root: _Rare[str | None] = _Rare(None)
+    files: _Rare[dict[str, ActiveFile] | None] = _Rare(None)
+    index: _Rare[dict[str, FileIndexEntry] | None] = _Rare(None)
+    working_context: _Rare[dict[str, Any] | None] = _Rare(None)
+    #: Each working-context key's size (its share of ``max_working_context_bytes``).
+    wc_sizes: _Rare[dict[str, int] | None] = _Rare(None)
+    reason: _Rare[str | None] = _Rare(None)
+    error: _Rare[str | None] = _Rare(None)
+    #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
+    usage: _Rare[tuple[int, int, int] | None] = _Rare(None)
+    #: Some of ``usage`` was estimated (the endpoint did not report it).
+    usage_estimated: _Rare[bool] = _Rare(False)
+    #: The agent's last ``agent_status`` (``thinking``, ``idle`` ...), None before any turn.
+    agent_status: _Rare[str | None] = _Rare(None)
+    #: Write approvals asked for and not yet decided, by call id.
+    pending_approvals: _Rare[set[str] | None] = _Rare(None)
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
@@ -174,23 +229,10 @@ class SessionState:
         self.metadata: dict[str, Any] = {}
         self.config = SessionConfig()
         self.llm_config: dict[str, Any] = {}
-        self.project_root: str | None = None
         self.owner: str | None = None
         self.history: HistoryWindow | None = None
-        self.files: dict[str, ActiveFile] | None = None
-        self.index: dict[str, FileIndexEntry] | None = None
-        self.working_context: dict[str, Any] | None = None
-        self.wc_sizes: dict[str, int] | None = None
-        self.reason: str | None = None
-        self.error: str | None = None
-        #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
-        self.usage: tuple[int, int, int] | None = None
-        #: Some of ``usage`` was estimated (the endpoint did not report it).
-        self.usage_estimated = False
-        #: The agent's last ``agent_status`` (``thinking``, ``idle`` ...), None before any turn.
-        self.agent_status: str | None = None
-        #: Write approvals asked for and not yet decided, by call id.
-        self.pending_approvals: set[str] | None = None
+        #: The rare fields' values other than their defaults (see :class:`_Rare`); None if none.
+        self.rare: dict[str, Any] | None = None
 
     @property
     def conversation_count(self) -> int:
