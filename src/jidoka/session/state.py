@@ -138,8 +138,8 @@ class _Rare(Generic[_T]):
     """A :class:`SessionState` field most sessions never set (files, usage, an error ...).
 
     Its value lives in the state's ``rare`` dict, which exists only while some such field holds
-    something other than its default: an idle chat session pays one slot for all eleven of
-    them instead of eleven slots (80 bytes). Reading costs a property call instead of a slot
+    something other than its default: an idle chat session pays one slot for all nine of
+    them instead of nine slots (64 bytes). Reading costs a property call instead of a slot
     read; none of them is read or written on the path of an appended message.
     """
 
@@ -192,11 +192,13 @@ class SessionState:
     __slots__ = (
         "config",
         "created_at",
+        "error",
         "history",
         "llm_config",
         "metadata",
         "owner",
         "rare",
+        "reason",
         "seq",
         "session_id",
         "status",
@@ -209,8 +211,6 @@ class SessionState:
     working_context: _Rare[dict[str, Any] | None] = _Rare(None)
     #: Each working-context key's size (its share of ``max_working_context_bytes``).
     wc_sizes: _Rare[dict[str, int] | None] = _Rare(None)
-    reason: _Rare[str | None] = _Rare(None)
-    error: _Rare[str | None] = _Rare(None)
     #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
     usage: _Rare[tuple[int, int, int] | None] = _Rare(None)
     #: Some of ``usage`` was estimated (the endpoint did not report it).
@@ -231,6 +231,8 @@ class SessionState:
         self.llm_config: dict[str, Any] = {}
         self.owner: str | None = None
         self.history: HistoryWindow | None = None
+        self.reason: str | None = None
+        self.error: str | None = None
         #: The rare fields' values other than their defaults (see :class:`_Rare`); None if none.
         self.rare: dict[str, Any] | None = None
 
