@@ -155,7 +155,8 @@ def test_memory_with_a_message_charges_each_session_its_text() -> None:
     assert child["events_per_session"] == 4  # created, active, the message, idle
     assert child["idle_sessions"] == 301
     strings = [row for row in child["anatomy"]["objects"] if row["type"] == "str"]
-    assert strings and strings[0]["bytes"] > 200  # the text is owned by its session alone
+    assert strings
+    assert strings[0]["bytes"] > 200  # the text is owned by its session alone
 
 
 def test_durable_benchmarks_run_only_when_named() -> None:

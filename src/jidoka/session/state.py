@@ -46,6 +46,7 @@ __all__ = [
     "SessionState",
     "Status",
     "check_transition",
+    "history_window",
     "json_size",
 ]
 
@@ -109,6 +110,15 @@ HistoryWindow: TypeAlias = list[Message | Event] | deque[Message | Event]
 
 #: The longest history window kept as a list (see :data:`HistoryWindow`).
 SHORT_HISTORY: Final = 16
+
+
+def history_window(messages: list[Message], maximum: int) -> HistoryWindow:
+    """The newest ``maximum`` of ``messages`` as a window, in the form apply keeps it (a
+    snapshot's history becomes a list or a deque just as the same messages appended would)."""
+    if len(messages) <= SHORT_HISTORY or maximum <= SHORT_HISTORY:
+        window: list[Message | Event] = [*messages[-maximum:]]
+        return window
+    return deque(messages, maxlen=maximum)
 
 
 class ActiveFile(msgspec.Struct, frozen=True, gc=False):
