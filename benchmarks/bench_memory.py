@@ -269,7 +269,7 @@ def _rows(
     ]
     rss = [_spawn("rss", n, message_bytes=message_bytes) for _ in range(sizes.rss_repeats)]
     task = Baseline("one bare asyncio.Task", [c["task_bytes"] for c in base])
-    dict_bytes = statistics.median(c["dict_bytes"] for c in base)
+    empty = statistics.median(c["dict_bytes"] for c in base)
     target = Target("<=", 2048, "≤ 2 KiB")
     common = {
         "sessions": n,
@@ -306,34 +306,29 @@ def _rows(
         else:
             total = statistics.median(c["rss_total"] for c in children) / 2**20
             peak = f"; process RSS {total:,.0f} MiB"
-        results.append(
-            Result(
-                key=f"{key}.{method}.idle",
-                title=f"Bytes per {what}, {n:,} sessions, gone idle ({label})",
-                unit="B",
-                samples=[c["after_idle"] for c in children],
-                higher_is_better=False,
-                baseline=task,
-                target=target,
-                quoted=ADK_QUOTE,
-                notes=f"after every session committed its idle transition{peak}",
-                details=details,
-            )
+        # (key, title, the child's figure, notes, details): the anatomy is of an idle session
+        idle = f"after every session committed its idle transition{peak}"
+        created = f"status active, {sent}; an empty dict is {empty:,.0f} B"
+        created_details = {k: v for k, v in details.items() if k != "anatomy"}
+        stages = (
+            ("idle", "gone idle", "after_idle", idle, details),
+            ("created", "just created", "after_create", created, created_details),
         )
-        results.append(
-            Result(
-                key=f"{key}.{method}.created",
-                title=f"Bytes per {what}, {n:,} sessions, just created ({label})",
-                unit="B",
-                samples=[c["after_create"] for c in children],
-                higher_is_better=False,
-                baseline=task,
-                target=target,
-                quoted=ADK_QUOTE,
-                notes=f"status active, {sent}; an empty dict is {dict_bytes:,.0f} B",
-                details={k: v for k, v in details.items() if k != "anatomy"},
+        for stage, when, figure, notes, stage_details in stages:
+            results.append(
+                Result(
+                    key=f"{key}.{method}.{stage}",
+                    title=f"Bytes per {what}, {n:,} sessions, {when} ({label})",
+                    unit="B",
+                    samples=[c[figure] for c in children],
+                    higher_is_better=False,
+                    baseline=task,
+                    target=target,
+                    quoted=ADK_QUOTE,
+                    notes=notes,
+                    details=stage_details,
+                )
             )
-        )
     return results
 
 
