@@ -22,6 +22,7 @@ The lifecycle (blueprint §4)::
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Generic, TypeAlias, TypeVar, cast, overload
@@ -107,6 +108,10 @@ class Message(msgspec.Struct, frozen=True, gc=False):
 #: messages, then a deque of ``max_history`` slots: a deque allocates 64 slots (760 bytes) for
 #: its first item, more than a short conversation's messages cost.
 HistoryWindow: TypeAlias = list[Message | Event] | deque[Message | Event]
+
+#: ``list``, typed for a window whose entries :meth:`SessionState.messages` has just turned into
+#: messages (no ``cast`` call per read).
+_copy = cast("Callable[[HistoryWindow], list[Message]]", list)
 
 #: The longest history window kept as a list (see :data:`HistoryWindow`).
 SHORT_HISTORY: Final = 16
@@ -261,15 +266,15 @@ class SessionState:
         history = self.history
         if not history:
             return []
-        last = len(history)
-        first = last
-        while first > 0 and type(history[first - 1]) is Event:
-            first -= 1
-        for i in range(first, last):
-            event = cast("Event", history[i])
-            data = event.data
-            history[i] = Message(event.id, data["role"], data["content"], event.time, event.seq)
-        return cast("list[Message]", list(history))
+        if type(history[-1]) is Event:
+            last = first = len(history)
+            while first > 0 and type(history[first - 1]) is Event:
+                first -= 1
+            for i in range(first, last):
+                event = cast("Event", history[i])
+                data = event.data
+                history[i] = Message(event.id, data["role"], data["content"], event.time, event.seq)
+        return _copy(history)
 
     @property
     def file_count(self) -> int:
