@@ -1,12 +1,12 @@
 """The in-memory store: the fast, non-durable mode (``Runtime(store="memory")``).
 
-It keeps each session's events in a list indexed by seq, so appends are O(1) and reading from a
-seq is a slice. The list is all it keeps per session (its first event's ``seq`` says where it
-starts), and while it is short an append makes a new list of the exact size rather than growing
-it in place: an idle session's log holds no spare slots. Nothing survives the process. To stay
-bounded, a session's log keeps at most ``max_events_per_session`` events; older ones are trimmed
-in chunks (the projection is unaffected; a subscriber that asks for trimmed events is told how
-many it missed). A terminated session's log is freed.
+It keeps each session's events in a list indexed by seq, so appends are O(1) and reading from a seq
+is a slice. The list is all it keeps per session (its first event's ``seq`` says where it starts);
+while it is short it is a tuple, which an append replaces by a longer one rather than growing it: an
+idle session's log is one exact-size object with no spare slots. Nothing survives the process. To
+stay bounded, a session's log keeps at most ``max_events_per_session`` events; older ones are
+trimmed in chunks (the projection is unaffected; a subscriber that asks for trimmed events is told
+how many it missed). A terminated session's log is freed.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, SeqConflict, St
 __all__ = ["MemoryStore"]
 
 
-#: A log shorter than this is replaced by an exact-size copy on append (at most this many
-#: pointers copied); a longer one grows in place, amortised O(1).
+#: A log of at most this many events is a tuple, replaced on append (at most this many pointers
+#: copied); a longer one is a list that grows in place, amortised O(1).
 _SHORT = 16
+
+_Events = list[Event] | tuple[Event, ...]
 
 
 class MemoryStore:
@@ -36,7 +38,7 @@ class MemoryStore:
             raise ValueError("max_events_per_session must be at least 1")
         self.max_events_per_session = max_events_per_session
         #: Each session's events, in seq order (``[0]`` is the oldest kept, never empty).
-        self._logs: dict[str, list[Event]] = {}
+        self._logs: dict[str, _Events] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
         self._saved: dict[str, tuple[SavedSession, bytes]] = {}
         self._closed = False
@@ -58,14 +60,16 @@ class MemoryStore:
         for offset, event in enumerate(events):
             if event.seq != expected + offset or event.session_id != session_id:
                 raise SeqConflict(session_id, expected + offset, event.seq)
-        if log is not None and len(log) >= _SHORT:
-            log.extend(events)
-        elif events:
-            log = self._logs[session_id] = (log or []) + list(events)
-        if log is not None:
+        if events:
+            if isinstance(log, list):
+                log.extend(events)
+            elif log is None or len(log) + len(events) <= _SHORT:
+                log = self._logs[session_id] = (*(log or ()), *events)
+            else:
+                log = self._logs[session_id] = [*log, *events]
             excess = len(log) - self.max_events_per_session
             if excess > self.max_events_per_session // 4:
-                del log[:excess]
+                self._logs[session_id] = log[excess:]
         if on_done is not None:
             on_done(None)
 
@@ -83,7 +87,8 @@ class MemoryStore:
             return []
         start = max(after_seq + 1 - log[0].seq, 0)
         stop = None if limit is None else start + max(limit, 0)
-        return log[start:stop]
+        page = log[start:stop]
+        return page if isinstance(page, list) else list(page)
 
     async def last_seq(self, session_id: str) -> int:
         log = self._logs.get(session_id)
