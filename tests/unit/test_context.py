@@ -69,7 +69,7 @@ def test_history_keeps_newest_max_history() -> None:
 @pytest.mark.parametrize("max_history", [1, 3, SHORT_HISTORY, SHORT_HISTORY + 1, 40])
 def test_history_window_across_its_list_and_deque_forms(max_history: int) -> None:
     """Read now and then while it fills: the same newest messages whatever the window's form,
-    a list while it can stay short (at most SHORT_HISTORY), a deque only past that."""
+    a tuple while it can stay short (at most SHORT_HISTORY), a deque only past that."""
     log = Log(max_history=max_history)
     state = log.state()
     sent: list[str] = []
@@ -82,7 +82,7 @@ def test_history_window_across_its_list_and_deque_forms(max_history: int) -> Non
     assert [m.content for m in messages] == sent[-max_history:]
     assert [m.seq for m in messages] == list(range(48 - len(messages), 48))  # seqs 3..47
     assert state.conversation_count == min(45, max_history)
-    assert isinstance(state.history, list) == (max_history <= SHORT_HISTORY)
+    assert isinstance(state.history, tuple) == (max_history <= SHORT_HISTORY)
     assert state.snapshot() == log.state().snapshot()  # read or not, the same projection
 
 

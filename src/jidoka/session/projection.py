@@ -46,9 +46,9 @@ def _created(state: SessionState, event: Event) -> None:
         _restored(state, event, restored)
         return
     state.history = None
-    state.reason = state.error = None
     if state.rare is not None:  # a fresh state has none (a session_created is always seq 1)
         state.files = state.index = state.working_context = state.wc_sizes = None
+        state.reason = state.error = None
     state.created_at = event.time
     state.status = Status(data.get("status", Status.INITIALIZING))
     metadata, llm_config = data.get("metadata"), data.get("llm_config")
@@ -82,20 +82,18 @@ def _terminated(state: SessionState, event: Event) -> None:
 
 
 def _message(state: SessionState, event: Event) -> None:
-    """The window keeps the event itself (shared with the log), a list while it is short."""
+    """The window keeps the event itself (shared with the log), a tuple while it is short."""
     history = state.history
     if history is None:
-        state.history = [event]
-    elif type(history) is list:
+        state.history = (event,)
+    elif isinstance(history, tuple):
         maximum = state.config.max_history
         if len(history) < min(SHORT_HISTORY, maximum):
-            history.append(event)
-        elif maximum <= SHORT_HISTORY:  # full: drop the oldest (at most SHORT_HISTORY moved)
-            del history[0]
-            history.append(event)
+            state.history = (*history, event)
+        elif maximum <= SHORT_HISTORY:  # full: the oldest goes
+            state.history = (*history[1:], event)
         else:
-            window = state.history = deque(history, maxlen=maximum)
-            window.append(event)
+            state.history = deque((*history, event), maxlen=maximum)
     else:
         history.append(event)
 

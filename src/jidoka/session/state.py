@@ -104,26 +104,31 @@ class Message(msgspec.Struct, frozen=True, gc=False):
 
 #: The history window: each message as its ``conversation_added`` event (the very object the
 #: store's log holds) until it is first read, then as its :class:`Message`
-#: (:meth:`SessionState.messages`). A list while it holds at most :data:`SHORT_HISTORY`
-#: messages, then a deque of ``max_history`` slots: a deque allocates 64 slots (760 bytes) for
-#: its first item, more than a short conversation's messages cost.
-HistoryWindow: TypeAlias = list[Message | Event] | deque[Message | Event]
+#: (:meth:`SessionState.messages`). A tuple while it holds at most :data:`SHORT_HISTORY`
+#: messages (an append makes the next, one longer: no spare slots), then a deque of
+#: ``max_history`` slots: a deque allocates 64 slots (760 bytes) for its first item, more than a
+#: short conversation's messages cost.
+HistoryWindow: TypeAlias = tuple[Message | Event, ...] | deque[Message | Event]
 
 #: ``list``, typed for a window whose entries :meth:`SessionState.messages` has just turned into
 #: messages (no ``cast`` call per read).
 _copy = cast("Callable[[HistoryWindow], list[Message]]", list)
 
-#: The longest history window kept as a list (see :data:`HistoryWindow`).
+#: The longest history window kept as a tuple (see :data:`HistoryWindow`).
 SHORT_HISTORY: Final = 16
 
 
 def history_window(messages: list[Message], maximum: int) -> HistoryWindow:
     """The newest ``maximum`` of ``messages`` as a window, in the form apply keeps it (a
-    snapshot's history becomes a list or a deque just as the same messages appended would)."""
+    snapshot's history becomes a tuple or a deque just as the same messages appended would)."""
     if len(messages) <= SHORT_HISTORY or maximum <= SHORT_HISTORY:
-        window: list[Message | Event] = [*messages[-maximum:]]
-        return window
+        return tuple(messages[-maximum:])
     return deque(messages, maxlen=maximum)
+
+
+def _message_of(event: Event) -> Message:
+    data = event.data
+    return Message(event.id, data["role"], data["content"], event.time, event.seq)
 
 
 class ActiveFile(msgspec.Struct, frozen=True, gc=False):
@@ -153,8 +158,8 @@ class _Rare(Generic[_T]):
     """A :class:`SessionState` field most sessions never set (files, usage, an error ...).
 
     Its value lives in the state's ``rare`` dict, which exists only while some such field holds
-    something other than its default: an idle chat session pays one slot for all nine of
-    them instead of nine slots (64 bytes). Reading costs a property call instead of a slot
+    something other than its default: an idle chat session pays one slot for all eleven
+    of them instead of eleven slots (80 bytes). Reading costs a property call instead of a slot
     read; none of them is read or written on the path of an appended message.
     """
 
@@ -207,13 +212,11 @@ class SessionState:
     __slots__ = (
         "config",
         "created_at",
-        "error",
         "history",
         "llm_config",
         "metadata",
         "owner",
         "rare",
-        "reason",
         "seq",
         "session_id",
         "status",
@@ -226,6 +229,9 @@ class SessionState:
     working_context: _Rare[dict[str, Any] | None] = _Rare(None)
     #: Each working-context key's size (its share of ``max_working_context_bytes``).
     wc_sizes: _Rare[dict[str, int] | None] = _Rare(None)
+    #: Why it ended (``terminated``), and the error it ended in, if any.
+    reason: _Rare[str | None] = _Rare(None)
+    error: _Rare[str | None] = _Rare(None)
     #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
     usage: _Rare[tuple[int, int, int] | None] = _Rare(None)
     #: Some of ``usage`` was estimated (the endpoint did not report it).
@@ -246,8 +252,6 @@ class SessionState:
         self.llm_config: dict[str, Any] = {}
         self.owner: str | None = None
         self.history: HistoryWindow | None = None
-        self.reason: str | None = None
-        self.error: str | None = None
         #: The rare fields' values other than their defaults (see :class:`_Rare`); None if none.
         self.rare: dict[str, Any] | None = None
 
@@ -270,10 +274,12 @@ class SessionState:
             last = first = len(history)
             while first > 0 and type(history[first - 1]) is Event:
                 first -= 1
-            for i in range(first, last):
-                event = cast("Event", history[i])
-                data = event.data
-                history[i] = Message(event.id, data["role"], data["content"], event.time, event.seq)
+            turned = [_message_of(cast("Event", history[i])) for i in range(first, last)]
+            if isinstance(history, tuple):
+                history = self.history = (*history[:first], *turned)
+            else:
+                for i, message in enumerate(turned, first):
+                    history[i] = message
         return _copy(history)
 
     @property
