@@ -200,7 +200,8 @@ class _Rare(Generic[_T]):
 
 class SessionState:
     """The projection of one session's log. Mutated only by
-    :func:`~jidoka.session.projection.apply`.
+    :func:`~jidoka.session.projection.apply` (:meth:`messages` changes how the history window
+    holds its messages, never which they are).
 
     Containers are created on first use: an idle, empty session holds no history window, no
     file dicts and no working-context dict, which is most of what keeps it small. The history
