@@ -46,9 +46,9 @@ def _created(state: SessionState, event: Event) -> None:
         _restored(state, event, restored)
         return
     state.history = None
+    state.reason = state.error = None
     if state.rare is not None:  # a fresh state has none (a session_created is always seq 1)
         state.files = state.index = state.working_context = state.wc_sizes = None
-        state.reason = state.error = None
     state.created_at = event.time
     state.status = Status(data.get("status", Status.INITIALIZING))
     metadata, llm_config = data.get("metadata"), data.get("llm_config")

@@ -158,8 +158,8 @@ class _Rare(Generic[_T]):
     """A :class:`SessionState` field most sessions never set (files, usage, an error ...).
 
     Its value lives in the state's ``rare`` dict, which exists only while some such field holds
-    something other than its default: an idle chat session pays one slot for all eleven
-    of them instead of eleven slots (80 bytes). Reading costs a property call instead of a slot
+    something other than its default: an idle chat session pays one slot for all nine of
+    them instead of nine slots (64 bytes). Reading costs a property call instead of a slot
     read; none of them is read or written on the path of an appended message.
     """
 
@@ -213,11 +213,13 @@ class SessionState:
     __slots__ = (
         "config",
         "created_at",
+        "error",
         "history",
         "llm_config",
         "metadata",
         "owner",
         "rare",
+        "reason",
         "seq",
         "session_id",
         "status",
@@ -230,9 +232,6 @@ class SessionState:
     working_context: _Rare[dict[str, Any] | None] = _Rare(None)
     #: Each working-context key's size (its share of ``max_working_context_bytes``).
     wc_sizes: _Rare[dict[str, int] | None] = _Rare(None)
-    #: Why it ended (``terminated``), and the error it ended in, if any.
-    reason: _Rare[str | None] = _Rare(None)
-    error: _Rare[str | None] = _Rare(None)
     #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
     usage: _Rare[tuple[int, int, int] | None] = _Rare(None)
     #: Some of ``usage`` was estimated (the endpoint did not report it).
@@ -253,6 +252,10 @@ class SessionState:
         self.llm_config: dict[str, Any] = {}
         self.owner: str | None = None
         self.history: HistoryWindow | None = None
+        #: Why it ended, and the error it ended in (slots: every termination and SessionInfo
+        #: reads them).
+        self.reason: str | None = None
+        self.error: str | None = None
         #: The rare fields' values other than their defaults (see :class:`_Rare`); None if none.
         self.rare: dict[str, Any] | None = None
 
