@@ -136,9 +136,11 @@ def test_rare_fields_take_room_only_while_set() -> None:
     state.files = None
     state.usage_estimated = False
     assert _rare(state) is None  # back to every default: nothing kept
-    restored = decode_state(encode_state(Log().state()), session_id=SID)
-    assert restored.project_root == "/p"
-    assert _rare(restored) == {"project_root": "/p"}
+    log = Log()
+    log.add(EventType.WORKING_CONTEXT_UPDATED, key="k", value=1)
+    restored = decode_state(encode_state(log.state()), session_id=SID)
+    assert restored.working_context == {"k": 1}
+    assert _rare(restored) == {"working_context": {"k": 1}, "wc_sizes": {"k": 2}}  # "k", 1
 
 
 def test_clear_conversation() -> None:

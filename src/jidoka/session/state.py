@@ -158,8 +158,8 @@ class _Rare(Generic[_T]):
     """A :class:`SessionState` field most sessions never set (files, usage, an error ...).
 
     Its value lives in the state's ``rare`` dict, which exists only while some such field holds
-    something other than its default: an idle chat session pays one slot for all nine of
-    them instead of nine slots (64 bytes). Reading costs a property call instead of a slot
+    something other than its default: an idle chat session pays one slot for all eight of
+    them instead of eight slots (56 bytes). Reading costs a property call instead of a slot
     read; none of them is read or written on the path of an appended message.
     """
 
@@ -218,6 +218,7 @@ class SessionState:
         "llm_config",
         "metadata",
         "owner",
+        "project_root",
         "rare",
         "reason",
         "seq",
@@ -226,7 +227,6 @@ class SessionState:
         "updated_at",
     )
 
-    project_root: _Rare[str | None] = _Rare(None)
     files: _Rare[dict[str, ActiveFile] | None] = _Rare(None)
     index: _Rare[dict[str, FileIndexEntry] | None] = _Rare(None)
     working_context: _Rare[dict[str, Any] | None] = _Rare(None)
@@ -251,6 +251,7 @@ class SessionState:
         self.config = SessionConfig()
         self.llm_config: dict[str, Any] = {}
         self.owner: str | None = None
+        self.project_root: str | None = None
         self.history: HistoryWindow | None = None
         #: Why it ended, and the error it ended in (slots: every termination and SessionInfo
         #: reads them).
