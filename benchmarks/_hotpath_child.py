@@ -35,13 +35,19 @@ from .bench_durable import (
     scratch_dir,
 )
 from .bench_memory import go_idle
+from .bench_memory import message_text as _text
 
-__all__ = ["IDLE_MESSAGE", "WORKLOADS"]
+__all__ = ["IDLE_MESSAGE_CHARS", "WORKLOADS", "message_text"]
 
-#: The one user message an idle session holds: 200 characters.
-IDLE_MESSAGE = (
-    "Please look at the failing test in tests/unit/test_store.py and tell me why. " * 3
-)[:200]
+#: The length of the one user message an idle session holds.
+IDLE_MESSAGE_CHARS = 200
+
+
+def message_text(index: int) -> str:
+    """The ``index``-th session's message, different in every session (one string shared by
+    all of them would be charged to none)."""
+    return _text(index, IDLE_MESSAGE_CHARS)
+
 
 WORKLOADS = ("ddl", "lifecycle", "single", "concurrent", "shared", "idle")
 
@@ -119,13 +125,13 @@ async def _idle(n: int, traced: bool) -> dict[str, Any]:
     fake = jidoka.FakeClock(wall=time.time())
     async with make_runtime(clock=fake, max_sessions=max(n + 1, 100_000)) as rt:
         client = rt.client
-        await client.send_message(await client.create_session(), "user", IDLE_MESSAGE)  # warm-up
+        await client.send_message(await client.create_session(), "user", message_text(-1))
         gc.collect()
         gc.collect()
         before = measure()
         start = clock()
-        for _ in range(n):
-            await client.send_message(await client.create_session(), "user", IDLE_MESSAGE)
+        for index in range(n):  # a text of its own, made here: charged to its session
+            await client.send_message(await client.create_session(), "user", message_text(index))
         create_seconds = clock() - start
         idle_seconds = await go_idle(rt, fake)
         gc.collect()

@@ -11,12 +11,14 @@ so sizes and methods cannot pollute each other:
   run tracemalloc (whose own bookkeeping would inflate RSS). Includes allocator overhead,
   fragmentation and the registry's dict growth: what the operating system actually charges.
 
-Sessions are created with the default config and no metadata on a :class:`jidoka.FakeClock`;
-after measuring them just created (status ``active``), the clock is moved past
-``idle_after_seconds`` so every session commits its ``idle`` transition, and they are measured
-again. The headline figure is the idle one (it is the larger: one more event per session, and a
-time-out timer entry). A warm-up session is created before the first measurement so one-off
-allocations (imports, caches) are not charged to the sessions.
+Each size is measured twice: with empty sessions, and with sessions that each hold one user message
+of :data:`MESSAGE_BYTES` characters (``--message-bytes`` in a child; every session's text is
+different, so each is charged to its session). Sessions are created with the default config and no
+metadata on a :class:`jidoka.FakeClock`; after measuring them just created (status ``active``), the
+clock is moved past ``idle_after_seconds`` so every session commits its ``idle`` transition, and
+they are measured again. The headline figure is the idle one (it is the larger: one more event per
+session, and a time-out timer entry). A warm-up session is created before the first measurement so
+one-off allocations (imports, caches) are not charged to the sessions.
 """
 
 from __future__ import annotations
@@ -176,10 +178,18 @@ async def go_idle(rt: Any, clock: Any) -> float:
     return time.perf_counter() - start
 
 
-async def _child(mode: str, n: int, breakdown: bool) -> dict[str, Any]:
+def message_text(index: int, size: int) -> str:
+    """The ``index``-th session's message: ``size`` ASCII characters, different in every session
+    (a string shared by all of them would be charged to none)."""
+    head = f"message {index} of the memory benchmark: "
+    return (head + "x" * size)[:size]
+
+
+async def _child(mode: str, n: int, breakdown: bool, message_bytes: int = 0) -> dict[str, Any]:
     import jidoka
 
     out: dict[str, Any] = {"mode": mode, "sessions": n, "pid": os.getpid()}
+    out["message_bytes"] = message_bytes
     measure: Callable[[], int]
     if mode == "baseline":
         tracemalloc.start()
@@ -194,13 +204,17 @@ async def _child(mode: str, n: int, breakdown: bool) -> dict[str, Any]:
     clock = jidoka.FakeClock(wall=time.time())
     async with make_runtime(clock=clock, max_sessions=max(n + 1, 100_000)) as rt:
         client = rt.client
-        await client.create_session()  # warm-up
+        warm_up = await client.create_session()
+        if message_bytes:
+            await client.send_message(warm_up, "user", message_text(-1, message_bytes))
         gc.collect()
         gc.collect()
         before = measure()
         start = time.perf_counter()
-        for _ in range(n):
-            await client.create_session()
+        for index in range(n):
+            session_id = await client.create_session()
+            if message_bytes:  # the text is made here so that it is charged to its session
+                await client.send_message(session_id, "user", message_text(index, message_bytes))
         out["create_seconds"] = time.perf_counter() - start
         gc.collect()
         out["after_create"] = (measure() - before) / n
@@ -231,86 +245,108 @@ def _child_main(argv: list[str]) -> None:
     parser.add_argument("--child", choices=("baseline", "rss", "tracemalloc"), required=True)
     parser.add_argument("--sessions", type=int, required=True)
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--message-bytes", type=int, default=0)
     args = parser.parse_args(argv)
-    result = run_async(lambda: _child(args.child, args.sessions, args.breakdown))
+    result = run_async(
+        lambda: _child(args.child, args.sessions, args.breakdown, args.message_bytes)
+    )
     print(json.dumps(result))
 
 
 # --- the parent -----------------------------------------------------------------------------------
 
 
-def _spawn(mode: str, n: int, breakdown: bool = False) -> dict[str, Any]:
+#: The sessions measured: empty, and holding one user message of this many characters.
+MESSAGE_BYTES: tuple[int, ...] = (0, 200)
+
+
+def _spawn(mode: str, n: int, breakdown: bool = False, message_bytes: int = 0) -> dict[str, Any]:
     args = ["--child", mode, "--sessions", str(n), *(["--breakdown"] if breakdown else [])]
+    if message_bytes:
+        args += ["--message-bytes", str(message_bytes)]
     return run_child("benchmarks.bench_memory", args, f"memory child {mode} n={n}")
+
+
+def _rows(
+    sizes: Sizes, n: int, breakdown: bool, message_bytes: int, base: list[dict[str, Any]]
+) -> list[Result]:
+    """The rows of one size and one kind of session (empty, or with one message)."""
+    traced = [
+        _spawn("tracemalloc", n, breakdown and r == 0, message_bytes)
+        for r in range(sizes.tracemalloc_repeats)
+    ]
+    rss = [_spawn("rss", n, message_bytes=message_bytes) for _ in range(sizes.rss_repeats)]
+    task = Baseline("one bare asyncio.Task", [c["task_bytes"] for c in base])
+    empty = statistics.median(c["dict_bytes"] for c in base)
+    target = Target("<=", 2048, "≤ 2 KiB")
+    common = {
+        "sessions": n,
+        "message_bytes": message_bytes,
+        "events_per_idle_session": traced[0]["events_per_session"],
+        "sessions_idle_at_the_end": [c["idle_sessions"] for c in traced + rss],
+        "task_bytes": [c["task_bytes"] for c in base],
+        "empty_dict_bytes": [c["dict_bytes"] for c in base],
+    }
+    if message_bytes:
+        key, what = (
+            f"memory.{n}.message{message_bytes}",
+            f"session with one {message_bytes}-character message",
+        )
+        sent = "one message sent"
+    else:
+        key, what, sent = f"memory.{n}", "empty session", "nothing sent"
+    anatomy = traced[0].get("anatomy")
+    results: list[Result] = []
+    for method, children in (("tracemalloc", traced), ("rss", rss)):
+        label = "tracemalloc" if method == "tracemalloc" else "RSS"
+        details: dict[str, Any] = {
+            **common,
+            "create_seconds": [c["create_seconds"] for c in children],
+            "idle_seconds": [c["idle_seconds"] for c in children],
+            "rss_total": [c["rss_total"] for c in children],
+        }
+        if method == "tracemalloc":
+            details["idle_transition_peak"] = [c["idle_peak"] for c in children]
+            if anatomy:
+                details["anatomy"] = anatomy
+            high = statistics.median(c["idle_peak"] for c in children)
+            peak = f"; transient peak while going idle {high:,.0f} B"
+        else:
+            total = statistics.median(c["rss_total"] for c in children) / 2**20
+            peak = f"; process RSS {total:,.0f} MiB"
+        # (key, title, the child's figure, notes, details): the anatomy is of an idle session
+        idle = f"after every session committed its idle transition{peak}"
+        created = f"status active, {sent}; an empty dict is {empty:,.0f} B"
+        created_details = {k: v for k, v in details.items() if k != "anatomy"}
+        stages = (
+            ("idle", "gone idle", "after_idle", idle, details),
+            ("created", "just created", "after_create", created, created_details),
+        )
+        for stage, when, figure, notes, stage_details in stages:
+            results.append(
+                Result(
+                    key=f"{key}.{method}.{stage}",
+                    title=f"Bytes per {what}, {n:,} sessions, {when} ({label})",
+                    unit="B",
+                    samples=[c[figure] for c in children],
+                    higher_is_better=False,
+                    baseline=task,
+                    target=target,
+                    quoted=ADK_QUOTE,
+                    notes=notes,
+                    details=stage_details,
+                )
+            )
+    return results
 
 
 def run(quick: bool = False) -> list[Result]:
     sizes = QUICK if quick else FULL
     results: list[Result] = []
-    target = Target("<=", 2048, "≤ 2 KiB")
     for index, n in enumerate(sizes.sessions):
-        traced = [
-            _spawn("tracemalloc", n, breakdown=index == 0 and r == 0)
-            for r in range(sizes.tracemalloc_repeats)
-        ]
-        rss = [_spawn("rss", n) for _ in range(sizes.rss_repeats)]
         base = [_spawn("baseline", min(n, 10_000)) for _ in range(sizes.tracemalloc_repeats)]
-        task = Baseline("one bare asyncio.Task", [c["task_bytes"] for c in base])
-        dict_bytes = statistics.median(c["dict_bytes"] for c in base)
-        common = {
-            "sessions": n,
-            "events_per_idle_session": traced[0]["events_per_session"],
-            "sessions_idle_at_the_end": [c["idle_sessions"] for c in traced + rss],
-            "task_bytes": [c["task_bytes"] for c in base],
-            "empty_dict_bytes": [c["dict_bytes"] for c in base],
-        }
-        anatomy = traced[0].get("anatomy")
-        for method, children in (("tracemalloc", traced), ("rss", rss)):
-            label = "tracemalloc" if method == "tracemalloc" else "RSS"
-            details: dict[str, Any] = {
-                **common,
-                "create_seconds": [c["create_seconds"] for c in children],
-                "idle_seconds": [c["idle_seconds"] for c in children],
-                "rss_total": [c["rss_total"] for c in children],
-            }
-            if method == "tracemalloc":
-                details["idle_transition_peak"] = [c["idle_peak"] for c in children]
-                if anatomy:
-                    details["anatomy"] = anatomy
-            if method == "tracemalloc":
-                high = statistics.median(c["idle_peak"] for c in children)
-                peak = f"; transient peak while going idle {high:,.0f} B"
-            else:
-                total = statistics.median(c["rss_total"] for c in children) / 2**20
-                peak = f"; process RSS {total:,.0f} MiB"
-            results.append(
-                Result(
-                    key=f"memory.{n}.{method}.idle",
-                    title=f"Bytes per empty session, {n:,} sessions, gone idle ({label})",
-                    unit="B",
-                    samples=[c["after_idle"] for c in children],
-                    higher_is_better=False,
-                    baseline=task,
-                    target=target,
-                    quoted=ADK_QUOTE,
-                    notes=f"after every session committed its idle transition{peak}",
-                    details=details,
-                )
-            )
-            results.append(
-                Result(
-                    key=f"memory.{n}.{method}.created",
-                    title=f"Bytes per empty session, {n:,} sessions, just created ({label})",
-                    unit="B",
-                    samples=[c["after_create"] for c in children],
-                    higher_is_better=False,
-                    baseline=task,
-                    target=target,
-                    quoted=ADK_QUOTE,
-                    notes=f"status active, nothing sent; an empty dict is {dict_bytes:,.0f} B",
-                    details={k: v for k, v in details.items() if k != "anatomy"},
-                )
-            )
+        for message_bytes in MESSAGE_BYTES:
+            results += _rows(sizes, n, index == 0, message_bytes, base)
     return results
 
 

@@ -148,6 +148,17 @@ def test_memory_anatomy_accounts_for_most_of_a_session() -> None:
     assert anatomy["total_bytes"] <= child["after_idle"] * 1.5
 
 
+def test_memory_with_a_message_charges_each_session_its_text() -> None:
+    """The ``--message-bytes`` variant: one more event per session, and its own text."""
+    child = _load("bench_memory")._spawn("tracemalloc", 300, breakdown=True, message_bytes=200)
+    assert child["message_bytes"] == 200
+    assert child["events_per_session"] == 4  # created, active, the message, idle
+    assert child["idle_sessions"] == 301
+    strings = [row for row in child["anatomy"]["objects"] if row["type"] == "str"]
+    assert strings
+    assert strings[0]["bytes"] > 200  # the text is owned by its session alone
+
+
 def test_durable_benchmarks_run_only_when_named() -> None:
     run = _load("run")
     assert {"durable", "peers", "hotpath", "http", "agent"} <= set(run.MODULES)

@@ -11,7 +11,8 @@ from jidoka.config import SessionConfig
 from jidoka.events import Event, EventType
 from jidoka.session.context import MESSAGE_OVERHEAD_TOKENS, build_context, estimate_tokens
 from jidoka.session.projection import apply, replay
-from jidoka.session.state import SessionState, Status
+from jidoka.session.snapshot import decode_state, encode_state
+from jidoka.session.state import SHORT_HISTORY, Message, SessionState, Status
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -59,10 +60,87 @@ def test_history_keeps_newest_max_history() -> None:
     for n in range(5):
         log.message(f"m{n}")
     state = log.state()
-    assert [m.content for m in state.history or ()] == ["m2", "m3", "m4"]
-    assert [m.seq for m in state.history or ()] == [5, 6, 7]
+    assert [m.content for m in state.messages()] == ["m2", "m3", "m4"]
+    assert [m.seq for m in state.messages()] == [5, 6, 7]
     assert state.conversation_count == 3
-    assert (state.history or [])[0].id == f"{SID}-5"
+    assert state.messages()[0].id == f"{SID}-5"
+
+
+@pytest.mark.parametrize("max_history", [1, 3, SHORT_HISTORY, SHORT_HISTORY + 1, 40])
+def test_history_window_across_its_list_and_deque_forms(max_history: int) -> None:
+    """Read now and then while it fills: the same newest messages whatever the window's form,
+    a tuple while it can stay short (at most SHORT_HISTORY), a deque only past that."""
+    log = Log(max_history=max_history)
+    state = log.state()
+    sent: list[str] = []
+    for n in range(45):
+        apply(state, log.message(f"m{n}"))
+        sent.append(f"m{n}")
+        if n % 7 == 0:
+            assert [m.content for m in state.messages()] == sent[-max_history:]
+    messages = state.messages()
+    assert [m.content for m in messages] == sent[-max_history:]
+    assert [m.seq for m in messages] == list(range(48 - len(messages), 48))  # seqs 3..47
+    assert state.conversation_count == min(45, max_history)
+    assert isinstance(state.history, tuple) == (max_history <= SHORT_HISTORY)
+    assert state.snapshot() == log.state().snapshot()  # read or not, the same projection
+
+
+def test_the_window_holds_the_log_s_events_until_read() -> None:
+    log = Log()
+    first, second = log.message("a"), log.message("b", role="assistant")
+    state = log.state()
+    assert state.history is not None
+    assert [id(e) for e in state.history] == [id(first), id(second)]  # shared, not copied
+    expected = [
+        Message(f"{SID}-3", "user", "a", T0, 3),
+        Message(f"{SID}-4", "assistant", "b", T0, 4),
+    ]
+    assert state.messages() == expected
+    assert all(type(m) is Message for m in state.history)  # turned once, kept
+    turned = state.history[0]
+    apply(state, third := log.message("c"))
+    assert state.history[-1] is third
+    assert state.messages()[2] == Message(f"{SID}-5", "user", "c", T0, 5)
+    assert state.history[0] is turned  # only the new one was turned
+
+
+@pytest.mark.parametrize("count", [0, 2, SHORT_HISTORY + 4])
+def test_a_snapshot_restores_the_window_in_the_same_form(count: int) -> None:
+    log = Log(max_history=SHORT_HISTORY + 2)
+    for n in range(count):
+        log.message(f"m{n}")
+    state = log.state()
+    restored = decode_state(encode_state(state), session_id=SID)
+    assert restored.messages() == state.messages()
+    assert type(restored.history) is type(state.history)
+    apply(restored, log.message("next"))  # and it goes on like the original
+    apply(state, log.events[-1])
+    assert restored.messages() == state.messages()
+
+
+def _rare(state: SessionState) -> dict[str, Any] | None:
+    """``state.rare``, read through a call (the setters of other fields change it)."""
+    return state.rare
+
+
+def test_rare_fields_take_room_only_while_set() -> None:
+    state = SessionState(SID)
+    assert _rare(state) is None
+    assert (state.files, state.usage, state.usage_estimated) == (None, None, False)
+    state.files = {}
+    state.usage_estimated = True
+    assert state.files == {}
+    assert state.usage_estimated is True
+    assert _rare(state) == {"files": {}, "usage_estimated": True}
+    state.files = None
+    state.usage_estimated = False
+    assert _rare(state) is None  # back to every default: nothing kept
+    log = Log()
+    log.add(EventType.WORKING_CONTEXT_UPDATED, key="k", value=1)
+    restored = decode_state(encode_state(log.state()), session_id=SID)
+    assert restored.working_context == {"k": 1}
+    assert _rare(restored) == {"working_context": {"k": 1}, "wc_sizes": {"k": 2}}  # "k", 1
 
 
 def test_clear_conversation() -> None:
@@ -70,7 +148,7 @@ def test_clear_conversation() -> None:
     log.message("a")
     log.add(EventType.CONVERSATION_CLEARED, count=1)
     log.message("b")
-    assert [m.content for m in log.state().history or ()] == ["b"]
+    assert [m.content for m in log.state().messages()] == ["b"]
 
 
 def test_files_and_index() -> None:

@@ -211,6 +211,23 @@ async def test_memory_store_frees_released_logs_and_trims() -> None:
         MemoryStore(max_events_per_session=0)
 
 
+async def test_memory_store_log_grows_one_event_at_a_time() -> None:
+    """Past the length where the log stops being copied on append and grows in place."""
+    store = MemoryStore(max_events_per_session=24)
+    await store.append(A, [])  # nothing to keep
+    assert await store.last_seq(A) == 0
+    for seq in range(1, 41):
+        await store.append(A, events(A, seq, 1))
+        assert await store.last_seq(A) == seq
+        kept = await store.read_events(A)
+        assert [e.seq for e in kept] == list(range(kept[0].seq, seq + 1))
+        assert len(kept) <= 30  # trimmed in chunks of a quarter
+        page = await store.read_events(A, after_seq=seq - 1, limit=1)
+        assert [e.seq for e in page] == [seq]
+    with pytest.raises(SeqConflict):
+        await store.append(A, events(A, 40, 1))
+
+
 async def test_read_events_bounded_by_bytes(store: SessionStore) -> None:
     """``max_bytes`` cuts a page after the event that reaches it, never before the first: a
     replaying reader's page stays bounded while it still always makes progress."""

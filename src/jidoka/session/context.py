@@ -116,7 +116,7 @@ def build_context(
     want_files = "files" in parts and state.files and file_texts is not None
     messages: list[Message] = []
     excerpts: list[tuple[int, FileExcerpt]] = []
-    history = list(state.history or ()) if want_messages else []
+    history = state.messages() if want_messages else []
     files = sorted((state.files or {}).values(), key=lambda f: f.seq) if want_files else []
     texts = file_texts or {}
     mi, fi = len(history) - 1, len(files) - 1

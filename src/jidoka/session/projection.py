@@ -27,7 +27,14 @@ import msgspec
 from ..config import SessionConfig
 from ..events import Event, EventType
 from .snapshot import decode_state
-from .state import ActiveFile, FileIndexEntry, Message, SessionState, Status, json_size
+from .state import (
+    SHORT_HISTORY,
+    ActiveFile,
+    FileIndexEntry,
+    SessionState,
+    Status,
+    json_size,
+)
 
 __all__ = ["apply", "replay"]
 
@@ -38,8 +45,10 @@ def _created(state: SessionState, event: Event) -> None:
     if restored is not None:
         _restored(state, event, restored)
         return
-    state.history = state.files = state.index = state.working_context = state.wc_sizes = None
+    state.history = None
     state.reason = state.error = None
+    if state.rare is not None:  # a fresh state has none (a session_created is always seq 1)
+        state.files = state.index = state.working_context = state.wc_sizes = None
     state.created_at = event.time
     state.status = Status(data.get("status", Status.INITIALIZING))
     metadata, llm_config = data.get("metadata"), data.get("llm_config")
@@ -73,10 +82,20 @@ def _terminated(state: SessionState, event: Event) -> None:
 
 
 def _message(state: SessionState, event: Event) -> None:
-    if state.history is None:
-        state.history = deque(maxlen=state.config.max_history)
-    data = event.data
-    state.history.append(Message(event.id, data["role"], data["content"], event.time, event.seq))
+    """The window keeps the event itself (shared with the log), a tuple while it is short."""
+    history = state.history
+    if history is None:
+        state.history = (event,)
+    elif isinstance(history, tuple):
+        maximum = state.config.max_history
+        if len(history) < min(SHORT_HISTORY, maximum):
+            state.history = (*history, event)
+        elif maximum <= SHORT_HISTORY:  # full: the oldest goes
+            state.history = (*history[1:], event)
+        else:
+            state.history = deque((*history, event), maxlen=maximum)
+    else:
+        history.append(event)
 
 
 def _cleared(state: SessionState, event: Event) -> None:

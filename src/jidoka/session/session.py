@@ -215,7 +215,7 @@ class Session(SessionCore):
     # --- reads ----------------------------------------------------------------------------------
 
     def history(self) -> list[Message]:
-        return list(self.state.history or ())
+        return self.state.messages()
 
     def active_files(self) -> list[ActiveFile]:
         return list((self.state.files or {}).values())

@@ -7,7 +7,6 @@ by the next (or refused clearly). Decoding validates everything: a corrupt snaps
 
 from __future__ import annotations
 
-from collections import deque
 from datetime import datetime
 from typing import Any, Final
 
@@ -15,7 +14,15 @@ import msgspec
 
 from ..config import SessionConfig
 from ..errors import JidokaError
-from .state import ActiveFile, FileIndexEntry, Message, SessionState, Status, json_size
+from .state import (
+    ActiveFile,
+    FileIndexEntry,
+    Message,
+    SessionState,
+    Status,
+    history_window,
+    json_size,
+)
 
 __all__ = ["SNAPSHOT_FORMAT", "SnapshotError", "decode_state", "encode_state", "state_to_dict"]
 
@@ -74,7 +81,7 @@ def _snapshot(state: SessionState) -> _Snapshot:
         config=state.config.to_dict(),
         llm_config=state.llm_config,
         project_root=state.project_root,
-        history=list(state.history or ()),
+        history=state.messages(),
         files=list((state.files or {}).values()),
         index=list((state.index or {}).values()),
         working_context=dict(state.working_context or {}),
@@ -121,7 +128,7 @@ def decode_state(raw: bytes | dict[str, Any], *, session_id: str | None = None) 
     state.llm_config = snap.llm_config
     state.project_root = snap.project_root
     if snap.history:
-        state.history = deque(snap.history, maxlen=state.config.max_history)
+        state.history = history_window(snap.history, state.config.max_history)
     if snap.files:
         state.files = {f.path: f for f in snap.files}
     if snap.index:

@@ -22,27 +22,32 @@ The lifecycle (blueprint §4)::
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeAlias, TypeVar, cast, overload
 
 import msgspec
 
 from ..config import SessionConfig
 from ..errors import InvalidTransition
+from ..events import Event
 
 __all__ = [
     "REASON_ERROR",
     "REASON_REQUESTED",
     "REASON_TIMEOUT",
     "ROLES",
+    "SHORT_HISTORY",
     "TRANSITIONS",
     "ActiveFile",
     "FileIndexEntry",
+    "HistoryWindow",
     "Message",
     "SessionState",
     "Status",
     "check_transition",
+    "history_window",
     "json_size",
 ]
 
@@ -97,6 +102,35 @@ class Message(msgspec.Struct, frozen=True, gc=False):
     seq: int
 
 
+#: The history window: each message as its ``conversation_added`` event (the very object the
+#: store's log holds) until it is first read, then as its :class:`Message`
+#: (:meth:`SessionState.messages`). A tuple while it holds at most :data:`SHORT_HISTORY`
+#: messages (an append makes the next, one longer: no spare slots), then a deque of
+#: ``max_history`` slots: a deque allocates 64 slots (760 bytes) for its first item, more than a
+#: short conversation's messages cost.
+HistoryWindow: TypeAlias = tuple[Message | Event, ...] | deque[Message | Event]
+
+#: ``list``, typed for a window whose entries :meth:`SessionState.messages` has just turned into
+#: messages (no ``cast`` call per read).
+_copy = cast("Callable[[HistoryWindow], list[Message]]", list)
+
+#: The longest history window kept as a tuple (see :data:`HistoryWindow`).
+SHORT_HISTORY: Final = 16
+
+
+def history_window(messages: list[Message], maximum: int) -> HistoryWindow:
+    """The newest ``maximum`` of ``messages`` as a window, in the form apply keeps it (a
+    snapshot's history becomes a tuple or a deque just as the same messages appended would)."""
+    if len(messages) <= SHORT_HISTORY or maximum <= SHORT_HISTORY:
+        return tuple(messages[-maximum:])
+    return deque(messages, maxlen=maximum)
+
+
+def _message_of(event: Event) -> Message:
+    data = event.data
+    return Message(event.id, data["role"], data["content"], event.time, event.seq)
+
+
 class ActiveFile(msgspec.Struct, frozen=True, gc=False):
     """A file the session is working on; ``path`` is relative to the project root."""
 
@@ -117,37 +151,95 @@ class FileIndexEntry(msgspec.Struct, frozen=True):
     extra: dict[str, Any] = {}
 
 
+_T = TypeVar("_T")
+
+
+class _Rare(Generic[_T]):
+    """A :class:`SessionState` field most sessions never set (files, usage, an error ...).
+
+    Its value lives in the state's ``rare`` dict, which exists only while some such field holds
+    something other than its default: an idle chat session pays one slot for all eight of
+    them instead of eight slots (56 bytes). Reading costs a property call instead of a slot
+    read; none of them is read or written on the path of an appended message.
+    """
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, default: _T) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, state: None, owner: type) -> _Rare[_T]: ...
+    @overload
+    def __get__(self, state: SessionState, owner: type) -> _T: ...
+    def __get__(self, state: SessionState | None, owner: type) -> _Rare[_T] | _T:
+        if state is None:
+            return self
+        rare = state.rare
+        if rare is None:
+            return self.default
+        value: _T = rare.get(self.name, self.default)
+        return value
+
+    def __set__(self, state: SessionState, value: _T) -> None:
+        rare = state.rare
+        if value is self.default:  # back to the default: nothing to keep
+            if rare is not None:
+                rare.pop(self.name, None)
+                if not rare:
+                    state.rare = None
+        elif rare is None:
+            state.rare = {self.name: value}
+        else:
+            rare[self.name] = value
+
+
 class SessionState:
     """The projection of one session's log. Mutated only by
-    :func:`~jidoka.session.projection.apply`.
+    :func:`~jidoka.session.projection.apply` (:meth:`messages` changes how the history window
+    holds its messages, never which they are).
 
-    Containers are created on first use: an idle, empty session holds no history deque, no file
-    dicts and no working-context dict, which is most of what keeps it small.
+    Containers are created on first use: an idle, empty session holds no history window, no
+    file dicts and no working-context dict, which is most of what keeps it small. The history
+    window holds events rather than messages until it is read (see :data:`HistoryWindow`):
+    read it with :meth:`messages`. The fields most sessions never set are not slots of their
+    own (see :class:`_Rare`).
     """
 
     __slots__ = (
-        "agent_status",
         "config",
         "created_at",
         "error",
-        "files",
         "history",
-        "index",
         "llm_config",
         "metadata",
         "owner",
-        "pending_approvals",
         "project_root",
+        "rare",
         "reason",
         "seq",
         "session_id",
         "status",
         "updated_at",
-        "usage",
-        "usage_estimated",
-        "wc_sizes",
-        "working_context",
     )
+
+    files: _Rare[dict[str, ActiveFile] | None] = _Rare(None)
+    index: _Rare[dict[str, FileIndexEntry] | None] = _Rare(None)
+    working_context: _Rare[dict[str, Any] | None] = _Rare(None)
+    #: Each working-context key's size (its share of ``max_working_context_bytes``).
+    wc_sizes: _Rare[dict[str, int] | None] = _Rare(None)
+    #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
+    usage: _Rare[tuple[int, int, int] | None] = _Rare(None)
+    #: Some of ``usage`` was estimated (the endpoint did not report it).
+    usage_estimated: _Rare[bool] = _Rare(False)
+    #: The agent's last ``agent_status`` (``thinking``, ``idle`` ...), None before any turn.
+    agent_status: _Rare[str | None] = _Rare(None)
+    #: Write approvals asked for and not yet decided, by call id.
+    pending_approvals: _Rare[set[str] | None] = _Rare(None)
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
@@ -158,27 +250,42 @@ class SessionState:
         self.metadata: dict[str, Any] = {}
         self.config = SessionConfig()
         self.llm_config: dict[str, Any] = {}
-        self.project_root: str | None = None
         self.owner: str | None = None
-        self.history: deque[Message] | None = None
-        self.files: dict[str, ActiveFile] | None = None
-        self.index: dict[str, FileIndexEntry] | None = None
-        self.working_context: dict[str, Any] | None = None
-        self.wc_sizes: dict[str, int] | None = None
+        self.project_root: str | None = None
+        self.history: HistoryWindow | None = None
+        #: Why it ended, and the error it ended in (slots: every termination and SessionInfo
+        #: reads them).
         self.reason: str | None = None
         self.error: str | None = None
-        #: The agent's cumulative token usage: (prompt, completion, total); None before any turn.
-        self.usage: tuple[int, int, int] | None = None
-        #: Some of ``usage`` was estimated (the endpoint did not report it).
-        self.usage_estimated = False
-        #: The agent's last ``agent_status`` (``thinking``, ``idle`` ...), None before any turn.
-        self.agent_status: str | None = None
-        #: Write approvals asked for and not yet decided, by call id.
-        self.pending_approvals: set[str] | None = None
+        #: The rare fields' values other than their defaults (see :class:`_Rare`); None if none.
+        self.rare: dict[str, Any] | None = None
 
     @property
     def conversation_count(self) -> int:
         return len(self.history) if self.history is not None else 0
+
+    def messages(self) -> list[Message]:
+        """The history window's messages, oldest first (a new list).
+
+        The newest entries may still be the events that added them: each is turned into its
+        :class:`Message` once, here, and kept in its place, so reading again is a plain copy.
+        They are always a suffix (apply appends events, this turns them all), so the walk stops
+        at the first message from the end.
+        """
+        history = self.history
+        if not history:
+            return []
+        if type(history[-1]) is Event:
+            last = first = len(history)
+            while first > 0 and type(history[first - 1]) is Event:
+                first -= 1
+            turned = [_message_of(cast("Event", history[i])) for i in range(first, last)]
+            if isinstance(history, tuple):
+                history = self.history = (*history[:first], *turned)
+            else:
+                for i, message in enumerate(turned, first):
+                    history[i] = message
+        return _copy(history)
 
     @property
     def file_count(self) -> int:
@@ -205,7 +312,7 @@ class SessionState:
             "llm_config": self.llm_config,
             "project_root": self.project_root,
             "owner": self.owner,
-            "history": list(self.history or ()),
+            "history": self.messages(),
             "files": dict(self.files or {}),
             "index": dict(self.index or {}),
             "working_context": dict(self.working_context or {}),

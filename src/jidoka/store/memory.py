@@ -1,10 +1,12 @@
 """The in-memory store: the fast, non-durable mode (``Runtime(store="memory")``).
 
-It keeps each session's events in a list indexed by seq, so appends are O(1) and reading from a
-seq is a slice. Nothing survives the process. To stay bounded, a session's log keeps at most
-``max_events_per_session`` events; older ones are trimmed in chunks (the projection is unaffected;
-a subscriber that asks for trimmed events is told how many it missed). A terminated session's
-log is freed.
+It keeps each session's events in a list indexed by seq, so appends are O(1) and reading from a seq
+is a slice. The list is all it keeps per session (its first event's ``seq`` says where it starts);
+while it is short it is a tuple, which an append replaces by a longer one rather than growing it: an
+idle session's log is one exact-size object with no spare slots. Nothing survives the process. To
+stay bounded, a session's log keeps at most ``max_events_per_session`` events; older ones are
+trimmed in chunks (the projection is unaffected; a subscriber that asks for trimmed events is told
+how many it missed). A terminated session's log is freed.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, SeqConflict, St
 __all__ = ["MemoryStore"]
 
 
-class _Log:
-    __slots__ = ("events", "first_seq")
+#: A log of at most this many events is a tuple, replaced on append (at most this many pointers
+#: copied); a longer one is a list that grows in place, amortised O(1).
+_SHORT = 16
 
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.first_seq = 1  # seq of events[0]
+_Events = list[Event] | tuple[Event, ...]
 
 
 class MemoryStore:
@@ -36,7 +37,8 @@ class MemoryStore:
         if max_events_per_session < 1:
             raise ValueError("max_events_per_session must be at least 1")
         self.max_events_per_session = max_events_per_session
-        self._logs: dict[str, _Log] = {}
+        #: Each session's events, in seq order (``[0]`` is the oldest kept, never empty).
+        self._logs: dict[str, _Events] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
         self._saved: dict[str, tuple[SavedSession, bytes]] = {}
         self._closed = False
@@ -54,17 +56,20 @@ class MemoryStore:
         refused by raising (``on_done`` then never called)."""
         self._check_open(session_id)
         log = self._logs.get(session_id)
-        if log is None:
-            log = self._logs[session_id] = _Log()
-        expected = log.first_seq + len(log.events)
+        expected = 1 if log is None else log[-1].seq + 1
         for offset, event in enumerate(events):
             if event.seq != expected + offset or event.session_id != session_id:
                 raise SeqConflict(session_id, expected + offset, event.seq)
-        log.events.extend(events)
-        excess = len(log.events) - self.max_events_per_session
-        if excess > self.max_events_per_session // 4:
-            del log.events[:excess]
-            log.first_seq += excess
+        if events:
+            if isinstance(log, list):
+                log.extend(events)
+            elif log is None or len(log) + len(events) <= _SHORT:
+                log = self._logs[session_id] = (*(log or ()), *events)
+            else:
+                log = self._logs[session_id] = [*log, *events]
+            excess = len(log) - self.max_events_per_session
+            if excess > self.max_events_per_session // 4:
+                self._logs[session_id] = log[excess:]
         if on_done is not None:
             on_done(None)
 
@@ -80,13 +85,14 @@ class MemoryStore:
         log = self._logs.get(session_id)
         if log is None:
             return []
-        start = max(after_seq + 1 - log.first_seq, 0)
+        start = max(after_seq + 1 - log[0].seq, 0)
         stop = None if limit is None else start + max(limit, 0)
-        return log.events[start:stop]
+        page = log[start:stop]
+        return page if isinstance(page, list) else list(page)
 
     async def last_seq(self, session_id: str) -> int:
         log = self._logs.get(session_id)
-        return 0 if log is None else log.first_seq + len(log.events) - 1
+        return 0 if log is None else log[-1].seq
 
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
         self._snapshots[session_id] = (seq, state)
