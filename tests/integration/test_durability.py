@@ -597,3 +597,17 @@ async def test_a_queued_append_whose_caller_is_cancelled_still_lands_before_the_
         assert added == [str(n) for n in range(20)]
         assert logged[-1].type == "conversation_cleared"
         assert logged[-1].data["count"] == 20
+
+
+async def test_a_durable_session_s_window_keeps_messages_not_events(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The log is on disk, so the window holds each message once committed rather than the
+    event (and its data dict) that added it."""
+    async with jidoka.Runtime(tmp_path / "data", clock=clock) as rt:
+        sid = await rt.client.create_session()
+        for text in ("a", "b"):
+            await rt.client.send_message(sid, "user", text)
+        window = rt.manager.get(sid).state.history
+        assert window is not None
+        assert [type(m) for m in window] == [jidoka.Message, jidoka.Message]

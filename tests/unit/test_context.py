@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,7 +70,8 @@ def test_history_keeps_newest_max_history() -> None:
 @pytest.mark.parametrize("max_history", [1, 3, SHORT_HISTORY, SHORT_HISTORY + 1, 40])
 def test_history_window_across_its_list_and_deque_forms(max_history: int) -> None:
     """Read now and then while it fills: the same newest messages whatever the window's form,
-    a tuple while it can stay short (at most SHORT_HISTORY), a deque only past that."""
+    a tuple of one, a list while it can stay short (at most SHORT_HISTORY), a deque only past
+    that."""
     log = Log(max_history=max_history)
     state = log.state()
     sent: list[str] = []
@@ -82,7 +84,8 @@ def test_history_window_across_its_list_and_deque_forms(max_history: int) -> Non
     assert [m.content for m in messages] == sent[-max_history:]
     assert [m.seq for m in messages] == list(range(48 - len(messages), 48))  # seqs 3..47
     assert state.conversation_count == min(45, max_history)
-    assert isinstance(state.history, tuple) == (max_history <= SHORT_HISTORY)
+    kind = tuple if max_history == 1 else list if max_history <= SHORT_HISTORY else deque
+    assert type(state.history) is kind
     assert state.snapshot() == log.state().snapshot()  # read or not, the same projection
 
 
@@ -105,7 +108,7 @@ def test_the_window_holds_the_log_s_events_until_read() -> None:
     assert state.history[0] is turned  # only the new one was turned
 
 
-@pytest.mark.parametrize("count", [0, 2, SHORT_HISTORY + 4])
+@pytest.mark.parametrize("count", [0, 1, 2, SHORT_HISTORY + 4])
 def test_a_snapshot_restores_the_window_in_the_same_form(count: int) -> None:
     log = Log(max_history=SHORT_HISTORY + 2)
     for n in range(count):
@@ -309,3 +312,19 @@ def test_custom_counter() -> None:
     words = lambda text: len(text.split())  # noqa: E731
     bundle = build_context(log.state(), include=["conversation"], max_tokens=3 * 5, counter=words)
     assert len(bundle.messages) == 3  # 1 word + 4 overhead each
+
+
+def test_turn_events_turns_only_the_newest_events_in_place() -> None:
+    log = Log()
+    state = log.state()
+    apply(state, log.message("a"))
+    state.messages()  # "a" turned
+    apply(state, log.message("b"))
+    apply(state, log.message("c"))
+    window = state.history
+    assert window is not None
+    first = window[0]
+    assert state.turn_events() is window  # a list: turned where it is
+    assert window[0] is first
+    assert [type(m) for m in window] == [Message, Message, Message]
+    assert [m.content for m in window] == ["a", "b", "c"]  # type: ignore[union-attr]

@@ -239,6 +239,9 @@ class SessionCore:
         try:
             if error is None:  # else nothing was stored: nothing follows
                 _after_commit(self, events, after, activity)
+                state = self.state
+                if state.history and not self.services.commits_inline:
+                    state.turn_events()  # its log is on disk: keep messages, not events
         finally:
             self.lock.end()
 

@@ -82,16 +82,21 @@ def _terminated(state: SessionState, event: Event) -> None:
 
 
 def _message(state: SessionState, event: Event) -> None:
-    """The window keeps the event itself (shared with the log), a tuple while it is short."""
+    """The window keeps the event itself (shared with the log): a tuple of one, then a list
+    while it is short (appended in place: no new object per message), then a deque."""
     history = state.history
     if history is None:
         state.history = (event,)
-    elif isinstance(history, tuple):
-        maximum = state.config.max_history
+        return
+    maximum = state.config.max_history
+    if isinstance(history, tuple):  # one message so far
+        state.history = [*history, event] if maximum > 1 else (event,)
+    elif isinstance(history, list):
         if len(history) < min(SHORT_HISTORY, maximum):
-            state.history = (*history, event)
+            history.append(event)
         elif maximum <= SHORT_HISTORY:  # full: the oldest goes
-            state.history = (*history[1:], event)
+            del history[0]
+            history.append(event)
         else:
             state.history = deque((*history, event), maxlen=maximum)
     else:

@@ -104,11 +104,14 @@ class Message(msgspec.Struct, frozen=True, gc=False):
 
 #: The history window: each message as its ``conversation_added`` event (the very object the
 #: store's log holds) until it is first read, then as its :class:`Message`
-#: (:meth:`SessionState.messages`). A tuple while it holds at most :data:`SHORT_HISTORY`
-#: messages (an append makes the next, one longer: no spare slots), then a deque of
-#: ``max_history`` slots: a deque allocates 64 slots (760 bytes) for its first item, more than a
-#: short conversation's messages cost.
-HistoryWindow: TypeAlias = tuple[Message | Event, ...] | deque[Message | Event]
+#: (:meth:`SessionState.messages`). A tuple of one for a single message (no spare slots: most
+#: idle sessions), a list while it holds at most :data:`SHORT_HISTORY` (appended in place: a
+#: tuple remade per message costs a tracked allocation each, which the garbage collector pays
+#: for), then a deque of ``max_history`` slots: a deque allocates 64 slots (760 bytes) for its
+#: first item, more than a short conversation's messages cost.
+HistoryWindow: TypeAlias = (
+    tuple[Message | Event, ...] | list[Message | Event] | deque[Message | Event]
+)
 
 #: ``list``, typed for a window whose entries :meth:`SessionState.messages` has just turned into
 #: messages (no ``cast`` call per read).
@@ -121,8 +124,11 @@ SHORT_HISTORY: Final = 16
 def history_window(messages: list[Message], maximum: int) -> HistoryWindow:
     """The newest ``maximum`` of ``messages`` as a window, in the form apply keeps it (a
     snapshot's history becomes a tuple or a deque just as the same messages appended would)."""
+    newest = messages[-maximum:]
+    if len(newest) == 1:
+        return (newest[0],)
     if len(messages) <= SHORT_HISTORY or maximum <= SHORT_HISTORY:
-        return tuple(messages[-maximum:])
+        return list(newest)
     return deque(messages, maxlen=maximum)
 
 
@@ -276,16 +282,30 @@ class SessionState:
         if not history:
             return []
         if type(history[-1]) is Event:
-            last = first = len(history)
-            while first > 0 and type(history[first - 1]) is Event:
-                first -= 1
-            turned = [_message_of(cast("Event", history[i])) for i in range(first, last)]
-            if isinstance(history, tuple):
-                history = self.history = (*history[:first], *turned)
-            else:
-                for i, message in enumerate(turned, first):
-                    history[i] = message
+            history = self.turn_events()
         return _copy(history)
+
+    def turn_events(self) -> HistoryWindow:
+        """Turn the window's newest entries that are still events into their messages, in
+        place, and return the window (which must not be empty). What :meth:`messages` does
+        before it copies; a durable store's session does it after each commit instead (see
+        ``SessionCore._committed``): its log is not in memory, so keeping the event would keep
+        its data dict too, which costs more than the message and burdens the garbage
+        collector."""
+        history = self.history
+        assert history
+        last = first = len(history)
+        while first > 0 and type(history[first - 1]) is Event:
+            first -= 1
+        if first == last:
+            return history
+        turned = [_message_of(cast("Event", history[i])) for i in range(first, last)]
+        if isinstance(history, tuple):
+            history = self.history = (*history[:first], *turned)
+        else:
+            for i, message in enumerate(turned, first):
+                history[i] = message
+        return history
 
     @property
     def file_count(self) -> int:
