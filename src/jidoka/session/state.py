@@ -294,17 +294,25 @@ class SessionState:
         collector."""
         history = self.history
         assert history
-        last = first = len(history)
+        newest = history[-1]
+        if type(newest) is not Event:
+            return history
+        last = len(history)
+        first = last - 1
+        if first == 0 or type(history[-2]) is not Event:  # only the newest: after a commit
+            if isinstance(history, tuple):
+                history = self.history = (*history[:first], _message_of(newest))
+            else:
+                history[first] = _message_of(newest)
+            return history
         while first > 0 and type(history[first - 1]) is Event:
             first -= 1
-        if first == last:
-            return history
-        turned = [_message_of(cast("Event", history[i])) for i in range(first, last)]
         if isinstance(history, tuple):
+            turned = [_message_of(cast("Event", history[i])) for i in range(first, last)]
             history = self.history = (*history[:first], *turned)
         else:
-            for i, message in enumerate(turned, first):
-                history[i] = message
+            for i in range(first, last):
+                history[i] = _message_of(cast("Event", history[i]))
         return history
 
     @property
