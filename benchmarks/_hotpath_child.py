@@ -13,7 +13,6 @@ the ``jidoka`` it imported, so the parent can check it measured the tree it mean
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import sys
@@ -24,7 +23,6 @@ from typing import Any
 
 from ._common import clock, make_runtime, quiesce, run_async
 from .bench_durable import (
-    CONTENT,
     _events_ddl,
     _rss,
     _settle,
@@ -74,36 +72,6 @@ async def _lifecycle(n: int) -> dict[str, Any]:
         "rate": n / elapsed,
         "seconds": elapsed,
         "commits": after[0] - commits,  # 0 if the store does not count them
-        "requests": after[1] - requests,
-    }
-
-
-async def _shared(senders: int, per_sender: int) -> dict[str, Any]:
-    """Messages per second to *one* session from ``senders`` tasks at once, each sending
-    ``per_sender`` messages one after another: what the per-session batching (appends queued
-    behind the commit in flight) is for."""
-    with scratch_dir("hot-shared") as path:
-        async with durable_runtime(path) as rt:
-            client = rt.client
-            sid = await client.create_session()
-            for _ in range(20):  # warm-up
-                await client.send_message(sid, "user", CONTENT)
-
-            async def one() -> None:
-                for _ in range(per_sender):
-                    await client.send_message(sid, "user", CONTENT)
-
-            await _settle(rt)
-            commits, requests = _store_counts(rt)
-            quiesce()
-            start = clock()
-            await asyncio.gather(*(one() for _ in range(senders)))
-            await _settle(rt)
-            elapsed = clock() - start
-            after = _store_counts(rt)
-    return {
-        "rate": senders * per_sender / elapsed,
-        "commits": after[0] - commits,
         "requests": after[1] - requests,
     }
 
@@ -158,11 +126,10 @@ async def _workload(args: argparse.Namespace) -> dict[str, Any]:
     if args.workload == "single":
         rate, counts = await jidoka_sequential(args.n)
         return {"rate": rate, **counts}
-    if args.workload == "concurrent":
-        rate, counts = await jidoka_concurrent(args.n, args.per_session)
+    if args.workload in ("concurrent", "shared"):
+        shared = args.workload == "shared"
+        rate, counts = await jidoka_concurrent(args.n, args.per_session, shared=shared)
         return {"rate": rate, **counts}
-    if args.workload == "shared":
-        return await _shared(args.n, args.per_session)
     return await _idle(args.n, args.traced)
 
 

@@ -367,12 +367,21 @@ async def jidoka_sequential(n: int) -> tuple[float, dict[str, int]]:
     return n / elapsed, {"commits": after[0] - commits, "requests": after[1] - requests}
 
 
-async def jidoka_concurrent(sessions: int, per_session: int) -> tuple[float, dict[str, int]]:
-    """Messages per second, one task per session, all at once; fresh runtime and dir."""
+async def jidoka_concurrent(
+    sessions: int, per_session: int, *, shared: bool = False
+) -> tuple[float, dict[str, int]]:
+    """Messages per second, one task per session, all at once; fresh runtime and dir. With
+    ``shared``, the ``sessions`` tasks all send to *one* session (what the per-session
+    batching, appends queued behind the commit in flight, is for)."""
     with scratch_dir("jidoka-conc") as path:
         async with durable_runtime(path) as rt:
             client = rt.client
-            ids = list(await asyncio.gather(*(client.create_session() for _ in range(sessions))))
+            if shared:
+                ids = [await client.create_session()] * sessions
+            else:
+                ids = list(
+                    await asyncio.gather(*(client.create_session() for _ in range(sessions)))
+                )
 
             async def one(sid: str) -> None:
                 for _ in range(per_session):
