@@ -47,8 +47,12 @@ CONNECT_TIMEOUT = 3
 DROP_LOCK_TIMEOUT = "5s"
 
 
+#: Read once, at import: every test's fixtures then remove the ``JIDOKA_*`` variables.
+_DSN: str = os.environ.get(DSN_VARIABLE) or DEFAULT_DSN
+
+
 def postgres_dsn() -> str:
-    return os.environ.get(DSN_VARIABLE) or DEFAULT_DSN
+    return _DSN
 
 
 def address_of(dsn: str) -> tuple[str, int]:
