@@ -5,9 +5,9 @@ Counted on the SQLite and the Postgres store, whose writers count the transactio
 (Postgres: the group statements): each verb of the table is called once on a session prepared
 for it, and the commits it caused are read off the store before and after. Verbs that only
 read commit nothing; saving and deleting a saved copy write the copy (one transaction; on
-Postgres a single statement outside the writer, so not counted there). An agent turn's own steps (the model's answer, each tool call
-and its result) are the turn's commits, made as they happen, not the ``chat`` call's:
-``submit_chat`` itself commits nothing.
+Postgres a single statement outside the writer, so not counted there). An agent turn's own
+steps (the model's answer, each tool call and its result) are the turn's commits, made as they
+happen, not the ``chat`` call's: ``submit_chat`` itself commits nothing.
 """
 
 from __future__ import annotations
