@@ -51,6 +51,7 @@ from .base import (
     StoreUnavailable,
 )
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
+from .postgres_sql import Statements
 from .postgres_writer import PgAppend, PgWriter
 from .sqlite_schema import created_owner, decode_object, encode, status_after
 
@@ -102,7 +103,7 @@ class PostgresStore:
         self._writer = PgWriter(schema, self._connect_writer, command_timeout=command_timeout)
         self._pool: _Pool | None = None
         self._state: Literal["new", "open", "closed"] = "new"
-        self._q = _Statements(schema)
+        self._q = Statements(f'"{self.schema}"')
 
     @property
     def commits(self) -> int:
@@ -467,64 +468,3 @@ def _saved(row: Any) -> SavedSession:
         metadata=meta,
         owner=owner,
     )
-
-
-class _Statements:
-    """Every statement but the writer's, with the schema written in once (its name is checked
-    by ``check_schema_name``: plain lower-case identifier characters)."""
-
-    def __init__(self, schema: str) -> None:
-        s = f'"{schema}"'
-        self.events = (
-            f"SELECT seq, type, time, data FROM {s}.events WHERE session_id = $1 AND seq > $2"
-            " ORDER BY seq LIMIT $3"
-        )
-        self.head = (
-            f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE session_id = $1"
-        )
-        self.take = (
-            f"UPDATE {s}.sessions SET fence = fence + 1 WHERE session_id = $1 RETURNING fence"
-        )
-        self.read_snapshot = f"SELECT seq, state FROM {s}.snapshots WHERE session_id = $1"
-        # A snapshot of a session whose log is closed (terminated meanwhile) is not kept.
-        self.snapshot = (
-            f"INSERT INTO {s}.snapshots (session_id, seq, state)"
-            f" SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {s}.sessions"
-            "  WHERE session_id = $1 AND status <> 'terminated')"
-            " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state"
-            " WHERE excluded.seq > snapshots.seq"
-        )
-        self.save = (
-            f"INSERT INTO {s}.saved_sessions"
-            " (session_id, saved_at, message_count, metadata, owner, state)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id) DO UPDATE SET"
-            " saved_at = excluded.saved_at, message_count = excluded.message_count,"
-            " metadata = excluded.metadata, owner = excluded.owner, state = excluded.state"
-        )
-        self.delete_saved = f"DELETE FROM {s}.saved_sessions WHERE session_id = $1"
-        self.load_saved = (
-            "SELECT session_id, saved_at, message_count, metadata, owner, state"
-            f" FROM {s}.saved_sessions WHERE session_id = $1"
-        )
-        self.list_saved = (
-            "SELECT session_id, saved_at, message_count, metadata, owner"
-            f" FROM {s}.saved_sessions ORDER BY session_id"
-        )
-        self._listings: dict[tuple[bool, bool], str] = {}
-        for by_owner in (False, True):
-            for by_status in (False, True):
-                where = ["owner = $1"] if by_owner else []
-                if by_status:
-                    where.append(f"status = ${len(where) + 1}")
-                else:
-                    where.append("status <> 'terminated'")
-                n = len([w for w in where if "$" in w])
-                where.append(f"session_id > ${n + 1}")
-                self._listings[by_owner, by_status] = (
-                    f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE "
-                    + " AND ".join(where)
-                    + f" ORDER BY session_id LIMIT ${n + 2}"
-                )
-
-    def listing(self, by_owner: bool, by_status: bool) -> str:
-        return self._listings[by_owner, by_status]
