@@ -264,6 +264,7 @@ class PostgresStore:
         times: list[datetime] = []
         data: list[bytes] = []
         status: str | None = None
+        status_at: datetime | None = None
         created = False
         owner = None
         for offset, event in enumerate(events):
@@ -272,14 +273,28 @@ class PostgresStore:
             types.append(event.type.value)
             times.append(event.time)
             data.append(encode(event.data))
-            status = status_after(status, event)
+            after = status_after(status, event)
+            if after is not status:
+                status, status_at = after, event.time
             if event.type == EventType.SESSION_CREATED:
                 created, owner = True, created_owner(event.data)
         if first < 1:
             raise SeqConflict(session_id, 1, first)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writer.put(
-            PgAppend(session_id, first, types, times, data, status, created, owner, on_done, future)
+            PgAppend(
+                session_id,
+                first,
+                types,
+                times,
+                data,
+                status,
+                status_at,
+                created,
+                owner,
+                on_done,
+                future,
+            )
         )
         return future
 

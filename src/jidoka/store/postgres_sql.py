@@ -36,19 +36,21 @@ __all__ = [
     "session_statement",
 ]
 
+#: ``updated_at`` moves only with the status (to the time of the event that changed it): an
+#: ordinary append then changes no indexed column of the head, so its update is a HOT one.
 _HEAD_SET: Final = """
     SET last_seq = {last},
         status = coalesce(nullif({status}, ''), h.status),{owner}
-        updated_at = now()"""
+        updated_at = {updated}"""
 
 _OWNER_SET: Final = (
     "\n        owner = CASE WHEN {created} THEN nullif({owner}, '') ELSE h.owner END,"
 )
 
 
-def _head_set(last: str, status: str, created: str | None, owner: str | None) -> str:
+def _head_set(last: str, status: str, created: str | None, owner: str | None, updated: str) -> str:
     owner_set = "" if created is None else _OWNER_SET.format(created=created, owner=owner)
-    return _HEAD_SET.format(last=last, status=status, owner=owner_set)
+    return _HEAD_SET.format(last=last, status=status, owner=owner_set, updated=updated)
 
 
 def append_one(schema: str) -> str:
@@ -56,7 +58,9 @@ def append_one(schema: str) -> str:
     seq, status or '', type, time, data (:func:`one_params`)."""
     return f"""
 WITH upd AS (
-    UPDATE {schema}.sessions AS h{_head_set("$4", "$5", None, None)}
+    UPDATE {schema}.sessions AS h{
+        _head_set("$4", "$5", None, None, "CASE WHEN $5 = '' THEN h.updated_at ELSE $7 END")
+    }
     WHERE h.session_id = $1 AND h.last_seq = $2 AND ($3 = 0 OR h.fence = $3)
     RETURNING h.fence
 ),
@@ -71,20 +75,23 @@ SELECT $1::text, fence FROM upd
 def session_statement(schema: str, *, creates: bool, ends: bool) -> str:
     """One session's events. Parameters (:func:`session_params`): session, expected last seq,
     fence, new last seq, status or '', whether a ``session_created`` is among them, its owner
-    or '', then the events' seqs, types, times and data as arrays. ``creates``: the statement
+    or '', then the events' seqs, types, times and data as arrays, and the time of the last event
+    that changed the status (or ``NULL``). ``creates``: the statement
     may create the head (expected 0); ``ends``: it drops the session's snapshots if it ends."""
     ok = "upd"
     parts = [
         f"""upd AS (
-    UPDATE {schema}.sessions AS h{_head_set("$4", "$5", "$6", "$7")}
+    UPDATE {schema}.sessions AS h{_head_set("$4", "$5", "$6", "$7", "coalesce($12, h.updated_at)")}
     WHERE h.session_id = $1 AND h.last_seq = $2 AND $2 > 0 AND ($3 = 0 OR h.fence = $3)
     RETURNING h.session_id, h.fence, h.status
 )"""
     ]
     if creates:
         parts.append(f"""ins AS (
-    INSERT INTO {schema}.sessions AS h (session_id, last_seq, status, owner, fence)
-    SELECT $1, $4, coalesce(nullif($5, ''), 'initializing'), nullif($7, ''), 1
+    INSERT INTO {schema}.sessions AS h
+        (session_id, last_seq, status, owner, fence, created_at, updated_at)
+    SELECT $1, $4, coalesce(nullif($5, ''), 'initializing'), nullif($7, ''), 1,
+           coalesce($12, ($10::timestamptz[])[1]), coalesce($12, ($10::timestamptz[])[1])
     WHERE $2 = 0
     ON CONFLICT (session_id) DO NOTHING
     RETURNING h.session_id, h.fence, h.status
@@ -108,16 +115,24 @@ def session_statement(schema: str, *, creates: bool, ends: bool) -> str:
 def group_statement(schema: str, *, creates: bool, ends: bool) -> str:
     """Several sessions' events. Parameters (:func:`group_params`): one array per head column
     (session, expected last seq, fence, new last seq, status or '', created, owner or ''), then
-    one per event column (session, seq, type, time, data)."""
+    one per event column (session, seq, type, time, data), then the heads' status times."""
     ok = "upd"
     parts = [
         """b AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
-                         $6::bool[], $7::text[])
-        AS b(session_id, expected, fence, last_seq, status, created, owner)
+                         $6::bool[], $7::text[], $13::timestamptz[])
+        AS b(session_id, expected, fence, last_seq, status, created, owner, status_at)
 )""",
         f"""upd AS (
-    UPDATE {schema}.sessions AS h{_head_set("b.last_seq", "b.status", "b.created", "b.owner")}
+    UPDATE {schema}.sessions AS h{
+            _head_set(
+                "b.last_seq",
+                "b.status",
+                "b.created",
+                "b.owner",
+                "coalesce(b.status_at, h.updated_at)",
+            )
+        }
     FROM b
     WHERE h.session_id = b.session_id AND h.last_seq = b.expected AND b.expected > 0
       AND (b.fence = 0 OR h.fence = b.fence)
@@ -126,9 +141,10 @@ def group_statement(schema: str, *, creates: bool, ends: bool) -> str:
     ]
     if creates:
         parts.append(f"""ins AS (
-    INSERT INTO {schema}.sessions AS h (session_id, last_seq, status, owner, fence)
+    INSERT INTO {schema}.sessions AS h
+        (session_id, last_seq, status, owner, fence, created_at, updated_at)
     SELECT b.session_id, b.last_seq, coalesce(nullif(b.status, ''), 'initializing'),
-           nullif(b.owner, ''), 1
+           nullif(b.owner, ''), 1, coalesce(b.status_at, now()), coalesce(b.status_at, now())
     FROM b WHERE b.expected = 0
     ON CONFLICT (session_id) DO NOTHING
     RETURNING h.session_id, h.fence, h.status
@@ -161,6 +177,7 @@ def one_params(session_id: str, fence: int, append: PgAppend) -> tuple[Any, ...]
 def session_params(session_id: str, fence: int, appends: Sequence[PgAppend]) -> tuple[Any, ...]:
     """:func:`session_statement`'s parameters."""
     status = ""
+    status_at: datetime | None = None
     is_created = False
     owner = ""
     seqs: list[int] = []
@@ -169,7 +186,7 @@ def session_params(session_id: str, fence: int, appends: Sequence[PgAppend]) -> 
     data: list[bytes] = []
     for append in appends:
         if append.status is not None:
-            status = append.status
+            status, status_at = append.status, append.status_at
         if append.created:
             is_created, owner = True, append.owner or ""
         seqs.extend(range(append.first, append.last + 1))
@@ -178,7 +195,7 @@ def session_params(session_id: str, fence: int, appends: Sequence[PgAppend]) -> 
         data.extend(append.data)
     return (
         session_id, appends[0].first - 1, fence, appends[-1].last, status, is_created, owner,
-        seqs, types, times, data,
+        seqs, types, times, data, status_at,
     )  # fmt: skip
 
 
@@ -193,6 +210,7 @@ def group_params(
     statuses: list[str] = []
     created: list[bool] = []
     owners: list[str] = []
+    status_times: list[datetime | None] = []
     e_sids: list[str] = []
     e_seqs: list[int] = []
     e_types: list[str] = []
@@ -200,11 +218,12 @@ def group_params(
     e_data: list[bytes] = []
     for sid, fence, appends in chains:
         status = ""
+        status_at: datetime | None = None
         is_created = False
         owner = ""
         for append in appends:
             if append.status is not None:
-                status = append.status
+                status, status_at = append.status, append.status_at
             if append.created:
                 is_created, owner = True, append.owner or ""
             count = len(append.types)
@@ -220,9 +239,10 @@ def group_params(
         statuses.append(status)
         created.append(is_created)
         owners.append(owner)
+        status_times.append(status_at)
     return (
         sids, expected, fences, lasts, statuses, created, owners,
-        e_sids, e_seqs, e_types, e_times, e_data,
+        e_sids, e_seqs, e_types, e_times, e_data, status_times,
     )  # fmt: skip
 
 

@@ -70,6 +70,7 @@ class PgAppend:
         "resent",
         "session_id",
         "status",
+        "status_at",
         "times",
         "types",
     )
@@ -82,6 +83,7 @@ class PgAppend:
         times: list[datetime],
         data: list[bytes],
         status: str | None,
+        status_at: datetime | None,
         created: bool,
         owner: str | None,
         on_done: OnCommitted | None,
@@ -94,6 +96,8 @@ class PgAppend:
         self.times = times
         self.data = data
         self.status = status
+        #: The time of the last event that changed the status (the head's ``updated_at``).
+        self.status_at = status_at
         self.created = created
         self.owner = owner
         self.on_done = on_done
