@@ -18,6 +18,7 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 import jidoka
+from tests.support import postgres
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +83,11 @@ async def client(runtime: jidoka.Runtime) -> jidoka.Client:
 # --- every store -------------------------------------------------------------------------------
 #
 # Integration and fault tests run once per store backend: the environment tells every
-# ``jidoka.Runtime()`` they build which store to use (and a fresh data directory), so the same
-# behaviour is demanded of the memory and the SQLite store. ``@pytest.mark.stores("memory")``
-# narrows a test that is about one backend's specifics.
+# ``jidoka.Runtime()`` they build which store to use (and a fresh data directory, or a fresh
+# Postgres schema), so the same behaviour is demanded of the memory, the SQLite and the Postgres
+# store. ``@pytest.mark.stores("memory")`` narrows a test that is about one backend's specifics.
 
-STORE_BACKENDS = ("memory", "sqlite")
+STORE_BACKENDS = ("memory", "sqlite", "postgres")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -105,6 +106,23 @@ def store_backend(
     _isolated_settings: None,
 ) -> str:
     backend: str = request.param
-    monkeypatch.setenv("JIDOKA_STORE", backend)
     monkeypatch.setenv("JIDOKA_DATA_DIR", str(tmp_path / "data"))
+    if backend == "postgres":
+        monkeypatch.setenv("JIDOKA_STORE", request.getfixturevalue("postgres_dsn"))
+        monkeypatch.setenv("JIDOKA_POSTGRES_SCHEMA", request.getfixturevalue("postgres_schema"))
+    else:
+        monkeypatch.setenv("JIDOKA_STORE", backend)
     return backend
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The test server's DSN; the test is skipped (failed on CI) if it does not answer."""
+    return postgres.require_postgres()
+
+
+@pytest.fixture
+def postgres_schema(postgres_dsn: str) -> Iterator[str]:
+    """A schema of this test's own (not created: the store creates it), dropped afterwards."""
+    with postgres.schema(postgres_dsn) as name:
+        yield name
