@@ -265,8 +265,8 @@ class Statements:
         # A snapshot of a session whose log is closed (terminated meanwhile) is not kept.
         self.snapshot = (
             f"INSERT INTO {s}.snapshots (session_id, seq, state)"
-            f" SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {s}.sessions"
-            "  WHERE session_id = $1 AND status <> 'terminated')"
+            f" SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM {s}.sessions"
+            "  WHERE session_id = $1 AND status = 'terminated')"
             " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state"
             " WHERE excluded.seq > snapshots.seq"
         )
