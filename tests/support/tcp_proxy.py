@@ -66,6 +66,7 @@ class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.port = 0
+        self._accept = asyncio.Event()
         self.accepted = 0  #: connections accepted so far (forwarded or not)
         self._mode = "open"  # "open", "cut" or "stall"
         self._server: asyncio.Server | None = None
@@ -120,8 +121,15 @@ class TcpProxy:
         if tasks:
             await asyncio.wait(tasks)
 
+    async def wait_accepted(self, count: int) -> None:
+        """Return once the proxy has accepted ``count`` connections in all (a reconnect)."""
+        while self.accepted < count:
+            self._accept.clear()
+            await self._accept.wait()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self._accept.set()
         if self._mode == "cut":
             _reset(writer)
             return

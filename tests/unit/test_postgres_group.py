@@ -77,12 +77,15 @@ async def test_one_statement_commits_a_mixed_group(store: PostgresStore) -> None
     results = await settled(*waiting)
     assert store.commits == before + 1  # one statement for the whole group
     assert results[:4] == [None, None, None, None]
-    assert isinstance(results[4], SeqConflict) and results[4].expected == 3
+    assert isinstance(results[4], SeqConflict)
+    assert results[4].expected == 3
     assert [e.seq for e in await store.read_events(E)] == [1, 2, 3, 4, 5]
     head = await store.find_session(N)
-    assert head is not None and (head.status, head.owner, head.last_seq) == ("active", "alice", 2)
+    assert head is not None
+    assert (head.status, head.owner, head.last_seq) == ("active", "alice", 2)
     ended = await store.find_session(T)
-    assert ended is not None and ended.status == "terminated"
+    assert ended is not None
+    assert ended.status == "terminated"
     assert await store.read_snapshot(T) is None
     assert await store.last_seq(X) == 2
 
@@ -90,7 +93,8 @@ async def test_one_statement_commits_a_mixed_group(store: PostgresStore) -> None
 async def test_a_new_session_whose_id_exists_is_refused_alone(store: PostgresStore) -> None:
     await store.append(E, created(E))
     results = await settled(store.append_nowait(E, created(E)), store.append_nowait(N, created(N)))
-    assert isinstance(results[0], SeqConflict) and results[0].expected == 3
+    assert isinstance(results[0], SeqConflict)
+    assert results[0].expected == 3
     assert results[1] is None
 
 
@@ -108,7 +112,8 @@ async def test_ownership_lost_fails_only_that_session(
         )
         assert results[0] is None
         lost = results[1]
-        assert isinstance(lost, OwnershipLost) and (lost.held, lost.current) == (1, 2)
+        assert isinstance(lost, OwnershipLost)
+        assert (lost.held, lost.current) == (1, 2)
         assert store.held_fence(Y) is None  # it no longer claims the session
         await other.append(Y, [message(Y, 3, "the new owner's")])
     finally:
@@ -155,7 +160,7 @@ async def test_a_reply_lost_after_the_commit_is_read_back(
             assert waiting is not None
             # The writer gives up on the reply after command_timeout, then cannot reconnect
             # while the proxy is muted: the append waits, neither acknowledged nor failed.
-            await _until(lambda: proxy.accepted >= 2)
+            await asyncio.wait_for(proxy.wait_accepted(2), 30)
             assert not waiting.done()  # type: ignore[attr-defined]
             await proxy.restore()
             await asyncio.wait_for(waiting, 30)  # stored: acknowledged, not failed
@@ -184,7 +189,7 @@ async def test_an_append_never_sent_is_resent_once_the_server_is_back(
             proxy.stall()  # nothing reaches the server
             waiting = store.append_nowait(E, [message(E, 3)])
             assert waiting is not None
-            await _until(lambda: proxy.accepted >= 2)  # it tried to reconnect
+            await asyncio.wait_for(proxy.wait_accepted(2), 30)  # it tried to reconnect
             # Meanwhile a new append fails at once, nothing stored: the server is out of reach.
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
                 await asyncio.wait_for(store.append(N, created(N)), 30)
@@ -194,10 +199,3 @@ async def test_an_append_never_sent_is_resent_once_the_server_is_back(
             assert await store.find_session(N) is None
         finally:
             await store.aclose()
-
-
-async def _until(condition: object, deadline: float = 30.0) -> None:
-    """Wait for ``condition()`` (polled on the loop; bounded, never asserted on timing)."""
-    async with asyncio.timeout(deadline):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
