@@ -402,7 +402,7 @@ async def test_migration_records_the_owners_of_live_sessions(tmp_path: Path, ver
     store = SqliteStore(path)
     await store.open()
     try:
-        live = [stored async for stored in store.live_sessions()]
+        live = await store.list_sessions()
     finally:
         await store.aclose()
     assert [(s.session_id, s.status, s.owner) for s in live] == [
