@@ -61,7 +61,9 @@ async def test_every_acknowledged_message_survives_sigkill(
     created, acked = await run_and_kill(data_dir, acks_before_kill)
     assert len(created) == SESSIONS
     async with jidoka.Runtime(data_dir, store="sqlite") as rt:
-        assert rt.manager.live_ids() == frozenset(created)  # all came back
+        assert rt.manager.live_ids() == frozenset()  # nothing read at start-up
+        listed = await rt.client.list_sessions()  # all came back (listing loads them)
+        assert [i.session_id for i in listed] == sorted(created)
         for sid in created:
             events = await rt.read_events(sid)
             assert [e.seq for e in events] == list(range(1, len(events) + 1))  # no gap, no dup
