@@ -28,7 +28,18 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
         yield None
         return
     with blockbuster_ctx("jidoka") as bb:
+        # asyncpg reads the libpq password and service files (~/.pgpass, a few bytes) while it
+        # opens a connection, on the loop: once per connection of the Postgres store's pool and
+        # writer, and again only on a reconnect. The one blocking call allowed.
+        for function in bb.functions.values():
+            function.can_block_in("asyncpg/connect_utils.py", ASYNCPG_CONNECT_FILE_READS)
         yield bb
+
+
+#: Where asyncpg touches the password and service files while connecting.
+ASYNCPG_CONNECT_FILE_READS = frozenset(
+    {"_read_password_file", "_dot_postgresql_path", "_parse_connect_dsn_and_args"}
+)
 
 
 def _is_async(request: pytest.FixtureRequest) -> bool:

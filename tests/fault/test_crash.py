@@ -90,7 +90,9 @@ async def test_every_acknowledged_message_survives_sigkill(
     created, acked = await run_and_kill(data_dir, acks_before_kill)
     assert len(created) == SESSIONS
     async with jidoka.Runtime(data_dir) as rt:  # the store the environment names
-        assert rt.manager.live_ids() == frozenset(created)  # all came back
+        assert rt.manager.live_ids() == frozenset()  # nothing read at start-up
+        listed = await rt.client.list_sessions()  # all came back (listing loads them)
+        assert [i.session_id for i in listed] == sorted(created)
         await check_logs(rt, created, acked)
         # Still a working runtime after the crash.
         message = await rt.client.send_message(created[0], "user", "after the crash")

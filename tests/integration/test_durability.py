@@ -24,7 +24,7 @@ from jidoka.store.base import SeqConflict
 from jidoka.store.postgres import PostgresStore, is_postgres_dsn
 from jidoka.store.sqlite import DATABASE_NAME, SCHEMA_VERSION, SchemaError, SqliteStore
 from tests.fixtures.make_v1_database import ENDED, LIVE
-from tests.helpers import drain, quiesce, take, until
+from tests.helpers import drain, quiesce, until
 from tests.support.postgres import execute_in_schema
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")
@@ -119,19 +119,21 @@ async def test_loading_is_lazy(tmp_path: Path, clock: FakeClock) -> None:
         ids = [await rt.client.create_session() for _ in range(20)]
     async with jidoka.Runtime(data, clock=clock) as rt:
         manager = rt.manager
-        assert manager.live_count() == 20
-        assert manager.live_ids() == frozenset(ids)
-        assert len(manager._live) == 0  # nothing loaded yet
+        assert manager.live_count() == 0  # nothing loaded, nothing even listed
         await rt.client.send_message(ids[3], "user", "wake up")
         assert set(manager._live) == {ids[3]}
-        # Untouched ones are loaded when their deadline comes, and then time out normally.
+        clock.advance(300)
+        await quiesce(rt)
+        assert set(manager._live) == {ids[3]}  # nobody asked for the others
+        # One default time-out after the start, the sweep loads the quiet ones: they time out.
         async with rt.client.subscribe_to_all_sessions() as events:
-            clock.advance(300)
-            await quiesce(rt)
-            assert len(manager._live) == 20
-            clock.advance(30 * 60)
-            seen = await take(events, 3 * 19)
-        assert {e.data.get("reason") for e in seen if e.type == "session_terminated"} == {"timeout"}
+            clock.advance(30 * 60 - 300)
+            ended: list[jidoka.Event] = []
+            while len(ended) < 19:
+                ended.append(await until(events, "session_terminated"))
+        assert {e.session_id for e in ended} == set(ids) - {ids[3]}
+        assert {e.data.get("reason") for e in ended} == {"timeout"}
+        assert manager.is_live(ids[3])  # idle since 300: its time-out is later
 
 
 async def test_listing_by_owner_loads_only_the_owners_page(
@@ -148,8 +150,7 @@ async def test_listing_by_owner_loads_only_the_owners_page(
             bob.append(await rt.client.create_session(owner="bob"))
     async with jidoka.Runtime(data, clock=clock) as rt:
         manager = rt.manager
-        assert manager.live_count() == 60
-        assert len(manager._live) == 0  # nothing loaded yet
+        assert manager.live_count() == 0  # nothing loaded yet
 
         page = await manager.list_sessions(owner="alice", limit=5)
         assert [(i.session_id, i.owner, i.status) for i in page] == [
@@ -165,7 +166,8 @@ async def test_listing_by_owner_loads_only_the_owners_page(
         everything = await manager.list_sessions(owner="alice")
         assert [i.session_id for i in everything] == alice
         assert not any(manager.is_live(sid) for sid in bob)
-        assert bob[0] in manager.live_ids()  # still there, dormant
+        assert manager.live_ids() == frozenset(alice)  # bob's are in the store alone
+        assert [s.session_id for s in await rt.store.list_sessions(owner="bob")] == bob
 
         idle = await manager.list_sessions("idle", owner="bob", limit=3)
         assert [i.session_id for i in idle] == bob[:3]
@@ -311,7 +313,10 @@ async def test_corrupt_session_fails_alone(tmp_path: Path, clock: FakeClock) -> 
         assert [m.content for m in await rt.client.get_conversation_history(good)] == ["fine"]
         assert [i.session_id for i in await rt.client.list_sessions("idle")] == [good]
     async with jidoka.Runtime(data, clock=clock) as rt:  # marked terminated: not retried
-        assert rt.manager.live_ids() == frozenset({good})
+        assert [i.session_id for i in await rt.client.list_sessions()] == [good]
+        stored = await rt.store.find_session(bad)
+        assert stored is not None
+        assert stored.status == "terminated"
 
 
 async def test_corrupt_snapshot_falls_back_to_the_log(tmp_path: Path, clock: FakeClock) -> None:
@@ -360,7 +365,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, clock: FakeClock) -
     data.mkdir()
     shutil.copy(FIXTURES / "v1.sqlite3", data / DATABASE_NAME)
     async with jidoka.Runtime(data, clock=clock) as rt:
-        assert rt.manager.live_ids() == frozenset({LIVE})
+        assert [i.session_id for i in await rt.client.list_sessions()] == [LIVE]
         history = await rt.client.get_conversation_history(LIVE)
         assert [(m.role, m.content) for m in history] == [
             ("user", "written by version 1"),
@@ -434,7 +439,7 @@ async def test_migration_records_the_owners_of_live_sessions(tmp_path: Path, ver
     store = SqliteStore(path)
     await store.open()
     try:
-        live = [stored async for stored in store.live_sessions()]
+        live = await store.list_sessions()
     finally:
         await store.aclose()
     assert [(s.session_id, s.status, s.owner) for s in live] == [
@@ -537,17 +542,17 @@ async def test_closed_store_refuses_every_command_without_hanging(
 async def test_a_queued_load_of_a_session_a_client_loaded_first_does_nothing(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    """A dormant session's timer queues a load; a client that loads it first must not turn
-    the queued load into a KeyError ("background task failed") when it finally runs."""
+    """The sweep queues a load; a client that loads the session first must not turn the
+    queued load into a failure ("background task failed") when it finally runs."""
     data = tmp_path / "data"
     async with jidoka.Runtime(data, clock=clock) as rt:
         sid = await rt.client.create_session()
     async with jidoka.Runtime(data, clock=clock) as rt:
         manager = rt.manager
-        assert not manager.is_live(sid)  # dormant until asked for
+        assert not manager.is_live(sid)  # in the store alone until asked for
         await rt.client.get_session_info(sid)  # the client loads it
         assert manager.is_live(sid)
-        await manager._load_quietly(sid)  # the timer's queued load, arriving late
+        await manager._load_quietly(sid)  # the sweep's queued load, arriving late
         assert manager.is_live(sid)
         await rt.client.terminate_session(sid)
         await manager._load_quietly(sid)  # and after it ended

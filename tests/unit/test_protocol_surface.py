@@ -49,7 +49,13 @@ class Strict:
 
 
 def test_the_protocols_declare_the_non_blocking_paths() -> None:
-    assert {"append_nowait", "commits_inline", "durable", "live_sessions"} <= declared(SessionStore)
+    assert {
+        "append_nowait",
+        "commits_inline",
+        "durable",
+        "find_session",
+        "list_sessions",
+    } <= declared(SessionStore)
     assert {"publish_nowait", "subscriber_count", "published", "lost"} <= declared(EventBus)
 
 
