@@ -155,11 +155,14 @@ async def test_a_reply_lost_after_the_commit_is_read_back(
         await store.open()
         try:
             await store.append(E, created(E))
+            # Once, so the one-event statement is prepared: muted, a statement not prepared yet
+            # would wait for its description and never be executed.
+            await store.append(E, [message(E, 3, "warm")])
             proxy.mute()  # the statement reaches the server; its answer never comes back
             told: list[BaseException | None] = []
             done = asyncio.Event()
             waiting = store.append_nowait(
-                E, [message(E, 3, "sent once")], lambda error: (told.append(error), done.set())
+                E, [message(E, 4, "sent once")], lambda error: (told.append(error), done.set())
             )
             assert waiting is not None
             # The writer gives up on the reply after command_timeout and cannot reconnect while
@@ -171,14 +174,14 @@ async def test_a_reply_lost_after_the_commit_is_read_back(
             await asyncio.wait_for(done.wait(), 30)
             assert told == [None]  # read back: it was stored
             events = await store.read_events(E)
-            assert [e.seq for e in events] == [1, 2, 3]
-            assert events[2].data["content"] == "sent once"
-            await store.append(E, [message(E, 4)])  # and it serves on
+            assert [e.seq for e in events] == [1, 2, 3, 4]
+            assert events[3].data["content"] == "sent once"
+            await store.append(E, [message(E, 5)])  # and it serves on
         finally:
             await store.aclose()
 
 
-async def test_an_append_never_sent_is_resent_once_the_server_is_back(
+async def test_an_append_never_sent_is_found_unstored_once_the_server_is_back(
     postgres_dsn: str, postgres_schema: str
 ) -> None:
     host, port = address_of(postgres_dsn)
@@ -206,8 +209,13 @@ async def test_an_append_never_sent_is_resent_once_the_server_is_back(
                 await asyncio.wait_for(store.append(N, created(N)), 30)
             await proxy.restore()
             await asyncio.wait_for(done.wait(), 30)
-            assert told == [None]  # not stored when read back, so sent again: stored once
-            assert [e.seq for e in await store.read_events(E)] == [1, 2, 3]
+            # Read back: not stored. Its caller was told "unknown", so it is not sent again
+            # behind the caller's back: it stays unstored, as the log says.
+            assert len(told) == 1
+            assert isinstance(told[0], StoreUnavailable)
+            assert "was not stored" in str(told[0])
+            assert [e.seq for e in await store.read_events(E)] == [1, 2]
             assert await store.find_session(N) is None
+            await store.append(E, [message(E, 3)])  # the same seq, now: it serves on
         finally:
             await store.aclose()

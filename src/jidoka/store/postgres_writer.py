@@ -73,6 +73,7 @@ class PgAppend:
         "status",
         "status_at",
         "times",
+        "told",
         "types",
     )
 
@@ -105,19 +106,30 @@ class PgAppend:
         self.future = future
         self.resent = False
         self.settled = False
+        #: The caller was answered before ``on_done`` (see :meth:`answer`).
+        self.told = False
+
+    def answer(self, error: BaseException) -> None:
+        """Answer the caller now; ``on_done`` is told later, in this session's order (a
+        session's appends are settled in the order they were taken, which its projection
+        relies on)."""
+        self.told = True
+        if not self.future.done():
+            self.future.set_exception(error)
 
     def answer_unknown(self) -> None:
         """Tell the caller now that the outcome is not known (``on_done`` waits for it)."""
-        if not self.future.done():
-            self.future.set_exception(
-                CommitOutcomeUnknown(
-                    f"session {self.session_id!r}: the connection to the store broke while "
-                    f"this append (seq {self.first}) was being committed, and the store cannot "
-                    "be reached to find out whether it was stored; once it can, the session "
-                    "applies the append if it was (never twice)",
-                    session_id=self.session_id,
-                )
+        if self.told:
+            return
+        self.answer(
+            CommitOutcomeUnknown(
+                f"session {self.session_id!r}: the connection to the store broke while "
+                f"this append (seq {self.first}) was being committed, and the store cannot "
+                "be reached to find out whether it was stored; once it can, the session "
+                "applies the append if it was (never twice)",
+                session_id=self.session_id,
             )
+        )
 
     def settle(self, error: BaseException | None) -> None:
         """Tell ``on_done`` and the caller, once (a second call is ignored: ``on_done`` is
@@ -164,6 +176,9 @@ class PgWriter:
         self._stopping = False
         #: Appends whose commit outcome is not known yet (the connection broke under them).
         self._unknown: list[_Chain] = []
+        #: Appends refused while an earlier append of their session had an unknown outcome:
+        #: their callers were answered, their ``on_done`` waits for that outcome's (per session).
+        self._held: dict[str, list[tuple[PgAppend, StoreError]]] = {}
         #: The fence this store holds for each session it writes to.
         self.fences: dict[str, int] = {}
         self.commits = 0
@@ -406,29 +421,44 @@ class PgWriter:
                     if append.status == "terminated":
                         self.fences.pop(chain.session_id, None)
                     append.settle(None)
-                continue
-            for append in chain.appends:
-                if append.settled:  # told already (a failure's clean-up): never resent
-                    continue
-                if append.resent:
+            elif any(append.told or append.resent for append in chain.appends):
+                # Not stored, and its caller was answered already (or it was sent twice):
+                # it stays unstored, which is what the caller can find in the log.
+                for append in chain.appends:
                     append.settle(
                         StoreUnavailable(
-                            f"session {append.session_id!r}: the store could not commit the "
-                            "append (the connection broke twice); nothing was stored",
+                            f"session {append.session_id!r}: the append (seq {append.first}) "
+                            "was not stored: the connection to the store broke while it was "
+                            "being committed",
                             session_id=append.session_id,
                         )
                     )
-                else:
+            else:  # not stored, nobody told yet: send it again (the head's check makes it safe)
+                for append in chain.appends:
                     append.resent = True
                     resend.append(append)
+            self._release_held(chain.session_id)
         self._queue.extendleft(reversed(resend))
         return True
 
+    def _release_held(self, session_id: str) -> None:
+        """Settle the appends held behind a session's unknown outcome, now that it is known."""
+        for append, error in self._held.pop(session_id, ()):
+            append.settle(error)
+
     def _fail_queued(self) -> None:
-        """The server is out of reach: what was never sent fails now (nothing stored)."""
+        """The server is out of reach: what was never sent fails now (nothing stored). An
+        append behind one of its session's unknown outcomes is answered now and settled after
+        that outcome, to keep the session's order."""
+        doubtful = {chain.session_id for chain in self._unknown}
         while self._queue:
             append = self._queue.popleft()
-            append.settle(_unavailable(append.session_id))
+            error = _unavailable(append.session_id)
+            if append.session_id in doubtful:
+                append.answer(error)
+                self._held.setdefault(append.session_id, []).append((append, error))
+            else:
+                append.settle(error)
 
     def _give_up(self) -> None:
         """Closing with outcomes still unknown: say so (a restart reads the log for the truth)."""
@@ -442,6 +472,8 @@ class PgWriter:
                         session_id=append.session_id,
                     )
                 )
+        for chain in self._unknown:
+            self._release_held(chain.session_id)
         self._unknown = []
         self._fail_queued()
 
