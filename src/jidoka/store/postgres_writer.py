@@ -35,7 +35,7 @@ from typing import Any, Final
 import asyncpg
 
 from ..errors import StoreError
-from .base import OnCommitted, OwnershipLost, SeqConflict, StoreUnavailable
+from .base import CommitOutcomeUnknown, OnCommitted, OwnershipLost, SeqConflict, StoreUnavailable
 from .postgres_schema import UNAVAILABLE
 from .postgres_sql import (
     append_one,
@@ -69,9 +69,11 @@ class PgAppend:
         "owner",
         "resent",
         "session_id",
+        "settled",
         "status",
         "status_at",
         "times",
+        "told",
         "types",
     )
 
@@ -103,8 +105,38 @@ class PgAppend:
         self.on_done = on_done
         self.future = future
         self.resent = False
+        self.settled = False
+        #: The caller was answered before ``on_done`` (see :meth:`answer`).
+        self.told = False
+
+    def answer(self, error: BaseException) -> None:
+        """Answer the caller now; ``on_done`` is told later, in this session's order (a
+        session's appends are settled in the order they were taken, which its projection
+        relies on)."""
+        self.told = True
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def answer_unknown(self) -> None:
+        """Tell the caller now that the outcome is not known (``on_done`` waits for it)."""
+        if self.told:
+            return
+        self.answer(
+            CommitOutcomeUnknown(
+                f"session {self.session_id!r}: the connection to the store broke while "
+                f"this append (seq {self.first}) was being committed, and the store cannot "
+                "be reached to find out whether it was stored; once it can, the session "
+                "applies the append if it was (never twice)",
+                session_id=self.session_id,
+            )
+        )
 
     def settle(self, error: BaseException | None) -> None:
+        """Tell ``on_done`` and the caller, once (a second call is ignored: ``on_done`` is
+        called exactly once, whatever path a bug's clean-up takes)."""
+        if self.settled:
+            return
+        self.settled = True
         if self.on_done is not None:
             try:
                 self.on_done(error)
@@ -144,6 +176,9 @@ class PgWriter:
         self._stopping = False
         #: Appends whose commit outcome is not known yet (the connection broke under them).
         self._unknown: list[_Chain] = []
+        #: Appends refused while an earlier append of their session had an unknown outcome:
+        #: their callers were answered, their ``on_done`` waits for that outcome's (per session).
+        self._held: dict[str, list[tuple[PgAppend, StoreError]]] = {}
         #: The fence this store holds for each session it writes to.
         self.fences: dict[str, int] = {}
         self.commits = 0
@@ -201,6 +236,9 @@ class PgWriter:
                     if self._stopping:
                         self._give_up()
                         return
+                    for chain in self._unknown:
+                        for append in chain.appends:
+                            append.answer_unknown()
                     self._fail_queued()
                     await self._pause()
                     continue
@@ -208,8 +246,18 @@ class PgWriter:
                 while self._queue and len(group) < _GROUP_MAX:
                     group.append(self._queue.popleft())
                 if group:
-                    await self._commit(group)
-        except BaseException as exc:  # a bug (or cancellation): no caller may wait forever
+                    try:
+                        await self._commit(group)
+                    except Exception as exc:  # a bug: fail this group, keep serving the others
+                        logger.exception("the Postgres writer failed on a group of %d", len(group))
+                        for append in group:
+                            append.settle(
+                                StoreError(
+                                    f"session {append.session_id!r}: the store failed: {exc!r}",
+                                    session_id=append.session_id,
+                                )
+                            )
+        except BaseException as exc:  # cancellation: no caller may wait forever
             error = StoreError(f"the Postgres writer stopped: {exc!r}")
             for chain in self._unknown:
                 for append in chain.appends:
@@ -373,27 +421,44 @@ class PgWriter:
                     if append.status == "terminated":
                         self.fences.pop(chain.session_id, None)
                     append.settle(None)
-                continue
-            for append in chain.appends:
-                if append.resent:
+            elif any(append.told or append.resent for append in chain.appends):
+                # Not stored, and its caller was answered already (or it was sent twice):
+                # it stays unstored, which is what the caller can find in the log.
+                for append in chain.appends:
                     append.settle(
                         StoreUnavailable(
-                            f"session {append.session_id!r}: the store could not commit the "
-                            "append (the connection broke twice); nothing was stored",
+                            f"session {append.session_id!r}: the append (seq {append.first}) "
+                            "was not stored: the connection to the store broke while it was "
+                            "being committed",
                             session_id=append.session_id,
                         )
                     )
-                else:
+            else:  # not stored, nobody told yet: send it again (the head's check makes it safe)
+                for append in chain.appends:
                     append.resent = True
                     resend.append(append)
+            self._release_held(chain.session_id)
         self._queue.extendleft(reversed(resend))
         return True
 
+    def _release_held(self, session_id: str) -> None:
+        """Settle the appends held behind a session's unknown outcome, now that it is known."""
+        for append, error in self._held.pop(session_id, ()):
+            append.settle(error)
+
     def _fail_queued(self) -> None:
-        """The server is out of reach: what was never sent fails now (nothing stored)."""
+        """The server is out of reach: what was never sent fails now (nothing stored). An
+        append behind one of its session's unknown outcomes is answered now and settled after
+        that outcome, to keep the session's order."""
+        doubtful = {chain.session_id for chain in self._unknown}
         while self._queue:
             append = self._queue.popleft()
-            append.settle(_unavailable(append.session_id))
+            error = _unavailable(append.session_id)
+            if append.session_id in doubtful:
+                append.answer(error)
+                self._held.setdefault(append.session_id, []).append((append, error))
+            else:
+                append.settle(error)
 
     def _give_up(self) -> None:
         """Closing with outcomes still unknown: say so (a restart reads the log for the truth)."""
@@ -407,6 +472,8 @@ class PgWriter:
                         session_id=append.session_id,
                     )
                 )
+        for chain in self._unknown:
+            self._release_held(chain.session_id)
         self._unknown = []
         self._fail_queued()
 
