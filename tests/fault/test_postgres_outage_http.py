@@ -4,8 +4,11 @@ Client threads post messages, each to its own session. The proxy then cuts every
 the database and refuses new ones: the server keeps running and answers what needs the store
 with 503 (a ``store-error`` problem) and ``/readyz`` with 503, within a bound. Once the proxy
 forwards again the same server process is ready again (no restart), the posters go on, and each
-session holds exactly the messages acknowledged with 201: in order, once each (a 503 stored
-nothing: the poster sends the same message again).
+session holds exactly the messages acknowledged: in order, once each.
+
+A 503 may answer a message whose commit was cut off mid-flight (its outcome unknown: it may be
+stored), so a poster does what a careful client must: once the server is ready again it reads
+the session's log (``/log``) and sends the message again only if it is not there.
 
 Nothing sleeps: the cut happens once enough acknowledgements were counted (an event with a
 deadline), readiness is polled with requests, and every thread is joined with a deadline.
@@ -51,6 +54,7 @@ class Poster:
     session_id: str
     acked: list[tuple[int, str]] = field(default_factory=list)  # (seq, content)
     refused: int = 0  # 503 answers
+    found_stored: int = 0  # of them, messages the log then showed stored
     unexpected: list[str] = field(default_factory=list)
 
 
@@ -95,6 +99,10 @@ class Load:
                         poster.refused += 1
                         self._notify()
                         self.restored.wait(DEADLINE)
+                        seq = self._logged(client, poster, content)
+                        if seq is not None:
+                            poster.found_stored += 1
+                            poster.acked.append((seq, content))
                         continue
                     else:
                         poster.unexpected.append(f"HTTP {response.status_code}: {response.text}")
@@ -103,6 +111,24 @@ class Load:
         except Exception as exc:  # fails the test, in the main thread
             poster.unexpected.append(repr(exc))
             self._notify()
+
+    def _logged(self, client: httpx.Client, poster: Poster, content: str) -> int | None:
+        """The seq of ``content`` in the session's log after the last acknowledged message
+        (``None``: not stored); asked until the server answers (each try is a request)."""
+        after = poster.acked[-1][0] if poster.acked else 0
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            path = f"/v1/sessions/{poster.session_id}/log"
+            response = client.get(path, params={"after_seq": after})
+            if response.status_code == 200:
+                break
+            assert response.status_code == 503, response.text
+            assert time.monotonic() < deadline, f"{poster.session_id}: /log still 503"
+        events = response.json()["events"]
+        added = [e for e in events if e["type"] == "conversation_added"]
+        found = [e["seq"] for e in added if e["data"]["content"] == content]
+        assert len(found) <= 1, f"{poster.session_id}: {content!r} stored {len(found)} times"
+        return found[0] if found else None
 
     def _notify(self) -> None:
         with self.changed:
@@ -187,6 +213,4 @@ def test_an_outage_is_503_then_the_same_server_serves_and_nothing_is_lost(
             response = alice.get(f"/v1/sessions/{poster.session_id}/messages")
             assert response.status_code == 200, response.text
             stored = [(m["seq"], m["content"]) for m in response.json()["messages"]]
-            assert stored == poster.acked, (
-                f"{poster.session_id}: {stored[-3:]} vs {poster.acked[-3:]}"
-            )
+            assert stored == poster.acked, f"{poster.session_id}: {stored} vs {poster.acked}"
