@@ -35,8 +35,10 @@ __all__ = [
     "OnCommitted",
     "OwnershipLost",
     "SavedSession",
+    "SchemaError",
     "SeqConflict",
     "SessionStore",
+    "StoreUnavailable",
     "StoredSession",
 ]
 
@@ -84,6 +86,16 @@ class SeqConflict(StoreError):
         super().__init__(message, session_id=session_id)
         self.expected = expected
         self.got = got
+
+
+class SchemaError(StoreError):
+    """The database's schema version is newer than this version of Jidoka understands (or the
+    database is not a Jidoka database)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (a database server restarting, a network cut): the call did
+    not take effect and may be retried; the store reconnects by itself."""
 
 
 class OwnershipLost(StoreError):

@@ -16,6 +16,7 @@ import msgspec
 
 from ..errors import StoreError
 from ..events import Event, EventType
+from .base import SchemaError
 from .heads import created_owner, status_after
 
 __all__ = [
@@ -76,10 +77,6 @@ CREATE INDEX sessions_by_owner ON sessions (owner, session_id) WHERE status != '
 CREATE INDEX sessions_by_owner_status ON sessions (owner, status, session_id);
 CREATE INDEX sessions_quiet ON sessions (updated_us, session_id) WHERE status != 'terminated';
 """
-
-
-class SchemaError(StoreError):
-    """The database's schema version is newer than this version of Jidoka understands."""
 
 
 def to_us(when: datetime) -> int:
