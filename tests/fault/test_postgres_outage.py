@@ -27,11 +27,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from jidoka.store.postgres import PostgresStore
 
 from jidoka.errors import StoreError
 from jidoka.events import Event, EventType
 from jidoka.store.base import StoreUnavailable
+from jidoka.store.postgres import PostgresStore
 from tests.support.postgres import address_of, dsn_via
 from tests.support.tcp_proxy import TcpProxy
 

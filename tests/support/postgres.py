@@ -31,6 +31,7 @@ __all__ = [
     "address_of",
     "dsn_via",
     "drop_schema",
+    "execute_in_schema",
     "new_schema_name",
     "postgres_dsn",
     "redacted",
@@ -130,3 +131,14 @@ def schema(dsn: str) -> Iterator[str]:
         yield name
     finally:
         drop_schema(dsn, name)
+
+
+async def execute_in_schema(dsn: str, name: str, statement: str, params: tuple[object, ...]) -> int:
+    """Run one statement (``%s`` placeholders) on the tables of schema ``name``, as a test
+    that damages a row on purpose does; the number of rows it touched."""
+    async with await psycopg.AsyncConnection.connect(
+        dsn, connect_timeout=CONNECT_TIMEOUT, autocommit=True
+    ) as conn:
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(name)))
+        cursor = await conn.execute(statement.encode(), params)
+        return cursor.rowcount

@@ -5,8 +5,10 @@ open connection (both sides, with RST) and answers each new one with a reset unt
 ``restore()``: the server is gone and refuses. ``stall()`` keeps every connection open but
 forwards nothing, and new connections are accepted and then left silent: the server is
 unreachable without anyone saying so (a dropped route, a frozen host), which only a timeout can
-detect. ``restore()`` ends either: stalled connections are reset (their bytes are lost), new
-ones are forwarded again.
+detect. ``mute()`` forwards what clients send but holds back every reply: the server does the
+work and the client never hears of it (a connection lost after a ``COMMIT`` was sent).
+``restore()`` ends any of them: stalled or muted connections are reset (their bytes are lost),
+new ones are forwarded again.
 
 The proxy knows the local port of each of its connections to the server, so a test can find the
 store's own backends in ``pg_stat_activity`` (column ``client_port``) and terminate them.
@@ -64,6 +66,7 @@ class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.port = 0
+        self._accept = asyncio.Event()
         self.accepted = 0  #: connections accepted so far (forwarded or not)
         self._mode = "open"  # "open", "cut" or "stall"
         self._server: asyncio.Server | None = None
@@ -92,9 +95,15 @@ class TcpProxy:
         self._mode = "stall"
         self._restored.clear()
 
+    def mute(self) -> None:
+        """Forward requests, hold back replies (until :meth:`restore`, which resets those
+        connections): the server acts on what it is sent, the client never learns it did."""
+        self._mode = "mute"
+        self._restored.clear()
+
     async def restore(self) -> None:
         """Forward again; connections left over from a stall are reset (their bytes are lost)."""
-        stalled = self._mode == "stall"
+        stalled = self._mode in ("stall", "mute")
         self._mode = "open"
         self._restored.set()  # held-back pumps return (their links are reset just below)
         if stalled:
@@ -112,8 +121,15 @@ class TcpProxy:
         if tasks:
             await asyncio.wait(tasks)
 
+    async def wait_accepted(self, count: int) -> None:
+        """Return once the proxy has accepted ``count`` connections in all (a reconnect)."""
+        while self.accepted < count:
+            self._accept.clear()
+            await self._accept.wait()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self._accept.set()
         if self._mode == "cut":
             _reset(writer)
             return
@@ -129,17 +145,20 @@ class TcpProxy:
         self._links.add(link)
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._pump(reader, up_writer))
-                group.create_task(self._pump(up_reader, writer))
+                group.create_task(self._pump(reader, up_writer, replies=False))
+                group.create_task(self._pump(up_reader, writer, replies=True))
         except* OSError:
             pass  # a side went away: both are closed below
         finally:
             self._links.discard(link)
             link.reset()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool
+    ) -> None:
         while data := await reader.read(_CHUNK):
-            if self._mode == "stall":  # hold the bytes back until the stall ends (then reset)
+            held = self._mode == "stall" or (replies and self._mode == "mute")
+            if held:  # hold the bytes back until the stall ends (then reset)
                 await self._restored.wait()
                 return
             writer.write(data)

@@ -32,7 +32,7 @@ bounds both the one-session and the many-session rate here (``docs/performance.m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
@@ -50,10 +50,11 @@ from .base import (
     StoredSession,
     StoreUnavailable,
 )
+from .heads import created_owner, status_after
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
 from .postgres_sql import Statements
 from .postgres_writer import PgAppend, PgWriter
-from .sqlite_schema import created_owner, decode_object, encode, status_after
+from .sqlite_schema import decode_object, encode
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "SchemaError", "is_postgres_dsn"]
 
@@ -424,7 +425,7 @@ class PostgresStore:
         limit: int = LIVE_SESSIONS_PAGE,
     ) -> list[StoredSession]:
         if not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer, not {limit!r}")
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
         query = self._q.listing(owner is not None, status is not None)
         params: list[Any] = [] if owner is None else [owner]
         if status is not None:
@@ -432,19 +433,20 @@ class PostgresStore:
         params += [after or "", limit]
         return [_stored(row) for row in await self._fetch(None, query, *params)]
 
-    async def live_sessions(
-        self, *, page_size: int = LIVE_SESSIONS_PAGE
-    ) -> AsyncIterator[StoredSession]:
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        after = ""
-        while True:
-            page = await self.list_sessions(after=after, limit=page_size)
-            for stored in page:
-                yield stored
-            if len(page) < page_size:
-                return
-            after = page[-1].session_id
+    async def quiet_sessions(
+        self,
+        before: datetime,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        if after is None:
+            rows = await self._fetch(None, self._q.quiet_first, before, limit)
+        else:
+            rows = await self._fetch(None, self._q.quiet_after, before, after[0], after[1], limit)
+        return [_stored(row) for row in rows]
 
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
         rows = await self._fetch(session_id, self._q.load_saved, session_id)
@@ -466,8 +468,8 @@ class PostgresStore:
 
 
 def _stored(row: Any) -> StoredSession:
-    session_id, status, last_seq, owner = row[:4]
-    return StoredSession(session_id, status, int(last_seq), owner)
+    session_id, status, last_seq, owner, updated_at = row
+    return StoredSession(session_id, status, int(last_seq), owner, updated_at)
 
 
 def _saved(row: Any) -> SavedSession:

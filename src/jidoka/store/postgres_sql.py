@@ -255,8 +255,16 @@ class Statements:
             f"SELECT seq, type, time, data FROM {s}.events WHERE session_id = $1 AND seq > $2"
             " ORDER BY seq LIMIT $3"
         )
-        self.head = (
-            f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE session_id = $1"
+        head = f"SELECT session_id, status, last_seq, owner, updated_at FROM {s}.sessions"
+        self.head = f"{head} WHERE session_id = $1"
+        # Served by the partial index sessions_quiet, oldest first.
+        self.quiet_first = (
+            f"{head} WHERE status <> 'terminated' AND updated_at < $1"
+            " ORDER BY updated_at, session_id LIMIT $2"
+        )
+        self.quiet_after = (
+            f"{head} WHERE status <> 'terminated' AND updated_at < $1"
+            " AND (updated_at, session_id) > ($2, $3) ORDER BY updated_at, session_id LIMIT $4"
         )
         self.take = (
             f"UPDATE {s}.sessions SET fence = fence + 1 WHERE session_id = $1 RETURNING fence"
@@ -297,9 +305,7 @@ class Statements:
                 n = len([w for w in where if "$" in w])
                 where.append(f"session_id > ${n + 1}")
                 self._listings[by_owner, by_status] = (
-                    f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE "
-                    + " AND ".join(where)
-                    + f" ORDER BY session_id LIMIT ${n + 2}"
+                    f"{head} WHERE " + " AND ".join(where) + f" ORDER BY session_id LIMIT ${n + 2}"
                 )
 
     def listing(self, by_owner: bool, by_status: bool) -> str:

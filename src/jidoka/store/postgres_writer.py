@@ -334,8 +334,9 @@ class PgWriter:
             head = heads.get(sid)
             error: StoreError
             if head is not None and chain.fence and head[1] != chain.fence:
+                # The stale fence stays held: every later append is refused the same way,
+                # until this store takes the session back (``take``) or releases it.
                 error = OwnershipLost(sid, chain.fence, head[1])
-                self.fences.pop(sid, None)
             else:
                 last = head[0] if head is not None else 0
                 error = SeqConflict(sid, last + 1, chain.first)
