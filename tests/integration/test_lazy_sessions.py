@@ -292,3 +292,50 @@ async def test_the_memory_store_is_neither_paged_nor_swept(
         assert not rt.manager._sweep.enabled
         with pytest.raises(jidoka.SessionNotFound):
             await rt.client.get_session_info("01ZZZZZZZZZZZZZZZZZZZZZZZZ")
+
+
+class FailingOnce(Counting):
+    """Counts calls, and fails the first ``quiet_sessions`` as a store that is down would."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "quiet_sessions" and self.calls[name] == 0:
+            self.calls[name] += 1
+
+            async def down(*args: Any, **kwargs: Any) -> Any:
+                raise jidoka.StoreError("the store is down")
+
+            return down
+        return super().__getattr__(name)
+
+
+@pytest.mark.stores("sqlite")
+async def test_a_failed_sweep_is_retried_and_passes_carry_a_cursor(
+    tmp_path: Path, clock: FakeClock, store_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    first = await populate(path, clock, 2)
+    store = SqliteStore(path)
+    await store.open()
+    counting = FailingOnce(store)
+    try:
+        async with jidoka.Runtime(store=counting, clock=clock) as rt:  # type: ignore[arg-type]
+            manager = rt.manager
+            clock.advance(30 * 60)  # the first pass: the store is down
+            await quiesce(rt)
+            assert "sweep for quiet stored sessions failed" in caplog.text
+            assert manager.live_count() == 0
+            async with rt.client.subscribe_to_all_sessions() as events:
+                clock.advance(300)  # retried one default idle_after_seconds later
+                ended = {(await until(events, "session_terminated")).session_id for _ in first}
+            assert ended == set(first)
+            assert manager._sweep.cursor is not None
+            assert manager._sweep.cursor[1] == max(first)
+            # Sessions that went quiet later are found by a later pass, from the cursor on.
+            late = await rt.client.create_session()
+            clock.advance(5 * 60)  # idle after 300 s
+            await quiesce(rt)
+            calls = [kw for name, kw in counting.kwargs if name == "quiet_sessions"]
+            assert calls[-1]["after"] == manager._sweep.cursor
+            assert manager.is_live(late)  # created here: never swept, its own timer runs
+    finally:
+        await store.aclose()
