@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from jidoka.events import Event, EventType
-from jidoka.store.base import OwnershipLost, SeqConflict, StoreUnavailable
+from jidoka.store.base import CommitOutcomeUnknown, OwnershipLost, SeqConflict, StoreUnavailable
 from jidoka.store.postgres import PostgresStore
 from tests.support.postgres import address_of, dsn_via
 from tests.support.tcp_proxy import TcpProxy
@@ -156,14 +156,20 @@ async def test_a_reply_lost_after_the_commit_is_read_back(
         try:
             await store.append(E, created(E))
             proxy.mute()  # the statement reaches the server; its answer never comes back
-            waiting = store.append_nowait(E, [message(E, 3, "sent once")])
+            told: list[BaseException | None] = []
+            done = asyncio.Event()
+            waiting = store.append_nowait(
+                E, [message(E, 3, "sent once")], lambda error: (told.append(error), done.set())
+            )
             assert waiting is not None
-            # The writer gives up on the reply after command_timeout, then cannot reconnect
-            # while the proxy is muted: the append waits, neither acknowledged nor failed.
-            await asyncio.wait_for(proxy.wait_accepted(2), 30)
-            assert not waiting.done()  # type: ignore[attr-defined]
+            # The writer gives up on the reply after command_timeout and cannot reconnect while
+            # the proxy is muted: the caller is told the outcome is unknown (not that it failed).
+            with pytest.raises(CommitOutcomeUnknown, match="whether it was stored"):
+                await asyncio.wait_for(waiting, 30)
+            assert told == []  # the session is not told anything yet: nobody knows
             await proxy.restore()
-            await asyncio.wait_for(waiting, 30)  # stored: acknowledged, not failed
+            await asyncio.wait_for(done.wait(), 30)
+            assert told == [None]  # read back: it was stored
             events = await store.read_events(E)
             assert [e.seq for e in events] == [1, 2, 3]
             assert events[2].data["content"] == "sent once"
@@ -187,14 +193,20 @@ async def test_an_append_never_sent_is_resent_once_the_server_is_back(
         try:
             await store.append(E, created(E))
             proxy.stall()  # nothing reaches the server
-            waiting = store.append_nowait(E, [message(E, 3)])
+            told: list[BaseException | None] = []
+            done = asyncio.Event()
+            waiting = store.append_nowait(
+                E, [message(E, 3)], lambda error: (told.append(error), done.set())
+            )
             assert waiting is not None
-            await asyncio.wait_for(proxy.wait_accepted(2), 30)  # it tried to reconnect
+            with pytest.raises(CommitOutcomeUnknown):
+                await asyncio.wait_for(waiting, 30)
             # Meanwhile a new append fails at once, nothing stored: the server is out of reach.
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
                 await asyncio.wait_for(store.append(N, created(N)), 30)
             await proxy.restore()
-            await asyncio.wait_for(waiting, 30)
+            await asyncio.wait_for(done.wait(), 30)
+            assert told == [None]  # not stored when read back, so sent again: stored once
             assert [e.seq for e in await store.read_events(E)] == [1, 2, 3]
             assert await store.find_session(N) is None
         finally:

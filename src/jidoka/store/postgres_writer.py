@@ -35,7 +35,7 @@ from typing import Any, Final
 import asyncpg
 
 from ..errors import StoreError
-from .base import OnCommitted, OwnershipLost, SeqConflict, StoreUnavailable
+from .base import CommitOutcomeUnknown, OnCommitted, OwnershipLost, SeqConflict, StoreUnavailable
 from .postgres_schema import UNAVAILABLE
 from .postgres_sql import (
     append_one,
@@ -69,6 +69,7 @@ class PgAppend:
         "owner",
         "resent",
         "session_id",
+        "settled",
         "status",
         "status_at",
         "times",
@@ -103,8 +104,27 @@ class PgAppend:
         self.on_done = on_done
         self.future = future
         self.resent = False
+        self.settled = False
+
+    def answer_unknown(self) -> None:
+        """Tell the caller now that the outcome is not known (``on_done`` waits for it)."""
+        if not self.future.done():
+            self.future.set_exception(
+                CommitOutcomeUnknown(
+                    f"session {self.session_id!r}: the connection to the store broke while "
+                    f"this append (seq {self.first}) was being committed, and the store cannot "
+                    "be reached to find out whether it was stored; once it can, the session "
+                    "applies the append if it was (never twice)",
+                    session_id=self.session_id,
+                )
+            )
 
     def settle(self, error: BaseException | None) -> None:
+        """Tell ``on_done`` and the caller, once (a second call is ignored: ``on_done`` is
+        called exactly once, whatever path a bug's clean-up takes)."""
+        if self.settled:
+            return
+        self.settled = True
         if self.on_done is not None:
             try:
                 self.on_done(error)
@@ -201,6 +221,9 @@ class PgWriter:
                     if self._stopping:
                         self._give_up()
                         return
+                    for chain in self._unknown:
+                        for append in chain.appends:
+                            append.answer_unknown()
                     self._fail_queued()
                     await self._pause()
                     continue
@@ -208,8 +231,18 @@ class PgWriter:
                 while self._queue and len(group) < _GROUP_MAX:
                     group.append(self._queue.popleft())
                 if group:
-                    await self._commit(group)
-        except BaseException as exc:  # a bug (or cancellation): no caller may wait forever
+                    try:
+                        await self._commit(group)
+                    except Exception as exc:  # a bug: fail this group, keep serving the others
+                        logger.exception("the Postgres writer failed on a group of %d", len(group))
+                        for append in group:
+                            append.settle(
+                                StoreError(
+                                    f"session {append.session_id!r}: the store failed: {exc!r}",
+                                    session_id=append.session_id,
+                                )
+                            )
+        except BaseException as exc:  # cancellation: no caller may wait forever
             error = StoreError(f"the Postgres writer stopped: {exc!r}")
             for chain in self._unknown:
                 for append in chain.appends:
@@ -375,6 +408,8 @@ class PgWriter:
                     append.settle(None)
                 continue
             for append in chain.appends:
+                if append.settled:  # told already (a failure's clean-up): never resent
+                    continue
                 if append.resent:
                     append.settle(
                         StoreUnavailable(
