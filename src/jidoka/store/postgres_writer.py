@@ -29,13 +29,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
 
 from ..errors import StoreError
-from .base import CommitOutcomeUnknown, OnCommitted, OwnershipLost, SeqConflict, StoreUnavailable
+from .base import OwnershipLost, SeqConflict, StoreUnavailable
+from .postgres_append import Chain, PgAppend
 from .postgres_schema import UNAVAILABLE
 from .postgres_sql import (
     append_one,
@@ -46,7 +46,7 @@ from .postgres_sql import (
     session_statement,
 )
 
-__all__ = ["PgAppend", "PgWriter"]
+__all__ = ["PgWriter"]
 
 logger = logging.getLogger("jidoka.store.postgres")
 
@@ -54,113 +54,6 @@ logger = logging.getLogger("jidoka.store.postgres")
 _GROUP_MAX: Final = 1024
 
 Connect = Callable[[], Coroutine[Any, Any, asyncpg.Connection]]
-
-
-class PgAppend:
-    """One append: validated rows, and whom to tell once its outcome is known."""
-
-    __slots__ = (
-        "created",
-        "data",
-        "first",
-        "future",
-        "last",
-        "on_done",
-        "owner",
-        "resent",
-        "session_id",
-        "settled",
-        "status",
-        "status_at",
-        "times",
-        "told",
-        "types",
-    )
-
-    def __init__(
-        self,
-        session_id: str,
-        first: int,
-        types: list[str],
-        times: list[datetime],
-        data: list[bytes],
-        status: str | None,
-        status_at: datetime | None,
-        created: bool,
-        owner: str | None,
-        on_done: OnCommitted | None,
-        future: asyncio.Future[None],
-    ) -> None:
-        self.session_id = session_id
-        self.first = first
-        self.last = first + len(types) - 1
-        self.types = types
-        self.times = times
-        self.data = data
-        self.status = status
-        #: The time of the last event that changed the status (the head's ``updated_at``).
-        self.status_at = status_at
-        self.created = created
-        self.owner = owner
-        self.on_done = on_done
-        self.future = future
-        self.resent = False
-        self.settled = False
-        #: The caller was answered before ``on_done`` (see :meth:`answer`).
-        self.told = False
-
-    def answer(self, error: BaseException) -> None:
-        """Answer the caller now; ``on_done`` is told later, in this session's order (a
-        session's appends are settled in the order they were taken, which its projection
-        relies on)."""
-        self.told = True
-        if not self.future.done():
-            self.future.set_exception(error)
-
-    def answer_unknown(self) -> None:
-        """Tell the caller now that the outcome is not known (``on_done`` waits for it)."""
-        if self.told:
-            return
-        self.answer(
-            CommitOutcomeUnknown(
-                f"session {self.session_id!r}: the connection to the store broke while "
-                f"this append (seq {self.first}) was being committed, and the store cannot "
-                "be reached to find out whether it was stored; once it can, the session "
-                "applies the append if it was (never twice)",
-                session_id=self.session_id,
-            )
-        )
-
-    def settle(self, error: BaseException | None) -> None:
-        """Tell ``on_done`` and the caller, once (a second call is ignored: ``on_done`` is
-        called exactly once, whatever path a bug's clean-up takes)."""
-        if self.settled:
-            return
-        self.settled = True
-        if self.on_done is not None:
-            try:
-                self.on_done(error)
-            except Exception:
-                logger.exception("a commit callback failed")
-        if self.future.done():
-            return  # a cancelled caller: the append is settled all the same
-        if error is None:
-            self.future.set_result(None)
-        else:
-            self.future.set_exception(error)
-
-
-class _Chain:
-    """The appends of one session in one group, consecutive: they commit (or not) together."""
-
-    __slots__ = ("appends", "fence", "first", "last", "session_id")
-
-    def __init__(self, first: PgAppend, fence: int) -> None:
-        self.session_id = first.session_id
-        self.appends = [first]
-        self.first = first.first
-        self.last = first.last
-        self.fence = fence  # 0: adopt whatever the head holds (see PostgresStore.held_fence)
 
 
 class PgWriter:
@@ -175,7 +68,7 @@ class PgWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         #: Appends whose commit outcome is not known yet (the connection broke under them).
-        self._unknown: list[_Chain] = []
+        self._unknown: list[Chain] = []
         #: Appends refused while an earlier append of their session had an unknown outcome:
         #: their callers were answered, their ``on_done`` waits for that outcome's (per session).
         self._held: dict[str, list[tuple[PgAppend, StoreError]]] = {}
@@ -272,12 +165,12 @@ class PgWriter:
             async with asyncio.timeout(1.0):
                 await self._wake.wait()
 
-    def _chains(self, group: list[PgAppend]) -> list[_Chain]:
-        chains: dict[str, _Chain] = {}
+    def _chains(self, group: list[PgAppend]) -> list[Chain]:
+        chains: dict[str, Chain] = {}
         for append in group:
             chain = chains.get(append.session_id)
             if chain is None:
-                chains[append.session_id] = _Chain(append, self.fences.get(append.session_id, 0))
+                chains[append.session_id] = Chain(append, self.fences.get(append.session_id, 0))
             elif append.first == chain.last + 1:
                 chain.appends.append(append)
                 chain.last = append.last
@@ -329,7 +222,7 @@ class PgWriter:
         self.batched_requests += len(group)
         await self._settle(chains, {row[0]: int(row[1]) for row in rows})
 
-    def _statement_for(self, chains: list[_Chain]) -> tuple[str, tuple[Any, ...]]:
+    def _statement_for(self, chains: list[Chain]) -> tuple[str, tuple[Any, ...]]:
         """The smallest statement that covers the group (see :mod:`.postgres_sql`)."""
         creates = ends = False
         for chain in chains:
@@ -351,7 +244,7 @@ class PgWriter:
             [(chain.session_id, chain.fence, chain.appends) for chain in chains]
         )
 
-    async def _settle(self, chains: list[_Chain], applied: dict[str, int]) -> None:
+    async def _settle(self, chains: list[Chain], applied: dict[str, int]) -> None:
         refused = [chain for chain in chains if chain.session_id not in applied]
         for chain in chains:
             fence = applied.get(chain.session_id)
@@ -365,7 +258,7 @@ class PgWriter:
         if refused:
             await self._refuse(refused)
 
-    async def _refuse(self, chains: list[_Chain]) -> None:
+    async def _refuse(self, chains: list[Chain]) -> None:
         """Say why each of these sessions' heads did not match (read back, after the commit)."""
         heads: dict[str, tuple[int, int]] = {}
         try:
@@ -477,7 +370,7 @@ class PgWriter:
         self._unknown = []
         self._fail_queued()
 
-    def _fail(self, chains: list[_Chain], exc: StoreError) -> None:
+    def _fail(self, chains: list[Chain], exc: StoreError) -> None:
         for chain in chains:
             for append in chain.appends:
                 if isinstance(exc, StoreUnavailable):
