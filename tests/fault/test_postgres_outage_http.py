@@ -2,7 +2,8 @@
 
 Client threads post messages, each to its own session. The proxy then cuts every connection to
 the database and refuses new ones: the server keeps running and answers what needs the store
-with 503 (a ``store-error`` problem) and ``/readyz`` with 503, within a bound. Once the proxy
+with 503 (a ``store-error`` problem, or ``commit-outcome-unknown`` for a message cut off
+mid-commit) and ``/readyz`` with 503, within a bound. Once the proxy
 forwards again the same server process is ready again (no restart), the posters go on, and each
 session holds exactly the messages acknowledged: in order, once each.
 
@@ -95,12 +96,23 @@ class Load:
                     if response.status_code == 201:
                         poster.acked.append((response.json()["seq"], content))
                     elif response.status_code == 503:
-                        problem_of(response, "store-error", 503, session_id=poster.session_id)
+                        # "store-error": nothing was stored. "commit-outcome-unknown": the
+                        # commit was cut off mid-flight; the log will say. Either way a careful
+                        # poster reads the log before sending the message again.
+                        slug = response.json()["type"].rsplit("/", 1)[-1]
+                        assert slug in ("store-error", "commit-outcome-unknown"), slug
+                        problem_of(response, slug, 503, session_id=poster.session_id)
                         poster.refused += 1
                         self._notify()
                         self.restored.wait(DEADLINE)
                         seq = self._logged(client, poster, content)
                         if seq is not None:
+                            if slug == "store-error":
+                                poster.unexpected.append(
+                                    f"{content!r} was refused as store-error (nothing stored), "
+                                    f"yet it is in the log at seq {seq}"
+                                )
+                                return
                             poster.found_stored += 1
                             poster.acked.append((seq, content))
                         continue
