@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -82,8 +83,33 @@ def project(tmp_path: Path) -> Path:
 async def runtime(clock: jidoka.FakeClock) -> AsyncIterator[jidoka.Runtime]:
     """A running runtime on a fake clock, with a short worker grace period (the memory store,
     or the store under test for integration and fault tests)."""
-    async with jidoka.Runtime(clock=clock, shutdown_grace_seconds=2.0) as rt:
+    rt = jidoka.Runtime(clock=clock, shutdown_grace_seconds=2.0)
+    await rt.start()
+    try:
         yield rt
+    finally:
+        await close_on_fake_clock(rt, clock)
+
+
+async def close_on_fake_clock(rt: jidoka.Runtime, clock: jidoka.FakeClock) -> None:
+    """``rt.aclose()``, letting the workers' shutdown grace elapse if closing stalls on it.
+
+    The grace is counted on the runtime's clock, and a fake clock moves only when a test moves
+    it: a worker that does not stop at once when cancelled would hold the close for ever, where
+    a real clock bounds it. A close that is still waiting once the loop has had nothing to do
+    for a second gets the grace, the way time would have passed, and the log says so.
+    """
+    closing = asyncio.ensure_future(rt.aclose())
+    while True:
+        done, _ = await asyncio.wait({closing}, timeout=1.0)
+        if done:
+            break
+        logging.getLogger("tests").warning(
+            "closing the runtime waits on the workers' shutdown grace (a worker did not stop at "
+            "once when cancelled, or closing is slow): the fake clock is moved past it"
+        )
+        clock.advance(rt.settings.shutdown_grace_seconds + 0.001)
+    closing.result()
 
 
 @pytest.fixture
