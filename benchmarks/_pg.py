@@ -1,0 +1,460 @@
+"""The PostgreSQL side of ``bench_postgres``: where the server is, throw-away schemas, the
+tables (Jidoka's own once its store exists), and the raw-driver loops the store is judged by.
+
+Every schema a run makes is named ``<run prefix>_<n>`` (the prefix random per run), and
+:func:`drop_run_schemas` drops every schema with the run's prefix, so a child process that
+made one of its own is cleaned up too; ``bench_postgres`` calls it in a ``finally``.
+
+Drivers: ``psycopg`` (3, async, autocommit, its default prepare threshold, ``%s`` parameters:
+text format), ``psycopg-binary`` (the same with ``%b``: parameters sent in binary, as asyncpg
+sends them), ``psycopg-pipeline`` (``%b``, and the connection kept in pipeline mode: a call's
+statements, with ``BEGIN``/``COMMIT`` around several, go out together and the call waits at one
+``sync()``), ``asyncpg`` (its statement cache, binary, ``$n`` parameters). SQL here is written
+with ``$n`` placeholders in order, turned into ``%s`` or ``%b`` for psycopg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from ._common import clock, quiesce
+
+__all__ = [
+    "DEFAULT_DSN",
+    "DRIVERS",
+    "DSN_VARIABLE",
+    "PgRun",
+    "dsn_from",
+    "server_facts",
+    "unavailable",
+]
+
+DSN_VARIABLE = "JIDOKA_TEST_POSTGRES_DSN"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+DRIVERS = ("psycopg", "psycopg-binary", "psycopg-pipeline", "asyncpg")
+
+#: A typical short chat message (64 characters), as in ``bench_durable``.
+CONTENT = "Please refactor parse_config() so it also accepts TOML files. Ta"
+
+_encode = msgspec.json.Encoder().encode
+#: An event's data as the raw loops write it: a user message, UTF-8 JSON.
+DATA = _encode({"role": "user", "content": CONTENT})
+EVENT_TYPE = "conversation_added"
+
+
+def dsn_from(option: str | None) -> str:
+    """``--dsn``, else ``JIDOKA_TEST_POSTGRES_DSN``, else the local test database."""
+    return option or os.environ.get(DSN_VARIABLE) or DEFAULT_DSN
+
+
+def unavailable(dsn: str) -> str | None:
+    """Why the benchmark cannot run against ``dsn`` (no driver, no server), or ``None``."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"no PostgreSQL at {redact(dsn)} ({type(exc).__name__}: {str(exc).strip()[:160]})"
+    return None
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` without a password, for reports."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
+
+
+def server_facts(dsn: str) -> dict[str, Any]:
+    """The settings that decide what a commit costs, recorded with the results."""
+    import psycopg
+
+    names = (
+        "server_version",
+        "synchronous_commit",
+        "fsync",
+        "wal_sync_method",
+        "commit_delay",
+        "full_page_writes",
+        "shared_buffers",
+        "max_connections",
+    )
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", (list(names),)
+        ).fetchall()
+        host = conn.info.host
+    facts: dict[str, Any] = {
+        name: f"{setting}{' x ' + unit if unit else ''}" for name, setting, unit in rows
+    }
+    facts["host"] = host
+    return facts
+
+
+def sql_for(driver: str, sql: str) -> str:
+    """``$n`` placeholders for asyncpg, ``%s`` for psycopg (every ``$n`` used once, in order)."""
+    if driver == "asyncpg":
+        return sql
+    return re.sub(r"\$\d+", "%s" if driver == "psycopg" else "%b", sql)
+
+
+# --- schemas ------------------------------------------------------------------------------------
+
+
+class PgRun:
+    """The schemas of one run: :meth:`schema` names a fresh one (created on demand by whoever
+    uses it), :meth:`drop_all` drops every schema whose name starts with the run's prefix."""
+
+    def __init__(self, dsn: str, prefix: str | None = None) -> None:
+        self.dsn = dsn
+        self.prefix = prefix or f"jbench_{secrets.token_hex(4)}"
+        self._count = 0
+
+    def schema(self, what: str) -> str:
+        self._count += 1
+        return f"{self.prefix}_{self._count}_{re.sub(r'[^a-z0-9]', '', what.lower())[:20]}"
+
+    def drop_all(self) -> list[str]:
+        """Drop the run's schemas (synchronous: called outside any event loop, also on the way
+        out of a failed run). Returns their names."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+                    (self.prefix + "_",),
+                )
+            ]
+            for name in names:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        return names
+
+
+#: Jidoka's tables as docs/pg-design says (version 1), for when its store cannot make them.
+_TABLES = """
+CREATE TABLE {s}.sessions (
+    session_id text PRIMARY KEY, last_seq bigint NOT NULL, status text NOT NULL, owner text,
+    fence bigint NOT NULL DEFAULT 0, created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL);
+CREATE TABLE {s}.events (
+    session_id text NOT NULL, seq bigint NOT NULL, type text NOT NULL,
+    time timestamptz NOT NULL, data bytea NOT NULL, PRIMARY KEY (session_id, seq));
+"""
+
+
+async def make_tables(dsn: str, schema: str) -> str:
+    """Jidoka's tables in ``schema``: made by its own store when ``jidoka.store.postgres``
+    exists (so the raw loops write the very tables and indexes the store writes), else from
+    :data:`_TABLES`. Returns which ("store" or "bench")."""
+    try:
+        from jidoka.store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        PostgresStore = None  # noqa: N806
+    if PostgresStore is not None:
+        store = PostgresStore(dsn, schema=schema, pool_size=1)
+        await store.open()
+        await store.aclose()
+        return "store"
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        for statement in _TABLES.format(s=f'"{schema}"').split(";"):
+            if statement.strip():
+                await conn.execute(statement)
+    return "bench"
+
+
+# --- connections, one interface for the three drivers --------------------------------------------
+
+
+class Conn:
+    """One connection of one driver; :meth:`call` runs one awaited call's statements (each a
+    ``(sql, params)`` pair), all in one transaction when there are several, and returns after
+    the commit."""
+
+    def __init__(self, driver: str, raw: Any, pipeline: Any = None) -> None:
+        self.driver = driver
+        self.raw = raw
+        self.pipeline = pipeline
+
+    async def call(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        if self.driver == "asyncpg":
+            if len(statements) == 1:
+                await self.raw.execute(statements[0][0], *statements[0][1])
+                return
+            async with self.raw.transaction():
+                for sql, params in statements:
+                    await self.raw.execute(sql, *params)
+            return
+        if self.pipeline is not None:  # everything goes out at once; one wait, at the sync
+            several = len(statements) > 1
+            if several:
+                await self.raw.execute("BEGIN")
+            for sql, params in statements:
+                await self.raw.execute(sql, params)
+            if several:
+                await self.raw.execute("COMMIT")
+            await self.pipeline.sync()
+        elif len(statements) == 1:
+            await self.raw.execute(statements[0][0], statements[0][1])
+        else:
+            async with self.raw.transaction():
+                for sql, params in statements:
+                    await self.raw.execute(sql, params)
+
+
+@contextlib.asynccontextmanager
+async def connect(driver: str, dsn: str, schema: str) -> AsyncIterator[Conn]:
+    """A connection of ``driver`` whose ``search_path`` is ``schema``, in autocommit."""
+    if driver == "asyncpg":
+        import asyncpg
+
+        raw = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+        try:
+            yield Conn(driver, raw)
+        finally:
+            await raw.close()
+        return
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, options=f"-c search_path={schema}"
+    ) as raw:
+        if driver == "psycopg-pipeline":
+            async with raw.pipeline() as pipeline:
+                yield Conn(driver, raw, pipeline)
+        else:
+            yield Conn(driver, raw)
+
+
+# --- statements ---------------------------------------------------------------------------------
+
+INSERT_EVENT = "INSERT INTO events (session_id, seq, type, time, data) VALUES ($1, $2, $3, $4, $5)"
+
+#: The group commit's shape (pg-design.md): one statement per group, the heads of its sessions
+#: moved on only where they still are where the batch expects (last seq and fence), and the
+#: events of exactly those sessions inserted from arrays.
+GROUP = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+        AS b(session_id, first_seq, last_seq, fence)
+), heads AS (
+    UPDATE sessions AS s SET last_seq = batch.last_seq, updated_at = now()
+      FROM batch
+     WHERE s.session_id = batch.session_id AND s.last_seq = batch.first_seq - 1
+       AND s.fence = batch.fence
+    RETURNING s.session_id
+), added AS (
+    INSERT INTO events (session_id, seq, type, time, data)
+    SELECT e.session_id, e.seq, e.type, e.time, e.data
+      FROM unnest($5::text[], $6::bigint[], $7::text[], $8::timestamptz[], $9::bytea[])
+           AS e(session_id, seq, type, time, data)
+      JOIN heads USING (session_id)
+)
+SELECT session_id FROM heads
+"""
+
+#: The same group as two statements in one transaction (what pipeline mode sends at once).
+GROUP_HEADS = """
+UPDATE sessions AS s SET last_seq = b.last_seq, updated_at = now()
+  FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+       AS b(session_id, first_seq, last_seq, fence)
+ WHERE s.session_id = b.session_id AND s.last_seq = b.first_seq - 1 AND s.fence = b.fence
+"""
+GROUP_EVENTS = """
+INSERT INTO events (session_id, seq, type, time, data)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::bytea[])
+"""
+
+
+def session_id() -> str:
+    return uuid.uuid4().hex[:26].upper()
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def event_row(sid: str, seq: int) -> tuple[str, int, str, dt.datetime, bytes]:
+    return (sid, seq, EVENT_TYPE, now(), DATA)
+
+
+def group_params(heads: Sequence[tuple[str, int]], per: int = 1) -> tuple[list[Any], list[Any]]:
+    """The two parameter lists of a group: ``heads`` are (session id, last seq stored); each
+    session gets ``per`` events after it. Returns (heads' arrays, events' arrays)."""
+    ids, firsts, lasts, fences = [], [], [], []
+    e_ids: list[str] = []
+    e_seqs: list[int] = []
+    for sid, last in heads:
+        ids.append(sid)
+        firsts.append(last + 1)
+        lasts.append(last + per)
+        fences.append(0)
+        e_ids.extend([sid] * per)
+        e_seqs.extend(range(last + 1, last + per + 1))
+    stamp = now()
+    n = len(e_ids)
+    events = [e_ids, e_seqs, [EVENT_TYPE] * n, [stamp] * n, [DATA] * n]
+    return [ids, firsts, lasts, fences], events
+
+
+async def seed_sessions(conn: Conn, ids: Sequence[str]) -> None:
+    """A head row for each session (last seq 0, fence 0), as a created session has."""
+    sql = sql_for(
+        conn.driver,
+        "INSERT INTO sessions (session_id, last_seq, status, owner, fence, created_at, updated_at)"
+        " SELECT id, 0, 'active', NULL, 0, now(), now() FROM unnest($1::text[]) AS id",
+    )
+    await conn.call([(sql, [list(ids)])])
+
+
+# --- the raw loops ------------------------------------------------------------------------------
+
+
+async def _timed(body: Callable[[], Awaitable[None]]) -> float:
+    quiesce()
+    start = clock()
+    await body()
+    return clock() - start
+
+
+async def per_commit(driver: str, dsn: str, schema: str, n: int) -> float:
+    """Rows/s: one session's ``n`` inserts, each its own statement and commit, awaited one
+    after another on one connection (the per-commit limit of one writer)."""
+    async with connect(driver, dsn, schema) as conn:
+        sql = sql_for(driver, INSERT_EVENT)
+        warm = session_id()
+        for seq in range(1, 21):  # warm-up: prepared statements, first pages
+            await conn.call([(sql, event_row(warm, seq))])
+        sid = session_id()
+
+        async def body() -> None:
+            for seq in range(1, n + 1):
+                await conn.call([(sql, event_row(sid, seq))])
+
+        return n / await _timed(body)
+
+
+async def per_commit_pool(
+    driver: str, dsn: str, schema: str, sessions: int, per_session: int, pool_size: int
+) -> float:
+    """Rows/s: ``sessions`` tasks at once, each inserting its session's ``per_session`` rows
+    one commit each, over a pool of ``pool_size`` connections (a connection per call)."""
+    ids = [session_id() for _ in range(sessions)]
+    if driver == "asyncpg":
+        import asyncpg
+
+        pool = await asyncpg.create_pool(
+            dsn, min_size=pool_size, max_size=pool_size, server_settings={"search_path": schema}
+        )
+        sql = INSERT_EVENT
+
+        async def one(sid: str) -> None:
+            for seq in range(1, per_session + 1):
+                async with pool.acquire() as conn:
+                    await conn.execute(sql, *event_row(sid, seq))
+
+        try:
+            await asyncio.gather(*(one(session_id()) for _ in range(pool_size)))  # warm-up
+            elapsed = await _timed(lambda: _gather(one, ids))
+        finally:
+            await pool.close()
+        return sessions * per_session / elapsed
+    from psycopg_pool import AsyncConnectionPool
+
+    sql = sql_for(driver, INSERT_EVENT)
+    async with AsyncConnectionPool(
+        dsn,
+        min_size=pool_size,
+        max_size=pool_size,
+        kwargs={"autocommit": True, "options": f"-c search_path={schema}"},
+        open=False,
+    ) as ppool:
+        await ppool.wait()
+
+        async def one_p(sid: str) -> None:
+            for seq in range(1, per_session + 1):
+                async with ppool.connection() as conn:
+                    await conn.execute(sql, event_row(sid, seq))
+
+        await asyncio.gather(*(one_p(session_id()) for _ in range(pool_size)))  # warm-up
+        elapsed = await _timed(lambda: _gather(one_p, ids))
+    return sessions * per_session / elapsed
+
+
+async def _gather(one: Callable[[str], Awaitable[None]], ids: Sequence[str]) -> None:
+    async with asyncio.TaskGroup() as tg:
+        for sid in ids:
+            tg.create_task(one(sid))  # type: ignore[arg-type]
+
+
+async def group_statements(
+    driver: str, dsn: str, schema: str, sessions: int, rounds: int, *, split: bool = False
+) -> float:
+    """Rows/s: ``rounds`` groups one after another, each one row for each of ``sessions``
+    sessions in the group commit's single statement (``split``: as two statements, heads then
+    events, in one transaction). ``sessions=1`` is one session awaiting each append."""
+    async with connect(driver, dsn, schema) as conn:
+        ids = [session_id() for _ in range(sessions)]
+        warm = [session_id() for _ in range(sessions)]
+        await seed_sessions(conn, ids + warm)
+        if split:
+            heads_sql, events_sql = sql_for(driver, GROUP_HEADS), sql_for(driver, GROUP_EVENTS)
+        else:
+            group_sql = sql_for(driver, GROUP)
+
+        async def one(batch: Sequence[str], last: int) -> None:
+            heads, events = group_params([(sid, last) for sid in batch])
+            if split:
+                await conn.call([(heads_sql, heads), (events_sql, events)])
+            else:
+                await conn.call([(group_sql, heads + events)])
+
+        for last in range(10):  # warm-up: prepared statements, first pages
+            await one(warm, last)
+
+        async def body() -> None:
+            for last in range(rounds):
+                await one(ids, last)
+
+        elapsed = await _timed(body)
+        check = sql_for(driver, "SELECT sum(last_seq) FROM sessions WHERE session_id = ANY($1)")
+        if driver == "asyncpg":
+            total = await conn.raw.fetchval(check, ids)
+        else:
+            async with conn.raw.cursor() as cur:
+                await cur.execute(check, [ids])
+                if conn.pipeline is not None:
+                    await conn.pipeline.sync()
+                total = (await cur.fetchone())[0]
+        if int(total) != sessions * rounds:
+            raise RuntimeError(f"the groups moved the heads to {total}, not {sessions * rounds}")
+    return sessions * rounds / elapsed
+
+
+async def batched(driver: str, dsn: str, schema: str, rows: int) -> float:
+    """Rows/s: ``rows`` rows of one session in one statement (unnest arrays) and one commit."""
+    async with connect(driver, dsn, schema) as conn:
+        sql = sql_for(driver, GROUP_EVENTS)
+        await conn.call([(sql, group_params([(session_id(), 0)], 10)[1])])  # warm-up
+        params = group_params([(session_id(), 0)], rows)[1]
+
+        async def body() -> None:
+            await conn.call([(sql, params)])
+
+        return rows / await _timed(body)
