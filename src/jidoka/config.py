@@ -57,6 +57,22 @@ __all__ = [
 
 #: Store backends by name.
 STORES: Final = ("memory", "sqlite")
+#: How a ``store`` setting names a PostgreSQL database (a libpq URL).
+POSTGRES_PREFIXES: Final = ("postgresql://", "postgres://")
+
+
+def _check_store(value: str, where: str) -> None:
+    """Refuse a ``store`` that is neither a known backend nor a PostgreSQL URL (the URL itself
+    is never echoed: it may hold a password)."""
+    if value in STORES or value.startswith(POSTGRES_PREFIXES):
+        return
+    shown = repr(value) if "://" not in value else f"{value.split('://', 1)[0]}://…"
+    raise InvalidConfig(
+        f"{where}{shown}: unknown store; available: {', '.join(STORES)}, or a PostgreSQL URL "
+        "(postgresql://user@host/db)",
+        field="store",
+    )
+
 
 #: The ``schema_version`` that :meth:`SessionConfig.to_dict` writes and ``from_dict`` reads.
 CONFIG_SCHEMA_VERSION: Final = 1
@@ -265,9 +281,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     #: Where durable stores keep their files (created if missing; one runtime owns it at a time).
     data_dir: str = ".jidoka"
-    #: Session store backend: ``sqlite`` (durable, in ``data_dir``) or ``memory`` (fast, nothing
-    #: survives the process).
+    #: Session store backend: ``sqlite`` (durable, in ``data_dir``), ``memory`` (fast, nothing
+    #: survives the process), or a PostgreSQL URL ``postgresql://user@host/db`` (durable, and
+    #: shareable by several nodes; needs the ``postgres`` extra).
     store: str = "sqlite"
+    #: The PostgreSQL schema the store keeps its tables in (created if missing).
+    postgres_schema: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "jidoka"
+    #: Connections the PostgreSQL store's read pool may open (the writer has one of its own).
+    postgres_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    #: Seconds to wait for PostgreSQL before a call fails with ``StoreUnavailable`` (503).
+    postgres_connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
     #: SQLite durability: ``full`` (an acknowledged call survives a power cut) or ``normal``
     #: (survives a crash of the process; a power cut may lose the last commits).
     durability: Literal["full", "normal"] = "full"
@@ -333,11 +356,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                     field = exc.field if exc.field.startswith(name) else f"{name}.{exc.field}"
                     raise InvalidConfig(f"{variable}: {exc.message}", field=field) from None
                 continue
-            if name == "store" and raw not in STORES:
-                raise InvalidConfig(
-                    f"{variable}={raw!r}: unknown store; available: {', '.join(STORES)}",
-                    field=name,
-                )
+            if name == "store":
+                _check_store(raw, f"{variable}=")
             try:
                 values[name] = msgspec.convert(raw, _field_types(cls)[name], strict=False)
             except msgspec.ValidationError as exc:
@@ -362,10 +382,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         structs = {name: fields.pop(name) for name in _JSON_FIELDS if name in fields}
         structs = {name: value for name, value in structs.items() if value is not None}
         settings = convert_or_raise(fields, cls)
-        if settings.store not in STORES:
-            raise InvalidConfig(
-                f"unknown store {settings.store!r}; available: {', '.join(STORES)}", field="store"
-            )
+        _check_store(settings.store, "store ")
         if structs:
             settings = msgspec.structs.replace(settings, **structs)
         try:

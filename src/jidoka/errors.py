@@ -23,7 +23,9 @@ of every error a caller can meet (defined here unless a module is named)::
     ├── StoreError               the session store failed (names the session)
     │   ├── CorruptSession       (session.persistence) one stored session cannot be rebuilt
     │   ├── SeqConflict          (store.base) an append lost the race for its seq
-    │   └── SchemaError          (store.sqlite) a database this version cannot read
+    │   ├── OwnershipLost        (store.base) another node took the session (its fence moved)
+    │   ├── StoreUnavailable     (store.base) the store cannot be reached; retry
+    │   └── SchemaError          (store.base) a database this version cannot read
     ├── SnapshotError            (session.snapshot) a snapshot or saved copy that does not decode
     ├── DataDirLocked            another runtime owns the data directory
     ├── RuntimeClosed            the runtime (or one of its parts) was used after it closed

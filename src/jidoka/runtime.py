@@ -22,7 +22,7 @@ from .bus.memory import MemoryBus
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, SystemClock
-from .config import Settings, llm_defaults
+from .config import POSTGRES_PREFIXES, Settings, llm_defaults
 from .errors import InvalidConfig, RuntimeClosed
 from .events import Event
 from .llm.agents import AgentPool
@@ -165,6 +165,8 @@ class Runtime:
             from .store.memory import MemoryStore
 
             return MemoryStore(max_events_per_session=settings.memory_max_events_per_session)
+        if settings.store.startswith(POSTGRES_PREFIXES):
+            return await _open_postgres(settings)
         from .datadir import DataDirLock
         from .store.sqlite import DATABASE_NAME, SqliteStore
 
@@ -267,7 +269,31 @@ class Runtime:
         )
 
     def __repr__(self) -> str:
-        return f"<Runtime {self._state.value} store={self.settings.store!r}>"
+        store = self.settings.store
+        if store.startswith(POSTGRES_PREFIXES):
+            store = "postgres"  # the URL may hold a password
+        return f"<Runtime {self._state.value} store={store!r}>"
+
+
+async def _open_postgres(settings: Settings) -> SessionStore:
+    """The PostgreSQL store named by ``settings.store`` (imported only when used: it needs the
+    ``postgres`` extra)."""
+    try:
+        from .store.postgres import PostgresStore
+    except ImportError as exc:
+        raise InvalidConfig(
+            f"the PostgreSQL store needs the postgres extra (pip install 'jidoka-core[postgres]'):"
+            f" {exc}",
+            field="store",
+        ) from None
+    store = PostgresStore(
+        settings.store,
+        schema=settings.postgres_schema,
+        pool_size=settings.postgres_pool_size,
+        connect_timeout=settings.postgres_connect_timeout,
+    )
+    await store.open()
+    return store
 
 
 def _reader(store: SessionStore, page_bytes: int) -> Any:

@@ -29,11 +29,6 @@ _RUNTIME = "Runtime"
 _LIMITS = "Limits"
 
 
-class Store(StrEnum):
-    SQLITE = "sqlite"
-    MEMORY = "memory"
-
-
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -70,9 +65,19 @@ def serve(
         ),
     ] = None,
     store: Annotated[
-        Store | None,
+        str | None,
         typer.Option(
-            help="Session store (env JIDOKA_STORE; default sqlite).",
+            help="Session store: sqlite, memory, or a PostgreSQL URL postgresql://user@host/db"
+            " (env JIDOKA_STORE; default sqlite).",
+            show_default=False,
+            rich_help_panel=_RUNTIME,
+        ),
+    ] = None,
+    postgres_schema: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL schema for the store's tables (env JIDOKA_POSTGRES_SCHEMA;"
+            " default jidoka).",
             show_default=False,
             rich_help_panel=_RUNTIME,
         ),
@@ -239,7 +244,9 @@ def serve(
     if data_dir is not None:
         runtime["data_dir"] = os.fspath(data_dir)
     if store is not None:
-        runtime["store"] = str(store)
+        runtime["store"] = store
+    if postgres_schema is not None:
+        runtime["postgres_schema"] = postgres_schema
     try:
         if tokens_file is not None:
             overrides["tokens"] = load_tokens(tokens_file)

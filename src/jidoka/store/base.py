@@ -31,9 +31,12 @@ from ..events import Event
 __all__ = [
     "LIVE_SESSIONS_PAGE",
     "OnCommitted",
+    "OwnershipLost",
     "SavedSession",
+    "SchemaError",
     "SeqConflict",
     "SessionStore",
+    "StoreUnavailable",
     "StoredSession",
 ]
 
@@ -77,6 +80,32 @@ class SeqConflict(StoreError):
         super().__init__(message, session_id=session_id)
         self.expected = expected
         self.got = got
+
+
+class SchemaError(StoreError):
+    """The database's schema version is newer than this version of Jidoka understands (or the
+    database is not a Jidoka database)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (a database server restarting, a network cut): the call did
+    not take effect and may be retried; the store reconnects by itself."""
+
+
+class OwnershipLost(StoreError):
+    """An append refused because the session's fence moved on: another node took the session
+    (a store shared by several nodes raises it; on one node the fence never changes). Nothing
+    of the append was stored, and this holder must not write to the session again."""
+
+    def __init__(self, session_id: str, held: int, current: int | None) -> None:
+        now = "gone" if current is None else f"at fence {current}"
+        super().__init__(
+            f"session {session_id!r}: this node held it at fence {held}, but the session is {now}"
+            " (another node took it over); the append was not stored",
+            session_id=session_id,
+        )
+        self.held = held
+        self.current = current
 
 
 @runtime_checkable
@@ -159,6 +188,26 @@ class SessionStore(Protocol):
 
         Read ``page_size`` at a time, each page starting after the last id of the one before,
         so start-up never asks for (nor holds in one answer) every stored session at once."""
+        ...
+
+    async def find_session(self, session_id: str) -> StoredSession | None:
+        """The session's head as stored (status, last seq, owner), terminated ones included;
+        ``None`` if the store holds no log for it. One indexed lookup: how a session that is not
+        loaded is found on first use, instead of reading every stored session at start-up."""
+        ...
+
+    async def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        """One page of stored sessions by id (those after ``after``, at most ``limit``):
+        ``owner`` ``None`` means any owner; ``status`` ``None`` means every status but
+        ``terminated``, else exactly that one. Served from an index (owner, status, id), so a
+        page costs the same among a million sessions as among ten."""
         ...
 
     async def save(self, saved: SavedSession, state: bytes) -> None:

@@ -16,6 +16,7 @@ import msgspec
 
 from ..errors import StoreError
 from ..events import Event, EventType
+from .base import SchemaError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -64,10 +65,6 @@ CREATE TABLE saved_sessions (
     owner TEXT
 );
 """
-
-
-class SchemaError(StoreError):
-    """The database's schema version is newer than this version of Jidoka understands."""
 
 
 def to_us(when: datetime) -> int:

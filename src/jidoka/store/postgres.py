@@ -1,0 +1,530 @@
+"""The PostgreSQL store: sessions in a database many nodes can share, group-committed and fenced.
+
+**Writes.** Appends go through one writer connection that sends every append waiting while its
+previous statement was in flight as one statement (group commit over the network, see
+:mod:`.postgres_writer`); an append is acknowledged once the statement holding it has committed.
+Each append names the first seq it expects and the **fence** this store holds for the session;
+the head row is updated only if both still match, in the same statement as the insert, so two
+writers can never both win and a node that lost a session can never write to it again.
+
+**Fences.** A session created through this store starts at fence 1, and this store holds it. A
+store that writes to a session it did not create adopts the fence the head holds on its first
+append (on one node nothing else writes); :meth:`PostgresStore.take` raises the fence, which is
+what a node taking a session over does: from then on the former holder's appends are refused
+with :class:`~.base.OwnershipLost`.
+
+**Reads** (and the rarer writes: snapshots, saved copies) use a connection pool; a read that
+meets a broken connection is tried once more on a fresh one (a server restart leaves every
+pooled connection broken).
+
+**Outages.** A server that cannot be reached makes calls fail with
+:class:`~.base.StoreUnavailable` (HTTP 503) within about ``connect_timeout``; nothing is half
+applied; the store reconnects by itself on the next call.
+
+**Start-up** reads nothing but the schema version: sessions are found by id and listed through
+indexes (:meth:`find_session`, :meth:`list_sessions`), never read all at once.
+
+Everything runs on the event loop the store was opened on (no thread). The driver is asyncpg:
+against psycopg 3 on the group statement it spent about half the CPU per call, which is what
+bounds both the one-session and the many-session rate here (``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import asyncpg
+import msgspec
+
+from ..errors import RuntimeClosed, StoreError
+from ..events import EVENT_TYPES, Event, EventType
+from .base import (
+    LIVE_SESSIONS_PAGE,
+    OnCommitted,
+    SavedSession,
+    SchemaError,
+    SeqConflict,
+    StoredSession,
+    StoreUnavailable,
+)
+from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
+from .postgres_writer import PgAppend, PgWriter
+from .sqlite_schema import created_owner, decode_object, encode, status_after
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "SchemaError", "is_postgres_dsn"]
+
+_T = TypeVar("_T")
+_Conn = asyncpg.Connection
+_Pool = asyncpg.Pool
+#: A connection lent by the pool (what the read and snapshot functions run on).
+_Lent: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+#: Rows one page of a byte-bounded replay reads at a time.
+_READ_PAGE: Final = 256
+
+
+def is_postgres_dsn(value: str) -> bool:
+    """Whether a ``store`` setting names a PostgreSQL database."""
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+class PostgresStore:
+    """Session logs, snapshots and saved sessions in one schema of a PostgreSQL database."""
+
+    durable = True
+    commits_inline = False
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "jidoka",
+        pool_size: int = 8,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+        application_name: str = "jidoka",
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn:
+            raise ValueError("the Postgres DSN must be a non-empty string")
+        if not isinstance(pool_size, int) or not 1 <= pool_size <= 1000:
+            raise ValueError(f"pool_size must be between 1 and 1000, not {pool_size!r}")
+        if not connect_timeout > 0 or not command_timeout > 0:
+            raise ValueError("connect_timeout and command_timeout must be positive")
+        self.dsn = dsn
+        self.schema = check_schema_name(schema)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.application_name = application_name
+        self._writer = PgWriter(schema, self._connect_writer, command_timeout=command_timeout)
+        self._pool: _Pool | None = None
+        self._state: Literal["new", "open", "closed"] = "new"
+        self._q = _Statements(schema)
+
+    @property
+    def commits(self) -> int:
+        """Group statements the writer has committed."""
+        return self._writer.commits
+
+    @property
+    def batched_requests(self) -> int:
+        """Appends those statements held (over ``commits``: the mean group size)."""
+        return self._writer.batched_requests
+
+    # --- opening and closing ----------------------------------------------------------------------
+
+    def _settings(self, role: str) -> dict[str, str]:
+        return {
+            "application_name": f"{self.application_name}-{role}",
+            # A half-open connection (a cut network) is noticed within ~15 s even when idle.
+            "tcp_keepalives_idle": "5",
+            "tcp_keepalives_interval": "2",
+            "tcp_keepalives_count": "3",
+        }
+
+    async def _connect(self, role: str) -> _Conn:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                conn: _Conn = await asyncpg.connect(
+                    self.dsn, timeout=self.connect_timeout, server_settings=self._settings(role)
+                )
+                return conn
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to Postgres ({self._where()}): {exc}") from exc
+
+    async def _connect_writer(self) -> _Conn:
+        return await self._connect("writer")
+
+    def _where(self) -> str:
+        """Where the database is, for messages (never the DSN: it may hold a password)."""
+        try:
+            rest = self.dsn.split("://", 1)[1]
+            host = rest.rsplit("@", 1)[-1].split("?", 1)[0]
+        except IndexError:
+            return "an unreadable DSN"
+        return host or "the local socket"
+
+    async def open(self) -> None:
+        """Create or migrate the schema, start the writer and the read pool."""
+        if self._state != "new":
+            raise RuntimeClosed(f"the Postgres store {self.schema!r} was already opened")
+        conn = await self._connect("migrate")
+        try:
+            await migrate(conn, self.schema)
+        finally:
+            conn.terminate()
+        writer = await self._connect("writer")
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    timeout=self.connect_timeout,
+                    server_settings=self._settings("reader"),
+                )
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            writer.terminate()
+            raise StoreUnavailable(f"cannot connect to Postgres ({self._where()}): {exc}") from exc
+        except BaseException:
+            writer.terminate()
+            raise
+        self._pool = pool
+        self._writer.start(writer)
+        self._state = "open"
+
+    async def aclose(self) -> None:
+        """Commit queued appends, stop the writer, close the pool. Idempotent."""
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closed"
+        try:
+            await self._writer.stop()
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                try:
+                    async with asyncio.timeout(self.connect_timeout):
+                        await pool.close()
+                except (*UNAVAILABLE, asyncpg.PostgresError):
+                    pool.terminate()
+
+    def _check_open(self, session_id: str | None) -> None:
+        if self._state != "open":
+            raise RuntimeClosed(
+                f"the Postgres store {self.schema!r} is {self._state}", session_id=session_id
+            )
+
+    # --- the pool ---------------------------------------------------------------------------------
+
+    async def _run(
+        self, session_id: str | None, run: Callable[[_Lent], Awaitable[_T]], *, retry: bool = True
+    ) -> _T:
+        """Run ``run`` on a pooled connection; once more on a fresh one if that one was broken
+        (only for idempotent work: ``retry``). Bounded by ``connect_timeout`` to get a
+        connection plus ``command_timeout`` to run."""
+        self._check_open(session_id)
+        pool = self._pool
+        assert pool is not None
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self.command_timeout + self.connect_timeout):
+                    async with pool.acquire(timeout=self.connect_timeout) as conn:
+                        return await run(conn)
+            except UNAVAILABLE as exc:
+                if attempt == 2 or not retry:
+                    raise self._unavailable(session_id, exc) from exc
+            except asyncpg.PostgresError as exc:
+                raise StoreError(
+                    f"session {session_id!r}: the Postgres store refused the request: {exc}",
+                    session_id=session_id,
+                ) from exc
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, session_id: str | None, exc: BaseException) -> StoreUnavailable:
+        about = f"session {session_id!r}: " if session_id else ""
+        detail = str(exc) or type(exc).__name__
+        return StoreUnavailable(
+            f"{about}the Postgres store cannot be reached ({self._where()}): {detail}",
+            session_id=session_id,
+        )
+
+    async def _fetch(self, session_id: str | None, query: str, *args: Any) -> list[Any]:
+        async def run(conn: _Lent) -> list[Any]:
+            return await conn.fetch(query, *args)
+
+        return await self._run(session_id, run)
+
+    # --- appends ----------------------------------------------------------------------------------
+
+    async def append(self, session_id: str, events: Sequence[Event]) -> None:
+        waiting = self.append_nowait(session_id, events)
+        if waiting is not None:
+            await waiting
+
+    def append_nowait(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        on_done: OnCommitted | None = None,
+    ) -> asyncio.Future[None] | None:
+        """Queue an append for the writer (see the Protocol); an empty batch is done at once."""
+        self._check_open(session_id)
+        if not events:
+            if on_done is not None:
+                on_done(None)
+            return None
+        first = events[0].seq
+        types: list[str] = []
+        times: list[datetime] = []
+        data: list[bytes] = []
+        status: str | None = None
+        created = False
+        owner = None
+        for offset, event in enumerate(events):
+            if event.session_id != session_id or event.seq != first + offset:
+                raise SeqConflict(session_id, first + offset, event.seq)
+            types.append(event.type.value)
+            times.append(event.time)
+            data.append(encode(event.data))
+            status = status_after(status, event)
+            if event.type == EventType.SESSION_CREATED:
+                created, owner = True, created_owner(event.data)
+        if first < 1:
+            raise SeqConflict(session_id, 1, first)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writer.put(
+            PgAppend(session_id, first, types, times, data, status, created, owner, on_done, future)
+        )
+        return future
+
+    # --- fences -----------------------------------------------------------------------------------
+
+    def held_fence(self, session_id: str) -> int | None:
+        """The fence this store holds for the session (``None``: none yet; its first append
+        adopts the head's)."""
+        return self._writer.fences.get(session_id)
+
+    async def take(self, session_id: str) -> int:
+        """Raise the session's fence and hold the new one: whoever held it before can no longer
+        append (:class:`~.base.OwnershipLost`). What a node taking a session over does."""
+
+        async def run(conn: _Lent) -> int | None:
+            fence = await conn.fetchval(self._q.take, session_id)
+            return None if fence is None else int(fence)
+
+        fence = await self._run(session_id, run, retry=False)
+        if fence is None:
+            raise StoreError(
+                f"session {session_id!r}: no such session in the store", session_id=session_id
+            )
+        self._writer.fences[session_id] = fence
+        return fence
+
+    async def release(self, session_id: str) -> None:
+        """The session terminated: forget its fence (the log stays, for audit and recall)."""
+        self._check_open(session_id)
+        self._writer.fences.pop(session_id, None)
+
+    # --- other writes -----------------------------------------------------------------------------
+
+    async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
+        async def run(conn: _Lent) -> None:
+            await conn.execute(self._q.snapshot, session_id, seq, state)
+
+        await self._run(session_id, run)
+
+    async def save(self, saved: SavedSession, state: bytes) -> None:
+        params = (
+            saved.session_id,
+            saved.saved_at,
+            saved.message_count,
+            encode(saved.metadata),
+            saved.owner,
+            state,
+        )
+
+        async def run(conn: _Lent) -> None:
+            await conn.execute(self._q.save, *params)
+
+        await self._run(saved.session_id, run)
+
+    async def delete_saved(self, session_id: str) -> bool:
+        async def run(conn: _Lent) -> bool:
+            status = await conn.execute(self._q.delete_saved, session_id)
+            return status != "DELETE 0"
+
+        return await self._run(session_id, run)
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    async def read_events(
+        self,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[Event]:
+        wanted = None if limit is None else max(limit, 0)
+        if wanted == 0:
+            self._check_open(session_id)
+            return []
+        if max_bytes is None:
+            rows = await self._fetch(session_id, self._q.events, session_id, after_seq, wanted)
+            return self._events(session_id, rows)
+        # Bounded by bytes: pages of a few hundred rows, stopping once the bound is reached.
+        out: list[Event] = []
+        size = 0
+        after = after_seq
+        while True:
+            page = _READ_PAGE if wanted is None else min(_READ_PAGE, wanted - len(out))
+            rows = await self._fetch(session_id, self._q.events, session_id, after, page)
+            for row in rows:
+                out.extend(self._events(session_id, [row]))
+                size += len(row[3])
+                if size >= max_bytes or (wanted is not None and len(out) >= wanted):
+                    return out
+            if len(rows) < page:
+                return out
+            after = int(rows[-1][0])
+
+    @staticmethod
+    def _events(session_id: str, rows: list[Any]) -> list[Event]:
+        events = []
+        for seq, type_, time, data in rows:
+            try:
+                payload = decode_object(data)
+                kind = EVENT_TYPES[type_]
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
+                raise StoreError(
+                    f"session {session_id!r}: event {seq} is corrupt: {exc}", session_id=session_id
+                ) from None
+            events.append(Event(kind, session_id, seq, time, payload))
+        return events
+
+    async def last_seq(self, session_id: str) -> int:
+        rows = await self._fetch(session_id, self._q.head, session_id)
+        return int(rows[0][2]) if rows else 0
+
+    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
+        rows = await self._fetch(session_id, self._q.read_snapshot, session_id)
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    async def find_session(self, session_id: str) -> StoredSession | None:
+        rows = await self._fetch(session_id, self._q.head, session_id)
+        return _stored(rows[0]) if rows else None
+
+    async def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, not {limit!r}")
+        query = self._q.listing(owner is not None, status is not None)
+        params: list[Any] = [] if owner is None else [owner]
+        if status is not None:
+            params.append(status)
+        params += [after or "", limit]
+        return [_stored(row) for row in await self._fetch(None, query, *params)]
+
+    async def live_sessions(
+        self, *, page_size: int = LIVE_SESSIONS_PAGE
+    ) -> AsyncIterator[StoredSession]:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        after = ""
+        while True:
+            page = await self.list_sessions(after=after, limit=page_size)
+            for stored in page:
+                yield stored
+            if len(page) < page_size:
+                return
+            after = page[-1].session_id
+
+    async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
+        rows = await self._fetch(session_id, self._q.load_saved, session_id)
+        if not rows:
+            return None
+        return _saved(rows[0]), bytes(rows[0][5])
+
+    async def list_saved(self) -> list[SavedSession]:
+        return [_saved(row) for row in await self._fetch(None, self._q.list_saved)]
+
+    async def ping(self) -> None:
+        async def run(conn: _Lent) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._run(None, run)
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.schema!r} at {self._where()} {self._state}>"
+
+
+def _stored(row: Any) -> StoredSession:
+    session_id, status, last_seq, owner = row[:4]
+    return StoredSession(session_id, status, int(last_seq), owner)
+
+
+def _saved(row: Any) -> SavedSession:
+    session_id, saved_at, count, metadata, owner = row[:5]
+    try:
+        meta = decode_object(metadata)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        meta = {}
+    return SavedSession(
+        session_id=session_id,
+        saved_at=saved_at,
+        message_count=int(count),
+        metadata=meta,
+        owner=owner,
+    )
+
+
+class _Statements:
+    """Every statement but the writer's, with the schema written in once (its name is checked
+    by ``check_schema_name``: plain lower-case identifier characters)."""
+
+    def __init__(self, schema: str) -> None:
+        s = f'"{schema}"'
+        self.events = (
+            f"SELECT seq, type, time, data FROM {s}.events WHERE session_id = $1 AND seq > $2"
+            " ORDER BY seq LIMIT $3"
+        )
+        self.head = (
+            f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE session_id = $1"
+        )
+        self.take = (
+            f"UPDATE {s}.sessions SET fence = fence + 1 WHERE session_id = $1 RETURNING fence"
+        )
+        self.read_snapshot = f"SELECT seq, state FROM {s}.snapshots WHERE session_id = $1"
+        # A snapshot of a session whose log is closed (terminated meanwhile) is not kept.
+        self.snapshot = (
+            f"INSERT INTO {s}.snapshots (session_id, seq, state)"
+            f" SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {s}.sessions"
+            "  WHERE session_id = $1 AND status <> 'terminated')"
+            " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state"
+            " WHERE excluded.seq > snapshots.seq"
+        )
+        self.save = (
+            f"INSERT INTO {s}.saved_sessions"
+            " (session_id, saved_at, message_count, metadata, owner, state)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id) DO UPDATE SET"
+            " saved_at = excluded.saved_at, message_count = excluded.message_count,"
+            " metadata = excluded.metadata, owner = excluded.owner, state = excluded.state"
+        )
+        self.delete_saved = f"DELETE FROM {s}.saved_sessions WHERE session_id = $1"
+        self.load_saved = (
+            "SELECT session_id, saved_at, message_count, metadata, owner, state"
+            f" FROM {s}.saved_sessions WHERE session_id = $1"
+        )
+        self.list_saved = (
+            "SELECT session_id, saved_at, message_count, metadata, owner"
+            f" FROM {s}.saved_sessions ORDER BY session_id"
+        )
+        self._listings: dict[tuple[bool, bool], str] = {}
+        for by_owner in (False, True):
+            for by_status in (False, True):
+                where = ["owner = $1"] if by_owner else []
+                if by_status:
+                    where.append(f"status = ${len(where) + 1}")
+                else:
+                    where.append("status <> 'terminated'")
+                n = len([w for w in where if "$" in w])
+                where.append(f"session_id > ${n + 1}")
+                self._listings[by_owner, by_status] = (
+                    f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE "
+                    + " AND ".join(where)
+                    + f" ORDER BY session_id LIMIT ${n + 2}"
+                )
+
+    def listing(self, by_owner: bool, by_status: bool) -> str:
+        return self._listings[by_owner, by_status]
