@@ -246,35 +246,23 @@ async def connect(driver: str, dsn: str, schema: str) -> AsyncIterator[Conn]:
 
 INSERT_EVENT = "INSERT INTO events (session_id, seq, type, time, data) VALUES ($1, $2, $3, $4, $5)"
 
-#: The group commit's shape (pg-design.md): one statement per group, the heads of its sessions
-#: moved on only where they still are where the batch expects (last seq and fence), and the
-#: events of exactly those sessions inserted from arrays.
-GROUP = """
-WITH batch AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-        AS b(session_id, first_seq, last_seq, fence)
-), heads AS (
-    UPDATE sessions AS s SET last_seq = batch.last_seq, updated_at = now()
-      FROM batch
-     WHERE s.session_id = batch.session_id AND s.last_seq = batch.first_seq - 1
-       AND s.fence = batch.fence
-    RETURNING s.session_id
-), added AS (
-    INSERT INTO events (session_id, seq, type, time, data)
-    SELECT e.session_id, e.seq, e.type, e.time, e.data
-      FROM unnest($5::text[], $6::bigint[], $7::text[], $8::timestamptz[], $9::bytea[])
-           AS e(session_id, seq, type, time, data)
-      JOIN heads USING (session_id)
-)
-SELECT session_id FROM heads
-"""
+
+def group_statement(schema: str) -> str:
+    """The store's own group statement (``jidoka.store.postgres_writer``) for ``schema``: one
+    statement per group, the heads of its sessions moved on only where they still are where the
+    batch expects (last seq and fence), and the events of exactly those sessions inserted from
+    arrays. Twelve parameters: seven arrays for the heads, five for the events."""
+    from jidoka.store.postgres_writer import _GROUP_STATEMENT
+
+    return _GROUP_STATEMENT.replace("{s}", f'"{schema}"')
+
 
 #: The same group as two statements in one transaction (what pipeline mode sends at once).
 GROUP_HEADS = """
-UPDATE sessions AS s SET last_seq = b.last_seq, updated_at = now()
+UPDATE sessions AS h SET last_seq = b.last_seq, updated_at = now()
   FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-       AS b(session_id, first_seq, last_seq, fence)
- WHERE s.session_id = b.session_id AND s.last_seq = b.first_seq - 1 AND s.fence = b.fence
+       AS b(session_id, expected, fence, last_seq)
+ WHERE h.session_id = b.session_id AND h.last_seq = b.expected AND h.fence = b.fence
 """
 GROUP_EVENTS = """
 INSERT INTO events (session_id, seq, type, time, data)
@@ -295,30 +283,32 @@ def event_row(sid: str, seq: int) -> tuple[str, int, str, dt.datetime, bytes]:
 
 
 def group_params(heads: Sequence[tuple[str, int]], per: int = 1) -> tuple[list[Any], list[Any]]:
-    """The two parameter lists of a group: ``heads`` are (session id, last seq stored); each
-    session gets ``per`` events after it. Returns (heads' arrays, events' arrays)."""
-    ids, firsts, lasts, fences = [], [], [], []
+    """The parameters of a group as the store sends them: ``heads`` are (session id, last seq
+    stored), each session gets ``per`` events after it, under fence 1 (what a session created
+    by the store starts with). Returns (the heads' seven arrays, the events' five)."""
+    ids: list[str] = []
+    expected: list[int] = []
+    lasts: list[int] = []
     e_ids: list[str] = []
     e_seqs: list[int] = []
     for sid, last in heads:
         ids.append(sid)
-        firsts.append(last + 1)
+        expected.append(last)
         lasts.append(last + per)
-        fences.append(0)
         e_ids.extend([sid] * per)
         e_seqs.extend(range(last + 1, last + per + 1))
     stamp = now()
-    n = len(e_ids)
+    n, k = len(e_ids), len(ids)
     events = [e_ids, e_seqs, [EVENT_TYPE] * n, [stamp] * n, [DATA] * n]
-    return [ids, firsts, lasts, fences], events
+    return [ids, expected, [1] * k, lasts, [""] * k, [False] * k, [""] * k], events
 
 
 async def seed_sessions(conn: Conn, ids: Sequence[str]) -> None:
-    """A head row for each session (last seq 0, fence 0), as a created session has."""
+    """A head row for each session (last seq 1, fence 1), as a newly created session has."""
     sql = sql_for(
         conn.driver,
         "INSERT INTO sessions (session_id, last_seq, status, owner, fence, created_at, updated_at)"
-        " SELECT id, 0, 'active', NULL, 0, now(), now() FROM unnest($1::text[]) AS id",
+        " SELECT id, 1, 'active', NULL, 1, now(), now() FROM unnest($1::text[]) AS id",
     )
     await conn.call([(sql, [list(ids)])])
 
@@ -359,8 +349,16 @@ async def per_commit_pool(
     if driver == "asyncpg":
         import asyncpg
 
+        async def no_reset(conn: Any) -> None:
+            """asyncpg resets a connection it takes back with a query of its own (another round
+            trip per call); an autocommit INSERT leaves nothing to reset."""
+
         pool = await asyncpg.create_pool(
-            dsn, min_size=pool_size, max_size=pool_size, server_settings={"search_path": schema}
+            dsn,
+            min_size=pool_size,
+            max_size=pool_size,
+            reset=no_reset,
+            server_settings={"search_path": schema},
         )
         sql = INSERT_EVENT
 
@@ -416,20 +414,20 @@ async def group_statements(
         if split:
             heads_sql, events_sql = sql_for(driver, GROUP_HEADS), sql_for(driver, GROUP_EVENTS)
         else:
-            group_sql = sql_for(driver, GROUP)
+            group_sql = sql_for(driver, group_statement(schema))
 
         async def one(batch: Sequence[str], last: int) -> None:
             heads, events = group_params([(sid, last) for sid in batch])
             if split:
-                await conn.call([(heads_sql, heads), (events_sql, events)])
+                await conn.call([(heads_sql, heads[:4]), (events_sql, events)])
             else:
                 await conn.call([(group_sql, heads + events)])
 
-        for last in range(10):  # warm-up: prepared statements, first pages
+        for last in range(1, 11):  # warm-up: prepared statements, first pages
             await one(warm, last)
 
         async def body() -> None:
-            for last in range(rounds):
+            for last in range(1, rounds + 1):
                 await one(ids, last)
 
         elapsed = await _timed(body)
@@ -442,7 +440,7 @@ async def group_statements(
                 if conn.pipeline is not None:
                     await conn.pipeline.sync()
                 total = (await cur.fetchone())[0]
-        if int(total) != sessions * rounds:
+        if int(total) != sessions * (rounds + 1):
             raise RuntimeError(f"the groups moved the heads to {total}, not {sessions * rounds}")
     return sessions * rounds / elapsed
 

@@ -11,7 +11,8 @@ store's commit counters, as in ``bench_durable``.
 
 - ``single``: one session, ``n`` awaited ``send_message``; ``concurrent``: ``n`` sessions x
   ``per-session`` messages, one task per session. Each in a schema of its own.
-- ``write-long``: one session of ``n`` messages (sequential), for ``load``.
+- ``write-long``: one session of ``n`` messages (from 50 senders at once), for ``load``;
+  ``--window``: its ``max_history`` (default 100: the history returned is the newest 100).
 - ``load``: a restart: the runtime starts (timed apart), then the first
   ``get_conversation_history`` of ``session`` (the load: snapshot and the log's tail) is timed.
 - ``template``: one session owned by ``owner``, which ``bench_postgres`` copies a million times.
@@ -37,6 +38,9 @@ from ._pg import CONTENT
 __all__ = ["WORKLOADS", "runtime"]
 
 WORKLOADS = ("single", "concurrent", "write-long", "load", "template", "startup")
+
+#: Concurrent senders filling the long session (its messages are all alike: order is moot).
+WRITERS = 50
 
 #: Repeats of the warm page listing in ``startup``.
 PAGE_REPEATS = 20
@@ -94,9 +98,10 @@ async def _appends(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
         await _settle(rt)
         elapsed = clock() - start
         after = _counts(rt)
-        stored = len(await client.get_conversation_history(ids[0]))
-    if stored != per_session:
-        raise RuntimeError(f"the first session holds {stored} messages, not {per_session}")
+        info = await client.get_session_info(ids[0])
+    expected = min(per_session, info.config.max_history)  # the window it keeps in memory
+    if info.conversation_count != expected:
+        raise RuntimeError(f"the first session holds {info.conversation_count}, not {expected}")
     return {
         "rate": sessions * per_session / elapsed,
         "seconds": elapsed,
@@ -109,9 +114,18 @@ async def _write_long(args: argparse.Namespace, data_dir: str) -> dict[str, Any]
     start = clock()
     async with runtime(args.dsn, args.schema, data_dir) as rt:
         client = rt.client
-        sid = await client.create_session()
-        for _ in range(args.n):
-            await client.send_message(sid, "user", CONTENT)
+        config = {"max_history": args.window} if args.window else None
+        sid = await client.create_session(config=config)
+        left = [args.n]
+
+        async def sender() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                await client.send_message(sid, "user", CONTENT)
+
+        async with asyncio.TaskGroup() as tg:  # the session's appends batch: a faster fill
+            for _ in range(WRITERS):
+                tg.create_task(sender())
         await _settle(rt)  # the last snapshot write is not cut short by the close
     return {"session_id": sid, "write_seconds": clock() - start}
 
@@ -128,9 +142,17 @@ async def _load(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
         start = clock()
         again = await client.get_conversation_history(args.session)
         second = clock() - start
-    if len(history) != args.n or len(again) != args.n:
-        raise RuntimeError(f"loaded {len(history)} messages, not {args.n}")
-    return {"rate": load, "start_seconds": started, "second_access": second}
+        info = await client.get_session_info(args.session)
+    window = info.config.max_history
+    if not len(history) == len(again) == min(args.n, window):
+        raise RuntimeError(f"loaded {len(history)} messages, not {min(args.n, window)}")
+    return {
+        "rate": load,
+        "start_seconds": started,
+        "second_access": second,
+        "history_len": len(history),
+        "max_history": window,
+    }
 
 
 async def _template(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
@@ -202,6 +224,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--per-session", type=int, default=1)
     parser.add_argument("--session")
     parser.add_argument("--owner")
+    parser.add_argument("--window", type=int, help="write-long: the session's max_history")
     args = parser.parse_args(argv)
     result = run_async(lambda: _workload(args))
     import jidoka

@@ -53,7 +53,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,8 @@ POOL = "raw per-commit, pool"
 GROUP = "raw group batches"
 BATCHED = "raw batched"
 RAW_READ = "raw read"
+#: The driver of ``jidoka.store.postgres``: the raw references use it too.
+STORE_DRIVER = "asyncpg"
 PEER_NAMES = {_pg_peers.LANGGRAPH: "LangGraph", _pg_peers.ADK: "ADK"}
 
 
@@ -217,16 +219,22 @@ def _append(run: _pg.PgRun, sizes: Sizes, peers: Sequence[str], ours: bool) -> _
                 )
             )
         steps += [
-            (RAW, _raw(run, lambda schema: _pg.per_commit("psycopg", dsn, schema, n))),
+            (RAW, _raw(run, lambda schema: _pg.per_commit(STORE_DRIVER, dsn, schema, n))),
             (
                 POOL,
                 _raw(
                     run,
-                    lambda schema: _pg.per_commit_pool("psycopg", dsn, schema, s, m, sizes.pool),
+                    lambda schema: _pg.per_commit_pool(STORE_DRIVER, dsn, schema, s, m, sizes.pool),
                 ),
             ),
-            (GROUP, _raw(run, lambda schema: _pg.group_statements("psycopg", dsn, schema, s, m))),
-            (BATCHED, _raw(run, lambda schema: _pg.batched("psycopg", dsn, schema, sizes.batched))),
+            (
+                GROUP,
+                _raw(run, lambda schema: _pg.group_statements(STORE_DRIVER, dsn, schema, s, m)),
+            ),
+            (
+                BATCHED,
+                _raw(run, lambda schema: _pg.batched(STORE_DRIVER, dsn, schema, sizes.batched)),
+            ),
         ]
         if index < sizes.peer_repeats:
             for peer in peers:
@@ -311,9 +319,14 @@ def _load(run: _pg.PgRun, sizes: Sizes, peers: Sequence[str], ours: bool) -> _Sa
             ["write-long", "--dsn", dsn, "--schema", schema, "--n", str(n)], "write-long"
         )
         sid = written["session_id"]
-        info["jidoka_write_seconds"] = written["write_seconds"]
-        load = ["load", "--dsn", dsn, "--schema", schema, "--n", str(n), "--session", sid]
-        steps.append(("jidoka", lambda: _child(load, "load")))
+        whole = _child(
+            ["write-long", "--dsn", dsn, "--schema", schema, "--n", str(n), "--window", str(n)],
+            "write-long --window",
+        )
+        info["jidoka_write_seconds"] = written["write_seconds"] + whole["write_seconds"]
+        load = ["load", "--dsn", dsn, "--schema", schema, "--n", str(n), "--session"]
+        steps.append(("jidoka", lambda: _child([*load, sid], "load")))
+        steps.append(("jidoka window", lambda: _child([*load, whole["session_id"]], "load")))
         steps.append((RAW_READ, lambda: run_async(lambda: _raw_read_log(dsn, schema, sid))))
     if _pg_peers.LANGGRAPH in peers:
         lg = run.schema("lglong")
@@ -355,7 +368,7 @@ async def _copy_sessions(
     tables that has a ``session_id`` column: new ids, owner ``p-<g mod principals>``, and the
     id and owner inside the UTF-8 JSON ``bytea`` columns rewritten to match."""
     new_id = _new_id(template)
-    new_owner = f"'p-' || (g % {sizes.principals})"
+    new_owner = f"'p-' || mod(g, {sizes.principals})"
     counts: dict[str, Any] = {}
     start = clock()
     async with _pg.connect("psycopg", dsn, schema) as conn:
@@ -633,37 +646,44 @@ def _load_rows(
 ) -> list[Result]:
     v = samples.values
     info = samples.details.get("info", [{}])[0]
-    children = samples.details.get("jidoka", [])
     label = f"{sizes.load:,}"
     rows = []
-    for ref, what in (
-        (RAW_READ, "psycopg reading its whole log on an open connection"),
-        ("LangGraph", "aget_tuple of a thread's latest checkpoint"),
-        ("ADK", "get_session"),
+    for series, how in (
+        ("jidoka", "default max_history: the newest 100 come back"),
+        ("jidoka window", f"max_history={sizes.load:,}: all of them come back"),
     ):
-        reason = _peer_reason(peer_reasons, ref)
-        rows.append(
-            _row(
-                f"load.vs_{'raw' if ref == RAW_READ else ref.lower()}",
-                f"Load a {label}-message session after a restart (first "
-                f"get_conversation_history) vs {ref} ({what})",
-                "s",
-                v.get("jidoka", []),
-                ref,
-                v.get(ref, []),
-                target_key="load",
-                missing=ours,
-                notes="; ".join(filter(None, [_errors(samples, ref), reason or ""])),
-                **info,
-                start_seconds_median=(
-                    statistics.median(c["start_seconds"] for c in children) if children else None
-                ),
-                second_access_median=(
-                    statistics.median(c["second_access"] for c in children) if children else None
-                ),
+        children = samples.details.get(series, [])
+        for ref, what in (
+            (RAW_READ, "psycopg reading the whole log on an open connection"),
+            ("LangGraph", "aget_tuple of a thread's latest checkpoint"),
+            ("ADK", "get_session"),
+        ):
+            reason = _peer_reason(peer_reasons, ref)
+            short = "raw" if ref == RAW_READ else ref.lower()
+            rows.append(
+                _row(
+                    f"load{'_window' if series != 'jidoka' else ''}.vs_{short}",
+                    f"Load a {label}-message session after a restart (first "
+                    f"get_conversation_history; {how}) vs {ref} ({what})",
+                    "s",
+                    v.get(series, []),
+                    ref,
+                    v.get(ref, []),
+                    target_key="load",
+                    missing=ours,
+                    notes="; ".join(filter(None, [_errors(samples, ref), reason or ""])),
+                    **info,
+                    children=children,
+                    start_seconds_median=_median(c["start_seconds"] for c in children),
+                    second_access_median=_median(c["second_access"] for c in children),
+                )
             )
-        )
     return rows
+
+
+def _median(values: Iterable[float]) -> float | None:
+    got = list(values)
+    return statistics.median(got) if got else None
 
 
 def _startup_rows(data: dict[str, Any], sizes: Sizes, ours: str | None) -> list[Result]:
