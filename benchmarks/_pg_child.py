@@ -13,12 +13,14 @@ store's commit counters, as in ``bench_durable``.
   ``per-session`` messages, one task per session. Each in a schema of its own.
 - ``write-long``: one session of ``n`` messages (from 50 senders at once), for ``load``;
   ``--window``: its ``max_history`` (default 100: the history returned is the newest 100).
-- ``load``: a restart: the runtime starts (timed apart), then the first
-  ``get_conversation_history`` of ``session`` (the load: snapshot and the log's tail) is timed.
+- ``load``: a restart: the runtime starts (timed apart), the ``warm`` session is read (its
+  time kept: the cold pool), then the first ``get_conversation_history`` of ``session`` (the
+  load: snapshot and the log's tail) is timed.
 - ``template``: one session owned by ``owner``, which ``bench_postgres`` copies a million times.
-- ``startup``: the time of ``async with Runtime(...)`` entry, then the first page (``limit`` =
-  the server's default page) of ``owner``'s sessions through ``client.list_sessions``, first
-  call and repeats.
+- ``startup``: the time of ``async with Runtime(...)`` entry, then pages (``limit`` = the
+  server's default page) through ``client.list_sessions``: ``other``'s first (the very first
+  call, cold connections), then ``owner``'s (its sessions not loaded yet), then ``owner``'s
+  again, repeated (loaded).
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ async def _load(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
     async with runtime(args.dsn, args.schema, data_dir) as rt:
         started = clock() - start
         client = rt.client
+        cold = None
+        if args.warm:  # the pool's connections and statements, as the peers' are warmed
+            start = clock()
+            await client.get_conversation_history(args.warm)
+            cold = clock() - start
         quiesce()
         start = clock()
         history = await client.get_conversation_history(args.session)
@@ -150,6 +157,7 @@ async def _load(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
         "rate": load,
         "start_seconds": started,
         "second_access": second,
+        "warm_session_first_use": cold,
         "history_len": len(history),
         "max_history": window,
     }
@@ -173,7 +181,10 @@ async def _startup(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
         rss_after = _rss()
         live = rt.manager.live_count()
         client = rt.client
-        start = time.perf_counter()
+        start = time.perf_counter()  # the first call: connections and statements are cold
+        other = await client.list_sessions(owner=args.other or args.owner, limit=DEFAULT_PAGE)
+        cold_seconds = time.perf_counter() - start
+        start = time.perf_counter()  # the page asked for: its sessions are not loaded yet
         first = await client.list_sessions(owner=args.owner, limit=DEFAULT_PAGE)
         first_seconds = time.perf_counter() - start
         warm: list[float] = []
@@ -196,6 +207,8 @@ async def _startup(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
         "page_limit": DEFAULT_PAGE,
         "page_len": len(first),
         "live": live,
+        "page_cold_seconds": cold_seconds,
+        "page_cold_len": len(other),
         "page_first_seconds": first_seconds,
         "page_warm_seconds": statistics.median(warm),
         "page_warm_all": warm,
@@ -225,6 +238,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--session")
     parser.add_argument("--owner")
     parser.add_argument("--window", type=int, help="write-long: the session's max_history")
+    parser.add_argument("--warm", help="load: a session to load first (warms the pool)")
+    parser.add_argument("--other", help="startup: a principal whose page is listed first")
     args = parser.parse_args(argv)
     result = run_async(lambda: _workload(args))
     import jidoka
