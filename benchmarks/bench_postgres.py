@@ -447,17 +447,24 @@ def measure(
         "sizes": sizes.__dict__,
     }
     results: list[Result] = []
+    parts: dict[str, Callable[[], list[Result]]] = {
+        "append": lambda: append_rows(
+            _append(run, sizes, peers, ours is None), sizes, ours, peer_reasons
+        ),
+        "drivers": lambda: driver_rows(_drivers(run, sizes)),
+        "load": lambda: load_rows(
+            _load(run, sizes, peers, ours is None), sizes, ours, peer_reasons
+        ),
+        "startup": lambda: startup_rows(_startup(run, sizes), sizes, ours),
+    }
+    info["part_seconds"] = {}
     try:
-        if "append" in only:
-            results += append_rows(
-                _append(run, sizes, peers, ours is None), sizes, ours, peer_reasons
-            )
-        if "drivers" in only:
-            results += driver_rows(_drivers(run, sizes))
-        if "load" in only:
-            results += load_rows(_load(run, sizes, peers, ours is None), sizes, ours, peer_reasons)
-        if "startup" in only and ours is None:
-            results += startup_rows(_startup(run, sizes), sizes, ours)
+        for name in PARTS:
+            if name not in only or (name == "startup" and ours is not None):
+                continue
+            start = clock()
+            results += parts[name]()
+            info["part_seconds"][name] = clock() - start
     finally:
         info["schemas_dropped"] = len(run.drop_all())
     for row in results:
