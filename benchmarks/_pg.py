@@ -21,6 +21,7 @@ import datetime as dt
 import os
 import re
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -316,14 +317,22 @@ async def seed_sessions(conn: Conn, ids: Sequence[str]) -> None:
 # --- the raw loops ------------------------------------------------------------------------------
 
 
-async def _timed(body: Callable[[], Awaitable[None]]) -> float:
+#: What a raw loop returns: rows per second, and the client's CPU seconds per row.
+Rate = tuple[float, dict[str, float]]
+
+
+async def _timed(body: Callable[[], Awaitable[None]], rows: int) -> Rate:
+    """Run ``body`` on the clock: rows per second, and this process's CPU time per row (the
+    driver's own cost, which a busy machine disturbs less than the wall clock)."""
     quiesce()
+    cpu = time.process_time()
     start = clock()
     await body()
-    return clock() - start
+    elapsed = clock() - start
+    return rows / elapsed, {"cpu_s_per_row": (time.process_time() - cpu) / rows}
 
 
-async def per_commit(driver: str, dsn: str, schema: str, n: int) -> float:
+async def per_commit(driver: str, dsn: str, schema: str, n: int) -> Rate:
     """Rows/s: one session's ``n`` inserts, each its own statement and commit, awaited one
     after another on one connection (the per-commit limit of one writer)."""
     async with connect(driver, dsn, schema) as conn:
@@ -337,12 +346,12 @@ async def per_commit(driver: str, dsn: str, schema: str, n: int) -> float:
             for seq in range(1, n + 1):
                 await conn.call([(sql, event_row(sid, seq))])
 
-        return n / await _timed(body)
+        return await _timed(body, n)
 
 
 async def per_commit_pool(
     driver: str, dsn: str, schema: str, sessions: int, per_session: int, pool_size: int
-) -> float:
+) -> Rate:
     """Rows/s: ``sessions`` tasks at once, each inserting its session's ``per_session`` rows
     one commit each, over a pool of ``pool_size`` connections (a connection per call)."""
     ids = [session_id() for _ in range(sessions)]
@@ -369,10 +378,10 @@ async def per_commit_pool(
 
         try:
             await asyncio.gather(*(one(session_id()) for _ in range(pool_size)))  # warm-up
-            elapsed = await _timed(lambda: _gather(one, ids))
+            rate = await _timed(lambda: _gather(one, ids), sessions * per_session)
         finally:
             await pool.close()
-        return sessions * per_session / elapsed
+        return rate
     from psycopg_pool import AsyncConnectionPool
 
     sql = sql_for(driver, INSERT_EVENT)
@@ -391,8 +400,7 @@ async def per_commit_pool(
                     await conn.execute(sql, event_row(sid, seq))
 
         await asyncio.gather(*(one_p(session_id()) for _ in range(pool_size)))  # warm-up
-        elapsed = await _timed(lambda: _gather(one_p, ids))
-    return sessions * per_session / elapsed
+        return await _timed(lambda: _gather(one_p, ids), sessions * per_session)
 
 
 async def _gather(one: Callable[[str], Awaitable[None]], ids: Sequence[str]) -> None:
@@ -403,7 +411,7 @@ async def _gather(one: Callable[[str], Awaitable[None]], ids: Sequence[str]) -> 
 
 async def group_statements(
     driver: str, dsn: str, schema: str, sessions: int, rounds: int, *, split: bool = False
-) -> float:
+) -> Rate:
     """Rows/s: ``rounds`` groups one after another, each one row for each of ``sessions``
     sessions in the group commit's single statement (``split``: as two statements, heads then
     events, in one transaction). ``sessions=1`` is one session awaiting each append."""
@@ -430,7 +438,7 @@ async def group_statements(
             for last in range(1, rounds + 1):
                 await one(ids, last)
 
-        elapsed = await _timed(body)
+        rate = await _timed(body, sessions * rounds)
         check = sql_for(driver, "SELECT sum(last_seq) FROM sessions WHERE session_id = ANY($1)")
         if driver == "asyncpg":
             total = await conn.raw.fetchval(check, ids)
@@ -442,10 +450,10 @@ async def group_statements(
                 total = (await cur.fetchone())[0]
         if int(total) != sessions * (rounds + 1):
             raise RuntimeError(f"the groups moved the heads to {total}, not {sessions * rounds}")
-    return sessions * rounds / elapsed
+    return rate
 
 
-async def batched(driver: str, dsn: str, schema: str, rows: int) -> float:
+async def batched(driver: str, dsn: str, schema: str, rows: int) -> Rate:
     """Rows/s: ``rows`` rows of one session in one statement (unnest arrays) and one commit."""
     async with connect(driver, dsn, schema) as conn:
         sql = sql_for(driver, GROUP_EVENTS)
@@ -455,4 +463,4 @@ async def batched(driver: str, dsn: str, schema: str, rows: int) -> float:
         async def body() -> None:
             await conn.call([(sql, params)])
 
-        return rows / await _timed(body)
+        return await _timed(body, rows)

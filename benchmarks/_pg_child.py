@@ -93,12 +93,14 @@ async def _appends(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
         await _settle(rt)
         commits, requests = _counts(rt)
         quiesce()
+        cpu = time.process_time()
         start = clock()
         async with asyncio.TaskGroup() as tg:
             for sid in ids:
                 tg.create_task(one(sid))
         await _settle(rt)
         elapsed = clock() - start
+        cpu = time.process_time() - cpu
         after = _counts(rt)
         info = await client.get_session_info(ids[0])
     expected = min(per_session, info.config.max_history)  # the window it keeps in memory
@@ -107,6 +109,7 @@ async def _appends(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
     return {
         "rate": sessions * per_session / elapsed,
         "seconds": elapsed,
+        "cpu_s_per_message": cpu / (sessions * per_session),
         "commits": after[0] - commits,
         "requests": after[1] - requests,
     }

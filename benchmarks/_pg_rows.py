@@ -187,8 +187,10 @@ def append_rows(
         mine = v.get(f"jidoka {shape}", [])
         commits = [d["commits"] for d in samples.details.get(f"jidoka {shape}", [])]
         ops = sizes.single if shape == "single" else concurrent
+        cpu = [d["cpu_s_per_message"] for d in samples.details.get(f"jidoka {shape}", [])]
         common = {
             "commits_per_message": statistics.median(commits) / ops if commits else None,
+            "cpu_s_per_message": statistics.median(cpu) if cpu else None,
             "jidoka_children": samples.details.get(f"jidoka {shape}", []),
         }
         refs = [RAW] + ([POOL, GROUP] if shape == "concurrent" else []) + ["LangGraph", "ADK"]
@@ -253,27 +255,48 @@ def append_rows(
 
 
 def driver_rows(samples: Samples) -> list[Result]:
+    """Per shape: each driver's rows/s, then each driver's client CPU per row (against plain
+    psycopg's, measured in the same rounds)."""
     rows: list[Result] = []
     for shape, title, unit in SHAPES:
         base = samples.values.get(f"{shape} psycopg", [])
+        base_cpu = _cpu(samples, f"{shape} psycopg")
         for driver in _pg.DRIVERS:
-            mine = samples.values.get(f"{shape} {driver}")
+            name = f"{shape} {driver}"
+            mine = samples.values.get(name)
             if mine is None:
                 continue
+            reference = None if driver == "psycopg" else "psycopg"
+            common = {"driver": driver, "shape": shape}
+            key = f"{shape}.{driver.replace('-', '_')}"
             rows.append(
                 _row(
-                    f"driver.{shape}.{driver.replace('-', '_')}",
+                    f"driver.{key}",
                     f"Driver {driver}: {title}",
                     unit,
                     mine,
-                    None if driver == "psycopg" else "psycopg",
+                    reference,
                     base,
-                    notes=_errors(samples, f"{shape} {driver}"),
-                    driver=driver,
-                    shape=shape,
+                    notes=_errors(samples, name),
+                    **common,
+                )
+            )
+            rows.append(
+                _row(
+                    f"driver_cpu.{key}",
+                    f"Driver {driver}, client CPU per row: {title}",
+                    "s",
+                    _cpu(samples, name),
+                    reference,
+                    base_cpu,
+                    **common,
                 )
             )
     return rows
+
+
+def _cpu(samples: Samples, name: str) -> list[float]:
+    return [d["cpu_s_per_row"] for d in samples.details.get(name, [])]
 
 
 def load_rows(

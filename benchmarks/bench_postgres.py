@@ -112,9 +112,9 @@ def _rounds(samples: Samples, rounds: list[list[tuple[str, Callable[[], Any]]]])
 # --- append -------------------------------------------------------------------------------------
 
 
-def _raw(run: _pg.PgRun, body: Callable[[str], Awaitable[float]]) -> Callable[[], float]:
-    def step() -> float:
-        async def go() -> float:
+def _raw(run: _pg.PgRun, body: Callable[[str], Awaitable[_pg.Rate]]) -> Callable[[], _pg.Rate]:
+    def step() -> _pg.Rate:
+        async def go() -> _pg.Rate:
             schema = run.schema("raw")
             await _pg.make_tables(run.dsn, schema)
             return await body(schema)
@@ -193,7 +193,7 @@ def _driver_steps(run: _pg.PgRun, sizes: Sizes) -> list[tuple[str, Callable[[], 
     steps: list[tuple[str, Callable[[], Any]]] = []
     for driver in _pg.DRIVERS:
         d = driver
-        bodies: dict[str, Callable[[str], Awaitable[float]]] = {
+        bodies: dict[str, Callable[[str], Awaitable[_pg.Rate]]] = {
             "per_commit": lambda schema, d=d: _pg.per_commit(d, dsn, schema, n // 2),
             "group_1": lambda schema, d=d: _pg.group_statements(d, dsn, schema, 1, n // 2),
             "group_100": lambda schema, d=d: _pg.group_statements(d, dsn, schema, s, m),
