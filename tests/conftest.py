@@ -18,6 +18,7 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 import jidoka
+from tests.support import postgres
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,18 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
         yield None
         return
     with blockbuster_ctx("jidoka") as bb:
+        # asyncpg reads the libpq password and service files (~/.pgpass, a few bytes) while it
+        # opens a connection, on the loop: once per connection of the Postgres store's pool and
+        # writer, and again only on a reconnect. The one blocking call allowed.
+        for function in bb.functions.values():
+            function.can_block_in("asyncpg/connect_utils.py", ASYNCPG_CONNECT_FILE_READS)
         yield bb
+
+
+#: Where asyncpg touches the password and service files while connecting.
+ASYNCPG_CONNECT_FILE_READS = frozenset(
+    {"_read_password_file", "_dot_postgresql_path", "_parse_connect_dsn_and_args"}
+)
 
 
 def _is_async(request: pytest.FixtureRequest) -> bool:
@@ -82,11 +94,11 @@ async def client(runtime: jidoka.Runtime) -> jidoka.Client:
 # --- every store -------------------------------------------------------------------------------
 #
 # Integration and fault tests run once per store backend: the environment tells every
-# ``jidoka.Runtime()`` they build which store to use (and a fresh data directory), so the same
-# behaviour is demanded of the memory and the SQLite store. ``@pytest.mark.stores("memory")``
-# narrows a test that is about one backend's specifics.
+# ``jidoka.Runtime()`` they build which store to use (and a fresh data directory, or a fresh
+# Postgres schema), so the same behaviour is demanded of the memory, the SQLite and the Postgres
+# store. ``@pytest.mark.stores("memory")`` narrows a test that is about one backend's specifics.
 
-STORE_BACKENDS = ("memory", "sqlite")
+STORE_BACKENDS = ("memory", "sqlite", "postgres")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -105,6 +117,23 @@ def store_backend(
     _isolated_settings: None,
 ) -> str:
     backend: str = request.param
-    monkeypatch.setenv("JIDOKA_STORE", backend)
     monkeypatch.setenv("JIDOKA_DATA_DIR", str(tmp_path / "data"))
+    if backend == "postgres":
+        monkeypatch.setenv("JIDOKA_STORE", request.getfixturevalue("postgres_dsn"))
+        monkeypatch.setenv("JIDOKA_POSTGRES_SCHEMA", request.getfixturevalue("postgres_schema"))
+    else:
+        monkeypatch.setenv("JIDOKA_STORE", backend)
     return backend
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The test server's DSN; the test is skipped (failed on CI) if it does not answer."""
+    return postgres.require_postgres()
+
+
+@pytest.fixture
+def postgres_schema(postgres_dsn: str) -> Iterator[str]:
+    """A schema of this test's own (not created: the store creates it), dropped afterwards."""
+    with postgres.schema(postgres_dsn) as name:
+        yield name

@@ -61,6 +61,16 @@ STORES: Final = ("memory", "sqlite")
 POSTGRES_PREFIXES: Final = ("postgresql://", "postgres://")
 
 
+def describe_store(settings: Settings) -> str:
+    """The store, for banners and logs: a PostgreSQL URL shows its host, database and schema,
+    never its user or password."""
+    store = settings.store
+    if not store.startswith(POSTGRES_PREFIXES):
+        return store
+    where = store.split("://", 1)[1].rsplit("@", 1)[-1].split("?", 1)[0]
+    return f"postgres, schema {settings.postgres_schema} at {where or 'the local socket'}"
+
+
 def _check_store(value: str, where: str) -> None:
     """Refuse a ``store`` that is neither a known backend nor a PostgreSQL URL (the URL itself
     is never echoed: it may hold a password)."""

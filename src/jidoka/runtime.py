@@ -22,7 +22,7 @@ from .bus.memory import MemoryBus
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, SystemClock
-from .config import POSTGRES_PREFIXES, Settings, llm_defaults
+from .config import POSTGRES_PREFIXES, Settings, describe_store, llm_defaults
 from .errors import InvalidConfig, RuntimeClosed
 from .events import Event
 from .llm.agents import AgentPool
@@ -269,10 +269,7 @@ class Runtime:
         )
 
     def __repr__(self) -> str:
-        store = self.settings.store
-        if store.startswith(POSTGRES_PREFIXES):
-            store = "postgres"  # the URL may hold a password
-        return f"<Runtime {self._state.value} store={store!r}>"
+        return f"<Runtime {self._state.value} store={describe_store(self.settings)!r}>"
 
 
 async def _open_postgres(settings: Settings) -> SessionStore:

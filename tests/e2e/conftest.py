@@ -38,6 +38,7 @@ __all__ = [
     "ServerProcess",
     "bearer",
     "problem_of",
+    "store_under_test",
 ]
 
 ALICE_TOKEN = "alice-e2e-token-0123456789abcdef"
@@ -74,7 +75,7 @@ _FALLBACK = (
     "from jidoka.config import Settings\n"
     "from jidoka.server.serve import run_server\n"
     "sys.exit(run_server(ServerConfig.from_env(port=0, **json.loads(sys.argv[2])),\n"
-    "                    Settings.from_env(data_dir=sys.argv[1], store='sqlite')))\n"
+    "                    Settings.from_env(data_dir=sys.argv[1], store=sys.argv[3])))\n"
 )
 
 #: Servers started and not yet closed: their stderr goes into the report of a failing test.
@@ -86,6 +87,15 @@ def _environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOKA_")}
     env.update(extra)
     return env
+
+
+def store_under_test() -> tuple[str, dict[str, str]]:
+    """The store a fault test's ``store_backend`` chose (``JIDOKA_STORE``), and the variables a
+    server needs beside ``--store`` for it (a Postgres schema): what the environment of this
+    process names, which :func:`_environment` does not pass on by itself."""
+    store = os.environ["JIDOKA_STORE"]
+    env = {k: os.environ[k] for k in ("JIDOKA_POSTGRES_SCHEMA",) if k in os.environ}
+    return store, env
 
 
 def client_environment(**extra: str) -> dict[str, str]:
@@ -130,11 +140,13 @@ def serve_command_available() -> bool:
 
 
 class ServerProcess:
-    """One ``jidoka serve`` subprocess (SQLite store) that can be stopped, killed, restarted.
+    """One ``jidoka serve`` subprocess that can be stopped, killed, restarted.
 
     ``options`` are server flags by name without ``--`` (``{"heartbeat": 0.2}``; ``True`` for a
     switch, a list for a repeatable flag); ``env`` adds variables (``JIDOKA_MAX_BODY_BYTES``...);
-    ``tokens`` become ``JIDOKA_TOKENS``.
+    ``tokens`` become ``JIDOKA_TOKENS``. ``store`` is the ``--store`` (SQLite in the data
+    directory unless said otherwise; a Postgres DSN takes its schema from ``env``'s
+    ``JIDOKA_POSTGRES_SCHEMA``, see :func:`store_under_test`).
     """
 
     def __init__(
@@ -146,6 +158,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         tokens: Mapping[str, str] = TOKENS,
         name: str = "server",
+        store: str = "sqlite",
     ) -> None:
         unknown = set(options or {}) - set(_OPTIONS)
         if unknown:
@@ -154,6 +167,7 @@ class ServerProcess:
         self.options = dict(options or {})
         self.extra_env = dict(env or {})
         self.tokens = dict(tokens)
+        self.store = store
         self.stderr_path = log_dir / f"{name}.stderr"
         self.stdout_lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
@@ -167,7 +181,7 @@ class ServerProcess:
     def command(self) -> list[str]:
         if serve_command_available():
             command = [sys.executable, "-m", "jidoka", "serve", "--host", "127.0.0.1"]
-            command += ["--port", "0", "--data-dir", str(self.data_dir), "--store", "sqlite"]
+            command += ["--port", "0", "--data-dir", str(self.data_dir), "--store", self.store]
             for name, value in self.options.items():
                 if value is True:  # a switch (insecure-no-auth)
                     command.append(f"--{name}")
@@ -178,7 +192,9 @@ class ServerProcess:
                     command += [f"--{name}", str(value)]
             return command
         overrides = {_OPTIONS[name]: value for name, value in self.options.items()}
-        return [sys.executable, "-c", _FALLBACK, str(self.data_dir), json.dumps(overrides)]
+        return [
+            sys.executable, "-c", _FALLBACK, str(self.data_dir), json.dumps(overrides), self.store
+        ]  # fmt: skip
 
     def environment(self) -> dict[str, str]:
         env = {"JIDOKA_TOKENS": json.dumps(self.tokens), "PYTHONUNBUFFERED": "1"}

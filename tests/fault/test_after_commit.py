@@ -365,7 +365,7 @@ async def test_a_projection_that_cannot_be_rebuilt_ends_its_session(
 # --- cancellation -------------------------------------------------------------------------------
 
 
-@pytest.mark.stores("sqlite")
+@pytest.mark.stores("sqlite", "postgres")  # stores that commit off the caller's turn
 async def test_a_caller_cancelled_after_the_commit_still_gets_its_effects(
     runtime: jidoka.Runtime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 import jidoka
 
 from ..helpers import until
+
+#: A restart keeps nothing of the memory store: only the durable stores are asked (each test's
+#: runtimes use the store the environment names, the same data directory or Postgres schema).
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 SCRIPT = {
     "provider": "scripted",
@@ -21,12 +27,12 @@ SCRIPT = {
 
 async def test_turn_events_replay_identically(tmp_path: Path, project: Path) -> None:
     data = tmp_path / "db"
-    async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
+    async with jidoka.Runtime(data_dir=data) as rt:
         sid = await rt.client.create_session(project_root=str(project), llm_config=SCRIPT)
         result = await rt.client.chat(sid, "what does main return?")
         before = await rt.read_events(sid)
         info_before = await rt.client.get_session_info(sid)
-    async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
+    async with jidoka.Runtime(data_dir=data) as rt:
         after = await rt.read_events(sid)
         info_after = await rt.client.get_session_info(sid)
         history = await rt.client.get_conversation_history(sid)
@@ -48,7 +54,7 @@ async def test_a_restart_while_waiting_for_approval_denies(tmp_path: Path, proje
             {"id": "w1", "name": "write_file",
              "arguments": {"path": "src/app.py", "content": "gone\n"}}]}],
     }  # fmt: skip
-    async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
+    async with jidoka.Runtime(data_dir=data) as rt:
         sid = await rt.client.create_session(
             project_root=str(project), config={"allow_write": "ask"}, llm_config=ask
         )
@@ -58,7 +64,7 @@ async def test_a_restart_while_waiting_for_approval_denies(tmp_path: Path, proje
     # The runtime closed under the waiting turn (as a crash would leave it: nothing decided).
     assert turn.done()
     assert isinstance(turn.exception(), jidoka.SessionTerminated)
-    async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
+    async with jidoka.Runtime(data_dir=data) as rt:
         info = await rt.client.get_session_info(sid)
         stored = await rt.read_events(sid)
     decided = [e for e in stored if e.type == "approval_decided"]

@@ -25,9 +25,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ALICE_TOKEN, ServerProcess, http_client, sse_frames
+from tests.e2e.conftest import (
+    ALICE_TOKEN,
+    ServerProcess,
+    http_client,
+    sse_frames,
+    store_under_test,
+)
 
-pytestmark = pytest.mark.stores("sqlite")
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 CLIENTS = 16
 #: Acknowledged messages (over all clients) before the signal.
@@ -153,11 +159,14 @@ def diagnostics(server: ServerProcess) -> Iterator[None]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    store, env = store_under_test()
     process = ServerProcess(
         tmp_path / "data",
         log_dir=tmp_path,
         options={"shutdown-timeout": SHUTDOWN_TIMEOUT},
         name="fault-server",
+        store=store,
+        env=env,
     )
     try:
         process.start()

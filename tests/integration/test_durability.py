@@ -1,10 +1,14 @@
-"""Durable sessions on the SQLite store: restart, save/restore, corruption, locking, schema."""
+"""Durable sessions on the SQLite and the Postgres store: restart, save/restore, corruption; and
+on SQLite alone, what is about its file: the data directory's lock, its schema versions, a full
+disk (Postgres's own are in tests/unit/test_store_postgres.py and test_postgres_migration.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -17,13 +21,38 @@ import pytest
 import jidoka
 from jidoka import FakeClock, Status
 from jidoka.store.base import SeqConflict
+from jidoka.store.postgres import PostgresStore, is_postgres_dsn
 from jidoka.store.sqlite import DATABASE_NAME, SCHEMA_VERSION, SchemaError, SqliteStore
 from tests.fixtures.make_v1_database import ENDED, LIVE
-from tests.helpers import drain, quiesce, take, until
+from tests.helpers import drain, quiesce, until
+from tests.support.postgres import execute_in_schema
 
-pytestmark = pytest.mark.stores("sqlite")
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+async def tamper(data: Path, statement: str, *params: object) -> int:
+    """Run ``statement`` (``?`` placeholders) on the tables of the store under test (the data
+    directory's database, or the test's Postgres schema): damage done behind the store's back.
+    The number of rows it touched."""
+    store = os.environ["JIDOKA_STORE"]
+    if is_postgres_dsn(store):
+        schema = os.environ["JIDOKA_POSTGRES_SCHEMA"]
+        return await execute_in_schema(store, schema, statement.replace("?", "%s"), params)
+    with contextlib.closing(sqlite3.connect(data / DATABASE_NAME)) as conn, conn:
+        return conn.execute(statement, params).rowcount
+
+
+async def open_store_under_test(tmp_path: Path) -> SqliteStore | PostgresStore:
+    store = os.environ["JIDOKA_STORE"]
+    opened: SqliteStore | PostgresStore
+    if is_postgres_dsn(store):
+        opened = PostgresStore(store, schema=os.environ["JIDOKA_POSTGRES_SCHEMA"])
+    else:
+        opened = SqliteStore(tmp_path / "db.sqlite3")
+    await opened.open()
+    return opened
 
 
 def comparable(state: dict[str, Any]) -> dict[str, Any]:
@@ -90,19 +119,21 @@ async def test_loading_is_lazy(tmp_path: Path, clock: FakeClock) -> None:
         ids = [await rt.client.create_session() for _ in range(20)]
     async with jidoka.Runtime(data, clock=clock) as rt:
         manager = rt.manager
-        assert manager.live_count() == 20
-        assert manager.live_ids() == frozenset(ids)
-        assert len(manager._live) == 0  # nothing loaded yet
+        assert manager.live_count() == 0  # nothing loaded, nothing even listed
         await rt.client.send_message(ids[3], "user", "wake up")
         assert set(manager._live) == {ids[3]}
-        # Untouched ones are loaded when their deadline comes, and then time out normally.
+        clock.advance(300)
+        await quiesce(rt)
+        assert set(manager._live) == {ids[3]}  # nobody asked for the others
+        # One default time-out after the start, the sweep loads the quiet ones: they time out.
         async with rt.client.subscribe_to_all_sessions() as events:
-            clock.advance(300)
-            await quiesce(rt)
-            assert len(manager._live) == 20
-            clock.advance(30 * 60)
-            seen = await take(events, 3 * 19)
-        assert {e.data.get("reason") for e in seen if e.type == "session_terminated"} == {"timeout"}
+            clock.advance(30 * 60 - 300)
+            ended: list[jidoka.Event] = []
+            while len(ended) < 19:
+                ended.append(await until(events, "session_terminated"))
+        assert {e.session_id for e in ended} == set(ids) - {ids[3]}
+        assert {e.data.get("reason") for e in ended} == {"timeout"}
+        assert manager.is_live(ids[3])  # idle since 300: its time-out is later
 
 
 async def test_listing_by_owner_loads_only_the_owners_page(
@@ -119,8 +150,7 @@ async def test_listing_by_owner_loads_only_the_owners_page(
             bob.append(await rt.client.create_session(owner="bob"))
     async with jidoka.Runtime(data, clock=clock) as rt:
         manager = rt.manager
-        assert manager.live_count() == 60
-        assert len(manager._live) == 0  # nothing loaded yet
+        assert manager.live_count() == 0  # nothing loaded yet
 
         page = await manager.list_sessions(owner="alice", limit=5)
         assert [(i.session_id, i.owner, i.status) for i in page] == [
@@ -136,7 +166,8 @@ async def test_listing_by_owner_loads_only_the_owners_page(
         everything = await manager.list_sessions(owner="alice")
         assert [i.session_id for i in everything] == alice
         assert not any(manager.is_live(sid) for sid in bob)
-        assert bob[0] in manager.live_ids()  # still there, dormant
+        assert manager.live_ids() == frozenset(alice)  # bob's are in the store alone
+        assert [s.session_id for s in await rt.store.list_sessions(owner="bob")] == bob
 
         idle = await manager.list_sessions("idle", owner="bob", limit=3)
         assert [i.session_id for i in idle] == bob[:3]
@@ -267,8 +298,9 @@ async def test_corrupt_session_fails_alone(tmp_path: Path, clock: FakeClock) -> 
         bad = await rt.client.create_session(owner="alice")
         await rt.client.send_message(bad, "user", "soon unreadable")
         await rt.client.send_message(good, "user", "fine")
-    with sqlite3.connect(data / DATABASE_NAME) as conn:
-        conn.execute("UPDATE events SET data = x'7b6e6f' WHERE session_id = ? AND seq = 3", (bad,))
+    touched = await tamper(data, "UPDATE events SET data = ? WHERE session_id = ? AND seq = 3",
+                           b"{no", bad)  # fmt: skip
+    assert touched == 1
     async with jidoka.Runtime(data, clock=clock) as rt:
         info = await rt.client.get_session_info(bad)
         assert (info.status, info.reason) == (Status.TERMINATED, "error")
@@ -281,7 +313,10 @@ async def test_corrupt_session_fails_alone(tmp_path: Path, clock: FakeClock) -> 
         assert [m.content for m in await rt.client.get_conversation_history(good)] == ["fine"]
         assert [i.session_id for i in await rt.client.list_sessions("idle")] == [good]
     async with jidoka.Runtime(data, clock=clock) as rt:  # marked terminated: not retried
-        assert rt.manager.live_ids() == frozenset({good})
+        assert [i.session_id for i in await rt.client.list_sessions()] == [good]
+        stored = await rt.store.find_session(bad)
+        assert stored is not None
+        assert stored.status == "terminated"
 
 
 async def test_corrupt_snapshot_falls_back_to_the_log(tmp_path: Path, clock: FakeClock) -> None:
@@ -291,13 +326,13 @@ async def test_corrupt_snapshot_falls_back_to_the_log(tmp_path: Path, clock: Fak
         for n in range(5):
             await rt.client.send_message(sid, "user", str(n))
         await rt.manager.wait_background()
-    with sqlite3.connect(data / DATABASE_NAME) as conn:
-        assert conn.execute("UPDATE snapshots SET state = x'00'").rowcount == 1
+    assert await tamper(data, "UPDATE snapshots SET state = ?", b"\x00") == 1
     async with jidoka.Runtime(data, clock=clock) as rt:
         history = await rt.client.get_conversation_history(sid)
         assert [m.content for m in history] == ["0", "1", "2", "3", "4"]
 
 
+@pytest.mark.stores("sqlite")  # a data directory's lock; runtimes share a Postgres database
 async def test_second_runtime_on_same_data_dir_is_refused(tmp_path: Path, clock: FakeClock) -> None:
     data = tmp_path / "data"
     async with jidoka.Runtime(data, clock=clock):
@@ -324,12 +359,13 @@ async def test_second_runtime_on_same_data_dir_is_refused(tmp_path: Path, clock:
         pass
 
 
+@pytest.mark.stores("sqlite")  # Postgres: test_postgres_migration.py
 async def test_migrates_a_version_1_database(tmp_path: Path, clock: FakeClock) -> None:
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(FIXTURES / "v1.sqlite3", data / DATABASE_NAME)
     async with jidoka.Runtime(data, clock=clock) as rt:
-        assert rt.manager.live_ids() == frozenset({LIVE})
+        assert [i.session_id for i in await rt.client.list_sessions()] == [LIVE]
         history = await rt.client.get_conversation_history(LIVE)
         assert [(m.role, m.content) for m in history] == [
             ("user", "written by version 1"),
@@ -364,6 +400,7 @@ CREATE TABLE saved_sessions (
 """
 
 
+@pytest.mark.stores("sqlite")  # SQLite's versions 2 and 3 (Postgres started at 1 with owners)
 @pytest.mark.parametrize("version", [2, 3])
 async def test_migration_records_the_owners_of_live_sessions(tmp_path: Path, version: int) -> None:
     """Version 4 keeps each session's owner beside its status; migrating fills it in from the
@@ -402,7 +439,7 @@ async def test_migration_records_the_owners_of_live_sessions(tmp_path: Path, ver
     store = SqliteStore(path)
     await store.open()
     try:
-        live = [stored async for stored in store.live_sessions()]
+        live = await store.list_sessions()
     finally:
         await store.aclose()
     assert [(s.session_id, s.status, s.owner) for s in live] == [
@@ -418,6 +455,7 @@ async def test_migration_records_the_owners_of_live_sessions(tmp_path: Path, ver
         assert conn.execute("SELECT owner FROM saved_sessions").fetchall() == []
 
 
+@pytest.mark.stores("sqlite")  # Postgres: tests/unit/test_store_postgres.py
 async def test_newer_schema_is_refused(tmp_path: Path, clock: FakeClock) -> None:
     data = tmp_path / "data"
     async with jidoka.Runtime(data, clock=clock):
@@ -431,6 +469,7 @@ async def test_newer_schema_is_refused(tmp_path: Path, clock: FakeClock) -> None
         pass
 
 
+@pytest.mark.stores("sqlite")  # Postgres: tests/unit/test_store_postgres.py (foreign tables)
 async def test_foreign_database_is_refused(tmp_path: Path, clock: FakeClock) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -441,6 +480,7 @@ async def test_foreign_database_is_refused(tmp_path: Path, clock: FakeClock) -> 
             pass
 
 
+@pytest.mark.stores("sqlite")  # max_database_bytes; Postgres's failed commits: its outages
 async def test_full_database_fails_the_batch_and_applies_nothing(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -490,10 +530,7 @@ async def test_group_commit_shares_transactions(tmp_path: Path, clock: FakeClock
 async def test_closed_store_refuses_every_command_without_hanging(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    from jidoka.store.sqlite import SqliteStore
-
-    store = SqliteStore(tmp_path / "db.sqlite3")
-    await store.open()
+    store = await open_store_under_test(tmp_path)
     async with jidoka.Runtime(store=store, clock=clock) as rt:
         sid = await rt.client.create_session()
         await store.aclose()
@@ -505,17 +542,17 @@ async def test_closed_store_refuses_every_command_without_hanging(
 async def test_a_queued_load_of_a_session_a_client_loaded_first_does_nothing(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    """A dormant session's timer queues a load; a client that loads it first must not turn
-    the queued load into a KeyError ("background task failed") when it finally runs."""
+    """The sweep queues a load; a client that loads the session first must not turn the
+    queued load into a failure ("background task failed") when it finally runs."""
     data = tmp_path / "data"
     async with jidoka.Runtime(data, clock=clock) as rt:
         sid = await rt.client.create_session()
     async with jidoka.Runtime(data, clock=clock) as rt:
         manager = rt.manager
-        assert not manager.is_live(sid)  # dormant until asked for
+        assert not manager.is_live(sid)  # in the store alone until asked for
         await rt.client.get_session_info(sid)  # the client loads it
         assert manager.is_live(sid)
-        await manager._load_quietly(sid)  # the timer's queued load, arriving late
+        await manager._load_quietly(sid)  # the sweep's queued load, arriving late
         assert manager.is_live(sid)
         await rt.client.terminate_session(sid)
         await manager._load_quietly(sid)  # and after it ended
@@ -544,6 +581,7 @@ async def test_one_session_s_concurrent_appends_share_commits(
         ]
 
 
+@pytest.mark.stores("sqlite")  # fills the disk (max_database_bytes); Postgres: outage tests
 async def test_appends_queued_behind_a_failed_commit_fail_and_nothing_is_lost(
     tmp_path: Path, clock: FakeClock
 ) -> None:

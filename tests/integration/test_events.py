@@ -163,7 +163,7 @@ async def test_a_subscriber_that_was_away_when_the_session_ended(
     await client.terminate_session(sid, reason="done")
     async with client.subscribe_to_session(sid, after_seq=seen) as events:
         rest = await drain(events)
-    if store_backend == "sqlite":  # the durable log outlives the session
+    if store_backend != "memory":  # a durable log outlives the session
         assert_gap_free(rest, first=seen + 1)
         assert rest[-1].type == EventType.SESSION_TERMINATED
         assert rest[-1].data["reason"] == "done"
@@ -250,6 +250,6 @@ async def test_a_restored_session_streams_past_its_old_termination(
         live = await until(events, "conversation_added", content="live")
     assert seen[-1].data["content"] == "second life"
     assert live.seq == second.seq + 1
-    if store_backend == "sqlite":  # the durable log kept the first life, termination included
+    if store_backend != "memory":  # a durable log kept the first life, termination included
         assert_gap_free(seen)
         assert EventType.SESSION_TERMINATED in [e.type for e in seen]

@@ -15,6 +15,9 @@ from jidoka.errors import InvalidConfig
 DEFAULTS: dict[str, Any] = {
     "data_dir": ".jidoka",
     "store": "sqlite",
+    "postgres_schema": "jidoka",
+    "postgres_pool_size": 8,
+    "postgres_connect_timeout": 5.0,
     "durability": "full",
     "snapshot_interval": 500,
     "max_sessions": 100_000,
@@ -326,3 +329,76 @@ def test_queued_turn_limit_from_env() -> None:
     with pytest.raises(jidoka.InvalidConfig) as info:
         Settings.from_env({"JIDOKA_MAX_QUEUED_TURNS_TOTAL": "0"})
     assert info.value.field == "max_queued_turns_total"
+
+
+# --- the PostgreSQL store's settings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    ["postgresql://u@db.example/prod", "postgres://u:secret@10.0.0.5:5433/jidoka?sslmode=require"],
+)
+def test_a_postgres_url_is_a_store(dsn: str) -> None:
+    assert Settings.from_env({"JIDOKA_STORE": dsn}).store == dsn
+    assert Settings.build({"store": dsn}).store == dsn
+
+
+def test_postgres_settings_from_env() -> None:
+    settings = Settings.from_env(
+        {
+            "JIDOKA_STORE": "postgresql://u@h/db",
+            "JIDOKA_POSTGRES_SCHEMA": "team_a",
+            "JIDOKA_POSTGRES_POOL_SIZE": "3",
+            "JIDOKA_POSTGRES_CONNECT_TIMEOUT": "1.5",
+        }
+    )
+    assert (settings.postgres_schema, settings.postgres_pool_size) == ("team_a", 3)
+    assert settings.postgres_connect_timeout == 1.5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("JIDOKA_POSTGRES_SCHEMA", "Team", "postgres_schema"),  # quoted into statements
+        ("JIDOKA_POSTGRES_SCHEMA", 'a"; DROP TABLE x; --', "postgres_schema"),
+        ("JIDOKA_POSTGRES_SCHEMA", "1abc", "postgres_schema"),
+        ("JIDOKA_POSTGRES_SCHEMA", "x" * 64, "postgres_schema"),
+        ("JIDOKA_POSTGRES_POOL_SIZE", "0", "postgres_pool_size"),
+        ("JIDOKA_POSTGRES_CONNECT_TIMEOUT", "0", "postgres_connect_timeout"),
+    ],
+)
+def test_bad_postgres_settings_are_refused(variable: str, value: str, field: str) -> None:
+    with pytest.raises(jidoka.InvalidConfig) as info:
+        Settings.from_env({variable: value})
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("store", ["mysql://u:hunter2@h/db", "redis://:hunter2@h:6379"])
+def test_an_unknown_url_store_is_refused_without_echoing_it(store: str) -> None:
+    for build in (
+        lambda: Settings.from_env({"JIDOKA_STORE": store}),
+        lambda: Settings.build({"store": store}),
+    ):
+        with pytest.raises(jidoka.InvalidConfig) as info:
+            build()
+        assert info.value.field == "store"
+        assert "hunter2" not in str(info.value)
+        assert "postgresql://" in str(info.value)  # says what would be accepted
+
+
+def test_describe_store_never_shows_credentials() -> None:
+    from jidoka.config import describe_store
+
+    settings = Settings.build(
+        {
+            "store": "postgresql://app:hunter2@db.internal:5432/prod?sslmode=require",
+            "postgres_schema": "j1",
+        }
+    )
+    text = describe_store(settings)
+    assert "hunter2" not in text
+    assert "app" not in text
+    assert "db.internal:5432/prod" in text
+    assert "j1" in text
+    assert describe_store(Settings.build({"store": "memory"})) == "memory"
+    assert "hunter2" not in repr(jidoka.Runtime(settings=settings))

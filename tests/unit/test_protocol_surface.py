@@ -20,6 +20,7 @@ from jidoka.bus.base import EventBus
 from jidoka.bus.memory import MemoryBus
 from jidoka.store.base import SessionStore
 from jidoka.store.memory import MemoryStore
+from jidoka.store.postgres import PostgresStore
 from jidoka.store.sqlite import SqliteStore
 from tests.helpers import drain, quiesce, take, until
 
@@ -48,29 +49,48 @@ class Strict:
 
 
 def test_the_protocols_declare_the_non_blocking_paths() -> None:
-    assert {"append_nowait", "commits_inline", "durable", "live_sessions"} <= declared(SessionStore)
+    assert {
+        "append_nowait",
+        "commits_inline",
+        "durable",
+        "find_session",
+        "list_sessions",
+    } <= declared(SessionStore)
     assert {"publish_nowait", "subscriber_count", "published", "lost"} <= declared(EventBus)
 
 
-async def open_memory(tmp_path: Path) -> Any:
+async def open_memory(request: pytest.FixtureRequest) -> Any:
     return MemoryStore()
 
 
-async def open_sqlite(tmp_path: Path) -> Any:
+async def open_sqlite(request: pytest.FixtureRequest) -> Any:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
     store = SqliteStore(tmp_path / "strict.sqlite3")
     await store.open()
     return store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+async def open_postgres(request: pytest.FixtureRequest) -> Any:
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    store = PostgresStore(dsn, schema=request.getfixturevalue("postgres_schema"))
+    await store.open()
+    return store
+
+
+OPENERS: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
+    "memory": open_memory,
+    "sqlite": open_sqlite,
+    "postgres": open_postgres,
+}
+
+
+@pytest.fixture(params=sorted(OPENERS))
 async def strict_runtime(
     request: pytest.FixtureRequest,
-    tmp_path: Path,
     clock: jidoka.FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[jidoka.Runtime, Strict, Strict]]:
-    opener: Callable[[Path], Any] = open_memory if request.param == "memory" else open_sqlite
-    inner = await opener(tmp_path)
+    inner = await OPENERS[request.param](request)
     store = Strict(inner, SessionStore)
     buses: list[Strict] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,44 +13,64 @@ from jidoka.errors import RuntimeClosed, StoreError
 from jidoka.events import Event, EventType
 from jidoka.store.base import SavedSession, SeqConflict, SessionStore
 from jidoka.store.memory import MemoryStore
+from jidoka.store.postgres import PostgresStore
 from jidoka.store.sqlite import SqliteStore
 
 A, B, C, D = "A" * 26, "B" * 26, "C" * 26, "D" * 26
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def open_memory(tmp_path: Path) -> SessionStore:
+#: Each opener gets the test's request, to ask for what its store needs (a temporary
+#: directory, a Postgres schema of the test's own: the Postgres run is skipped, or failed on
+#: CI, when no server answers).
+Opener = Callable[[pytest.FixtureRequest], Awaitable[SessionStore]]
+
+
+async def open_memory(request: pytest.FixtureRequest) -> SessionStore:
     return MemoryStore()
 
 
-async def open_sqlite(tmp_path: Path) -> SessionStore:
+async def open_sqlite(request: pytest.FixtureRequest) -> SessionStore:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
     store = SqliteStore(tmp_path / "contract.sqlite3")
     await store.open()
     return store
 
 
-STORES: dict[str, Callable[[Path], Awaitable[SessionStore]]] = {
+async def open_postgres(request: pytest.FixtureRequest) -> SessionStore:
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    store = PostgresStore(dsn, schema=request.getfixturevalue("postgres_schema"))
+    await store.open()
+    return store
+
+
+STORES: dict[str, Opener] = {
     "memory": open_memory,
     "sqlite": open_sqlite,
+    "postgres": open_postgres,
 }
 
 
-async def open_small_sqlite(tmp_path: Path) -> SessionStore:
+async def open_small_sqlite(request: pytest.FixtureRequest) -> SessionStore:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
     store = SqliteStore(tmp_path / "small.sqlite3", max_database_bytes=64 * 1024)
     await store.open()
     return store
 
 
 #: Stores whose commit can fail (a disk that fills up), each opened so that it soon does. The
-#: memory store has no such failure: it refuses a batch at once or stores it.
-SMALL_STORES: dict[str, Callable[[Path], Awaitable[SessionStore]]] = {
+#: memory store has no such failure: it refuses a batch at once or stores it. Nor is Postgres
+#: here: its server's disk cannot be filled for one test's schema, and a failure provoked with a
+#: constraint the store never has would test the fixture, not the store (its failed commits are
+#: the outages of tests/fault/test_postgres_outage.py).
+SMALL_STORES: dict[str, Opener] = {
     "sqlite": open_small_sqlite,
 }
 
 
 @pytest.fixture(params=sorted(STORES))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
-    instance = await STORES[request.param](tmp_path)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    instance = await STORES[request.param](request)
     yield instance
     await instance.aclose()
 
@@ -133,22 +153,37 @@ async def test_saved_sessions(store: SessionStore) -> None:
     assert [s.session_id for s in await store.list_saved()] == [B]
 
 
-async def test_live_sessions_follow_lifecycle_events(store: SessionStore) -> None:
-    def status(sid: str, seq: int, type_: EventType, **data: object) -> Event:
-        return Event(type_, sid, seq, T0, dict(data))
+async def test_stored_heads_follow_lifecycle_events(store: SessionStore) -> None:
+    """The head records the latest status and when it changed; a terminated session is found
+    by id but not listed unless asked for by status."""
 
-    await store.append(A, [status(A, 1, EventType.SESSION_CREATED, status="initializing"),
-                           status(A, 2, EventType.SESSION_STATUS, status="active")])  # fmt: skip
-    await store.append(B, [status(B, 1, EventType.SESSION_CREATED, status="initializing")])
-    await store.append(B, [status(B, 2, EventType.SESSION_TERMINATED, reason="requested")])
-    live = [stored async for stored in store.live_sessions()]
-    if store.durable:
-        assert [(s.session_id, s.status, s.last_seq) for s in live] == [(A, "active", 2)]
-    else:
-        assert live == []  # a new process starts with an empty memory store
+    def status(sid: str, seq: int, type_: EventType, when: datetime, **data: object) -> Event:
+        return Event(type_, sid, seq, when, dict(data))
+
+    t1, t2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    created, moved = EventType.SESSION_CREATED, EventType.SESSION_STATUS
+    await store.append(A, [status(A, 1, created, T0, status="initializing"),
+                           status(A, 2, moved, t1, status="active")])  # fmt: skip
+    await store.append(
+        A, [status(A, 3, EventType.CONVERSATION_ADDED, t2, role="user", content="x")]
+    )
+    await store.append(B, [status(B, 1, EventType.SESSION_CREATED, T0, status="initializing")])
+    await store.append(B, [status(B, 2, EventType.SESSION_TERMINATED, t2, reason="requested")])
+    found = await store.find_session(A)
+    assert found is not None
+    assert (found.session_id, found.status, found.last_seq) == (A, "active", 3)
+    assert found.updated_at is not None
+    assert t1 <= found.updated_at <= t2
+    ended = await store.find_session(B)
+    assert ended is not None
+    assert (ended.status, ended.last_seq, ended.updated_at) == ("terminated", 2, t2)
+    assert await store.find_session(C) is None
+    assert [(s.session_id, s.status) for s in await store.list_sessions()] == [(A, "active")]
+    assert [s.session_id for s in await store.list_sessions(status="terminated")] == [B]
+    assert await store.list_sessions(status="idle") == []
 
 
-async def test_live_sessions_record_the_owner(store: SessionStore) -> None:
+async def test_stored_heads_record_the_owner(store: SessionStore) -> None:
     """The owner comes from the latest ``session_created`` (a restored session's from its saved
     copy) and survives the events after it, so a restarted runtime knows it without loading."""
 
@@ -165,16 +200,21 @@ async def test_live_sessions_record_the_owner(store: SessionStore) -> None:
     restored = {"owner": "dave", "session_id": C}  # a saved copy (only its owner matters here)
     await store.append(C, [event(C, 3, created, status="initializing", state=restored)])
     await store.append(D, [event(D, 1, created, status="initializing", owner=7)])  # malformed
-    live = [stored async for stored in store.live_sessions()]
-    if store.durable:
-        assert [(s.session_id, s.status, s.last_seq, s.owner) for s in live] == [
-            (A, "idle", 3, "alice"),
-            (B, "initializing", 1, None),
-            (C, "initializing", 3, "dave"),
-            (D, "initializing", 1, None),
-        ]
-    else:
-        assert live == []
+    expected = [
+        (A, "idle", 3, "alice"),
+        (B, "initializing", 1, None),
+        (C, "initializing", 3, "dave"),
+        (D, "initializing", 1, None),
+    ]
+    listed = await store.list_sessions()
+    assert [(s.session_id, s.status, s.last_seq, s.owner) for s in listed] == expected
+    for sid, status_, last, owner in expected:
+        found = await store.find_session(sid)
+        assert found is not None
+        assert (found.session_id, found.status, found.last_seq, found.owner) == (
+            sid, status_, last, owner
+        )  # fmt: skip
+    assert [s.session_id for s in await store.list_sessions(owner="dave")] == [C]
 
 
 async def test_ping(store: SessionStore) -> None:
@@ -346,10 +386,8 @@ async def test_closed_store_refuses_append_nowait_at_once(store: SessionStore) -
 
 
 @pytest.fixture(params=sorted(SMALL_STORES))
-async def small_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[SessionStore]:
-    instance = await SMALL_STORES[request.param](tmp_path)
+async def small_store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    instance = await SMALL_STORES[request.param](request)
     yield instance
     await instance.aclose()
 
@@ -385,9 +423,9 @@ async def test_a_failed_commit_stores_nothing_and_says_so(small_store: SessionSt
     await store.ping()
 
 
-async def test_live_sessions_are_read_page_by_page(store: SessionStore) -> None:
-    """Every live session, in id order, whatever the page size (paging never skips or repeats
-    one); terminated ones are left out."""
+async def test_listing_pages_by_id_whatever_the_page_size(store: SessionStore) -> None:
+    """Paging never skips or repeats a session; terminated ones are left out unless asked for;
+    ``after`` need not be a stored id."""
     ids = [chr(ord("A") + n) * 26 for n in range(7)]
     for n, sid in enumerate(ids):
         created = Event(EventType.SESSION_CREATED, sid, 1, T0, {"status": "initializing"})
@@ -396,8 +434,77 @@ async def test_live_sessions_are_read_page_by_page(store: SessionStore) -> None:
             ended = Event(EventType.SESSION_TERMINATED, sid, 2, T0, {"reason": "requested"})
             await store.append(sid, [ended])
     live = [sid for n, sid in enumerate(ids) if n % 3 != 1]
-    for page_size in (1, 2, 4, 5, 100):
-        found = [s.session_id async for s in store.live_sessions(page_size=page_size)]
-        assert found == (live if store.durable else [])
-    with pytest.raises(ValueError, match="at least 1"):
-        [s async for s in store.live_sessions(page_size=0)]
+    for limit in (1, 2, 4, 5, 100):
+        found: list[str] = []
+        after = None
+        while True:
+            page = await store.list_sessions(after=after, limit=limit)
+            assert len(page) <= limit
+            found.extend(s.session_id for s in page)
+            if len(page) < limit:
+                break
+            after = page[-1].session_id
+        assert found == live
+    assert [s.session_id for s in await store.list_sessions(after="C")] == live[1:]
+    assert [s.session_id for s in await store.list_sessions(after=live[-1])] == []
+    ended = [sid for n, sid in enumerate(ids) if n % 3 == 1]
+    terminated = await store.list_sessions(status="terminated", limit=1, after=ended[0])
+    assert [s.session_id for s in terminated] == ended[1:2]
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="at least 1"):
+            await store.list_sessions(limit=bad)
+        with pytest.raises(ValueError, match="at least 1"):
+            await store.quiet_sessions(T0, limit=bad)
+
+
+async def test_listing_filters_by_owner_and_status(store: SessionStore) -> None:
+    created, status = EventType.SESSION_CREATED, EventType.SESSION_STATUS
+    owners = {A: "alice", B: "bob", C: "alice", D: None}
+    for sid, owner in owners.items():
+        data: dict[str, object] = {"status": "initializing"}
+        if owner is not None:
+            data["owner"] = owner
+        await store.append(sid, [Event(created, sid, 1, T0, data),
+                                 Event(status, sid, 2, T0, {"status": "active"})])  # fmt: skip
+    await store.append(C, [Event(status, C, 3, T0, {"status": "idle"})])
+    await store.append(B, [Event(EventType.SESSION_TERMINATED, B, 3, T0, {"reason": "x"})])
+
+    async def ids(
+        owner: str | None = None, status: str | None = None, after: str | None = None
+    ) -> list[str]:
+        page = await store.list_sessions(owner=owner, status=status, after=after)
+        return [s.session_id for s in page]
+
+    assert await ids(owner="alice") == [A, C]
+    assert await ids(owner="alice", status="idle") == [C]
+    assert await ids(owner="alice", status="active") == [A]
+    assert await ids(status="active") == [A, D]
+    assert await ids(owner="bob") == []
+    assert await ids(owner="bob", status="terminated") == [B]
+    assert await ids(owner="carol") == []
+    assert await ids(owner="alice", after=A) == [C]
+
+
+async def test_quiet_sessions_oldest_first_from_a_cursor(store: SessionStore) -> None:
+    """Sessions not terminated whose head changed before ``before``, by (updated_at, id): a
+    sweep pages through them with the last one's (updated_at, id) as its cursor."""
+    created, status = EventType.SESSION_CREATED, EventType.SESSION_STATUS
+    at = {sid: T0 + timedelta(minutes=n) for n, sid in enumerate((D, B, C, A))}
+    for sid, when in at.items():
+        await store.append(sid, [Event(created, sid, 1, T0, {"status": "initializing"}),
+                                 Event(status, sid, 2, when, {"status": "idle"})])  # fmt: skip
+    late = T0 + timedelta(hours=1)
+    await store.append(C, [Event(EventType.SESSION_TERMINATED, C, 3, late, {"reason": "x"})])
+    before = T0 + timedelta(minutes=10)
+    quiet = await store.quiet_sessions(before)
+    assert [(s.session_id, s.updated_at) for s in quiet] == [(D, at[D]), (B, at[B]), (A, at[A])]
+    assert [s.session_id for s in await store.quiet_sessions(at[A])] == [D, B]
+    first = await store.quiet_sessions(before, limit=1)
+    assert [s.session_id for s in first] == [D]
+    cursor = (at[D], D)
+    assert [s.session_id for s in await store.quiet_sessions(before, after=cursor)] == [B, A]
+    assert await store.quiet_sessions(before, after=(at[A], A)) == []
+    # Sessions quiet since the same moment are told apart by id.
+    await store.append(C + "x", [Event(created, C + "x", 1, at[B], {"status": "idle"})])
+    tie = await store.quiet_sessions(before, after=(at[B], B))
+    assert [s.session_id for s in tie] == [C + "x", A]

@@ -27,7 +27,7 @@ from typing import TextIO
 import uvicorn
 
 from .._version import __version__
-from ..config import Settings
+from ..config import Settings, describe_store
 from ..errors import JidokaError
 from ..runtime import Runtime
 from .app import create_app
@@ -172,7 +172,7 @@ async def serve(
 
         def ready() -> None:
             print(f"Jidoka {__version__} serving on {url}", file=out)
-            print(f"  data: {data_dir} (store: {runtime.settings.store})", file=out)
+            print(f"  data: {data_dir} (store: {describe_store(runtime.settings)})", file=out)
             print(f"export JIDOKA_URL={url}", file=out)
             if generated is not None:
                 print(f"export JIDOKA_TOKEN={generated}", file=out)

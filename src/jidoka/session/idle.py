@@ -2,14 +2,15 @@
 
 One concern, in one object with its own state (the shared :class:`~.timers.TimerQueue` and the
 queue of due work), given what it needs explicitly: the registry to find sessions in, the
-manager's background tasks to run waiting work on, and the three things it asks of the rest of
-the manager (load a recovered session, save one, terminate one).
+manager's background tasks to run waiting work on, and the two things it asks of the rest of
+the manager (save a session, terminate one).
 
 Each live session has at most one timer entry (its next deadline); when it comes due, an
 active session that saw no activity for ``idle_after_seconds`` goes idle, and an idle one past
-``timeout_minutes`` is saved (if persistence is on) and terminated with reason ``timeout``. A
-dormant session's entry loads it (loading sets its real deadline). Work that can be done on the
-spot is; work that must wait runs as bounded background tasks.
+``timeout_minutes`` is saved (if persistence is on) and terminated with reason ``timeout``. Only
+loaded sessions have entries; the stored sessions nobody has touched since the node started are
+found by :mod:`.sweep`, which loads them (loading sets their deadline). Work that can be done on
+the spot is; work that must wait runs as bounded background tasks.
 """
 
 from __future__ import annotations
@@ -52,14 +53,12 @@ class IdleReaper:
         registry: SessionRegistry,
         tasks: BackgroundTasks,
         *,
-        load: Callable[[str], Awaitable[None]],
         save: Callable[[str], Awaitable[object]],
         terminate: Callable[[str, str, str | None], Coroutine[Any, Any, None]],
     ) -> None:
         self._clock = clock
         self._registry = registry
         self._tasks = tasks
-        self._load = load  # a dormant session, quietly (it may be gone or corrupt)
         self._save = save
         self._terminate = terminate  # quietly: someone else may have terminated it first
         self.timers = TimerQueue(clock, self._on_due)
@@ -82,10 +81,6 @@ class IdleReaper:
         if session.timer_at is None or when < session.timer_at:
             session.timer_at = when
             self.timers.schedule(session.session_id, when)
-
-    def watch(self, session_id: str, when: float) -> None:
-        """Look at a dormant session at ``when`` (its config is unknown until it is loaded)."""
-        self.timers.schedule(session_id, when)
 
     def touch(self, session: Session) -> None:
         """After a command: the session's next look is at its idle deadline, unless an earlier
@@ -117,19 +112,12 @@ class IdleReaper:
 
     def _wanted(self, session_id: str, when: float) -> bool:
         session = self._registry.live.get(session_id)
-        if session is not None:
-            return session.timer_at == when
-        return session_id in self._registry.dormant
+        return session is not None and session.timer_at == when
 
     # --- what comes due ---------------------------------------------------------------------------
 
     def _on_due(self, session_id: str, when: float) -> None:
-        registry = self._registry
-        session = registry.live.get(session_id)
-        if session is None and session_id in registry.dormant:
-            # A recovered session: load it; loading schedules its real deadline.
-            self._enqueue(lambda: self._load(session_id), f"jidoka:{session_id}:load")
-            return
+        session = self._registry.live.get(session_id)
         if session is None or session.timer_at != when or session.terminating:
             return
         session.timer_at = None

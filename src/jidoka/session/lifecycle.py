@@ -135,7 +135,9 @@ class Lifecycle:
         self, session: Session, created: dict[str, Any], started: float | None, name: str
     ) -> None:
         """Bring a new (or restored) session to life, to completion (see :meth:`_open`); the
-        caller has reserved its place (:meth:`SessionRegistry.reserve`)."""
+        caller has reserved its place (:meth:`SessionRegistry.reserve`). Until its commit is
+        done the id is *opening*: nobody loads it from the store meanwhile."""
+        self._registry.opening.add(session.session_id)
         await self._tasks.to_completion(
             self._open(session, created, started), name, inline=self.never_waits()
         )
@@ -164,6 +166,7 @@ class Lifecycle:
             registry.tombstones.pop(session.session_id, None)  # a restored one's
             registry.live[session.session_id] = session
         finally:
+            registry.opening.discard(session.session_id)
             registry.unreserve()
         try:
             self._idle.schedule(session, session.last_activity + state.config.idle_after_seconds)

@@ -3,9 +3,13 @@
 A facade. It keeps the verbs its callers use (create, find, list, terminate, save, restore, run a
 command) and the wiring, and hands each concern to a helper object with its own small state:
 
-- :class:`~.registry.SessionRegistry` — which sessions exist (live, dormant, remembered);
+- :class:`~.registry.SessionRegistry` — which sessions this node holds (loaded, remembered);
 - :class:`~.lifecycle.Lifecycle` — creation, workers and their crashes, termination;
-- :class:`~.recovery.Recovery` — loading from the store's log, recalling, rebuilding, snapshots;
+- :class:`~.recovery.Recovery` — finding and loading stored sessions by id, recalling ended
+  ones, rebuilding, snapshots;
+- :mod:`.listing` — listing what this node holds merged with the store's index, page by page;
+- :class:`~.sweep.QuietSweep` — loading the stored sessions nobody touches once they may be
+  due to time out;
 - :class:`~.saved.SavedSessions` — saved copies and restoring them;
 - :class:`~.idle.IdleReaper` — idle transitions and time-outs on one timer queue;
 - :class:`~.background.BackgroundTasks` — the tasks all of them start.
@@ -41,6 +45,7 @@ from .background import BackgroundTasks
 from .idle import IdleReaper
 from .info import SessionInfo
 from .lifecycle import Lifecycle
+from .listing import list_sessions
 from .postcommit import Step
 from .recovery import Recovery
 from .registry import SessionRegistry
@@ -52,6 +57,7 @@ from .state import REASON_REQUESTED as REASON_REQUESTED
 from .state import REASON_TIMEOUT as REASON_TIMEOUT
 from .state import Status
 from .supervisor import WorkerFactory
+from .sweep import QuietSweep
 from .timers import TimerQueue
 
 __all__ = ["SessionManager"]
@@ -70,7 +76,6 @@ class SessionManager:
             services.clock,
             registry,
             tasks,
-            load=self._load_quietly,
             save=self.save,
             terminate=self._terminate_quietly,
         )
@@ -81,17 +86,22 @@ class SessionManager:
             settings, services, registry, tasks, idle, lifecycle, terminate=self._terminate_quietly
         )
         self._saved = SavedSessions(services, telemetry, registry, lifecycle, recovery)
+        self._sweep = QuietSweep(
+            settings, services.store, services.clock, registry, tasks, load=self._load_quietly
+        )
         services.after_command = self._after_command
         services.on_fault = self._on_post_commit_fault
 
     # --- lifecycle of the manager -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Find the sessions the store kept alive (they load lazily), start the timers."""
+        """Start the timers. Nothing is read from the store: a stored session is found by id on
+        first use, listed from the store's index, and swept up if nobody touches it."""
         if self._registry.closed:
             raise RuntimeClosed("the session manager is closed")
         await self._recovery.start()
         self._idle.start()
+        self._sweep.start(self._recovery.started_at)
         self._registry.open()
 
     async def aclose(self) -> None:
@@ -101,12 +111,12 @@ class SessionManager:
         if registry.closed:
             return
         registry.closed = True
+        await self._sweep.aclose()
         await self._idle.aclose()
         for session in list(registry.live.values()):
             session.terminating = True
             await self._lifecycle.release(session)
         registry.live.clear()
-        registry.dormant.clear()
         await self._tasks.aclose()
 
     def check_open(self) -> None:
@@ -144,11 +154,9 @@ class SessionManager:
             raise InvalidArgument("reason must be a short non-empty string", argument="reason")
         sid = session_id if isinstance(session_id, str) else repr(session_id)
         session = registry.live.get(sid)
-        if session is None and sid in registry.dormant:
+        if session is None and sid not in registry.tombstones:
             session = await self._recovery.load(sid)
         if session is None:
-            if sid not in registry.tombstones:
-                await self._recovery.recall(sid)
             if sid in registry.tombstones:
                 raise InvalidTransition(sid, Status.TERMINATED, Status.TERMINATING)
             raise SessionNotFound(sid)
@@ -172,29 +180,30 @@ class SessionManager:
     def get(self, session_id: object) -> Session:
         """The loaded live session, or :class:`SessionTerminated` / :class:`SessionNotFound`.
 
-        A session recovered from the store but not loaded yet raises ``InvalidArgument``:
-        use :meth:`session`, which loads it.
+        A session the store holds that is not loaded yet is not found here: use
+        :meth:`session`, which looks it up and loads it.
         """
         return self._registry.get(session_id)
 
     async def session(self, session_id: object) -> Session:
-        """The live session, loading it from the store first if it was recovered at start-up."""
+        """The live session, looked up in the store and loaded on first use if this node has
+        not loaded it (once per id, however many callers ask at the same time)."""
         registry = self._registry
         registry.check_open()
         if isinstance(session_id, str):
             session = registry.live.get(session_id)
             if session is not None:
                 return session
-            if session_id in registry.dormant:
-                return await self._recovery.load(session_id)
             if session_id not in registry.tombstones:
-                await self._recovery.recall(session_id)
+                session = await self._recovery.load(session_id)
+                if session is not None:
+                    return session
         raise registry.missing(session_id if isinstance(session_id, str) else repr(session_id))
 
     async def _load_quietly(self, session_id: str) -> None:
-        # Queued by a timer; a client may have loaded (or ended) the session since.
+        # Queued by the sweep; a client may have loaded (or ended) the session since.
         registry = self._registry
-        if session_id not in registry.dormant and session_id not in registry.loading:
+        if session_id in registry.live or session_id in registry.tombstones:
             return
         with contextlib.suppress(SessionTerminated, SessionNotFound, RuntimeClosed):
             await self._recovery.load(session_id)
@@ -213,15 +222,19 @@ class SessionManager:
             return tombstone.info
 
     async def owner_of(self, session_id: object) -> str | None:
-        """The principal that owns a session (live, recovered or remembered), ``None`` if it
+        """The principal that owns a session (live, stored or remembered), ``None`` if it
         was created without one; ``SessionNotFound`` if there is no such session. Cheaper than
-        :meth:`info` on the server's hot path: it builds nothing, and a recovered session is
-        not loaded for it (the store recorded its owner), so checking access to someone
-        else's session costs that session nothing."""
+        :meth:`info` on the server's hot path: it builds nothing, and a stored session is not
+        loaded for it (one lookup of the owner the store recorded), so checking access to
+        someone else's session costs that session nothing."""
         if isinstance(session_id, str):
             found, owner = self._registry.owner_nowait(session_id)
             if found:
                 return owner
+            self.check_open()
+            stored = await self._recovery.find(session_id)
+            if stored is not None and stored.status != Status.TERMINATED.value:
+                return stored.owner
         return (await self.info(session_id)).owner
 
     async def list_sessions(
@@ -233,28 +246,27 @@ class SessionManager:
         owner: str | None = None,
     ) -> list[SessionInfo]:
         """Sessions in id (= creation) order, live and remembered, optionally by status and
-        by owner.
+        by owner: those this node holds merged with the pages of the store's index (see
+        :mod:`.listing`).
 
-        ``after`` (an id) and ``limit`` page through them. Recovered sessions not loaded yet
-        are ``idle``; only those on the returned page are loaded. With ``owner``, the others'
-        are passed over unloaded: the store recorded each recovered session's owner, so a
-        server listing one principal's sessions after a restart does not load everyone's.
+        ``after`` (an id) and ``limit`` page through them. Stored sessions not loaded yet
+        come back ``idle``; only those on the returned page are loaded. With ``owner``, the
+        store is asked for that owner's only, so a server listing one principal's sessions
+        after a restart neither reads nor loads anyone else's.
         """
         self.check_open()
-        ids = self._registry.page(status, limit=limit, after=after, owner=owner)
-        out: list[SessionInfo] = []
-        for sid in ids:
-            if limit is not None and len(out) >= limit:
-                break
-            with contextlib.suppress(SessionTerminated, SessionNotFound):  # corrupt on load
-                info = await self.info(sid)
-                # Checked again: what the session says once loaded is the truth.
-                if owner is None or info.owner == owner:
-                    out.append(info)
-        return out
+        return await list_sessions(
+            self._registry,
+            self.services.store,
+            self.info,
+            status,
+            limit=limit,
+            after=after,
+            owner=owner,
+        )
 
     def live_count(self) -> int:
-        """Live sessions, loaded or not."""
+        """Live sessions loaded on this node (stored ones not loaded yet are not counted)."""
         return self._registry.live_count()
 
     def live_ids(self) -> frozenset[str]:

@@ -1,12 +1,12 @@
-"""Between the log and the projection: loading recovered sessions, recalling ended ones, and
+"""Between the log and the projection: loading stored sessions, recalling ended ones, and
 rebuilding a projection that missed its events.
 
 The store's log is the truth and a projection is derived from it. This module holds every place
-where the manager goes back to the log for it: at start-up it finds the sessions a durable
-store kept alive (they stay *dormant*, loaded on first use or when their timer comes due, once
-however many callers ask); a session that was mid-turn or mid-termination when the process died
-is closed properly in the log; one that cannot be replayed is buried as terminated with
-``error``, alone; an id nobody remembers is looked up in the log and, if its session ended,
+where the manager goes back to the log for it. Start-up reads nothing: a session this node has
+not loaded is looked up by id in the store on first use (one indexed lookup, once however many
+callers ask at the same time) and loaded if it is live; a session that was mid-turn or
+mid-termination when the process died is then closed properly in the log; one that cannot be
+replayed is buried as terminated with ``error``, alone; one whose log ends in termination is
 remembered as a tombstone; a projection whose apply failed after a commit is rebuilt by
 replaying the log. It also writes the snapshots that keep a replay short.
 """
@@ -76,56 +76,78 @@ class Recovery:
         self._rebuilding: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
-        """Find the sessions the store kept alive, page by page; they load lazily."""
+        """Note when this node started; nothing is read from the store (sessions load lazily,
+        by id: :meth:`load`). A stored session's time-out counts from no earlier than this."""
         self._started_at = self._clock.monotonic()
-        # Their configs are unknown until loaded: look at them after the default idle period.
-        check = self._started_at + self._default_config.idle_after_seconds
-        found = 0
-        async for stored in self._services.store.live_sessions():
-            self._registry.dormant[stored.session_id] = stored
-            self._idle.watch(stored.session_id, check)
-            found += 1
-        if found:
-            logger.info("found %d live sessions in the store", found)
+
+    @property
+    def started_at(self) -> float:
+        return self._started_at
 
     # --- loading ----------------------------------------------------------------------------------
 
-    async def load(self, session_id: str) -> Session:
-        """Load a recovered session (once, however many callers ask at the same time)."""
-        loading = self._registry.loading
+    async def find(self, session_id: str) -> StoredSession | None:
+        """The store's head for a session this node may load: ``None`` for an id of the wrong
+        shape or one being opened here (neither is looked up)."""
+        if not is_session_id(session_id) or session_id in self._registry.opening:
+            return None
+        return await self._services.store.find_session(session_id)
+
+    async def load(self, session_id: str) -> Session | None:
+        """The live session, found in the store and loaded if this node has not loaded it:
+        once, however many callers ask at the same time (they share one lookup and one load).
+
+        ``None`` if there is no live session of that id: the store holds none, or holds one
+        that ended (then remembered as a tombstone, so :meth:`SessionRegistry.missing` answers
+        ``terminated`` with its reason). Raises :class:`SessionTerminated` if the session was
+        found but could not come back (corrupt, or caught mid-creation by a crash)."""
+        registry = self._registry
+        session = registry.live.get(session_id)
+        if session is not None:
+            return session
+        loading = registry.loading
         pending = loading.get(session_id)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
         loading[session_id] = future
         try:
-            session = await self._load_now(session_id)
+            found = await self._find_and_load(session_id)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: concurrent callers re-raise it themselves
             raise
         else:
-            future.set_result(session)
-            return session
+            future.set_result(found)
+            return found
         finally:
             del loading[session_id]
 
-    async def _load_now(self, session_id: str) -> Session:
-        dormant = self._registry.dormant
-        stored = dormant[session_id]
+    async def _find_and_load(self, session_id: str) -> Session | None:
+        registry = self._registry
+        stored = await self.find(session_id)
+        session = registry.live.get(session_id)
+        if session is not None:  # restored while the store was asked
+            return session
+        if stored is None or session_id in registry.opening or session_id in registry.tombstones:
+            return None
+        if stored.status == Status.TERMINATED.value:
+            await self._recall(session_id)
+            return None
+        return await self._load_now(session_id, stored)
+
+    async def _load_now(self, session_id: str, stored: StoredSession) -> Session:
         try:
             state, snapshot_seq = await load_state(self._services.store, session_id)
         except CorruptSession as exc:
             logger.error("%s", exc)
-            del dormant[session_id]
             await self._bury_corrupt(session_id, stored, str(exc))
             raise SessionTerminated(session_id, reason=REASON_ERROR) from exc
         session = Session(state, self._services)
         session.snapshot_seq = snapshot_seq
         if state.config == self._default_config:
             state.config = self._default_config
-        session.idle_since = self._started_at
-        del dormant[session_id]
+        session.idle_since = self._quiet_since(state)
         self._registry.live[session_id] = session
         status = state.status
         if status is Status.INITIALIZING:
@@ -142,10 +164,19 @@ class Recovery:
             self._tasks.spawn(self._finish_terminating(session), f"jidoka:{session_id}:terminate")
             return session
         await self._settle_loaded(session)
-        timeout = state.config.timeout_minutes
-        if timeout > 0:
-            self._idle.schedule(session, session.idle_since + timeout * 60)
+        self._idle.schedule_timeout(session)
         return session
+
+    def _quiet_since(self, state: SessionState) -> float:
+        """When, on this node's monotonic clock, a loaded session last did anything: its last
+        stored event, but never before this node started. A session nobody touched while the
+        node was down is not charged for the downtime (its time-out counts from the start, as
+        it always has), and one written by this node since counts from that write."""
+        now = self._clock.monotonic()
+        if state.updated_at is None:
+            return now
+        quiet = max(self._clock.time() - state.updated_at.timestamp(), 0.0)
+        return max(now - quiet, self._started_at)
 
     async def _settle_loaded(self, session: Session) -> None:
         """In one commit, what a session brought back from its log must record: an ``active``
@@ -217,29 +248,26 @@ class Recovery:
                 ],
             )
 
-    async def recall(self, session_id: str) -> None:
+    async def _recall(self, session_id: str) -> None:
         """Remember a session the store holds a terminated log for, as a tombstone.
 
         Tombstones live in memory and are bounded, but the durable log outlives both a restart
         and the tombstone's eviction: rebuilt from it, such a session still answers
         ``terminated`` with its reason (as the lifecycle contract says) instead of "not found".
-        One store lookup per unknown id of the right shape; the log is replayed only if the
-        store has one, and once (the tombstone then answers).
+        The log is replayed once (the tombstone then answers); one that cannot be replayed
+        leaves the id unknown.
         """
-        if not is_session_id(session_id):
-            return
         store = self._services.store
         try:
-            if await store.last_seq(session_id) == 0:
-                return
             state, _ = await load_state(store, session_id)
         except (CorruptSession, StoreError):
             return  # nothing trustworthy to remember: the id stays unknown
         if state.status is not Status.TERMINATED:
-            return  # not a finished session (a live one is never unknown)
-        if self._registry.known(session_id):
-            return  # restored or recovered while the log was read
-        self._registry.remember(state)
+            return  # restored while the log was read: not a finished session
+        registry = self._registry
+        if session_id in registry.live or session_id in registry.opening:
+            return  # restored while the log was read (this load is in ``loading`` itself)
+        registry.remember(state)
 
     # --- keeping the projection true to the log ---------------------------------------------------
 

@@ -1,12 +1,13 @@
-"""Which sessions exist: the live map, the recovered ones not loaded yet, and the tombstones.
+"""Which sessions this node holds: the loaded ones, those being loaded or opened, the tombstones.
 
-Every other part of the session manager asks here whether a session is live, dormant (found in
-the store at start-up and not loaded yet), being loaded, or terminated, and records here the
-moves between those. It holds no task and does no I/O, so a lookup never waits: what needs the
-store (loading a dormant session, recalling a terminated one from its log) is
-:mod:`.recovery`'s, on top of this. It also counts the sessions being created, so that
-``max_sessions`` holds while their first commits are in flight, and says whether the manager
-takes new work at all (started, not closed).
+Every other part of the session manager asks here whether a session is loaded, being loaded
+from the store, being opened (created or restored: its first commit in flight), or terminated,
+and records here the moves between those. It holds no task and does no I/O, so a lookup never
+waits. A session a durable store keeps but nobody has touched since this node started is in
+none of these: it is found by id on first use (:mod:`.recovery`) and listed from the store's
+index (:mod:`.listing`), so nothing here grows with the number of stored sessions. It also
+counts the sessions being created, so that ``max_sessions`` holds while their first commits are
+in flight, and says whether the manager takes new work at all (started, not closed).
 
 Terminated sessions leave a bounded, ordered set of tombstones (oldest dropped first), so that
 asking for one answers ``terminated`` with its reason instead of "not found".
@@ -27,7 +28,6 @@ from ..errors import (
     SessionNotFound,
     SessionTerminated,
 )
-from ..store.base import StoredSession
 from .info import Tombstone
 from .session import Session
 from .state import REASON_ERROR, SessionState, Status
@@ -43,18 +43,20 @@ class SessionRegistry:
         "_settings",
         "_started",
         "closed",
-        "dormant",
         "live",
         "loading",
+        "opening",
         "tombstones",
     )
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.live: dict[str, Session] = {}
-        # Sessions the store holds live logs for, found at start-up and not loaded yet.
-        self.dormant: dict[str, StoredSession] = {}
-        self.loading: dict[str, asyncio.Future[Session]] = {}
+        # Sessions being loaded from the store (None: found to be no live session).
+        self.loading: dict[str, asyncio.Future[Session | None]] = {}
+        # Sessions whose creation or restore is committing: a lookup must not load them from
+        # the store meanwhile (that would make a second Session of the same log).
+        self.opening: set[str] = set()
         self.tombstones: OrderedDict[str, Tombstone] = OrderedDict()
         self._creating = 0  # sessions reserved and not live yet (see reserve)
         self._started = False
@@ -71,7 +73,12 @@ class SessionRegistry:
 
     def reserve(self) -> None:
         """Count a session about to be created against ``max_sessions``; :meth:`unreserve`
-        once its creation has committed (it is then live) or failed."""
+        once its creation has committed (it is then live) or failed.
+
+        ``max_sessions`` bounds what this node holds in memory: the sessions loaded here and
+        those being created. Sessions a durable store keeps but this node has not loaded do not
+        count (a node started against a million of them can still create one), and loading a
+        stored session on first use is never refused: it exists already."""
         limit = self._settings.max_sessions
         count = self.live_count() + self._creating
         if count >= limit:
@@ -84,20 +91,14 @@ class SessionRegistry:
     # --- lookup -----------------------------------------------------------------------------------
 
     def get(self, session_id: object) -> Session:
-        """The loaded live session, or :class:`SessionTerminated` / :class:`SessionNotFound`.
-
-        A session recovered from the store but not loaded yet raises ``InvalidArgument``.
-        """
+        """The loaded live session, or :class:`SessionTerminated` / :class:`SessionNotFound`
+        (also for a session the store holds that is not loaded yet: never waits, so it cannot
+        ask the store; ``SessionManager.session`` does)."""
         self.check_open()
         session = self.live.get(session_id) if isinstance(session_id, str) else None
         if session is not None:
             return session
-        sid = session_id if isinstance(session_id, str) else repr(session_id)
-        if sid in self.dormant:
-            raise InvalidArgument(
-                "the session is stored but not loaded yet", argument="session_id", session_id=sid
-            )
-        raise self.missing(sid)
+        raise self.missing(session_id if isinstance(session_id, str) else repr(session_id))
 
     def missing(self, sid: str) -> JidokaError:
         """The error for an id that names no live session."""
@@ -107,32 +108,22 @@ class SessionRegistry:
         return SessionNotFound(sid)
 
     def known(self, session_id: str) -> bool:
-        """Whether the id names a live session, loaded, dormant or being loaded."""
-        return session_id in self.live or session_id in self.dormant or session_id in self.loading
+        """Whether the id names a session this node holds: loaded, being loaded or opened."""
+        return session_id in self.live or session_id in self.loading or session_id in self.opening
 
     def owner_nowait(self, session_id: str) -> tuple[bool, str | None]:
-        """``(True, owner)`` if the registry knows the session's owner without loading it: a
-        live session's, the one the store recorded for a dormant one, a tombstone's."""
+        """``(True, owner)`` if the registry knows the session's owner: a loaded session's, a
+        tombstone's (a stored one's is the store's to tell)."""
         session = self.live.get(session_id)
         if session is not None:
             return True, session.state.owner
-        stored = self.dormant.get(session_id)
-        if stored is not None:
-            return True, stored.owner
         tombstone = self.tombstones.get(session_id)
         if tombstone is not None:
             return True, tombstone.info.owner
         return False, None
 
-    def page(
-        self, status: object, *, limit: int | None, after: str | None, owner: str | None
-    ) -> list[str]:
-        """The ids a listing looks at, in id (= creation) order: live, dormant and remembered,
-        by status and owner, those after ``after``. ``limit`` is checked here and applied by
-        the caller, which loads the sessions on the page (see ``SessionManager.list_sessions``).
-
-        A dormant session counts as ``idle``; its owner is the one the store recorded.
-        """
+    def listing_filter(self, status: object, *, limit: object, after: object) -> Status | None:
+        """Check a listing's arguments; the status it asks for (``None``: any)."""
         wanted: Status | None = None
         if status is not None:
             try:
@@ -148,6 +139,12 @@ class SessionRegistry:
             )
         if after is not None and not isinstance(after, str):
             raise InvalidArgument("after must be a session id", argument="after")
+        return wanted
+
+    def page(self, wanted: Status | None, *, after: str | None, owner: str | None) -> list[str]:
+        """The ids this node holds that a listing looks at, in id (= creation) order: loaded
+        sessions by their status and owner in memory, tombstones, those after ``after``.
+        What a durable store holds beyond them is merged in by :mod:`.listing`."""
         ids: list[str] = []
         if wanted is not Status.TERMINATED:
             ids.extend(
@@ -156,12 +153,6 @@ class SessionRegistry:
                 if (wanted is None or session.state.status is wanted)
                 and (owner is None or session.state.owner == owner)
             )
-            if wanted is None or wanted is Status.IDLE:
-                ids.extend(
-                    sid
-                    for sid, stored in self.dormant.items()
-                    if owner is None or stored.owner == owner
-                )
         if wanted is None or wanted is Status.TERMINATED:
             ids.extend(
                 sid
@@ -174,11 +165,13 @@ class SessionRegistry:
         return ids
 
     def live_count(self) -> int:
-        """Live sessions, loaded or not."""
-        return len(self.live) + len(self.dormant)
+        """Live sessions loaded on this node (what ``max_sessions`` bounds, with those being
+        created)."""
+        return len(self.live)
 
     def live_ids(self) -> frozenset[str]:
-        return frozenset(self.live).union(self.dormant)
+        """The ids of the live sessions loaded on this node."""
+        return frozenset(self.live)
 
     def tombstone_ids(self) -> frozenset[str]:
         return frozenset(self.tombstones)

@@ -67,6 +67,9 @@ class SavedSessions:
             raise SessionExists(session_id)
         store = self._services.store
         with guarded_span(self._telemetry, "restore_session", session_id):
+            stored = await store.find_session(session_id)
+            if stored is not None and stored.status != Status.TERMINATED.value:
+                raise SessionExists(session_id)  # live in the store, not loaded here yet
             found = await store.load_saved(session_id)
             if found is None:
                 raise SessionNotFound(session_id)
@@ -77,7 +80,7 @@ class SavedSessions:
                 raise CorruptSession(str(exc), session_id=session_id) from exc
             registry.reserve()
             try:
-                if session_id in registry.live or session_id in registry.dormant:
+                if registry.known(session_id):
                     raise SessionExists(session_id)
                 state = SessionState(session_id)
                 state.seq = await store.last_seq(session_id)

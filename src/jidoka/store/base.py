@@ -14,12 +14,14 @@ Two promises every implementation keeps:
 
 Nothing here assumes the store shares the process's memory: every call that may go to disk or
 over the network is a coroutine (or, for the session's commit, hands back something to await),
-results are values, and start-up reads the live sessions page by page (``live_sessions``).
+results are values, and start-up reads no list of sessions: a session is found by id on first
+use (``find_session``), listed a page at a time from an index (``list_sessions``), and one left
+quiet past its time-out is found by another index (``quiet_sessions``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -44,12 +46,12 @@ __all__ = [
 #: committed, with the error if nothing of it was stored.
 OnCommitted = Callable[[BaseException | None], None]
 
-#: How many live sessions ``live_sessions`` reads at a time by default.
+#: How many sessions ``list_sessions`` and ``quiet_sessions`` return at most by default.
 LIVE_SESSIONS_PAGE: Final = 500
 
 
 class StoredSession(msgspec.Struct, frozen=True):
-    """A session the store holds a live (not terminated) log for, as found at start-up."""
+    """A session's head as the store keeps it: what is known of it without replaying its log."""
 
     session_id: str
     status: str
@@ -57,6 +59,10 @@ class StoredSession(msgspec.Struct, frozen=True):
     #: The principal that owns the session (``None``: created without one). Kept beside the
     #: status so that listing one principal's sessions after a restart needs no session loaded.
     owner: str | None = None
+    #: When the session's status last changed (the time of the event that changed it); a store
+    #: may also move it on later appends. The runtime uses it only as a lower bound of how long
+    #: the session has been quiet (``quiet_sessions``), so either is right.
+    updated_at: datetime | None = None
 
 
 class SavedSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,15 +187,6 @@ class SessionStore(Protocol):
         """The newest snapshot ``(seq, state)``, or ``None``."""
         ...
 
-    def live_sessions(self, *, page_size: int = LIVE_SESSIONS_PAGE) -> AsyncIterator[StoredSession]:
-        """Sessions whose log does not end in termination (what comes back after a restart),
-        by session id, each with its status, last seq and owner: the owner as recorded by the
-        session's latest ``session_created`` event (its saved copy's, for a restored one).
-
-        Read ``page_size`` at a time, each page starting after the last id of the one before,
-        so start-up never asks for (nor holds in one answer) every stored session at once."""
-        ...
-
     async def find_session(self, session_id: str) -> StoredSession | None:
         """The session's head as stored (status, last seq, owner), terminated ones included;
         ``None`` if the store holds no log for it. One indexed lookup: how a session that is not
@@ -207,7 +204,22 @@ class SessionStore(Protocol):
         """One page of stored sessions by id (those after ``after``, at most ``limit``):
         ``owner`` ``None`` means any owner; ``status`` ``None`` means every status but
         ``terminated``, else exactly that one. Served from an index (owner, status, id), so a
-        page costs the same among a million sessions as among ten."""
+        page costs the same among a million sessions as among ten. ``limit`` below 1 raises
+        ``ValueError``."""
+        ...
+
+    async def quiet_sessions(
+        self,
+        before: datetime,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        """One page of the sessions not terminated whose ``updated_at`` is before ``before``,
+        oldest first (by ``(updated_at, session_id)``, those after the cursor ``after``), at
+        most ``limit``. Served from an index on ``(updated_at, session_id)`` of the sessions not
+        terminated: how a node finds the stored sessions nobody touched for longer than a
+        time-out, without listing every session. ``limit`` below 1 raises ``ValueError``."""
         ...
 
     async def save(self, saved: SavedSession, state: bytes) -> None:

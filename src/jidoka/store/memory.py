@@ -11,11 +11,13 @@ how many it missed). A terminated session's log is freed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from datetime import datetime
 
 from ..errors import RuntimeClosed
-from ..events import Event
+from ..events import Event, EventType
 from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, SeqConflict, StoredSession
+from .heads import created_owner, status_after
 
 __all__ = ["MemoryStore"]
 
@@ -25,6 +27,25 @@ __all__ = ["MemoryStore"]
 _SHORT = 16
 
 _Events = list[Event] | tuple[Event, ...]
+
+
+def _head(session_id: str, log: _Events) -> StoredSession:
+    """A session's head, read from the end of its log (the latest status change, then the
+    latest ``session_created`` for the owner): this store keeps no head beside the log, so an
+    idle session costs no more than its events. A log trimmed past its ``session_created``
+    reports no owner."""
+    status: str | None = None
+    updated: datetime | None = None
+    owner = None
+    for event in reversed(log):
+        if status is None:
+            status = status_after(None, event)
+            if status is not None:
+                updated = event.time
+        if event.type == EventType.SESSION_CREATED:
+            owner = created_owner(event.data)
+            break
+    return StoredSession(session_id, status or "active", log[-1].seq, owner, updated)
 
 
 class MemoryStore:
@@ -100,16 +121,55 @@ class MemoryStore:
     async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
         return self._snapshots.get(session_id)
 
-    async def live_sessions(
-        self, *, page_size: int = LIVE_SESSIONS_PAGE
-    ) -> AsyncIterator[StoredSession]:
-        """None: a new process starts with an empty memory store, and nothing outlives it."""
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
+    async def find_session(self, session_id: str) -> StoredSession | None:
+        log = self._logs.get(session_id)
+        return None if log is None else _head(session_id, log)
+
+    async def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        """Sorted and filtered here, in O(sessions) per page: the runtime never pages through
+        this store (all its sessions live in this process), so no index is kept for it."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
         self._check_open(None)
-        nothing: tuple[StoredSession, ...] = ()
-        for stored in nothing:
-            yield stored
+        out: list[StoredSession] = []
+        for sid in sorted(self._logs):
+            if after is not None and sid <= after:
+                continue
+            head = _head(sid, self._logs[sid])
+            if status is None and head.status == "terminated":
+                continue
+            if (status is None or head.status == status) and (owner is None or head.owner == owner):
+                out.append(head)
+                if len(out) == limit:
+                    break
+        return out
+
+    async def quiet_sessions(
+        self,
+        before: datetime,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._check_open(None)
+        heads = [_head(sid, log) for sid, log in self._logs.items()]
+        found = sorted(
+            (head.updated_at, head.session_id, head)
+            for head in heads
+            if head.status != "terminated"
+            and head.updated_at is not None
+            and head.updated_at < before
+        )
+        return [head for when, sid, head in found if after is None or (when, sid) > after][:limit]
 
     async def save(self, saved: SavedSession, state: bytes) -> None:
         self._check_open(saved.session_id)

@@ -32,7 +32,7 @@ bounds both the one-session and the many-session rate here (``docs/performance.m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
@@ -50,9 +50,11 @@ from .base import (
     StoredSession,
     StoreUnavailable,
 )
+from .heads import created_owner, status_after
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
+from .postgres_sql import Statements
 from .postgres_writer import PgAppend, PgWriter
-from .sqlite_schema import created_owner, decode_object, encode, status_after
+from .sqlite_schema import decode_object, encode
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "SchemaError", "is_postgres_dsn"]
 
@@ -102,7 +104,7 @@ class PostgresStore:
         self._writer = PgWriter(schema, self._connect_writer, command_timeout=command_timeout)
         self._pool: _Pool | None = None
         self._state: Literal["new", "open", "closed"] = "new"
-        self._q = _Statements(schema)
+        self._q = Statements(f'"{self.schema}"')
 
     @property
     def commits(self) -> int:
@@ -263,6 +265,7 @@ class PostgresStore:
         times: list[datetime] = []
         data: list[bytes] = []
         status: str | None = None
+        status_at: datetime | None = None
         created = False
         owner = None
         for offset, event in enumerate(events):
@@ -271,14 +274,28 @@ class PostgresStore:
             types.append(event.type.value)
             times.append(event.time)
             data.append(encode(event.data))
-            status = status_after(status, event)
+            after = status_after(status, event)
+            if after is not status:
+                status, status_at = after, event.time
             if event.type == EventType.SESSION_CREATED:
                 created, owner = True, created_owner(event.data)
         if first < 1:
             raise SeqConflict(session_id, 1, first)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writer.put(
-            PgAppend(session_id, first, types, times, data, status, created, owner, on_done, future)
+            PgAppend(
+                session_id,
+                first,
+                types,
+                times,
+                data,
+                status,
+                status_at,
+                created,
+                owner,
+                on_done,
+                future,
+            )
         )
         return future
 
@@ -408,7 +425,7 @@ class PostgresStore:
         limit: int = LIVE_SESSIONS_PAGE,
     ) -> list[StoredSession]:
         if not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer, not {limit!r}")
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
         query = self._q.listing(owner is not None, status is not None)
         params: list[Any] = [] if owner is None else [owner]
         if status is not None:
@@ -416,19 +433,20 @@ class PostgresStore:
         params += [after or "", limit]
         return [_stored(row) for row in await self._fetch(None, query, *params)]
 
-    async def live_sessions(
-        self, *, page_size: int = LIVE_SESSIONS_PAGE
-    ) -> AsyncIterator[StoredSession]:
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        after = ""
-        while True:
-            page = await self.list_sessions(after=after, limit=page_size)
-            for stored in page:
-                yield stored
-            if len(page) < page_size:
-                return
-            after = page[-1].session_id
+    async def quiet_sessions(
+        self,
+        before: datetime,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        if after is None:
+            rows = await self._fetch(None, self._q.quiet_first, before, limit)
+        else:
+            rows = await self._fetch(None, self._q.quiet_after, before, after[0], after[1], limit)
+        return [_stored(row) for row in rows]
 
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
         rows = await self._fetch(session_id, self._q.load_saved, session_id)
@@ -450,8 +468,8 @@ class PostgresStore:
 
 
 def _stored(row: Any) -> StoredSession:
-    session_id, status, last_seq, owner = row[:4]
-    return StoredSession(session_id, status, int(last_seq), owner)
+    session_id, status, last_seq, owner, updated_at = row
+    return StoredSession(session_id, status, int(last_seq), owner, updated_at)
 
 
 def _saved(row: Any) -> SavedSession:
@@ -467,64 +485,3 @@ def _saved(row: Any) -> SavedSession:
         metadata=meta,
         owner=owner,
     )
-
-
-class _Statements:
-    """Every statement but the writer's, with the schema written in once (its name is checked
-    by ``check_schema_name``: plain lower-case identifier characters)."""
-
-    def __init__(self, schema: str) -> None:
-        s = f'"{schema}"'
-        self.events = (
-            f"SELECT seq, type, time, data FROM {s}.events WHERE session_id = $1 AND seq > $2"
-            " ORDER BY seq LIMIT $3"
-        )
-        self.head = (
-            f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE session_id = $1"
-        )
-        self.take = (
-            f"UPDATE {s}.sessions SET fence = fence + 1 WHERE session_id = $1 RETURNING fence"
-        )
-        self.read_snapshot = f"SELECT seq, state FROM {s}.snapshots WHERE session_id = $1"
-        # A snapshot of a session whose log is closed (terminated meanwhile) is not kept.
-        self.snapshot = (
-            f"INSERT INTO {s}.snapshots (session_id, seq, state)"
-            f" SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {s}.sessions"
-            "  WHERE session_id = $1 AND status <> 'terminated')"
-            " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state"
-            " WHERE excluded.seq > snapshots.seq"
-        )
-        self.save = (
-            f"INSERT INTO {s}.saved_sessions"
-            " (session_id, saved_at, message_count, metadata, owner, state)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id) DO UPDATE SET"
-            " saved_at = excluded.saved_at, message_count = excluded.message_count,"
-            " metadata = excluded.metadata, owner = excluded.owner, state = excluded.state"
-        )
-        self.delete_saved = f"DELETE FROM {s}.saved_sessions WHERE session_id = $1"
-        self.load_saved = (
-            "SELECT session_id, saved_at, message_count, metadata, owner, state"
-            f" FROM {s}.saved_sessions WHERE session_id = $1"
-        )
-        self.list_saved = (
-            "SELECT session_id, saved_at, message_count, metadata, owner"
-            f" FROM {s}.saved_sessions ORDER BY session_id"
-        )
-        self._listings: dict[tuple[bool, bool], str] = {}
-        for by_owner in (False, True):
-            for by_status in (False, True):
-                where = ["owner = $1"] if by_owner else []
-                if by_status:
-                    where.append(f"status = ${len(where) + 1}")
-                else:
-                    where.append("status <> 'terminated'")
-                n = len([w for w in where if "$" in w])
-                where.append(f"session_id > ${n + 1}")
-                self._listings[by_owner, by_status] = (
-                    f"SELECT session_id, status, last_seq, owner FROM {s}.sessions WHERE "
-                    + " AND ".join(where)
-                    + f" ORDER BY session_id LIMIT ${n + 2}"
-                )
-
-    def listing(self, by_owner: bool, by_status: bool) -> str:
-        return self._listings[by_owner, by_status]

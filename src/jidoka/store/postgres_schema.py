@@ -65,6 +65,8 @@ CREATE INDEX sessions_owner_live ON {schema}.sessions (owner, session_id)
     WHERE status <> 'terminated';
 CREATE INDEX sessions_status ON {schema}.sessions (status, session_id);
 CREATE INDEX sessions_owner_status ON {schema}.sessions (owner, status, session_id);
+CREATE INDEX sessions_quiet ON {schema}.sessions (updated_at, session_id)
+    WHERE status <> 'terminated';
 CREATE TABLE {schema}.events (
     session_id text NOT NULL,
     seq bigint NOT NULL,

@@ -37,6 +37,14 @@ import asyncpg
 from ..errors import StoreError
 from .base import OnCommitted, OwnershipLost, SeqConflict, StoreUnavailable
 from .postgres_schema import UNAVAILABLE
+from .postgres_sql import (
+    append_one,
+    group_params,
+    group_statement,
+    one_params,
+    session_params,
+    session_statement,
+)
 
 __all__ = ["PgAppend", "PgWriter"]
 
@@ -62,6 +70,7 @@ class PgAppend:
         "resent",
         "session_id",
         "status",
+        "status_at",
         "times",
         "types",
     )
@@ -74,6 +83,7 @@ class PgAppend:
         times: list[datetime],
         data: list[bytes],
         status: str | None,
+        status_at: datetime | None,
         created: bool,
         owner: str | None,
         on_done: OnCommitted | None,
@@ -86,6 +96,8 @@ class PgAppend:
         self.times = times
         self.data = data
         self.status = status
+        #: The time of the last event that changed the status (the head's ``updated_at``).
+        self.status_at = status_at
         self.created = created
         self.owner = owner
         self.on_done = on_done
@@ -137,7 +149,15 @@ class PgWriter:
         self.commits = 0
         self.batched_requests = 0
         q = f'"{schema}"'  # checked by check_schema_name
-        self._statement = _GROUP_STATEMENT.replace("{s}", q)
+        self._append_one = append_one(q)
+        self._statements = {
+            (several, creates, ends): (group_statement if several else session_statement)(
+                q, creates=creates, ends=ends
+            )
+            for several in (False, True)
+            for creates in (False, True)
+            for ends in (False, True)
+        }
         self._heads = (
             f"SELECT session_id, last_seq, fence FROM {q}.sessions WHERE session_id = ANY($1)"
         )
@@ -236,9 +256,8 @@ class PgWriter:
             self._fail(chains, exc)
             return
         try:
-            rows = await conn.fetch(
-                self._statement, *_params(chains), timeout=self._command_timeout
-            )
+            query, params = self._statement_for(chains)
+            rows = await conn.fetch(query, *params, timeout=self._command_timeout)
         except UNAVAILABLE as exc:
             # Sent, perhaps committed: find out before anyone is told anything.
             logger.warning(
@@ -261,6 +280,28 @@ class PgWriter:
         self.commits += 1
         self.batched_requests += len(group)
         await self._settle(chains, {row[0]: int(row[1]) for row in rows})
+
+    def _statement_for(self, chains: list[_Chain]) -> tuple[str, tuple[Any, ...]]:
+        """The smallest statement that covers the group (see :mod:`.postgres_sql`)."""
+        creates = ends = False
+        for chain in chains:
+            if chain.first == 1:
+                creates = True
+            for append in chain.appends:
+                if append.status == "terminated":
+                    ends = True
+        if len(chains) == 1:
+            chain = chains[0]
+            first = chain.appends[0]
+            simple = not (creates or ends or first.created)
+            if simple and len(chain.appends) == 1 and len(first.types) == 1:
+                return self._append_one, one_params(chain.session_id, chain.fence, first)
+            return self._statements[False, creates, ends], session_params(
+                chain.session_id, chain.fence, chain.appends
+            )
+        return self._statements[True, creates, ends], group_params(
+            [(chain.session_id, chain.fence, chain.appends) for chain in chains]
+        )
 
     async def _settle(self, chains: list[_Chain], applied: dict[str, int]) -> None:
         refused = [chain for chain in chains if chain.session_id not in applied]
@@ -293,8 +334,9 @@ class PgWriter:
             head = heads.get(sid)
             error: StoreError
             if head is not None and chain.fence and head[1] != chain.fence:
+                # The stale fence stays held: every later append is refused the same way,
+                # until this store takes the session back (``take``) or releases it.
                 error = OwnershipLost(sid, chain.fence, head[1])
-                self.fences.pop(sid, None)
             else:
                 last = head[0] if head is not None else 0
                 error = SeqConflict(sid, last + 1, chain.first)
@@ -400,88 +442,3 @@ def _unavailable(session_id: str, cause: BaseException | None = None) -> StoreUn
         f"retry{detail}",
         session_id=session_id,
     )
-
-
-def _params(chains: list[_Chain]) -> tuple[list[Any], ...]:
-    sids: list[str] = []
-    expected: list[int] = []
-    fences: list[int] = []
-    lasts: list[int] = []
-    statuses: list[str] = []
-    created: list[bool] = []
-    owners: list[str] = []
-    e_sids: list[str] = []
-    e_seqs: list[int] = []
-    e_types: list[str] = []
-    e_times: list[datetime] = []
-    e_data: list[bytes] = []
-    for chain in chains:
-        sid = chain.session_id
-        status = ""
-        is_created = False
-        owner = ""
-        for append in chain.appends:
-            if append.status is not None:
-                status = append.status
-            if append.created:
-                is_created, owner = True, append.owner or ""
-            count = len(append.types)
-            e_sids.extend([sid] * count)
-            e_seqs.extend(range(append.first, append.last + 1))
-            e_types.extend(append.types)
-            e_times.extend(append.times)
-            e_data.extend(append.data)
-        sids.append(sid)
-        expected.append(chain.first - 1)
-        fences.append(chain.fence)
-        lasts.append(chain.last)
-        statuses.append(status)
-        created.append(is_created)
-        owners.append(owner)
-    return (
-        sids, expected, fences, lasts, statuses, created, owners,
-        e_sids, e_seqs, e_types, e_times, e_data,
-    )  # fmt: skip
-
-
-#: One group's statement. ``b``: one row per session (expected last seq, fence held or 0,
-#: new last seq, new status or '', whether it holds a session_created, its owner or '').
-_GROUP_STATEMENT: Final = """
-WITH b AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
-                         $6::bool[], $7::text[])
-        AS b(session_id, expected, fence, last_seq, status, created, owner)
-),
-upd AS (
-    UPDATE {s}.sessions AS h
-    SET last_seq = b.last_seq,
-        status = coalesce(nullif(b.status, ''), h.status),
-        owner = CASE WHEN b.created THEN nullif(b.owner, '') ELSE h.owner END,
-        updated_at = now()
-    FROM b
-    WHERE h.session_id = b.session_id AND h.last_seq = b.expected AND b.expected > 0
-      AND (b.fence = 0 OR h.fence = b.fence)
-    RETURNING h.session_id, h.fence, h.status
-),
-ins AS (
-    INSERT INTO {s}.sessions AS h (session_id, last_seq, status, owner, fence)
-    SELECT b.session_id, b.last_seq, coalesce(nullif(b.status, ''), 'initializing'),
-           nullif(b.owner, ''), 1
-    FROM b WHERE b.expected = 0
-    ON CONFLICT (session_id) DO NOTHING
-    RETURNING h.session_id, h.fence, h.status
-),
-ok AS (SELECT * FROM upd UNION ALL SELECT * FROM ins),
-ev AS (
-    INSERT INTO {s}.events (session_id, seq, type, time, data)
-    SELECT e.session_id, e.seq, e.type, e.time, e.data
-    FROM unnest($8::text[], $9::bigint[], $10::text[], $11::timestamptz[], $12::bytea[])
-        AS e(session_id, seq, type, time, data)
-    WHERE e.session_id IN (SELECT session_id FROM ok)
-),
-ended AS (
-    DELETE FROM {s}.snapshots
-    WHERE session_id IN (SELECT session_id FROM ok WHERE status = 'terminated')
-)
-SELECT session_id, fence FROM ok
-"""

@@ -21,7 +21,8 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import msgspec
@@ -289,29 +290,78 @@ class SqliteStore:
         result: tuple[int, bytes] | None = await self._read(session_id, run)
         return result
 
-    async def live_sessions(
-        self, *, page_size: int = LIVE_SESSIONS_PAGE
-    ) -> AsyncIterator[StoredSession]:
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        after = ""
-        while True:
+    #: A stored session's head: its summary row and the end of its log (the events' unique
+    #: index answers ``max(seq)`` with one seek).
+    _HEAD: Final = (
+        "SELECT session_id, status, (SELECT max(seq) FROM events AS e"
+        " WHERE e.session_id = s.session_id), owner, updated_us FROM sessions AS s"
+    )
 
-            def run(conn: sqlite3.Connection, after: str = after) -> list[tuple[Any, ...]]:
-                return conn.execute(
-                    "SELECT session_id, status, (SELECT max(seq) FROM events AS e"
-                    " WHERE e.session_id = s.session_id), owner FROM sessions AS s"
-                    " WHERE status != 'terminated' AND session_id > ?"
-                    " ORDER BY session_id LIMIT ?",
-                    (after, page_size),
-                ).fetchall()
+    @staticmethod
+    def _heads(rows: list[tuple[Any, ...]]) -> list[StoredSession]:
+        return [
+            StoredSession(sid, status, last or 0, owner, from_us(updated))
+            for sid, status, last, owner, updated in rows
+        ]
 
-            rows: list[tuple[Any, ...]] = await self._read(None, run)
-            for sid, status, last, owner in rows:
-                yield StoredSession(sid, status, last or 0, owner)
-            if len(rows) < page_size:
-                return
-            after = rows[-1][0]
+    async def find_session(self, session_id: str) -> StoredSession | None:
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            sql = f"{self._HEAD} WHERE session_id = ?"
+            return conn.execute(sql, (session_id,)).fetchall()
+
+        found = self._heads(await self._read(session_id, run))
+        return found[0] if found else None
+
+    async def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        """Each combination of filters reads one range of its own index (``sqlite_schema``):
+        the literal ``status != 'terminated'`` is what lets SQLite use the partial ones."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where = ["session_id > ?"]
+        args: list[object] = [after or ""]
+        if status is None:
+            where.append("status != 'terminated'")
+        else:
+            where.append("status = ?")
+            args.append(status)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        sql = f"{self._HEAD} WHERE {' AND '.join(where)} ORDER BY session_id LIMIT ?"
+        args.append(limit)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(sql, args).fetchall()
+
+        return self._heads(await self._read(None, run))
+
+    async def quiet_sessions(
+        self,
+        before: datetime,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int = LIVE_SESSIONS_PAGE,
+    ) -> list[StoredSession]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start_us, start_id = (to_us(after[0]), after[1]) if after is not None else (-1, "")
+        sql = (
+            f"{self._HEAD} WHERE status != 'terminated' AND updated_us < ?"
+            " AND (updated_us, session_id) > (?, ?) ORDER BY updated_us, session_id LIMIT ?"
+        )
+        args = (to_us(before), start_us, start_id, limit)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(sql, args).fetchall()
+
+        return self._heads(await self._read(None, run))
 
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
         def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:

@@ -17,6 +17,7 @@ import msgspec
 from ..errors import StoreError
 from ..events import Event, EventType
 from .base import SchemaError
+from .heads import created_owner, status_after
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -31,7 +32,7 @@ __all__ = [
     "to_us",
 ]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -50,7 +51,6 @@ CREATE TABLE sessions (
     updated_us INTEGER NOT NULL,
     owner TEXT
 ) WITHOUT ROWID;
-CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated';
 CREATE TABLE snapshots (
     session_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -64,6 +64,18 @@ CREATE TABLE saved_sessions (
     state BLOB NOT NULL,
     owner TEXT
 );
+"""
+
+
+#: The indexes the ``sessions`` table is read through (version 5): a session found or listed,
+#: or the quiet ones found, costs one index range however many sessions are stored (and however
+#: many of them are terminated: the partial indexes hold only the others).
+_SESSION_INDEXES: Final = """
+CREATE INDEX sessions_live ON sessions (session_id) WHERE status != 'terminated';
+CREATE INDEX sessions_by_status ON sessions (status, session_id);
+CREATE INDEX sessions_by_owner ON sessions (owner, session_id) WHERE status != 'terminated';
+CREATE INDEX sessions_by_owner_status ON sessions (owner, status, session_id);
+CREATE INDEX sessions_quiet ON sessions (updated_us, session_id) WHERE status != 'terminated';
 """
 
 
@@ -85,28 +97,6 @@ def max_seq(conn: sqlite3.Connection, session_id: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def status_after(status: str | None, event: Event) -> str | None:
-    """The session's status once ``event`` is stored (``status`` if it does not change it)."""
-    if event.type == EventType.SESSION_CREATED or event.type == EventType.SESSION_STATUS:
-        value = event.data.get("status")
-        return value if isinstance(value, str) else status
-    if event.type == EventType.SESSION_TERMINATED:
-        return "terminated"
-    return status
-
-
-def created_owner(data: dict[str, Any]) -> str | None:
-    """The owner a ``session_created`` event's data records: its own ``owner`` for a new
-    session, its saved copy's (``state``) for a restored one; ``None`` for anything else, so a
-    malformed event never stops a write or a migration (loading the session will judge it)."""
-    saved = data.get("state")
-    if saved is not None:
-        owner = saved.get("owner") if isinstance(saved, dict) else None
-    else:
-        owner = data.get("owner")
-    return owner if isinstance(owner, str) else None
-
-
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the database to :data:`SCHEMA_VERSION` in one transaction (or refuse)."""
     try:
@@ -125,6 +115,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                 if tables:
                     raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
                 _execute_script(conn, _SCHEMA)
+                _execute_script(conn, _SESSION_INDEXES)
             elif version == 1:
                 _migrate_from_v1(conn)  # rebuilds every table in its current form
             else:
@@ -136,6 +127,11 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                     # v4: so do live sessions, so the owner is known without loading them.
                     conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
                     _backfill_session_owners(conn)
+                if version < 5:
+                    # v5: sessions are found, listed and swept through indexes, not read whole
+                    # at start-up (v2-v4's index on the status alone is replaced).
+                    conn.execute("DROP INDEX IF EXISTS sessions_live")
+                    _execute_script(conn, _SESSION_INDEXES)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -182,6 +178,7 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     """
     conn.execute("ALTER TABLE events RENAME TO events_v1")
     _execute_script(conn, _SCHEMA)
+    _execute_script(conn, _SESSION_INDEXES)
     rows = conn.execute(
         "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
     ).fetchall()

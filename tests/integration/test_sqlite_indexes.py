@@ -1,0 +1,104 @@
+"""The SQLite store finds, lists and sweeps sessions through indexes (schema version 5), on a
+new database and on one migrated from every older version."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from jidoka.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+pytestmark = pytest.mark.stores("sqlite")
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+INDEXES = {
+    "sessions_live",
+    "sessions_by_status",
+    "sessions_by_owner",
+    "sessions_by_owner_status",
+    "sessions_quiet",
+}
+
+
+def plans(path: Path) -> list[str]:
+    """How SQLite reads the ``sessions`` table for each query the store makes of it."""
+    head = SqliteStore._HEAD
+    queries: list[tuple[str, tuple[object, ...]]] = [
+        (f"{head} WHERE session_id = ?", ("x",)),
+        (f"{head} WHERE session_id > ? AND status != 'terminated'", ("",)),
+        (f"{head} WHERE session_id > ? AND status = ?", ("", "idle")),
+        (f"{head} WHERE session_id > ? AND status != 'terminated' AND owner = ?", ("", "a")),
+        (f"{head} WHERE session_id > ? AND status = ? AND owner = ?", ("", "idle", "a")),
+    ]
+    order = " ORDER BY session_id LIMIT 5"
+    out = []
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for sql, args in queries:
+            rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}{order}", args).fetchall()
+            out.append(" | ".join(row[3] for row in rows))
+        quiet = (
+            f"{head} WHERE status != 'terminated' AND updated_us < ?"
+            " AND (updated_us, session_id) > (?, ?) ORDER BY updated_us, session_id LIMIT 5"
+        )
+        rows = conn.execute(f"EXPLAIN QUERY PLAN {quiet}", (1, -1, "")).fetchall()
+        out.append(" | ".join(row[3] for row in rows))
+    return out
+
+
+async def open_and_close(path: Path) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    await store.aclose()
+
+
+@pytest.mark.parametrize("origin", ["new", "v1"])
+async def test_every_read_of_sessions_is_an_index_range(tmp_path: Path, origin: str) -> None:
+    """No plan scans the table or sorts: a page costs the same among a million sessions."""
+    path = tmp_path / "db.sqlite3"
+    if origin == "v1":
+        shutil.copy(FIXTURES / "v1.sqlite3", path)
+    await open_and_close(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        names = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+    assert names >= INDEXES
+    for plan in plans(path):
+        assert plan.startswith("SEARCH s USING"), plan
+        assert "SCAN" not in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+
+
+async def test_a_version_4_database_gains_the_indexes(tmp_path: Path) -> None:
+    """Version 4 had one index on the status alone: migrating replaces it, in one step."""
+    path = tmp_path / "v4.sqlite3"
+    await open_and_close(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 4 had
+        for name in INDEXES:
+            conn.execute(f"DROP INDEX {name}")
+        conn.execute("CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated'")
+        conn.execute(
+            "INSERT INTO sessions VALUES ('01KDVDNA00V3F1XTVRE0000000', 'idle', 5, 'alice')"
+        )
+        conn.execute("PRAGMA user_version = 4")
+        conn.commit()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        [found] = await store.list_sessions(owner="alice", status="idle")
+        assert (found.session_id, found.updated_at is not None) == (
+            "01KDVDNA00V3F1XTVRE0000000",
+            True,
+        )
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'sessions_live'").fetchone()
+    assert "(session_id)" in sql[0]
+    assert all(plan.startswith("SEARCH s USING") for plan in plans(path))
