@@ -1,5 +1,5 @@
-"""The PostgreSQL side of ``bench_postgres``: where the server is, throw-away schemas, the
-tables (Jidoka's own once its store exists), and the raw-driver loops the store is judged by.
+"""The PostgreSQL side of ``bench_postgres``: where the server is, throw-away schemas, Jidoka's
+tables (made by its store), and the raw-driver loops the store is judged by.
 
 Every schema a run makes is named ``<run prefix>_<n>`` (the prefix random per run), and
 :func:`drop_run_schemas` drops every schema with the run's prefix, so a child process that
@@ -105,10 +105,17 @@ def server_facts(dsn: str) -> dict[str, Any]:
 
 
 def sql_for(driver: str, sql: str) -> str:
-    """``$n`` placeholders for asyncpg, ``%s`` for psycopg (every ``$n`` used once, in order)."""
+    """``$n`` placeholders for asyncpg; for psycopg ``%(pn)s`` (``%(pn)b`` for binary), so a
+    parameter can be used twice, as the store's statements do (:meth:`Conn.call` names them)."""
     if driver == "asyncpg":
         return sql
-    return re.sub(r"\$\d+", "%s" if driver == "psycopg" else "%b", sql)
+    kind = "s" if driver == "psycopg" else "b"
+    return re.sub(r"\$(\d+)", lambda m: f"%(p{m[1]}){kind}", sql)
+
+
+def named(params: Sequence[Any]) -> dict[str, Any]:
+    """``params`` as psycopg takes them for :func:`sql_for`'s placeholders."""
+    return {f"p{i}": value for i, value in enumerate(params, 1)}
 
 
 # --- schemas ------------------------------------------------------------------------------------
@@ -145,39 +152,14 @@ class PgRun:
         return names
 
 
-#: Jidoka's tables as docs/pg-design says (version 1), for when its store cannot make them.
-_TABLES = """
-CREATE TABLE {s}.sessions (
-    session_id text PRIMARY KEY, last_seq bigint NOT NULL, status text NOT NULL, owner text,
-    fence bigint NOT NULL DEFAULT 0, created_at timestamptz NOT NULL,
-    updated_at timestamptz NOT NULL);
-CREATE TABLE {s}.events (
-    session_id text NOT NULL, seq bigint NOT NULL, type text NOT NULL,
-    time timestamptz NOT NULL, data bytea NOT NULL, PRIMARY KEY (session_id, seq));
-"""
+async def make_tables(dsn: str, schema: str) -> None:
+    """Jidoka's tables and indexes in ``schema``, made by its own store: the raw loops write
+    the very tables the store writes."""
+    from jidoka.store.postgres import PostgresStore
 
-
-async def make_tables(dsn: str, schema: str) -> str:
-    """Jidoka's tables in ``schema``: made by its own store when ``jidoka.store.postgres``
-    exists (so the raw loops write the very tables and indexes the store writes), else from
-    :data:`_TABLES`. Returns which ("store" or "bench")."""
-    try:
-        from jidoka.store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        PostgresStore = None  # noqa: N806
-    if PostgresStore is not None:
-        store = PostgresStore(dsn, schema=schema, pool_size=1)
-        await store.open()
-        await store.aclose()
-        return "store"
-    import psycopg
-
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-        for statement in _TABLES.format(s=f'"{schema}"').split(";"):
-            if statement.strip():
-                await conn.execute(statement)
-    return "bench"
+    store = PostgresStore(dsn, schema=schema, pool_size=1)
+    await store.open()
+    await store.aclose()
 
 
 # --- connections, one interface for the three drivers --------------------------------------------
@@ -207,16 +189,16 @@ class Conn:
             if several:
                 await self.raw.execute("BEGIN")
             for sql, params in statements:
-                await self.raw.execute(sql, params)
+                await self.raw.execute(sql, named(params))
             if several:
                 await self.raw.execute("COMMIT")
             await self.pipeline.sync()
         elif len(statements) == 1:
-            await self.raw.execute(statements[0][0], statements[0][1])
+            await self.raw.execute(statements[0][0], named(statements[0][1]))
         else:
             async with self.raw.transaction():
                 for sql, params in statements:
-                    await self.raw.execute(sql, params)
+                    await self.raw.execute(sql, named(params))
 
 
 @contextlib.asynccontextmanager
@@ -248,14 +230,29 @@ async def connect(driver: str, dsn: str, schema: str) -> AsyncIterator[Conn]:
 INSERT_EVENT = "INSERT INTO events (session_id, seq, type, time, data) VALUES ($1, $2, $3, $4, $5)"
 
 
-def group_statement(schema: str) -> str:
-    """The store's own group statement (``jidoka.store.postgres_writer``) for ``schema``: one
-    statement per group, the heads of its sessions moved on only where they still are where the
-    batch expects (last seq and fence), and the events of exactly those sessions inserted from
-    arrays. Twelve parameters: seven arrays for the heads, five for the events."""
-    from jidoka.store.postgres_writer import _GROUP_STATEMENT
+def store_call(schema: str, heads: Sequence[tuple[str, int]]) -> tuple[str, Sequence[Any]]:
+    """The statement and parameters Jidoka's store sends for one event appended to each of
+    the sessions ``heads`` ((session id, last seq stored), fence 1), built by the store's own
+    code (``jidoka.store.postgres_sql``): its one-event form for a single session, its group
+    form (arrays, ``unnest``) for several."""
+    from jidoka.store import postgres_sql as q
+    from jidoka.store.postgres_writer import PgAppend
 
-    return _GROUP_STATEMENT.replace("{s}", f'"{schema}"')
+    quoted = f'"{schema}"'
+    stamp = now()
+
+    def append(sid: str, last: int) -> Any:
+        status = status_at = owner = on_done = future = None
+        return PgAppend(
+            sid, last + 1, [EVENT_TYPE], [stamp], [DATA], status, status_at, False, owner,
+            on_done, future,
+        )  # fmt: skip
+
+    appends = [(sid, 1, [append(sid, last)]) for sid, last in heads]
+    if len(appends) == 1:
+        sid, fence, [append] = appends[0]
+        return q.append_one(quoted), q.one_params(sid, fence, append)
+    return q.group_statement(quoted, creates=False, ends=False), q.group_params(appends)
 
 
 #: The same group as two statements in one transaction (what pipeline mode sends at once).
@@ -283,25 +280,23 @@ def event_row(sid: str, seq: int) -> tuple[str, int, str, dt.datetime, bytes]:
     return (sid, seq, EVENT_TYPE, now(), DATA)
 
 
-def group_params(heads: Sequence[tuple[str, int]], per: int = 1) -> tuple[list[Any], list[Any]]:
-    """The parameters of a group as the store sends them: ``heads`` are (session id, last seq
-    stored), each session gets ``per`` events after it, under fence 1 (what a session created
-    by the store starts with). Returns (the heads' seven arrays, the events' five)."""
-    ids: list[str] = []
-    expected: list[int] = []
-    lasts: list[int] = []
-    e_ids: list[str] = []
-    e_seqs: list[int] = []
-    for sid, last in heads:
-        ids.append(sid)
-        expected.append(last)
-        lasts.append(last + per)
-        e_ids.extend([sid] * per)
-        e_seqs.extend(range(last + 1, last + per + 1))
+def events_params(sid: str, last: int, per: int) -> list[Any]:
+    """:data:`GROUP_EVENTS`' arrays: ``per`` events of one session after seq ``last``."""
     stamp = now()
-    n, k = len(e_ids), len(ids)
-    events = [e_ids, e_seqs, [EVENT_TYPE] * n, [stamp] * n, [DATA] * n]
-    return [ids, expected, [1] * k, lasts, [""] * k, [False] * k, [""] * k], events
+    return [[sid] * per, list(range(last + 1, last + per + 1)), [EVENT_TYPE] * per,
+            [stamp] * per, [DATA] * per]  # fmt: skip
+
+
+def split_params(heads: Sequence[tuple[str, int]]) -> tuple[list[Any], list[Any]]:
+    """:data:`GROUP_HEADS`' and :data:`GROUP_EVENTS`' arrays: one event after each head."""
+    ids = [sid for sid, _ in heads]
+    lasts = [last for _, last in heads]
+    stamp = now()
+    k = len(ids)
+    return (
+        [ids, lasts, [1] * k, [last + 1 for last in lasts]],
+        [ids, [last + 1 for last in lasts], [EVENT_TYPE] * k, [stamp] * k, [DATA] * k],
+    )
 
 
 async def seed_sessions(conn: Conn, ids: Sequence[str]) -> None:
@@ -397,7 +392,7 @@ async def per_commit_pool(
         async def one_p(sid: str) -> None:
             for seq in range(1, per_session + 1):
                 async with ppool.connection() as conn:
-                    await conn.execute(sql, event_row(sid, seq))
+                    await conn.execute(sql, named(event_row(sid, seq)))
 
         await asyncio.gather(*(one_p(session_id()) for _ in range(pool_size)))  # warm-up
         return await _timed(lambda: _gather(one_p, ids), sessions * per_session)
@@ -419,17 +414,17 @@ async def group_statements(
         ids = [session_id() for _ in range(sessions)]
         warm = [session_id() for _ in range(sessions)]
         await seed_sessions(conn, ids + warm)
-        if split:
-            heads_sql, events_sql = sql_for(driver, GROUP_HEADS), sql_for(driver, GROUP_EVENTS)
-        else:
-            group_sql = sql_for(driver, group_statement(schema))
+        heads_sql, events_sql = sql_for(driver, GROUP_HEADS), sql_for(driver, GROUP_EVENTS)
+        store_sql = sql_for(driver, store_call(schema, [(ids[0], 1)] * sessions)[0])
 
         async def one(batch: Sequence[str], last: int) -> None:
-            heads, events = group_params([(sid, last) for sid in batch])
             if split:
-                await conn.call([(heads_sql, heads[:4]), (events_sql, events)])
+                heads, events = split_params([(sid, last) for sid in batch])
+                await conn.call([(heads_sql, heads), (events_sql, events)])
             else:
-                await conn.call([(group_sql, heads + events)])
+                await conn.call(
+                    [(store_sql, store_call(schema, [(sid, last) for sid in batch])[1])]
+                )
 
         for last in range(1, 11):  # warm-up: prepared statements, first pages
             await one(warm, last)
@@ -444,7 +439,7 @@ async def group_statements(
             total = await conn.raw.fetchval(check, ids)
         else:
             async with conn.raw.cursor() as cur:
-                await cur.execute(check, [ids])
+                await cur.execute(check, named([ids]))
                 if conn.pipeline is not None:
                     await conn.pipeline.sync()
                 total = (await cur.fetchone())[0]
@@ -457,8 +452,8 @@ async def batched(driver: str, dsn: str, schema: str, rows: int) -> Rate:
     """Rows/s: ``rows`` rows of one session in one statement (unnest arrays) and one commit."""
     async with connect(driver, dsn, schema) as conn:
         sql = sql_for(driver, GROUP_EVENTS)
-        await conn.call([(sql, group_params([(session_id(), 0)], 10)[1])])  # warm-up
-        params = group_params([(session_id(), 0)], rows)[1]
+        await conn.call([(sql, events_params(session_id(), 0, 10))])  # warm-up
+        params = events_params(session_id(), 0, rows)
 
         async def body() -> None:
             await conn.call([(sql, params)])

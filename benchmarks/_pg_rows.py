@@ -1,6 +1,7 @@
 """The rows and the table of ``bench_postgres``: what each series is called, the issue's
 targets, and how samples become :class:`~benchmarks._common.Result` rows (a row per workload
-and reference; Jidoka's cells say *not measured* when its store is not in the tree)."""
+and reference; a peer that is not installed, or failed every sample, leaves its reference
+cell empty and says why in the row's notes)."""
 
 from __future__ import annotations
 
@@ -86,10 +87,14 @@ class Samples:
         self.details: dict[str, list[dict[str, Any]]] = {}
 
     def take(self, name: str, step: Callable[[], Any]) -> None:
+        """Run one sample. A peer's failure is recorded (and reported in its rows); any other
+        ends the run."""
         self.values.setdefault(name, [])
         try:
             got = step()
-        except Exception as exc:  # a peer failing a sample is a result, not the end
+        except Exception as exc:
+            if name.split()[0] not in PEER_NAMES.values():
+                raise
             self.errors.setdefault(name, []).append(f"{type(exc).__name__}: {exc}"[:300])
             return
         if isinstance(got, tuple):
@@ -104,8 +109,12 @@ class Samples:
 #: (key, title, unit) of each shape of the driver comparison.
 SHAPES = (
     ("per_commit", "one INSERT per call, autocommit, 1 connection", "rows/s"),
-    ("group_1", "group statement, 1 session x 1 row per call (1 session awaiting)", "rows/s"),
-    ("group_100", "group statement, 100 sessions x 1 row per statement", "rows/s"),
+    (
+        "group_1",
+        "the store's statement for 1 event of 1 session, awaited one after another",
+        "rows/s",
+    ),
+    ("group_100", "the store's group statement, 100 sessions x 1 event per statement", "rows/s"),
     ("split_1", "UPDATE head + INSERT as 2 statements in a transaction, 1 x 1 row", "rows/s"),
     ("split_100", "UPDATE heads + INSERT as 2 statements in a transaction, 100 x 1", "rows/s"),
     ("pool", "one INSERT per call, 100 tasks x 20 over a pool", "rows/s"),
@@ -136,25 +145,25 @@ def _row(
     theirs: list[float],
     *,
     target_key: str = "",
-    missing: str | None = None,
     notes: str = "",
     **details: Any,
 ) -> Result:
-    """One row: ``ours`` (or NaN with ``missing``, the reason) against ``reference``."""
+    """One row: ``ours`` against ``reference`` (its samples ``theirs``, maybe none)."""
     baseline = Baseline(reference, theirs) if reference and theirs else None
-    reason = missing or (None if ours else "not measured (every sample failed)")
     if reference and not theirs:
         notes = "; ".join(filter(None, [notes, f"{reference}: not measured"]))
+    if not ours:
+        raise RuntimeError(f"{key}: no sample of ours")
     return Result(
         key=f"{NAME}.{key}",
         title=title,
         unit=unit,
-        samples=ours if reason is None else [math.nan],
+        samples=ours,
         higher_is_better=unit != "s",
         baseline=baseline,
-        target=None if reason else _target(target_key, reference or "", baseline),
-        notes="; ".join(filter(None, [reason or "", notes])),
-        details={"reference": reference, "missing": reason, **details},
+        target=_target(target_key, reference or "", baseline),
+        notes=notes,
+        details={"reference": reference, **details},
     )
 
 
@@ -174,7 +183,7 @@ def _peer_reason(peer_reasons: dict[str, str | None], name: str) -> str | None:
 
 
 def append_rows(
-    samples: Samples, sizes: Sizes, ours: str | None, peer_reasons: dict[str, str | None]
+    samples: Samples, sizes: Sizes, peer_reasons: dict[str, str | None]
 ) -> list[Result]:
     v = samples.values
     concurrent = sizes.sessions * sizes.per_session
@@ -213,7 +222,6 @@ def append_rows(
                     ref,
                     v.get(name, []),
                     target_key=shape,
-                    missing=ours,
                     notes=note,
                     **common,
                     **({"peer_details": samples.details.get(name, [])} if peer else {}),
@@ -227,7 +235,7 @@ def append_rows(
         ),
         (
             GROUP,
-            f"the group statement, {sizes.sessions} sessions x 1 row per statement, "
+            f"the store's group statement, {sizes.sessions} sessions x 1 event per statement, "
             f"{sizes.per_session} statements",
         ),
         (BATCHED, f"{sizes.batched:,} rows of one session in one statement and one commit"),
@@ -299,9 +307,7 @@ def _cpu(samples: Samples, name: str) -> list[float]:
     return [d["cpu_s_per_row"] for d in samples.details.get(name, [])]
 
 
-def load_rows(
-    samples: Samples, sizes: Sizes, ours: str | None, peer_reasons: dict[str, str | None]
-) -> list[Result]:
+def load_rows(samples: Samples, sizes: Sizes, peer_reasons: dict[str, str | None]) -> list[Result]:
     v = samples.values
     info = samples.details.get("info", [{}])[0]
     label = f"{sizes.load:,}"
@@ -328,7 +334,6 @@ def load_rows(
                     ref,
                     v.get(ref, []),
                     target_key="load",
-                    missing=ours,
                     notes="; ".join(filter(None, [_errors(samples, ref), reason or ""])),
                     **info,
                     children=children,
@@ -344,7 +349,7 @@ def _median(values: Iterable[float]) -> float | None:
     return statistics.median(got) if got else None
 
 
-def startup_rows(data: dict[str, Any], sizes: Sizes, ours: str | None) -> list[Result]:
+def startup_rows(data: dict[str, Any], sizes: Sizes) -> list[Result]:
     samples: Samples = data["samples"]
     mine = samples.details.get("jidoka", [])
     empty = samples.details.get("empty", [])
@@ -364,7 +369,6 @@ def startup_rows(data: dict[str, Any], sizes: Sizes, ours: str | None) -> list[R
             [c["start_seconds"] for c in mine],
             "same start, empty schema",
             [c["start_seconds"] for c in empty],
-            missing=ours,
             **facts,
         ),
         _row(
@@ -376,7 +380,6 @@ def startup_rows(data: dict[str, Any], sizes: Sizes, ours: str | None) -> list[R
             [c["page_cold_seconds"] for c in mine],
             RAW_PAGE,
             data["raw_page"],
-            missing=ours,
             **facts,
         ),
         _row(
@@ -386,7 +389,6 @@ def startup_rows(data: dict[str, Any], sizes: Sizes, ours: str | None) -> list[R
             [c["page_first_seconds"] for c in mine],
             RAW_PAGE,
             data["raw_page"],
-            missing=ours,
             **facts,
         ),
         _row(
@@ -396,7 +398,6 @@ def startup_rows(data: dict[str, Any], sizes: Sizes, ours: str | None) -> list[R
             [c["page_warm_seconds"] for c in mine],
             RAW_PAGE,
             data["raw_page"],
-            missing=ours,
             **facts,
         ),
     ]
@@ -408,8 +409,7 @@ def startup_rows(data: dict[str, Any], sizes: Sizes, ours: str | None) -> list[R
     }
     for row in rows:
         bound = targets[row.key.split(".", 1)[1]]
-        if not ours:
-            row.target = Target("<=", bound, f"< {format_value(bound, 's')}")
+        row.target = Target("<=", bound, f"< {format_value(bound, 's')}")
     return rows
 
 
@@ -420,7 +420,7 @@ def format_postgres(results: Sequence[Result]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        mine = "—" if r.details.get("missing") else _cell(r.samples, r.unit)
+        mine = _cell(r.samples, r.unit)
         ref = f"{r.baseline.name}: {_cell(r.baseline.samples, r.unit)}" if r.baseline else "—"
         ratio = f"{r.ratio:.3g}x" if r.ratio is not None and not math.isnan(r.ratio) else "—"
         target = r.target.text if r.target else "—"

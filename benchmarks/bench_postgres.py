@@ -9,36 +9,41 @@ also when it fails. Parts (``--only``):
 - ``append``: **1 session**, 2,000 awaited ``send_message``; **100 sessions x 20**, one task per
   session, all at once. Jidoka (``Runtime(store=DSN, postgres_schema=...)``, default settings)
   runs in a fresh child process per sample (``benchmarks._pg_child``). References in this
-  process, same rounds: raw psycopg, one ``INSERT`` per call in autocommit (one commit each),
-  awaited one after another on one connection: **the per-commit limit**, the baseline of both
-  targets (1 session ≥ 0.8x, 100 x 20 ≥ 10x). Also reported for 100 x 20: the same 100 tasks
-  committing every insert over a pool of 20 connections (the server merges concurrent WAL
-  flushes, so this is what per-call commits reach with concurrency: the fairer floor for
-  "100 concurrent writers"), the group commit's own batches with no runtime around them (the
-  store's statement, one row of each of 100 sessions per statement: the ceiling of the
-  concurrent case) and one session's rows in one statement (the batching ceiling).
-  The peers (``benchmarks._pg_peers``: LangGraph's ``AsyncPostgresSaver``, the ADK's
-  ``DatabaseSessionService`` on asyncpg) run the same two shapes in the same rounds, fewer
-  repeats (and, for LangGraph's one session, fewer messages: its checkpoint grows with the
-  thread), each row saying so.
-- ``drivers``: the group-commit statement (pg-design.md: unnest arrays of (session_id, seq,
-  type, time, data) and a conditional ``UPDATE`` of each session's head) and the per-commit
-  ``INSERT``, for psycopg 3 (``%s``: text parameters), psycopg with ``%b`` (binary
-  parameters), psycopg ``%b`` in pipeline mode, and asyncpg; plus the same group as two
-  statements in one transaction (where pipeline mode sends four messages at once), and
-  per-commit inserts over a pool. Ratios are against plain psycopg.
+  process, same rounds, with the store's driver (asyncpg): one ``INSERT`` per call in
+  autocommit (one commit each), awaited one after another on one connection: **the per-commit
+  limit** of one writer, the baseline of both targets (1 session ≥ 0.8x, 100 x 20 ≥ 10x).
+  Also reported for 100 x 20: the same 100 tasks committing every insert over a pool of 20
+  connections (the server flushes the WAL of concurrent commits together, so this is what
+  per-call commits reach with concurrency: the floor for "100 concurrent writers"), the
+  store's own group statement for 100 sessions x 1 event with no runtime around it (the
+  ceiling of the concurrent case) and one session's rows in one statement (the batching
+  ceiling). The peers (``benchmarks._pg_peers``: LangGraph's ``AsyncPostgresSaver``, the ADK's
+  ``DatabaseSessionService`` on asyncpg) run the same two shapes in the first rounds (and
+  fewer messages on one session: LangGraph's checkpoint grows with the thread, the ADK is
+  slow), each row saying so.
+- ``drivers``: the store's statements, built by its own code (``jidoka.store.postgres_sql``:
+  one event of one session; the group of 100 sessions, arrays and ``unnest``, each head
+  updated only where its last seq and fence still match) and the per-commit ``INSERT``, for
+  psycopg 3 (``%s``: text parameters), psycopg with ``%b`` (binary parameters), psycopg
+  ``%b`` in pipeline mode, and asyncpg; plus the head update and the insert as two statements
+  in one transaction (where pipeline mode sends all four messages at once), per-commit
+  inserts over a pool, and one session's rows in one statement. Rows/s and the client's CPU
+  per row, against plain psycopg's.
 - ``load``: a 10,000-message session written through the API, then in each sample a fresh
-  process (a restart) times the first ``get_conversation_history`` (snapshot + tail). Raw
-  reference: reading the session's whole log with psycopg on an open connection. Peers: a
-  LangGraph thread whose latest checkpoint holds 10,000 messages (``aget_tuple``), an ADK
-  session of 10,000 events written by ``append_event`` (``get_session``), each on a fresh,
-  warmed pool.
+  process (a restart) reads another session first (the pool's connections, as the peers'
+  pools are warmed) and times the first ``get_conversation_history`` (snapshot + tail), for
+  a session with the default ``max_history`` (the newest 100 come back) and one with
+  ``max_history`` = 10,000 (all of them, as the peers return). Raw reference: reading the
+  session's whole log with psycopg on an open connection. Peers, each on a fresh pool warmed
+  on another thread or session: a LangGraph thread whose latest checkpoint holds 10,000
+  messages (``aget_tuple``), an ADK session of 10,000 events (``get_session``).
 - ``startup``: 1,000,000 sessions in Jidoka's own tables: one made through the API, copied
   with ``INSERT ... SELECT ... generate_series`` (new ids; 1,000 principals of 1,000 sessions
   each), then ``VACUUM ANALYZE``. Each sample is a fresh process timing ``async with Runtime``
-  entry (target < 1 s; reference: the same start on an empty schema) and then one principal's
-  first page (the server's default page size) through ``client.list_sessions(owner=...)``,
-  first call (target < 10 ms) and warm repeats; reference: the same page read with psycopg.
+  entry (target < 1 s; reference: the same start on an empty schema), then pages of the
+  server's default size through ``client.list_sessions(owner=...)``: the very first call, a
+  second principal's first page (its sessions not loaded yet), that page again (target
+  < 10 ms each); reference: the same page read with psycopg.
 
 Targets are reported, never asserted. Ratios are of medians; the JSON keeps every sample.
 """
@@ -47,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import sys
@@ -80,13 +84,6 @@ from ._pg_rows import (
 )
 
 __all__ = ["NAME", "PARTS", "measure", "run"]
-
-
-def jidoka_missing() -> str | None:
-    """Why Jidoka cannot be measured on PostgreSQL from this tree, or ``None``."""
-    if importlib.util.find_spec("jidoka.store.postgres") is None:
-        return "not measured (jidoka.store.postgres is not in this tree)"
-    return None
 
 
 def _child(args: Sequence[str], what: str) -> dict[str, Any]:
@@ -141,22 +138,18 @@ def _peer(
     return step
 
 
-def _append(run: _pg.PgRun, sizes: Sizes, peers: Sequence[str], ours: bool) -> Samples:
+def _append(run: _pg.PgRun, sizes: Sizes, peers: Sequence[str]) -> Samples:
     dsn, n = run.dsn, sizes.single
     s, m = sizes.sessions, sizes.per_session
     samples = Samples()
     rounds = []
     for index in range(sizes.repeats):
-        steps: list[tuple[str, Callable[[], Any]]] = []
-        if ours:
-            steps.append(("jidoka single", lambda: _jidoka(run, "single", "--n", str(n))))
-            steps.append(
-                (
-                    "jidoka concurrent",
-                    lambda: _jidoka(run, "concurrent", "--n", str(s), "--per-session", str(m)),
-                )
-            )
-        steps += [
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("jidoka single", lambda: _jidoka(run, "single", "--n", str(n))),
+            (
+                "jidoka concurrent",
+                lambda: _jidoka(run, "concurrent", "--n", str(s), "--per-session", str(m)),
+            ),
             (RAW, _raw(run, lambda schema: _pg.per_commit(STORE_DRIVER, dsn, schema, n))),
             (
                 POOL,
@@ -235,40 +228,37 @@ async def _raw_read_log(dsn: str, schema: str, sid: str) -> float:
     return elapsed
 
 
-def _load(run: _pg.PgRun, sizes: Sizes, peers: Sequence[str], ours: bool) -> Samples:
+def _load(run: _pg.PgRun, sizes: Sizes, peers: Sequence[str]) -> Samples:
     dsn, n = run.dsn, sizes.load
     samples = Samples()
     steps: list[tuple[str, Callable[[], Any]]] = []
     info: dict[str, Any] = {}
-    if ours:
-        schema = run.schema("long")
-        written = _child(
-            ["write-long", "--dsn", dsn, "--schema", schema, "--n", str(n)], "write-long"
-        )
-        sid = written["session_id"]
-        warm = _child(
-            ["write-long", "--dsn", dsn, "--schema", schema, "--n", "1"], "write-long warm"
-        )["session_id"]
-        whole = _child(
-            ["write-long", "--dsn", dsn, "--schema", schema, "--n", str(n), "--window", str(n)],
-            "write-long --window",
-        )
-        info["jidoka_write_seconds"] = written["write_seconds"] + whole["write_seconds"]
-        load = [
-            "load",
-            "--dsn",
-            dsn,
-            "--schema",
-            schema,
-            "--n",
-            str(n),
-            "--warm",
-            warm,
-            "--session",
-        ]
-        steps.append(("jidoka", lambda: _child([*load, sid], "load")))
-        steps.append(("jidoka window", lambda: _child([*load, whole["session_id"]], "load")))
-        steps.append((RAW_READ, lambda: run_async(lambda: _raw_read_log(dsn, schema, sid))))
+    schema = run.schema("long")
+    written = _child(["write-long", "--dsn", dsn, "--schema", schema, "--n", str(n)], "write-long")
+    sid = written["session_id"]
+    warm = _child(["write-long", "--dsn", dsn, "--schema", schema, "--n", "1"], "write-long warm")[
+        "session_id"
+    ]
+    whole = _child(
+        ["write-long", "--dsn", dsn, "--schema", schema, "--n", str(n), "--window", str(n)],
+        "write-long --window",
+    )
+    info["jidoka_write_seconds"] = written["write_seconds"] + whole["write_seconds"]
+    load = [
+        "load",
+        "--dsn",
+        dsn,
+        "--schema",
+        schema,
+        "--n",
+        str(n),
+        "--warm",
+        warm,
+        "--session",
+    ]
+    steps.append(("jidoka", lambda: _child([*load, sid], "load")))
+    steps.append(("jidoka window", lambda: _child([*load, whole["session_id"]], "load")))
+    steps.append((RAW_READ, lambda: run_async(lambda: _raw_read_log(dsn, schema, sid))))
     if _pg_peers.LANGGRAPH in peers:
         lg = run.schema("lglong")
         run_async(lambda: _pg_peers.langgraph_setup(dsn, lg))
@@ -431,7 +421,6 @@ def measure(
     reason = _pg.unavailable(dsn)
     if reason is not None:
         raise RuntimeError(f"bench_postgres cannot run: {reason}")
-    ours = jidoka_missing()
     peer_reasons = {peer: _pg_peers.missing(peer) for peer in _pg_peers.PEERS}
     peers = [peer for peer, why in peer_reasons.items() if why is None]
     run = _pg.PgRun(dsn)
@@ -439,7 +428,6 @@ def measure(
         "server": _pg.server_facts(dsn),
         "dsn": _pg.redact(dsn),
         "schema_prefix": run.prefix,
-        "jidoka_missing": ours,
         "peers": {
             p: {"version": _pg_peers.version(p), "missing": r} for p, r in peer_reasons.items()
         },
@@ -448,19 +436,15 @@ def measure(
     }
     results: list[Result] = []
     parts: dict[str, Callable[[], list[Result]]] = {
-        "append": lambda: append_rows(
-            _append(run, sizes, peers, ours is None), sizes, ours, peer_reasons
-        ),
+        "append": lambda: append_rows(_append(run, sizes, peers), sizes, peer_reasons),
         "drivers": lambda: driver_rows(_drivers(run, sizes)),
-        "load": lambda: load_rows(
-            _load(run, sizes, peers, ours is None), sizes, ours, peer_reasons
-        ),
-        "startup": lambda: startup_rows(_startup(run, sizes), sizes, ours),
+        "load": lambda: load_rows(_load(run, sizes, peers), sizes, peer_reasons),
+        "startup": lambda: startup_rows(_startup(run, sizes), sizes),
     }
     info["part_seconds"] = {}
     try:
         for name in PARTS:
-            if name not in only or (name == "startup" and ours is not None):
+            if name not in only:
                 continue
             start = clock()
             results += parts[name]()

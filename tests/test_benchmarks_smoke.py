@@ -339,7 +339,6 @@ def test_postgres_benchmark_runs_and_drops_its_schemas(
     assert bench.main(["--quick", "--dsn", dsn, "--output", str(output)]) == 0
     document = json.loads(output.read_text(encoding="utf-8"))
     info = document["postgres"]
-    assert info["jidoka_missing"] is None
     assert info["schemas_dropped"] > 0
     assert _schemas(dsn, info["schema_prefix"]) == []
     results = document["results"]
@@ -354,7 +353,6 @@ def test_postgres_benchmark_runs_and_drops_its_schemas(
         installed[peer] = peers.missing(peer) is None
     for result in results:
         key, details = result["key"], result["details"]
-        assert details["missing"] is None, (key, details["missing"])
         assert all(_sane(s) for s in result["samples"]), (key, result["samples"])
         reference = details["reference"]
         peer = {"LangGraph": peers.LANGGRAPH, "ADK": peers.ADK}.get(reference)
