@@ -1,16 +1,17 @@
 """The PostgreSQL side of ``bench_postgres``: where the server is, throw-away schemas, Jidoka's
 tables (made by its store), and the raw-driver loops the store is judged by.
 
-Every schema a run makes is named ``<run prefix>_<n>`` (the prefix random per run), and
-:func:`drop_run_schemas` drops every schema with the run's prefix, so a child process that
-made one of its own is cleaned up too; ``bench_postgres`` calls it in a ``finally``.
+Every schema a run makes is named ``<run prefix>_<n>_<what>`` (the prefix random per run), and
+:meth:`PgRun.drop_all` drops every schema with the run's prefix, so the schemas child processes
+made are cleaned up too; ``bench_postgres`` calls it in a ``finally``.
 
 Drivers: ``psycopg`` (3, async, autocommit, its default prepare threshold, ``%s`` parameters:
 text format), ``psycopg-binary`` (the same with ``%b``: parameters sent in binary, as asyncpg
 sends them), ``psycopg-pipeline`` (``%b``, and the connection kept in pipeline mode: a call's
 statements, with ``BEGIN``/``COMMIT`` around several, go out together and the call waits at one
-``sync()``), ``asyncpg`` (its statement cache, binary, ``$n`` parameters). SQL here is written
-with ``$n`` placeholders in order, turned into ``%s`` or ``%b`` for psycopg.
+``sync()``), ``asyncpg`` (its statement cache, binary, ``$n`` parameters). SQL here, like the
+store's, is written with ``$n`` placeholders, turned into named ones (``%(pn)s`` or ``%(pn)b``)
+for psycopg.
 """
 
 from __future__ import annotations
