@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._common import clock, quiesce
-from ._pg import CONTENT, connect
+from ._pg import CONTENT, connect, sql_for
 
 __all__ = ["ADK", "LANGGRAPH", "PEERS", "missing", "version"]
 
@@ -331,17 +331,19 @@ async def adk_fill(dsn: str, schema: str, n: int) -> tuple[str, str]:
     timestamp (in its columns and in its ``event_data``), until there are ``n``. Appending all
     of them through the API takes 35-100 s here. Returns (user id, session id)."""
 
+    appended = min(ADK_API_EVENTS, -(-n // 4))  # a quarter at tiny sizes, so copies are made
+
     async def body(service: Any) -> tuple[str, str]:
         handle = await service.create_session(app_name="bench", user_id="long")
-        for _ in range(min(n, ADK_API_EVENTS)):
+        for _ in range(appended):
             await service.append_event(handle, _adk_event())
         return handle.user_id, handle.id
 
     user_id, session_id = await _adk(dsn, schema, body)
-    copies = -(-n // ADK_API_EVENTS) - 1  # ceil(n / ADK_API_EVENTS) - 1
+    copies = -(-n // appended) - 1  # ceil(n / appended) - 1
     if copies > 0:
         async with connect("psycopg", dsn, schema) as conn:
-            await conn.call([(_ADK_COPY, (copies, session_id, n))])
+            await conn.call([(sql_for("psycopg", _ADK_COPY), (copies, session_id, n))])
     return user_id, session_id
 
 
@@ -355,10 +357,10 @@ FROM (
     SELECT e.id || '-' || g AS id, e.app_name, e.user_id, e.session_id, e.invocation_id,
            e.timestamp + g * interval '1 second' AS ts, e.event_data,
            row_number() OVER () AS k
-    FROM events AS e, generate_series(1, %s) AS g
-    WHERE e.session_id = %s
+    FROM events AS e, generate_series(1, $1) AS g
+    WHERE e.session_id = $2
 ) AS c
-WHERE c.k <= %s - (SELECT count(*) FROM events WHERE session_id = c.session_id)
+WHERE c.k <= $3 - (SELECT count(*) FROM events WHERE session_id = c.session_id)
 """
 
 
