@@ -56,13 +56,14 @@ class Sizes:
     load: int  # messages in the long session
     startup: int  # stored sessions at start-up
     principals: int  # owners among them
-    repeats: int  # rounds of append and drivers; load samples
+    repeats: int  # rounds of append; load samples
     peer_repeats: int  # the first rounds also measure the peers
+    driver_repeats: int
     startup_repeats: int
 
 
-FULL = Sizes(2_000, 100, 20, 20, 20_000, 500, 400, 10_000, 1_000_000, 1_000, 5, 3, 3)
-QUICK = Sizes(30, 4, 3, 2, 200, 8, 8, 40, 2_000, 10, 1, 1, 1)
+FULL = Sizes(2_000, 100, 20, 20, 20_000, 500, 400, 10_000, 1_000_000, 1_000, 5, 3, 3, 3)
+QUICK = Sizes(30, 4, 3, 2, 200, 8, 8, 40, 2_000, 10, 1, 1, 1, 1)
 
 TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     ("single", RAW): (">=", 0.8),

@@ -187,11 +187,11 @@ def _driver_steps(run: _pg.PgRun, sizes: Sizes) -> list[tuple[str, Callable[[], 
     for driver in _pg.DRIVERS:
         d = driver
         bodies: dict[str, Callable[[str], Awaitable[_pg.Rate]]] = {
-            "per_commit": lambda schema, d=d: _pg.per_commit(d, dsn, schema, n // 2),
-            "group_1": lambda schema, d=d: _pg.group_statements(d, dsn, schema, 1, n // 2),
+            "per_commit": lambda schema, d=d: _pg.per_commit(d, dsn, schema, n // 4),
+            "group_1": lambda schema, d=d: _pg.group_statements(d, dsn, schema, 1, n // 4),
             "group_100": lambda schema, d=d: _pg.group_statements(d, dsn, schema, s, m),
             "split_1": lambda schema, d=d: _pg.group_statements(
-                d, dsn, schema, 1, n // 4, split=True
+                d, dsn, schema, 1, n // 8, split=True
             ),
             "split_100": lambda schema, d=d: _pg.group_statements(d, dsn, schema, s, m, split=True),
             "batched": lambda schema, d=d: _pg.batched(d, dsn, schema, sizes.batched),
@@ -206,7 +206,7 @@ def _driver_steps(run: _pg.PgRun, sizes: Sizes) -> list[tuple[str, Callable[[], 
 
 def _drivers(run: _pg.PgRun, sizes: Sizes) -> Samples:
     samples = Samples()
-    _rounds(samples, [_driver_steps(run, sizes) for _ in range(sizes.repeats)])
+    _rounds(samples, [_driver_steps(run, sizes) for _ in range(sizes.driver_repeats)])
     return samples
 
 
@@ -470,14 +470,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dsn", help=f"default: ${_pg.DSN_VARIABLE}, else {_pg.DEFAULT_DSN}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
-    parser.add_argument("--repeats", type=int, help="rounds (default 5; peers 3, start-up 3)")
+    parser.add_argument(
+        "--repeats", type=int, help="rounds (default 5; peers, drivers and start-up 3)"
+    )
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--output", type=Path, help="the JSON file to write")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.repeats:
         sizes = replace(
-            sizes, repeats=args.repeats, peer_repeats=min(args.repeats, sizes.peer_repeats)
+            sizes,
+            repeats=args.repeats,
+            peer_repeats=min(args.repeats, sizes.peer_repeats),
+            driver_repeats=args.repeats,
         )
 
     def stop(signum: int, frame: object) -> None:
