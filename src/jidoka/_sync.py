@@ -72,12 +72,14 @@ class CommitLock(FifoLock):
     shares one future, made only when someone waits.
     """
 
-    __slots__ = ("_drained", "_pending")
+    __slots__ = ("_doubt", "_drained", "_pending")
 
     def __init__(self) -> None:
         super().__init__()
         self._pending = 0
         self._drained: asyncio.Future[None] | None = None
+        # Why the commits in flight may not settle soon (see doubt), or None.
+        self._doubt: BaseException | None = None
 
     @property
     def pending(self) -> int:
@@ -89,14 +91,31 @@ class CommitLock(FifoLock):
 
     def end(self) -> None:
         self._pending -= 1
-        if not self._pending and self._drained is not None:
-            drained, self._drained = self._drained, None
-            if not drained.done():
-                drained.set_result(None)
+        if not self._pending:
+            self._doubt = None
+            if self._drained is not None:
+                drained, self._drained = self._drained, None
+                if not drained.done():
+                    drained.set_result(None)
+
+    def doubt(self, error: BaseException) -> None:
+        """A commit in flight has an outcome nobody knows yet (the store lost its connection
+        mid-commit and cannot reach its server to find out): until it settles, whoever needs
+        the commits settled fails at once with ``error`` instead of waiting for the outage to
+        end, so that every call is answered in bounded time."""
+        if not self._pending:
+            return
+        self._doubt = error
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_exception(error)
 
     async def settled(self) -> None:
-        """Wait until no commit is in flight (each settled and, if committed, applied)."""
+        """Wait until no commit is in flight (each settled and, if committed, applied); raise
+        the :meth:`doubt` if one was cast on them."""
         while self._pending:
+            if self._doubt is not None:
+                raise self._doubt
             if self._drained is None:
                 self._drained = asyncio.get_running_loop().create_future()
             # Shielded: one waiter's cancellation must not cancel the future others share.

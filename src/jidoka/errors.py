@@ -25,6 +25,7 @@ of every error a caller can meet (defined here unless a module is named)::
     │   ├── SeqConflict          (store.base) an append lost the race for its seq
     │   ├── OwnershipLost        (store.base) another node took the session (its fence moved)
     │   ├── StoreUnavailable     (store.base) the store cannot be reached; retry
+    │   │   └── CommitOutcomeUnknown  (store.base) cut off mid-commit; the log will tell
     │   └── SchemaError          (store.base) a database this version cannot read
     ├── SnapshotError            (session.snapshot) a snapshot or saved copy that does not decode
     ├── DataDirLocked            another runtime owns the data directory

@@ -30,6 +30,8 @@ from typing import IO, Any, NamedTuple, Self, cast
 import httpx
 import pytest
 
+from tests.support import postgres
+
 __all__ = [
     "ALICE_TOKEN",
     "BOB_TOKEN",
@@ -404,6 +406,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for a whole test module (tests that kill or restart use ``make_server``)."""
     root = tmp_path_factory.mktemp("e2e-server")
     with ServerProcess(root / "data", log_dir=root) as process:
+        yield process
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server_on_each_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One server per durable store for a whole module: a module that overrides ``server``
+    with this runs every test against ``jidoka serve`` on SQLite and on Postgres (a schema of
+    its own, dropped after; skipped without a server, failed under CI=true)."""
+    root = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    if request.param == "sqlite":
+        with ServerProcess(root / "data", log_dir=root) as process:
+            yield process
+        return
+    dsn = postgres.require_postgres()
+    with (
+        postgres.schema(dsn) as schema,
+        ServerProcess(
+            root / "data", log_dir=root, store=dsn, env={"JIDOKA_POSTGRES_SCHEMA": schema}
+        ) as process,
+    ):
         yield process
 
 

@@ -31,6 +31,13 @@ from tests.e2e.conftest import (
     sse_frames,
 )
 
+
+@pytest.fixture(scope="module")
+def server(server_on_each_store: ServerProcess) -> ServerProcess:
+    """Every verb against ``jidoka serve`` on SQLite, and again on Postgres."""
+    return server_on_each_store
+
+
 #: Values that differ between two identically prepared sessions: masked before comparing.
 _VARYING = re.compile(
     rb'"(session_id|id|created_at|updated_at|timestamp|added_at|saved_at|last_accessed|time)":'

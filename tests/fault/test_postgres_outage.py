@@ -9,8 +9,10 @@ acknowledged. Then:
 - **terminate**: ``pg_terminate_backend`` ends every backend of the store (found by the ports
   of the proxy's connections in ``pg_stat_activity``), the server staying up.
 
-What must hold: during an outage every call that does not wait for an outcome fails with
-:class:`~jidoka.store.base.StoreUnavailable` within a bounded time (never hangs); afterwards the
+What must hold: during an outage every call fails with
+:class:`~jidoka.store.base.StoreUnavailable` within a bounded time (never hangs): an append whose
+commit was in flight when the connection broke with :class:`CommitOutcomeUnknown`, and its
+``on_done`` later says what the log holds; afterwards the
 same store serves again without being reopened; each failed append stored nothing (writing the
 same seqs again succeeds), each acknowledged one is stored, and every log is exactly its
 acknowledged appends, gap-free, each batch whole.
@@ -30,7 +32,7 @@ import pytest
 
 from jidoka.errors import StoreError
 from jidoka.events import Event, EventType
-from jidoka.store.base import StoreUnavailable
+from jidoka.store.base import CommitOutcomeUnknown, StoreUnavailable
 from jidoka.store.postgres import PostgresStore
 from tests.support.postgres import address_of, dsn_via
 from tests.support.tcp_proxy import TcpProxy
@@ -69,6 +71,8 @@ class Writer:
     next_seq: int = 1
     acked: list[tuple[int, int]] = field(default_factory=list)  # (first seq, count)
     failures: list[StoreError] = field(default_factory=list)
+    #: Appends answered CommitOutcomeUnknown that the store then found stored.
+    unknown_then_stored: int = 0
     wrong: list[str] = field(default_factory=list)
 
 
@@ -101,24 +105,57 @@ class Load:
 
     async def _write(self, writer: Writer, rng: random.Random) -> None:
         sid = writer.session_id
+        loop = asyncio.get_running_loop()
         while not self.stopped:
             first, count = writer.next_seq, rng.randint(1, 3)
+            outcome: asyncio.Future[BaseException | None] = loop.create_future()
             try:
-                await self.store.append(sid, batch(sid, first, count))
+                waiting = self.store.append_nowait(
+                    sid, batch(sid, first, count), outcome.set_result
+                )
+                if waiting is not None:
+                    await waiting
+            except CommitOutcomeUnknown as exc:
+                # Answered in bounded time, truthfully: nobody knows yet. The store finds out
+                # once the server is back, and tells on_done: stored (an ack) or not (nothing).
+                writer.failures.append(exc)
+                await self._notify()
+                error = await outcome
+                if error is None:
+                    writer.unknown_then_stored += 1
+                    self._ack(writer, first, count)
+                    await self._notify()
+                    continue
+                await self.resume.wait()
+                if not await self._stored_nothing(writer, first, count, error):
+                    return
+                continue
             except StoreUnavailable as exc:
                 writer.failures.append(exc)
                 await self._notify()
                 await self.resume.wait()
-                head = await self._head(sid)
-                if head != first - 1:
-                    writer.wrong.append(f"append {first}..{first + count - 1} failed ({exc}), "
-                                        f"yet the head is at {head}")  # fmt: skip
-                    await self._notify()
+                if not await self._stored_nothing(writer, first, count, exc):
                     return
                 continue
-            writer.acked.append((first, count))
-            writer.next_seq = first + count
+            self._ack(writer, first, count)
             await self._notify()
+
+    @staticmethod
+    def _ack(writer: Writer, first: int, count: int) -> None:
+        writer.acked.append((first, count))
+        writer.next_seq = first + count
+
+    async def _stored_nothing(
+        self, writer: Writer, first: int, count: int, exc: BaseException
+    ) -> bool:
+        """A failed append stored nothing: the log's head is where it was (else noted)."""
+        head = await self._head(writer.session_id)
+        if head == first - 1:
+            return True
+        writer.wrong.append(f"append {first}..{first + count - 1} failed ({exc}), "
+                            f"yet the head is at {head}")  # fmt: skip
+        await self._notify()
+        return False
 
     async def _head(self, sid: str) -> int:
         async with asyncio.timeout(PROMPTLY):

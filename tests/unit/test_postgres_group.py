@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from jidoka.events import Event, EventType
-from jidoka.store.base import OwnershipLost, SeqConflict, StoreUnavailable
+from jidoka.store.base import CommitOutcomeUnknown, OwnershipLost, SeqConflict, StoreUnavailable
 from jidoka.store.postgres import PostgresStore
 from tests.support.postgres import address_of, dsn_via
 from tests.support.tcp_proxy import TcpProxy
@@ -155,24 +155,33 @@ async def test_a_reply_lost_after_the_commit_is_read_back(
         await store.open()
         try:
             await store.append(E, created(E))
+            # Once, so the one-event statement is prepared: muted, a statement not prepared yet
+            # would wait for its description and never be executed.
+            await store.append(E, [message(E, 3, "warm")])
             proxy.mute()  # the statement reaches the server; its answer never comes back
-            waiting = store.append_nowait(E, [message(E, 3, "sent once")])
+            told: list[BaseException | None] = []
+            done = asyncio.Event()
+            waiting = store.append_nowait(
+                E, [message(E, 4, "sent once")], lambda error: (told.append(error), done.set())
+            )
             assert waiting is not None
-            # The writer gives up on the reply after command_timeout, then cannot reconnect
-            # while the proxy is muted: the append waits, neither acknowledged nor failed.
-            await asyncio.wait_for(proxy.wait_accepted(2), 30)
-            assert not waiting.done()  # type: ignore[attr-defined]
+            # The writer gives up on the reply after command_timeout and cannot reconnect while
+            # the proxy is muted: the caller is told the outcome is unknown (not that it failed).
+            with pytest.raises(CommitOutcomeUnknown, match="whether it was stored"):
+                await asyncio.wait_for(waiting, 30)
+            assert told == []  # the session is not told anything yet: nobody knows
             await proxy.restore()
-            await asyncio.wait_for(waiting, 30)  # stored: acknowledged, not failed
+            await asyncio.wait_for(done.wait(), 30)
+            assert told == [None]  # read back: it was stored
             events = await store.read_events(E)
-            assert [e.seq for e in events] == [1, 2, 3]
-            assert events[2].data["content"] == "sent once"
-            await store.append(E, [message(E, 4)])  # and it serves on
+            assert [e.seq for e in events] == [1, 2, 3, 4]
+            assert events[3].data["content"] == "sent once"
+            await store.append(E, [message(E, 5)])  # and it serves on
         finally:
             await store.aclose()
 
 
-async def test_an_append_never_sent_is_resent_once_the_server_is_back(
+async def test_an_append_never_sent_is_found_unstored_once_the_server_is_back(
     postgres_dsn: str, postgres_schema: str
 ) -> None:
     host, port = address_of(postgres_dsn)
@@ -187,15 +196,26 @@ async def test_an_append_never_sent_is_resent_once_the_server_is_back(
         try:
             await store.append(E, created(E))
             proxy.stall()  # nothing reaches the server
-            waiting = store.append_nowait(E, [message(E, 3)])
+            told: list[BaseException | None] = []
+            done = asyncio.Event()
+            waiting = store.append_nowait(
+                E, [message(E, 3)], lambda error: (told.append(error), done.set())
+            )
             assert waiting is not None
-            await asyncio.wait_for(proxy.wait_accepted(2), 30)  # it tried to reconnect
+            with pytest.raises(CommitOutcomeUnknown):
+                await asyncio.wait_for(waiting, 30)
             # Meanwhile a new append fails at once, nothing stored: the server is out of reach.
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
                 await asyncio.wait_for(store.append(N, created(N)), 30)
             await proxy.restore()
-            await asyncio.wait_for(waiting, 30)
-            assert [e.seq for e in await store.read_events(E)] == [1, 2, 3]
+            await asyncio.wait_for(done.wait(), 30)
+            # Read back: not stored. Its caller was told "unknown", so it is not sent again
+            # behind the caller's back: it stays unstored, as the log says.
+            assert len(told) == 1
+            assert isinstance(told[0], StoreUnavailable)
+            assert "was not stored" in str(told[0])
+            assert [e.seq for e in await store.read_events(E)] == [1, 2]
             assert await store.find_session(N) is None
+            await store.append(E, [message(E, 3)])  # the same seq, now: it serves on
         finally:
             await store.aclose()

@@ -286,3 +286,29 @@ async def test_settled_returns_at_once_when_nothing_is_in_flight() -> None:
     assert not any(w.done() for w in waiters[1:])
     lock.end()
     await asyncio.gather(*waiters[1:])
+
+
+async def test_a_doubt_fails_whoever_waits_for_the_commits_then_clears() -> None:
+    """A commit whose outcome nobody knows (the store lost its connection mid-commit): an
+    exclusive holder-to-be fails at once instead of waiting for the store to come back; once
+    the commit settles, the lock works as before."""
+    from jidoka.store.base import CommitOutcomeUnknown
+
+    lock = CommitLock()
+    lock.begin()
+    waiter = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0)  # it holds the FIFO lock and waits for the commit
+    assert not waiter.done()
+    unknown = CommitOutcomeUnknown("session 'S': outcome unknown", session_id="S")
+    lock.doubt(unknown)
+    with pytest.raises(CommitOutcomeUnknown):
+        await waiter
+    assert not lock.locked()  # the failed waiter let the lock go
+    with pytest.raises(CommitOutcomeUnknown):  # a newcomer fails at once too
+        await lock.acquire()
+    lock.end()  # the store found out: settled
+    await asyncio.wait_for(lock.acquire(), 5)
+    lock.release()
+    lock.doubt(unknown)  # nothing in flight: nothing to doubt
+    await asyncio.wait_for(lock.acquire(), 5)
+    lock.release()

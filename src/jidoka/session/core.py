@@ -38,6 +38,7 @@ from .._sync import CommitLock
 from ..errors import SessionTerminated
 from ..events import Event, EventType
 from ..payloads import SessionStatusData, data_of
+from ..store.base import CommitOutcomeUnknown
 from .postcommit import Step, after_commit, report_fault
 from .state import Status
 
@@ -222,8 +223,18 @@ class SessionCore:
         """
         events, waiting = self._queue(items, after, activity)
         if waiting is not None:
-            await waiting
+            await self.settle(waiting)
         return events
+
+    async def settle(self, waiting: Awaitable[None]) -> None:
+        """Await a commit handed to the store. If the store answers that its outcome is not
+        known yet (:class:`~jidoka.store.base.CommitOutcomeUnknown`), the lock is told, so the
+        commands queued behind it fail at once rather than wait for the store to come back."""
+        try:
+            await waiting
+        except CommitOutcomeUnknown as exc:
+            self.lock.doubt(exc)
+            raise
 
     def _committed(self, error: BaseException | None) -> None:
         """The store settled the oldest commit in flight (before ``append_nowait`` returned,

@@ -84,7 +84,7 @@ class Session(SessionCore):
         finally:
             lock.release()
         if waiting is not None:
-            await waiting
+            await self.settle(waiting)
         event = events[-1]
         return Message(event.id, role, content, event.time, event.seq)
 

@@ -32,6 +32,7 @@ from ..events import Event
 
 __all__ = [
     "LIVE_SESSIONS_PAGE",
+    "CommitOutcomeUnknown",
     "OnCommitted",
     "OwnershipLost",
     "SavedSession",
@@ -98,6 +99,13 @@ class StoreUnavailable(StoreError):
     not take effect and may be retried; the store reconnects by itself."""
 
 
+class CommitOutcomeUnknown(StoreUnavailable):
+    """The connection to the store broke while an append was being committed, and the store
+    cannot be reached to find out whether it was. Not a failure: the append may be stored. The
+    store keeps asking; once its server answers, the session applies the append if it was
+    stored (its log, and its event stream, then show it), and it never is stored twice."""
+
+
 class OwnershipLost(StoreError):
     """An append refused because the session's fence moved on: another node took the session
     (a store shared by several nodes raises it; on one node the fence never changes). Nothing
@@ -150,7 +158,11 @@ class SessionStore(Protocol):
 
         Returns ``None`` if the batch was committed before this returned (``on_done(None)``
         has run; a store with ``commits_inline`` always does), else an awaitable that
-        completes when ``on_done`` has run and raises what it was given."""
+        completes when ``on_done`` has run and raises what it was given. One exception: a
+        store over a network whose connection broke while the commit was in flight, and that
+        cannot reach its server to find out whether it was stored, fails the awaitable with
+        :class:`CommitOutcomeUnknown` (so the caller is answered in bounded time, truthfully)
+        and calls ``on_done`` later, once the log says."""
         ...
 
     async def append(self, session_id: str, events: Sequence[Event]) -> None:

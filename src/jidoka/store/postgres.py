@@ -51,9 +51,10 @@ from .base import (
     StoreUnavailable,
 )
 from .heads import created_owner, status_after
+from .postgres_append import PgAppend
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
 from .postgres_sql import Statements
-from .postgres_writer import PgAppend, PgWriter
+from .postgres_writer import PgWriter
 from .sqlite_schema import decode_object, encode
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "SchemaError", "is_postgres_dsn"]

@@ -39,6 +39,9 @@ UNAVAILABLE: Final = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # The client's protocol state no longer matches the server's (an operation cut short):
+    # the connection is unusable, like a broken one.
+    asyncpg.exceptions.InternalClientError,
 )
 
 SCHEMA_VERSION: Final = 1

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from .postgres_writer import PgAppend
+    from .postgres_append import PgAppend
 
 __all__ = [
     "Statements",

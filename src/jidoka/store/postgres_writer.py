@@ -29,13 +29,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
 
 from ..errors import StoreError
-from .base import OnCommitted, OwnershipLost, SeqConflict, StoreUnavailable
+from .base import OwnershipLost, SeqConflict, StoreUnavailable
+from .postgres_append import Chain, PgAppend
 from .postgres_schema import UNAVAILABLE
 from .postgres_sql import (
     append_one,
@@ -46,7 +46,7 @@ from .postgres_sql import (
     session_statement,
 )
 
-__all__ = ["PgAppend", "PgWriter"]
+__all__ = ["PgWriter"]
 
 logger = logging.getLogger("jidoka.store.postgres")
 
@@ -54,81 +54,6 @@ logger = logging.getLogger("jidoka.store.postgres")
 _GROUP_MAX: Final = 1024
 
 Connect = Callable[[], Coroutine[Any, Any, asyncpg.Connection]]
-
-
-class PgAppend:
-    """One append: validated rows, and whom to tell once its outcome is known."""
-
-    __slots__ = (
-        "created",
-        "data",
-        "first",
-        "future",
-        "last",
-        "on_done",
-        "owner",
-        "resent",
-        "session_id",
-        "status",
-        "status_at",
-        "times",
-        "types",
-    )
-
-    def __init__(
-        self,
-        session_id: str,
-        first: int,
-        types: list[str],
-        times: list[datetime],
-        data: list[bytes],
-        status: str | None,
-        status_at: datetime | None,
-        created: bool,
-        owner: str | None,
-        on_done: OnCommitted | None,
-        future: asyncio.Future[None],
-    ) -> None:
-        self.session_id = session_id
-        self.first = first
-        self.last = first + len(types) - 1
-        self.types = types
-        self.times = times
-        self.data = data
-        self.status = status
-        #: The time of the last event that changed the status (the head's ``updated_at``).
-        self.status_at = status_at
-        self.created = created
-        self.owner = owner
-        self.on_done = on_done
-        self.future = future
-        self.resent = False
-
-    def settle(self, error: BaseException | None) -> None:
-        if self.on_done is not None:
-            try:
-                self.on_done(error)
-            except Exception:
-                logger.exception("a commit callback failed")
-        if self.future.done():
-            return  # a cancelled caller: the append is settled all the same
-        if error is None:
-            self.future.set_result(None)
-        else:
-            self.future.set_exception(error)
-
-
-class _Chain:
-    """The appends of one session in one group, consecutive: they commit (or not) together."""
-
-    __slots__ = ("appends", "fence", "first", "last", "session_id")
-
-    def __init__(self, first: PgAppend, fence: int) -> None:
-        self.session_id = first.session_id
-        self.appends = [first]
-        self.first = first.first
-        self.last = first.last
-        self.fence = fence  # 0: adopt whatever the head holds (see PostgresStore.held_fence)
 
 
 class PgWriter:
@@ -143,7 +68,10 @@ class PgWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         #: Appends whose commit outcome is not known yet (the connection broke under them).
-        self._unknown: list[_Chain] = []
+        self._unknown: list[Chain] = []
+        #: Appends refused while an earlier append of their session had an unknown outcome:
+        #: their callers were answered, their ``on_done`` waits for that outcome's (per session).
+        self._held: dict[str, list[tuple[PgAppend, StoreError]]] = {}
         #: The fence this store holds for each session it writes to.
         self.fences: dict[str, int] = {}
         self.commits = 0
@@ -201,6 +129,9 @@ class PgWriter:
                     if self._stopping:
                         self._give_up()
                         return
+                    for chain in self._unknown:
+                        for append in chain.appends:
+                            append.answer_unknown()
                     self._fail_queued()
                     await self._pause()
                     continue
@@ -208,8 +139,18 @@ class PgWriter:
                 while self._queue and len(group) < _GROUP_MAX:
                     group.append(self._queue.popleft())
                 if group:
-                    await self._commit(group)
-        except BaseException as exc:  # a bug (or cancellation): no caller may wait forever
+                    try:
+                        await self._commit(group)
+                    except Exception as exc:  # a bug: fail this group, keep serving the others
+                        logger.exception("the Postgres writer failed on a group of %d", len(group))
+                        for append in group:
+                            append.settle(
+                                StoreError(
+                                    f"session {append.session_id!r}: the store failed: {exc!r}",
+                                    session_id=append.session_id,
+                                )
+                            )
+        except BaseException as exc:  # cancellation: no caller may wait forever
             error = StoreError(f"the Postgres writer stopped: {exc!r}")
             for chain in self._unknown:
                 for append in chain.appends:
@@ -224,12 +165,12 @@ class PgWriter:
             async with asyncio.timeout(1.0):
                 await self._wake.wait()
 
-    def _chains(self, group: list[PgAppend]) -> list[_Chain]:
-        chains: dict[str, _Chain] = {}
+    def _chains(self, group: list[PgAppend]) -> list[Chain]:
+        chains: dict[str, Chain] = {}
         for append in group:
             chain = chains.get(append.session_id)
             if chain is None:
-                chains[append.session_id] = _Chain(append, self.fences.get(append.session_id, 0))
+                chains[append.session_id] = Chain(append, self.fences.get(append.session_id, 0))
             elif append.first == chain.last + 1:
                 chain.appends.append(append)
                 chain.last = append.last
@@ -281,7 +222,7 @@ class PgWriter:
         self.batched_requests += len(group)
         await self._settle(chains, {row[0]: int(row[1]) for row in rows})
 
-    def _statement_for(self, chains: list[_Chain]) -> tuple[str, tuple[Any, ...]]:
+    def _statement_for(self, chains: list[Chain]) -> tuple[str, tuple[Any, ...]]:
         """The smallest statement that covers the group (see :mod:`.postgres_sql`)."""
         creates = ends = False
         for chain in chains:
@@ -303,7 +244,7 @@ class PgWriter:
             [(chain.session_id, chain.fence, chain.appends) for chain in chains]
         )
 
-    async def _settle(self, chains: list[_Chain], applied: dict[str, int]) -> None:
+    async def _settle(self, chains: list[Chain], applied: dict[str, int]) -> None:
         refused = [chain for chain in chains if chain.session_id not in applied]
         for chain in chains:
             fence = applied.get(chain.session_id)
@@ -317,7 +258,7 @@ class PgWriter:
         if refused:
             await self._refuse(refused)
 
-    async def _refuse(self, chains: list[_Chain]) -> None:
+    async def _refuse(self, chains: list[Chain]) -> None:
         """Say why each of these sessions' heads did not match (read back, after the commit)."""
         heads: dict[str, tuple[int, int]] = {}
         try:
@@ -373,27 +314,44 @@ class PgWriter:
                     if append.status == "terminated":
                         self.fences.pop(chain.session_id, None)
                     append.settle(None)
-                continue
-            for append in chain.appends:
-                if append.resent:
+            elif any(append.told or append.resent for append in chain.appends):
+                # Not stored, and its caller was answered already (or it was sent twice):
+                # it stays unstored, which is what the caller can find in the log.
+                for append in chain.appends:
                     append.settle(
                         StoreUnavailable(
-                            f"session {append.session_id!r}: the store could not commit the "
-                            "append (the connection broke twice); nothing was stored",
+                            f"session {append.session_id!r}: the append (seq {append.first}) "
+                            "was not stored: the connection to the store broke while it was "
+                            "being committed",
                             session_id=append.session_id,
                         )
                     )
-                else:
+            else:  # not stored, nobody told yet: send it again (the head's check makes it safe)
+                for append in chain.appends:
                     append.resent = True
                     resend.append(append)
+            self._release_held(chain.session_id)
         self._queue.extendleft(reversed(resend))
         return True
 
+    def _release_held(self, session_id: str) -> None:
+        """Settle the appends held behind a session's unknown outcome, now that it is known."""
+        for append, error in self._held.pop(session_id, ()):
+            append.settle(error)
+
     def _fail_queued(self) -> None:
-        """The server is out of reach: what was never sent fails now (nothing stored)."""
+        """The server is out of reach: what was never sent fails now (nothing stored). An
+        append behind one of its session's unknown outcomes is answered now and settled after
+        that outcome, to keep the session's order."""
+        doubtful = {chain.session_id for chain in self._unknown}
         while self._queue:
             append = self._queue.popleft()
-            append.settle(_unavailable(append.session_id))
+            error = _unavailable(append.session_id)
+            if append.session_id in doubtful:
+                append.answer(error)
+                self._held.setdefault(append.session_id, []).append((append, error))
+            else:
+                append.settle(error)
 
     def _give_up(self) -> None:
         """Closing with outcomes still unknown: say so (a restart reads the log for the truth)."""
@@ -407,10 +365,12 @@ class PgWriter:
                         session_id=append.session_id,
                     )
                 )
+        for chain in self._unknown:
+            self._release_held(chain.session_id)
         self._unknown = []
         self._fail_queued()
 
-    def _fail(self, chains: list[_Chain], exc: StoreError) -> None:
+    def _fail(self, chains: list[Chain], exc: StoreError) -> None:
         for chain in chains:
             for append in chain.appends:
                 if isinstance(exc, StoreUnavailable):
