@@ -237,7 +237,7 @@ def store_call(schema: str, heads: Sequence[tuple[str, int]]) -> tuple[str, Sequ
     code (``jidoka.store.postgres_sql``): its one-event form for a single session, its group
     form (arrays, ``unnest``) for several."""
     from jidoka.store import postgres_sql as q
-    from jidoka.store.postgres_writer import PgAppend
+    from jidoka.store.postgres_append import PgAppend
 
     quoted = f'"{schema}"'
     stamp = now()
