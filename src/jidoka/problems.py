@@ -40,6 +40,7 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from .store.base import CommitOutcomeUnknown
 
 __all__ = [
     "PROBLEMS",
@@ -191,6 +192,10 @@ PROBLEMS: Final[tuple[Problem, ...]] = (
             lambda p, sid, d: HostNotAllowed(_str(p, "host"))),
     Problem(OriginNotAllowed, "origin-not-allowed", 403, "Origin not allowed", ("origin",),
             lambda p, sid, d: OriginNotAllowed(_str(p, "origin"))),
+    # Not "store-error": the command may have been stored, so a client must not simply send it
+    # again; it reads the session's log (or its stream) once the store is back.
+    Problem(CommitOutcomeUnknown, "commit-outcome-unknown", 503, "Commit outcome unknown", (),
+            lambda p, sid, d: CommitOutcomeUnknown(d, session_id=sid)),
     Problem(StoreError, "store-error", 503, "Session store unavailable", (),
             lambda p, sid, d: StoreError(d, session_id=sid)),
     Problem(RuntimeClosed, "runtime-closed", 503, "Runtime shutting down", (),

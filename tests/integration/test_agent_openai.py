@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from jidoka.bus.base import Subscription
 from jidoka.llm.prompt import message_tokens, tools_tokens
 from jidoka.llm.types import ChatMessage, ToolCall, ToolSpec
 from jidoka.session.context import estimate_tokens
+from jidoka.store.postgres import is_postgres_dsn
 
 from ..helpers import PROMPTLY, settle, until
 from ..support.openai_server import (
@@ -42,6 +44,7 @@ from ..support.openai_server import (
     openai_server,
     rate_limited,
 )
+from ..support.postgres import schema_contents
 
 #: A distinctive key: it must reach the server's Authorization header and nothing else.
 KEY = "sk-test-SECRET-1234567890"
@@ -596,7 +599,7 @@ async def test_a_hanging_request_touches_no_other_session(
 # --- the API key ----------------------------------------------------------------------------------
 
 
-@pytest.mark.stores("sqlite")
+@pytest.mark.stores("sqlite", "postgres")  # where the key could be written down
 async def test_the_api_key_appears_nowhere_but_the_request(
     server: OpenAIServer, project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -612,7 +615,9 @@ async def test_the_api_key_appears_nowhere_but_the_request(
         Cut(["half"]),
     )
     environ = {KEY_VARIABLE: KEY}
-    async with jidoka.Runtime(data_dir=data_dir, store="sqlite", environ=environ) as runtime:
+    async with jidoka.Runtime(
+        data_dir=data_dir, environ=environ
+    ) as runtime:  # the store under test
         client = runtime.client
         sid = await client.create_session(project_root=str(project), llm_config=config)
         assert (await client.chat(sid, "what does main return?")).iterations == 2
@@ -643,6 +648,13 @@ async def test_the_api_key_appears_nowhere_but_the_request(
     for record in caplog.records:
         assert KEY not in record.getMessage(), (record.name, record.getMessage())
     assert KEY not in caplog.text
+    store = os.environ["JIDOKA_STORE"]
+    if is_postgres_dsn(store):
+        rows = await schema_contents(store, os.environ["JIDOKA_POSTGRES_SCHEMA"])
+        assert "tool_result" in rows  # the rows were read (bytea in hex: the type is text)
+        assert KEY not in rows
+        assert KEY.encode().hex() not in rows
+        return
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())
     assert any(p.name.startswith("jidoka.sqlite3") for p in files), files
     for path in files:

@@ -14,6 +14,7 @@ import pytest
 
 import jidoka
 from jidoka import FakeClock, Status
+from jidoka.session.session import Session
 from jidoka.store.base import SessionStore
 from jidoka.store.memory import MemoryStore
 from jidoka.store.sqlite import SqliteStore
@@ -78,7 +79,7 @@ async def test_start_up_reads_no_session_and_finds_one_by_id(
     await store.open()
     counting = Counting(store)
     try:
-        async with jidoka.Runtime(store=counting, clock=clock) as rt:  # type: ignore[arg-type]
+        async with jidoka.Runtime(store=counting, clock=clock) as rt:
             assert counting.reads() == Counter()  # not one session read, not one listed
             assert rt.manager.live_count() == 0
             info = await rt.client.get_session_info(ids[1234])
@@ -103,7 +104,7 @@ async def test_concurrent_first_use_loads_once(
     await store.open()
     counting = Counting(store)
     try:
-        async with jidoka.Runtime(store=counting, clock=clock) as rt:  # type: ignore[arg-type]
+        async with jidoka.Runtime(store=counting, clock=clock) as rt:
             sid = ids[1]
             calls: list[Callable[[], Any]] = [
                 lambda: rt.client.get_session_info(sid),
@@ -114,7 +115,7 @@ async def test_concurrent_first_use_loads_once(
             results = await asyncio.gather(*(calls[n % 4]() for n in range(40)))
             assert counting.calls["find_session"] == 1
             assert counting.calls["read_snapshot"] == 1  # one load
-            sessions = {id(r) for r in results if isinstance(r, jidoka.session.session.Session)}
+            sessions = {id(r) for r in results if isinstance(r, Session)}
             assert sessions == {id(rt.manager.get(sid))}  # one Session for all of them
             history = await rt.client.get_conversation_history(sid)
             assert [m.content for m in history] == ["hello"] * 10
@@ -283,7 +284,7 @@ async def test_the_memory_store_is_neither_paged_nor_swept(
     the store, and no sweep runs."""
     store = MemoryStore()
     counting = Counting(store)
-    async with jidoka.Runtime(store=counting, clock=clock) as rt:  # type: ignore[arg-type]
+    async with jidoka.Runtime(store=counting, clock=clock) as rt:
         ids = [await rt.client.create_session(owner="dan") for _ in range(3)]
         await rt.client.terminate_session(ids[0])
         listed = await rt.client.list_sessions(owner="dan")
@@ -318,7 +319,7 @@ async def test_a_failed_sweep_is_retried_and_passes_carry_a_cursor(
     await store.open()
     counting = FailingOnce(store)
     try:
-        async with jidoka.Runtime(store=counting, clock=clock) as rt:  # type: ignore[arg-type]
+        async with jidoka.Runtime(store=counting, clock=clock) as rt:
             manager = rt.manager
             clock.advance(30 * 60)  # the first pass: the store is down
             await quiesce(rt)

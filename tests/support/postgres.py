@@ -32,6 +32,7 @@ __all__ = [
     "dsn_via",
     "drop_schema",
     "execute_in_schema",
+    "schema_contents",
     "new_schema_name",
     "postgres_dsn",
     "redacted",
@@ -142,3 +143,24 @@ async def execute_in_schema(dsn: str, name: str, statement: str, params: tuple[o
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(name)))
         cursor = await conn.execute(statement.encode(), params)
         return cursor.rowcount
+
+
+async def schema_contents(dsn: str, name: str) -> str:
+    """Every row of every table of schema ``name`` as text (``bytea`` columns in hex), for a
+    test that checks something was never written anywhere in the store."""
+    async with await psycopg.AsyncConnection.connect(
+        dsn, connect_timeout=CONNECT_TIMEOUT, autocommit=True
+    ) as conn:
+        cursor = await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (name,)
+        )
+        tables = [row[0] for row in await cursor.fetchall()]
+        parts = []
+        for table in tables:
+            cursor = await conn.execute(
+                sql.SQL("SELECT row_to_json(t)::text FROM {}.{} AS t").format(
+                    sql.Identifier(name), sql.Identifier(table)
+                )
+            )
+            parts += [f"{table}: {row[0]}" for row in await cursor.fetchall()]
+        return "\n".join(parts)

@@ -8,13 +8,19 @@ writer together, so they share one statement: the ``commits`` counter shows it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 
 import pytest
 
 from jidoka.events import Event, EventType
-from jidoka.store.base import CommitOutcomeUnknown, OwnershipLost, SeqConflict, StoreUnavailable
+from jidoka.store.base import (
+    CommitOutcomeUnknown,
+    OnCommitted,
+    OwnershipLost,
+    SeqConflict,
+    StoreUnavailable,
+)
 from jidoka.store.postgres import PostgresStore
 from tests.support.postgres import address_of, dsn_via
 from tests.support.tcp_proxy import TcpProxy
@@ -30,7 +36,7 @@ def message(sid: str, seq: int, text: str = "") -> Event:
 
 
 def created(sid: str, owner: str | None = None) -> list[Event]:
-    data = {"status": "initializing", "metadata": {}, "owner": owner}
+    data: dict[str, object] = {"status": "initializing", "metadata": {}, "owner": owner}
     return [
         Event(EventType.SESSION_CREATED, sid, 1, T0, data),
         Event(
@@ -56,9 +62,21 @@ async def store(postgres_dsn: str, postgres_schema: str) -> AsyncIterator[Postgr
     await instance.aclose()
 
 
-async def settled(*waiting: object) -> list[BaseException | None]:
-    results = await asyncio.gather(*waiting, return_exceptions=True)  # type: ignore[arg-type]
-    return [None if r is None else r for r in results]
+def on_done(told: list[BaseException | None], done: asyncio.Event) -> OnCommitted:
+    """An ``on_done`` that records what it is told and says so."""
+
+    def call(error: BaseException | None) -> None:
+        told.append(error)
+        done.set()
+
+    return call
+
+
+async def settled(*waiting: Awaitable[None] | None) -> list[BaseException | None]:
+    """What each append came to (Postgres never commits inline: each gives an awaitable)."""
+    pending = [w for w in waiting if w is not None]
+    assert len(pending) == len(waiting)
+    return list(await asyncio.gather(*pending, return_exceptions=True))
 
 
 async def test_one_statement_commits_a_mixed_group(store: PostgresStore) -> None:
@@ -161,9 +179,7 @@ async def test_a_reply_lost_after_the_commit_is_read_back(
             proxy.mute()  # the statement reaches the server; its answer never comes back
             told: list[BaseException | None] = []
             done = asyncio.Event()
-            waiting = store.append_nowait(
-                E, [message(E, 4, "sent once")], lambda error: (told.append(error), done.set())
-            )
+            waiting = store.append_nowait(E, [message(E, 4, "sent once")], on_done(told, done))
             assert waiting is not None
             # The writer gives up on the reply after command_timeout and cannot reconnect while
             # the proxy is muted: the caller is told the outcome is unknown (not that it failed).
@@ -198,9 +214,7 @@ async def test_an_append_never_sent_is_found_unstored_once_the_server_is_back(
             proxy.stall()  # nothing reaches the server
             told: list[BaseException | None] = []
             done = asyncio.Event()
-            waiting = store.append_nowait(
-                E, [message(E, 3)], lambda error: (told.append(error), done.set())
-            )
+            waiting = store.append_nowait(E, [message(E, 3)], on_done(told, done))
             assert waiting is not None
             with pytest.raises(CommitOutcomeUnknown):
                 await asyncio.wait_for(waiting, 30)

@@ -48,6 +48,7 @@ from jidoka.problems import (
     problem_of,
     status_for,
 )
+from jidoka.store.base import CommitOutcomeUnknown
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 
@@ -103,6 +104,9 @@ CASES: dict[str, Callable[[], JidokaError]] = {
     "Unauthorized": lambda: Unauthorized("missing or unknown bearer token"),
     "Unauthorized-session": lambda: Unauthorized("no such token", session_id=SID),
     "StoreError": lambda: StoreError("write failed: disk full", session_id=SID),
+    "CommitOutcomeUnknown": lambda: CommitOutcomeUnknown(
+        "the connection broke mid-commit; the log will say", session_id=SID
+    ),
     "RuntimeClosed": lambda: RuntimeClosed("the runtime is shutting down"),
     "SessionExists": lambda: SessionExists(SID),
     "SessionBusy": lambda: SessionBusy(SID),
@@ -129,7 +133,10 @@ def _round_trip(exc: JidokaError) -> tuple[dict[str, Any], JidokaError]:
 
 
 def test_every_error_class_has_a_case() -> None:
+    """Every public error, and every class outside ``errors`` that travels as its own problem
+    type (``CommitOutcomeUnknown``, from the store)."""
     classes = {getattr(errors, name) for name in errors.__all__}
+    classes.add(CommitOutcomeUnknown)
     assert classes == {type(make()) for make in CASES.values()}
 
 

@@ -447,9 +447,9 @@ async def test_listing_pages_by_id_whatever_the_page_size(store: SessionStore) -
         assert found == live
     assert [s.session_id for s in await store.list_sessions(after="C")] == live[1:]
     assert [s.session_id for s in await store.list_sessions(after=live[-1])] == []
-    ended = [sid for n, sid in enumerate(ids) if n % 3 == 1]
-    terminated = await store.list_sessions(status="terminated", limit=1, after=ended[0])
-    assert [s.session_id for s in terminated] == ended[1:2]
+    ended_ids = [sid for n, sid in enumerate(ids) if n % 3 == 1]
+    terminated = await store.list_sessions(status="terminated", limit=1, after=ended_ids[0])
+    assert [s.session_id for s in terminated] == ended_ids[1:2]
     for bad in (0, -1):
         with pytest.raises(ValueError, match="at least 1"):
             await store.list_sessions(limit=bad)

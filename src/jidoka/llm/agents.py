@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, JidokaError
 from ..session.context import TokenCounter
 from ..session.manager import SessionManager
 from ..session.session import Session
@@ -122,10 +122,17 @@ class AgentPool:
         self._telemetry.record_turn(usage.prompt_tokens, usage.completion_tokens, outcome)
 
     def _exited(self, agent: Agent) -> None:
+        """The agent's worker ended. Called from the worker's own clean-up, so it never raises:
+        an exception there would replace the worker's cancellation, and its supervisor would
+        take a stop for a crash (the runtime closing is the case that did it)."""
         if not self._manager.is_live(agent.session_id) or agent.closed:
             self._agents.pop(agent.session_id, None)
             return
-        session = self._manager.get(agent.session_id)
+        try:
+            session = self._manager.get(agent.session_id)
+        except JidokaError:  # the runtime closed, or the session ended, meanwhile
+            self._agents.pop(agent.session_id, None)
+            return
         if session.terminating:
             self._agents.pop(agent.session_id, None)
 

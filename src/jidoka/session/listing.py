@@ -19,6 +19,7 @@ A store that is not durable holds nothing this node has not loaded, so it is not
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -33,6 +34,8 @@ __all__ = ["list_sessions"]
 
 #: The most sessions read from the store at a time.
 _PAGE: Final = 500
+#: The most sessions a listing loads at once.
+_LOADS: Final = 16
 
 
 class _StorePages:
@@ -94,27 +97,52 @@ async def list_sessions(
             stored_statuses = [Status.IDLE.value, Status.ACTIVE.value]
     size = min(limit, _PAGE) if limit is not None else _PAGE
     pages = [_StorePages(store, s, owner, after, size) for s in stored_statuses]
-    out: list[SessionInfo] = []
     position = 0
-    while limit is None or len(out) < limit:
-        # The smallest next id among the node's and each store page's; each taken once.
+
+    async def next_id() -> str | None:
+        """The smallest next id among the node's and each store page's; each taken once."""
+        nonlocal position
         heads = [await page.peek() for page in pages]
         candidates = [sid for sid in heads if sid is not None]
         if position < len(held):
             candidates.append(held[position])
         if not candidates:
-            break
+            return None
         sid = min(candidates)
         if position < len(held) and held[position] == sid:
             position += 1
         for page, head in zip(pages, heads, strict=True):
             if head == sid:
                 page.advance()
-        with contextlib.suppress(SessionTerminated, SessionNotFound):  # gone, or corrupt on load
-            found = await info(sid)
-            # Checked again: what the session says once loaded is the truth.
-            if (owner is None or found.owner == owner) and (
-                wanted is None or found.status is wanted
-            ):
-                out.append(found)
+        return sid
+
+    gate = asyncio.Semaphore(_LOADS)
+
+    async def answer(sid: str) -> SessionInfo | None:
+        async with gate:
+            with contextlib.suppress(SessionTerminated, SessionNotFound):  # gone, or corrupt
+                return await info(sid)
+            return None
+
+    out: list[SessionInfo] = []
+    while limit is None or len(out) < limit:
+        # As many ids as the page still needs, answered together: a session not loaded yet is
+        # loaded (a few store round trips), and a page of them loads at once, not in a row.
+        batch: list[str] = []
+        while len(batch) < (size if limit is None else limit - len(out)):
+            sid = await next_id()
+            if sid is None:
+                break
+            batch.append(sid)
+        if not batch:
+            break
+        answers = await asyncio.gather(*(answer(sid) for sid in batch))
+        # Checked again: what the session says once loaded is the truth.
+        out.extend(
+            found
+            for found in answers
+            if found is not None
+            and (owner is None or found.owner == owner)
+            and (wanted is None or found.status is wanted)
+        )
     return out
