@@ -4,9 +4,11 @@ Without ``--only`` it runs the in-memory benchmarks (:data:`DEFAULT`); the durab
 (``durable``, ``peers``: see docs/performance.md), the HTTP server (``http``: uvicorn in a
 child process, wrk if installed) and the agent (``agent``: the turn loop's overhead, and 100
 sessions streaming from an OpenAI-compatible server in a child process) run when named, e.g.
-``--only durable peers``, ``--only http`` or ``--only agent``; ``hotpath`` (issue 14's
+``--only durable peers``, ``--only http`` or ``--only agent``; ``postgres`` (issue 15: the
+store on PostgreSQL, the DSN from ``JIDOKA_TEST_POSTGRES_DSN``; ``python -m
+benchmarks.bench_postgres`` takes ``--dsn`` and ``--only``) and ``hotpath`` (issue 14's
 table, this checkout only: ``python -m benchmarks.bench_hotpath --before SRC`` adds a
-"before" tree) runs the same way.
+"before" tree) run the same way.
 
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
 file under ``benchmarks/results/`` (or ``--output``). ``--quick`` uses tiny sizes: it checks
@@ -37,6 +39,7 @@ from . import (
     bench_lifecycle,
     bench_memory,
     bench_peers,
+    bench_postgres,
 )
 from ._common import ROOT, Result, format_table, machine_info
 
@@ -49,12 +52,19 @@ MODULES: dict[str, ModuleType] = {
 }
 #: What runs without ``--only``: the modules above.
 DEFAULT: tuple[str, ...] = tuple(MODULES)
-#: The durable store (SQLite) and its peers, the hot-path table, the HTTP server and the agent;
-#: they run only when named with ``--only``.
+#: The durable store (SQLite) and its peers, the hot-path table, the HTTP server, the agent and
+#: the PostgreSQL store; they run only when named with ``--only``.
 MODULES.update(
     {
         module.NAME: module
-        for module in (bench_durable, bench_peers, bench_hotpath, bench_http, bench_agent)
+        for module in (
+            bench_durable,
+            bench_peers,
+            bench_hotpath,
+            bench_http,
+            bench_agent,
+            bench_postgres,
+        )
     }
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -301,3 +302,88 @@ def test_hotpath_without_the_peer_says_not_installed(monkeypatch: pytest.MonkeyP
         _check_well_formed(result)
         assert result.details["before_samples"] == []
     assert "SQLiteSession: not installed" in hotpath.format_hotpath(results)
+
+
+def _postgres_dsn() -> str:
+    """The test server's DSN; without a server the test skips, or fails under ``CI=true``."""
+    pg = _load("_pg")
+    dsn: str = pg.dsn_from(None)
+    reason = pg.unavailable(dsn)
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs PostgreSQL for the Postgres benchmark: {reason}")
+        pytest.skip(f"the Postgres benchmark needs a server: {reason}")
+    return dsn
+
+
+def _schemas(dsn: str, prefix: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_postgres_benchmark_runs_and_drops_its_schemas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every part at tiny sizes: Jidoka measured on each workload, the raw and driver rows
+    and (when the `bench` extra is installed) the peers' positive and finite, the JSON written,
+    a table row per result, and no schema of the run left behind."""
+    dsn = _postgres_dsn()
+    bench = _load("bench_postgres")
+    peers = _load("_pg_peers")
+    output = tmp_path / "postgres.json"
+    assert bench.main(["--quick", "--dsn", dsn, "--output", str(output)]) == 0
+    document = json.loads(output.read_text(encoding="utf-8"))
+    info = document["postgres"]
+    assert info["schemas_dropped"] > 0
+    assert _schemas(dsn, info["schema_prefix"]) == []
+    results = document["results"]
+    keys = [r["key"] for r in results]
+    assert len(keys) == len(set(keys)), keys
+    parts = {key.split(".")[1] for key in keys}
+    assert {"single", "concurrent", "driver", "load", "startup", "list_page_first"} <= parts
+    drivers = {r["details"]["driver"] for r in results if r["key"].startswith("postgres.driver.")}
+    assert drivers == {"psycopg", "psycopg-binary", "psycopg-pipeline", "asyncpg"}
+    installed = {peers.LANGGRAPH: False, peers.ADK: False}
+    for peer in installed:
+        installed[peer] = peers.missing(peer) is None
+    for result in results:
+        key, details = result["key"], result["details"]
+        assert all(_sane(s) for s in result["samples"]), (key, result["samples"])
+        reference = details["reference"]
+        peer = {"LangGraph": peers.LANGGRAPH, "ADK": peers.ADK}.get(reference)
+        if peer is not None and not installed[peer]:
+            assert result["baseline"] is None, key
+            continue
+        if reference is not None:
+            assert all(_sane(s) for s in result["baseline"]["samples"]), key
+            assert _sane(result["ratio"]), key
+        if result["target"] is not None:
+            assert result["met"] in (True, False)
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == len(keys) + 1  # the header's separator starts with "|-"
+
+
+def test_postgres_benchmark_drops_its_schemas_when_a_part_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A part that fails after making a schema: the error comes out, the schema does not stay."""
+    dsn = _postgres_dsn()
+    bench = _load("bench_postgres")
+    made: list[str] = []
+
+    def failing(run: Any, sizes: Any) -> Any:
+        schema = run.schema("doomed")
+        _load("_common").run_async(lambda: _load("_pg").make_tables(run.dsn, schema))
+        made.append(run.prefix)
+        raise RuntimeError("the part failed")
+
+    monkeypatch.setattr(bench, "_drivers", failing)
+    with pytest.raises(RuntimeError, match="the part failed"):
+        bench.measure(dsn, bench.QUICK, ["drivers"])
+    [prefix] = made
+    assert _schemas(dsn, prefix) == []
