@@ -40,17 +40,16 @@ import asyncpg
 import msgspec
 
 from ..errors import RuntimeClosed, StoreError
-from ..events import EVENT_TYPES, Event, EventType
+from ..events import EVENT_TYPES, Event
 from .base import (
     LIVE_SESSIONS_PAGE,
     OnCommitted,
     SavedSession,
     SchemaError,
-    SeqConflict,
     StoredSession,
     StoreUnavailable,
 )
-from .heads import created_owner, status_after
+from .heads import batch_head
 from .postgres_append import PgAppend
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
 from .postgres_sql import Statements
@@ -261,42 +260,13 @@ class PostgresStore:
             if on_done is not None:
                 on_done(None)
             return None
-        first = events[0].seq
-        types: list[str] = []
-        times: list[datetime] = []
-        data: list[bytes] = []
-        status: str | None = None
-        status_at: datetime | None = None
-        created = False
-        owner = None
-        for offset, event in enumerate(events):
-            if event.session_id != session_id or event.seq != first + offset:
-                raise SeqConflict(session_id, first + offset, event.seq)
-            types.append(event.type.value)
-            times.append(event.time)
-            data.append(encode(event.data))
-            after = status_after(status, event)
-            if after is not status:
-                status, status_at = after, event.time
-            if event.type == EventType.SESSION_CREATED:
-                created, owner = True, created_owner(event.data)
-        if first < 1:
-            raise SeqConflict(session_id, 1, first)
+        head = batch_head(session_id, events)
+        types = [event.type.value for event in events]
+        times = [event.time for event in events]
+        data = [encode(event.data) for event in events]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writer.put(
-            PgAppend(
-                session_id,
-                first,
-                types,
-                times,
-                data,
-                status,
-                status_at,
-                created,
-                owner,
-                on_done,
-                future,
-            )
+            PgAppend(session_id, events[0].seq, types, times, data, head, on_done, future)
         )
         return future
 

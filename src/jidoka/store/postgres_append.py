@@ -14,6 +14,7 @@ import logging
 from datetime import datetime
 
 from .base import CommitOutcomeUnknown, OnCommitted
+from .heads import BatchHead
 
 __all__ = ["Chain", "PgAppend"]
 
@@ -48,10 +49,7 @@ class PgAppend:
         types: list[str],
         times: list[datetime],
         data: list[bytes],
-        status: str | None,
-        status_at: datetime | None,
-        created: bool,
-        owner: str | None,
+        head: BatchHead,
         on_done: OnCommitted | None,
         future: asyncio.Future[None],
     ) -> None:
@@ -61,11 +59,11 @@ class PgAppend:
         self.types = types
         self.times = times
         self.data = data
-        self.status = status
+        self.status = head.status
         #: The time of the last event that changed the status (the head's ``updated_at``).
-        self.status_at = status_at
-        self.created = created
-        self.owner = owner
+        self.status_at = head.status_at
+        self.created = head.created
+        self.owner = head.owner
         self.on_done = on_done
         self.future = future
         self.resent = False

@@ -28,18 +28,17 @@ from typing import Any, Final, Literal
 import msgspec
 
 from ..errors import RuntimeClosed, StoreError
-from ..events import EVENT_TYPES, Event, EventType
-from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, SeqConflict, StoredSession
+from ..events import EVENT_TYPES, Event
+from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, StoredSession
+from .heads import batch_head
 from .sqlite_schema import (
     SCHEMA_VERSION,
     SchemaError,
-    created_owner,
     decode_object,
     encode,
     from_us,
     max_seq,
     migrate,
-    status_after,
     to_us,
 )
 from .sqlite_writer import Append, Request, Writer
@@ -161,21 +160,12 @@ class SqliteStore:
             if on_done is not None:
                 on_done(None)
             return None
-        first = batch[0].seq
-        status = None
-        created = False
-        owner = None
-        rows = []
-        for offset, event in enumerate(batch):
-            if event.session_id != session_id or event.seq != first + offset:
-                raise SeqConflict(session_id, first + offset, event.seq)
-            rows.append(
-                (session_id, event.seq, event.type.value, to_us(event.time), encode(event.data))
-            )
-            status = status_after(status, event)
-            if event.type == EventType.SESSION_CREATED:
-                created, owner = True, created_owner(event.data)
-        append = Append(first, batch[-1].seq, rows, status, created, owner)
+        head = batch_head(session_id, batch)
+        rows = [
+            (session_id, event.seq, event.type.value, to_us(event.time), encode(event.data))
+            for event in batch
+        ]
+        append = Append(batch[0].seq, batch[-1].seq, rows, head.status, head.created, head.owner)
         request = Request(session_id, asyncio.get_running_loop(), append=append, on_done=on_done)
         self._writer.put(request)
         future: asyncio.Future[None] = request.future
