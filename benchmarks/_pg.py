@@ -237,17 +237,16 @@ def store_call(schema: str, heads: Sequence[tuple[str, int]]) -> tuple[str, Sequ
     code (``jidoka.store.postgres_sql``): its one-event form for a single session, its group
     form (arrays, ``unnest``) for several."""
     from jidoka.store import postgres_sql as q
+    from jidoka.store.heads import BatchHead
     from jidoka.store.postgres_append import PgAppend
 
     quoted = f'"{schema}"'
     stamp = now()
 
     def append(sid: str, last: int) -> Any:
-        status = status_at = owner = on_done = future = None
-        return PgAppend(
-            sid, last + 1, [EVENT_TYPE], [stamp], [DATA], status, status_at, False, owner,
-            on_done, future,
-        )  # fmt: skip
+        head = BatchHead(status=None, status_at=None, created=False, owner=None)
+        future: Any = None  # never settled: only its parameters are built
+        return PgAppend(sid, last + 1, [EVENT_TYPE], [stamp], [DATA], head, None, future)
 
     appends = [(sid, 1, [append(sid, last)]) for sid, last in heads]
     if len(appends) == 1:
