@@ -276,7 +276,11 @@ def test_websocket_chats_past_the_queue_limit_are_refused(
         replies = asyncio.run(flood())
         after = rss(server)
         volume = (queued + extra) * PAYLOAD
-        bound = volume // 2
+        # Keeping the refused payloads would grow the server by the whole volume; what RSS also
+        # shows is the allocator's arenas keeping freed frames for reuse, which reached just past
+        # half the volume once under a CPU hog (21.1 MB of 40.8). Three quarters tells the two
+        # apart without that noise.
+        bound = volume * 3 // 4
         report(f"{queued + extra} chats of 200 KB over the WebSocket", before, after, bound)
         assert all(reply["ok"] is False for reply in replies), replies[:3]
         limits = {(r["error"]["limit"], r["error"]["status"]) for r in replies}
