@@ -320,6 +320,11 @@ class EventBus(Protocol):
         """End every subscription of a session that has terminated."""
         ...
 
+    def health(self) -> tuple[bool, str]:
+        """``(ok, detail)`` for the readiness probe: whether events reach every subscriber
+        live (a bus across processes may fall back to reading the store while it cannot)."""
+        ...
+
     async def aclose(self) -> None:
         """End every subscription. Idempotent."""
         ...
