@@ -20,6 +20,15 @@ events are not queued. Once the consumer has drained its queue:
 
 A publisher or another subscriber is never slowed by a slow one.
 
+**Gaps.** Seqs of a session have no holes, so a session subscription that knows where it stands
+(it was given ``after_seq``, or has seen an event) and is offered an event past the next one
+has missed something on the way (a bus that crosses processes can drop a message, or deliver
+it late) and switches to catch-up as if it had overflowed. :meth:`Subscription.resync` does the
+same on demand: a bus that cannot vouch for what it delivered (its link was down, or it has
+just subscribed) has the consumer read the store until it is caught up. A session stream also
+ends by itself once it has delivered the session's ``session_terminated``: on the node that
+ended the session the bus closes it too, but a bus on another node has nobody else to do so.
+
 Nothing in :class:`EventBus` assumes the subscribers share the publisher's memory: publishing
 hands an event over without waiting (a bus that crosses processes sends it in the background),
 and the counters and ``subscriber_count`` speak of this process's side only.
@@ -58,6 +67,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_anchored",
         "_catching_up",
         "_closed",
         "_delivered",
@@ -106,6 +116,9 @@ class Subscription:
         self._last_seq = after_seq or 0
         self._latest_seen = after_seq or 0
         self._catching_up = after_seq is not None and session_id is not None
+        #: Whether ``_latest_seen`` is a real position (``after_seq`` given, or an event seen):
+        #: only then does a seq past the next one mean a gap, and can the store be read on.
+        self._anchored = after_seq is not None
 
     # --- the bus side ---------------------------------------------------------------------------
 
@@ -116,9 +129,15 @@ class Subscription:
         if self.session_id is not None:
             if event.seq <= self._latest_seen:
                 return  # already queued or replayed (or delivered twice by a backend)
+            gap = self._anchored and event.seq > self._latest_seen + 1
             self._latest_seen = event.seq
+            self._anchored = True
             if self._catching_up:
                 return  # the store has it; catch-up will read it
+            if gap and self._reader is not None:
+                self._catching_up = True  # events before this one went missing: read them
+                self._wake()
+                return
             if len(self._queue) >= self.queue_size:
                 self._catching_up = True
                 return
@@ -129,6 +148,21 @@ class Subscription:
             return
         self._queue.append(event)
         self._wake()
+
+    def resync(self) -> None:
+        """Read the store from where the consumer stands before taking live events again: the
+        bus may have missed some (its link was down, or its subscription was not yet in place
+        when they went by). Costs one store read per call once the consumer asks for more, and
+        nothing is read twice (the subscription skips seqs it has). A session subscription
+        without a position (no ``after_seq``, nothing seen yet) has no place to read on from
+        and is left as it is. On the global topic, which has no log, the consumer gets one
+        ``events_dropped`` marker (``count`` is what this process knows it skipped, often 0:
+        the number missed elsewhere is unknown)."""
+        if self._closed:
+            return
+        if self.session_id is None or (self._anchored and self._reader is not None):
+            self._catching_up = True
+            self._wake()
 
     def close(self) -> None:
         """End the stream after what is already queued (the session ended, or the bus closed)."""
@@ -200,8 +234,7 @@ class Subscription:
     async def __anext__(self) -> Event:
         while True:
             if self._queue:
-                self._delivered += 1
-                return self._queue.popleft()
+                return self._deliver(self._queue.popleft())
             if self._catching_up:
                 marker = await self._catch_up()
                 if marker is not None:
@@ -220,9 +253,16 @@ class Subscription:
     def get_nowait(self) -> Event | None:
         """The next queued event, or ``None`` if none is queued (no catch-up, no waiting)."""
         if self._queue:
-            self._delivered += 1
-            return self._queue.popleft()
+            return self._deliver(self._queue.popleft())
         return None
+
+    def _deliver(self, event: Event) -> Event:
+        self._delivered += 1
+        if event.type == EventType.SESSION_TERMINATED and self.session_id is not None:
+            # The session's last event: nothing follows it, whichever node ended the session.
+            self._closed = True
+            self._catching_up = False
+        return event
 
     async def _catch_up(self) -> Event | None:
         """Refill the queue from the store or end catch-up; may return an ``events_dropped``."""
