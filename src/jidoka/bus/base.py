@@ -25,9 +25,11 @@ A publisher or another subscriber is never slowed by a slow one.
 has missed something on the way (a bus that crosses processes can drop a message, or deliver
 it late) and switches to catch-up as if it had overflowed. :meth:`Subscription.resync` does the
 same on demand: a bus that cannot vouch for what it delivered (its link was down, or it has
-just subscribed) has the consumer read the store until it is caught up. A session stream also
-ends by itself once it has delivered the session's ``session_terminated``: on the node that
-ended the session the bus closes it too, but a bus on another node has nobody else to do so.
+just subscribed) has the consumer read the store until it is caught up. On the node that ended a
+session the bus closes its streams (``close_session``); a bus on another node can learn of the
+end from the store alone (it was away when the end went by), so with ``ends_on_terminated`` a
+session stream also ends when catching up finds the log ending with ``session_terminated``. Only
+at the end of the log: a restored session's log goes on past an earlier termination.
 
 Nothing in :class:`EventBus` assumes the subscribers share the publisher's memory: publishing
 hands an event over without waiting (a bus that crosses processes sends it in the background),
@@ -72,6 +74,7 @@ class Subscription:
         "_closed",
         "_delivered",
         "_dropped",
+        "_ends_on_terminated",
         "_keeps_logs",
         "_last_seq",
         "_latest_seen",
@@ -80,6 +83,7 @@ class Subscription:
         "_pending_drops",
         "_queue",
         "_reader",
+        "_tail_terminated",
         "_waiter",
         "queue_size",
         "session_id",
@@ -95,10 +99,14 @@ class Subscription:
         after_seq: int | None = None,
         on_lost: Callable[[int], None] | None = None,
         keeps_logs: bool = False,
+        ends_on_terminated: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.session_id = session_id
+        self._ends_on_terminated = ends_on_terminated
+        #: Whether the newest event queued (``_last_seq``) is a ``session_terminated``.
+        self._tail_terminated = False
         #: The reader's store keeps a session's log after it ends (a durable one does), so
         #: catching up can go on at the consumer's pace once the session has ended.
         self._keeps_logs = keeps_logs
@@ -142,6 +150,7 @@ class Subscription:
                 self._catching_up = True
                 return
             self._last_seq = event.seq
+            self._tail_terminated = event.type == EventType.SESSION_TERMINATED
         elif self._catching_up or len(self._queue) >= self.queue_size:
             self._catching_up = True
             self._pending_drops += 1
@@ -234,7 +243,8 @@ class Subscription:
     async def __anext__(self) -> Event:
         while True:
             if self._queue:
-                return self._deliver(self._queue.popleft())
+                self._delivered += 1
+                return self._queue.popleft()
             if self._catching_up:
                 marker = await self._catch_up()
                 if marker is not None:
@@ -253,16 +263,9 @@ class Subscription:
     def get_nowait(self) -> Event | None:
         """The next queued event, or ``None`` if none is queued (no catch-up, no waiting)."""
         if self._queue:
-            return self._deliver(self._queue.popleft())
+            self._delivered += 1
+            return self._queue.popleft()
         return None
-
-    def _deliver(self, event: Event) -> Event:
-        self._delivered += 1
-        if event.type == EventType.SESSION_TERMINATED and self.session_id is not None:
-            # The session's last event: nothing follows it, whichever node ended the session.
-            self._closed = True
-            self._catching_up = False
-        return event
 
     async def _catch_up(self) -> Event | None:
         """Refill the queue from the store or end catch-up; may return an ``events_dropped``."""
@@ -281,6 +284,7 @@ class Subscription:
                 gap = self._gap(after + 1, events[0].seq - 1)
             self._queue.extend(events)
             self._last_seq = events[-1].seq
+            self._tail_terminated = events[-1].type == EventType.SESSION_TERMINATED
             self._latest_seen = max(self._latest_seen, self._last_seq)
             return gap
         if self._latest_seen > seen:
@@ -293,6 +297,8 @@ class Subscription:
         if seen > after:
             gap = self._gap(after + 1, seen)
             self._last_seq = seen
+        elif self._ends_on_terminated and self._tail_terminated:
+            self._closed = True  # the log ends with the session's end: so does the stream
         return gap
 
     def _gap(self, first: int, last: int) -> Event:

@@ -25,7 +25,10 @@ exact, only to say when it cannot vouch for what it delivered:
 - a full send queue (``send_queue_max``) never slows the publisher: the event joins the
   newest-per-session set instead and ``send_dropped`` counts it.
 
-Subscriptions skip seqs they already have, so nothing is delivered twice either. Reconnecting
+A ``session_terminated`` from another node ends this node's streams of that session (as
+``close_session`` does on the node that ended it), and so does a log found ending with one
+while catching up (the end went by while the link was down). Subscriptions skip seqs they
+already have, so nothing is delivered twice either. Reconnecting
 backs off from 0.1 s to 2 s. Credentials in the URL never appear in errors or logs.
 """
 
@@ -38,63 +41,31 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Final, Self
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Self
+from urllib.parse import urlsplit
 
-from ..errors import InvalidArgument, JidokaError, RuntimeClosed
-from ..events import GLOBAL_EVENT_TYPES, Event, decode_event, encode_event
+from ..errors import InvalidArgument, RuntimeClosed
+from ..events import GLOBAL_EVENT_TYPES, Event, EventType, decode_event, encode_event
+from ._redis_support import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    CLOSE_FLUSH,
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    LINK_ERRORS,
+    SEND_BATCH,
+    BusUnavailable,
+    NoBackoff,
+    Retry,
+    aioredis,
+    describe,
+    redacted_url,
+)
 from .base import EventReader, Subscription
-
-try:
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
-except ImportError as _missing:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "jidoka.bus.redis needs redis-py, which is not installed: pip install 'jidoka-core[redis]'"
-    ) from _missing
 
 __all__ = ["BusUnavailable", "RedisBus", "open_redis_bus", "redacted_url"]
 
 logger = logging.getLogger("jidoka.bus")
-
-#: Reconnect backoff: the first wait, doubled after each failure up to the cap.
-BACKOFF_FIRST: Final = 0.1
-BACKOFF_MAX: Final = 2.0
-#: Events sent to Redis per round trip (one pipeline) at most.
-SEND_BATCH: Final = 256
-#: How long connecting and a command may take before the link counts as down.
-CONNECT_TIMEOUT: Final = 3.0
-COMMAND_TIMEOUT: Final = 5.0
-#: How long ``aclose`` waits for the events still queued to be sent.
-CLOSE_FLUSH: Final = 1.0
-#: The errors that mean "the link to Redis is down" (the client raises its own or the OS's).
-_LINK_ERRORS: Final = (RedisError, OSError, TimeoutError)
-
-
-class BusUnavailable(JidokaError):
-    """The bus could not reach Redis when it started (the message names the URL, without
-    credentials)."""
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password (``redis://user:***@host``), for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return urlunsplit(parts._replace(query=""))
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}", query=""))
-    except ValueError:
-        return "<unparseable URL>"
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class RedisBus:
@@ -150,10 +121,10 @@ class RedisBus:
         self._idle.set()
         self._channels_changed = asyncio.Event()
         self._degraded = asyncio.Event()
-        self._up = asyncio.Event()
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()  # close_session of remote ends
         self.published = 0
         self.lost = 0
         self.remote_received = 0
@@ -177,17 +148,14 @@ class RedisBus:
         first: Any = None
         try:
             first = await self._connect()
-        except _LINK_ERRORS as exc:
+        except LINK_ERRORS as exc:
             if not degraded_ok:
                 await self._client.aclose()
                 self._state, self._detail = "closed", "could not start"
-                raise BusUnavailable(
-                    f"cannot reach Redis at {self.url}: {_describe(exc)}"
-                ) from None
+                raise BusUnavailable(f"cannot reach Redis at {self.url}: {describe(exc)}") from None
             self._degrade(exc)
         else:
             self._state, self._detail = "ok", f"connected to {self.url}"
-            self._up.set()
         self._tasks = [
             asyncio.create_task(self._supervise(first), name="jidoka-redis-bus"),
             asyncio.create_task(self._poll(), name="jidoka-redis-bus-poll"),
@@ -232,7 +200,7 @@ class RedisBus:
                 await task
         self._idle.set()
         if self._client is not None:
-            with contextlib.suppress(*_LINK_ERRORS):
+            with contextlib.suppress(*LINK_ERRORS):
                 await self._client.aclose()
 
     def health(self) -> str:
@@ -244,10 +212,6 @@ class RedisBus:
     def detail(self) -> str:
         """What :meth:`health` rests on, in words (the URL without credentials)."""
         return self._detail
-
-    async def wait_healthy(self) -> None:
-        """Return once the bus is connected (for tests and start-up checks; no timeout here)."""
-        await self._up.wait()
 
     # --- publishing -----------------------------------------------------------------------------
 
@@ -300,6 +264,7 @@ class RedisBus:
             after_seq=after_seq,
             on_lost=self._count_lost,
             keeps_logs=self._keeps_logs,
+            ends_on_terminated=True,  # the end may be learnt from the store (see base)
         )
         if session_id is None:
             self._global.add(subscription)
@@ -356,7 +321,7 @@ class RedisBus:
         try:
             await pubsub.subscribe(self._lifecycle)
         except BaseException:
-            with contextlib.suppress(*_LINK_ERRORS):
+            with contextlib.suppress(*LINK_ERRORS):
                 await pubsub.aclose()
             raise
         return pubsub
@@ -364,12 +329,11 @@ class RedisBus:
     def _degrade(self, exc: BaseException) -> None:
         if self._closed:
             return
-        self._detail = f"Redis unreachable at {self.url}: {_describe(exc)}"
+        self._detail = f"Redis unreachable at {self.url}: {describe(exc)}"
         if self._state != "degraded":
             logger.warning("event bus degraded: %s; subscribers read the store", self._detail)
             self._state = "degraded"
             self._global_missed = True
-            self._up.clear()
             self._degraded.set()
         for event in self._queue:
             self._keep(event)
@@ -383,7 +347,7 @@ class RedisBus:
             if pubsub is None:
                 try:
                     pubsub = await self._connect()
-                except _LINK_ERRORS as exc:
+                except LINK_ERRORS as exc:
                     self._degrade(exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
@@ -393,7 +357,6 @@ class RedisBus:
             backoff = BACKOFF_FIRST
             self._state, self._detail = "ok", f"connected to {self.url}"
             self._degraded.clear()
-            self._up.set()
             if self._pending:
                 self._idle.clear()
                 self._send_wake.set()
@@ -402,10 +365,10 @@ class RedisBus:
                     group.create_task(self._listen(pubsub))
                     group.create_task(self._follow_topics(pubsub))
                     group.create_task(self._send())
-            except* _LINK_ERRORS as failed:
+            except* LINK_ERRORS as failed:
                 self._degrade(failed.exceptions[0])
             finally:
-                with contextlib.suppress(*_LINK_ERRORS):
+                with contextlib.suppress(*LINK_ERRORS):
                     await pubsub.aclose()
             pubsub = None
 
@@ -464,6 +427,11 @@ class RedisBus:
         else:
             for subscription in self._topics.get(event.session_id, ()):
                 subscription.offer(event)
+            if event.type == EventType.SESSION_TERMINATED and event.session_id in self._topics:
+                # Ended on another node: nobody here will call close_session for it.
+                ending = asyncio.create_task(self.close_session(event.session_id))
+                self._ending.add(ending)
+                ending.add_done_callback(self._ending.discard)
 
     def _listening(self, channel: bytes) -> None:
         """Redis confirmed a subscription: from now on events on ``channel`` arrive, and those
@@ -479,7 +447,9 @@ class RedisBus:
             subscription.resync()
 
     async def _send(self) -> None:
-        """Publish queued events in batches, the kept newest-per-session ones first."""
+        """Publish queued events in batches, then the kept newest-per-session ones. That order
+        matters to a subscriber that has no position yet: the first event it sees becomes its
+        position, so the newest one must not overtake the queue's older ones."""
         assert self._client is not None
         while True:
             if not self._queue and not self._pending:
@@ -488,10 +458,10 @@ class RedisBus:
                 await self._send_wake.wait()
                 continue
             batch: list[Event] = []
-            while self._pending and len(batch) < SEND_BATCH:
-                batch.append(self._pending.pop(next(iter(self._pending))))
             while self._queue and len(batch) < SEND_BATCH:
                 batch.append(self._queue.popleft())
+            while self._pending and len(batch) < SEND_BATCH:
+                batch.append(self._pending.pop(next(iter(self._pending))))
             try:
                 pipe = self._client.pipeline(transaction=False)
                 for event in batch:
