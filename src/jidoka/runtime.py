@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import secrets
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -224,7 +225,8 @@ class Runtime:
             ) from None
         bus = RedisBus(
             settings.bus,
-            node_id=settings.node_id or "",
+            # A bus outside a cluster still needs a name for its messages (its own are skipped).
+            node_id=settings.node_id or f"solo-{secrets.token_hex(6)}",
             prefix=settings.bus_prefix,
             reader=reader,
             keeps_logs=store.durable,

@@ -203,10 +203,15 @@ class RedisBus:
             with contextlib.suppress(*LINK_ERRORS):
                 await self._client.aclose()
 
-    def health(self) -> str:
+    @property
+    def state(self) -> str:
         """``"ok"``, ``"degraded"`` (Redis unreachable: subscribers poll the store) or
         ``"closed"`` (``"new"`` before :meth:`start`)."""
         return self._state
+
+    def health(self) -> tuple[bool, str]:
+        """``(ok, detail)`` for the readiness probe (see :attr:`state`)."""
+        return self._state == "ok", f"{self._state}: {self._detail}"
 
     @property
     def detail(self) -> str:
