@@ -46,7 +46,7 @@ from .responses import json_response
 from .router import ApiRoute, build_router, route_table
 from .routes import ROUTES, Scopes, SessionRoutes
 from .streams import EventStream, StreamRegistry, named_frames
-from .tickets import TicketBook
+from .tickets import LocalTickets, SharedTickets, StreamTickets, TicketBook
 from .ws import WebSocketSession
 
 __all__ = ["create_app"]
@@ -235,8 +235,19 @@ def create_app(
         if node is not None:
             forwarding.signer = Signer(node.secret, node.node_id)
             forwarding.forwarder = Forwarder(node, forwarding.signer, runtime.manager.is_live)
-        handlers = SessionRoutes(endpoints.scopes, tickets, forwarding)
-        routes = _api_routes(endpoints, handlers, limiter, tickets)
+        # A cluster's tickets are the store's: issued by one node, redeemed by any.
+        shared: StreamTickets = (
+            LocalTickets(tickets)
+            if node is None
+            else SharedTickets(
+                node.pg,
+                ttl=config.stream_ticket_ttl,
+                max_per_principal=config.max_stream_tickets_per_principal,
+                max_total=config.max_stream_tickets,
+            )
+        )
+        handlers = SessionRoutes(endpoints.scopes, shared, forwarding)
+        routes = _api_routes(endpoints, handlers, limiter, shared)
         router.routes[:] = route_table(routes, [("/v1/ws", endpoints.websocket)])
 
     async def close_forwarding() -> None:
@@ -256,7 +267,10 @@ def create_app(
 
 
 def _api_routes(
-    endpoints: _Endpoints, handlers: SessionRoutes, limiter: InflightLimiter, tickets: TicketBook
+    endpoints: _Endpoints,
+    handlers: SessionRoutes,
+    limiter: InflightLimiter,
+    tickets: StreamTickets,
 ) -> list[ApiRoute]:
     """One route per method of a path: the probes, the ``/v1`` verbs in :data:`ROUTES` order
     (their streams are the app's endpoints, every other verb a :class:`SessionRoutes`

@@ -35,7 +35,7 @@ from .forwarding import FORWARDED_KEY, Forwarding, check_body
 from .inputs import decode_json, query_int, query_str
 from .middleware import PRINCIPAL_KEY
 from .responses import json_response
-from .tickets import TicketBook
+from .tickets import StreamTickets
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -152,7 +152,7 @@ class SessionRoutes:
     """The handlers of :data:`ROUTES` (streams aside), by name."""
 
     def __init__(
-        self, scopes: Scopes, tickets: TicketBook, forwarding: Forwarding | None = None
+        self, scopes: Scopes, tickets: StreamTickets, forwarding: Forwarding | None = None
     ) -> None:
         self.scopes = scopes
         #: On a node of a cluster: commands on sessions owned elsewhere go to their owner.
@@ -239,7 +239,7 @@ class SessionRoutes:
         if body.session_id is not None:
             sid = await self.scopes(principal).owned(body.session_id)
             path = f"/v1/sessions/{sid}/events"
-        ticket = self.tickets.issue(principal, path=path)
+        ticket = await self.tickets.issue(principal, path=path)
         answer = StreamTicket(ticket=ticket, expires_in=self.tickets.ttl, session_id=sid)
         return json_response(answer, 201, {"Cache-Control": "no-store"})
 
