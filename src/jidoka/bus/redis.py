@@ -193,9 +193,10 @@ class RedisBus:
                 async with asyncio.timeout(CLOSE_FLUSH):
                     await self._idle.wait()
         self._state, self._detail = "closed", "closed"
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._ending]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._idle.set()
@@ -370,8 +371,11 @@ class RedisBus:
                     group.create_task(self._listen(pubsub))
                     group.create_task(self._follow_topics(pubsub))
                     group.create_task(self._send())
-            except* LINK_ERRORS as failed:
-                self._degrade(failed.exceptions[0])
+            except* Exception as failed:
+                error = failed.exceptions[0]
+                if not isinstance(error, LINK_ERRORS):  # a bug: say so, and carry on all the same
+                    logger.error("event bus: unexpected error", exc_info=error)
+                self._degrade(error)
             finally:
                 with contextlib.suppress(*LINK_ERRORS):
                     await pubsub.aclose()
