@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -53,6 +54,9 @@ __all__ = [
 logger = logging.getLogger("jidoka.cluster")
 
 _T = TypeVar("_T")
+
+#: Sessions whose owner's address the routing cache keeps at most.
+_ROUTES_KEPT: Final = 65_536
 
 FORWARDED_HEADER: Final = "jidoka-forwarded"
 #: The scope key of a verified forwarded request: ``(from node, body digest)``.
@@ -152,6 +156,10 @@ class Forwarder:
             follow_redirects=False,
             trust_env=False,
         )
+        #: Where sessions owned elsewhere were found (id -> URL), newest last: a routing cache,
+        #: never an authority. A stale entry costs a 421 (or a refused connection) and a new
+        #: lookup; the owner's own check, under its fence, is what decides.
+        self._owners: OrderedDict[str, str] = OrderedDict()
         self.forwarded = 0
         self.retried = 0
         self.failed = 0
@@ -163,8 +171,18 @@ class Forwarder:
         """Where a command on the session goes: another live node's URL, or ``None`` to serve
         it here (this node owns it, nobody live does, or there is no such session)."""
         where = await self.node.locate(session_id)
-        if where is None or not where.alive or where.node in (None, self.node.node_id):
+        if (
+            where is None
+            or not where.alive
+            or where.url is None
+            or where.node in (None, self.node.node_id)
+        ):
+            self._owners.pop(session_id, None)
             return None
+        self._owners[session_id] = where.url
+        self._owners.move_to_end(session_id)
+        if len(self._owners) > _ROUTES_KEPT:
+            self._owners.popitem(last=False)
         return where.url
 
     async def route(
@@ -178,7 +196,9 @@ class Forwarder:
         (which takes the session if nobody live has it). A :class:`NotOwner` on the way (the
         session moved meanwhile) sends it round once more, from the lookup."""
         for attempt in (1, 2):
-            url = await self.owner_url(session_id)
+            url = self._owners.get(session_id) if attempt == 1 else None
+            if url is None:
+                url = await self.owner_url(session_id)
             try:
                 if url is None:
                     return await serve_here()
@@ -186,8 +206,10 @@ class Forwarder:
                 if answer is not None:
                     return answer
             except NotOwner:
+                self._owners.pop(session_id, None)
                 if attempt == 2:
                     raise
+            self._owners.pop(session_id, None)
             self.retried += 1
         raise NotOwner(session_id, "its owner changed twice while a request looked for it; retry")
 
