@@ -9,6 +9,8 @@ while the bus is degraded, and goes live again once Redis is back). The links go
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -325,3 +327,13 @@ async def test_aclose_survives_being_cancelled(node: Nodes, store: MemoryStore) 
         await a.aclose()  # waits for the close the cancelled call began
         assert a.health() == "closed"
         assert await drain(on_a) == []
+
+
+def test_without_redis_py_the_import_names_the_extra() -> None:
+    """A node configured for Redis without the extra installed is told what to install."""
+    blocked = "import sys; sys.modules['redis'] = None; import jidoka.bus.redis"
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert "pip install 'jidoka-core[redis]'" in done.stderr
