@@ -9,6 +9,8 @@ while the bus is degraded, and goes live again once Redis is back). The links go
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -70,11 +72,12 @@ async def node(url: str, prefix: str, store: MemoryStore) -> AsyncIterator[Nodes
 
     async def make(node_id: str, *, via: TcpProxy | None = None, **options: object) -> RedisBus:
         target = url if via is None else url_via(url, via.port)
+        degraded_ok = bool(options.pop("degraded_ok", False))
         bus = RedisBus(
             target, node_id=node_id, prefix=prefix, reader=reader, now=lambda: 0.0,
             poll_interval=0.05, **options,  # type: ignore[arg-type]
         )  # fmt: skip
-        await bus.start()
+        await bus.start(degraded_ok=degraded_ok)
         started.append(bus)
         return bus
 
@@ -269,3 +272,68 @@ async def test_an_unreachable_redis_is_named_without_credentials(store: MemorySt
             await degraded.aclose()
             await degraded.aclose()  # idempotent
         assert degraded.state == "closed"
+
+
+async def test_a_silent_link_is_found_out_and_polled_around(
+    node: Nodes, store: MemoryStore, proxy: TcpProxy, url: str, prefix: str
+) -> None:
+    """A stalled link (a frozen host, a dropped route) says nothing: an unanswered PING is what
+    tells the bus it is down."""
+    a, b = await node("a"), await node("b", via=proxy)
+    async with b.subscribe(S) as on_b:
+        await listening(url, f"{prefix}:s:{S}")
+        await commit(a, store, event(1))
+        assert [e.seq for e in await take(on_b, 1)] == [1]
+        proxy.stall()
+        await commit(a, store, event(2), event(3))
+        assert [e.seq for e in await take(on_b, 2)] == [2, 3]  # by polling, once found out
+        assert b.state == "degraded"
+        await proxy.restore()
+        await eventually(lambda: b.state == "ok", "b back")
+        await listening(url, f"{prefix}:s:{S}")
+        await commit(a, store, event(4))
+        assert [e.seq for e in await take(on_b, 1)] == [4]
+        assert on_b.get_nowait() is None
+
+
+async def test_a_node_started_while_redis_is_away_catches_up_when_it_comes(
+    node: Nodes, store: MemoryStore, proxy: TcpProxy, url: str, prefix: str
+) -> None:
+    await proxy.cut()
+    a = await node("a")
+    b = await node("b", via=proxy, degraded_ok=True)
+    assert b.state == "degraded"
+    async with b.subscribe(S, after_seq=0) as on_b, b.subscribe(None) as everyone:
+        await commit(a, store, event(1, EventType.SESSION_CREATED), event(2))
+        assert [e.seq for e in await take(on_b, 2)] == [1, 2]  # from the store
+        await proxy.restore()
+        await eventually(lambda: b.state == "ok", "b connected")
+        marker = (await take(everyone, 1))[0]
+        assert marker.type == EventType.EVENTS_DROPPED
+        await listening(url, f"{prefix}:s:{S}")
+        await commit(a, store, event(3))
+        assert [e.seq for e in await take(on_b, 1)] == [3]
+        assert b.reconnects == 1
+
+
+async def test_aclose_survives_being_cancelled(node: Nodes, store: MemoryStore) -> None:
+    a = await node("a")
+    async with a.subscribe(S) as on_a:
+        closing = asyncio.ensure_future(a.aclose())
+        await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        await a.aclose()  # waits for the close the cancelled call began
+        assert a.state == "closed"
+        assert await drain(on_a) == []
+
+
+def test_without_redis_py_the_import_names_the_extra() -> None:
+    """A node configured for Redis without the extra installed is told what to install."""
+    blocked = "import sys; sys.modules['redis'] = None; import jidoka.bus.redis"
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert "pip install 'jidoka-core[redis]'" in done.stderr

@@ -4,7 +4,9 @@ for every message and log line."""
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+from collections.abc import Awaitable
+from typing import Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import JidokaError
@@ -32,8 +34,11 @@ __all__ = [
     "Retry",
     "aioredis",
     "describe",
+    "honouring_cancel",
     "redacted_url",
 ]
+
+_T = TypeVar("_T")
 
 #: Reconnect backoff: the first wait, doubled after each failure up to the cap.
 BACKOFF_FIRST: Final = 0.1
@@ -71,3 +76,17 @@ def describe(exc: BaseException) -> str:
     """The error's class and message (redis-py's never include the password)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def honouring_cancel(call: Awaitable[_T]) -> _T:
+    """Await a redis-py call, then raise a cancellation it swallowed: redis-py 8.2's
+    ``PubSub.subscribe`` returns normally when its task is cancelled while it runs, which
+    would leave a closing bus waiting for ever on a task that no longer knows it must end.
+    Only a cancellation requested during the call counts (Python 3.11's task groups may leave
+    an old request on the count)."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    result = await call
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result

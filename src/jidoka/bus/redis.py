@@ -5,8 +5,7 @@ delivers an event published here to them at once. A background sender also publi
 Redis, on the channel ``{prefix}:s:{session_id}`` (and, for a lifecycle event, on
 ``{prefix}:lifecycle``), tagged with this node's id so that the node ignores its own messages.
 A node listens on a session's channel only while it holds subscriptions on that session, and
-always on the lifecycle channel; one reader task offers what arrives to the local
-subscriptions.
+always on the lifecycle channel; one reader task offers what arrives to them.
 
 Pub/sub forgets what nobody was listening to, and that is enough here: every event is in the
 store before it is published, and a session subscription notices a hole in the seqs it is
@@ -28,8 +27,8 @@ exact, only to say when it cannot vouch for what it delivered:
 A ``session_terminated`` from another node ends this node's streams of that session (as
 ``close_session`` does on the node that ended it), and so does a log found ending with one
 while catching up (the end went by while the link was down). Subscriptions skip seqs they
-already have, so nothing is delivered twice either. Reconnecting
-backs off from 0.1 s to 2 s. Credentials in the URL never appear in errors or logs.
+have, so nothing is delivered twice either. Reconnecting backs off from 0.1 s to 2 s.
+Credentials in the URL never appear in errors or logs.
 """
 
 from __future__ import annotations
@@ -59,6 +58,7 @@ from ._redis_support import (
     Retry,
     aioredis,
     describe,
+    honouring_cancel,
     redacted_url,
 )
 from .base import EventReader, Subscription
@@ -151,6 +151,7 @@ class RedisBus:
         except LINK_ERRORS as exc:
             if not degraded_ok:
                 await self._client.aclose()
+                self._closed = True
                 self._state, self._detail = "closed", "could not start"
                 raise BusUnavailable(f"cannot reach Redis at {self.url}: {describe(exc)}") from None
             self._degrade(exc)
@@ -325,7 +326,7 @@ class RedisBus:
         await self._client.ping()
         pubsub = self._client.pubsub()
         try:
-            await pubsub.subscribe(self._lifecycle)
+            await honouring_cancel(pubsub.subscribe(self._lifecycle))
         except BaseException:
             with contextlib.suppress(*LINK_ERRORS):
                 await pubsub.aclose()
@@ -353,7 +354,9 @@ class RedisBus:
             if pubsub is None:
                 try:
                     pubsub = await self._connect()
-                except LINK_ERRORS as exc:
+                except Exception as exc:
+                    if not isinstance(exc, LINK_ERRORS):
+                        logger.error("event bus: unexpected error connecting", exc_info=exc)
                     self._degrade(exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
@@ -388,10 +391,10 @@ class RedisBus:
             self._channels_changed.clear()
             wanted = {self._session_prefix + session_id for session_id in self._topics}
             if added := wanted - listening:
-                await pubsub.subscribe(*added)
+                await honouring_cancel(pubsub.subscribe(*added))
                 listening |= added
             if removed := listening - wanted:
-                await pubsub.unsubscribe(*removed)
+                await honouring_cancel(pubsub.unsubscribe(*removed))
                 listening -= removed
             if not self._channels_changed.is_set():
                 await self._channels_changed.wait()
@@ -404,13 +407,13 @@ class RedisBus:
         heard = loop.time()
         pinged = False
         while True:
-            message = await pubsub.get_message(timeout=self._poll_interval)
+            message = await honouring_cancel(pubsub.get_message(timeout=self._poll_interval))
             if message is None:
                 silent = loop.time() - heard
                 if silent > 2 * quiet_limit:
                     raise ConnectionError(f"no answer from Redis for {silent:.1f} s")
                 if silent > quiet_limit and not pinged:
-                    await pubsub.ping()
+                    await honouring_cancel(pubsub.ping())
                     pinged = True
                 continue
             heard, pinged = loop.time(), False
@@ -478,7 +481,7 @@ class RedisBus:
                     pipe.publish(self._session_prefix + event.session_id, payload)
                     if event.type in GLOBAL_EVENT_TYPES:
                         pipe.publish(self._lifecycle, payload)
-                await pipe.execute()
+                await honouring_cancel(pipe.execute())
             except BaseException:
                 for event in batch:  # perhaps not sent: the newest of each session is resent
                     self._keep(event)
