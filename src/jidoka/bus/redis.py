@@ -207,18 +207,16 @@ class RedisBus:
 
     @property
     def state(self) -> str:
-        """``"ok"``, ``"degraded"`` (Redis unreachable: subscribers poll the store) or
-        ``"closed"`` (``"new"`` before :meth:`start`)."""
+        """``ok``, ``degraded`` (Redis unreachable: subscribers poll the store), ``closed``."""
         return self._state
-
-    def health(self) -> tuple[bool, str]:
-        """``(ok, detail)`` for the readiness probe (see :attr:`state`)."""
-        return self._state == "ok", f"{self._state}: {self._detail}"
 
     @property
     def detail(self) -> str:
-        """What :meth:`health` rests on, in words (the URL without credentials)."""
+        """What :attr:`state` rests on, in words (the URL without credentials)."""
         return self._detail
+
+    def health(self) -> tuple[bool, str]:
+        return self._state == "ok", f"{self._state}: {self._detail}"
 
     # --- publishing -----------------------------------------------------------------------------
 
