@@ -4,17 +4,15 @@ Each node keeps its own subscriptions, as :class:`~jidoka.bus.memory.MemoryBus` 
 delivers an event published here to them at once. A background sender also publishes it to
 Redis, on the channel ``{prefix}:s:{session_id}`` (and, for a lifecycle event, on
 ``{prefix}:lifecycle``), tagged with this node's id so that the node ignores its own messages.
-A node listens on a session's channel only while it holds subscriptions on that session, and
-always on the lifecycle channel; one reader task offers what arrives to them.
+It listens on a session's channel only while it holds subscriptions on that session, on the
+lifecycle channel always; one reader task offers what arrives.
 
-Pub/sub forgets what nobody was listening to, and that is enough here: every event is in the
-store before it is published, and a session subscription notices a hole in the seqs it is
-offered and reads the store to fill it (:mod:`jidoka.bus.base`). So the bus never has to be
-exact, only to say when it cannot vouch for what it delivered:
+Pub/sub forgets what nobody heard, and that is enough: every event is stored before it is
+published, and a session subscription that sees a hole in the seqs reads the store to fill it
+(:mod:`jidoka.bus.base`). So the bus need only say when it cannot vouch for what it delivered:
 
-- when it has just started listening on a session's channel (the confirmation arrives), the
-  subscriptions of that session read the store once: whatever was published before then is
-  stored, whatever after arrives live;
+- once it listens on a session's channel (confirmed), that session's subscriptions read the
+  store once: what was published before is stored, what comes after arrives live;
 - while Redis cannot be reached the bus is *degraded*: every session subscription here reads
   the store every ``poll_interval`` (one bounded read each, only while its consumer reads), and
   the sender keeps just the newest unsent event of each session (bounded by sessions, not
@@ -22,13 +20,13 @@ exact, only to say when it cannot vouch for what it delivered:
   and reads the store), every session subscription here reads the store once more, and each
   global subscription gets one ``events_dropped`` marker for what it may have missed;
 - a full send queue (``send_queue_max``) never slows the publisher: the event joins the
-  newest-per-session set instead and ``send_dropped`` counts it.
+  newest-per-session set and ``send_dropped`` counts it.
 
 A ``session_terminated`` from another node ends this node's streams of that session (as
 ``close_session`` does on the node that ended it), and so does a log found ending with one
 while catching up (the end went by while the link was down). Subscriptions skip seqs they
-have, so nothing is delivered twice either. Reconnecting backs off from 0.1 s to 2 s.
-Credentials in the URL never appear in errors or logs.
+have, so nothing is delivered twice. Reconnects back off from 0.1 s to 2 s. URL credentials
+never appear in errors or logs.
 """
 
 from __future__ import annotations
