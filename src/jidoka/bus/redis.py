@@ -25,9 +25,8 @@ published, and a session subscription that sees a hole in the seqs reads the sto
 A ``session_terminated`` from another node ends this node's streams of that session (as
 ``close_session`` does on the node that ended it), and so does a log found ending with one
 while catching up (the end went by while the link was down). Subscriptions skip seqs they
-have, so nothing is delivered twice. Reconnects back off from 0.1 s to 2 s. URL credentials
-never appear in errors or logs.
-"""
+have, so nothing is delivered twice. Reconnects back off from 0.1 s to 2 s; URL credentials
+never appear in errors or logs."""
 
 from __future__ import annotations
 
