@@ -370,6 +370,10 @@ class Client:
                 now=services.clock.time,
             )
             return
+        if after_seq is None and manager.clustered:
+            # A position from the start: if the session moves to another node, its events
+            # come over the bus, and a subscription with a position can see any gap in them.
+            after_seq = session.state.seq
         async with self._bus.subscribe(session.session_id, after_seq=after_seq) as subscription:
             yield subscription
 
