@@ -234,7 +234,12 @@ def create_app(
         node = runtime.node
         if node is not None:
             forwarding.signer = Signer(node.secret, node.node_id)
-            forwarding.forwarder = Forwarder(node, forwarding.signer, runtime.manager.is_live)
+            forwarding.forwarder = Forwarder(
+                node,
+                forwarding.signer,
+                runtime.manager.is_live,
+                keepalive=min(2.0, config.idle_timeout / 2),
+            )
         # A cluster's tickets are the store's: issued by one node, redeemed by any.
         shared: StreamTickets = (
             LocalTickets(tickets)

@@ -196,7 +196,9 @@ class SessionRoutes:
             return await self._serve_here(verb, request)
 
         async def there(url: str) -> Response | None:
-            return await forwarder.forward(request, url, sid, principal)
+            return await forwarder.forward(
+                request, url, sid, principal, long_lived=verb.background and _wait(request)
+            )
 
         return await forwarder.route(sid, here, there)
 

@@ -281,16 +281,23 @@ class WebSocketSession:
 
         async def there(url: str) -> msgspec.Raw | None:
             answer = await forwarder.send(
-                url, request.method, target, body, headers, sid, principal
+                url,
+                request.method,
+                target,
+                body,
+                headers,
+                sid,
+                principal,
+                long_lived=request.long_lived,
             )
             if answer is None:
                 return None
-            if answer.status_code >= 400:
+            if answer.status >= 400:
                 try:
                     problem = msgspec.json.decode(answer.content)
                 except msgspec.DecodeError:
-                    problem = {"detail": answer.text[:200]}
-                raise error_from_problem(problem, status=answer.status_code)
+                    problem = {"detail": answer.content[:200].decode("utf-8", "replace")}
+                raise error_from_problem(problem, status=answer.status)
             return msgspec.Raw(answer.content or b"null")
 
         return await forwarder.route(sid, here, there)

@@ -69,6 +69,8 @@ class Location(NamedTuple):
     node: str | None
     url: str | None
     alive: bool
+    #: Seconds the owner's lease has left (by the server's clock; 0 when not alive).
+    lease_left: float = 0.0
 
 
 class NodeRow(NamedTuple):
@@ -134,7 +136,8 @@ SELECT cur.status, cur.node, cur.free, (SELECT fence FROM upd), n.advertise_url,
 FROM cur LEFT JOIN {s}.nodes AS n ON n.node_id = cur.node"""
         self._locate = f"""
 SELECT h.status, h.node, n.advertise_url,
-       coalesce(n.state = 'up' AND n.expires_at > now(), false)
+       coalesce(n.state = 'up' AND n.expires_at > now(), false),
+       greatest(coalesce(extract(epoch FROM n.expires_at - now())::float8, 0), 0)
 FROM {s}.sessions AS h LEFT JOIN {s}.nodes AS n ON n.node_id = h.node
 WHERE h.session_id = $1"""
         self._hand_over = f"""
@@ -226,8 +229,8 @@ RETURNING principal, path, expires_at > now()"""
         row = await self._store.fetchrow(session_id, self._locate, session_id)
         if row is None:
             return None
-        status, node, url, alive = row
-        return Location(status, node, url, bool(alive))
+        status, node, url, alive, left = row
+        return Location(status, node, url, bool(alive), float(left) if alive else 0.0)
 
     async def hand_over(self, sessions: Sequence[tuple[str, int]]) -> None:
         """Release sessions this node stops serving (``(id, fence)`` each): any node may take
