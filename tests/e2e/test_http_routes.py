@@ -68,6 +68,7 @@ EXERCISED = {
     ("GET", "/v1/events"),
     ("POST", "/v1/stream-tickets"),  # tests/e2e/test_stream_tickets.py
     ("GET", "/v1/ws"),  # tests/e2e/test_websocket.py
+    ("GET", "/v1/cluster"),
 }
 
 
@@ -513,7 +514,14 @@ def test_healthz(anonymous: httpx.Client) -> None:
 def test_readyz(anonymous: httpx.Client) -> None:
     response = anonymous.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready"}
+    assert response.json() == {"status": "ready", "store": "ok", "bus": "memory"}
+
+
+def test_a_single_node_is_no_cluster(alice: httpx.Client, anonymous: httpx.Client) -> None:
+    response = alice.get("/v1/cluster")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"node_id": None, "lease_ttl": None, "nodes": []}
+    assert anonymous.get("/v1/cluster").status_code == 401
 
 
 def test_metrics(alice: httpx.Client, anonymous: httpx.Client) -> None:
