@@ -201,6 +201,9 @@ class Report:
     takeover_bound: float = 0.0
     worst_takeover: float | None = None
     takeover_by_kind: dict[str, float | None] = field(default_factory=dict)
+    #: How many times fences moved in the store during the run (set by the test from the
+    #: sessions' rows, when it can read them): proof that takeovers happened at all.
+    fence_raises: int | None = None
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -246,6 +249,7 @@ class Report:
             f"  acked {self.ok}, lost {self.lost}, duplicated {self.duplicated}, failed but "
             f"applied {self.failed_but_applied}, gaps {self.gaps}, stale-fence writes "
             f"{self.stale_fence_writes}, follower anomalies {self.follower_anomalies}",
+            f"  fence raises in the store: {self.fence_raises}",
             f"  worst takeover {worst} (bound {self.takeover_bound:.2f} s, "
             f"{self.slow_takeovers} over it); by kind: "
             + ", ".join(
