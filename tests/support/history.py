@@ -204,6 +204,8 @@ class Report:
     #: How many times fences moved in the store during the run (set by the test from the
     #: sessions' rows, when it can read them): proof that takeovers happened at all.
     fence_raises: int | None = None
+    #: Each fault: kind, node, when it began and was healed, sessions probed, takeover time.
+    fault_log: list[dict[str, Any]] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -345,6 +347,11 @@ def check(
         report.faults += 1
         report.faults_by_kind[fault.kind] = report.faults_by_kind.get(fault.kind, 0) + 1
         took = fault.takeover
+        report.fault_log.append(
+            {"kind": fault.kind, "node": fault.node, "started": round(fault.started, 3),
+             "healed": None if fault.healed is None else round(fault.healed, 3),
+             "probed": len(fault.writable), "takeover": _finite(took)}
+        )  # fmt: skip
         if took is None:
             worst.setdefault(fault.kind, None)
             continue

@@ -147,6 +147,7 @@ def test_slow_and_missing_takeovers_are_found() -> None:
     assert report.takeover_by_kind == {"stop": 6.5, "kill": float("inf"), "cut-redis": None}
     document = json.loads(report.to_json())
     assert document["worst_takeover"] == "never"
+    assert [f["takeover"] for f in document["fault_log"]] == [6.5, "never", None]
     assert "never writable: ['b']" in report.summary()
 
 
