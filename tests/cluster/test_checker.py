@@ -8,8 +8,8 @@ after), SIGSTOP of a session's owner for 3 x TTL (then SIGCONT: a zombie that wa
 it owns its sessions, with requests queued in its socket backlog), SIGTERM (restarted after), and
 cutting one node's link to Postgres (for 1.5 x TTL: its lease runs out) or to Redis.
 
-**Takeover time**, as measured here: before a fault the nemesis asks ``GET /v1/cluster`` which
-sessions the victim owns (all sessions if the answer does not list them); right after the fault
+**Takeover time**, as measured here: before a fault the nemesis reads which sessions the victim
+owns from the store (``sessions.node``; all sessions if it cannot tell); right after the fault
 one probe thread per such session appends through the other nodes, again and again, until one
 append is acknowledged. A session's takeover time is the moment that acknowledgement arrived
 minus the moment the fault began (an upper bound: it includes the client round trips); a fault's
@@ -230,7 +230,7 @@ class Nemesis:
 
     def inject(self, kind: str) -> None:
         run = self.run
-        owned = run.cluster.owned(ALICE_TOKEN)
+        owned = run.cluster.owned()
         node = self.victim(kind, owned)
         probed = run.sessions if owned is None else owned.get(node.node_id, [])
         fault = run.history.fault(kind, node.node_id)

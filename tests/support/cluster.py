@@ -34,8 +34,10 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from tests.e2e.conftest import TOKENS, ServerProcess, _environment, bearer
 from tests.support import postgres
@@ -299,7 +301,7 @@ class Cluster:
         self.lease_ttl = lease_ttl
         self.tokens = dict(tokens)
         self.schema = postgres.new_schema_name()
-        self.bus_prefix = f"jt_{secrets.token_hex(6)}:"
+        self.bus_prefix = f"jt_{secrets.token_hex(6)}"
         self.nodes: list[ClusterNode] = []
         try:
             for index in range(1, size + 1):
@@ -355,23 +357,22 @@ class Cluster:
         document: dict[str, Any] = response.json()
         return document
 
-    def owned(self, token: str) -> dict[str, list[str]] | None:
-        """Node id -> the session ids it owns, as ``GET /v1/cluster`` says (``None`` when it
-        does not list them, or no live node answers)."""
+    def owned(self) -> dict[str, list[str]] | None:
+        """Node id -> the live sessions it owns, as the store records them (``sessions.node``,
+        read on a connection of the test's own, not through any proxy); ``None`` if the store
+        cannot say (no such column, or Postgres does not answer)."""
+        query = sql.SQL(
+            "SELECT node, session_id FROM {}.sessions"
+            " WHERE status <> 'terminated' AND node IS NOT NULL ORDER BY session_id"
+        ).format(sql.Identifier(self.schema))
         try:
-            document = self.view(token)
-        except (httpx.HTTPError, RuntimeError, ValueError):
+            with psycopg.connect(self.dsn, connect_timeout=3, autocommit=True) as conn:
+                rows = conn.execute(query).fetchall()
+        except psycopg.Error:
             return None
-        nodes = document.get("nodes", [])
-        result: dict[str, list[str]] = {}
-        for entry in nodes:
-            sessions = next(
-                (entry[key] for key in ("owned_sessions", "sessions", "owned")
-                 if isinstance(entry.get(key), list)), None,
-            )  # fmt: skip
-            if sessions is None:
-                return None
-            result[str(entry["node_id"])] = [str(s) for s in sessions]
+        result: dict[str, list[str]] = {node.node_id: [] for node in self.nodes}
+        for node_id, session_id in rows:
+            result.setdefault(str(node_id), []).append(str(session_id))
         return result
 
     def heal(self) -> None:
