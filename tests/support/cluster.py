@@ -403,7 +403,11 @@ class Cluster:
             yield node.node_id, node.stderr_text(tail)
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # __exit__ does not run when __enter__ raises
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
