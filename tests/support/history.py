@@ -363,7 +363,7 @@ def check(
             report.note(
                 "slow-takeover",
                 f"{fault.kind} {fault.node} at {fault.started:.2f}: "
-                + (f"never writable: {never}" if never else f"{took:.2f} s"),
+                + (f"{len(never)} never writable: {never[:3]}" if never else f"{took:.2f} s"),
             )
     report.takeover_by_kind = worst
     measured = [v for v in worst.values() if v is not None]

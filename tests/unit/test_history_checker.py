@@ -148,7 +148,7 @@ def test_slow_and_missing_takeovers_are_found() -> None:
     document = json.loads(report.to_json())
     assert document["worst_takeover"] == "never"
     assert [f["takeover"] for f in document["fault_log"]] == [6.5, "never", None]
-    assert "never writable: ['b']" in report.summary()
+    assert "1 never writable: ['b']" in report.summary()
 
 
 def test_an_operation_cannot_complete_twice() -> None:
