@@ -15,7 +15,7 @@ from typing import Any
 
 from .bus.base import EventBus, Subscription
 from .config import LLMConfig
-from .errors import InvalidArgument, SessionTerminated
+from .errors import InvalidArgument, SessionNotFound, SessionTerminated
 from .events import Event
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
@@ -265,9 +265,15 @@ class Client:
                     argument=name,
                     session_id=session_id if isinstance(session_id, str) else None,
                 )
-        info = await self._manager.info(session_id)
-        return await self._manager.services.store.read_events(
-            info.session_id,
+        manager = self._manager
+        if manager.clustered and isinstance(session_id, str) and not manager.is_live(session_id):
+            # A node of a cluster reads the log it does not hold without taking the session.
+            await manager.owner_of(session_id)  # SessionNotFound if there is none
+            sid = session_id
+        else:
+            sid = (await manager.info(session_id)).session_id
+        return await manager.services.store.read_events(
+            sid,
             after_seq=after_seq,
             limit=limit,
             max_bytes=self._manager.settings.subscriber_page_bytes,
@@ -292,6 +298,18 @@ class Client:
                 argument="after_seq",
                 session_id=session_id,
             )
+        manager = self._manager
+        if manager.clustered and isinstance(session_id, str) and not manager.is_live(session_id):
+            # A node of a cluster follows a session another node owns through the bus, from
+            # the store's head: nothing is taken, and events come from the owner via Redis.
+            stored = await manager.stored(session_id)
+            if stored is None:
+                raise SessionNotFound(session_id)
+            if stored.status != "terminated":
+                start = stored.last_seq if after_seq is None else after_seq
+                async with self._bus.subscribe(session_id, after_seq=start) as subscription:
+                    yield subscription
+                return
         try:
             session = await self._manager.session(session_id)
         except SessionTerminated:

@@ -71,6 +71,48 @@ def describe_store(settings: Settings) -> str:
     return f"postgres, schema {settings.postgres_schema} at {where or 'the local socket'}"
 
 
+#: How a ``bus`` setting names a Redis server.
+REDIS_PREFIXES: Final = ("redis://", "rediss://", "unix://")
+
+
+def describe_bus(settings: Settings) -> str:
+    """The bus, for banners and logs: a Redis URL shows its host only (never a password)."""
+    bus = settings.bus
+    if not bus.startswith(REDIS_PREFIXES):
+        return bus
+    where = bus.split("://", 1)[1].rsplit("@", 1)[-1].split("?", 1)[0]
+    return f"redis at {where}, prefix {settings.bus_prefix}"
+
+
+def _check_cluster(settings: Settings) -> None:
+    """A bus is ``memory`` or a Redis URL; a node of a cluster needs Postgres and Redis."""
+    bus = settings.bus
+    if bus != "memory" and not bus.startswith(REDIS_PREFIXES):
+        raise InvalidConfig(
+            "unknown bus; available: memory, or a Redis URL (redis://host:6379/0)", field="bus"
+        )
+    if settings.advertise_url is not None and not settings.advertise_url.startswith(
+        ("http://", "https://")
+    ):
+        raise InvalidConfig(
+            "advertise_url must be an http:// or https:// URL", field="advertise_url"
+        )
+    if settings.node_id is None:
+        return
+    if not settings.store.startswith(POSTGRES_PREFIXES):
+        raise InvalidConfig(
+            "a node of a cluster (node_id set) needs a PostgreSQL store (--store "
+            "postgresql://…): it holds the leases, owners and fences",
+            field="store",
+        )
+    if not bus.startswith(REDIS_PREFIXES):
+        raise InvalidConfig(
+            "a node of a cluster (node_id set) needs a Redis bus (--bus redis://…): event "
+            "streams must reach every node",
+            field="bus",
+        )
+
+
 def _check_store(value: str, where: str) -> None:
     """Refuse a ``store`` that is neither a known backend nor a PostgreSQL URL (the URL itself
     is never echoed: it may hold a password)."""
@@ -301,6 +343,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     postgres_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
     #: Seconds to wait for PostgreSQL before a call fails with ``StoreUnavailable`` (503).
     postgres_connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    #: The event bus: ``memory`` (this process only) or a Redis URL ``redis://host:6379/0``
+    #: (events travel between the nodes of a cluster; needs the ``redis`` extra).
+    bus: str = "memory"
+    #: The prefix of every Redis key and channel the bus uses (several clusters, one Redis).
+    bus_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "jidoka"
+    #: This node's id in a cluster. Setting it makes the runtime a node of a cluster: it needs
+    #: a PostgreSQL ``store`` (which holds the leases, owners and fences) and a Redis ``bus``.
+    node_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] | None = (
+        None
+    )
+    #: The URL other nodes reach this node's HTTP API at (``http://10.0.0.5:8765``); a
+    #: server without it advertises the address it listens on.
+    advertise_url: str | None = None
+    #: Seconds a node's lease lasts without renewal: a lost node's sessions move to others
+    #: about this long after it stopped renewing. Renewed three times per period.
+    lease_ttl: Annotated[float, msgspec.Meta(ge=0.5, le=600)] = 10.0
     #: SQLite durability: ``full`` (an acknowledged call survives a power cut) or ``normal``
     #: (survives a crash of the process; a power cut may lose the last commits).
     durability: Literal["full", "normal"] = "full"
@@ -393,6 +451,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         structs = {name: value for name, value in structs.items() if value is not None}
         settings = convert_or_raise(fields, cls)
         _check_store(settings.store, "store ")
+        _check_cluster(settings)
         if structs:
             settings = msgspec.structs.replace(settings, **structs)
         try:

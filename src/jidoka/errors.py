@@ -58,8 +58,10 @@ __all__ = [
     "JidokaError",
     "LLMError",
     "LimitExceeded",
+    "NotOwner",
     "OriginNotAllowed",
     "PathNotAllowed",
+    "ProjectRootUnavailable",
     "RuntimeClosed",
     "SessionBusy",
     "SessionExists",
@@ -224,6 +226,39 @@ class OriginNotAllowed(JidokaError):
 
 class StoreError(JidokaError):
     """The session store failed; the operation on ``session_id`` did not take effect."""
+
+
+class NotOwner(JidokaError):
+    """In a cluster, this node does not own the session (another node does, named by ``owner``
+    and reachable at ``owner_url`` when known), or no longer may write to it. Nothing was done:
+    retry at the owner (a node that forwards requests does so once by itself)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        detail: str = "",
+        *,
+        owner: str | None = None,
+        owner_url: str | None = None,
+    ) -> None:
+        where = f"node {owner!r} owns it" if owner else "this node does not own it"
+        super().__init__(detail or f"{where}; retry there", session_id=session_id)
+        self.owner = owner
+        self.owner_url = owner_url
+
+
+class ProjectRootUnavailable(JidokaError):
+    """In a cluster, the node that took the session cannot see its ``project_root`` (every node
+    must see project files at the same path: shared storage). The session is left to others."""
+
+    def __init__(self, session_id: str, path: str, node: str) -> None:
+        super().__init__(
+            f"the project root {path!r} does not exist on node {node!r}; project files must be "
+            "on storage every node sees at the same path",
+            session_id=session_id,
+        )
+        self.path = path
+        self.node = node
 
 
 class RuntimeClosed(JidokaError):

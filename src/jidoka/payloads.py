@@ -192,7 +192,8 @@ class ToolResultData(EventData, tag="tool_result", frozen=True, kw_only=True):
 
 class AgentStatusData(EventData, tag="agent_status", frozen=True, kw_only=True):
     """The agent is ``thinking``, ``calling_tool``, ``idle``, ``cancelled`` or ``failed``
-    (``reason: restart`` for a turn a restart interrupted)."""
+    (``reason: restart`` for a turn a restart interrupted, ``owner_lost`` for one whose node of
+    a cluster was lost)."""
 
     status: str
     reason: str | UnsetType = UNSET

@@ -29,8 +29,10 @@ from .errors import (
     JidokaError,
     LimitExceeded,
     LLMError,
+    NotOwner,
     OriginNotAllowed,
     PathNotAllowed,
+    ProjectRootUnavailable,
     RuntimeClosed,
     SessionBusy,
     SessionExists,
@@ -192,6 +194,14 @@ PROBLEMS: Final[tuple[Problem, ...]] = (
             lambda p, sid, d: HostNotAllowed(_str(p, "host"))),
     Problem(OriginNotAllowed, "origin-not-allowed", 403, "Origin not allowed", ("origin",),
             lambda p, sid, d: OriginNotAllowed(_str(p, "origin"))),
+    # A cluster: another node owns the session (retry there; a forwarding node does so once).
+    Problem(NotOwner, "not-owner", 421, "Not the owner node", ("owner", "owner_url"),
+            lambda p, sid, d: NotOwner(sid or "", d, owner=_opt_str(p, "owner"),
+                                       owner_url=_opt_str(p, "owner_url"))),
+    Problem(ProjectRootUnavailable, "project-root-unavailable", 503, "Project root unavailable",
+            ("path", "node"),
+            lambda p, sid, d: _same_detail(
+                ProjectRootUnavailable(sid or "", _str(p, "path"), _str(p, "node")), sid)),
     # Not "store-error": the command may have been stored, so a client must not simply send it
     # again; it reads the session's log (or its stream) once the store is back.
     Problem(CommitOutcomeUnknown, "commit-outcome-unknown", 503, "Commit outcome unknown", (),

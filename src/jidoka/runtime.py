@@ -3,6 +3,11 @@
 ``async with Runtime() as rt:`` starts it and ``rt.client`` drives it; leaving the block stops
 every session's workers, ends every subscription and closes the store. A runtime is used once:
 it cannot be re-entered after it closed.
+
+With ``node_id`` set, the runtime is one node of a cluster (:mod:`jidoka.cluster`): it joins
+(a lease in the PostgreSQL store), owns the sessions it creates or takes, publishes events on
+the Redis bus, and on the way out hands its sessions over (:meth:`Runtime.begin_leaving`) before
+it leaves.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from .bus.memory import MemoryBus
 from .cache import FileCache
 from .client import Client
 from .clock import Clock, SystemClock
-from .config import POSTGRES_PREFIXES, Settings, describe_store, llm_defaults
+from .config import POSTGRES_PREFIXES, REDIS_PREFIXES, Settings, describe_store, llm_defaults
 from .errors import InvalidConfig, RuntimeClosed
 from .events import Event
 from .llm.agents import AgentPool
@@ -33,6 +38,7 @@ from .session.supervisor import WorkerFactory
 from .store.base import SessionStore
 
 if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
     from .datadir import DataDirLock
 from .telemetry import RuntimeCounts, Telemetry
 
@@ -104,6 +110,8 @@ class Runtime:
         self._manager: SessionManager | None = None
         self._client: Client | None = None
         self._lock: DataDirLock | None = None
+        self._node: ClusterNode | None = None
+        self._leaving: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Runtime:
         await self.start()
@@ -122,18 +130,23 @@ class Runtime:
         if self._state is not _State.NEW:
             raise RuntimeClosed("a Runtime can be started once")
         store = self._store_instance or await self._open_store()
-        bus = MemoryBus(
-            reader=_reader(store, self.settings.subscriber_page_bytes),
-            keeps_logs=store.durable,  # a durable store keeps an ended session's log
-            queue_size=self.settings.subscriber_queue_size,
-            now=self.clock.time,
-        )
+        try:
+            node = self._cluster_node(store)
+            bus = await self._open_bus(store)
+        except BaseException:
+            await self._close_store(store)
+            raise
         cache = FileCache(
             max_bytes=self.settings.cache_max_bytes,
             max_session_bytes=self.settings.cache_session_max_bytes,
         )
         services = SessionServices(
-            store=store, bus=bus, cache=cache, clock=self.clock, token_counter=self._token_counter
+            store=store,
+            bus=bus,
+            cache=cache,
+            clock=self.clock,
+            token_counter=self._token_counter,
+            ownership=node,
         )
         telemetry = Telemetry(
             self.counts,
@@ -151,12 +164,75 @@ class Runtime:
             max_queued_turns=self.settings.max_queued_turns_total,
         )
         self._client = Client(self._manager, bus, self._agents)
+        self._node = node
         try:
+            if node is not None:
+                node.drop = self._manager.drop
+                node.drop_all = self._manager.drop_all
+                await node.start()
             await self._manager.start()
         except BaseException:
-            await self._close_store()
+            try:
+                if node is not None:
+                    await node.aclose()
+            finally:
+                try:
+                    await bus.aclose()
+                finally:
+                    await self._close_store(store)
             raise
         self._state = _State.RUNNING
+
+    def _cluster_node(self, store: SessionStore) -> ClusterNode | None:
+        """This runtime's node of a cluster, if ``node_id`` is set (its store must be the
+        PostgreSQL store opened for that node)."""
+        settings = self.settings
+        if settings.node_id is None:
+            return None
+        from .cluster.node import ClusterNode
+        from .store.postgres import PostgresStore
+
+        if not isinstance(store, PostgresStore) or store.node_id != settings.node_id:
+            raise InvalidConfig(
+                f"node {settings.node_id!r} needs a PostgreSQL store opened for it", field="store"
+            )
+        return ClusterNode(
+            store,
+            node_id=settings.node_id,
+            advertise_url=settings.advertise_url or "",
+            ttl=settings.lease_ttl,
+            clock=self.clock,
+        )
+
+    async def _open_bus(self, store: SessionStore) -> EventBus:
+        """The configured bus: in memory, or on Redis (imported only when used)."""
+        settings = self.settings
+        reader = _reader(store, settings.subscriber_page_bytes)
+        if not settings.bus.startswith(REDIS_PREFIXES):
+            return MemoryBus(
+                reader=reader,
+                keeps_logs=store.durable,  # a durable store keeps an ended session's log
+                queue_size=settings.subscriber_queue_size,
+                now=self.clock.time,
+            )
+        try:
+            from .bus.redis import RedisBus
+        except ImportError as exc:
+            raise InvalidConfig(
+                f"the Redis bus needs the redis extra (pip install 'jidoka-core[redis]'): {exc}",
+                field="bus",
+            ) from None
+        bus = RedisBus(
+            settings.bus,
+            node_id=settings.node_id or "",
+            prefix=settings.bus_prefix,
+            reader=reader,
+            keeps_logs=store.durable,
+            queue_size=settings.subscriber_queue_size,
+            now=self.clock.time,
+        )
+        await bus.start()
+        return bus
 
     async def _open_store(self) -> SessionStore:
         """Open the configured backend (imported only when used)."""
@@ -185,10 +261,11 @@ class Runtime:
         self._lock = lock
         return store
 
-    async def _close_store(self) -> None:
+    async def _close_store(self, store: SessionStore | None = None) -> None:
+        store = store or self._store
         try:
-            if self._store is not None and self._store_instance is None:
-                await self._store.aclose()
+            if store is not None and self._store_instance is None:
+                await store.aclose()
         finally:
             lock, self._lock = self._lock, None
             if lock is not None:
@@ -204,14 +281,41 @@ class Runtime:
         assert self._bus is not None
         assert self._store is not None
         try:
+            if self._node is not None:
+                self.begin_leaving()
+                assert self._leaving is not None
+                await self._leaving
             await self._manager.aclose()
             if self._agents is not None:
                 await self._agents.aclose()
         finally:
             try:
-                await self._bus.aclose()
+                if self._node is not None:
+                    await self._node.aclose()
             finally:
-                await self._close_store()
+                try:
+                    await self._bus.aclose()
+                finally:
+                    await self._close_store()
+
+    def begin_leaving(self) -> None:
+        """A node of a cluster is told to stop (SIGTERM): hand its sessions over now -- those
+        with no turn running at once, the others as their turns end, within
+        ``shutdown_grace_seconds`` -- and take no more. Called by the server at the signal,
+        before it waits for its connections; :meth:`aclose` calls it too. Idempotent; nothing
+        on a runtime that is no node."""
+        node, manager = self._node, self._manager
+        if node is None or manager is None or self._leaving is not None:
+            return
+        node.leaving = True
+        deadline = self.clock.monotonic() + self.settings.shutdown_grace_seconds
+        self._leaving = asyncio.get_running_loop().create_task(
+            manager.hand_over(self._turn_running, deadline), name="jidoka:hand-over"
+        )
+
+    def _turn_running(self, session_id: str) -> bool:
+        agent = self._agents.get(session_id) if self._agents is not None else None
+        return agent is not None and agent.busy
 
     # --- accessors ------------------------------------------------------------------------------
 
@@ -232,6 +336,12 @@ class Runtime:
     @property
     def bus(self) -> EventBus:
         return self._running(self._bus)
+
+    @property
+    def node(self) -> ClusterNode | None:
+        """This runtime's node of a cluster (``None``: a single node)."""
+        self._running(self._manager)
+        return self._node
 
     @property
     def cache(self) -> FileCache:
@@ -288,6 +398,7 @@ async def _open_postgres(settings: Settings) -> SessionStore:
         schema=settings.postgres_schema,
         pool_size=settings.postgres_pool_size,
         connect_timeout=settings.postgres_connect_timeout,
+        node_id=settings.node_id,
     )
     await store.open()
     return store

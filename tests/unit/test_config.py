@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "max_metadata_bytes": 16_384,
     "max_llm_config_bytes": 16_384,
     "memory_max_events_per_session": 100_000,
+    "bus": "memory",
+    "bus_prefix": "jidoka",
+    "lease_ttl": 10.0,
 }
 INT_FIELDS = [name for name, value in DEFAULTS.items() if type(value) is int]
 
@@ -55,6 +58,8 @@ def test_defaults() -> None:
         "session_defaults",
         "session_ceilings",
         "max_database_bytes",
+        "node_id",
+        "advertise_url",
     }
 
 

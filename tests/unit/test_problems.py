@@ -25,8 +25,10 @@ from jidoka.errors import (
     JidokaError,
     LimitExceeded,
     LLMError,
+    NotOwner,
     OriginNotAllowed,
     PathNotAllowed,
+    ProjectRootUnavailable,
     RuntimeClosed,
     SessionBusy,
     SessionExists,
@@ -108,6 +110,9 @@ CASES: dict[str, Callable[[], JidokaError]] = {
         "the connection broke mid-commit; the log will say", session_id=SID
     ),
     "RuntimeClosed": lambda: RuntimeClosed("the runtime is shutting down"),
+    "NotOwner": lambda: NotOwner(SID, owner="n2", owner_url="http://10.0.0.6:8765"),
+    "NotOwner-unknown": lambda: NotOwner(SID),
+    "ProjectRootUnavailable": lambda: ProjectRootUnavailable(SID, "/srv/projects/x", "n1"),
     "SessionExists": lambda: SessionExists(SID),
     "SessionBusy": lambda: SessionBusy(SID),
     "LLMError": lambda: LLMError(

@@ -20,7 +20,7 @@ from psycopg import sql
 from jidoka.errors import StoreError
 from jidoka.events import Event, EventType
 from jidoka.store.base import OwnershipLost, SchemaError, SeqConflict
-from jidoka.store.postgres import PostgresStore
+from jidoka.store.postgres import SCHEMA_VERSION, PostgresStore
 
 A, B = "A" * 26, "B" * 26
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -246,11 +246,11 @@ async def test_stores_opening_a_fresh_schema_at_once_create_it_once(
             await store.append(sid, events(sid, 1, 1))
         async with await psycopg.AsyncConnection.connect(postgres_dsn) as conn:
             cursor = await conn.execute(
-                sql.SQL("SELECT key, value FROM {}.jidoka_meta").format(
-                    sql.Identifier(postgres_schema)
-                )
+                sql.SQL(
+                    "SELECT key, value FROM {}.jidoka_meta WHERE key = 'schema_version'"
+                ).format(sql.Identifier(postgres_schema))
             )
-            assert await cursor.fetchall() == [("schema_version", "1")]
+            assert await cursor.fetchall() == [("schema_version", str(SCHEMA_VERSION))]
             cursor = await conn.execute(
                 sql.SQL("SELECT count(*) FROM {}.sessions").format(sql.Identifier(postgres_schema))
             )

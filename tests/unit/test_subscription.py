@@ -8,12 +8,13 @@ without the event; the subscription must read again rather than report the event
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from jidoka.bus.base import Subscription
 from jidoka.events import Event, EventType
 from jidoka.store.memory import MemoryStore
-from tests.helpers import PROMPTLY, next_event
+from tests.helpers import PROMPTLY, next_event, settle, take
 
 A = "A" * 26
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -164,3 +165,94 @@ async def test_finish_reads_a_log_about_to_be_freed_a_page_at_a_time() -> None:
         seqs = [e.seq async for e in subscription]
     assert seqs == list(range(1, 11))
     assert subscription.statistics().dropped == 0
+
+
+def counting(
+    store: MemoryStore, reads: list[int]
+) -> Callable[[str, int, int], Awaitable[list[Event]]]:
+    async def reader(session_id: str, after: int, limit: int) -> list[Event]:
+        reads.append(after)
+        return await store.read_events(session_id, after_seq=after, limit=limit)
+
+    return reader
+
+
+async def test_a_gap_in_the_seqs_offered_is_read_from_the_store() -> None:
+    """A bus that crosses processes may lose a message: the next one shows the hole, and the
+    subscription reads it from the store, even while its consumer is already waiting."""
+    store = MemoryStore()
+    reads: list[int] = []
+    subscription = Subscription(A, queue_size=8, reader=counting(store, reads), now=lambda: 0.0)
+    await commit_and_offer(store, subscription, 1)
+    assert (await next_event(subscription)).seq == 1
+    waiting = asyncio.ensure_future(next_event(subscription))
+    await settle()
+    await store.append(A, [event(2)])  # stored, its message lost on the way
+    await commit_and_offer(store, subscription, 3)
+    assert (await waiting).seq == 2
+    assert (await next_event(subscription)).seq == 3
+    assert reads[0] == 1
+    await commit_and_offer(store, subscription, 4)
+    assert (await next_event(subscription)).seq == 4
+    assert subscription.statistics().dropped == 0
+
+
+async def test_without_a_position_the_first_event_is_no_gap() -> None:
+    store = MemoryStore()
+    reads: list[int] = []
+    subscription = Subscription(A, queue_size=8, reader=counting(store, reads), now=lambda: 0.0)
+    await store.append(A, [event(1), event(2)])
+    await commit_and_offer(store, subscription, 3)  # subscribed after 1 and 2 went by
+    subscription.resync()  # no position to read on from: nothing happens
+    assert (await next_event(subscription)).seq == 3
+    assert subscription.get_nowait() is None
+    assert reads == []
+
+
+async def test_resync_reads_what_the_bus_never_offered() -> None:
+    store = MemoryStore()
+    reads: list[int] = []
+    subscription = Subscription(A, queue_size=8, reader=counting(store, reads), now=lambda: 0.0)
+    await commit_and_offer(store, subscription, 1)
+    assert (await next_event(subscription)).seq == 1
+    await store.append(A, [event(2), event(3)])  # the bus was down: nothing offered
+    waiting = asyncio.ensure_future(next_event(subscription))
+    await settle()
+    subscription.resync()
+    assert (await waiting).seq == 2
+    assert (await next_event(subscription)).seq == 3
+    subscription.offer(event(3))  # the late message: already delivered
+    await commit_and_offer(store, subscription, 4)
+    assert (await next_event(subscription)).seq == 4
+    assert subscription.get_nowait() is None
+
+
+async def test_a_log_found_ending_with_the_end_ends_the_stream() -> None:
+    """A node that was away when the session ended elsewhere learns of it from the store; only
+    at the end of the log (a restored session's log goes on past an earlier termination)."""
+    store = MemoryStore()
+    reads: list[int] = []
+    subscription = Subscription(
+        A, queue_size=8, reader=counting(store, reads), now=lambda: 0.0, ends_on_terminated=True
+    )
+    await commit_and_offer(store, subscription, 1)
+    ended = Event(EventType.SESSION_TERMINATED, A, 2, T0, {"reason": "user"})
+    await store.append(A, [ended, event(3)])  # ended, then restored: the log goes on
+    subscription.resync()
+    assert [e.seq for e in await take(subscription, 3)] == [1, 2, 3]
+    assert not subscription.closed
+    await store.append(A, [Event(EventType.SESSION_TERMINATED, A, 4, T0, {"reason": "user"})])
+    subscription.resync()
+    async with asyncio.timeout(PROMPTLY):
+        seqs = [e.seq async for e in subscription]
+    assert seqs == [4]
+    assert subscription.closed
+
+
+async def test_resync_of_the_global_stream_is_one_marker() -> None:
+    everyone = Subscription(None, queue_size=8, reader=None, now=lambda: 0.0)
+    everyone.resync()
+    marker = await next_event(everyone)
+    assert (marker.type, marker.session_id, marker.seq) == (EventType.EVENTS_DROPPED, "", 0)
+    assert marker.data == {"count": 0}
+    assert everyone.get_nowait() is None

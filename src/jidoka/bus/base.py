@@ -20,6 +20,17 @@ events are not queued. Once the consumer has drained its queue:
 
 A publisher or another subscriber is never slowed by a slow one.
 
+**Gaps.** Seqs of a session have no holes, so a session subscription that knows where it stands
+(it was given ``after_seq``, or has seen an event) and is offered an event past the next one
+has missed something on the way (a bus that crosses processes can drop a message, or deliver
+it late) and switches to catch-up as if it had overflowed. :meth:`Subscription.resync` does the
+same on demand: a bus that cannot vouch for what it delivered (its link was down, or it has
+just subscribed) has the consumer read the store until it is caught up. On the node that ended a
+session the bus closes its streams (``close_session``); a bus on another node can learn of the
+end from the store alone (it was away when the end went by), so with ``ends_on_terminated`` a
+session stream also ends when catching up finds the log ending with ``session_terminated``. Only
+at the end of the log: a restored session's log goes on past an earlier termination.
+
 Nothing in :class:`EventBus` assumes the subscribers share the publisher's memory: publishing
 hands an event over without waiting (a bus that crosses processes sends it in the background),
 and the counters and ``subscriber_count`` speak of this process's side only.
@@ -58,10 +69,12 @@ class Subscription:
     """
 
     __slots__ = (
+        "_anchored",
         "_catching_up",
         "_closed",
         "_delivered",
         "_dropped",
+        "_ends_on_terminated",
         "_keeps_logs",
         "_last_seq",
         "_latest_seen",
@@ -70,6 +83,7 @@ class Subscription:
         "_pending_drops",
         "_queue",
         "_reader",
+        "_tail_terminated",
         "_waiter",
         "queue_size",
         "session_id",
@@ -85,10 +99,14 @@ class Subscription:
         after_seq: int | None = None,
         on_lost: Callable[[int], None] | None = None,
         keeps_logs: bool = False,
+        ends_on_terminated: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.session_id = session_id
+        self._ends_on_terminated = ends_on_terminated
+        #: Whether the newest event queued (``_last_seq``) is a ``session_terminated``.
+        self._tail_terminated = False
         #: The reader's store keeps a session's log after it ends (a durable one does), so
         #: catching up can go on at the consumer's pace once the session has ended.
         self._keeps_logs = keeps_logs
@@ -106,6 +124,9 @@ class Subscription:
         self._last_seq = after_seq or 0
         self._latest_seen = after_seq or 0
         self._catching_up = after_seq is not None and session_id is not None
+        #: Whether ``_latest_seen`` is a real position (``after_seq`` given, or an event seen):
+        #: only then does a seq past the next one mean a gap, and can the store be read on.
+        self._anchored = after_seq is not None
 
     # --- the bus side ---------------------------------------------------------------------------
 
@@ -116,19 +137,41 @@ class Subscription:
         if self.session_id is not None:
             if event.seq <= self._latest_seen:
                 return  # already queued or replayed (or delivered twice by a backend)
+            gap = self._anchored and event.seq > self._latest_seen + 1
             self._latest_seen = event.seq
+            self._anchored = True
             if self._catching_up:
                 return  # the store has it; catch-up will read it
+            if gap and self._reader is not None:
+                self._catching_up = True  # events before this one went missing: read them
+                self._wake()
+                return
             if len(self._queue) >= self.queue_size:
                 self._catching_up = True
                 return
             self._last_seq = event.seq
+            self._tail_terminated = event.type == EventType.SESSION_TERMINATED
         elif self._catching_up or len(self._queue) >= self.queue_size:
             self._catching_up = True
             self._pending_drops += 1
             return
         self._queue.append(event)
         self._wake()
+
+    def resync(self) -> None:
+        """Read the store from where the consumer stands before taking live events again: the
+        bus may have missed some (its link was down, or its subscription was not yet in place
+        when they went by). Costs one store read per call once the consumer asks for more, and
+        nothing is read twice (the subscription skips seqs it has). A session subscription
+        without a position (no ``after_seq``, nothing seen yet) has no place to read on from
+        and is left as it is. On the global topic, which has no log, the consumer gets one
+        ``events_dropped`` marker (``count`` is what this process knows it skipped, often 0:
+        the number missed elsewhere is unknown)."""
+        if self._closed:
+            return
+        if self.session_id is None or (self._anchored and self._reader is not None):
+            self._catching_up = True
+            self._wake()
 
     def close(self) -> None:
         """End the stream after what is already queued (the session ended, or the bus closed)."""
@@ -241,6 +284,7 @@ class Subscription:
                 gap = self._gap(after + 1, events[0].seq - 1)
             self._queue.extend(events)
             self._last_seq = events[-1].seq
+            self._tail_terminated = events[-1].type == EventType.SESSION_TERMINATED
             self._latest_seen = max(self._latest_seen, self._last_seq)
             return gap
         if self._latest_seen > seen:
@@ -253,6 +297,8 @@ class Subscription:
         if seen > after:
             gap = self._gap(after + 1, seen)
             self._last_seq = seen
+        elif self._ends_on_terminated and self._tail_terminated:
+            self._closed = True  # the log ends with the session's end: so does the stream
         return gap
 
     def _gap(self, first: int, last: int) -> Event:
@@ -318,6 +364,11 @@ class EventBus(Protocol):
 
     async def close_session(self, session_id: str) -> None:
         """End every subscription of a session that has terminated."""
+        ...
+
+    def health(self) -> tuple[bool, str]:
+        """``(ok, detail)`` for the readiness probe: whether events reach every subscriber
+        live (a bus across processes may fall back to reading the store while it cannot)."""
         ...
 
     async def aclose(self) -> None:

@@ -101,6 +101,9 @@ class MemoryBus:
             return len(self._global)
         return len(self._topics.get(session_id, ()))
 
+    def health(self) -> tuple[bool, str]:
+        return (not self._closed, "memory" if not self._closed else "closed")
+
     def topics(self) -> frozenset[str]:
         """Sessions that have at least one subscription."""
         return frozenset(self._topics)

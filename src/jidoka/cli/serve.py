@@ -27,6 +27,7 @@ _EXTRA_HINT = "jidoka serve needs the server extra: pip install 'jidoka-core[ser
 _SERVER = "Server"
 _RUNTIME = "Runtime"
 _LIMITS = "Limits"
+_CLUSTER = "Cluster"
 
 
 class LogLevel(StrEnum):
@@ -80,6 +81,51 @@ def serve(
             " default jidoka).",
             show_default=False,
             rich_help_panel=_RUNTIME,
+        ),
+    ] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            help="Event bus: memory, or a Redis URL redis://host:6379/0 (env JIDOKA_BUS;"
+            " default memory).",
+            show_default=False,
+            rich_help_panel=_CLUSTER,
+        ),
+    ] = None,
+    bus_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefix of the bus's Redis keys and channels (env JIDOKA_BUS_PREFIX;"
+            " default jidoka).",
+            show_default=False,
+            rich_help_panel=_CLUSTER,
+        ),
+    ] = None,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Run as this node of a cluster (needs a PostgreSQL --store and a Redis --bus)"
+            " (env JIDOKA_NODE_ID).",
+            show_default=False,
+            rich_help_panel=_CLUSTER,
+        ),
+    ] = None,
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The URL other nodes reach this one at, e.g. http://10.0.0.5:8765"
+            " (env JIDOKA_ADVERTISE_URL; default the address it listens on).",
+            show_default=False,
+            rich_help_panel=_CLUSTER,
+        ),
+    ] = None,
+    lease_ttl: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a node's lease lasts without renewal; a lost node's sessions move"
+            " after about this long (env JIDOKA_LEASE_TTL; default 10).",
+            show_default=False,
+            rich_help_panel=_CLUSTER,
         ),
     ] = None,
     tokens_file: Annotated[
@@ -247,6 +293,14 @@ def serve(
         runtime["store"] = store
     if postgres_schema is not None:
         runtime["postgres_schema"] = postgres_schema
+    cluster = {
+        "bus": bus,
+        "bus_prefix": bus_prefix,
+        "node_id": node_id,
+        "advertise_url": advertise_url,
+        "lease_ttl": lease_ttl,
+    }
+    runtime.update({name: value for name, value in cluster.items() if value is not None})
     try:
         if tokens_file is not None:
             overrides["tokens"] = load_tokens(tokens_file)

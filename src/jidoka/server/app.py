@@ -27,6 +27,7 @@ from .auth import Authenticator, InflightLimiter
 from .browser_guard import BrowserGuard, HostPolicy, OriginPolicy
 from .config import ServerConfig
 from .docs import ApiDocs
+from .forwarding import Forwarder, Forwarding, Signer
 from .inputs import parse_seq, query_str
 from .lifespan import ServerLifespan
 from .metrics import CONTENT_TYPE, HttpMetrics, PrometheusMetrics
@@ -120,6 +121,10 @@ class _Endpoints:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        """Ready when the store answers and, on a node of a cluster, the node holds a valid
+        lease. A Redis bus that is down makes the node ``degraded``, still ready: streams fall
+        back to reading the store, and taking every node out of a balancer for it would turn a
+        slower stream into an outage."""
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 await self.runtime.store.ping()
@@ -128,7 +133,45 @@ class _Endpoints:
             return json_response({"status": "unavailable", "detail": detail}, 503)
         if self.streams.draining:
             return json_response({"status": "draining"}, 503)
-        return json_response({"status": "ready"})
+        body: dict[str, object] = {"status": "ready", "store": "ok"}
+        bus_ok, bus_detail = self.runtime.bus.health()
+        body["bus"] = bus_detail
+        if not bus_ok:
+            body["status"] = "degraded"
+        node = self.runtime.node
+        if node is not None:
+            member_ok, member_detail = node.health()
+            body["membership"] = member_detail
+            if not member_ok:
+                body["status"] = "unavailable"
+                return json_response(body, 503)
+        return json_response(body)
+
+    async def cluster(self, request: Request) -> Response:
+        """``GET /v1/cluster``: the nodes, their heartbeats and how many sessions each owns."""
+        node = self.runtime.node
+        if node is None:
+            return json_response({"node_id": None, "nodes": []})
+        nodes = await node.nodes()
+        return json_response(
+            {
+                "node_id": node.node_id,
+                "lease_ttl": node.membership.ttl,
+                "nodes": [
+                    {
+                        "node_id": row.node_id,
+                        "advertise_url": row.advertise_url,
+                        "state": row.state,
+                        "alive": row.alive,
+                        "started_at": row.started_at.isoformat(),
+                        "heartbeat_at": row.heartbeat_at.isoformat(),
+                        "heartbeat_age": round(row.heartbeat_age, 3),
+                        "owned_sessions": row.owned,
+                    }
+                    for row in nodes
+                ],
+            }
+        )
 
     async def prometheus(self, request: Request) -> Response:
         body = b"" if self.metrics is None else await asyncio.to_thread(self.metrics.render)
@@ -180,6 +223,8 @@ def create_app(
     # Without auth there are no principals to tell apart: max_connections bounds the streams.
     per_principal = config.max_streams_per_principal if config.auth_enabled else None
     streams = StreamRegistry(max_per_principal=per_principal)
+    # A node of a cluster forwards commands to their sessions' owners (set once it runs).
+    forwarding = Forwarding()
     # Stream tickets: issued by a route handler, redeemed by the stream routes.
     tickets = TicketBook(
         ttl=config.stream_ticket_ttl,
@@ -199,7 +244,7 @@ def create_app(
         *([Middleware(AccessLog)] if config.access_log else []),
         Middleware(HttpMetrics, meter_provider=metrics.meter_provider if metrics else None),
         Middleware(Problems),
-        Middleware(BearerPrincipal, auth=auth),
+        Middleware(BearerPrincipal, auth=auth, forwarding=forwarding),
         Middleware(BodyLimit, max_body_bytes=config.max_body_bytes),
         # Inside Problems and RequestId: its refusals are problems with the request id.
         Middleware(BrowserGuard, hosts=hosts, origins=OriginPolicy(config.cors_origins)),
@@ -209,11 +254,22 @@ def create_app(
 
     def build_routes() -> None:
         endpoints = _Endpoints(runtime, config, auth, streams, metrics)
-        handlers = SessionRoutes(endpoints.scopes, tickets)
+        node = runtime.node
+        if node is not None:
+            forwarding.signer = Signer(node.secret, node.node_id)
+            forwarding.forwarder = Forwarder(node, forwarding.signer, runtime.manager.is_live)
+        handlers = SessionRoutes(endpoints.scopes, tickets, forwarding)
         routes = _api_routes(endpoints, handlers, limiter, tickets)
         router.routes[:] = route_table(routes, [("/v1/ws", endpoints.websocket)])
 
-    lifespan = ServerLifespan(runtime, streams, owns_runtime=owns_runtime, on_ready=on_ready)
+    async def close_forwarding() -> None:
+        forwarder, forwarding.forwarder = forwarding.forwarder, None
+        if forwarder is not None:
+            await forwarder.aclose()
+
+    lifespan = ServerLifespan(
+        runtime, streams, owns_runtime=owns_runtime, on_ready=on_ready, on_close=close_forwarding
+    )
     router = build_router(middleware=middleware, lifespan=lifespan)
     if owns_runtime:
         lifespan.started = build_routes
@@ -250,6 +306,7 @@ def _api_routes(
         )
     return [
         *routes,
+        ApiRoute("/v1/cluster", "GET", endpoints.cluster),
         ApiRoute("/metrics", "GET", endpoints.prometheus),
         ApiRoute("/openapi.json", "GET", endpoints.openapi),
         ApiRoute("/", "GET", docs.index),

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -50,6 +50,7 @@ class ServerLifespan:
         owns_runtime: bool,
         started: Callable[[], None] = lambda: None,
         on_ready: Callable[[], None] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.runtime = runtime
         self.streams = streams
@@ -58,6 +59,8 @@ class ServerLifespan:
         self.started = started
         #: Called when the app is ready to serve (``jidoka serve`` prints its address then).
         self._on_ready = on_ready
+        #: Called at shutdown, after the runtime closed (the forwarding client).
+        self._on_close = on_close
         #: Why the startup failed (``jidoka serve`` says it in one line), if it did.
         self.startup_error: BaseException | None = None
 
@@ -71,15 +74,26 @@ class ServerLifespan:
                 raise
         try:
             self.started()
-            with _drain_on_signals(self.streams.drain):
+            with _drain_on_signals(self._drain):
                 if self._on_ready is not None:
                     self._on_ready()
                 yield
         finally:
             self.streams.drain()
-            if self.owns_runtime:
-                logger.info("connections closed; closing the runtime (flushing the store)")
-                await self.runtime.aclose()
+            try:
+                if self.owns_runtime:
+                    logger.info("connections closed; closing the runtime (flushing the store)")
+                    await self.runtime.aclose()
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()
+
+    def _drain(self) -> None:
+        """The signal's first step: end the streams and, on a node of a cluster, start handing
+        the sessions over (other nodes take them while this one waits for its connections)."""
+        self.streams.drain()
+        if self.owns_runtime:
+            self.runtime.begin_leaving()
 
 
 def lifespan_of(app: Router) -> ServerLifespan:

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import JidokaError, LimitExceeded, Unauthorized
 from .auth import Authenticator, InflightLimiter
+from .forwarding import FORWARDED_HEADER, Forwarding
 from .responses import problem_response
 from .tickets import TicketBook
 
@@ -238,14 +239,21 @@ class BearerPrincipal:
     :class:`~jidoka.server.router.ApiRoute`). Which routes are streams is the router's to know,
     and this middleware runs before it."""
 
-    def __init__(self, app: ASGIApp, *, auth: Authenticator) -> None:
+    def __init__(
+        self, app: ASGIApp, *, auth: Authenticator, forwarding: Forwarding | None = None
+    ) -> None:
         self.app = app
         self.auth = auth
+        #: A node of a cluster also takes requests another node forwarded, signed.
+        self.forwarding = forwarding
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if _is_api(scope):
             ticket = _ticket(scope)
-            if ticket is not None:
+            forwarded = _header(scope, FORWARDED_HEADER.encode())
+            if forwarded is not None and self.forwarding is not None:
+                scope[PRINCIPAL_KEY] = self.forwarding.principal_of(scope, forwarded)
+            elif ticket is not None:
                 scope[TICKET_KEY] = ticket
             else:
                 scope[PRINCIPAL_KEY] = self.auth.principal(_header(scope, b"authorization"))

@@ -26,11 +26,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..client import Client
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, NotOwner
 from ..llm.turns import ChatResult
 from ..scoped import ScopedClient
-from ..verbs import DEFAULT_PAGE, MAX_PAGE, VERBS, Param, Verb, by_name
+from ..verbs import DEFAULT_PAGE, MAX_PAGE, VERBS, Param, Scope, Verb, by_name
 from ..wire import Accepted, StreamTicket, StreamTicketRequest
+from .forwarding import FORWARDED_KEY, Forwarding, check_body
 from .inputs import decode_json, query_int, query_str
 from .middleware import PRINCIPAL_KEY
 from .responses import json_response
@@ -66,6 +67,9 @@ ROUTES: Final = tuple(
 )  # fmt: skip
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+#: Session verbs every node of a cluster serves itself, from the store: the log.
+_SERVED_ANYWHERE: Final = frozenset({"read_events"})
 
 
 class Scopes:
@@ -139,8 +143,12 @@ async def arguments(verb: Verb, request: Request) -> Any:
 class SessionRoutes:
     """The handlers of :data:`ROUTES` (streams aside), by name."""
 
-    def __init__(self, scopes: Scopes, tickets: TicketBook) -> None:
+    def __init__(
+        self, scopes: Scopes, tickets: TicketBook, forwarding: Forwarding | None = None
+    ) -> None:
         self.scopes = scopes
+        #: On a node of a cluster: commands on sessions owned elsewhere go to their owner.
+        self.forwarding = forwarding
         #: Stream tickets this server issues (the middleware redeems them).
         self.tickets = tickets
         #: Turns running in the background (202), until they end: to log how they ended.
@@ -160,6 +168,37 @@ class SessionRoutes:
         return serve
 
     async def _serve(self, verb: Verb, request: Request) -> Response:
+        forwarder = self.forwarding.forwarder if self.forwarding is not None else None
+        if (
+            forwarder is None
+            or verb.scope is not Scope.SESSION
+            or verb.name in _SERVED_ANYWHERE
+            or FORWARDED_KEY in request.scope
+        ):
+            if FORWARDED_KEY in request.scope:
+                check_body(request, await request.body())
+            return await self._serve_here(verb, request)
+        sid = request.path_params.get("session_id")
+        if not isinstance(sid, str) or forwarder.is_live(sid):
+            return await self._serve_here(verb, request)
+        # Another node's, or nobody's: to its owner, or taken here (activation on demand).
+        # A node that lost the session meanwhile says so (421); then once more, from the top.
+        principal: str | None = request.scope.get(PRINCIPAL_KEY)
+        for attempt in (1, 2):
+            url = await forwarder.owner_url(sid)
+            try:
+                if url is None:
+                    return await self._serve_here(verb, request)
+                answer = await forwarder.forward(request, url, sid, principal)
+                if answer is not None:
+                    return answer
+            except NotOwner:
+                if attempt == 2:
+                    raise
+            forwarder.retried += 1
+        raise NotOwner(sid, "its owner changed twice while this request looked for it; retry")
+
+    async def _serve_here(self, verb: Verb, request: Request) -> Response:
         args = await arguments(verb, request)
         scoped = self.scopes.of(request)
         if verb.background and not _wait(request):

@@ -24,10 +24,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+import msgspec
 import uvicorn
 
 from .._version import __version__
-from ..config import Settings, describe_store
+from ..config import Settings, describe_bus, describe_store
 from ..errors import JidokaError
 from ..runtime import Runtime
 from .app import create_app
@@ -163,16 +164,20 @@ async def serve(
     try:
         # The port first: a port in use is said at once, before sessions are recovered.
         sock = _bind(config)
-        runtime = Runtime(settings=settings, meter_provider=metrics.meter_provider)
-        data_dir = runtime.settings.data_dir
-        config, generated = await asyncio.to_thread(_token, config, data_dir)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}"
+        settings = _advertised(settings, url, host)
+        runtime = Runtime(settings=settings, meter_provider=metrics.meter_provider)
+        data_dir = runtime.settings.data_dir
+        config, generated = await asyncio.to_thread(_token, config, data_dir)
 
         def ready() -> None:
             print(f"Jidoka {__version__} serving on {url}", file=out)
             print(f"  data: {data_dir} (store: {describe_store(runtime.settings)})", file=out)
+            if settings.node_id is not None:
+                print(f"  cluster: node {settings.node_id} at {settings.advertise_url}"
+                      f" (bus: {describe_bus(settings)})", file=out)  # fmt: skip
             print(f"export JIDOKA_URL={url}", file=out)
             if generated is not None:
                 print(f"export JIDOKA_TOKEN={generated}", file=out)
@@ -227,6 +232,19 @@ async def serve(
             sock.close()
         metrics.shutdown()
     return 0
+
+
+def _advertised(settings: Settings, url: str, host: str) -> Settings:
+    """A node of a cluster without ``advertise_url`` advertises the address it listens on,
+    unless that is a wildcard (``0.0.0.0``), which other nodes cannot reach."""
+    if settings.node_id is None or settings.advertise_url is not None:
+        return settings
+    if host in ("0.0.0.0", "::"):
+        raise JidokaError(
+            f"node {settings.node_id!r} listens on every address ({host}); say where other "
+            "nodes reach it with --advertise-url (JIDOKA_ADVERTISE_URL)"
+        )
+    return msgspec.structs.replace(settings, advertise_url=url)
 
 
 def configure_logging(level: str = "info") -> None:

@@ -18,6 +18,12 @@ Helpers that need to end a session by id (a time-out, a worker over its restart 
 projection the log cannot rebuild) are given :meth:`SessionManager._terminate_quietly`, which
 goes through the same checks as a client's request.
 
+On a node of a cluster (``SessionServices.ownership``), loading a session takes it from the
+store first (:mod:`.recovery`); :meth:`SessionManager.drop` lets go of a session without writing
+(another node owns it now, or this node's lease lapsed), :meth:`SessionManager.hand_over` gives
+every session up when the node leaves, and listings read sessions this node does not hold
+from the store (:meth:`SessionManager.peek`) instead of taking them.
+
 What follows a commit never fails the command that made it (see :mod:`.session`): the runtime's
 share of a command's follow-up (idle timer, snapshots) runs in the session's post-commit section
 through :meth:`SessionManager._after_command`, and failures there are repaired by
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -35,17 +42,21 @@ from ..config import Settings
 from ..errors import (
     InvalidArgument,
     InvalidTransition,
+    NotOwner,
+    ProjectRootUnavailable,
     RuntimeClosed,
     SessionNotFound,
     SessionTerminated,
+    StoreError,
 )
-from ..store.base import SavedSession
+from ..store.base import SavedSession, StoredSession
 from ..telemetry import Telemetry
 from .background import BackgroundTasks
 from .idle import IdleReaper
 from .info import SessionInfo
 from .lifecycle import Lifecycle
 from .listing import list_sessions
+from .persistence import load_state
 from .postcommit import Step
 from .recovery import Recovery
 from .registry import SessionRegistry
@@ -61,6 +72,8 @@ from .sweep import QuietSweep
 from .timers import TimerQueue
 
 __all__ = ["SessionManager"]
+
+logger = logging.getLogger("jidoka.manager")
 
 
 class SessionManager:
@@ -205,7 +218,14 @@ class SessionManager:
         registry = self._registry
         if session_id in registry.live or session_id in registry.tombstones:
             return
-        with contextlib.suppress(SessionTerminated, SessionNotFound, RuntimeClosed):
+        with contextlib.suppress(
+            SessionTerminated,
+            SessionNotFound,
+            RuntimeClosed,
+            NotOwner,  # a cluster: another node's, alive (it times it out itself)
+            ProjectRootUnavailable,
+            StoreError,
+        ):
             await self._recovery.load(session_id)
 
     async def info(self, session_id: object) -> SessionInfo:
@@ -258,12 +278,80 @@ class SessionManager:
         return await list_sessions(
             self._registry,
             self.services.store,
-            self.info,
+            self.info if self.services.ownership is None else self.peek,
             status,
             limit=limit,
             after=after,
             owner=owner,
         )
+
+    async def peek(self, session_id: str) -> SessionInfo:
+        """:meth:`info` without taking the session: what a node of a cluster answers for a
+        session it does not hold (read from the store's log, as of its last commit)."""
+        session = self._registry.live.get(session_id)
+        if session is not None:
+            return SessionInfo.of(session.state, terminating=session.terminating)
+        stored = await self._recovery.find(session_id)
+        if stored is None or stored.status == Status.TERMINATED.value:
+            return await self.info(session_id)  # a tombstone: recalled, never taken
+        state, _ = await load_state(self.services.store, session_id)
+        return SessionInfo.of(state)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this manager is one node of a cluster (sessions are taken, not just loaded)."""
+        return self.services.ownership is not None
+
+    async def stored(self, session_id: str) -> StoredSession | None:
+        """The store's head of a session this node does not hold (``None``: none, or an id
+        that cannot be one): what a node of a cluster serves streams and log reads from,
+        without taking the session."""
+        self.check_open()
+        return await self._recovery.find(session_id)
+
+    # --- a node of a cluster ----------------------------------------------------------------------
+
+    def drop(self, session_id: str) -> None:
+        """Let go of a session without writing anything: another node owns it now (the fence
+        refused an append) or may take it (this node's lease lapsed). Commands on it from now
+        on look it up again (and go to its owner); its workers stop in the background."""
+        registry = self._registry
+        session = registry.live.pop(session_id, None)
+        if session is None or registry.closed:
+            return
+        self._idle.prune()
+        self._tasks.spawn(self._lifecycle.release(session), f"jidoka:{session_id}:drop")
+
+    def drop_all(self) -> None:
+        """:meth:`drop` every session this node holds (its lease lapsed)."""
+        for session_id in list(self._registry.live):
+            self.drop(session_id)
+
+    async def hand_over(self, busy: Callable[[str], bool], deadline: float) -> None:
+        """Give every session up to the other nodes of the cluster (this node is leaving): the
+        ones with no turn running at once, the others as their turns end, the rest at
+        ``deadline`` (monotonic; their turns are stopped). Each is released here (its workers
+        stopped) before the store lets others take it."""
+        ownership = self.services.ownership
+        if ownership is None:
+            return
+        clock = self.services.clock
+        registry = self._registry
+        while registry.live:
+            final = clock.monotonic() >= deadline
+            ready = [sid for sid in registry.live if final or not busy(sid)]
+            if ready:
+                sessions = [registry.live.pop(sid) for sid in ready]
+                self._idle.prune()
+                await asyncio.gather(*(self._lifecycle.release(s) for s in sessions))
+                try:
+                    await ownership.hand_over(ready)
+                except (StoreError, RuntimeClosed) as exc:
+                    # Leaving ends the lease anyway; then they are free all the same.
+                    logger.warning("handing %d sessions over failed: %s", len(ready), exc)
+            if registry.live:
+                # Turns end on their own time; look again shortly (a shutdown, not a hot path).
+                await clock.sleep_until(min(deadline, clock.monotonic() + 0.05))
 
     def live_count(self) -> int:
         """Live sessions loaded on this node (stored ones not loaded yet are not counted)."""

@@ -9,6 +9,12 @@ mid-termination when the process died is then closed properly in the log; one th
 replayed is buried as terminated with ``error``, alone; one whose log ends in termination is
 remembered as a tombstone; a projection whose apply failed after a commit is rebuilt by
 replaying the log. It also writes the snapshots that keep a replay short.
+
+On a node of a cluster, loading a session first *takes* it (``SessionServices.ownership``): the
+store names this node its owner and raises its fence before the log is read, so what is read is
+final (the former owner can no longer append). A turn or approval the former owner left open is
+closed in the log as interrupted with reason ``owner_lost``: never re-run, since its tools may
+have had effects. A session whose ``project_root`` this node cannot see is handed back, refused.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Settings
-from ..errors import RuntimeClosed, SessionTerminated, StoreError
+from ..errors import ProjectRootUnavailable, RuntimeClosed, SessionTerminated, StoreError
 from ..events import Event, EventType
 from ..ids import is_session_id
 from ..payloads import (
@@ -43,7 +50,12 @@ from .session import Session, SessionServices
 from .snapshot import encode_state
 from .state import REASON_ERROR, SessionState, Status
 
-__all__ = ["Recovery"]
+__all__ = ["REASON_OWNER_LOST", "REASON_RESTART", "Recovery"]
+
+#: Why a turn or an approval left open in the log was closed when the session was loaded: the
+#: process that ran it died (``restart``), or another node of a cluster had it (``owner_lost``).
+REASON_RESTART = "restart"
+REASON_OWNER_LOST = "owner_lost"
 
 logger = logging.getLogger("jidoka.manager")
 
@@ -134,15 +146,29 @@ class Recovery:
         if stored.status == Status.TERMINATED.value:
             await self._recall(session_id)
             return None
-        return await self._load_now(session_id, stored)
+        reason = REASON_RESTART
+        ownership = self._services.ownership
+        if ownership is not None:
+            # Ours before the log is read: from here on nobody else appends to it.
+            taken = await ownership.take(session_id)
+            if taken.fence is None:  # ended (or gone) since it was found
+                if taken.status == Status.TERMINATED.value:
+                    await self._recall(session_id)
+                return None
+            if taken.previous is not None and taken.previous != ownership.node_id:
+                reason = REASON_OWNER_LOST
+        return await self._load_now(session_id, stored, reason)
 
-    async def _load_now(self, session_id: str, stored: StoredSession) -> Session:
+    async def _load_now(
+        self, session_id: str, stored: StoredSession, reason: str = REASON_RESTART
+    ) -> Session:
         try:
             state, snapshot_seq = await load_state(self._services.store, session_id)
         except CorruptSession as exc:
             logger.error("%s", exc)
             await self._bury_corrupt(session_id, stored, str(exc))
             raise SessionTerminated(session_id, reason=REASON_ERROR) from exc
+        await self._check_project_root(session_id, state)
         session = Session(state, self._services)
         session.snapshot_seq = snapshot_seq
         if state.config == self._default_config:
@@ -163,9 +189,22 @@ class Recovery:
         if status is Status.TERMINATING:
             self._tasks.spawn(self._finish_terminating(session), f"jidoka:{session_id}:terminate")
             return session
-        await self._settle_loaded(session)
+        await self._settle_loaded(session, reason)
         self._idle.schedule_timeout(session)
         return session
+
+    async def _check_project_root(self, session_id: str, state: SessionState) -> None:
+        """On a node of a cluster: refuse (and hand back) a session whose project files this
+        node cannot see; its tools would run against nothing, or against another tree."""
+        ownership = self._services.ownership
+        root = state.project_root
+        if ownership is None or root is None:
+            return
+        if await self._services.blocking(os.path.isdir, root):
+            return
+        with contextlib.suppress(StoreError, RuntimeClosed):
+            await ownership.hand_over([session_id])
+        raise ProjectRootUnavailable(session_id, root, ownership.node_id)
 
     def _quiet_since(self, state: SessionState) -> float:
         """When, on this node's monotonic clock, a loaded session last did anything: its last
@@ -178,21 +217,24 @@ class Recovery:
         quiet = max(self._clock.time() - state.updated_at.timestamp(), 0.0)
         return max(now - quiet, self._started_at)
 
-    async def _settle_loaded(self, session: Session) -> None:
+    async def _settle_loaded(self, session: Session, reason: str = REASON_RESTART) -> None:
         """In one commit, what a session brought back from its log must record: an ``active``
         one goes ``idle`` (nobody is using it now), and a turn the process died in the middle
         of ends: writes that waited for an approval are denied (nothing was written), and the
-        agent's status says ``failed``."""
+        agent's status says ``failed`` with reason ``restart`` (or ``cancelled`` with reason
+        ``owner_lost`` when another node of a cluster had the session)."""
         state = session.state
         items: list[tuple[EventType, dict[str, Any]]] = []
         if state.status is Status.ACTIVE:
             items.append((EventType.SESSION_STATUS, status_data(Status.ACTIVE, Status.IDLE)))
         items.extend(
-            event_item(ApprovalDecidedData(call_id=call_id, allow=False, reason="restart"))
+            event_item(ApprovalDecidedData(call_id=call_id, allow=False, reason=reason))
             for call_id in sorted(state.pending_approvals or ())
         )
         if state.agent_status in ("thinking", "calling_tool"):
-            items.append(event_item(AgentStatusData(status="failed", reason="restart")))
+            # Interrupted by the loss of its node: ``cancelled``, as a cancelled turn reads.
+            status = "cancelled" if reason == REASON_OWNER_LOST else "failed"
+            items.append(event_item(AgentStatusData(status=status, reason=reason)))
         if items:
             async with session.lock:
                 await session.commit(items)

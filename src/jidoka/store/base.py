@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
-from ..errors import StoreError
+from ..errors import NotOwner, StoreError
 from ..events import Event
 
 __all__ = [
@@ -106,17 +106,19 @@ class CommitOutcomeUnknown(StoreUnavailable):
     stored (its log, and its event stream, then show it), and it never is stored twice."""
 
 
-class OwnershipLost(StoreError):
+class OwnershipLost(NotOwner, StoreError):
     """An append refused because the session's fence moved on: another node took the session
     (a store shared by several nodes raises it; on one node the fence never changes). Nothing
     of the append was stored, and this holder must not write to the session again."""
 
     def __init__(self, session_id: str, held: int, current: int | None) -> None:
         now = "gone" if current is None else f"at fence {current}"
-        super().__init__(
-            f"session {session_id!r}: this node held it at fence {held}, but the session is {now}"
-            " (another node took it over); the append was not stored",
-            session_id=session_id,
+        holds = f"held it at fence {held}" if held > 0 else "does not hold it (never took it)"
+        NotOwner.__init__(
+            self,
+            session_id,
+            f"session {session_id!r}: this node {holds}, but the session is {now}"
+            " (another node owns it); the append was not stored",
         )
         self.held = held
         self.current = current

@@ -11,7 +11,9 @@ writers can never both win and a node that lost a session can never write to it 
 store that writes to a session it did not create adopts the fence the head holds on its first
 append (on one node nothing else writes); :meth:`PostgresStore.take` raises the fence, which is
 what a node taking a session over does: from then on the former holder's appends are refused
-with :class:`~.base.OwnershipLost`.
+with :class:`~.base.OwnershipLost`. A store opened for a cluster node (``node_id``) never adopts:
+it writes only to sessions it created or took (:mod:`.postgres_cluster`), and the sessions it
+creates are recorded as this node's.
 
 **Reads** (and the rarer writes: snapshots, saved copies) use a connection pool; a read that
 meets a broken connection is tried once more on a fresh one (a server restart leaves every
@@ -88,6 +90,7 @@ class PostgresStore:
         connect_timeout: float = 5.0,
         command_timeout: float = 30.0,
         application_name: str = "jidoka",
+        node_id: str | None = None,
     ) -> None:
         if not isinstance(dsn, str) or not dsn:
             raise ValueError("the Postgres DSN must be a non-empty string")
@@ -101,7 +104,14 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.application_name = application_name
-        self._writer = PgWriter(schema, self._connect_writer, command_timeout=command_timeout)
+        #: The cluster node this store writes for (``None``: a single node, which adopts fences).
+        self.node_id = node_id
+        self._writer = PgWriter(
+            schema,
+            self._connect_writer,
+            command_timeout=command_timeout,
+            strict=node_id is not None,
+        )
         self._pool: _Pool | None = None
         self._state: Literal["new", "open", "closed"] = "new"
         self._q = Statements(f'"{self.schema}"')
@@ -119,13 +129,23 @@ class PostgresStore:
     # --- opening and closing ----------------------------------------------------------------------
 
     def _settings(self, role: str) -> dict[str, str]:
-        return {
+        settings = {
             "application_name": f"{self.application_name}-{role}",
             # A half-open connection (a cut network) is noticed within ~15 s even when idle.
             "tcp_keepalives_idle": "5",
             "tcp_keepalives_interval": "2",
             "tcp_keepalives_count": "3",
         }
+        if self.node_id is not None:
+            # The default of ``sessions.node``: a session created here is this node's.
+            settings["jidoka.node"] = self.node_id
+        return settings
+
+    async def connect(self, role: str) -> _Conn:
+        """A connection of its own for ``role`` (the cluster's heartbeats), outside the pool;
+        the caller closes it."""
+        self._check_open(None)
+        return await self._connect(role)
 
     async def _connect(self, role: str) -> _Conn:
         try:
@@ -203,7 +223,7 @@ class PostgresStore:
 
     # --- the pool ---------------------------------------------------------------------------------
 
-    async def _run(
+    async def run(
         self, session_id: str | None, run: Callable[[_Lent], Awaitable[_T]], *, retry: bool = True
     ) -> _T:
         """Run ``run`` on a pooled connection; once more on a fresh one if that one was broken
@@ -235,11 +255,17 @@ class PostgresStore:
             session_id=session_id,
         )
 
-    async def _fetch(self, session_id: str | None, query: str, *args: Any) -> list[Any]:
+    async def fetch(self, session_id: str | None, query: str, *args: Any) -> list[Any]:
+        """``query``'s rows, read on a pooled connection (retried once on a broken one)."""
+
         async def run(conn: _Lent) -> list[Any]:
             return await conn.fetch(query, *args)
 
-        return await self._run(session_id, run)
+        return await self.run(session_id, run)
+
+    async def fetchrow(self, session_id: str | None, query: str, *args: Any) -> Any:
+        rows = await self.fetch(session_id, query, *args)
+        return rows[0] if rows else None
 
     # --- appends ----------------------------------------------------------------------------------
 
@@ -285,13 +311,21 @@ class PostgresStore:
             fence = await conn.fetchval(self._q.take, session_id)
             return None if fence is None else int(fence)
 
-        fence = await self._run(session_id, run, retry=False)
+        fence = await self.run(session_id, run, retry=False)
         if fence is None:
             raise StoreError(
                 f"session {session_id!r}: no such session in the store", session_id=session_id
             )
         self._writer.fences[session_id] = fence
         return fence
+
+    def hold_fence(self, session_id: str, fence: int) -> None:
+        """Hold ``fence`` for the session: what a cluster node does once it has taken it."""
+        self._writer.fences[session_id] = fence
+
+    def forget_fence(self, session_id: str) -> int | None:
+        """Stop holding the session's fence (this node no longer writes to it); the one held."""
+        return self._writer.fences.pop(session_id, None)
 
     async def release(self, session_id: str) -> None:
         """The session terminated: forget its fence (the log stays, for audit and recall)."""
@@ -304,7 +338,7 @@ class PostgresStore:
         async def run(conn: _Lent) -> None:
             await conn.execute(self._q.snapshot, session_id, seq, state)
 
-        await self._run(session_id, run)
+        await self.run(session_id, run)
 
     async def save(self, saved: SavedSession, state: bytes) -> None:
         params = (
@@ -319,14 +353,14 @@ class PostgresStore:
         async def run(conn: _Lent) -> None:
             await conn.execute(self._q.save, *params)
 
-        await self._run(saved.session_id, run)
+        await self.run(saved.session_id, run)
 
     async def delete_saved(self, session_id: str) -> bool:
         async def run(conn: _Lent) -> bool:
             status = await conn.execute(self._q.delete_saved, session_id)
             return status != "DELETE 0"
 
-        return await self._run(session_id, run)
+        return await self.run(session_id, run)
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -343,7 +377,7 @@ class PostgresStore:
             self._check_open(session_id)
             return []
         if max_bytes is None:
-            rows = await self._fetch(session_id, self._q.events, session_id, after_seq, wanted)
+            rows = await self.fetch(session_id, self._q.events, session_id, after_seq, wanted)
             return self._events(session_id, rows)
         # Bounded by bytes: pages of a few hundred rows, stopping once the bound is reached.
         out: list[Event] = []
@@ -351,7 +385,7 @@ class PostgresStore:
         after = after_seq
         while True:
             page = _READ_PAGE if wanted is None else min(_READ_PAGE, wanted - len(out))
-            rows = await self._fetch(session_id, self._q.events, session_id, after, page)
+            rows = await self.fetch(session_id, self._q.events, session_id, after, page)
             for row in rows:
                 out.extend(self._events(session_id, [row]))
                 size += len(row[3])
@@ -376,15 +410,15 @@ class PostgresStore:
         return events
 
     async def last_seq(self, session_id: str) -> int:
-        rows = await self._fetch(session_id, self._q.head, session_id)
+        rows = await self.fetch(session_id, self._q.head, session_id)
         return int(rows[0][2]) if rows else 0
 
     async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
-        rows = await self._fetch(session_id, self._q.read_snapshot, session_id)
+        rows = await self.fetch(session_id, self._q.read_snapshot, session_id)
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     async def find_session(self, session_id: str) -> StoredSession | None:
-        rows = await self._fetch(session_id, self._q.head, session_id)
+        rows = await self.fetch(session_id, self._q.head, session_id)
         return _stored(rows[0]) if rows else None
 
     async def list_sessions(
@@ -402,7 +436,7 @@ class PostgresStore:
         if status is not None:
             params.append(status)
         params += [after or "", limit]
-        return [_stored(row) for row in await self._fetch(None, query, *params)]
+        return [_stored(row) for row in await self.fetch(None, query, *params)]
 
     async def quiet_sessions(
         self,
@@ -414,25 +448,25 @@ class PostgresStore:
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
         if after is None:
-            rows = await self._fetch(None, self._q.quiet_first, before, limit)
+            rows = await self.fetch(None, self._q.quiet_first, before, limit)
         else:
-            rows = await self._fetch(None, self._q.quiet_after, before, after[0], after[1], limit)
+            rows = await self.fetch(None, self._q.quiet_after, before, after[0], after[1], limit)
         return [_stored(row) for row in rows]
 
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
-        rows = await self._fetch(session_id, self._q.load_saved, session_id)
+        rows = await self.fetch(session_id, self._q.load_saved, session_id)
         if not rows:
             return None
         return _saved(rows[0]), bytes(rows[0][5])
 
     async def list_saved(self) -> list[SavedSession]:
-        return [_saved(row) for row in await self._fetch(None, self._q.list_saved)]
+        return [_saved(row) for row in await self.fetch(None, self._q.list_saved)]
 
     async def ping(self) -> None:
         async def run(conn: _Lent) -> None:
             await conn.execute("SELECT 1")
 
-        await self._run(None, run)
+        await self.run(None, run)
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.schema!r} at {self._where()} {self._state}>"

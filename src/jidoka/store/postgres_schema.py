@@ -17,6 +17,13 @@ Why these tables:
   lookups by id, so no start-up and no page reads every session.
 - ``events`` is the log, keyed ``(session_id, seq)``; ``data`` is the event's JSON as UTF-8 bytes
   (exactly what was written: ``convert_from(data, 'UTF8')::jsonb`` queries it ad hoc).
+- ``nodes`` (version 2) is the cluster's membership: one row per node, its address and the lease
+  it renews (``expires_at``, on the server's clock, never a node's). ``sessions.node`` names the
+  node that owns a live session; it defaults to the inserting connection's ``jidoka.node``
+  setting, so the writer's creation statements need not know about clusters. A session whose
+  node's lease has expired (or that was released: ``node`` null) may be taken by any node,
+  which raises its fence in the same statement. ``jidoka_meta.cluster_secret`` signs the
+  requests nodes forward to each other (whoever can read it can write the sessions anyway).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ UNAVAILABLE: Final = (
     asyncpg.exceptions.InternalClientError,
 )
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -93,8 +100,27 @@ CREATE TABLE {schema}.saved_sessions (
 );
 """
 
+#: Version 2: cluster membership and session ownership (one index: a node's live sessions).
+_V2: Final = """
+ALTER TABLE {schema}.sessions
+    ADD COLUMN node text DEFAULT nullif(current_setting('jidoka.node', true), '');
+CREATE INDEX sessions_node_live ON {schema}.sessions (node, session_id)
+    WHERE status <> 'terminated' AND node IS NOT NULL;
+CREATE TABLE {schema}.nodes (
+    node_id text PRIMARY KEY,
+    advertise_url text NOT NULL,
+    incarnation bigint NOT NULL,
+    state text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+INSERT INTO {schema}.jidoka_meta VALUES
+    ('cluster_secret', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
+"""
+
 #: Each step takes the schema from version ``n - 1`` to ``n``; index 0 creates version 1.
-_STEPS: Final[tuple[str, ...]] = (_V1,)
+_STEPS: Final[tuple[str, ...]] = (_V1, _V2)
 
 
 def check_schema_name(schema: str) -> str:

@@ -59,8 +59,13 @@ Connect = Callable[[], Coroutine[Any, Any, asyncpg.Connection]]
 class PgWriter:
     """The writer task and the queue of appends it commits in groups."""
 
-    def __init__(self, schema: str, connect: Connect, *, command_timeout: float) -> None:
+    def __init__(
+        self, schema: str, connect: Connect, *, command_timeout: float, strict: bool = False
+    ) -> None:
         self._connect = connect
+        #: Without a fence held for a session, refuse its appends (a cluster node writes only
+        #: where it took the fence) instead of adopting the head's (``0``, a single node).
+        self._no_fence = -1 if strict else 0
         self._command_timeout = command_timeout
         self._queue: deque[PgAppend] = deque()
         self._wake = asyncio.Event()
@@ -170,7 +175,9 @@ class PgWriter:
         for append in group:
             chain = chains.get(append.session_id)
             if chain is None:
-                chains[append.session_id] = Chain(append, self.fences.get(append.session_id, 0))
+                chains[append.session_id] = Chain(
+                    append, self.fences.get(append.session_id, self._no_fence)
+                )
             elif append.first == chain.last + 1:
                 chain.appends.append(append)
                 chain.last = append.last

@@ -1,0 +1,230 @@
+"""Any node serves any request: commands on a session owned elsewhere go to its owner.
+
+A node of a cluster that receives a command for a session it does not hold looks up the
+session's owner in the store. If a live node owns it, the request is sent there as it came
+(method, path, query, body), with the caller's principal in a signed internal header
+(:class:`Signer`) instead of the caller's token; the answer comes back as the owner gave it. If
+no live node owns it, this node takes it and serves the command (activation on demand). One hop
+at most: a forwarded request is always served where it lands, and a node that turns out not to
+be the owner (it lost the session a moment ago) answers ``421 not-owner``, after which the
+forwarding node looks the owner up once more and tries once more.
+
+Reads of the log and event streams never come here: every node serves them from the store and
+the bus.
+
+**The internal header** ``Jidoka-Forwarded: v1;<node>;<unix time>;<principal>;<body sha256>;
+<hmac>`` is an HMAC-SHA256, keyed with the cluster's secret (kept in the store's schema), over
+the method, the path with its query, the principal, the time and the body's digest. A node
+accepts it only if the HMAC matches and the time is within :data:`MAX_SKEW` of its own clock,
+and it checks the body against the digest before it uses it. Anyone who can read the secret can
+write the store directly anyway; keep the nodes' port on a private network or behind TLS, since
+a captured header could be replayed within that window.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import NotOwner, Unauthorized
+
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
+
+__all__ = [
+    "FORWARDED_HEADER",
+    "FORWARDED_KEY",
+    "MAX_SKEW",
+    "Forwarder",
+    "Forwarding",
+    "Signer",
+    "check_body",
+]
+
+logger = logging.getLogger("jidoka.cluster")
+
+FORWARDED_HEADER: Final = "jidoka-forwarded"
+#: The scope key of a verified forwarded request: ``(from node, body digest)``.
+FORWARDED_KEY: Final = "jidoka.forwarded"
+#: Seconds a forwarded request's time may differ from the receiving node's clock.
+MAX_SKEW: Final = 60.0
+#: Headers of a request that travel with it to the owner (besides the internal one).
+_REQUEST_HEADERS: Final = ("content-type", "accept", "x-request-id", "idempotency-key")
+#: Headers of the owner's answer that travel back.
+_RESPONSE_HEADERS: Final = ("content-type", "location", "retry-after", "cache-control")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(text: str) -> str:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+class Signer:
+    """Signs and checks the internal header with the cluster's secret."""
+
+    def __init__(self, secret: str, node_id: str, *, now: Callable[[], float] = time.time) -> None:
+        self._key = hashlib.sha256(b"jidoka-forwarded\0" + secret.encode()).digest()
+        self.node_id = node_id
+        self._now = now
+
+    def _mac(self, method: str, target: str, node: str, when: str, who: str, digest: str) -> str:
+        message = "\n".join((method, target, node, when, who, digest)).encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def sign(self, method: str, target: str, principal: str | None, body: bytes) -> str:
+        """The header for a request this node forwards (``target``: path and query)."""
+        when = str(int(self._now()))
+        who = "-" if principal is None else _b64(principal)
+        digest = hashlib.sha256(body).hexdigest()
+        mac = self._mac(method, target, self.node_id, when, who, digest)
+        return f"v1;{self.node_id};{when};{who};{digest};{mac}"
+
+    def verify(self, header: str, method: str, target: str) -> tuple[str | None, str, str]:
+        """``(principal, from node, body digest)`` of a forwarded request, or
+        :class:`Unauthorized`."""
+        parts = header.split(";")
+        if len(parts) != 6 or parts[0] != "v1":
+            raise Unauthorized("malformed internal forwarding header")
+        _, node, when, who, digest, mac = parts
+        expected = self._mac(method, target, node, when, who, digest)
+        if not hmac.compare_digest(mac, expected):
+            raise Unauthorized("the internal forwarding header's signature does not match")
+        try:
+            age = abs(self._now() - int(when))
+            principal = None if who == "-" else _unb64(who)
+        except (ValueError, UnicodeDecodeError):
+            raise Unauthorized("malformed internal forwarding header") from None
+        if age > MAX_SKEW:
+            raise Unauthorized(
+                f"the internal forwarding header is {age:.0f} s old (nodes' clocks differ?)"
+            )
+        return principal, node, digest
+
+
+def check_body(request: Request, body: bytes) -> None:
+    """A forwarded request's body must be the one its header was signed for."""
+    forwarded = request.scope.get(FORWARDED_KEY)
+    if forwarded is not None and hashlib.sha256(body).hexdigest() != forwarded[1]:
+        raise Unauthorized("the forwarded request's body does not match its signed digest")
+
+
+def target_of(request: Request) -> str:
+    """The path and query a request was sent to, as signed."""
+    path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    text = path.decode("latin-1")
+    return f"{text}?{query.decode('latin-1')}" if query else text
+
+
+class Forwarder:
+    """Sends commands to the owner of their session (see the module)."""
+
+    def __init__(
+        self,
+        node: ClusterNode,
+        signer: Signer,
+        is_live: Callable[[str], bool],
+        *,
+        timeout: float = 330.0,
+    ) -> None:
+        self.node = node
+        #: Whether this node holds the session now (then the command is served here).
+        self.is_live = is_live
+        self.signer = signer
+        # One pool to every other node; a command may wait for a whole turn (?wait=true).
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self.forwarded = 0
+        self.retried = 0
+        self.failed = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def owner_url(self, session_id: str) -> str | None:
+        """Where a command on the session goes: another live node's URL, or ``None`` to serve
+        it here (this node owns it, nobody live does, or there is no such session)."""
+        where = await self.node.locate(session_id)
+        if where is None or not where.alive or where.node in (None, self.node.node_id):
+            return None
+        return where.url
+
+    async def forward(
+        self, request: Request, url: str, session_id: str, principal: str | None
+    ) -> Response | None:
+        """Send ``request`` to the node at ``url``; its answer, or ``None`` if that node is not
+        the owner after all (421) and the session's owner should be looked up again."""
+        body = await request.body()
+        target = target_of(request)
+        headers = {
+            name: value
+            for name in _REQUEST_HEADERS
+            if (value := request.headers.get(name)) is not None
+        }
+        headers[FORWARDED_HEADER] = self.signer.sign(request.method, target, principal, body)
+        self.forwarded += 1
+        try:
+            answer = await self._client.request(
+                request.method, url.rstrip("/") + target, content=body, headers=headers
+            )
+        except httpx.TransportError as exc:
+            self.failed += 1
+            logger.warning("session %s: forwarding to %s failed: %r", session_id, url, exc)
+            raise NotOwner(
+                session_id,
+                f"its owner node at {url} does not answer ({type(exc).__name__}); another node "
+                "takes the session once that node's lease has run out: retry",
+            ) from None
+        if answer.status_code == 421 and answer.headers.get("content-type", "").startswith(
+            "application/problem+json"
+        ):
+            return None
+        back = {
+            name: value
+            for name in _RESPONSE_HEADERS
+            if (value := answer.headers.get(name)) is not None
+        }
+        return Response(answer.content, answer.status_code, back)
+
+
+class Forwarding:
+    """What the app's middleware and routes share about forwarding: set once the runtime runs
+    (the secret is read from the store), empty on a node that is no node of a cluster."""
+
+    __slots__ = ("forwarder", "signer")
+
+    def __init__(self) -> None:
+        self.signer: Signer | None = None
+        self.forwarder: Forwarder | None = None
+
+    def principal_of(self, scope: MutableMapping[str, Any], header: str) -> str | None:
+        """Check a forwarded request's header; its principal (the scope notes the request as
+        forwarded, with the digest its body must match)."""
+        signer = self.signer
+        if signer is None:
+            raise Unauthorized("this server forwards no requests (it is no node of a cluster)")
+        method = str(scope["method"])
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if isinstance(raw, bytes) else str(scope["path"])
+        query = scope.get("query_string", b"")
+        if isinstance(query, bytes) and query:
+            path = f"{path}?{query.decode('latin-1')}"
+        principal, node, digest = signer.verify(header, method, path)
+        scope[FORWARDED_KEY] = (node, digest)
+        return principal
