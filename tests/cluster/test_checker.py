@@ -31,6 +31,7 @@ JIDOKA_CHECKER_BUDGET=900``; also ``JIDOKA_CHECKER_SESSIONS``, ``_WORKERS``, ``_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -63,7 +64,7 @@ MARK = "h:"
 #: One append's bound: past it, the client records ``info`` and moves on.
 APPEND_TIMEOUT = 5.0
 #: A probe's bound per attempt: short, so a probe stuck on a paused node tries another soon.
-PROBE_TIMEOUT = 2.0
+PROBE_TIMEOUT = 1.0
 #: A stream read's bound: a stream silent for this long is reconnected (to any node).
 FOLLOW_TIMEOUT = 3.0
 #: Between two failed probe attempts: a throttle so a refusing cluster is not hammered (the
@@ -123,12 +124,20 @@ class Run:
 
 
 def append(
-    run: Run, clients: dict[str, httpx.Client], worker: str, sid: str, text: str, node: ClusterNode
+    run: Run,
+    clients: dict[str, httpx.Client],
+    worker: str,
+    sid: str,
+    text: str,
+    node: ClusterNode,
+    *,
+    timeout: float = APPEND_TIMEOUT,
 ) -> Op:
-    """One recorded append of ``text`` to ``sid`` through ``node``."""
+    """One recorded append of ``text`` to ``sid`` through ``node`` (``clients``: this thread's
+    connection to each node, made with ``timeout`` on first use)."""
     client = clients.get(node.node_id)
     if client is None:
-        client = clients[node.node_id] = node.client(ALICE_TOKEN, timeout=APPEND_TIMEOUT)
+        client = clients[node.node_id] = node.client(ALICE_TOKEN, timeout=timeout)
     op = run.history.invoke(worker, sid, text, node.node_id)
     try:
         response = client.post(
@@ -280,8 +289,8 @@ class Nemesis:
                         return
                     nodes = self.run.routable(besides=victim.node_id)
                     node = self.run.choice(nodes)
-                    op = append(self.run, clients, "probe", sid, f"{MARK}probe:{sid}:{started:.3f}:"
-                                f"{attempt}", node)  # fmt: skip
+                    text = f"{MARK}probe:{sid}:{started:.3f}:{attempt}"
+                    op = append(self.run, clients, "probe", sid, text, node, timeout=PROBE_TIMEOUT)
                     if op.outcome == "ok":
                         assert op.completed is not None
                         writable[sid] = op.completed
@@ -382,6 +391,12 @@ def test_nothing_acknowledged_is_lost_under_faults(cluster: Cluster, tmp_path: P
         document.update(seed=SEED, nemesis_seconds=round(time.monotonic() - began, 1))
         Path(REPORT_PATH).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     (tmp_path / "checker-report.json").write_text(report.to_json())
+    with (tmp_path / "history.jsonl").open("w") as out:  # the raw history, to look into a failure
+        for op in run.history.ops:
+            out.write(json.dumps(dataclasses.asdict(op)) + "\n")
+        for fault in run.history.faults:
+            out.write(json.dumps(dataclasses.asdict(fault)) + "\n")
+    print(f"history and report in {tmp_path}")
 
     assert report.faults >= FAULTS, f"only {report.faults} faults in {BUDGET} s"
     assert set(report.faults_by_kind) == set(KINDS)
