@@ -49,7 +49,7 @@ import pytest
 from psycopg import sql
 
 from tests.e2e.conftest import ALICE_TOKEN, bearer, sse_frames
-from tests.support.cluster import Cluster, ClusterNode
+from tests.support.cluster import Cluster, ClusterNode, ShutdownHung
 from tests.support.history import FollowerLog, History, LogEvent, Op, Report, check, classify
 
 FAULTS = int(os.environ.get("JIDOKA_CHECKER_FAULTS", "20"))
@@ -250,7 +250,11 @@ class Nemesis:
             node.pause()
         elif kind == "term":
             run.unroute(node)
-            node.terminate()
+            try:
+                node.terminate()
+            except ShutdownHung as exc:  # killed instead: go on, and report it
+                fault.problem = str(exc).splitlines()[0]
+                print(exc)
         elif kind == "cut-postgres":
             node.cut_postgres()
         else:

@@ -48,6 +48,7 @@ __all__ = [
     "REDIS_URL_VARIABLE",
     "Cluster",
     "ClusterNode",
+    "ShutdownHung",
     "drop_redis_prefix",
     "redis_url",
     "require_cluster",
@@ -63,6 +64,11 @@ LEASE_TTL = 2.0
 #: The flags ``jidoka serve`` must have for a cluster node.
 CLUSTER_FLAGS = ("--bus", "--bus-prefix", "--node-id", "--advertise-url", "--lease-ttl")
 READY_DEADLINE = 30.0
+#: How long a node may take to exit after SIGTERM: the server's shutdown timeout (10 s) and the
+#: runtime's grace (5 s), and some.
+TERM_DEADLINE = 20.0
+#: How long faulthandler gets to write the stacks of a node that would not stop.
+ABORT_DEADLINE = 5.0
 #: One ``/readyz`` poll's bound (a paused node must not hold up the poller).
 PROBE_TIMEOUT = 2.0
 
@@ -154,6 +160,10 @@ def _via(url: str, port: int) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+class ShutdownHung(AssertionError):
+    """A node did not exit within its deadline after SIGTERM (it was killed)."""
+
+
 class ClusterNode(ServerProcess):
     """One node: a ``jidoka serve`` with cluster flags whose store and bus go through proxies
     this node owns (see the module docstring)."""
@@ -187,6 +197,10 @@ class ClusterNode(ServerProcess):
         self.store_url = postgres.dsn_via(dsn, self.postgres_proxy.port)
         self.bus_url = _via(bus_url, self.redis_proxy.port)
         self.paused = False
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment, with faulthandler on (see :meth:`terminate`)."""
+        return {**super().environment(), "PYTHONFAULTHANDLER": "1"}
 
     def command(self) -> list[str]:
         return [
@@ -235,10 +249,25 @@ class ClusterNode(ServerProcess):
         self.send_signal(signal.SIGCONT)
         self.paused = False
 
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait for the exit (a graceful hand-over); the exit code."""
+    def terminate(self, timeout: float = TERM_DEADLINE) -> int:
+        """SIGTERM and wait for the exit (a graceful hand-over); the exit code. A node still
+        running after ``timeout`` gets SIGABRT (faulthandler writes every thread's stack to its
+        stderr), then SIGKILL, and :class:`ShutdownHung` says so with those stacks."""
         self._continue()
-        return self.stop(timeout)
+        assert self.process is not None, "not started"
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(ABORT_DEADLINE)
+            self._reap(signal.SIGKILL)
+            raise ShutdownHung(
+                f"{self.node_id} still running {timeout} s after SIGTERM; its stacks:\n"
+                f"{self.stderr_text(6000)}"
+            ) from None
+        return self._reap(None)
 
     def kill(self) -> int:
         self.paused = False

@@ -132,6 +132,9 @@ class Fault:
     started: float
     healed: float | None = None
     writable: dict[str, float | None] = field(default_factory=dict)
+    #: What went wrong with the fault itself (a node that would not stop on SIGTERM, or not
+    #: come back): an anomaly of the cluster, not of the test.
+    problem: str | None = None
 
     @property
     def takeover(self) -> float | None:
@@ -198,6 +201,7 @@ class Report:
     stale_fence_writes: int = 0
     follower_anomalies: int = 0
     slow_takeovers: int = 0
+    fault_problems: int = 0
     takeover_bound: float = 0.0
     worst_takeover: float | None = None
     takeover_by_kind: dict[str, float | None] = field(default_factory=dict)
@@ -219,6 +223,7 @@ class Report:
                 self.stale_fence_writes,
                 self.follower_anomalies,
                 self.slow_takeovers,
+                self.fault_problems,
             )
         )
 
@@ -253,7 +258,7 @@ class Report:
             f"{self.stale_fence_writes}, follower anomalies {self.follower_anomalies}",
             f"  fence raises in the store: {self.fence_raises}",
             f"  worst takeover {worst} (bound {self.takeover_bound:.2f} s, "
-            f"{self.slow_takeovers} over it); by kind: "
+            f"{self.slow_takeovers} over it; {self.fault_problems} faults went wrong); by kind: "
             + ", ".join(
                 f"{k} {'n/a' if v is None else f'{v:.2f} s'}"
                 for k, v in sorted(self.takeover_by_kind.items())
@@ -346,11 +351,15 @@ def check(
     for fault in faults:
         report.faults += 1
         report.faults_by_kind[fault.kind] = report.faults_by_kind.get(fault.kind, 0) + 1
+        if fault.problem is not None:
+            report.fault_problems += 1
+            report.note("fault-problem", f"{fault.kind} {fault.node}: {fault.problem}")
         took = fault.takeover
         report.fault_log.append(
             {"kind": fault.kind, "node": fault.node, "started": round(fault.started, 3),
              "healed": None if fault.healed is None else round(fault.healed, 3),
-             "probed": len(fault.writable), "takeover": _finite(took)}
+             "probed": len(fault.writable), "takeover": _finite(took),
+             "problem": fault.problem}
         )  # fmt: skip
         if took is None:
             worst.setdefault(fault.kind, None)

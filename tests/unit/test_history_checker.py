@@ -186,3 +186,11 @@ def test_an_unfinished_operation_is_indeterminate() -> None:
     report = check(ops, {"a": [created()]}, marker=MARK)
     assert (report.indeterminate, report.valid) == (1, True)
     assert isinstance(report, Report)
+
+
+def test_a_fault_that_went_wrong_is_an_anomaly() -> None:
+    history, logs = run()
+    fault = Fault("term", "n1", started=1.0, writable={"a": 2.0}, problem="still running")
+    report = check(history.ops, logs, faults=[fault], takeover_bound=4.0, marker=MARK)
+    assert (report.fault_problems, report.valid) == (1, False)
+    assert "term n1: still running" in report.summary()
