@@ -30,6 +30,7 @@ JIDOKA_CHECKER_BUDGET=900``; also ``JIDOKA_CHECKER_SESSIONS``, ``_WORKERS``, ``_
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -68,7 +69,7 @@ PROBE_TIMEOUT = 1.0
 #: A stream read's bound: a stream silent for this long is reconnected (to any node).
 FOLLOW_TIMEOUT = 3.0
 #: Between two failed probe attempts: a throttle so a refusing cluster is not hammered (the
-#: condition waited for is the acknowledgement, with a deadline; this is not synchronisation).
+#: condition waited for is the acknowledgement, with a deadline; this is no synchronisation).
 PROBE_PAUSE = 0.05
 ALL_KINDS = ("kill", "stop", "term", "cut-postgres", "cut-redis")
 #: The kinds of fault to inject (all by default; ``JIDOKA_CHECKER_KINDS=kill`` measures failover
@@ -145,6 +146,11 @@ def append(
         )
     except httpx.HTTPError as exc:
         return run.history.complete(op, "info", detail=type(exc).__name__)
+    return record(run, op, response)
+
+
+def record(run: Run, op: Op, response: httpx.Response) -> Op:
+    """Complete ``op`` with what ``response`` says of it (see :func:`classify`)."""
     problem = None
     with contextlib.suppress(ValueError):
         body = response.json()
@@ -279,36 +285,55 @@ class Nemesis:
         self, writable: dict[str, float | None], sessions: list[str], victim: ClusterNode,
         started: float,
     ) -> None:  # fmt: skip
-        """Append to each session through the other nodes until one append is acknowledged
-        (one thread per session), for at most TTL + 2 s and as much again past the bound (so
-        that a slow takeover is measured, not just flagged)."""
+        """Append to each session through the other nodes until one append is acknowledged,
+        for at most TTL + 2 s and as much again past the bound (so that a slow takeover is
+        measured, not just flagged). All sessions at once, on one event loop: a thread per
+        session would make this process (the clock of the measurement) the bottleneck."""
+        asyncio.run(self._probe_all(writable, sessions, victim, started))
+
+    async def _probe_all(
+        self, writable: dict[str, float | None], sessions: list[str], victim: ClusterNode,
+        started: float,
+    ) -> None:  # fmt: skip
         deadline = started + 2 * (self.ttl + 2.0)
+        limits = httpx.Limits(max_connections=len(sessions) + 1)
+        clients = {
+            node.node_id: httpx.AsyncClient(
+                base_url=node.advertise_url, headers=bearer(ALICE_TOKEN),
+                timeout=httpx.Timeout(PROBE_TIMEOUT), limits=limits,
+            )
+            for node in self.run.cluster.nodes
+        }  # fmt: skip
 
-        def one(sid: str) -> None:
-            clients: dict[str, httpx.Client] = {}
-            try:
-                for attempt in itertools.count():
-                    if self.run.history.now() > deadline or self.run.stop.is_set():
-                        writable[sid] = None
-                        return
-                    nodes = self.run.routable(besides=victim.node_id)
-                    node = self.run.choice(nodes)
-                    text = f"{MARK}probe:{sid}:{started:.3f}:{attempt}"
-                    op = append(self.run, clients, "probe", sid, text, node, timeout=PROBE_TIMEOUT)
-                    if op.outcome == "ok":
-                        assert op.completed is not None
-                        writable[sid] = op.completed
-                        return
-                    self.run.stop.wait(PROBE_PAUSE)
-            finally:
-                for client in clients.values():
-                    client.close()
+        async def one(sid: str) -> None:
+            for attempt in itertools.count():
+                if self.run.history.now() > deadline or self.run.stop.is_set():
+                    writable[sid] = None
+                    return
+                node = self.run.choice(self.run.routable(besides=victim.node_id))
+                text = f"{MARK}probe:{sid}:{started:.3f}:{attempt}"
+                op = self.run.history.invoke("probe", sid, text, node.node_id)
+                try:
+                    response = await clients[node.node_id].post(
+                        f"/v1/sessions/{sid}/messages", json={"role": "user", "content": text}
+                    )
+                except httpx.HTTPError as exc:
+                    self.run.history.complete(op, "info", detail=type(exc).__name__)
+                else:
+                    record(self.run, op, response)
+                if op.outcome == "ok":
+                    assert op.completed is not None
+                    writable[sid] = op.completed
+                    return
+                await asyncio.sleep(PROBE_PAUSE)
 
-        threads = [threading.Thread(target=one, args=(sid,), daemon=True) for sid in sessions]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for sid in sessions:
+                    group.create_task(one(sid))
+        finally:
+            for client in clients.values():
+                await client.aclose()
 
 
 def _read_log(cluster: Cluster, sid: str) -> list[LogEvent]:
