@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bus.base import EventBus, Subscription
 from .config import LLMConfig
@@ -25,6 +25,11 @@ from .session.info import SessionInfo
 from .session.manager import REASON_REQUESTED, SessionManager
 from .session.state import ActiveFile, FileIndexEntry, Message
 from .store.base import SavedSession
+from .wire import ClusterNode as ClusterNodeInfo
+from .wire import ClusterStatus
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 __all__ = ["Client"]
 
@@ -32,12 +37,19 @@ __all__ = ["Client"]
 class Client:
     """Create, drive and watch sessions of one runtime."""
 
-    __slots__ = ("_agents", "_bus", "_manager")
+    __slots__ = ("_agents", "_bus", "_manager", "_node")
 
-    def __init__(self, manager: SessionManager, bus: EventBus, agents: AgentPool) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        bus: EventBus,
+        agents: AgentPool,
+        node: ClusterNode | None = None,
+    ) -> None:
         self._manager = manager
         self._bus = bus
         self._agents = agents
+        self._node = node
 
     def scoped(self, principal: str | None, *, projects_dir: str | None = None) -> ScopedClient:
         """This client as ``principal`` may use it: only its own sessions are visible, and the
@@ -110,6 +122,32 @@ class Client:
         """Saved copies: ``session_id``, ``saved_at``, ``message_count``, ``metadata``,
         ``owner``; optionally only those of ``owner``."""
         return await self._manager.list_saved(owner)
+
+    async def cluster_status(self) -> ClusterStatus:
+        """The nodes of the cluster this runtime is a node of (their addresses, whether their
+        leases are valid, how many sessions each owns); no nodes on a single node."""
+        self._manager.check_open()
+        node = self._node
+        if node is None:
+            return ClusterStatus(node_id=None, lease_ttl=None, nodes=[])
+        rows = await node.nodes()
+        return ClusterStatus(
+            node_id=node.node_id,
+            lease_ttl=node.membership.ttl,
+            nodes=[
+                ClusterNodeInfo(
+                    node_id=row.node_id,
+                    advertise_url=row.advertise_url,
+                    state=row.state,
+                    alive=row.alive,
+                    started_at=row.started_at,
+                    heartbeat_at=row.heartbeat_at,
+                    heartbeat_age=round(row.heartbeat_age, 3),
+                    owned_sessions=row.owned,
+                )
+                for row in rows
+            ],
+        )
 
     async def delete_saved_session(self, session_id: str) -> None:
         """Delete a saved copy (``SessionNotFound`` if there is none)."""

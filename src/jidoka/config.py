@@ -26,6 +26,15 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
+from ._backends import (
+    POSTGRES_PREFIXES,
+    REDIS_PREFIXES,
+    STORES,
+    check_cluster,
+    check_store,
+    describe_bus,
+    describe_store,
+)
 from ._llm_config import (
     MAX_SYSTEM_PROMPT,
     PROVIDERS,
@@ -42,6 +51,8 @@ __all__ = [
     "CONFIG_SCHEMA_VERSION",
     "MAX_SYSTEM_PROMPT",
     "PROVIDERS",
+    "POSTGRES_PREFIXES",
+    "REDIS_PREFIXES",
     "STORES",
     "TOOL_CHOICES",
     "LLMConfig",
@@ -53,77 +64,9 @@ __all__ = [
     "SessionConfig",
     "Settings",
     "convert_or_raise",
+    "describe_bus",
+    "describe_store",
 ]
-
-#: Store backends by name.
-STORES: Final = ("memory", "sqlite")
-#: How a ``store`` setting names a PostgreSQL database (a libpq URL).
-POSTGRES_PREFIXES: Final = ("postgresql://", "postgres://")
-
-
-def describe_store(settings: Settings) -> str:
-    """The store, for banners and logs: a PostgreSQL URL shows its host, database and schema,
-    never its user or password."""
-    store = settings.store
-    if not store.startswith(POSTGRES_PREFIXES):
-        return store
-    where = store.split("://", 1)[1].rsplit("@", 1)[-1].split("?", 1)[0]
-    return f"postgres, schema {settings.postgres_schema} at {where or 'the local socket'}"
-
-
-#: How a ``bus`` setting names a Redis server.
-REDIS_PREFIXES: Final = ("redis://", "rediss://", "unix://")
-
-
-def describe_bus(settings: Settings) -> str:
-    """The bus, for banners and logs: a Redis URL shows its host only (never a password)."""
-    bus = settings.bus
-    if not bus.startswith(REDIS_PREFIXES):
-        return bus
-    where = bus.split("://", 1)[1].rsplit("@", 1)[-1].split("?", 1)[0]
-    return f"redis at {where}, prefix {settings.bus_prefix}"
-
-
-def _check_cluster(settings: Settings) -> None:
-    """A bus is ``memory`` or a Redis URL; a node of a cluster needs Postgres and Redis."""
-    bus = settings.bus
-    if bus != "memory" and not bus.startswith(REDIS_PREFIXES):
-        raise InvalidConfig(
-            "unknown bus; available: memory, or a Redis URL (redis://host:6379/0)", field="bus"
-        )
-    if settings.advertise_url is not None and not settings.advertise_url.startswith(
-        ("http://", "https://")
-    ):
-        raise InvalidConfig(
-            "advertise_url must be an http:// or https:// URL", field="advertise_url"
-        )
-    if settings.node_id is None:
-        return
-    if not settings.store.startswith(POSTGRES_PREFIXES):
-        raise InvalidConfig(
-            "a node of a cluster (node_id set) needs a PostgreSQL store (--store "
-            "postgresql://…): it holds the leases, owners and fences",
-            field="store",
-        )
-    if not bus.startswith(REDIS_PREFIXES):
-        raise InvalidConfig(
-            "a node of a cluster (node_id set) needs a Redis bus (--bus redis://…): event "
-            "streams must reach every node",
-            field="bus",
-        )
-
-
-def _check_store(value: str, where: str) -> None:
-    """Refuse a ``store`` that is neither a known backend nor a PostgreSQL URL (the URL itself
-    is never echoed: it may hold a password)."""
-    if value in STORES or value.startswith(POSTGRES_PREFIXES):
-        return
-    shown = repr(value) if "://" not in value else f"{value.split('://', 1)[0]}://…"
-    raise InvalidConfig(
-        f"{where}{shown}: unknown store; available: {', '.join(STORES)}, or a PostgreSQL URL "
-        "(postgresql://user@host/db)",
-        field="store",
-    )
 
 
 #: The ``schema_version`` that :meth:`SessionConfig.to_dict` writes and ``from_dict`` reads.
@@ -425,7 +368,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                     raise InvalidConfig(f"{variable}: {exc.message}", field=field) from None
                 continue
             if name == "store":
-                _check_store(raw, f"{variable}=")
+                check_store(raw, f"{variable}=")
             try:
                 values[name] = msgspec.convert(raw, _field_types(cls)[name], strict=False)
             except msgspec.ValidationError as exc:
@@ -450,8 +393,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         structs = {name: fields.pop(name) for name in _JSON_FIELDS if name in fields}
         structs = {name: value for name, value in structs.items() if value is not None}
         settings = convert_or_raise(fields, cls)
-        _check_store(settings.store, "store ")
-        _check_cluster(settings)
+        check_store(settings.store, "store ")
+        check_cluster(settings)
         if structs:
             settings = msgspec.structs.replace(settings, **structs)
         try:

@@ -23,11 +23,14 @@ of every error a caller can meet (defined here unless a module is named)::
     ├── StoreError               the session store failed (names the session)
     │   ├── CorruptSession       (session.persistence) one stored session cannot be rebuilt
     │   ├── SeqConflict          (store.base) an append lost the race for its seq
-    │   ├── OwnershipLost        (store.base) another node took the session (its fence moved)
     │   ├── StoreUnavailable     (store.base) the store cannot be reached; retry
     │   │   └── CommitOutcomeUnknown  (store.base) cut off mid-commit; the log will tell
     │   └── SchemaError          (store.base) a database this version cannot read
     ├── SnapshotError            (session.snapshot) a snapshot or saved copy that does not decode
+    ├── NotOwner                 (a cluster) another node owns the session; retry (it moves)
+    │   └── OwnershipLost        (store.base) the fence moved under an append; a StoreError too
+    ├── ProjectRootUnavailable   (a cluster) the node cannot see the session's project root
+    ├── BusUnavailable           (bus._redis_support) the Redis bus cannot be reached at start
     ├── DataDirLocked            another runtime owns the data directory
     ├── RuntimeClosed            the runtime (or one of its parts) was used after it closed
     └── ServerUnavailable        (remote) RemoteClient cannot reach the server; the call may or

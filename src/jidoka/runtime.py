@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import secrets
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -163,7 +164,7 @@ class Runtime:
             environ=self._environ,
             max_queued_turns=self.settings.max_queued_turns_total,
         )
-        self._client = Client(self._manager, bus, self._agents)
+        self._client = Client(self._manager, bus, self._agents, node)
         self._node = node
         try:
             if node is not None:
@@ -224,7 +225,8 @@ class Runtime:
             ) from None
         bus = RedisBus(
             settings.bus,
-            node_id=settings.node_id or "",
+            # A bus outside a cluster still needs a name for its messages (its own are skipped).
+            node_id=settings.node_id or f"solo-{secrets.token_hex(6)}",
             prefix=settings.bus_prefix,
             reader=reader,
             keeps_logs=store.durable,
@@ -365,7 +367,7 @@ class Runtime:
 
     def counts(self) -> RuntimeCounts:
         """The integer counters behind the observable metrics."""
-        manager, bus, cache = self._manager, self._bus, self._cache
+        manager, bus, cache, node = self._manager, self._bus, self._cache, self._node
         published = bus.published if bus is not None else 0
         lost = bus.lost if bus is not None else 0
         stats = cache.statistics() if cache is not None else None
@@ -376,6 +378,10 @@ class Runtime:
             events_dropped=lost,
             cache_hits=stats.hits if stats else 0,
             cache_misses=stats.misses if stats else 0,
+            takeovers=node.takeovers if node is not None else 0,
+            forwards=node.forwards if node is not None else 0,
+            fence_refusals=node.fence_refusals if node is not None else 0,
+            lease_lapses=node.membership.lapses if node is not None else 0,
         )
 
     def __repr__(self) -> str:

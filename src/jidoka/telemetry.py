@@ -24,7 +24,13 @@ Metric names (Prometheus renders dots as underscores and adds ``_total`` to coun
 ``jidoka.workers.restarted``           supervised worker restarts
 ``jidoka.llm.turns``                   agent turns, by ``outcome``
 ``jidoka.llm.tokens``                  tokens the agents used, by ``kind`` (prompt, completion)
+``jidoka.cluster.takeovers``           sessions this node took from another (lost) node
+``jidoka.cluster.forwards``            commands this node sent on to a session's owner
+``jidoka.cluster.fence_refusals``      appends refused because another node owns the session
+``jidoka.cluster.lease_lapses``        times this node's lease could not be renewed in time
 =====================================  ==========================================================
+
+On a node of a cluster, ``jidoka.sessions.active`` counts the sessions this node owns (holds).
 
 Spans are named ``jidoka.<operation>`` and carry the ``jidoka.session_id`` attribute.
 """
@@ -56,6 +62,10 @@ class RuntimeCounts(NamedTuple):
     events_dropped: int
     cache_hits: int
     cache_misses: int
+    takeovers: int = 0
+    forwards: int = 0
+    fence_refusals: int = 0
+    lease_lapses: int = 0
 
 
 class Telemetry:
@@ -108,6 +118,10 @@ class Telemetry:
             ("jidoka.events.dropped", "events_dropped", "Events a slow subscriber never got"),
             ("jidoka.cache.hits", "cache_hits", "File cache hits"),
             ("jidoka.cache.misses", "cache_misses", "File cache misses"),
+            ("jidoka.cluster.takeovers", "takeovers", "Sessions taken from a lost node"),
+            ("jidoka.cluster.forwards", "forwards", "Commands forwarded to the owner node"),
+            ("jidoka.cluster.fence_refusals", "fence_refusals", "Appends refused by the fence"),
+            ("jidoka.cluster.lease_lapses", "lease_lapses", "Lease renewals missed in time"),
         ):
             meter.create_observable_counter(
                 name, callbacks=[self._observe(field)], description=description

@@ -242,6 +242,10 @@ async def _list_saved_sessions(c: ScopedClient, a: Any) -> wire.SavedSessionList
     return wire.SavedSessionList(saved_sessions=found)
 
 
+async def _cluster_status(c: ScopedClient, a: Any) -> wire.ClusterStatus:
+    return await c.client.cluster_status()
+
+
 async def _approve(c: ScopedClient, a: Any) -> None:
     await c.client.approve(a.session_id, a.call_id, a.allow)
 
@@ -375,6 +379,9 @@ VERBS: Final[tuple[Verb, ...]] = (
     Verb("save_session", "POST", _SID + "/save", "Save a named copy of the session",
          Scope.SESSION, SavedSession, 201, errors=(SessionNotFound, LimitExceeded),
          call=_session_verb("save_session"), client="save_session"),
+    Verb("cluster_status", "GET", "/v1/cluster",
+         "The nodes of the cluster (none on a single node)", Scope.OWNER, wire.ClusterStatus,
+         call=_cluster_status, client="cluster_status"),
     Verb("list_saved_sessions", "GET", "/v1/saved-sessions", "Your saved sessions",
          Scope.OWNER, wire.SavedSessionList,
          call=_list_saved_sessions, client="list_saved_sessions",

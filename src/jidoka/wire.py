@@ -9,6 +9,7 @@ The OpenAPI document is generated from these types.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -25,6 +26,8 @@ __all__ = [
     "ApprovalRequest",
     "BuildContextRequest",
     "Cancelled",
+    "ClusterNode",
+    "ClusterStatus",
     "ChatRequestBody",
     "Cleared",
     "CreateSessionRequest",
@@ -142,6 +145,29 @@ class FileIndexList(msgspec.Struct, kw_only=True):
 
 class SavedSessionList(msgspec.Struct, kw_only=True):
     saved_sessions: list[SavedSession]
+
+
+class ClusterNode(msgspec.Struct, kw_only=True):
+    """One node of a cluster as the store knows it: ``alive`` while its lease is valid (by the
+    database's clock), ``state`` ``up`` or ``down`` (it left), ``owned_sessions`` live."""
+
+    node_id: str
+    advertise_url: str
+    state: str
+    alive: bool
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age: float
+    owned_sessions: int
+
+
+class ClusterStatus(msgspec.Struct, kw_only=True):
+    """The cluster seen from the node that answered (``node_id`` ``None``: a single node,
+    no cluster)."""
+
+    node_id: str | None
+    lease_ttl: float | None
+    nodes: list[ClusterNode]
 
 
 class WorkingContextValue(msgspec.Struct, kw_only=True):

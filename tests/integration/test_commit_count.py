@@ -85,6 +85,7 @@ CASES: dict[str, tuple[str, Call]] = {
     "cancel": ("live", lambda c, sid: c.cancel(sid)),
     "save_session": ("live", lambda c, sid: c.save_session(sid)),
     "list_saved_sessions": ("none", lambda c, _: c.list_saved_sessions()),
+    "cluster_status": ("none", lambda c, _: c.cluster_status()),
     "restore_session": ("saved", lambda c, sid: c.restore_session(sid)),
     "delete_saved_session": ("saved", lambda c, sid: c.delete_saved_session(sid)),
 }
@@ -110,6 +111,7 @@ _READS = {
     "chat",  # submit_chat: the turn commits later, on the session's agent
     "cancel",  # nothing to cancel here
     "list_saved_sessions",
+    "cluster_status",
 }
 
 

@@ -180,7 +180,7 @@ async def test_an_end_missed_during_an_outage_ends_the_stream_all_the_same(
         await commit(a, store, event(1))
         assert [e.seq for e in await take(on_b, 1)] == [1]
         await proxy.cut()
-        await eventually(lambda: b.health() == "degraded", "b degraded")
+        await eventually(lambda: b.state == "degraded", "b degraded")
         await commit(a, store, event(2), event(3, EventType.SESSION_TERMINATED))
         assert [e.seq for e in await drain(on_b)] == [2, 3]  # read from the store, then the end
 
@@ -195,13 +195,13 @@ async def test_subscribers_read_the_store_while_their_link_is_cut(
         assert [e.seq for e in await take(on_b, 2)] == [1, 2]
 
         await proxy.cut()
-        await eventually(lambda: b.health() == "degraded", "b degraded")
+        await eventually(lambda: b.state == "degraded", "b degraded")
         assert "***" not in b.detail or "redis://" in b.detail
         await commit(a, store, *(event(n) for n in range(3, 11)))
         assert [e.seq for e in await take(on_b, 8)] == list(range(3, 11))  # from the store
 
         await proxy.restore()
-        await eventually(lambda: b.health() == "ok", "b back")
+        await eventually(lambda: b.state == "ok", "b back")
         await listening(url, f"{prefix}:s:{S}")
         marker = (await take(everyone, 1))[0]  # the global stream missed an unknown number
         assert marker.type == EventType.EVENTS_DROPPED
@@ -224,7 +224,7 @@ async def test_a_publisher_cut_off_sends_its_newest_event_when_back(
         assert [e.seq for e in await take(on_b, 1)] == [1]
 
         await proxy.cut()
-        await eventually(lambda: a.health() == "degraded", "a degraded")
+        await eventually(lambda: a.state == "degraded", "a degraded")
         await commit(a, store, *(event(n) for n in range(2, 6)))
         assert on_b.get_nowait() is None  # b's link is fine: it cannot know yet
 
@@ -259,13 +259,13 @@ async def test_an_unreachable_redis_is_named_without_credentials(store: MemorySt
             await bus.start()
         assert "hunter2" not in str(raised.value)
         assert redacted_url(secret) in str(raised.value)
-        assert bus.health() == "closed"
+        assert bus.state == "closed"
         degraded = RedisBus(secret, node_id="a", now=lambda: 0.0)
         await degraded.start(degraded_ok=True)
         try:
-            assert degraded.health() == "degraded"
+            assert degraded.state == "degraded"
             assert "hunter2" not in degraded.detail
         finally:
             await degraded.aclose()
             await degraded.aclose()  # idempotent
-        assert degraded.health() == "closed"
+        assert degraded.state == "closed"

@@ -20,8 +20,10 @@ from jidoka.errors import (
     JidokaError,
     LimitExceeded,
     LLMError,
+    NotOwner,
     OriginNotAllowed,
     PathNotAllowed,
+    ProjectRootUnavailable,
     RuntimeClosed,
     SessionBusy,
     SessionExists,
@@ -54,6 +56,8 @@ TREE: dict[type[JidokaError], type[Exception]] = {
     LLMError: JidokaError,
     HostNotAllowed: JidokaError,
     OriginNotAllowed: JidokaError,
+    NotOwner: JidokaError,
+    ProjectRootUnavailable: JidokaError,
 }
 
 # One instance of each class, about session SID.
@@ -74,6 +78,8 @@ MAKERS: dict[type[JidokaError], Callable[[], JidokaError]] = {
     SessionExists: lambda: SessionExists(SID),
     SessionBusy: lambda: SessionBusy(SID),
     LLMError: lambda: LLMError("the model failed", provider="openai", session_id=SID),
+    NotOwner: lambda: NotOwner(SID, owner="n2", owner_url="http://10.0.0.6:8765"),
+    ProjectRootUnavailable: lambda: ProjectRootUnavailable(SID, "/srv/p", "n1"),
 }  # fmt: skip
 # Errors that are about no session at all.
 SESSIONLESS: dict[type[JidokaError], Callable[[], JidokaError]] = {

@@ -23,7 +23,7 @@ from jidoka.server.middleware import (
 )
 from jidoka.server.responses import RouteNotFound
 from jidoka.server.router import ApiRoute, Endpoint, build_router, route_template
-from jidoka.server.tickets import TicketBook
+from jidoka.server.tickets import LocalTickets, TicketBook
 
 
 def endpoint(name: str) -> Endpoint:
@@ -176,7 +176,7 @@ def stream_app(limiter: InflightLimiter, tickets: TicketBook) -> Any:
     counted = [Middleware(InflightBound, limiter=limiter)]
     routes = [
         ApiRoute("/v1/s/{sid}/events", "GET", endpoint("events"), query={"ticket"},
-                 stream=True, middleware=[Middleware(StreamTicket, tickets=tickets)]),
+                 stream=True, middleware=[Middleware(StreamTicket, tickets=LocalTickets(tickets))]),
         ApiRoute("/v1/s/{sid}/wc/{key:path}", "PUT", endpoint("put"), inflight=True,
                  middleware=counted),
     ]  # fmt: skip

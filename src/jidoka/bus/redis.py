@@ -193,9 +193,10 @@ class RedisBus:
                 async with asyncio.timeout(CLOSE_FLUSH):
                     await self._idle.wait()
         self._state, self._detail = "closed", "closed"
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._ending]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._idle.set()
@@ -203,10 +204,15 @@ class RedisBus:
             with contextlib.suppress(*LINK_ERRORS):
                 await self._client.aclose()
 
-    def health(self) -> str:
+    @property
+    def state(self) -> str:
         """``"ok"``, ``"degraded"`` (Redis unreachable: subscribers poll the store) or
         ``"closed"`` (``"new"`` before :meth:`start`)."""
         return self._state
+
+    def health(self) -> tuple[bool, str]:
+        """``(ok, detail)`` for the readiness probe (see :attr:`state`)."""
+        return self._state == "ok", f"{self._state}: {self._detail}"
 
     @property
     def detail(self) -> str:
@@ -365,8 +371,11 @@ class RedisBus:
                     group.create_task(self._listen(pubsub))
                     group.create_task(self._follow_topics(pubsub))
                     group.create_task(self._send())
-            except* LINK_ERRORS as failed:
-                self._degrade(failed.exceptions[0])
+            except* Exception as failed:
+                error = failed.exceptions[0]
+                if not isinstance(error, LINK_ERRORS):  # a bug: say so, and carry on all the same
+                    logger.error("event bus: unexpected error", exc_info=error)
+                self._degrade(error)
             finally:
                 with contextlib.suppress(*LINK_ERRORS):
                     await pubsub.aclose()

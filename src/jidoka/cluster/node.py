@@ -57,6 +57,8 @@ class ClusterNode:
         self.activations = 0
         self.fence_refusals = 0
         self.handed_over = 0
+        #: Commands the server sent on to their session's owner (counted by the forwarder).
+        self.forwards = 0
 
     @property
     def node_id(self) -> str:

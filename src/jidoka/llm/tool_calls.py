@@ -149,6 +149,11 @@ class ToolCaller:
             if denied is not None:
                 result = ToolResult(call_id=call.id, name=call.name, content=denied, is_error=True)
             else:
+                ownership = session.services.ownership
+                if ownership is not None:
+                    # A node of a cluster starts no tool once its lease is in doubt (an
+                    # approval may have waited long): NotOwner ends the turn here.
+                    ownership.guard(self.session_id)
                 try:
                     result = await registry.run(call, context, timeout=config.tool_timeout_seconds)
                 except Exception as exc:  # run() answers failures itself; this is a last guard

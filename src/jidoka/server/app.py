@@ -46,7 +46,7 @@ from .responses import json_response
 from .router import ApiRoute, build_router, route_table
 from .routes import ROUTES, Scopes, SessionRoutes
 from .streams import EventStream, StreamRegistry, named_frames
-from .tickets import TicketBook
+from .tickets import LocalTickets, SharedTickets, StreamTickets, TicketBook
 from .ws import WebSocketSession
 
 __all__ = ["create_app"]
@@ -75,6 +75,7 @@ class _Endpoints:
         self.streams = streams
         self.metrics = metrics
         self._openapi: bytes | None = None
+        self.forwarding: Forwarding | None = None
 
     async def session_events(self, request: Request) -> ASGIApp:
         principal = request.scope.get(PRINCIPAL_KEY)
@@ -114,6 +115,7 @@ class _Endpoints:
             client=self.runtime.client,
             auth=self.auth,
             registry=self.streams,
+            forwarding=self.forwarding,
         )
         await session.run()
 
@@ -146,32 +148,6 @@ class _Endpoints:
                 body["status"] = "unavailable"
                 return json_response(body, 503)
         return json_response(body)
-
-    async def cluster(self, request: Request) -> Response:
-        """``GET /v1/cluster``: the nodes, their heartbeats and how many sessions each owns."""
-        node = self.runtime.node
-        if node is None:
-            return json_response({"node_id": None, "nodes": []})
-        nodes = await node.nodes()
-        return json_response(
-            {
-                "node_id": node.node_id,
-                "lease_ttl": node.membership.ttl,
-                "nodes": [
-                    {
-                        "node_id": row.node_id,
-                        "advertise_url": row.advertise_url,
-                        "state": row.state,
-                        "alive": row.alive,
-                        "started_at": row.started_at.isoformat(),
-                        "heartbeat_at": row.heartbeat_at.isoformat(),
-                        "heartbeat_age": round(row.heartbeat_age, 3),
-                        "owned_sessions": row.owned,
-                    }
-                    for row in nodes
-                ],
-            }
-        )
 
     async def prometheus(self, request: Request) -> Response:
         body = b"" if self.metrics is None else await asyncio.to_thread(self.metrics.render)
@@ -254,12 +230,24 @@ def create_app(
 
     def build_routes() -> None:
         endpoints = _Endpoints(runtime, config, auth, streams, metrics)
+        endpoints.forwarding = forwarding
         node = runtime.node
         if node is not None:
             forwarding.signer = Signer(node.secret, node.node_id)
             forwarding.forwarder = Forwarder(node, forwarding.signer, runtime.manager.is_live)
-        handlers = SessionRoutes(endpoints.scopes, tickets, forwarding)
-        routes = _api_routes(endpoints, handlers, limiter, tickets)
+        # A cluster's tickets are the store's: issued by one node, redeemed by any.
+        shared: StreamTickets = (
+            LocalTickets(tickets)
+            if node is None
+            else SharedTickets(
+                node.pg,
+                ttl=config.stream_ticket_ttl,
+                max_per_principal=config.max_stream_tickets_per_principal,
+                max_total=config.max_stream_tickets,
+            )
+        )
+        handlers = SessionRoutes(endpoints.scopes, shared, forwarding)
+        routes = _api_routes(endpoints, handlers, limiter, shared)
         router.routes[:] = route_table(routes, [("/v1/ws", endpoints.websocket)])
 
     async def close_forwarding() -> None:
@@ -279,7 +267,10 @@ def create_app(
 
 
 def _api_routes(
-    endpoints: _Endpoints, handlers: SessionRoutes, limiter: InflightLimiter, tickets: TicketBook
+    endpoints: _Endpoints,
+    handlers: SessionRoutes,
+    limiter: InflightLimiter,
+    tickets: StreamTickets,
 ) -> list[ApiRoute]:
     """One route per method of a path: the probes, the ``/v1`` verbs in :data:`ROUTES` order
     (their streams are the app's endpoints, every other verb a :class:`SessionRoutes`
@@ -306,7 +297,6 @@ def _api_routes(
         )
     return [
         *routes,
-        ApiRoute("/v1/cluster", "GET", endpoints.cluster),
         ApiRoute("/metrics", "GET", endpoints.prometheus),
         ApiRoute("/openapi.json", "GET", endpoints.openapi),
         ApiRoute("/", "GET", docs.index),

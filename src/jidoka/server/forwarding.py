@@ -28,8 +28,9 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import httpx
 from starlette.requests import Request
@@ -51,6 +52,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("jidoka.cluster")
+
+_T = TypeVar("_T")
+
+#: Sessions whose owner's address the routing cache keeps at most.
+_ROUTES_KEPT: Final = 65_536
 
 FORWARDED_HEADER: Final = "jidoka-forwarded"
 #: The scope key of a verified forwarded request: ``(from node, body digest)``.
@@ -150,6 +156,10 @@ class Forwarder:
             follow_redirects=False,
             trust_env=False,
         )
+        #: Where sessions owned elsewhere were found (id -> URL), newest last: a routing cache,
+        #: never an authority. A stale entry costs a 421 (or a refused connection) and a new
+        #: lookup; the owner's own check, under its fence, is what decides.
+        self._owners: OrderedDict[str, str] = OrderedDict()
         self.forwarded = 0
         self.retried = 0
         self.failed = 0
@@ -161,27 +171,66 @@ class Forwarder:
         """Where a command on the session goes: another live node's URL, or ``None`` to serve
         it here (this node owns it, nobody live does, or there is no such session)."""
         where = await self.node.locate(session_id)
-        if where is None or not where.alive or where.node in (None, self.node.node_id):
+        if (
+            where is None
+            or not where.alive
+            or where.url is None
+            or where.node in (None, self.node.node_id)
+        ):
+            self._owners.pop(session_id, None)
             return None
+        self._owners[session_id] = where.url
+        self._owners.move_to_end(session_id)
+        if len(self._owners) > _ROUTES_KEPT:
+            self._owners.popitem(last=False)
         return where.url
 
-    async def forward(
-        self, request: Request, url: str, session_id: str, principal: str | None
-    ) -> Response | None:
-        """Send ``request`` to the node at ``url``; its answer, or ``None`` if that node is not
-        the owner after all (421) and the session's owner should be looked up again."""
-        body = await request.body()
-        target = target_of(request)
-        headers = {
-            name: value
-            for name in _REQUEST_HEADERS
-            if (value := request.headers.get(name)) is not None
-        }
-        headers[FORWARDED_HEADER] = self.signer.sign(request.method, target, principal, body)
+    async def route(
+        self,
+        session_id: str,
+        serve_here: Callable[[], Awaitable[_T]],
+        send: Callable[[str], Awaitable[_T | None]],
+    ) -> _T:
+        """Serve a command on ``session_id`` where it belongs: ``send(url)`` to its live owner
+        (``None`` back means that node was not the owner after all), else ``serve_here()``
+        (which takes the session if nobody live has it). A :class:`NotOwner` on the way (the
+        session moved meanwhile) sends it round once more, from the lookup."""
+        for attempt in (1, 2):
+            url = self._owners.get(session_id) if attempt == 1 else None
+            if url is None:
+                url = await self.owner_url(session_id)
+            try:
+                if url is None:
+                    return await serve_here()
+                answer = await send(url)
+                if answer is not None:
+                    return answer
+            except NotOwner:
+                self._owners.pop(session_id, None)
+                if attempt == 2:
+                    raise
+            self._owners.pop(session_id, None)
+            self.retried += 1
+        raise NotOwner(session_id, "its owner changed twice while a request looked for it; retry")
+
+    async def send(
+        self,
+        url: str,
+        method: str,
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+        session_id: str,
+        principal: str | None,
+    ) -> httpx.Response | None:
+        """Send one request to the node at ``url`` (``target``: path and query), signed for
+        ``principal``; its answer, or ``None`` if that node says it is not the owner (421)."""
+        headers = {**headers, FORWARDED_HEADER: self.signer.sign(method, target, principal, body)}
         self.forwarded += 1
+        self.node.forwards += 1
         try:
             answer = await self._client.request(
-                request.method, url.rstrip("/") + target, content=body, headers=headers
+                method, url.rstrip("/") + target, content=body, headers=headers
             )
         except httpx.TransportError as exc:
             self.failed += 1
@@ -194,6 +243,23 @@ class Forwarder:
         if answer.status_code == 421 and answer.headers.get("content-type", "").startswith(
             "application/problem+json"
         ):
+            return None
+        return answer
+
+    async def forward(
+        self, request: Request, url: str, session_id: str, principal: str | None
+    ) -> Response | None:
+        """An HTTP request, sent on as it came (see :meth:`send`); the owner's answer."""
+        headers = {
+            name: value
+            for name in _REQUEST_HEADERS
+            if (value := request.headers.get(name)) is not None
+        }
+        body = await request.body()
+        answer = await self.send(
+            url, request.method, target_of(request), body, headers, session_id, principal
+        )
+        if answer is None:
             return None
         back = {
             name: value

@@ -42,7 +42,7 @@ from ..errors import JidokaError, LimitExceeded, Unauthorized
 from .auth import Authenticator, InflightLimiter
 from .forwarding import FORWARDED_HEADER, Forwarding
 from .responses import problem_response
-from .tickets import TicketBook
+from .tickets import StreamTickets
 
 __all__ = [
     "PRINCIPAL_KEY",
@@ -264,14 +264,14 @@ class StreamTicket:
     """On an event-stream route: the waiting ``?ticket=`` becomes the principal it stands for
     (spent on use, whatever follows; 401 if unknown, used, expired or for another stream)."""
 
-    def __init__(self, app: ASGIApp, *, tickets: TicketBook) -> None:
+    def __init__(self, app: ASGIApp, *, tickets: StreamTickets) -> None:
         self.app = app
         self.tickets = tickets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ticket = scope.pop(TICKET_KEY, None)
         if ticket is not None:
-            scope[PRINCIPAL_KEY] = self.tickets.redeem(ticket, scope["path"])
+            scope[PRINCIPAL_KEY] = await self.tickets.redeem(ticket, scope["path"])
         await self.app(scope, receive, send)
 
 

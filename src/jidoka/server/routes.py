@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..client import Client
-from ..errors import InvalidArgument, NotOwner
+from ..errors import InvalidArgument
 from ..llm.turns import ChatResult
 from ..scoped import ScopedClient
 from ..verbs import DEFAULT_PAGE, MAX_PAGE, VERBS, Param, Scope, Verb, by_name
@@ -35,9 +35,17 @@ from .forwarding import FORWARDED_KEY, Forwarding, check_body
 from .inputs import decode_json, query_int, query_str
 from .middleware import PRINCIPAL_KEY
 from .responses import json_response
-from .tickets import TicketBook
+from .tickets import StreamTickets
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ROUTES", "RouteSpec", "Scopes", "SessionRoutes"]
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "ROUTES",
+    "SERVED_ANYWHERE",
+    "RouteSpec",
+    "Scopes",
+    "SessionRoutes",
+]
 
 logger = logging.getLogger("jidoka.server")
 
@@ -69,7 +77,7 @@ ROUTES: Final = tuple(
 Handler = Callable[[Request], Awaitable[Response]]
 
 #: Session verbs every node of a cluster serves itself, from the store: the log.
-_SERVED_ANYWHERE: Final = frozenset({"read_events"})
+SERVED_ANYWHERE: Final = frozenset({"read_events"})
 
 
 class Scopes:
@@ -144,7 +152,7 @@ class SessionRoutes:
     """The handlers of :data:`ROUTES` (streams aside), by name."""
 
     def __init__(
-        self, scopes: Scopes, tickets: TicketBook, forwarding: Forwarding | None = None
+        self, scopes: Scopes, tickets: StreamTickets, forwarding: Forwarding | None = None
     ) -> None:
         self.scopes = scopes
         #: On a node of a cluster: commands on sessions owned elsewhere go to their owner.
@@ -172,7 +180,7 @@ class SessionRoutes:
         if (
             forwarder is None
             or verb.scope is not Scope.SESSION
-            or verb.name in _SERVED_ANYWHERE
+            or verb.name in SERVED_ANYWHERE
             or FORWARDED_KEY in request.scope
         ):
             if FORWARDED_KEY in request.scope:
@@ -182,21 +190,15 @@ class SessionRoutes:
         if not isinstance(sid, str) or forwarder.is_live(sid):
             return await self._serve_here(verb, request)
         # Another node's, or nobody's: to its owner, or taken here (activation on demand).
-        # A node that lost the session meanwhile says so (421); then once more, from the top.
         principal: str | None = request.scope.get(PRINCIPAL_KEY)
-        for attempt in (1, 2):
-            url = await forwarder.owner_url(sid)
-            try:
-                if url is None:
-                    return await self._serve_here(verb, request)
-                answer = await forwarder.forward(request, url, sid, principal)
-                if answer is not None:
-                    return answer
-            except NotOwner:
-                if attempt == 2:
-                    raise
-            forwarder.retried += 1
-        raise NotOwner(sid, "its owner changed twice while this request looked for it; retry")
+
+        async def here() -> Response:
+            return await self._serve_here(verb, request)
+
+        async def there(url: str) -> Response | None:
+            return await forwarder.forward(request, url, sid, principal)
+
+        return await forwarder.route(sid, here, there)
 
     async def _serve_here(self, verb: Verb, request: Request) -> Response:
         args = await arguments(verb, request)
@@ -237,7 +239,7 @@ class SessionRoutes:
         if body.session_id is not None:
             sid = await self.scopes(principal).owned(body.session_id)
             path = f"/v1/sessions/{sid}/events"
-        ticket = self.tickets.issue(principal, path=path)
+        ticket = await self.tickets.issue(principal, path=path)
         answer = StreamTicket(ticket=ticket, expires_in=self.tickets.ttl, session_id=sid)
         return json_response(answer, 201, {"Cache-Control": "no-store"})
 

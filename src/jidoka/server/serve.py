@@ -178,6 +178,12 @@ async def serve(
             if settings.node_id is not None:
                 print(f"  cluster: node {settings.node_id} at {settings.advertise_url}"
                       f" (bus: {describe_bus(settings)})", file=out)  # fmt: skip
+                if generated is not None:
+                    logger.warning(
+                        "node %s made a token of its own: the other nodes will not accept it; "
+                        "give every node the same JIDOKA_TOKENS (or --tokens-file)",
+                        settings.node_id,
+                    )
             print(f"export JIDOKA_URL={url}", file=out)
             if generated is not None:
                 print(f"export JIDOKA_TOKEN={generated}", file=out)

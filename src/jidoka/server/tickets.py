@@ -20,6 +20,11 @@ ticket's lifetime anyway, so it has one way to do it -- fetch a new ticket and o
 ``EventSource`` with ``?after_seq=<last id>`` -- and a ticket copied out of a URL cannot be
 replayed once used. ``docs/http-api.md`` ("Browsers") shows the pattern.
 
+On a node of a cluster the book is the store's (:class:`SharedTickets`): a page may get its ticket
+from one node and open its stream on another behind the same balancer, so the digests live in
+the PostgreSQL store and spending one is a single ``DELETE … RETURNING``, once across every
+node. The server uses either through :class:`StreamTickets`.
+
 Only a SHA-256 digest of each ticket is kept and looked up, so neither a lookup's timing nor a
 dump of the server's memory gives a usable ticket. The book is bounded: at most
 ``max_per_principal`` outstanding tickets per principal and ``max_total`` in all (the next is
@@ -34,15 +39,21 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
+
+if TYPE_CHECKING:
+    from ..store.postgres_cluster import PgCluster
 
 from ..errors import LimitExceeded, Unauthorized
 from ..wire import StreamTicket, StreamTicketRequest
 
 __all__ = [
     "MAX_TTL",
+    "LocalTickets",
+    "SharedTickets",
     "StreamTicket",
     "StreamTicketRequest",
+    "StreamTickets",
     "TicketBook",
 ]
 
@@ -150,3 +161,84 @@ class TicketBook:
 
 def _digest(ticket: str) -> bytes:
     return hashlib.sha256(ticket.encode("utf-8", "surrogateescape")).digest()
+
+
+class StreamTickets(Protocol):
+    """What the server issues and redeems stream tickets through."""
+
+    @property
+    def ttl(self) -> float: ...
+
+    async def issue(self, principal: str | None, *, path: str | None = None) -> str: ...
+
+    async def redeem(self, ticket: str, path: str) -> str | None: ...
+
+
+class LocalTickets:
+    """:class:`StreamTickets` over this process's :class:`TicketBook` (one node)."""
+
+    __slots__ = ("book",)
+
+    def __init__(self, book: TicketBook) -> None:
+        self.book = book
+
+    @property
+    def ttl(self) -> float:
+        return self.book.ttl
+
+    async def issue(self, principal: str | None, *, path: str | None = None) -> str:
+        return self.book.issue(principal, path=path)
+
+    async def redeem(self, ticket: str, path: str) -> str | None:
+        return self.book.redeem(ticket, path)
+
+
+class SharedTickets:
+    """:class:`StreamTickets` kept in a cluster's store, the same rules as :class:`TicketBook`
+    (short-lived, single-use, one principal's, bounded per principal and in all)."""
+
+    def __init__(
+        self,
+        cluster: PgCluster,
+        *,
+        ttl: float = 30.0,
+        max_per_principal: int = 32,
+        max_total: int = 4096,
+    ) -> None:
+        if not 0 < ttl <= MAX_TTL:
+            raise ValueError(f"ttl must be more than 0 and at most {MAX_TTL} seconds, got {ttl}")
+        self._cluster = cluster
+        self.ttl = ttl
+        self.max_per_principal = max_per_principal
+        self.max_total = max_total
+
+    async def issue(self, principal: str | None, *, path: str | None = None) -> str:
+        ticket = secrets.token_urlsafe(_TICKET_BYTES)
+        mine, total, kept = await self._cluster.issue_ticket(
+            _digest(ticket),
+            principal,
+            path,
+            ttl=self.ttl,
+            max_per_principal=self.max_per_principal,
+            max_total=self.max_total,
+        )
+        if kept:
+            return ticket
+        if mine >= self.max_per_principal:
+            raise LimitExceeded(
+                "max_stream_tickets_per_principal", self.max_per_principal, actual=mine + 1
+            )
+        raise LimitExceeded("max_stream_tickets", self.max_total, actual=total + 1)
+
+    async def redeem(self, ticket: str, path: str) -> str | None:
+        if not ticket or len(ticket) > _MAX_TICKET_CHARS:
+            raise Unauthorized(_REFUSED)
+        found = await self._cluster.redeem_ticket(_digest(ticket))
+        if found is None:
+            raise Unauthorized(_REFUSED)
+        principal, ticket_path, valid = found
+        if not valid:
+            raise Unauthorized(_REFUSED)
+        if ticket_path is not None and ticket_path != path:
+            raise Unauthorized("this stream ticket is for another event stream")
+        return principal

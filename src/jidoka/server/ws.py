@@ -22,20 +22,24 @@ import contextlib
 import itertools
 import logging
 from typing import Annotated, Any, Final
+from urllib.parse import urlencode
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .._remote_verbs import request_for
 from ..client import Client
 from ..errors import InvalidArgument, JidokaError, Unauthorized
 from ..events import Event, encode_event
+from ..problems import error_from_problem
 from ..scoped import ScopedClient
-from ..verbs import VERBS, by_name
+from ..verbs import VERBS, Scope, Verb, by_name
 from .auth import Authenticator
+from .forwarding import Forwarder, Forwarding
 from .inputs import decode_json, error_path
 from .middleware import REQUEST_ID_KEY
 from .responses import MalformedBody, problem_body
-from .routes import Scopes
+from .routes import SERVED_ANYWHERE, Scopes
 from .streams import StreamRegistry
 
 __all__ = ["WebSocketSession"]
@@ -96,8 +100,11 @@ class WebSocketSession:
         client: Client,
         auth: Authenticator,
         registry: StreamRegistry,
+        forwarding: Forwarding | None = None,
     ) -> None:
         self.ws = websocket
+        #: On a node of a cluster: ops on sessions owned elsewhere go to their owner (HTTP).
+        self.forwarding = forwarding
         self.scopes = scopes
         self.client = client
         self.auth = auth
@@ -241,9 +248,52 @@ class WebSocketSession:
                 f"unknown op {command.op[:64]!r}; expected one of {expected}", argument="op"
             )
         parsed = _converted(command.op, command.args, verb.args)
+        forwarder = self.forwarding.forwarder if self.forwarding is not None else None
+        sid = getattr(parsed, "session_id", None)
+        if (
+            forwarder is not None
+            and verb.scope is Scope.SESSION
+            and verb.name not in SERVED_ANYWHERE
+            and isinstance(sid, str)
+            and not forwarder.is_live(sid)
+        ):
+            return await self._routed(forwarder, verb, parsed, sid)
+        return await self._run_here(verb, parsed)
+
+    async def _run_here(self, verb: Verb, parsed: Any) -> msgspec.Raw:
         result = await self._scoped().run(verb, parsed)
         # The very bytes the HTTP route answers (its body), inside the reply.
         return msgspec.Raw(_encode(result))
+
+    async def _routed(self, forwarder: Forwarder, verb: Verb, parsed: Any, sid: str) -> msgspec.Raw:
+        """A node of a cluster: the op runs on the session's owner, as the HTTP request its
+        verb makes (the answer's body is the op's result, a problem its error)."""
+        request = request_for(verb, msgspec.structs.asdict(parsed))
+        target = request.path
+        if request.params:
+            target += "?" + urlencode(request.params)
+        body = request.body or b""
+        headers = {"content-type": "application/json"} if request.body is not None else {}
+        principal = self.principal
+
+        async def here() -> msgspec.Raw:
+            return await self._run_here(verb, parsed)
+
+        async def there(url: str) -> msgspec.Raw | None:
+            answer = await forwarder.send(
+                url, request.method, target, body, headers, sid, principal
+            )
+            if answer is None:
+                return None
+            if answer.status_code >= 400:
+                try:
+                    problem = msgspec.json.decode(answer.content)
+                except msgspec.DecodeError:
+                    problem = {"detail": answer.text[:200]}
+                raise error_from_problem(problem, status=answer.status_code)
+            return msgspec.Raw(answer.content or b"null")
+
+        return await forwarder.route(sid, here, there)
 
     def _scoped(self) -> ScopedClient:
         return self.scopes(self.principal)

@@ -88,6 +88,7 @@ class PgCluster:
 
     def __init__(self, store: PostgresStore, node_id: str, advertise_url: str) -> None:
         self._store = store
+        self.store = store
         self.node_id = check_node_id(node_id)
         self.advertise_url = advertise_url
         self.incarnation = 0
@@ -148,6 +149,23 @@ SELECT n.node_id, n.advertise_url, n.state, n.state = 'up' AND n.expires_at > no
         WHERE h.node = n.node_id AND h.status <> 'terminated')
 FROM {s}.nodes AS n ORDER BY n.node_id"""
         self._secret = f"SELECT value FROM {s}.jidoka_meta WHERE key = 'cluster_secret'"
+        # Issued only below both bounds, counted among the tickets not expired; the answer is
+        # the counts before the insert (a count at a bound: refused).
+        self._issue = f"""
+WITH counts AS (
+    SELECT count(*) FILTER (WHERE principal IS NOT DISTINCT FROM $2) AS mine, count(*) AS total
+    FROM {s}.stream_tickets WHERE expires_at > now()
+), ins AS (
+    INSERT INTO {s}.stream_tickets (digest, principal, path, expires_at)
+    SELECT $1, $2, $3, now() + make_interval(secs => $4) FROM counts
+    WHERE mine < $5 AND total < $6
+    RETURNING 1
+)
+SELECT mine, total, EXISTS (SELECT 1 FROM ins) FROM counts"""
+        self._purge_tickets = f"DELETE FROM {s}.stream_tickets WHERE expires_at <= now()"
+        self._redeem = f"""
+DELETE FROM {s}.stream_tickets WHERE digest = $1
+RETURNING principal, path, expires_at > now()"""
 
     # --- membership ---------------------------------------------------------------------------
 
@@ -246,6 +264,44 @@ FROM {s}.nodes AS n ORDER BY n.node_id"""
         if not rows or not rows[0][0]:
             raise StoreError(f"the Postgres schema {self._store.schema!r} has no cluster secret")
         return str(rows[0][0])
+
+    # --- stream tickets -----------------------------------------------------------------------
+
+    async def issue_ticket(
+        self,
+        digest: bytes,
+        principal: str | None,
+        path: str | None,
+        *,
+        ttl: float,
+        max_per_principal: int,
+        max_total: int,
+    ) -> tuple[int, int, bool]:
+        """Keep a ticket's digest if both bounds allow: ``(the principal's outstanding
+        tickets, everyone's, kept)``, counted before it."""
+
+        async def run(
+            conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+        ) -> tuple[int, int, bool]:
+            await conn.execute(self._purge_tickets)
+            row = await conn.fetchrow(
+                self._issue, digest, principal, path, ttl, max_per_principal, max_total
+            )
+            assert row is not None
+            return int(row[0]), int(row[1]), bool(row[2])
+
+        return await self._store.run(None, run, retry=False)
+
+    async def redeem_ticket(self, digest: bytes) -> tuple[str | None, str | None, bool] | None:
+        """Spend a ticket: ``(principal, path, still valid)``, or ``None`` if unknown/spent."""
+
+        async def run(
+            conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+        ) -> tuple[str | None, str | None, bool] | None:
+            row = await conn.fetchrow(self._redeem, digest)
+            return None if row is None else (row[0], row[1], bool(row[2]))
+
+        return await self._store.run(None, run, retry=False)
 
     async def connect(self) -> asyncpg.Connection:
         """A connection of the membership's own (heartbeats)."""

@@ -24,6 +24,9 @@ Why these tables:
   node's lease has expired (or that was released: ``node`` null) may be taken by any node,
   which raises its fence in the same statement. ``jidoka_meta.cluster_secret`` signs the
   requests nodes forward to each other (whoever can read it can write the sessions anyway).
+- ``stream_tickets`` (version 2) holds a cluster's outstanding stream tickets (their digests):
+  a browser may be given a ticket by one node and open its stream on another, and spending one
+  is a ``DELETE … RETURNING``, single-use across every node.
 """
 
 from __future__ import annotations
@@ -115,6 +118,13 @@ CREATE TABLE {schema}.nodes (
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz NOT NULL
 );
+CREATE TABLE {schema}.stream_tickets (
+    digest bytea PRIMARY KEY,
+    principal text,
+    path text,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX stream_tickets_expiry ON {schema}.stream_tickets (expires_at);
 INSERT INTO {schema}.jidoka_meta VALUES
     ('cluster_secret', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
 """
