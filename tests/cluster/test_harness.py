@@ -20,12 +20,8 @@ import redis
 
 from tests.e2e.conftest import ALICE_TOKEN
 from tests.support import postgres
-from tests.support.cluster import (
-    PROBE_TIMEOUT,
-    ClusterNode,
-    drop_redis_prefix,
-    require_redis,
-)
+from tests.support.cluster import PROBE_TIMEOUT, ClusterNode, drop_redis_prefix
+from tests.support.redis import require_redis
 
 _CLUSTER_ONLY = {"--bus", "--bus-prefix", "--node-id", "--advertise-url", "--lease-ttl"}
 

@@ -31,7 +31,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -41,24 +40,18 @@ from psycopg import sql
 
 from tests.e2e.conftest import TOKENS, ServerProcess, _environment, bearer
 from tests.support import postgres
+from tests.support import redis as redis_support
 from tests.support.tcp_proxy import ThreadedTcpProxy
 
 __all__ = [
     "LEASE_TTL",
-    "REDIS_URL_VARIABLE",
     "Cluster",
     "ClusterNode",
     "ShutdownHung",
     "drop_redis_prefix",
-    "redis_url",
     "require_cluster",
-    "require_redis",
 ]
 
-REDIS_URL_VARIABLE = "JIDOKA_TEST_REDIS_URL"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-#: Read once, at import: the tests' autouse fixture removes every ``JIDOKA_*`` variable.
-_REDIS_URL: str = os.environ.get(REDIS_URL_VARIABLE) or DEFAULT_REDIS_URL
 #: The lease TTL the cluster tests run with (seconds).
 LEASE_TTL = 2.0
 #: The flags ``jidoka serve`` must have for a cluster node.
@@ -71,20 +64,6 @@ TERM_DEADLINE = 20.0
 ABORT_DEADLINE = 5.0
 #: One ``/readyz`` poll's bound (a paused node must not hold up the poller).
 PROBE_TIMEOUT = 2.0
-
-
-def redis_url() -> str:
-    return _REDIS_URL
-
-
-@functools.cache
-def _redis_unreachable(url: str) -> str | None:
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
-            client.ping()
-    except redis.RedisError as exc:
-        return f"Redis not reachable at {url}: {exc}"
-    return None
 
 
 @functools.cache
@@ -107,26 +86,17 @@ def _serve_lacks_cluster() -> str | None:
     return None
 
 
-def require_redis() -> str:
-    """The URL of a Redis that answers; else skip the test (fail it on CI)."""
-    reason = _redis_unreachable(_REDIS_URL)
-    if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: the cluster tests must run)", pytrace=False)
-        pytest.skip(reason)
-    return _REDIS_URL
-
-
 def require_cluster() -> tuple[str, str]:
     """The Postgres DSN and Redis URL of servers that answer, with a ``jidoka serve`` that can
     run cluster nodes; else skip the test (fail it on CI)."""
     dsn = postgres.require_postgres()
-    reason = _redis_unreachable(_REDIS_URL) or _serve_lacks_cluster()
+    url = redis_support.require_redis()
+    reason = _serve_lacks_cluster()
     if reason is not None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} (CI=true: the cluster tests must run)", pytrace=False)
         pytest.skip(reason)
-    return dsn, _REDIS_URL
+    return dsn, url
 
 
 def drop_redis_prefix(url: str, prefix: str) -> int:
@@ -150,14 +120,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-def _via(url: str, port: int) -> str:
-    """``url`` (Redis or Postgres) pointed at ``127.0.0.1:port``, a proxy."""
-    parts = urlsplit(url)
-    userinfo, _, _ = parts.netloc.rpartition("@")
-    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 class ShutdownHung(AssertionError):
@@ -192,10 +154,9 @@ class ClusterNode(ServerProcess):
         self.lease_ttl = lease_ttl
         self.extra_args = list(extra_args)
         self.postgres_proxy = ThreadedTcpProxy(*postgres.address_of(dsn)).start()
-        bus = urlsplit(bus_url)
-        self.redis_proxy = ThreadedTcpProxy(bus.hostname or "127.0.0.1", bus.port or 6379).start()
+        self.redis_proxy = ThreadedTcpProxy(*redis_support.address_of(bus_url)).start()
         self.store_url = postgres.dsn_via(dsn, self.postgres_proxy.port)
-        self.bus_url = _via(bus_url, self.redis_proxy.port)
+        self.bus_url = redis_support.url_via(bus_url, self.redis_proxy.port)
         self.paused = False
 
     def environment(self) -> dict[str, str]:
