@@ -103,6 +103,7 @@ class Node:
         prefix: str,
         ttl: float,
         workdir: Path,
+        src: Path | None = None,
     ) -> None:
         self.node_id = node_id
         self.port = port
@@ -118,7 +119,9 @@ class Node:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOKA_")}
         env.pop("PYTHONASYNCIODEBUG", None)
         env.pop("PYTHONTRACEMALLOC", None)
-        path = [str(ROOT / "src"), env.get("PYTHONPATH")]
+        #: The tree the node runs (this checkout's ``src`` unless told; ``bench_cluster --src``).
+        self.src = (src or ROOT / "src").resolve()
+        path = [str(self.src), env.get("PYTHONPATH")]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
         env["JIDOKA_TOKENS"] = json.dumps({TOKEN: PRINCIPAL})
         env["PYTHONUNBUFFERED"] = "1"

@@ -1,11 +1,12 @@
 """Issue 16's table: a cluster of ``jidoka serve`` nodes on one Postgres and one Redis.
 
 ``python -m benchmarks.bench_cluster [--dsn DSN] [--redis URL] [--quick] [--only PART ...]
-[--output FILE]``; the DSN defaults to ``JIDOKA_TEST_POSTGRES_DSN`` (else the local test
-database), the Redis URL to ``JIDOKA_TEST_REDIS_URL`` (else ``redis://127.0.0.1:6379/0``). Every
-part starts its own three nodes (real subprocesses, ``--lease-ttl 2`` as the tests use, logs at
-``warning``) on a schema and a Redis prefix of its own, and the run drops all of them at the
-end, also when it fails. Parts (``--only``):
+[--kills N] [--src SRC] [--output FILE]``; the DSN defaults to ``JIDOKA_TEST_POSTGRES_DSN``
+(else the local test database), the Redis URL to ``JIDOKA_TEST_REDIS_URL`` (else
+``redis://127.0.0.1:6379/0``). Every part starts its own three nodes (real subprocesses,
+``--lease-ttl 2`` as the tests use, logs at ``warning``; ``--src`` runs them on another
+checkout's ``src``) on a schema and a Redis prefix of its own, and the run drops all of them at
+the end, also when it fails. Parts (``--only``):
 
 - ``rtt``: sessions created on n1 (so n1 owns them); ``POST /v1/sessions/{id}/messages`` sent
   to n1 (direct) and to n2 (which forwards to n1), one request at a time, interleaved in pairs
@@ -66,7 +67,17 @@ from ._cluster import (
     redis_url,
     running,
 )
-from ._common import Baseline, Result, Target, clock, format_table, percentile, run_async
+from ._common import (
+    ROOT,
+    Baseline,
+    Result,
+    Target,
+    clock,
+    format_table,
+    git_commit,
+    percentile,
+    run_async,
+)
 
 __all__ = ["FULL", "NAME", "PARTS", "QUICK", "Sizes", "main", "measure", "run"]
 
@@ -138,6 +149,8 @@ class Run:
     dsn: str
     bus: str
     pg: _pg.PgRun
+    #: The ``src`` tree the nodes run (``None``: this checkout's).
+    src: Path | None = None
 
     def __post_init__(self) -> None:
         self.prefixes: list[str] = []
@@ -159,6 +172,7 @@ class Run:
                     prefix=prefix,
                     ttl=ttl,
                     workdir=Path(workdir),
+                    src=self.src,
                 )
                 for i, port in enumerate(ports)
             ]
@@ -738,15 +752,18 @@ def _ownership_rows(data: dict[str, Any], sizes: Sizes) -> list[Result]:
 
 
 def measure(
-    dsn: str, bus: str, sizes: Sizes, only: Sequence[str] = PARTS
+    dsn: str, bus: str, sizes: Sizes, only: Sequence[str] = PARTS, src: Path | None = None
 ) -> tuple[list[Result], dict[str, Any]]:
     """The rows of every part in ``only`` and what they ran on; every schema and Redis key
     of the run is dropped at the end, also on failure."""
     for reason in (_pg.unavailable(dsn), redis_unavailable(bus)):
         if reason is not None:
             raise RuntimeError(f"bench_cluster cannot run: {reason}")
-    run = Run(dsn=dsn, bus=bus, pg=_pg.PgRun(dsn))
+    run = Run(dsn=dsn, bus=bus, pg=_pg.PgRun(dsn), src=src)
+    tree = (src or ROOT / "src").resolve()
     info: dict[str, Any] = {
+        "nodes_src": str(tree),
+        "nodes_git_commit": git_commit(tree),
         "server": _pg.server_facts(dsn),
         "dsn": _pg.redact(dsn),
         "redis": bus,
@@ -798,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, help="SIGKILL rounds (default 20)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--output", type=Path, help="the JSON file to write")
+    parser.add_argument(
+        "--src", type=Path, help="the src tree the nodes run (default: this checkout's)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.kills:
@@ -809,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     start = clock()
     load_before = os.getloadavg()
-    results, info = measure(_pg.dsn_from(args.dsn), args.redis or redis_url(), sizes, args.only)
+    dsn, bus = _pg.dsn_from(args.dsn), args.redis or redis_url()
+    results, info = measure(dsn, bus, sizes, args.only, src=args.src)
     from .run import RESULTS_DIR, _document  # here: run imports this module
 
     document = _document(
@@ -822,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS_DIR / f"cluster-{stamp}{'-quick' if args.quick else ''}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"nodes run {info['nodes_src']} at {info['nodes_git_commit']}")
     print(f"load average before/after: {document['loadavg']}")
     print(format_table(results))
     print(f"wrote {output}", file=sys.stderr)
