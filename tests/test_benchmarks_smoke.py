@@ -444,3 +444,27 @@ def test_cluster_benchmark_runs_and_leaves_nothing_behind(
             assert result["met"] in (True, False), key
     table = capsys.readouterr().out
     assert table.count("\n| ") == len(results) + 1  # the header's separator starts with "|-"
+
+
+def test_cluster_benchmark_stops_its_nodes_and_drops_its_schema_when_a_part_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A part that fails while its three nodes run: the error comes out, every node process
+    has ended, and the part's schema does not stay."""
+    dsn = _postgres_dsn()
+    url = _redis_for_cluster()
+    bench = _load("bench_cluster")
+    seen: list[Any] = []
+
+    async def failing(nodes: Any, sizes: Any) -> Any:
+        seen.extend(nodes)
+        assert all(node.running for node in nodes)
+        raise RuntimeError("the part failed")
+
+    monkeypatch.setattr(bench, "_rtt", failing)
+    with pytest.raises(RuntimeError, match="the part failed"):
+        bench.measure(dsn, url, bench.QUICK, ["rtt"])
+    assert len(seen) == 3
+    assert not any(node.running for node in seen)
+    schema = seen[0].command[seen[0].command.index("--postgres-schema") + 1]
+    assert _schemas(dsn, schema) == []
