@@ -8,7 +8,8 @@ sessions streaming from an OpenAI-compatible server in a child process) run when
 store on PostgreSQL, the DSN from ``JIDOKA_TEST_POSTGRES_DSN``; ``python -m
 benchmarks.bench_postgres`` takes ``--dsn`` and ``--only``) and ``hotpath`` (issue 14's
 table, this checkout only: ``python -m benchmarks.bench_hotpath --before SRC`` adds a
-"before" tree) run the same way.
+"before" tree) and ``cluster`` (issue 16: three ``jidoka serve`` nodes on that Postgres and the
+Redis of ``JIDOKA_TEST_REDIS_URL``; ``python -m benchmarks.bench_cluster``) run the same way.
 
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
 file under ``benchmarks/results/`` (or ``--output``). ``--quick`` uses tiny sizes: it checks
@@ -31,6 +32,7 @@ from typing import Any
 from . import (
     bench_agent,
     bench_append,
+    bench_cluster,
     bench_durable,
     bench_fanout,
     bench_history,
@@ -52,8 +54,8 @@ MODULES: dict[str, ModuleType] = {
 }
 #: What runs without ``--only``: the modules above.
 DEFAULT: tuple[str, ...] = tuple(MODULES)
-#: The durable store (SQLite) and its peers, the hot-path table, the HTTP server, the agent and
-#: the PostgreSQL store; they run only when named with ``--only``.
+#: The durable store (SQLite) and its peers, the hot-path table, the HTTP server, the agent,
+#: the PostgreSQL store and the cluster; they run only when named with ``--only``.
 MODULES.update(
     {
         module.NAME: module
@@ -64,6 +66,7 @@ MODULES.update(
             bench_http,
             bench_agent,
             bench_postgres,
+            bench_cluster,
         )
     }
 )

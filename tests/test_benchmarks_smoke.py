@@ -387,3 +387,84 @@ def test_postgres_benchmark_drops_its_schemas_when_a_part_fails(
         bench.measure(dsn, bench.QUICK, ["drivers"])
     [prefix] = made
     assert _schemas(dsn, prefix) == []
+
+
+def _redis_for_cluster() -> str:
+    """The test Redis; without one the cluster benchmark's test skips, or fails under CI."""
+    cluster = _load("_cluster")
+    url: str = cluster.redis_url()
+    reason = cluster.redis_unavailable(url)
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs Redis for the cluster benchmark: {reason}")
+        pytest.skip(f"the cluster benchmark needs Redis: {reason}")
+    return url
+
+
+def test_cluster_benchmark_runs_and_leaves_nothing_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every part at tiny sizes on three real nodes: each row's numbers positive and finite
+    (the forwarding overhead may have either sign), the takeovers measured for the kill and
+    the hand-over, the JSON written, a table row per result, and neither a schema nor a Redis
+    key of the run left behind. Only run when named (``--only cluster``)."""
+    import redis
+
+    dsn = _postgres_dsn()
+    url = _redis_for_cluster()
+    run = _load("run")
+    assert "cluster" in run.MODULES
+    assert "cluster" not in run.DEFAULT
+    bench = _load("bench_cluster")
+    output = tmp_path / "cluster.json"
+    assert bench.main(["--quick", "--dsn", dsn, "--redis", url, "--output", str(output)]) == 0
+    document = json.loads(output.read_text(encoding="utf-8"))
+    info = document["cluster"]
+    assert info["schemas_dropped"] == len(bench.PARTS)
+    assert _schemas(dsn, info["schema_prefix"]) == []
+    with redis.Redis.from_url(url) as client:
+        assert list(client.scan_iter(match=f"{info['schema_prefix']}:*")) == []
+    results = {r["key"]: r for r in document["results"]}
+    parts = {key.split(".")[1] for key in results}
+    assert parts == {"rtt", "failover", "throughput", "ownership"}
+    for name in ("kill", "term"):
+        [round_] = results[f"cluster.failover.{name}"]["details"]["rounds"]
+        assert round_["seconds"] == max(round_["per_session"]) > 0
+    assert results["cluster.failover.kill"]["details"]["rounds"][0]["exit_code"] == -9
+    owned = results["cluster.rtt.direct"]["details"]["owned_after"]
+    assert owned["n1"] == bench.QUICK.rtt_sessions
+    assert owned["n2"] == 0
+    for key, result in results.items():
+        amount = _finite if result["details"].get("difference") else _sane
+        assert result["samples"], key
+        assert all(amount(s) for s in result["samples"]), key
+        if result["baseline"] is not None:
+            assert _sane(result["ratio"]), key
+        if result["target"] is not None:
+            assert result["met"] in (True, False), key
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == len(results) + 1  # the header's separator starts with "|-"
+
+
+def test_cluster_benchmark_stops_its_nodes_and_drops_its_schema_when_a_part_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A part that fails while its three nodes run: the error comes out, every node process
+    has ended, and the part's schema does not stay."""
+    dsn = _postgres_dsn()
+    url = _redis_for_cluster()
+    bench = _load("bench_cluster")
+    seen: list[Any] = []
+
+    async def failing(nodes: Any, sizes: Any) -> Any:
+        seen.extend(nodes)
+        assert all(node.running for node in nodes)
+        raise RuntimeError("the part failed")
+
+    monkeypatch.setattr(bench, "_rtt", failing)
+    with pytest.raises(RuntimeError, match="the part failed"):
+        bench.measure(dsn, url, bench.QUICK, ["rtt"])
+    assert len(seen) == 3
+    assert not any(node.running for node in seen)
+    schema = seen[0].command[seen[0].command.index("--postgres-schema") + 1]
+    assert _schemas(dsn, schema) == []
