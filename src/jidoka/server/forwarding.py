@@ -39,7 +39,6 @@ from ..errors import InvalidConfig, NotOwner, Unauthorized
 from ..store.base import CommitOutcomeUnknown
 
 if TYPE_CHECKING:
-
     from ..cluster.node import ClusterNode
 
 __all__ = [
