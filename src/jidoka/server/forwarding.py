@@ -23,19 +23,21 @@ a captured header could be replayed within that window.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import InvalidConfig, NotOwner, Unauthorized
+from ..errors import InvalidConfig, NotOwner, StoreError, Unauthorized
 from ..store.base import CommitOutcomeUnknown
 
 if TYPE_CHECKING:
@@ -277,7 +279,8 @@ class Forwarder:
         self.forwarded += 1
         self.node.forwards += 1
         timeout = self._turn_timeout if long_lived else self._timeout
-        try:
+
+        async def call() -> Answer:
             async with self._http.request(
                 method,
                 url.rstrip("/") + target,
@@ -287,12 +290,15 @@ class Forwarder:
                 allow_redirects=False,
             ) as answer:
                 content = await answer.read()
-                status = answer.status
                 kept = {
                     name: value
                     for name in _RESPONSE_HEADERS
                     if (value := answer.headers.get(name)) is not None
                 }
+                return Answer(answer.status, kept, content)
+
+        try:
+            found = await self._within_lease(session_id, url, call())
         except aiohttp.ClientConnectorError as exc:
             self.failed += 1
             logger.warning("session %s: forwarding to %s failed: %r", session_id, url, exc)
@@ -314,9 +320,41 @@ class Forwarder:
                 "before sending it again",
                 session_id=session_id,
             ) from None
-        if status == 421 and kept.get("content-type", "").startswith("application/problem+json"):
+        if found.status == 421 and found.headers.get("content-type", "").startswith(
+            "application/problem+json"
+        ):
             return None
-        return Answer(status, kept, content)
+        return found
+
+    async def _within_lease(
+        self, session_id: str, url: str, call: Coroutine[Any, Any, Answer]
+    ) -> Answer:
+        """``call``'s answer, waited for only while the owner at ``url`` keeps its lease: an
+        owner that stopped renewing (paused, cut off from the store) may be replaced once the
+        lease runs out, and the caller should not hang on it meanwhile. At the lease's end (as
+        last looked up) the owner is looked up again; still the same live node: wait on. Else
+        the call is abandoned as :class:`TimeoutError` (its outcome unknown)."""
+        found = self._owners.get(session_id)
+        until = found[1] if found is not None and found[0] == url else time.monotonic() + 1.0
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=max(until - time.monotonic(), 0))
+                if done:
+                    return task.result()
+                try:
+                    where = await self.node.locate(session_id)
+                except StoreError:  # cannot tell from here: keep waiting, ask again soon
+                    until = time.monotonic() + 1.0
+                    continue
+                if where is None or not where.alive or where.url != url:
+                    raise TimeoutError(f"the owner at {url} lost its lease while answering")
+                until = time.monotonic() + max(where.lease_left, 0.05)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def forward(
         self,
