@@ -226,6 +226,31 @@ async def test_a_session_is_taken_once_its_owners_lease_has_expired(
     assert [e.seq for e in await store_b.read_events(A)] == [1, 2, 3]
 
 
+async def test_nodes_racing_for_the_same_free_sessions_each_get_one_owner(
+    open_store: OpenStore, member: Callable[[PostgresStore, str], Awaitable[Member]]
+) -> None:
+    """Three nodes take the same twenty free sessions at once: each session ends with exactly
+    one owner at fence 2, and every loser is told the winner's name."""
+    single = await open_store(None)
+    sids = [f"{n:026d}" for n in range(20)]
+    for sid in sids:
+        await single.append(sid, events(sid, 1))
+    nodes = []
+    for name in ("a", "b", "c"):
+        node = await member(await open_store(name), name)
+        await node.register()
+        nodes.append(node)
+    results = await asyncio.gather(*(node.cluster.take(sid) for sid in sids for node in nodes))
+    for index, sid in enumerate(sids):
+        takes = results[index * 3 : index * 3 + 3]
+        winners = [name for name, t in zip("abc", takes, strict=True) if t.fence is not None]
+        assert len(winners) == 1, (sid, takes)
+        [winner] = winners
+        assert [t.fence for t in takes if t.fence is not None] == [2]
+        assert {t.owner for t in takes if t.fence is None} == {winner}
+        assert (await located(nodes[0].cluster, sid)).node == winner
+
+
 async def test_a_node_without_a_valid_lease_cannot_take_a_free_session(
     open_store: OpenStore, member: Callable[[PostgresStore, str], Awaitable[Member]]
 ) -> None:
