@@ -34,7 +34,7 @@ from jidoka.cluster.node import ClusterNode
 from jidoka.errors import NotOwner, ProjectRootUnavailable
 from jidoka.events import Event, EventType
 from jidoka.store.base import OwnershipLost
-from jidoka.store.postgres_cluster import Location
+from jidoka.store.postgres_cluster import Location, NodeRow, PgCluster, close_quietly
 from tests.conftest import close_on_fake_clock
 from tests.helpers import PROMPTLY, until
 from tests.support.openai_server import OpenAIServer, Slow, Text, ToolCalls, openai_server
@@ -165,6 +165,11 @@ async def released(rt: jidoka.Runtime, session_id: str) -> float:
     return await eventually(free, f"{session_id} is handed over")
 
 
+async def row_of(rt: jidoka.Runtime, node_id: str) -> NodeRow:
+    [row] = [row for row in await node_of(rt).nodes() if row.node_id == node_id]
+    return row
+
+
 async def listening(url: str, channel: str) -> None:
     """Wait until someone listens on ``channel`` (Redis says so)."""
     client = aioredis.Redis.from_url(url)
@@ -229,16 +234,23 @@ async def test_a_crashed_nodes_session_is_taken_once_its_lease_has_expired(
     sid = await a.client.create_session()
     await a.client.send_message(sid, "user", "before")
     membership = node_of(a).membership
+    # Alive, a's heartbeat moves (by the server's clock).
+    first = await row_of(b, "a")
+
+    async def beating() -> bool:
+        return (await row_of(b, "a")).heartbeat_at > first.heartbeat_at
+
+    await eventually(beating, "a's heartbeat moves")
     # The crash: a stops renewing and does not leave.
     crashed = time.monotonic()
     await membership.aclose(leave=False)
     renewals = membership.renewals
-    [before] = [row for row in await node_of(b).nodes() if row.node_id == "a"]
+    before = await row_of(b, "a")
     await expired(b, sid)
     await b.client.send_message(sid, "user", "after")
     taken_after = time.monotonic() - crashed
     assert membership.renewals == renewals
-    [row] = [row for row in await node_of(b).nodes() if row.node_id == "a"]
+    row = await row_of(b, "a")
     assert (row.state, row.alive, row.heartbeat_at) == ("up", False, before.heartbeat_at)
     assert taken_after < TTL + 2
     assert b.manager.is_live(sid)
@@ -297,6 +309,48 @@ async def test_a_paused_owner_is_fenced_off_and_its_open_turn_closed_as_owner_lo
     assert await messages(b, sid) == ["change it", "still here"]
 
 
+async def test_a_node_whose_id_was_taken_while_it_was_paused_stops_acting_at_once(
+    start_node: StartNode,
+) -> None:
+    """a is paused past its lease and another process joins as "a" meanwhile (a restart that
+    did not wait for the old one to die). When a wakes, its renewal finds the row another
+    incarnation's: it drops every session and does not act as "a" again, and leaving later
+    does not end the newcomer's lease."""
+    paused = jidoka.FakeClock()
+    a, b = await start_node("a", clock=paused), await start_node("b")
+    sid = await a.client.create_session()
+    node = node_of(a)
+    newcomer = PgCluster(node_of(b).store, "a", "http://127.0.0.1:3")
+    conn = await newcomer.connect()
+    try:
+
+        async def joined() -> bool:
+            return await newcomer.register(conn, 30.0) is not None
+
+        await eventually(joined, "a second process joins as node a once a's lease expired")
+        assert newcomer.incarnation == 2
+        paused.advance(TTL)  # a wakes and renews
+
+        async def lapsed() -> bool:
+            return node.membership.last_error == "another process took this node id"
+
+        await eventually(lapsed, "a learns that its id is another process's")
+        assert node.membership.lapses == 1
+        assert not node.membership.valid()
+        assert not a.manager.is_live(sid)
+        with pytest.raises(NotOwner, match="could not renew its lease"):
+            await a.client.send_message(sid, "user", "as a")
+        node.membership.last_error = None
+        paused.advance(TTL)  # and again: still not a member
+        await eventually(lapsed, "a's next renewal is refused too")
+        assert not node.membership.valid()
+        await close_on_fake_clock(a, paused)
+        row = await row_of(b, "a")
+        assert (row.state, row.alive, row.advertise_url) == ("up", True, "http://127.0.0.1:3")
+    finally:
+        await close_quietly(conn)
+
+
 async def test_a_session_whose_project_root_is_missing_is_refused_and_handed_back(
     start_node: StartNode, tmp_path: Path
 ) -> None:
@@ -335,6 +389,7 @@ async def test_a_leaving_node_hands_idle_sessions_over_at_once_and_busy_ones_aft
         turn = asyncio.create_task(a.client.chat(busy, "go"))
         await until(events, "llm_stream_chunk")
     a.begin_leaving()  # SIGTERM
+    assert node_of(a).health() == (False, "node a: leaving")  # /readyz: send no more here
     handed = [await released(b, sid) for sid in idle]
     assert max(handed) < 1.0
     assert node_of(a).membership.valid()  # no lease had to run out
