@@ -47,7 +47,7 @@ pytestmark = pytest.mark.stores("postgres")
 #: A lease short enough to wait out in a test, long enough for a busy two-core host: both nodes
 #: share this process's loop, and a node whose loop stalls past its margin rightly lapses.
 TTL = 2.0
-URLS = {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"}
+URLS = {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2", "c": "http://127.0.0.1:3"}
 
 StartNode = Callable[..., Awaitable[jidoka.Runtime]]
 
@@ -224,6 +224,58 @@ async def test_a_live_owners_session_is_written_by_it_alone_and_read_everywhere(
     assert await messages(a, sid) == ["one", "two"]
 
 
+async def test_a_session_ended_on_its_owner_is_read_and_replayed_everywhere(
+    start_node: StartNode,
+) -> None:
+    a, b = await start_node("a"), await start_node("b")
+    sid = await a.client.create_session()
+    await a.client.send_message(sid, "user", "last words")
+    await a.client.terminate_session(sid)
+    info = await b.client.get_session_info(sid)
+    assert (info.status, info.reason) == ("terminated", "requested")
+    assert await messages(b, sid) == ["last words"]
+    async with b.client.subscribe_to_session(sid, after_seq=0) as replay:
+        async with asyncio.timeout(PROMPTLY):
+            types = [event.type async for event in replay]
+    assert types[-1] == "session_terminated"
+    assert "conversation_added" in types
+    assert (node_of(b).takeovers, node_of(b).activations) == (0, 0)
+    assert (await located(b, sid)).node == "a"
+
+
+async def test_nodes_asked_at_once_for_a_released_session_agree_on_one_owner(
+    start_node: StartNode,
+) -> None:
+    """a leaves; b and c are each sent a message for every one of its sessions at the same
+    time. Per session exactly one of them takes it and stores its message; the other is told
+    that one's name (never refused by a fence after taking it, and nothing stored twice)."""
+    a, b, c = await start_node("a"), await start_node("b"), await start_node("c")
+    sids = [await a.client.create_session() for _ in range(8)]
+    a.begin_leaving()
+    for sid in sids:
+        await released(b, sid)
+    outcomes = await asyncio.gather(
+        *(
+            rt.client.send_message(sid, "user", name)
+            for sid in sids
+            for name, rt in (("b", b), ("c", c))
+        ),
+        return_exceptions=True,
+    )
+    for index, sid in enumerate(sids):
+        by_b, by_c = outcomes[2 * index : 2 * index + 2]
+        refused = [o for o in (by_b, by_c) if isinstance(o, BaseException)]
+        assert len(refused) == 1, (sid, by_b, by_c)
+        [loser] = refused
+        assert type(loser) is NotOwner, loser
+        winner = "c" if isinstance(by_b, BaseException) else "b"
+        assert loser.owner == winner
+        assert await messages(b, sid) == [winner]
+        assert (await located(b, sid)).node == winner
+    assert node_of(b).fence_refusals == node_of(c).fence_refusals == 0
+    assert node_of(b).activations + node_of(c).activations == len(sids)
+
+
 # --- a lost owner --------------------------------------------------------------------------------
 
 
@@ -320,7 +372,7 @@ async def test_a_node_whose_id_was_taken_while_it_was_paused_stops_acting_at_onc
     a, b = await start_node("a", clock=paused), await start_node("b")
     sid = await a.client.create_session()
     node = node_of(a)
-    newcomer = PgCluster(node_of(b).store, "a", "http://127.0.0.1:3")
+    newcomer = PgCluster(node_of(b).store, "a", "http://127.0.0.1:9")
     conn = await newcomer.connect()
     try:
 
@@ -346,7 +398,7 @@ async def test_a_node_whose_id_was_taken_while_it_was_paused_stops_acting_at_onc
         assert not node.membership.valid()
         await close_on_fake_clock(a, paused)
         row = await row_of(b, "a")
-        assert (row.state, row.alive, row.advertise_url) == ("up", True, "http://127.0.0.1:3")
+        assert (row.state, row.alive, row.advertise_url) == ("up", True, "http://127.0.0.1:9")
     finally:
         await close_quietly(conn)
 
