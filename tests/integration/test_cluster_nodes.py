@@ -190,6 +190,17 @@ async def messages(rt: jidoka.Runtime, session_id: str) -> list[str]:
     return [e.data["content"] for e in log if e.type == "conversation_added"]
 
 
+async def until_message(events: jidoka.Subscription, content: str) -> list[Event]:
+    """Every event up to and including the ``conversation_added`` of ``content``."""
+    seen = []
+    async with asyncio.timeout(PROMPTLY):
+        async for event in events:
+            seen.append(event)
+            if event.type == "conversation_added" and event.data["content"] == content:
+                return seen
+    raise AssertionError(f"the stream ended before the message {content!r}")
+
+
 def write_call(path: str, content: str, call_id: str = "w1") -> tuple[str, str, str]:
     return (call_id, "write_file", json.dumps({"path": path, "content": content}))
 
@@ -285,34 +296,40 @@ async def test_a_crashed_nodes_session_is_taken_once_its_lease_has_expired(
     a, b = await start_node("a"), await start_node("b")
     sid = await a.client.create_session()
     await a.client.send_message(sid, "user", "before")
-    membership = node_of(a).membership
-    # Alive, a's heartbeat moves (by the server's clock).
-    first = await row_of(b, "a")
+    # A client follows the session on a, from the start, across the takeover.
+    async with a.client.subscribe_to_session(sid, after_seq=0) as follower:
+        membership = node_of(a).membership
+        # Alive, a's heartbeat moves (by the server's clock).
+        first = await row_of(b, "a")
 
-    async def beating() -> bool:
-        return (await row_of(b, "a")).heartbeat_at > first.heartbeat_at
+        async def beating() -> bool:
+            return (await row_of(b, "a")).heartbeat_at > first.heartbeat_at
 
-    await eventually(beating, "a's heartbeat moves")
-    # The crash: a stops renewing and does not leave.
-    crashed = time.monotonic()
-    await membership.aclose(leave=False)
-    renewals = membership.renewals
-    before = await row_of(b, "a")
-    await expired(b, sid)
-    await b.client.send_message(sid, "user", "after")
-    taken_after = time.monotonic() - crashed
-    assert membership.renewals == renewals
-    row = await row_of(b, "a")
-    assert (row.state, row.alive, row.heartbeat_at) == ("up", False, before.heartbeat_at)
-    assert taken_after < TTL + 2
-    assert b.manager.is_live(sid)
-    assert node_of(b).takeovers == 1
-    assert (await located(b, sid)).node == "b"
-    # a knows its lease is gone: it refuses to write before asking the store.
-    with pytest.raises(NotOwner, match="could not renew its lease") as info:
-        await a.client.send_message(sid, "user", "zombie")
-    assert not isinstance(info.value, OwnershipLost)
-    assert await messages(b, sid) == ["before", "after"]
+        await eventually(beating, "a's heartbeat moves")
+        # The crash: a stops renewing and does not leave.
+        crashed = time.monotonic()
+        await membership.aclose(leave=False)
+        renewals = membership.renewals
+        before = await row_of(b, "a")
+        await expired(b, sid)
+        await b.client.send_message(sid, "user", "after")
+        taken_after = time.monotonic() - crashed
+        assert membership.renewals == renewals
+        row = await row_of(b, "a")
+        assert (row.state, row.alive, row.heartbeat_at) == ("up", False, before.heartbeat_at)
+        assert taken_after < TTL + 2
+        assert b.manager.is_live(sid)
+        assert node_of(b).takeovers == 1
+        assert (await located(b, sid)).node == "b"
+        # a knows its lease is gone: it refuses to write before asking the store.
+        with pytest.raises(NotOwner, match="could not renew its lease") as info:
+            await a.client.send_message(sid, "user", "zombie")
+        assert not isinstance(info.value, OwnershipLost)
+        assert await messages(b, sid) == ["before", "after"]
+        # What b stored reached a's follower through Redis: every seq once, in order.
+        seen = await until_message(follower, "after")
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert [e.seq for e in seen] == [e.seq for e in await b.client.read_events(sid)]
 
 
 async def test_a_paused_owner_is_fenced_off_and_its_open_turn_closed_as_owner_lost(
