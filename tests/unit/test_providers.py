@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import sys
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -1014,3 +1015,25 @@ def test_every_documented_llm_config_key_is_accepted_and_every_accepted_key_docu
         LLMConfig.from_dict(config)  # nothing documented is refused
     for key in keys:  # the class's own table says the same
         assert f"``{key}``" in (LLMConfig.__doc__ or "")
+
+
+def test_the_sdks_chat_resources_load_with_the_client_in_its_worker_thread() -> None:
+    """The SDK imports its chat resources on first use. The client is built in a worker thread,
+    so they must load there: on the event loop, at a process's first turn, reading them from
+    disk stalled every session (and a cluster node's lease renewals) for up to half a second on
+    a busy host. A fresh interpreter, since this process has loaded them long ago."""
+    code = (
+        "import sys\n"
+        "from jidoka.llm.providers.openai import OpenAIProvider\n"
+        "provider = OpenAIProvider.from_config(\n"
+        "    {'model': 'm', 'base_url': 'http://127.0.0.1:1/v1', 'api_key_env': None},\n"
+        "    environ={},\n"
+        ")\n"
+        "assert 'openai.resources.chat.completions' not in sys.modules\n"
+        "provider._build_client()\n"
+        "print('openai.resources.chat.completions' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "True"

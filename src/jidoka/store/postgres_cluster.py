@@ -118,22 +118,28 @@ WITH me AS (
     SELECT 1 FROM {s}.nodes
     WHERE node_id = $2 AND incarnation = $3 AND state = 'up' AND expires_at > now()
 ), cur AS (
-    SELECT h.session_id, h.node, h.status,
-           (h.node IS NULL OR h.node = $2 OR n.node_id IS NULL OR n.state <> 'up'
-            OR n.expires_at <= now()) AS free
-    FROM {s}.sessions AS h LEFT JOIN {s}.nodes AS n ON n.node_id = h.node
+    SELECT h.session_id, h.node, h.status FROM {s}.sessions AS h
     WHERE h.session_id = $1
-    FOR UPDATE OF h
+    FOR UPDATE
+), own AS (
+    -- The owner's lease is looked up apart from the lock: a taker that waited for another
+    -- one's lock finds the row as the other left it, and must judge *that* owner. (Joined in
+    -- the locking query, the recheck after the wait kept the first, null-extended join row:
+    -- a session taken meanwhile looked free, and both takers won in turn.)
+    SELECT cur.session_id, cur.node, cur.status, n.advertise_url,
+           (cur.node IS NULL OR cur.node = $2 OR n.node_id IS NULL OR n.state <> 'up'
+            OR n.expires_at <= now()) AS free
+    FROM cur LEFT JOIN {s}.nodes AS n ON n.node_id = cur.node
 ), upd AS (
     UPDATE {s}.sessions AS h SET fence = h.fence + 1, node = $2
-    FROM cur
-    WHERE h.session_id = cur.session_id AND cur.free AND cur.status <> 'terminated'
+    FROM own
+    WHERE h.session_id = own.session_id AND own.free AND own.status <> 'terminated'
       AND EXISTS (SELECT 1 FROM me)
     RETURNING h.fence
 )
-SELECT cur.status, cur.node, cur.free, (SELECT fence FROM upd), n.advertise_url,
+SELECT own.status, own.node, own.free, (SELECT fence FROM upd), own.advertise_url,
        EXISTS (SELECT 1 FROM me)
-FROM cur LEFT JOIN {s}.nodes AS n ON n.node_id = cur.node"""
+FROM own"""
         self._locate = f"""
 SELECT h.status, h.node, n.advertise_url,
        coalesce(n.state = 'up' AND n.expires_at > now(), false),

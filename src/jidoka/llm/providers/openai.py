@@ -249,6 +249,10 @@ class OpenAIProvider:
         # them to whatever server base_url names; a session's endpoint gets only what it names.
         client.organization = None
         client.project = None
+        # The SDK imports its resources on first use: the chat ones, read from disk, would
+        # otherwise load on the event loop at the process's first turn, stalling every
+        # session (and a cluster node's lease renewals) for up to a second on a busy host.
+        client.chat.completions  # noqa: B018
         return client
 
     async def _open(
