@@ -211,12 +211,23 @@ class ClusterNode(ServerProcess):
         self.paused = False
 
     def terminate(self, timeout: float = TERM_DEADLINE) -> int:
-        """SIGTERM and wait for the exit (a graceful hand-over); the exit code. A node still
-        running after ``timeout`` gets SIGABRT (faulthandler writes every thread's stack to its
-        stderr), then SIGKILL, and :class:`ShutdownHung` says so with those stacks."""
+        """SIGTERM and wait for the exit (a graceful hand-over); the exit code (see
+        :meth:`wait_exit`)."""
+        self.signal_term()
+        return self.wait_exit(timeout)
+
+    def signal_term(self) -> None:
+        """SIGTERM, without waiting: the hand-over begins at the signal, while the node is
+        still shutting down."""
         self._continue()
         assert self.process is not None, "not started"
         self.process.send_signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout: float = TERM_DEADLINE) -> int:
+        """Wait for the exit after :meth:`signal_term`; the exit code. A node still running
+        after ``timeout`` gets SIGABRT (faulthandler writes every thread's stack to its stderr),
+        then SIGKILL, and :class:`ShutdownHung` says so with those stacks."""
+        assert self.process is not None, "not started"
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -191,6 +191,9 @@ class Recovery:
             return session
         await self._settle_loaded(session, reason)
         self._idle.schedule_timeout(session)
+        if state.status is Status.ACTIVE:  # taken over in use: idle on its own timer
+            session.last_activity = self._clock.monotonic()
+            self._idle.touch(session)
         return session
 
     async def _check_project_root(self, session_id: str, state: SessionState) -> None:
@@ -219,13 +222,16 @@ class Recovery:
 
     async def _settle_loaded(self, session: Session, reason: str = REASON_RESTART) -> None:
         """In one commit, what a session brought back from its log must record: an ``active``
-        one goes ``idle`` (nobody is using it now), and a turn the process died in the middle
+        one goes ``idle`` after a restart (nobody is using it now; one taken from a lost node
+        stays ``active``), and a turn the process died in the middle
         of ends: writes that waited for an approval are denied (nothing was written), and the
         agent's status says ``failed`` with reason ``restart`` (or ``cancelled`` with reason
         ``owner_lost`` when another node of a cluster had the session)."""
         state = session.state
         items: list[tuple[EventType, dict[str, Any]]] = []
-        if state.status is Status.ACTIVE:
+        if state.status is Status.ACTIVE and reason != REASON_OWNER_LOST:
+            # Taken over from a lost node, it is in use (a command is taking it): it stays
+            # active, and goes idle on its own timer like any active session.
             items.append((EventType.SESSION_STATUS, status_data(Status.ACTIVE, Status.IDLE)))
         items.extend(
             event_item(ApprovalDecidedData(call_id=call_id, allow=False, reason=reason))
