@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ..errors import RuntimeClosed
-from ..events import GLOBAL_EVENT_TYPES, Event
+from ..events import Event
 from .base import EventReader, Subscription
+from .topics import Topics
 
 __all__ = ["MemoryBus"]
 
@@ -35,8 +36,7 @@ class MemoryBus:
         #: Whether ``reader``'s store keeps a session's log after it ends (see ``finish``).
         self._keeps_logs = keeps_logs
         self._now = now
-        self._topics: dict[str, set[Subscription]] = {}
-        self._global: set[Subscription] = set()
+        self._local = Topics()
         self._closed = False
         self.published = 0
         self.lost = 0
@@ -47,13 +47,7 @@ class MemoryBus:
     def publish_nowait(self, event: Event) -> None:
         """Deliver at once; the memory bus never has to wait."""
         self.published += 1
-        subscribers = self._topics.get(event.session_id)
-        if subscribers:
-            for subscription in subscribers:
-                subscription.offer(event)
-        if self._global and event.type in GLOBAL_EVENT_TYPES:
-            for subscription in self._global:
-                subscription.offer(event)
+        self._local.deliver(event)
 
     @asynccontextmanager
     async def subscribe(
@@ -70,48 +64,31 @@ class MemoryBus:
             on_lost=self._count_lost,
             keeps_logs=self._keeps_logs,
         )
-        topic = self._global if session_id is None else self._topics.setdefault(session_id, set())
-        topic.add(subscription)
+        self._local.add(session_id, subscription)
         try:
             yield subscription
         finally:
             subscription.close()
-            self._discard(session_id, subscription)
+            self._local.discard(session_id, subscription)
 
     def _count_lost(self, count: int) -> None:
         self.lost += count
 
-    def _discard(self, session_id: str | None, subscription: Subscription) -> None:
-        if session_id is None:
-            self._global.discard(subscription)
-            return
-        topic = self._topics.get(session_id)
-        if topic is not None:
-            topic.discard(subscription)
-            if not topic:
-                del self._topics[session_id]
-
     async def close_session(self, session_id: str) -> None:
-        for subscription in self._topics.pop(session_id, ()):
+        for subscription in self._local.pop(session_id):
             await subscription.finish()
 
     def subscriber_count(self, session_id: str | None = None) -> int:
         """Subscriptions on one session's topic, or on the global topic with ``None``."""
-        if session_id is None:
-            return len(self._global)
-        return len(self._topics.get(session_id, ()))
+        return self._local.count(session_id)
 
     def health(self) -> tuple[bool, str]:
         return (not self._closed, "memory" if not self._closed else "closed")
 
     def topics(self) -> frozenset[str]:
         """Sessions that have at least one subscription."""
-        return frozenset(self._topics)
+        return frozenset(self._local.sessions)
 
     async def aclose(self) -> None:
         self._closed = True
-        for topic in [*self._topics.values(), self._global]:
-            for subscription in topic:
-                subscription.close()
-        self._topics.clear()
-        self._global.clear()
+        self._local.close_all()

@@ -59,6 +59,7 @@ from ._redis_support import (
     redacted_url,
 )
 from .base import EventReader, Subscription
+from .topics import Topics
 
 __all__ = ["BusUnavailable", "RedisBus", "open_redis_bus", "redacted_url"]
 
@@ -103,8 +104,7 @@ class RedisBus:
         self._tag = node_id.encode() + b"\n"
         self._lifecycle = f"{prefix}:lifecycle"
         self._session_prefix = f"{prefix}:s:"
-        self._topics: dict[str, set[Subscription]] = {}
-        self._global: set[Subscription] = set()
+        self._local = Topics()
         self._state = "new"  # "new", "ok", "degraded" or "closed"
         self._detail = "not started"
         self._closed = False
@@ -181,11 +181,7 @@ class RedisBus:
     async def _close(self) -> None:
         was_up = self._state == "ok"
         self._closed = True
-        for topic in [*self._topics.values(), self._global]:
-            for subscription in topic:
-                subscription.close()
-        self._topics.clear()
-        self._global.clear()
+        self._local.close_all()
         if was_up and not self._idle.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_FLUSH):
@@ -227,13 +223,7 @@ class RedisBus:
         if self._closed:
             return
         self.published += 1
-        subscribers = self._topics.get(event.session_id)
-        if subscribers:
-            for subscription in subscribers:
-                subscription.offer(event)
-        if self._global and event.type in GLOBAL_EVENT_TYPES:
-            for subscription in self._global:
-                subscription.offer(event)
+        self._local.deliver(event)
         if self._state != "ok":
             self._keep(event)
             return
@@ -268,49 +258,31 @@ class RedisBus:
             keeps_logs=self._keeps_logs,
             ends_on_terminated=True,  # the end may be learnt from the store (see base)
         )
-        if session_id is None:
-            self._global.add(subscription)
-        else:
-            topic = self._topics.get(session_id)
-            if topic is None:
-                topic = self._topics[session_id] = set()
-                self._channels_changed.set()
-            topic.add(subscription)
+        if self._local.add(session_id, subscription):
+            self._channels_changed.set()  # listen on the session's channel
         try:
             yield subscription
         finally:
             subscription.close()
-            self._discard(session_id, subscription)
+            if self._local.discard(session_id, subscription):
+                self._channels_changed.set()
 
     def _count_lost(self, count: int) -> None:
         self.lost += count
 
-    def _discard(self, session_id: str | None, subscription: Subscription) -> None:
-        if session_id is None:
-            self._global.discard(subscription)
-            return
-        topic = self._topics.get(session_id)
-        if topic is not None:
-            topic.discard(subscription)
-            if not topic:
-                del self._topics[session_id]
-                self._channels_changed.set()
-
     async def close_session(self, session_id: str) -> None:
-        topic = self._topics.pop(session_id, ())
+        topic = self._local.pop(session_id)
         if topic:
             self._channels_changed.set()
         for subscription in topic:
             await subscription.finish()
 
     def subscriber_count(self, session_id: str | None = None) -> int:
-        if session_id is None:
-            return len(self._global)
-        return len(self._topics.get(session_id, ()))
+        return self._local.count(session_id)
 
     def topics(self) -> frozenset[str]:
         """Sessions that have at least one subscription in this process."""
-        return frozenset(self._topics)
+        return frozenset(self._local.sessions)
 
     # --- the link to Redis ----------------------------------------------------------------------
 
@@ -384,7 +356,7 @@ class RedisBus:
         listening: set[str] = set()
         while True:
             self._channels_changed.clear()
-            wanted = {self._session_prefix + session_id for session_id in self._topics}
+            wanted = {self._session_prefix + session_id for session_id in self._local.sessions}
             if added := wanted - listening:
                 await honouring_cancel(pubsub.subscribe(*added))
                 listening |= added
@@ -429,12 +401,15 @@ class RedisBus:
             return
         self.remote_received += 1
         if channel.decode() == self._lifecycle:
-            for subscription in self._global:
+            for subscription in self._local.everyone:
                 subscription.offer(event)
         else:
-            for subscription in self._topics.get(event.session_id, ()):
+            for subscription in self._local.sessions.get(event.session_id, ()):
                 subscription.offer(event)
-            if event.type == EventType.SESSION_TERMINATED and event.session_id in self._topics:
+            if (
+                event.type == EventType.SESSION_TERMINATED
+                and event.session_id in self._local.sessions
+            ):
                 # Ended on another node: nobody here will call close_session for it.
                 ending = asyncio.create_task(self.close_session(event.session_id))
                 self._ending.add(ending)
@@ -447,10 +422,10 @@ class RedisBus:
         if name == self._lifecycle:
             if self._global_missed:
                 self._global_missed = False
-                for subscription in self._global:
+                for subscription in self._local.everyone:
                     subscription.resync()
             return
-        for subscription in self._topics.get(name.removeprefix(self._session_prefix), ()):
+        for subscription in self._local.sessions.get(name.removeprefix(self._session_prefix), ()):
             subscription.resync()
 
     async def _send(self) -> None:
@@ -487,7 +462,7 @@ class RedisBus:
         ``poll_interval`` (a read happens only when its consumer asks for more)."""
         while True:
             await self._degraded.wait()
-            for topic in list(self._topics.values()):
+            for topic in list(self._local.sessions.values()):
                 for subscription in topic:
                     subscription.resync()
             await asyncio.sleep(self._poll_interval)
