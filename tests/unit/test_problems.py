@@ -50,7 +50,7 @@ from jidoka.problems import (
     problem_of,
     status_for,
 )
-from jidoka.store.base import CommitOutcomeUnknown
+from jidoka.store.base import CommitOutcomeUnknown, StoreUnavailable
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 
@@ -350,3 +350,23 @@ def test_the_http_api_table_says_what_the_rows_say() -> None:
         assert str(row.status) in line, (row.slug, row.status)
         if row.error in _public_errors():
             assert f"`{row.error.__name__}`" in line, row.error.__name__
+
+
+@pytest.mark.parametrize(
+    ("make", "retry_after"),
+    [
+        (CASES["NotOwner"], "1"),
+        (lambda: StoreUnavailable("the store cannot be reached", session_id=SID), "1"),
+        (lambda: RuntimeClosed("the runtime is shutting down"), "1"),
+        (CASES["CommitOutcomeUnknown"], None),  # read the log first: never "just retry"
+        (CASES["ProjectRootUnavailable"], None),  # retrying does not mount the files
+        (CASES["StoreError"], None),
+    ],
+)
+def test_errors_a_client_may_resend_say_when(
+    make: Callable[[], JidokaError], retry_after: str | None
+) -> None:
+    from jidoka.server.responses import problem_response
+
+    response = problem_response(make(), "r1")
+    assert response.headers.get("retry-after") == retry_after

@@ -8,8 +8,9 @@ from typing import Any, Final
 import msgspec
 from starlette.responses import Response
 
-from ..errors import JidokaError, LimitExceeded, Unauthorized
+from ..errors import JidokaError, LimitExceeded, NotOwner, RuntimeClosed, Unauthorized
 from ..problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, MalformedBody, problem_for
+from ..store.base import CommitOutcomeUnknown, StoreUnavailable
 
 __all__ = [
     "MalformedBody",
@@ -52,6 +53,15 @@ def problem_body(exc: JidokaError, request_id: str | None) -> tuple[int, dict[st
     return int(problem["status"]), problem
 
 
+def _retry_soon(exc: JidokaError) -> bool:
+    """Errors a client should simply send again shortly: another node owns the session (or
+    will once a lost node's lease ends), the store cannot be reached, the server is stopping.
+    Not an unknown outcome: that one is read from the log before anything is resent."""
+    if isinstance(exc, CommitOutcomeUnknown):
+        return False
+    return isinstance(exc, NotOwner | StoreUnavailable | RuntimeClosed)
+
+
 def problem_response(
     exc: JidokaError, request_id: str | None, headers: dict[str, str] | None = None
 ) -> Response:
@@ -61,7 +71,7 @@ def problem_response(
         extra["WWW-Authenticate"] = 'Bearer realm="jidoka"'
     if isinstance(exc, RouteNotFound) and exc.allow is not None:
         extra["Allow"] = exc.allow
-    if isinstance(exc, LimitExceeded) and status == 429:
+    if (isinstance(exc, LimitExceeded) and status == 429) or _retry_soon(exc):
         extra["Retry-After"] = "1"
     if status >= 500:
         logger.error("request %s failed: %s", request_id, exc)
