@@ -349,7 +349,10 @@ class Nemesis:
                     assert op.completed is not None
                     writable[sid] = min(op.completed, committed_at(response))
                     return
-                await asyncio.sleep(PROBE_PAUSE)
+                # An unknown outcome comes when the owner the request waited on lost its lease:
+                # the session is free now, so try again at once; any other refusal, back off.
+                unknown = "commit-outcome-unknown" in op.detail
+                await asyncio.sleep(PROBE_PAUSE / 10 if unknown else PROBE_PAUSE)
 
         try:
             async with asyncio.TaskGroup() as group:

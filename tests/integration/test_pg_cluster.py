@@ -185,7 +185,7 @@ async def test_taking_a_free_session_raises_its_fence_and_names_the_node(
     again = await b.cluster.take(A)
     assert (again.fence, again.previous) == (3, "b")
     # No such session: nothing taken, nothing raised.
-    assert await b.cluster.take(C) == (None, None, None, None, None)
+    assert await b.cluster.take(C) == (None, None, None, None, None, None)
 
 
 async def test_a_session_of_a_live_node_is_not_taken_and_its_owner_is_named(

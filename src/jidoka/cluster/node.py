@@ -91,7 +91,7 @@ class ClusterNode:
         self.membership.check(session_id)
         taken = await self.pg.take(session_id)
         if taken.fence is None:
-            if taken.owner is not None:
+            if taken.owner is not None and taken.status != "terminated":
                 raise NotOwner(session_id, owner=taken.owner, owner_url=taken.owner_url)
             return taken
         if taken.previous is not None and taken.previous != self.node_id:

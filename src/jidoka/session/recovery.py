@@ -136,6 +136,8 @@ class Recovery:
             del loading[session_id]
 
     async def _find_and_load(self, session_id: str) -> Session | None:
+        if self._services.ownership is not None:
+            return await self._take_and_load(session_id)
         registry = self._registry
         stored = await self.find(session_id)
         session = registry.live.get(session_id)
@@ -146,18 +148,31 @@ class Recovery:
         if stored.status == Status.TERMINATED.value:
             await self._recall(session_id)
             return None
-        reason = REASON_RESTART
+        return await self._load_now(session_id, stored)
+
+    async def _take_and_load(self, session_id: str) -> Session | None:
+        """:meth:`_find_and_load` on a node of a cluster: take the session first (the head is
+        read in the same statement), so it is ours before the log is read and from then on
+        nobody else appends to it."""
         ownership = self._services.ownership
-        if ownership is not None:
-            # Ours before the log is read: from here on nobody else appends to it.
-            taken = await ownership.take(session_id)
-            if taken.fence is None:  # ended (or gone) since it was found
-                if taken.status == Status.TERMINATED.value:
-                    await self._recall(session_id)
-                return None
-            if taken.previous is not None and taken.previous != ownership.node_id:
-                reason = REASON_OWNER_LOST
-        return await self._load_now(session_id, stored, reason)
+        assert ownership is not None
+        registry = self._registry
+        if not is_session_id(session_id) or session_id in registry.opening:
+            return None
+        taken = await ownership.take(session_id)  # NotOwner: a live node has it
+        session = registry.live.get(session_id)
+        if session is not None:  # restored while the store was asked
+            return session
+        head = taken.head
+        if head is None or session_id in registry.opening or session_id in registry.tombstones:
+            return None
+        if head.status == Status.TERMINATED.value:
+            await self._recall(session_id)
+            return None
+        if taken.fence is None:
+            return None
+        lost = taken.previous is not None and taken.previous != ownership.node_id
+        return await self._load_now(session_id, head, REASON_OWNER_LOST if lost else REASON_RESTART)
 
     async def _load_now(
         self, session_id: str, stored: StoredSession, reason: str = REASON_RESTART

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import asyncpg
 
 from ..errors import StoreError
-from .base import StoreUnavailable
+from .base import StoredSession, StoreUnavailable
 from .postgres_schema import UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ class Taken(NamedTuple):
     previous: str | None
     owner: str | None = None
     owner_url: str | None = None
+    #: The session's head as the take found it (``None``: no such session): what loading it
+    #: needs, so a takeover reads the head once.
+    head: StoredSession | None = None
 
 
 class Location(NamedTuple):
@@ -118,7 +121,8 @@ WITH me AS (
     SELECT 1 FROM {s}.nodes
     WHERE node_id = $2 AND incarnation = $3 AND state = 'up' AND expires_at > now()
 ), cur AS (
-    SELECT h.session_id, h.node, h.status FROM {s}.sessions AS h
+    SELECT h.session_id, h.node, h.status, h.last_seq, h.owner, h.updated_at
+    FROM {s}.sessions AS h
     WHERE h.session_id = $1
     FOR UPDATE
 ), own AS (
@@ -126,7 +130,8 @@ WITH me AS (
     -- one's lock finds the row as the other left it, and must judge *that* owner. (Joined in
     -- the locking query, the recheck after the wait kept the first, null-extended join row:
     -- a session taken meanwhile looked free, and both takers won in turn.)
-    SELECT cur.session_id, cur.node, cur.status, n.advertise_url,
+    SELECT cur.session_id, cur.node, cur.status, cur.last_seq, cur.owner, cur.updated_at,
+           n.advertise_url,
            (cur.node IS NULL OR cur.node = $2 OR n.node_id IS NULL OR n.state <> 'up'
             OR n.expires_at <= now()) AS free
     FROM cur LEFT JOIN {s}.nodes AS n ON n.node_id = cur.node
@@ -138,7 +143,7 @@ WITH me AS (
     RETURNING h.fence
 )
 SELECT own.status, own.node, own.free, (SELECT fence FROM upd), own.advertise_url,
-       EXISTS (SELECT 1 FROM me)
+       EXISTS (SELECT 1 FROM me), own.last_seq, own.owner, own.updated_at
 FROM own"""
         self._locate = f"""
 SELECT h.status, h.node, n.advertise_url,
@@ -215,16 +220,17 @@ RETURNING principal, path, expires_at > now()"""
             row = await conn.fetchrow(self._take, session_id, self.node_id, self.incarnation)
             if row is None:
                 return Taken(None, None, None)
-            status, node, free, fence, url, me = row
+            status, node, free, fence, url, me, last_seq, principal, updated_at = row
+            head = StoredSession(session_id, status, int(last_seq), principal, updated_at)
             if fence is not None:
-                return Taken(int(fence), status, node)
+                return Taken(int(fence), status, node, head=head)
             if status != "terminated" and free and not me:
                 raise StoreUnavailable(
                     f"session {session_id!r}: node {self.node_id!r} holds no valid lease, so it "
                     "cannot take sessions (its heartbeats are not reaching Postgres)",
                     session_id=session_id,
                 )
-            return Taken(None, status, node, None if free else node, None if free else url)
+            return Taken(None, status, node, None if free else node, None if free else url, head)
 
         taken = await store.run(session_id, run, retry=False)
         if taken.fence is not None:
