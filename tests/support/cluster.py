@@ -19,8 +19,6 @@ are missing, and fails it instead under ``CI=true``, where the cluster suite mus
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import random
 import secrets
 import signal
@@ -34,11 +32,10 @@ from typing import Any, Self
 
 import httpx
 import psycopg
-import pytest
 import redis
 from psycopg import sql
 
-from tests.e2e.conftest import TOKENS, ServerProcess, _environment, bearer
+from tests.e2e.conftest import TOKENS, ServerProcess, bearer
 from tests.support import postgres
 from tests.support import redis as redis_support
 from tests.support.tcp_proxy import ThreadedTcpProxy
@@ -54,8 +51,6 @@ __all__ = [
 
 #: The lease TTL the cluster tests run with (seconds).
 LEASE_TTL = 2.0
-#: The flags ``jidoka serve`` must have for a cluster node.
-CLUSTER_FLAGS = ("--bus", "--bus-prefix", "--node-id", "--advertise-url", "--lease-ttl")
 READY_DEADLINE = 30.0
 #: How long a node may take to exit after SIGTERM: the server's shutdown timeout (10 s) and the
 #: runtime's grace (5 s), and some.
@@ -66,37 +61,10 @@ ABORT_DEADLINE = 5.0
 PROBE_TIMEOUT = 2.0
 
 
-@functools.cache
-def _serve_lacks_cluster() -> str | None:
-    """Why ``jidoka serve`` cannot run a cluster node (``None``: it can); asked once."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "jidoka", "serve", "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=_environment({"NO_COLOR": "1", "COLUMNS": "200"}),
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"jidoka serve --help failed: {exc}"
-    missing = [flag for flag in CLUSTER_FLAGS if flag not in done.stdout]
-    if done.returncode != 0 or missing:
-        return f"jidoka serve has no cluster flags {missing} (code {done.returncode})"
-    return None
-
-
 def require_cluster() -> tuple[str, str]:
-    """The Postgres DSN and Redis URL of servers that answer, with a ``jidoka serve`` that can
-    run cluster nodes; else skip the test (fail it on CI)."""
-    dsn = postgres.require_postgres()
-    url = redis_support.require_redis()
-    reason = _serve_lacks_cluster()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: the cluster tests must run)", pytrace=False)
-        pytest.skip(reason)
-    return dsn, url
+    """The Postgres DSN and Redis URL of servers that answer; else skip the test (fail it on
+    CI, see tests/support/postgres.py and tests/support/redis.py)."""
+    return postgres.require_postgres(), redis_support.require_redis()
 
 
 def drop_redis_prefix(url: str, prefix: str) -> int:
