@@ -12,8 +12,8 @@ A :class:`Cluster` owns the nodes, one Postgres schema and one Redis key prefix,
 the test and removed by :meth:`Cluster.close` whatever happened. Nothing sleeps: starting waits
 for the URL line and then polls ``/readyz`` (one request per poll) until a deadline.
 
-:func:`require_cluster` skips a test when Postgres, Redis or the cluster flags of ``jidoka serve``
-are missing, and fails it instead under ``CI=true``, where the cluster suite must run.
+:func:`require_cluster` skips a test when Postgres or Redis is missing, and fails it instead
+under ``CI=true``, where the cluster suite must run.
 """
 
 from __future__ import annotations
