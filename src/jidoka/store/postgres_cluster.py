@@ -92,7 +92,6 @@ class PgCluster:
     """The membership and ownership statements for one node of a store's schema."""
 
     def __init__(self, store: PostgresStore, node_id: str, advertise_url: str) -> None:
-        self._store = store
         self.store = store
         self.node_id = check_node_id(node_id)
         self.advertise_url = advertise_url
@@ -214,7 +213,7 @@ RETURNING principal, path, expires_at > now()"""
     async def take(self, session_id: str) -> Taken:
         """Take the session if it is free (see the module's docstring); on success the store
         holds the new fence, which every later append of this node carries."""
-        store = self._store
+        store = self.store
 
         async def run(conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record]) -> Taken:
             row = await conn.fetchrow(self._take, session_id, self.node_id, self.incarnation)
@@ -238,7 +237,7 @@ RETURNING principal, path, expires_at > now()"""
         return taken
 
     async def locate(self, session_id: str) -> Location | None:
-        row = await self._store.fetchrow(session_id, self._locate, session_id)
+        row = await self.store.fetchrow(session_id, self._locate, session_id)
         if row is None:
             return None
         status, node, url, alive, left = row
@@ -256,10 +255,10 @@ RETURNING principal, path, expires_at > now()"""
         async def run(conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record]) -> None:
             await conn.execute(self._hand_over, self.node_id, ids, fences)
 
-        await self._store.run(None, run)
+        await self.store.run(None, run)
 
     async def nodes(self) -> list[NodeRow]:
-        rows = await self._store.fetch(None, self._nodes)
+        rows = await self.store.fetch(None, self._nodes)
         return [
             NodeRow(
                 node_id=row[0],
@@ -275,9 +274,9 @@ RETURNING principal, path, expires_at > now()"""
         ]
 
     async def secret(self) -> str:
-        rows = await self._store.fetch(None, self._secret)
+        rows = await self.store.fetch(None, self._secret)
         if not rows or not rows[0][0]:
-            raise StoreError(f"the Postgres schema {self._store.schema!r} has no cluster secret")
+            raise StoreError(f"the Postgres schema {self.store.schema!r} has no cluster secret")
         return str(rows[0][0])
 
     # --- stream tickets -----------------------------------------------------------------------
@@ -305,7 +304,7 @@ RETURNING principal, path, expires_at > now()"""
             assert row is not None
             return int(row[0]), int(row[1]), bool(row[2])
 
-        return await self._store.run(None, run, retry=False)
+        return await self.store.run(None, run, retry=False)
 
     async def redeem_ticket(self, digest: bytes) -> tuple[str | None, str | None, bool] | None:
         """Spend a ticket: ``(principal, path, still valid)``, or ``None`` if unknown/spent."""
@@ -316,11 +315,11 @@ RETURNING principal, path, expires_at > now()"""
             row = await conn.fetchrow(self._redeem, digest)
             return None if row is None else (row[0], row[1], bool(row[2]))
 
-        return await self._store.run(None, run, retry=False)
+        return await self.store.run(None, run, retry=False)
 
     async def connect(self) -> asyncpg.Connection:
         """A connection of the membership's own (heartbeats)."""
-        return await self._store.connect("membership")
+        return await self.store.connect("membership")
 
 
 async def close_quietly(conn: asyncpg.Connection | None) -> None:
