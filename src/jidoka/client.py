@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from .bus.base import EventBus, Subscription
 from .config import LLMConfig
-from .errors import InvalidArgument, SessionNotFound, SessionTerminated
+from .errors import InvalidArgument, SessionBusy, SessionNotFound, SessionTerminated
 from .events import Event
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
 from .scoped import ScopedClient
+from .session.branching import Rewound
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
 from .session.manager import REASON_REQUESTED, SessionManager
@@ -152,6 +153,48 @@ class Client:
     async def delete_saved_session(self, session_id: str) -> None:
         """Delete a saved copy (``SessionNotFound`` if there is none)."""
         await self._manager.delete_saved(session_id)
+
+    # --- history --------------------------------------------------------------------------------
+
+    async def fork_session(
+        self,
+        session_id: str,
+        *,
+        at_seq: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """A new session whose conversation, files, index, working context, config,
+        llm_config and project_root are the source's at ``at_seq`` (default: its last seq);
+        returns its id. The source is unchanged; a terminated one is read from its stored log.
+        ``metadata`` replaces the source's; ``owner`` names the fork's principal. A turn that
+        was running at that seq is closed in the fork (``agent_status: cancelled``, reason
+        ``forked``)."""
+        return await self._manager.branching.fork(
+            session_id, at_seq=at_seq, metadata=metadata, owner=owner
+        )
+
+    async def rewind_session(
+        self, session_id: str, *, to_seq: int, cancel: bool = False
+    ) -> Rewound:
+        """Make the session's projection (history, files, index, working context) what it was
+        at ``to_seq``; the log keeps every event, and a ``session_rewound`` event records it.
+        ``SessionBusy`` while a turn runs, unless ``cancel``, which stops it (and drops queued
+        turns) first. Files on disk are not changed: the answer's ``touched_paths`` are those
+        the rewound range's tools wrote."""
+        session = await self._manager.session(session_id)
+        sid = session.session_id
+        agent = self._agents.get(sid)
+        if agent is not None and agent.busy:
+            if not cancel:
+                raise SessionBusy(sid)
+            await agent.stop_all()
+
+        def busy() -> bool:
+            current = self._agents.get(sid)
+            return current is not None and current.busy
+
+        return await self._manager.branching.rewind(sid, to_seq, busy)
 
     # --- the agent ------------------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ class EventType(StrEnum):
     SESSION_CREATED = "session_created"
     SESSION_STATUS = "session_status"
     SESSION_TERMINATED = "session_terminated"
+    #: The projection went back to what it was at ``to_seq`` (the log keeps every event).
+    SESSION_REWOUND = "session_rewound"
     CONVERSATION_ADDED = "conversation_added"
     CONVERSATION_CLEARED = "conversation_cleared"
     FILE_ADDED = "file_added"

@@ -43,6 +43,7 @@ __all__ = [
     "LLMStreamChunkData",
     "EventData",
     "SessionCreatedData",
+    "SessionRewoundData",
     "SessionStatusData",
     "SessionTerminatedData",
     "ToolCallData",
@@ -78,6 +79,9 @@ class SessionCreatedData(EventData, tag="session_created", frozen=True, kw_only=
     #: When the saved copy was made (ISO 8601), and the copy itself.
     restored_from: str | UnsetType = UNSET
     state: dict[str, Any] | UnsetType = UNSET
+    #: A fork: ``{"session_id", "seq"}`` of the session and point it was copied from (``state``
+    #: holds the projection there).
+    forked_from: dict[str, Any] | UnsetType = UNSET
 
 
 class SessionStatusData(EventData, tag="session_status", frozen=True, kw_only=True):
@@ -96,6 +100,17 @@ class SessionTerminatedData(EventData, tag="session_terminated", frozen=True, kw
 
 
 # --- conversation, files, working context --------------------------------------------------
+
+
+class SessionRewoundData(EventData, tag="session_rewound", frozen=True, kw_only=True):
+    """The projection is again what it was at ``to_seq`` (history, files, index, working
+    context; the usage counters and the status go on). ``from_seq`` was the last seq before the
+    rewind. Files on disk are not touched: ``touched_paths`` are the paths the rewound range's
+    ``write_file``/``edit_file`` calls wrote, so that a client can offer to restore them."""
+
+    to_seq: int
+    from_seq: int
+    touched_paths: list[str]
 
 
 class ConversationAddedData(EventData, tag="conversation_added", frozen=True, kw_only=True):
@@ -252,6 +267,7 @@ AnyEventData: TypeAlias = (
     SessionCreatedData
     | SessionStatusData
     | SessionTerminatedData
+    | SessionRewoundData
     | ConversationAddedData
     | ConversationClearedData
     | FileAddedData

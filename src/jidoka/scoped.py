@@ -101,6 +101,18 @@ class ScopedClient:
             owner=self.principal,
         )
 
+    async def fork_session(
+        self,
+        session_id: str,
+        *,
+        at_seq: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """A fork of one of the principal's sessions, owned by the principal."""
+        return await self.client.fork_session(
+            session_id, at_seq=at_seq, metadata=metadata, owner=self.principal
+        )
+
     async def _project_root(self, project_root: str | None) -> str | None:
         """``project_root`` confined to the projects directory, if there is one.
 

@@ -39,6 +39,7 @@ from .errors import (
 )
 from .llm.turns import ChatResult
 from .problems import KeyNotFound
+from .session.branching import Rewound
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
 from .session.state import REASON_REQUESTED, ActiveFile, FileIndexEntry, Message, Status
@@ -237,6 +238,15 @@ async def _build_context(c: ScopedClient, a: Any) -> ContextBundle:
     return await c.client.build_context(a.session_id, include, a.max_tokens)
 
 
+async def _fork_session(c: ScopedClient, a: Any) -> SessionInfo:
+    sid = await c.fork_session(a.session_id, at_seq=a.at_seq, metadata=a.metadata)
+    return await c.client.get_session_info(sid)
+
+
+async def _rewind_session(c: ScopedClient, a: Any) -> Rewound:
+    return await c.client.rewind_session(a.session_id, to_seq=a.to_seq, cancel=a.cancel)
+
+
 async def _list_saved_sessions(c: ScopedClient, a: Any) -> wire.SavedSessionList:
     found = await c.client.list_saved_sessions(owner=c.owner)
     return wire.SavedSessionList(saved_sessions=found)
@@ -379,6 +389,17 @@ VERBS: Final[tuple[Verb, ...]] = (
     Verb("save_session", "POST", _SID + "/save", "Save a named copy of the session",
          Scope.SESSION, SavedSession, 201, errors=(SessionNotFound, LimitExceeded),
          call=_session_verb("save_session"), client="save_session"),
+    Verb("fork_session", "POST", _SID + "/fork",
+         "A new session from this one's state at a seq (default: its last)", Scope.SESSION,
+         SessionInfo, 201, body=wire.ForkSessionRequest,
+         errors=(SessionNotFound, SessionTerminated, InvalidArgument, LimitExceeded),
+         call=_fork_session, client="fork_session", unwrap="session_id",
+         location=_session_location),
+    Verb("rewind_session", "POST", _SID + "/rewind",
+         "Take the session's state back to a seq (the log keeps every event)", Scope.SESSION,
+         Rewound, body=wire.RewindSessionRequest,
+         errors=(*_CHANGE_ERRORS, InvalidArgument, SessionBusy),
+         call=_rewind_session, client="rewind_session"),
     Verb("cluster_status", "GET", "/v1/cluster",
          "The nodes of the cluster (none on a single node)", Scope.OWNER, wire.ClusterStatus,
          call=_cluster_status, client="cluster_status"),

@@ -10,7 +10,7 @@ The OpenAPI document is generated from these types.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -33,10 +33,12 @@ __all__ = [
     "CreateSessionRequest",
     "Deleted",
     "FileIndexList",
+    "ForkSessionRequest",
     "FileList",
     "MessageList",
     "Problem",
     "Removed",
+    "RewindSessionRequest",
     "SavedSessionList",
     "SendMessageRequest",
     "SessionPage",
@@ -60,6 +62,22 @@ class CreateSessionRequest(_Request):
     config: dict[str, Any] | None = None
     llm_config: dict[str, Any] | None = None
     project_root: str | None = None
+
+
+class ForkSessionRequest(_Request):
+    """``POST /v1/sessions/{id}/fork``: a new session from the source's projection at
+    ``at_seq`` (default: its last seq); ``metadata`` replaces the source's."""
+
+    at_seq: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class RewindSessionRequest(_Request):
+    """``POST /v1/sessions/{id}/rewind``: the projection goes back to ``to_seq``; ``cancel``
+    stops a running turn first (else a running turn answers 409 ``session-busy``)."""
+
+    to_seq: Annotated[int, msgspec.Meta(ge=1)]
+    cancel: bool = False
 
 
 class SendMessageRequest(_Request):

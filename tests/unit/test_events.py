@@ -28,6 +28,7 @@ CONTRACT_TYPES = [
     "session_created",
     "session_status",
     "session_terminated",
+    "session_rewound",
     "conversation_added",
     "conversation_cleared",
     "file_added",

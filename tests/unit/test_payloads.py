@@ -47,7 +47,7 @@ def test_the_union_is_tagged_by_the_event_type(kind: EventType) -> None:
 
 
 def _sample(annotation: object) -> object:
-    candidates: tuple[object, ...] = ("x", 1, 1.5, True, {}, None)
+    candidates: tuple[object, ...] = ("x", 1, 1.5, True, {}, [], None)
     for candidate in candidates:
         try:
             return msgspec.convert(candidate, annotation)

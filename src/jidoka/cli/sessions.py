@@ -21,6 +21,7 @@ from .output import Output, compact, timestamp
 
 if TYPE_CHECKING:
     from ..remote import RemoteClient
+    from ..session.branching import Rewound
     from ..session.info import SessionInfo
     from ..session.state import Message
     from ..store.base import SavedSession
@@ -29,7 +30,7 @@ __all__ = ["app", "send"]
 
 app = typer.Typer(
     name="sessions",
-    help="Create, list, inspect, terminate, save and restore sessions on a server.",
+    help="Create, list, inspect, fork, rewind, terminate, save and restore sessions on a server.",
     no_args_is_help=True,
     cls=Group,
 )
@@ -190,6 +191,82 @@ def terminate(
         out.document(info)
     else:
         out.line(f"{info.session_id} {info.status} (reason: {info.reason or reason})")
+
+
+@app.command(cls=Command)
+def fork(
+    session_id: SessionId,
+    at: Annotated[
+        int | None,
+        typer.Option(
+            "--at",
+            metavar="SEQ",
+            min=1,
+            help="Fork the state at this seq of the source's log (default: its last).",
+            show_default=False,
+        ),
+    ] = None,
+    metadata: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JSON", help="The fork's metadata (default: the source's).", show_default=False
+        ),
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Make a new session from a session's state at a seq and print its id (the source is not
+    changed)."""
+    meta = json_object(metadata, "--metadata")
+
+    async def work(client: RemoteClient) -> SessionInfo | str:
+        sid = await client.fork_session(session_id, at_seq=at, metadata=meta)
+        return await client.get_session_info(sid) if json else sid
+
+    result = run_remote(url, token, work)
+    out = Output(json=json)
+    if isinstance(result, str):
+        out.line(result)
+    else:
+        out.document(result)
+
+
+@app.command(cls=Command)
+def rewind(
+    session_id: SessionId,
+    to: Annotated[
+        int,
+        typer.Option(
+            "--to",
+            metavar="SEQ",
+            min=1,
+            help="The seq whose state the session goes back to.",
+            show_default=False,
+        ),
+    ],
+    cancel: Annotated[
+        bool, typer.Option("--cancel", help="Stop a running turn first (else: refused).")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Take a session's state (conversation, files, index, working context) back to a seq;
+    the log keeps every event. Files on disk are not changed: the paths the rewound turns
+    wrote are listed."""
+
+    async def work(client: RemoteClient) -> Rewound:
+        return await client.rewind_session(session_id, to_seq=to, cancel=cancel)
+
+    rewound = run_remote(url, token, work)
+    out = Output(json=json)
+    if out.json:
+        out.document(rewound)
+        return
+    out.line(f"{rewound.session_id} rewound to seq {rewound.to_seq} (event {rewound.seq})")
+    for path in rewound.touched_paths:
+        out.line(f"  unchanged on disk: {path}")
 
 
 @app.command(cls=Command)

@@ -178,6 +178,23 @@ class Agent:
         turn.task.cancel()
         return True
 
+    async def stop_all(self) -> None:
+        """Cancel the running turn and drop the queued ones, and wait until none runs: what a
+        rewind with ``cancel`` does first. A dropped turn never started (nothing of it is in
+        the log); its caller gets :class:`~jidoka.SessionBusy`."""
+        for turn in self._queue:
+            if not turn.future.done():
+                turn.future.set_exception(SessionBusy(self.session_id))
+                turn.future.exception()  # its caller may have gone
+        if self._queue_limit is not None:
+            self._queue_limit.release(len(self._queue))
+        self._queue.clear()
+        current = self._current
+        if current is not None:
+            self.cancel()
+            with contextlib.suppress(JidokaError, asyncio.CancelledError):
+                await asyncio.shield(current.future)
+
     def approve(self, call_id: object, allow: object) -> None:
         """The user's answer about the write waiting under ``call_id``."""
         self._tools.approve(call_id, allow)

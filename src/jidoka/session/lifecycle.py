@@ -97,8 +97,8 @@ class Lifecycle:
         with guarded_span(self._telemetry, "create_session") as span:
             started = self._clock.monotonic()
             settings = self._settings
-            meta = self._json_object(metadata, "metadata", settings.max_metadata_bytes)
-            llm = self._json_object(llm_config, "llm_config", settings.max_llm_config_bytes)
+            meta = self.json_object(metadata, "metadata", settings.max_metadata_bytes)
+            llm = self.json_object(llm_config, "llm_config", settings.max_llm_config_bytes)
             cfg = settings.session_config(config)
             registry.reserve()
             try:
@@ -132,17 +132,38 @@ class Lifecycle:
             return session_id
 
     async def open(
-        self, session: Session, created: dict[str, Any], started: float | None, name: str
+        self,
+        session: Session,
+        created: dict[str, Any],
+        started: float | None,
+        name: str,
+        *,
+        then: list[tuple[EventType, dict[str, Any]]] | None = None,
     ) -> None:
-        """Bring a new (or restored) session to life, to completion (see :meth:`_open`); the
-        caller has reserved its place (:meth:`SessionRegistry.reserve`). Until its commit is
-        done the id is *opening*: nobody loads it from the store meanwhile."""
+        """Bring a new (or restored, or forked) session to life, to completion (see
+        :meth:`_open`); the caller has reserved its place (:meth:`SessionRegistry.reserve`).
+        Until its commit is done the id is *opening*: nobody loads it from the store meanwhile.
+        ``then``: events of the same commit, after the move to ``active``."""
         self._registry.opening.add(session.session_id)
         await self._tasks.to_completion(
-            self._open(session, created, started), name, inline=self.never_waits()
+            self._open(session, created, started, then or []), name, inline=self.never_waits()
         )
 
-    async def _open(self, session: Session, created: dict[str, Any], started: float | None) -> None:
+    def new_id(self) -> str:
+        """A new session id."""
+        return self._ids.new()
+
+    @property
+    def max_metadata(self) -> int:
+        return self._settings.max_metadata_bytes
+
+    async def _open(
+        self,
+        session: Session,
+        created: dict[str, Any],
+        started: float | None,
+        then: list[tuple[EventType, dict[str, Any]]],
+    ) -> None:
         """Commit ``session_created`` and the move to ``active``, make the session live, arm its
         idle timer. Releases the reservation when the commits are done (or failed), not when a
         cancelled caller leaves. What follows the commits is logged if it fails, never raised:
@@ -159,6 +180,7 @@ class Lifecycle:
                             EventType.SESSION_STATUS,
                             status_data(Status.INITIALIZING, Status.ACTIVE),
                         ),
+                        *then,
                     ]
                 )
                 if state.config == self._default_config:
@@ -185,7 +207,8 @@ class Lifecycle:
         of its own."""
         return self._services.commits_inline
 
-    def _json_object(self, value: object, argument: str, limit: int) -> dict[str, Any]:
+    def json_object(self, value: object, argument: str, limit: int) -> dict[str, Any]:
+        """``value`` checked as a JSON object of at most ``limit`` bytes (``{}`` for ``None``)."""
         if value is None:
             return {}
         if not isinstance(value, dict):

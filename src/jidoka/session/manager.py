@@ -11,6 +11,7 @@ command) and the wiring, and hands each concern to a helper object with its own 
 - :class:`~.sweep.QuietSweep` — loading the stored sessions nobody touches once they may be
   due to time out;
 - :class:`~.saved.SavedSessions` — saved copies and restoring them;
+- :class:`~.branching.Branching` — forks and rewinds of a session's history;
 - :class:`~.idle.IdleReaper` — idle transitions and time-outs on one timer queue;
 - :class:`~.background.BackgroundTasks` — the tasks all of them start.
 
@@ -52,6 +53,7 @@ from ..errors import (
 from ..store.base import SavedSession, StoredSession
 from ..telemetry import Telemetry
 from .background import BackgroundTasks
+from .branching import Branching
 from .idle import IdleReaper
 from .info import SessionInfo
 from .lifecycle import Lifecycle
@@ -99,6 +101,7 @@ class SessionManager:
             settings, services, registry, tasks, idle, lifecycle, terminate=self._terminate_quietly
         )
         self._saved = SavedSessions(services, telemetry, registry, lifecycle, recovery)
+        self.branching = Branching(services, telemetry, registry, lifecycle, recovery, self.session)
         self._sweep = QuietSweep(
             settings, services.store, services.clock, registry, tasks, load=self._load_quietly
         )

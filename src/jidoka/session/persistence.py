@@ -9,19 +9,16 @@ session alone.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from ..errors import JidokaError, StoreError
 from ..events import EventType
 from ..store.base import SavedSession, SessionStore
-from .projection import apply
-from .snapshot import SnapshotError, decode_state, encode_state
+from .history import project
+from .snapshot import encode_state
 from .state import SessionState
 
 __all__ = ["CorruptSession", "load_state", "saved_copy"]
-
-logger = logging.getLogger("jidoka.persistence")
 
 
 class CorruptSession(StoreError):
@@ -30,25 +27,8 @@ class CorruptSession(StoreError):
 
 async def load_state(store: SessionStore, session_id: str) -> tuple[SessionState, int]:
     """Rebuild a session's projection; returns it and the seq of the snapshot used (0: none)."""
-    state: SessionState | None = None
-    snapshot_seq = 0
     try:
-        snapshot = await store.read_snapshot(session_id)
-    except StoreError as exc:
-        logger.warning("session %s: snapshot unreadable (%s); replaying its log", session_id, exc)
-        snapshot = None
-    if snapshot is not None:
-        try:
-            state = decode_state(snapshot[1], session_id=session_id)
-            snapshot_seq = state.seq
-        except SnapshotError as exc:
-            logger.warning("session %s: %s; replaying its whole log", session_id, exc)
-    if state is None:
-        state = SessionState(session_id)
-    try:
-        events = await store.read_events(session_id, after_seq=state.seq)
-        for event in events:
-            apply(state, event)
+        state, snapshot_seq = await project(store, session_id)
     except (StoreError, ValueError, KeyError, TypeError, JidokaError) as exc:
         raise CorruptSession(
             f"session {session_id!r} cannot be loaded: {exc}", session_id=session_id

@@ -33,10 +33,24 @@ from .state import (
     FileIndexEntry,
     SessionState,
     Status,
+    history_window,
     json_size,
 )
 
-__all__ = ["apply", "replay"]
+__all__ = ["REWIND_KEEPS", "RewindTargetMissing", "apply", "replay", "rewind_to"]
+
+
+class RewindTargetMissing(ValueError):
+    """A ``session_rewound`` was applied without the projection at its ``to_seq``: the fold
+    cannot rebuild an earlier state from the state alone (whoever folds a log that holds a
+    rewind gives it, see :func:`rewind_to` and :mod:`.history`)."""
+
+
+#: What a rewind leaves as it is (the state's rare fields that go on): the usage counters,
+#: the agent's status and the approvals pending (none: a rewind waits for the turn to end).
+REWIND_KEEPS: Final = frozenset(
+    {"usage", "usage_estimated", "agent_status", "pending_approvals", "rewind_target"}
+)
 
 
 def _created(state: SessionState, event: Event) -> None:
@@ -67,6 +81,36 @@ def _restored(state: SessionState, event: Event, saved: dict[str, Any]) -> None:
             setattr(state, name, getattr(source, name))
     state.status = Status(event.data.get("status", Status.INITIALIZING))
     state.reason = state.error = None
+
+
+def _rewound(state: SessionState, event: Event) -> None:
+    """The projection at ``to_seq`` again: its history window, files, index, working context
+    (and any other rare field but :data:`REWIND_KEEPS`); status, usage and the session's
+    identity go on. ``rewind_target`` holds that projection (see :func:`rewind_to`)."""
+    target = state.rewind_target
+    to_seq = event.data["to_seq"]
+    if target is None or target.seq != to_seq or target.session_id != state.session_id:
+        raise RewindTargetMissing(
+            f"session {state.session_id!r}: the rewind at seq {event.seq} needs the "
+            f"projection at seq {to_seq}"
+        )
+    state.rewind_target = None
+    messages = target.messages()
+    state.history = history_window(messages, state.config.max_history) if messages else None
+    kept = {k: v for k, v in (state.rare or {}).items() if k in REWIND_KEEPS}
+    for name, value in (target.rare or {}).items():
+        if name not in REWIND_KEEPS:
+            kept[name] = _copied(value)
+    state.rare = kept or None
+
+
+def _copied(value: Any) -> Any:
+    """A rare field's value, unshared: the target may be a live projection that goes on."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, set | list):
+        return type(value)(value)
+    return value
 
 
 def _status(state: SessionState, event: Event) -> None:
@@ -195,6 +239,7 @@ _APPLY: Final[dict[str, Callable[[SessionState, Event], None]]] = {
     EventType.SESSION_CREATED: _created,
     EventType.SESSION_STATUS: _status,
     EventType.SESSION_TERMINATED: _terminated,
+    EventType.SESSION_REWOUND: _rewound,
     EventType.CONVERSATION_ADDED: _message,
     EventType.CONVERSATION_CLEARED: _cleared,
     EventType.FILE_ADDED: _file_added,
@@ -228,9 +273,29 @@ def apply(state: SessionState, event: Event) -> None:
     state.updated_at = event.time
 
 
-def replay(session_id: str, events: Iterable[Event]) -> SessionState:
-    """Rebuild a projection from a whole log."""
-    state = SessionState(session_id)
-    for event in events:
+def rewind_to(state: SessionState, event: Event, target: SessionState) -> None:
+    """Apply ``event``, a ``session_rewound``, given ``target``: the projection at its
+    ``to_seq`` (what only the log, not the state, can say)."""
+    state.rewind_target = target
+    try:
         apply(state, event)
+    finally:
+        state.rewind_target = None
+
+
+def replay(session_id: str, events: Iterable[Event], *, upto: int | None = None) -> SessionState:
+    """Rebuild a projection from a whole log (from seq 1), up to seq ``upto`` if given.
+
+    A ``session_rewound`` is folded with the projection at its ``to_seq``, rebuilt from the
+    same events (the log is in memory here; :mod:`.history` does the same from a store,
+    starting at a snapshot)."""
+    log = events if isinstance(events, list) else list(events)
+    state = SessionState(session_id)
+    for event in log:
+        if upto is not None and event.seq > upto:
+            break
+        if event.type == EventType.SESSION_REWOUND:
+            rewind_to(state, event, replay(session_id, log, upto=event.data["to_seq"]))
+        else:
+            apply(state, event)
     return state

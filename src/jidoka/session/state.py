@@ -246,6 +246,10 @@ class SessionState:
     agent_status: _Rare[str | None] = _Rare(None)
     #: Write approvals asked for and not yet decided, by call id.
     pending_approvals: _Rare[set[str] | None] = _Rare(None)
+    #: The projection at the ``to_seq`` of the ``session_rewound`` about to be applied: what
+    #: the rewind copies from (see :func:`~jidoka.session.projection.apply`); set just before
+    #: it and taken by it, never kept.
+    rewind_target: _Rare[SessionState | None] = _Rare(None)
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id

@@ -197,8 +197,13 @@ class SessionStore(Protocol):
         """Keep ``state`` (the projection at ``seq``) so loading needs only the log's tail."""
         ...
 
-    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
-        """The newest snapshot ``(seq, state)``, or ``None``."""
+    async def read_snapshot(
+        self, session_id: str, *, at_most: int | None = None
+    ) -> tuple[int, bytes] | None:
+        """The newest snapshot ``(seq, state)`` (the newest with ``seq <= at_most`` if given),
+        or ``None``. A durable store keeps every snapshot written until the session ends, so
+        the projection at any seq is one snapshot plus the events after it; the memory store
+        keeps the newest only (its log is in memory)."""
         ...
 
     async def find_session(self, session_id: str) -> StoredSession | None:

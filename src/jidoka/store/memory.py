@@ -118,8 +118,15 @@ class MemoryStore:
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
         self._snapshots[session_id] = (seq, state)
 
-    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
-        return self._snapshots.get(session_id)
+    async def read_snapshot(
+        self, session_id: str, *, at_most: int | None = None
+    ) -> tuple[int, bytes] | None:
+        # The newest only: the log is in memory, so folding from an older point is cheap,
+        # and a million idle sessions should not each keep a list of snapshots.
+        found = self._snapshots.get(session_id)
+        if found is not None and at_most is not None and found[0] > at_most:
+            return None
+        return found
 
     async def find_session(self, session_id: str) -> StoredSession | None:
         log = self._logs.get(session_id)

@@ -413,8 +413,11 @@ class PostgresStore:
         rows = await self.fetch(session_id, self._q.head, session_id)
         return int(rows[0][2]) if rows else 0
 
-    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
-        rows = await self.fetch(session_id, self._q.read_snapshot, session_id)
+    async def read_snapshot(
+        self, session_id: str, *, at_most: int | None = None
+    ) -> tuple[int, bytes] | None:
+        bound = (1 << 63) - 1 if at_most is None else at_most
+        rows = await self.fetch(session_id, self._q.read_snapshot, session_id, bound)
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     async def find_session(self, session_id: str) -> StoredSession | None:

@@ -54,7 +54,7 @@ UNAVAILABLE: Final = (
     asyncpg.exceptions.InternalClientError,
 )
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -89,9 +89,10 @@ CREATE TABLE {schema}.events (
     PRIMARY KEY (session_id, seq)
 );
 CREATE TABLE {schema}.snapshots (
-    session_id text PRIMARY KEY,
+    session_id text NOT NULL,
     seq bigint NOT NULL,
-    state bytea NOT NULL
+    state bytea NOT NULL,
+    PRIMARY KEY (session_id, seq)
 );
 CREATE TABLE {schema}.saved_sessions (
     session_id text PRIMARY KEY,
@@ -129,8 +130,22 @@ INSERT INTO {schema}.jidoka_meta VALUES
     ('cluster_secret', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
 """
 
+#: Version 3: a session keeps every snapshot (one per ``snapshot_interval`` events), so the
+#: projection at any seq -- a rewind's, a fork's -- costs the snapshot before it plus the events
+#: between. (A schema created at version 3 or later has the key from the start.)
+_V3: Final = """
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'snapshots_pkey'
+               AND conrelid = '{schema}.snapshots'::regclass
+               AND array_length(conkey, 1) = 1) THEN
+        ALTER TABLE {schema}.snapshots DROP CONSTRAINT snapshots_pkey;
+        ALTER TABLE {schema}.snapshots ADD PRIMARY KEY (session_id, seq);
+    END IF;
+END $$;
+"""
+
 #: Each step takes the schema from version ``n - 1`` to ``n``; index 0 creates version 1.
-_STEPS: Final[tuple[str, ...]] = (_V1, _V2)
+_STEPS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
 
 
 def check_schema_name(schema: str) -> str:

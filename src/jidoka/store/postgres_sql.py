@@ -269,14 +269,16 @@ class Statements:
         self.take = (
             f"UPDATE {s}.sessions SET fence = fence + 1 WHERE session_id = $1 RETURNING fence"
         )
-        self.read_snapshot = f"SELECT seq, state FROM {s}.snapshots WHERE session_id = $1"
+        self.read_snapshot = (
+            f"SELECT seq, state FROM {s}.snapshots WHERE session_id = $1 AND seq <= $2"
+            " ORDER BY seq DESC LIMIT 1"
+        )
         # A snapshot of a session whose log is closed (terminated meanwhile) is not kept.
         self.snapshot = (
             f"INSERT INTO {s}.snapshots (session_id, seq, state)"
             f" SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM {s}.sessions"
             "  WHERE session_id = $1 AND status = 'terminated')"
-            " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state"
-            " WHERE excluded.seq > snapshots.seq"
+            " ON CONFLICT (session_id, seq) DO NOTHING"
         )
         self.save = (
             f"INSERT INTO {s}.saved_sessions"

@@ -46,6 +46,8 @@ from .sqlite_writer import Append, Request, Writer
 __all__ = ["DATABASE_NAME", "SCHEMA_VERSION", "SchemaError", "SqliteStore"]
 
 DATABASE_NAME: Final = "jidoka.sqlite3"
+#: A seq past any log's end: "no bound" to a statement that takes one.
+_NO_BOUND: Final = (1 << 63) - 1
 
 
 class SqliteStore:
@@ -174,8 +176,7 @@ class SqliteStore:
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO snapshots VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
-                " SET seq = excluded.seq, state = excluded.state WHERE excluded.seq > seq",
+                "INSERT INTO snapshots VALUES (?, ?, ?) ON CONFLICT (session_id, seq) DO NOTHING",
                 (session_id, seq, state),
             )
 
@@ -270,10 +271,16 @@ class SqliteStore:
     async def last_seq(self, session_id: str) -> int:
         return int(await self._read(session_id, lambda conn: max_seq(conn, session_id)))
 
-    async def read_snapshot(self, session_id: str) -> tuple[int, bytes] | None:
+    async def read_snapshot(
+        self, session_id: str, *, at_most: int | None = None
+    ) -> tuple[int, bytes] | None:
+        bound = _NO_BOUND if at_most is None else at_most
+
         def run(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
             row = conn.execute(
-                "SELECT seq, state FROM snapshots WHERE session_id = ?", (session_id,)
+                "SELECT seq, state FROM snapshots WHERE session_id = ? AND seq <= ?"
+                " ORDER BY seq DESC LIMIT 1",
+                (session_id, bound),
             ).fetchone()
             return (int(row[0]), bytes(row[1])) if row else None
 

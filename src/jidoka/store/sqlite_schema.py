@@ -32,7 +32,7 @@ __all__ = [
     "to_us",
 ]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -52,9 +52,10 @@ CREATE TABLE sessions (
     owner TEXT
 ) WITHOUT ROWID;
 CREATE TABLE snapshots (
-    session_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    state BLOB NOT NULL
+    state BLOB NOT NULL,
+    PRIMARY KEY (session_id, seq)
 );
 CREATE TABLE saved_sessions (
     session_id TEXT PRIMARY KEY,
@@ -76,6 +77,20 @@ CREATE INDEX sessions_by_status ON sessions (status, session_id);
 CREATE INDEX sessions_by_owner ON sessions (owner, session_id) WHERE status != 'terminated';
 CREATE INDEX sessions_by_owner_status ON sessions (owner, status, session_id);
 CREATE INDEX sessions_quiet ON sessions (updated_us, session_id) WHERE status != 'terminated';
+"""
+
+
+#: Version 6's snapshots table, keyed by seq too, filled from version 5's (one per session).
+_SNAPSHOTS_V6: Final = """
+ALTER TABLE snapshots RENAME TO snapshots_v5;
+CREATE TABLE snapshots (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+INSERT INTO snapshots SELECT session_id, seq, state FROM snapshots_v5;
+DROP TABLE snapshots_v5;
 """
 
 
@@ -132,6 +147,11 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                     # at start-up (v2-v4's index on the status alone is replaced).
                     conn.execute("DROP INDEX IF EXISTS sessions_live")
                     _execute_script(conn, _SESSION_INDEXES)
+                if version < 6:
+                    # v6: a session keeps every snapshot (one per ``snapshot_interval``
+                    # events), so the projection at any seq -- a rewind's, a fork's -- costs
+                    # the snapshot before it plus the events between.
+                    _execute_script(conn, _SNAPSHOTS_V6)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
