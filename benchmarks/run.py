@@ -42,6 +42,7 @@ from . import (
     bench_memory,
     bench_peers,
     bench_postgres,
+    bench_steering,
 )
 from ._common import ROOT, Result, format_table, machine_info
 
@@ -67,6 +68,7 @@ MODULES.update(
             bench_agent,
             bench_postgres,
             bench_cluster,
+            bench_steering,
         )
     }
 )

@@ -94,6 +94,8 @@ SESSION_ROUTES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("DELETE", "/v1/sessions/{sid}/working-context/secret/key", None, {}),
     ("POST", "/v1/sessions/{sid}/context", {"max_tokens": 100}, {}),
     ("POST", "/v1/sessions/{sid}/save", None, {}),
+    ("POST", "/v1/sessions/{sid}/fork", {"at_seq": 1}, {}),
+    ("POST", "/v1/sessions/{sid}/rewind", {"to_seq": 1}, {}),
     ("POST", "/v1/saved-sessions/{sid}/restore", None, {}),
     ("DELETE", "/v1/saved-sessions/{sid}", None, {}),
     ("GET", "/v1/sessions/{sid}/events", None, {}),
@@ -127,6 +129,29 @@ def test_bob_gets_404_on_every_session_route(
     unknown = bob.request(method, template.format(sid=NO_SUCH_SESSION), json=body, params=query)
     problem_unknown = problem_of(unknown, "session-not-found", 404, session_id=NO_SUCH_SESSION)
     assert _comparable(problem, alices.sid) == _comparable(problem_unknown, NO_SUCH_SESSION)
+
+
+def test_a_fork_is_its_makers_and_its_location_answers(
+    alice: httpx.Client, bob: httpx.Client, alices: AliceSession
+) -> None:
+    forked = alice.post(f"/v1/sessions/{alices.sid}/fork", json={"at_seq": 3})
+    assert forked.status_code == 201, forked.text
+    fork = forked.json()
+    assert fork["owner"] == "alice"
+    assert forked.headers["location"] == f"/v1/sessions/{fork['session_id']}"
+    assert alice.get(forked.headers["location"]).json()["session_id"] == fork["session_id"]
+    problem_of(bob.get(forked.headers["location"]), "session-not-found", 404)
+    out_of_range = alice.post(f"/v1/sessions/{alices.sid}/fork", json={"at_seq": 10_000})
+    assert out_of_range.status_code == 422, out_of_range.text
+    assert "at_seq" in out_of_range.json()["detail"]
+    fork_path = f"/v1/sessions/{fork['session_id']}"
+    forked_history = alice.get(f"{fork_path}/messages").json()["messages"]
+    assert [m["content"] for m in forked_history] == ["private"]
+    assert alice.post(f"{fork_path}/messages", json={"role": "user", "content": "more"}).is_success
+    rewind = alice.post(f"{fork_path}/rewind", json={"to_seq": 2})
+    assert rewind.status_code == 200, rewind.text
+    assert rewind.json()["to_seq"] == 2
+    assert alice.get(f"{fork_path}/messages").json()["messages"] == forked_history
 
 
 def test_bob_lists_none_of_alices_sessions(bob: httpx.Client, alices: AliceSession) -> None:
@@ -242,6 +267,8 @@ def test_a_refused_request_creates_nothing(anonymous: httpx.Client, alice: httpx
 
 #: Every WebSocket verb that names a session, with valid other arguments.
 WS_COMMANDS: list[tuple[str, dict[str, Any]]] = [
+    ("fork_session", {}),
+    ("rewind_session", {"to_seq": 1}),
     ("get_session_info", {}),
     ("terminate_session", {}),
     ("send_message", {"role": "user", "content": "bob"}),

@@ -131,6 +131,8 @@ CASES: dict[str, Prepare] = {
         "allow": False,
     },
     "save_session": _on_session(),
+    "fork_session": _on_session(at_seq=2, metadata={"f": 1}),
+    "rewind_session": _on_session(to_seq=2),
     "list_saved_sessions": lambda http, project: {},
     "cluster_status": lambda http, project: {},
     "restore_session": lambda http, project: {"session_id": _saved(http, project)},
@@ -201,6 +203,10 @@ BAD_ARGUMENTS = [
     ("update_file_index", {"path": "a.py", "fields": 3}, "fields"),
     ("list_sessions", {"limit": 0}, "limit"),
     ("list_sessions", {"status": "sleeping"}, "status"),
+    ("fork_session", {"at_seq": 0}, "at_seq"),
+    ("fork_session", {"at_seq": 10_000}, "at_seq"),
+    ("rewind_session", {"to_seq": "x"}, "to_seq"),
+    ("rewind_session", {}, "to_seq"),
 ]
 
 

@@ -84,6 +84,8 @@ CASES: dict[str, tuple[str, Call]] = {
     "chat": ("live", lambda c, sid: c.submit_chat(sid, "what does main return?")),
     "cancel": ("live", lambda c, sid: c.cancel(sid)),
     "save_session": ("live", lambda c, sid: c.save_session(sid)),
+    "fork_session": ("live", lambda c, sid: c.fork_session(sid, at_seq=2)),
+    "rewind_session": ("live", lambda c, sid: c.rewind_session(sid, to_seq=2)),
     "list_saved_sessions": ("none", lambda c, _: c.list_saved_sessions()),
     "cluster_status": ("none", lambda c, _: c.cluster_status()),
     "restore_session": ("saved", lambda c, sid: c.restore_session(sid)),

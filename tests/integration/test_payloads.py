@@ -82,6 +82,7 @@ async def test_every_event_of_a_busy_session_has_its_structs_shape(
         await client.remove_file(sid, "src/app.py")
         await client.put_working_context(sid, "plan", ["read", "write"])
         await client.delete_working_context(sid, "plan")
+        await client.rewind_session(sid, to_seq=2)
         await client.clear_conversation(sid)
         turn = asyncio.create_task(client.chat(sid, "change it"))
         async with asyncio.timeout(PROMPTLY):
