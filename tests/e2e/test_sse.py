@@ -117,6 +117,29 @@ def test_reconnect_resumes_without_gap_or_duplicate(
     assert contents == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
 
 
+def test_resume_across_a_rewind_replays_every_event(alice: httpx.Client, sid: str) -> None:
+    """A rewind is one more event: a stream resumed from before it replays the events it
+    rewound over, then the rewind itself, then what followed."""
+    first = [post_message(alice, sid, f"a{i}") for i in range(4)]
+    with alice.stream("GET", f"/v1/sessions/{sid}/events", params={"after_seq": 0}) as response:
+        before = read_until_seq(sse_frames(response), first[1])
+    rewound = alice.post(f"/v1/sessions/{sid}/rewind", json={"to_seq": first[0]})
+    assert rewound.status_code == 200, rewound.text
+    after_rewind = post_message(alice, sid, "c0")
+    headers = {"Last-Event-ID": str(first[1])}
+    with alice.stream("GET", f"/v1/sessions/{sid}/events", headers=headers) as response:
+        after = read_until_seq(sse_frames(response), after_rewind)
+    seqs = check_frames(before, sid) + check_frames(after, sid)
+    assert seqs == list(range(1, after_rewind + 1)), seqs  # no gap, no duplicate
+    kinds = [f.json()["type"] for f in after]
+    assert kinds == ["conversation_added", "conversation_added", "session_rewound",
+                     "conversation_added"]  # fmt: skip
+    rewind = after[2].json()
+    assert rewind["data"] == {"to_seq": first[0], "from_seq": first[-1], "touched_paths": []}
+    messages = alice.get(f"/v1/sessions/{sid}/messages").json()["messages"]
+    assert [m["content"] for m in messages] == ["a0", "c0"]
+
+
 def test_without_a_position_the_stream_is_live_only(alice: httpx.Client, sid: str) -> None:
     old = post_message(alice, sid, "before")
     with alice.stream("GET", f"/v1/sessions/{sid}/events") as response:
