@@ -525,3 +525,42 @@ async def test_a_node_cut_off_from_postgres_lets_its_lease_lapse_and_drops_its_s
         assert (node.store.held_fence(sid) or 0) > fence
         assert await messages(a, sid) == ["before", "after"]
         assert not a.manager.is_live(other)  # until someone asks for it
+
+
+# --- history verbs -------------------------------------------------------------------------------
+
+
+async def contents(rt: jidoka.Runtime, session_id: str) -> list[str]:
+    return [m.content for m in await rt.client.get_conversation_history(session_id)]
+
+
+async def test_fork_and_rewind_run_on_the_owner_and_what_they_did_moves_with_the_session(
+    start_node: StartNode,
+) -> None:
+    """A rewind and a fork are the owner's (another node is told who owns the session, and
+    the server forwards to it); a node that takes the session over folds the rewinds from
+    the shared store, snapshots included; a terminated session forks on any node."""
+    a = await start_node("a", snapshot_interval=3)
+    b = await start_node("b", snapshot_interval=3)
+    sid = await a.client.create_session()
+    seqs = [(await a.client.send_message(sid, "user", f"m{i}")).seq for i in range(6)]
+    await a.client.rewind_session(sid, to_seq=seqs[1])
+    with pytest.raises(NotOwner):
+        await b.client.rewind_session(sid, to_seq=seqs[0])
+    with pytest.raises(NotOwner):
+        await b.client.fork_session(sid)
+    fork = await a.client.fork_session(sid, at_seq=seqs[3])
+    assert await contents(a, fork) == ["m0", "m1", "m2", "m3"]
+    assert (await located(b, fork)).node == "a"
+    a.begin_leaving()
+    await released(b, sid)
+    await released(b, fork)
+    assert await contents(b, sid) == ["m0", "m1"]  # taken by b: the rewind folded from the log
+    await b.client.rewind_session(sid, to_seq=seqs[5])
+    assert await contents(b, sid) == [f"m{i}" for i in range(6)]
+    assert await contents(b, fork) == ["m0", "m1", "m2", "m3"]
+    await b.client.terminate_session(fork)
+    c = await start_node("c")
+    again = await c.client.fork_session(fork)  # terminated: read from its stored log on c
+    assert await contents(c, again) == ["m0", "m1", "m2", "m3"]
+    assert (await located(c, again)).node == "c"
