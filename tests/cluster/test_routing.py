@@ -127,6 +127,13 @@ def _play(nodes: Iterator[ClusterNode], project: Path) -> tuple[list[Any], str]:
     assert call("POST", base + "/cancel").json() == {"cancelled": True}
     turn = _events_until(next(nodes), sid, chunk["seq"], _turn_over)
     assert turn[-1]["data"]["status"] == "cancelled", turn
+    # History verbs through nodes that may not own the session: forwarded to the owner.
+    rewound = call("POST", base + "/rewind", json={"to_seq": sent.json()["seq"]})
+    assert rewound.status_code == 200, rewound.text
+    assert rewound.json()["touched_paths"] == ["app.py"]
+    forked = call("POST", base + "/fork", json={"at_seq": sent.json()["seq"]})
+    assert forked.status_code == 201, forked.text
+    call("GET", forked.headers["location"] + "/messages")
     for path in ("", "/messages", "/files", "/working-context"):
         call("GET", base + path)
     return answers, sid
