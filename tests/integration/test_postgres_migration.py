@@ -72,3 +72,12 @@ async def test_a_version_1_schema_opens_and_its_sessions_go_on(
             )
         )
         assert await cursor.fetchone() == (str(SCHEMA_VERSION),)
+        # Version 3: snapshots are keyed by session and seq (every snapshot is kept).
+        cursor = await conn.execute(
+            "SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index i"
+            " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indisprimary AND i.indrelid = %s::regclass",
+            (f'"{postgres_schema}".snapshots',),
+        )
+        assert await cursor.fetchone() == (["session_id", "seq"],)

@@ -102,3 +102,33 @@ async def test_a_version_4_database_gains_the_indexes(tmp_path: Path) -> None:
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'sessions_live'").fetchone()
     assert "(session_id)" in sql[0]
     assert all(plan.startswith("SEARCH s USING") for plan in plans(path))
+
+
+async def test_a_version_5_database_keeps_its_snapshots_and_then_keeps_them_all(
+    tmp_path: Path,
+) -> None:
+    """Version 6 keys snapshots by seq too (the projection at any seq starts from one):
+    migrating keeps the one snapshot each session had."""
+    path = tmp_path / "v5.sqlite3"
+    await open_and_close(path)
+    sid = "01KDVDNA00V3F1XTVRE0000000"
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 5 had
+        conn.execute("DROP TABLE snapshots")
+        conn.execute(
+            "CREATE TABLE snapshots (session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+            " state BLOB NOT NULL)"
+        )
+        conn.execute("INSERT INTO snapshots VALUES (?, 500, ?)", (sid, b"five hundred"))
+        conn.execute("PRAGMA user_version = 5")
+        conn.commit()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.read_snapshot(sid) == (500, b"five hundred")
+        await store.write_snapshot(sid, 1000, b"a thousand")
+        assert await store.read_snapshot(sid) == (1000, b"a thousand")
+        assert await store.read_snapshot(sid, at_most=999) == (500, b"five hundred")
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6

@@ -138,6 +138,24 @@ async def test_snapshots(store: SessionStore) -> None:
     assert await store.read_snapshot(B) is None
 
 
+async def test_the_snapshot_at_or_before_a_seq(store: SessionStore) -> None:
+    """What a fork or rewind at an older seq starts its fold from: never a snapshot past the
+    seq; a durable store has kept the older ones (the memory store the newest only)."""
+    for seq in (3, 6, 9):
+        await store.write_snapshot(A, seq, str(seq).encode())
+    assert await store.read_snapshot(A, at_most=9) == (9, b"9")
+    assert await store.read_snapshot(A, at_most=100) == (9, b"9")
+    assert await store.read_snapshot(A, at_most=2) is None
+    older = await store.read_snapshot(A, at_most=7)
+    if store.durable:
+        assert older == (6, b"6")
+        assert await store.read_snapshot(A, at_most=5) == (3, b"3")
+    else:
+        assert older is None
+    await store.write_snapshot(A, 6, b"again")  # the same seq twice: the first is kept
+    assert await store.read_snapshot(A, at_most=6) == ((6, b"6") if store.durable else None)
+
+
 async def test_saved_sessions(store: SessionStore) -> None:
     assert await store.list_saved() == []
     assert await store.load_saved(A) is None

@@ -116,7 +116,9 @@ class MemoryStore:
         return 0 if log is None else log[-1].seq
 
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
-        self._snapshots[session_id] = (seq, state)
+        kept = self._snapshots.get(session_id)
+        if kept is None or seq > kept[0]:  # the newest only, like the others' newest
+            self._snapshots[session_id] = (seq, state)
 
     async def read_snapshot(
         self, session_id: str, *, at_most: int | None = None
