@@ -2,7 +2,9 @@
 
 A plain-Python model predicts every session's status, history window and working context while
 hypothesis drives random commands and fake-clock jumps. After every step, each live session's
-projection must also equal a fresh replay of its stored log.
+projection must also equal a fresh replay of its stored log. The model remembers the history
+and working context after each command with the seq it ended at, which is what a rewind to
+that seq, or a fork at it, must give back.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class Model:
     last_activity: float = 0.0
     idle_since: float = 0.0
     reason: str | None = None
+    #: (seq, history, context) after each command: what a rewind or fork there gives.
+    checkpoints: list[tuple[int, list[tuple[str, str]], dict[str, Any]]] = field(
+        default_factory=list
+    )
 
     def touch(self, now: float) -> None:
         self.last_activity = now
@@ -79,7 +85,13 @@ class RuntimeMachine(RuleBasedStateMachine):
         }
         sid = self.run(self.client.create_session(config=config))
         self.models[sid] = Model(max_history, last_activity=self.now)
+        self.checkpoint(sid)
         return str(sid)
+
+    def checkpoint(self, sid: str) -> None:
+        model = self.models[sid]
+        seq = self.run(self.rt.store.last_seq(sid))
+        model.checkpoints.append((seq, list(model.history), dict(model.context)))
 
     @rule(
         sid=sessions,
@@ -99,6 +111,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         assert model.status != "terminated"
         model.touch(self.now)
         model.history = [*model.history, (role, content)][-model.max_history :]
+        self.checkpoint(sid)
 
     @rule(sid=sessions)
     def clear(self, sid: str) -> None:
@@ -111,6 +124,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         assert count == len(model.history)
         model.touch(self.now)
         model.history = []
+        self.checkpoint(sid)
 
     @rule(sid=sessions, key=st.sampled_from("abc"), value=st.integers() | st.none() | st.text())
     def put(self, sid: str, key: str, value: Any) -> None:
@@ -122,6 +136,38 @@ class RuntimeMachine(RuleBasedStateMachine):
             return
         model.touch(self.now)
         model.context[key] = value
+        self.checkpoint(sid)
+
+    @rule(sid=sessions, where=st.floats(0, 1))
+    def rewind(self, sid: str, where: float) -> None:
+        model = self.models[sid]
+        seq, history, context = model.checkpoints[round(where * (len(model.checkpoints) - 1))]
+        try:
+            rewound = self.run(self.client.rewind_session(sid, to_seq=seq))
+        except jidoka.SessionTerminated:
+            assert model.status == "terminated"
+            return
+        assert rewound.to_seq == seq
+        model.touch(self.now)
+        model.history, model.context = list(history), dict(context)
+        self.checkpoint(sid)
+
+    @rule(target=sessions, sid=sessions, where=st.floats(0, 1))
+    def fork(self, sid: str, where: float) -> str:
+        source = self.models[sid]
+        seq, history, context = source.checkpoints[round(where * (len(source.checkpoints) - 1))]
+        try:
+            fork = self.run(self.client.fork_session(sid, at_seq=seq))
+        except jidoka.SessionTerminated:
+            # The memory store lets a terminated session's log go: nothing to fork from.
+            assert source.status == "terminated"
+            assert self.store == "memory"
+            return sid
+        self.models[fork] = Model(
+            source.max_history, history=list(history), context=dict(context), last_activity=self.now
+        )
+        self.checkpoint(fork)
+        return str(fork)
 
     @rule(sid=sessions)
     def terminate(self, sid: str) -> None:
