@@ -247,3 +247,25 @@ async def test_a_rewound_session_loads_as_it_was(tmp_path: Path, store_backend: 
     async with jidoka.Runtime(snapshot_interval=3) as rt:
         assert await contents(rt.client, sid) == live == [f"m{i}" for i in range(10)]
         assert await rt.client.get_working_context(sid) == wc
+
+
+@pytest.mark.stores("memory")
+async def test_a_seq_the_memory_store_has_trimmed_is_refused_by_name(
+    clock: jidoka.FakeClock,
+) -> None:
+    """The memory store keeps the newest ``memory_max_events_per_session`` events: a point
+    older than that cannot be rebuilt, and saying so names the argument; nothing changes."""
+    async with jidoka.Runtime(clock=clock, memory_max_events_per_session=10) as rt:
+        client = rt.client
+        sid = await client.create_session()
+        for i in range(20):
+            await client.send_message(sid, "user", f"m{i}")
+        before = await contents(client, sid)
+        with pytest.raises(jidoka.InvalidArgument, match="to_seq 3") as caught:
+            await client.rewind_session(sid, to_seq=3)
+        assert caught.value.argument == "to_seq"
+        with pytest.raises(jidoka.InvalidArgument, match="at_seq 3"):
+            await client.fork_session(sid, at_seq=3)
+        assert await contents(client, sid) == before
+        fork = await client.fork_session(sid)  # the head is in memory: always there
+        assert await contents(client, fork) == before

@@ -179,13 +179,11 @@ class Branching:
                     return (
                         state_to_dict(state),
                         sorted(state.pending_approvals or ()),
-                        (state.agent_status),
+                        state.agent_status,
                     )
         try:
-            state, _ = await project(self._services.store, session_id, upto=seq)
-        except StoreError:
-            raise
-        except (ValueError, KeyError, TypeError, JidokaError) as exc:
+            state = await self._state_at(session_id, seq, "at_seq")
+        except InvalidArgument as exc:
             if live is None:
                 # A terminated session whose log the store let go of (the memory store does).
                 raise SessionTerminated(
@@ -212,7 +210,7 @@ class Branching:
                     raise SessionBusy(sid)
                 if span is not None:
                     span.set_attribute(SESSION_ID_ATTRIBUTE, sid)
-                target, _ = await project(self._services.store, sid, upto=seq)
+                target = await self._state_at(sid, seq, "to_seq")
                 paths = await self._touched(sid, seq, from_seq)
                 item = event_item(
                     SessionRewoundData(to_seq=seq, from_seq=from_seq, touched_paths=paths)
@@ -235,6 +233,22 @@ class Branching:
             from_seq=from_seq,
             touched_paths=paths,
         )
+
+    async def _state_at(self, session_id: str, seq: int, argument: str) -> SessionState:
+        """The projection at ``seq`` folded from the store; ``InvalidArgument`` naming
+        ``argument`` if the stored log cannot give it (the memory store trims the oldest events
+        of a very long log, and lets a terminated session's log go)."""
+        try:
+            state, _ = await project(self._services.store, session_id, upto=seq)
+        except StoreError:
+            raise
+        except (ValueError, KeyError, TypeError, JidokaError) as exc:
+            raise InvalidArgument(
+                f"{argument} {seq}: the stored log cannot be folded up to it ({exc})",
+                argument=argument,
+                session_id=session_id,
+            ) from exc
+        return state
 
     async def _touched(self, session_id: str, to_seq: int, from_seq: int) -> list[str]:
         """The paths the events ``to_seq + 1 .. from_seq`` wrote with tools (one read of that
