@@ -818,3 +818,29 @@ def test_events_of_a_restored_session_go_past_its_first_life(cli_server: CliServ
     kinds = [e.type for e in events]
     assert "session_terminated" in kinds
     assert events[-1].data["content"] == "second life"
+
+
+def test_fork_and_rewind(cli_server: CliServer) -> None:
+    sid = cli_server.create("--metadata", '{"n": 1}')
+    for word in ("one", "two", "three"):
+        cli_server.ok("send", sid, word)  # seqs 3, 4, 5
+
+    fork = cli_server.ok("sessions", "fork", sid, "--at", "4").strip()
+    forked = json.loads(cli_server.ok("sessions", "show", fork, "--json"))
+    assert (forked["conversation_count"], forked["owner"], forked["metadata"]) == (
+        2,
+        "alice",
+        {"n": 1},
+    )
+    as_json = json.loads(cli_server.ok("sessions", "fork", sid, "--json", "--metadata", '{"n": 2}'))
+    assert (as_json["conversation_count"], as_json["metadata"]) == (3, {"n": 2})
+
+    rewound = cli_server.ok("sessions", "rewind", sid, "--to", "3").strip()
+    assert rewound == f"{sid} rewound to seq 3 (event 6)"
+    assert json.loads(cli_server.ok("sessions", "show", sid, "--json"))["conversation_count"] == 1
+    again = json.loads(cli_server.ok("sessions", "rewind", sid, "--to", "5", "--json"))
+    assert (again["to_seq"], again["from_seq"], again["touched_paths"]) == (5, 6, [])
+
+    out_of_range = cli_server.run("sessions", "rewind", sid, "--to", "99")
+    assert out_of_range.returncode != 0
+    assert "to_seq" in out_of_range.stderr
