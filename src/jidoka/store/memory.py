@@ -11,12 +11,21 @@ how many it missed). A terminated session's log is freed.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from datetime import datetime
+from operator import attrgetter
 
 from ..errors import RuntimeClosed
 from ..events import Event, EventType
-from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, SeqConflict, StoredSession
+from .base import (
+    LIVE_SESSIONS_PAGE,
+    OnCommitted,
+    SavedSession,
+    SeqConflict,
+    StoredSession,
+    check_drop,
+)
 from .heads import created_owner, status_after
 
 __all__ = ["MemoryStore"]
@@ -27,6 +36,9 @@ __all__ = ["MemoryStore"]
 _SHORT = 16
 
 _Events = list[Event] | tuple[Event, ...]
+
+#: A log's sort key: its seqs ascend, with gaps where stream chunks were dropped.
+_SEQ = attrgetter("seq")
 
 
 def _head(session_id: str, log: _Events) -> StoredSession:
@@ -106,7 +118,7 @@ class MemoryStore:
         log = self._logs.get(session_id)
         if log is None:
             return []
-        start = max(after_seq + 1 - log[0].seq, 0)
+        start = bisect_right(log, after_seq, key=_SEQ)  # seqs may have gaps (drop_events)
         stop = None if limit is None else start + max(limit, 0)
         page = log[start:stop]
         return page if isinstance(page, list) else list(page)
@@ -114,6 +126,26 @@ class MemoryStore:
     async def last_seq(self, session_id: str) -> int:
         log = self._logs.get(session_id)
         return 0 if log is None else log[-1].seq
+
+    async def drop_events(
+        self, session_id: str, event_type: EventType, *, first_seq: int, last_seq: int
+    ) -> int:
+        """Remove the range's events of that type from the log in place (the events kept
+        around them are not copied when the log is a list)."""
+        check_drop(session_id, event_type, first_seq, last_seq)
+        self._check_open(session_id)
+        log = self._logs.get(session_id)
+        if log is None:
+            return 0
+        lo = bisect_left(log, first_seq, key=_SEQ)
+        hi = bisect_right(log, min(last_seq, log[-1].seq - 1), key=_SEQ)  # never the last
+        kept = [event for event in log[lo:hi] if event.type != event_type]
+        dropped = hi - lo - len(kept)
+        if dropped and isinstance(log, list):
+            log[lo:hi] = kept
+        elif dropped:
+            self._logs[session_id] = (*log[:lo], *kept, *log[hi:])
+        return dropped
 
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
         self._snapshots[session_id] = (seq, state)
