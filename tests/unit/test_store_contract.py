@@ -245,7 +245,8 @@ async def test_drop_events_leaves_a_gap_and_the_log_end(store: SessionStore) -> 
     assert await store.drop_events(A, CHUNK, first_seq=1, last_seq=8) == 0  # idempotent
     assert await store.last_seq(A) == 8
     head = await store.find_session(A)
-    assert head is not None and head.last_seq == 8
+    assert head is not None
+    assert head.last_seq == 8
     assert await store.read_snapshot(A) == (5, b"state at 5")
     assert [e.seq for e in await store.read_events(B)] == list(range(1, 9))  # untouched
     assert await store.drop_events(C, CHUNK, first_seq=1, last_seq=9) == 0  # no such log

@@ -81,8 +81,7 @@ def check_drop(session_id: object, event_type: object, first_seq: object, last_s
                 argument=name,
                 session_id=sid,
             )
-    assert isinstance(first_seq, int) and isinstance(last_seq, int)
-    if last_seq < first_seq:
+    if isinstance(first_seq, int) and isinstance(last_seq, int) and last_seq < first_seq:
         raise InvalidArgument(
             f"last_seq {last_seq} is before first_seq {first_seq}",
             argument="last_seq",

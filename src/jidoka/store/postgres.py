@@ -485,4 +485,3 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.schema!r} at {self._where()} {self._state}>"
-

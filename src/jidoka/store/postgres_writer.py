@@ -181,9 +181,7 @@ class PgWriter:
         for append in group:
             chain = chains.get(append.session_id)
             if chain is None:
-                chains[append.session_id] = Chain(
-                    append, self.fence_for(append.session_id)
-                )
+                chains[append.session_id] = Chain(append, self.fence_for(append.session_id))
             elif append.first == chain.last + 1:
                 chain.appends.append(append)
                 chain.last = append.last
