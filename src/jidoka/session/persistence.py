@@ -15,7 +15,7 @@ from datetime import datetime
 from ..errors import JidokaError, StoreError
 from ..events import EventType
 from ..store.base import SavedSession, SessionStore
-from .projection import apply
+from .projection import apply_stored
 from .snapshot import SnapshotError, decode_state, encode_state
 from .state import SessionState
 
@@ -48,7 +48,7 @@ async def load_state(store: SessionStore, session_id: str) -> tuple[SessionState
     try:
         events = await store.read_events(session_id, after_seq=state.seq)
         for event in events:
-            apply(state, event)
+            apply_stored(state, event)  # past gaps of dropped stream chunks
     except (StoreError, ValueError, KeyError, TypeError, JidokaError) as exc:
         raise CorruptSession(
             f"session {session_id!r} cannot be loaded: {exc}", session_id=session_id

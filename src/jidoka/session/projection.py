@@ -36,7 +36,7 @@ from .state import (
     json_size,
 )
 
-__all__ = ["apply", "replay"]
+__all__ = ["apply", "apply_stored", "replay"]
 
 
 def _created(state: SessionState, event: Event) -> None:
@@ -228,9 +228,20 @@ def apply(state: SessionState, event: Event) -> None:
     state.updated_at = event.time
 
 
+def apply_stored(state: SessionState, event: Event) -> None:
+    """:func:`apply` for an event read back from a store, which may follow a gap in the seqs:
+    stream chunks dropped once their turn ended (``SessionStore.drop_events``, which drops
+    nothing else). A chunk changes nothing but ``seq`` and ``updated_at``, and the event after
+    the gap sets both, so the gap is stepped over and the state is what the whole log gives.
+    A log without its start is still refused (a load checks for ``session_created``)."""
+    if state.seq and event.session_id == state.session_id and event.seq > state.seq + 1:
+        state.seq = event.seq - 1
+    apply(state, event)
+
+
 def replay(session_id: str, events: Iterable[Event]) -> SessionState:
-    """Rebuild a projection from a whole log."""
+    """Rebuild a projection from a whole stored log (gaps of dropped chunks included)."""
     state = SessionState(session_id)
     for event in events:
-        apply(state, event)
+        apply_stored(state, event)
     return state
