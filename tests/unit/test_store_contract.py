@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,6 +244,8 @@ async def test_drop_events_leaves_a_gap_and_the_log_end(store: SessionStore) -> 
     assert [e.seq for e in await store.read_events(A, after_seq=1, limit=2)] == [5, 7]
     assert [e.seq for e in await store.read_events(A, after_seq=2)] == [5, 7, 8]
     assert await store.drop_events(A, CHUNK, first_seq=1, last_seq=8) == 0  # idempotent
+    by_name: Any = "llm_stream_chunk"  # a type's name is accepted as well
+    assert await store.drop_events(A, by_name, first_seq=1, last_seq=8) == 0
     assert await store.last_seq(A) == 8
     head = await store.find_session(A)
     assert head is not None

@@ -60,9 +60,12 @@ LIVE_SESSIONS_PAGE: Final = 500
 DROPPABLE: Final = frozenset({EventType.LLM_STREAM_CHUNK})
 
 
-def check_drop(session_id: object, event_type: object, first_seq: object, last_seq: object) -> None:
+def check_drop(
+    session_id: object, event_type: object, first_seq: object, last_seq: object
+) -> EventType:
     """Refuse a ``drop_events`` call the store must not run, naming the argument at fault:
-    a store deletes for good, so a bad range or type is an error, never a clamp."""
+    a store deletes for good, so a bad range or type is an error, never a clamp. Returns the
+    type as an :class:`EventType` (a caller may have passed its name)."""
     if not isinstance(session_id, str) or not session_id:
         raise InvalidArgument(
             f"session_id must be a non-empty string, not {session_id!r}", argument="session_id"
@@ -87,6 +90,7 @@ def check_drop(session_id: object, event_type: object, first_seq: object, last_s
             argument="last_seq",
             session_id=sid,
         )
+    return EventType(str(event_type))
 
 
 class StoredSession(msgspec.Struct, frozen=True):

@@ -1,12 +1,13 @@
 """The in-memory store: the fast, non-durable mode (``Runtime(store="memory")``).
 
-It keeps each session's events in a list indexed by seq, so appends are O(1) and reading from a seq
-is a slice. The list is all it keeps per session (its first event's ``seq`` says where it starts);
-while it is short it is a tuple, which an append replaces by a longer one rather than growing it: an
-idle session's log is one exact-size object with no spare slots. Nothing survives the process. To
-stay bounded, a session's log keeps at most ``max_events_per_session`` events; older ones are
-trimmed in chunks (the projection is unaffected; a subscriber that asks for trimmed events is told
-how many it missed). A terminated session's log is freed.
+It keeps each session's events in a list in seq order, so appends are O(1) and reading from a seq is
+a binary search and a slice (seqs may have gaps: ``drop_events`` removes stream chunks). The list is
+all it keeps per session (its first event's ``seq`` says where it starts); while it is short it is a
+tuple, which an append replaces by a longer one rather than growing it: an idle session's log is one
+exact-size object with no spare slots. Nothing survives the process. To stay bounded, a session's
+log keeps at most ``max_events_per_session`` events; older ones are trimmed in chunks (the
+projection is unaffected; a subscriber that asks for trimmed events is told how many it missed). A
+terminated session's log is freed.
 """
 
 from __future__ import annotations
@@ -132,14 +133,14 @@ class MemoryStore:
     ) -> int:
         """Remove the range's events of that type from the log in place (the events kept
         around them are not copied when the log is a list)."""
-        check_drop(session_id, event_type, first_seq, last_seq)
+        kind = check_drop(session_id, event_type, first_seq, last_seq)
         self._check_open(session_id)
         log = self._logs.get(session_id)
         if log is None:
             return 0
         lo = bisect_left(log, first_seq, key=_SEQ)
         hi = bisect_right(log, min(last_seq, log[-1].seq - 1), key=_SEQ)  # never the last
-        kept = [event for event in log[lo:hi] if event.type != event_type]
+        kept = [event for event in log[lo:hi] if event.type != kind]
         dropped = hi - lo - len(kept)
         if dropped and isinstance(log, list):
             log[lo:hi] = kept

@@ -416,9 +416,9 @@ class PostgresStore:
     ) -> int:
         """One ``DELETE`` fenced like an append (:attr:`Statements.drop`), on the pool: the
         rows it deletes are committed ones, so it never waits on the writer's appends."""
-        check_drop(session_id, event_type, first_seq, last_seq)
+        kind = check_drop(session_id, event_type, first_seq, last_seq)
         held = self._writer.fence_for(session_id)
-        args = (session_id, event_type.value, first_seq, last_seq, held)
+        args = (session_id, kind.value, first_seq, last_seq, held)
         fence, dropped = await self.fetchrow(session_id, self._q.drop, *args)
         if fence is not None and held != 0 and fence != held:
             raise OwnershipLost(session_id, max(held, 0), int(fence))

@@ -209,8 +209,8 @@ class SqliteStore:
         """One ``DELETE`` on the writer thread (a range of the ``(session_id, seq)`` index),
         sparing the log's last row: this store reads where a log ends from ``max(seq)``. The
         freed pages are reused by later appends; the file does not shrink (no ``VACUUM``)."""
-        check_drop(session_id, event_type, first_seq, last_seq)
-        args = (session_id, event_type.value, first_seq, last_seq, session_id)
+        kind = check_drop(session_id, event_type, first_seq, last_seq)
+        args = (session_id, kind.value, first_seq, last_seq, session_id)
 
         def run(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
