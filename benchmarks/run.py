@@ -9,7 +9,9 @@ store on PostgreSQL, the DSN from ``JIDOKA_TEST_POSTGRES_DSN``; ``python -m
 benchmarks.bench_postgres`` takes ``--dsn`` and ``--only``) and ``hotpath`` (issue 14's
 table, this checkout only: ``python -m benchmarks.bench_hotpath --before SRC`` adds a
 "before" tree) and ``cluster`` (issue 16: three ``jidoka serve`` nodes on that Postgres and the
-Redis of ``JIDOKA_TEST_REDIS_URL``; ``python -m benchmarks.bench_cluster``) run the same way.
+Redis of ``JIDOKA_TEST_REDIS_URL``; ``python -m benchmarks.bench_cluster``) and
+``chunk_pruning`` (issue 17: a 100-turn streamed session on SQLite with and without
+``keep_stream_chunks``) run the same way.
 
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
 file under ``benchmarks/results/`` (or ``--output``). ``--quick`` uses tiny sizes: it checks
@@ -32,6 +34,7 @@ from typing import Any
 from . import (
     bench_agent,
     bench_append,
+    bench_chunk_pruning,
     bench_cluster,
     bench_durable,
     bench_fanout,
@@ -69,6 +72,7 @@ MODULES.update(
             bench_postgres,
             bench_cluster,
             bench_steering,
+            bench_chunk_pruning,
         )
     }
 )

@@ -32,6 +32,7 @@ MODULES = [
     "bench_http",
     "bench_agent",
     "bench_steering",
+    "bench_chunk_pruning",
 ]
 
 
@@ -169,6 +170,8 @@ def test_durable_benchmarks_run_only_when_named() -> None:
     assert "peers" not in run.DEFAULT
     assert "http" not in run.DEFAULT
     assert "agent" not in run.DEFAULT
+    assert "chunk_pruning" in run.MODULES
+    assert "chunk_pruning" not in run.DEFAULT
 
 
 def test_durable_scratch_stays_in_the_tmpdir(tmp_path: Path) -> None:

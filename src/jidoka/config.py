@@ -308,6 +308,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: A session's projection is snapshotted every this many events, so loading it reads one
     #: snapshot plus the tail of its log.
     snapshot_interval: _PositiveInt = 500
+    #: Keep a turn's ``llm_stream_chunk`` events in the store after it has ended. ``False``:
+    #: once a turn has ended they are dropped in the background (its ``llm_response`` holds
+    #: the whole answer), so a turn stores about twice its answer plus its tool results; a
+    #: stream replayed across them gets one ``events_dropped`` marker per gap.
+    keep_stream_chunks: bool = True
     #: Largest the SQLite database may grow, in bytes (``None``: no bound but the disk's). A
     #: write that would pass it fails like a full disk: ``StoreError``, nothing half-applied.
     max_database_bytes: Annotated[int, msgspec.Meta(ge=65_536)] | None = None

@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     post_message,
     problem_of,
     sse_frames,
+    wait_until,
 )
 
 SLOW_CONSUMER_MESSAGES = 2000
@@ -460,3 +461,60 @@ async def test_remote_client_reads_every_frame_and_stops_at_204(server: Any) -> 
         assert got[-1].type == "session_terminated"
         async with client.subscribe_to_session(sid, after_seq=got[-1].seq) as subscription:
             assert [event async for event in subscription] == []
+
+
+def stored_log(client: httpx.Client, sid: str) -> list[dict[str, Any]]:
+    response = client.get(f"/v1/sessions/{sid}/log", params={"after_seq": 0, "limit": 1000})
+    assert response.status_code == 200, response.text
+    events: list[dict[str, Any]] = response.json()["events"]
+    return events
+
+
+@pytest.mark.parametrize("resume", ["last-event-id", "after_seq"])
+def test_resuming_across_pruned_stream_chunks_names_the_gap_once(
+    make_server: Any, resume: str
+) -> None:
+    """With ``JIDOKA_KEEP_STREAM_CHUNKS=false`` an ended turn's chunks leave the store: a
+    stream resumed from before them gets one exact ``events_dropped`` frame in their place
+    (its ``id:`` the last dropped seq, so resuming after it repeats nothing), then the rest."""
+    server = make_server(env={"JIDOKA_KEEP_STREAM_CHUNKS": "false"})
+    model = {"provider": "scripted", "script": [{"chunks": ["The ", "answer ", "is ", "42."]}]}
+    with http_client(server.url, ALICE_TOKEN) as client:
+        sid = new_session(client, llm_config=model)
+        before = stored_log(client, sid)[-1]["seq"]
+        chat = client.post(f"/v1/sessions/{sid}/chat", params={"wait": "true"}, json={"text": "?"})
+        assert chat.status_code == 200, chat.text
+
+        def pruned() -> list[dict[str, Any]] | None:
+            log = stored_log(client, sid)
+            return None if any(e["type"] == "llm_stream_chunk" for e in log) else log
+
+        log = wait_until(pruned, 10.0, "the turn's chunks to be dropped (in the background)")
+        seqs = [e["seq"] for e in log if e["seq"] > before]
+        gaps = [(a + 1, b - 1) for a, b in itertools.pairwise([before, *seqs]) if b > a + 1]
+        assert len(gaps) == 1  # the chunks lay between the thinking status and the answer
+        (first, last), end = gaps[0], seqs[-1]
+        assert log[-1]["type"] == "agent_status"
+        where: dict[str, Any] = (
+            {"headers": {"Last-Event-ID": str(before)}}
+            if resume == "last-event-id"
+            else {"params": {"after_seq": before}}
+        )
+        path = f"/v1/sessions/{sid}/events"
+        with client.stream("GET", path, **where) as response:
+            assert response.status_code == 200
+            frames = read_until_seq(sse_frames(response), end)
+        check_frames(frames, sid)
+        dropped = [f for f in frames if f.event == "events_dropped"]
+        assert len(dropped) == 1
+        assert dropped[0].id == str(last)
+        marker = dropped[0].json()["data"]
+        assert marker == {"count": last - first + 1, "first_seq": first, "last_seq": last}
+        shown = [int(f.id or 0) for f in frames]
+        assert shown == sorted([*seqs, last])  # the marker stands where the gap was
+        assert [f.event for f in frames][-3:] == ["conversation_added", "llm_response",
+                                                 "agent_status"]  # fmt: skip
+        # Resuming from the marker's id goes on after the gap, without it.
+        with client.stream("GET", path, headers={"Last-Event-ID": str(last)}) as response:
+            rest = read_until_seq(sse_frames(response), end)
+        assert [int(f.id or 0) for f in rest] == [seq for seq in seqs if seq > last]

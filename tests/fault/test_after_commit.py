@@ -346,7 +346,7 @@ async def test_a_projection_that_cannot_be_rebuilt_ends_its_session(
         (apply_fails if event.type == EventType.CONVERSATION_ADDED else real)(state, event)
 
     monkeypatch.setattr(postcommit, "apply", apply)
-    monkeypatch.setattr("jidoka.session.history.apply", apply)  # loading folds through it
+    monkeypatch.setattr("jidoka.session.projection.apply", apply)  # loading folds through it
     async with client.subscribe_to_session(sid) as events:
         with caplog.at_level(logging.ERROR):
             message = await client.send_message(sid, "user", "poison")

@@ -337,3 +337,45 @@ def test_without_redis_py_the_import_names_the_extra() -> None:
     )
     assert done.returncode != 0
     assert "pip install 'jidoka-core[redis]'" in done.stderr
+
+
+async def test_a_gap_of_pruned_stream_chunks_is_named_once_and_never_read_again(
+    node: Nodes, store: MemoryStore, url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node b never heard a turn's chunks (pub/sub forgets), and by the time it reads the
+    store for them they were dropped (the turn ended): the seq gap makes it read the store
+    once, it gets one exact ``events_dropped`` marker and the events after it, and it goes
+    back to live delivery instead of reading the gap again and again."""
+    reads: list[int] = []
+    read_events = store.read_events
+
+    async def counted(sid: str, **options: int | None) -> list[Event]:
+        reads.append(options.get("after_seq") or 0)
+        return await read_events(sid, **options)
+
+    monkeypatch.setattr(store, "read_events", counted)
+    a, b = await node("a"), await node("b")
+    async with b.subscribe(S, after_seq=0) as on_b:
+        await listening(url, f"{prefix}:s:{S}")
+        await commit(a, store, event(1))
+        assert [e.seq for e in await take(on_b, 1)] == [1]
+        chunk = EventType.LLM_STREAM_CHUNK
+        await store.append(S, [event(seq, chunk) for seq in (2, 3, 4)])  # never heard by b
+        await commit(a, store, event(5, EventType.LLM_RESPONSE))
+        assert await store.drop_events(S, chunk, first_seq=2, last_seq=5) == 3
+        await commit(a, store, event(6, EventType.AGENT_STATUS))
+        got = await take(on_b, 3)
+        assert [(e.type, e.seq) for e in got] == [
+            (EventType.EVENTS_DROPPED, 4),
+            (EventType.LLM_RESPONSE, 5),
+            (EventType.AGENT_STATUS, 6),
+        ]
+        assert got[0].data == {"count": 3, "first_seq": 2, "last_seq": 4}
+        for seq in range(7, 27):
+            await commit(a, store, event(seq))
+            assert [e.seq for e in await take(on_b, 1)] == [seq]
+        # Each read starts past the previous one: the gap is never read again, and no read
+        # is repeated without progress (a spin would read the same position on and on).
+        assert reads == sorted(set(reads))
+        assert not [after for after in reads if 2 <= after <= 5]  # nothing inside the gap
+        assert on_b.statistics().dropped == 3

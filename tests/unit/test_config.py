@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "bus": "memory",
     "bus_prefix": "jidoka",
     "lease_ttl": 10.0,
+    "keep_stream_chunks": True,
 }
 INT_FIELDS = [name for name, value in DEFAULTS.items() if type(value) is int]
 
@@ -105,6 +106,11 @@ def test_explicit_environ_replaces_os_environ(monkeypatch: pytest.MonkeyPatch) -
 def test_every_int_field_from_env(name: str) -> None:
     settings = Settings.from_env({f"JIDOKA_{name.upper()}": "7"})
     assert getattr(settings, name) == 7
+
+
+@pytest.mark.parametrize(("raw", "keep"), [("false", False), ("0", False), ("true", True)])
+def test_keep_stream_chunks_from_env(raw: str, keep: bool) -> None:
+    assert Settings.from_env({"JIDOKA_KEEP_STREAM_CHUNKS": raw}).keep_stream_chunks is keep
 
 
 def test_string_and_float_fields_from_env() -> None:

@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jidoka.errors import RuntimeClosed, StoreError
+from jidoka.errors import InvalidArgument, RuntimeClosed, StoreError
 from jidoka.events import Event, EventType
 from jidoka.store.base import SavedSession, SeqConflict, SessionStore
 from jidoka.store.memory import MemoryStore
@@ -233,6 +234,70 @@ async def test_stored_heads_record_the_owner(store: SessionStore) -> None:
             sid, status_, last, owner
         )  # fmt: skip
     assert [s.session_id for s in await store.list_sessions(owner="dave")] == [C]
+
+
+CHUNK = EventType.LLM_STREAM_CHUNK
+
+
+def turn_log(session_id: str) -> list[Event]:
+    """1 created, 2-4 chunks, 5 message, 6 chunk, 7 message, 8 chunk (the log's last)."""
+    kinds = [EventType.SESSION_CREATED, CHUNK, CHUNK, CHUNK, EventType.CONVERSATION_ADDED]
+    kinds += [CHUNK, EventType.CONVERSATION_ADDED, CHUNK]
+    return [
+        Event(kind, session_id, seq, T0, {"text": str(seq)} if kind == CHUNK else data)
+        for seq, kind in enumerate(kinds, start=1)
+        for data in ({"status": "active"} if seq == 1 else {"n": seq},)
+    ]
+
+
+async def test_drop_events_leaves_a_gap_and_the_log_end(store: SessionStore) -> None:
+    await store.append(A, turn_log(A))
+    await store.append(B, turn_log(B))
+    await store.write_snapshot(A, 5, b"state at 5")
+    # Only the type asked for, only in the range, and never the log's last event.
+    assert await store.drop_events(A, CHUNK, first_seq=3, last_seq=8) == 3
+    assert [e.seq for e in await store.read_events(A)] == [1, 2, 5, 7, 8]
+    assert await store.drop_events(A, CHUNK, first_seq=1, last_seq=8) == 1
+    assert [e.seq for e in await store.read_events(A)] == [1, 5, 7, 8]
+    assert [e.seq for e in await store.read_events(A, after_seq=1, limit=2)] == [5, 7]
+    assert [e.seq for e in await store.read_events(A, after_seq=2)] == [5, 7, 8]
+    assert await store.drop_events(A, CHUNK, first_seq=1, last_seq=8) == 0  # idempotent
+    by_name: Any = "llm_stream_chunk"  # a type's name is accepted as well
+    assert await store.drop_events(A, by_name, first_seq=1, last_seq=8) == 0
+    assert await store.last_seq(A) == 8
+    head = await store.find_session(A)
+    assert head is not None
+    assert head.last_seq == 8
+    assert await store.read_snapshot(A) == (5, b"state at 5")
+    assert [e.seq for e in await store.read_events(B)] == list(range(1, 9))  # untouched
+    assert await store.drop_events(C, CHUNK, first_seq=1, last_seq=9) == 0  # no such log
+    # The log goes on right after its end, gap or no gap.
+    await store.append(A, events(A, 9, 1))
+    with pytest.raises(SeqConflict):
+        await store.append(A, events(A, 9, 1))
+    assert [e.seq for e in await store.read_events(A, after_seq=7)] == [8, 9]
+
+
+@pytest.mark.parametrize(
+    ("args", "argument"),
+    [
+        (("", CHUNK, 1, 2), "session_id"),
+        ((A, EventType.CONVERSATION_ADDED, 1, 2), "event_type"),
+        ((A, "llm_stream_chunk ", 1, 2), "event_type"),
+        ((A, CHUNK, 0, 2), "first_seq"),
+        ((A, CHUNK, 1, True), "last_seq"),
+        ((A, CHUNK, 3, 2), "last_seq"),
+    ],
+)
+async def test_drop_events_refuses_what_it_must_not_delete(
+    store: SessionStore, args: tuple[object, ...], argument: str
+) -> None:
+    await store.append(A, turn_log(A))
+    sid, kind, first, last = args
+    with pytest.raises(InvalidArgument) as info:
+        await store.drop_events(sid, kind, first_seq=first, last_seq=last)  # type: ignore[arg-type]
+    assert info.value.argument == argument
+    assert len(await store.read_events(A)) == 8
 
 
 async def test_ping(store: SessionStore) -> None:

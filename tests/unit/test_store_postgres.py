@@ -123,6 +123,33 @@ async def test_take_raises_the_fence_and_the_former_holder_is_refused(
     assert await contents(old, A) == [(1, "old:1"), (2, "old:2"), (3, "new:3")]
 
 
+async def test_only_the_fence_holder_drops_stream_chunks(
+    stores: list[PostgresStore], postgres_dsn: str, postgres_schema: str
+) -> None:
+    """A turn runs on the node that owns its session, and so does the drop of its chunks: a
+    former holder, or a cluster node that never took the session, deletes nothing."""
+    old, new = stores
+    chunk = EventType.LLM_STREAM_CHUNK
+    log = [*events(A, 1, 1), *(Event(chunk, A, seq, T0, {"text": "x"}) for seq in (2, 3))]
+    await old.append(A, [*log, *events(A, 4, 1)])
+    fence = await new.take(A)
+    with pytest.raises(OwnershipLost) as info:
+        await old.drop_events(A, chunk, first_seq=1, last_seq=4)
+    assert (info.value.held, info.value.current) == (1, fence)
+    node = PostgresStore(postgres_dsn, schema=postgres_schema, pool_size=1, node_id="n1")
+    await node.open()
+    try:
+        with pytest.raises(OwnershipLost) as info:
+            await node.drop_events(A, chunk, first_seq=1, last_seq=4)
+        assert (info.value.held, info.value.current) == (0, fence)
+    finally:
+        await node.aclose()
+    assert [e.seq for e in await new.read_events(A)] == [1, 2, 3, 4]
+    assert await new.drop_events(A, chunk, first_seq=1, last_seq=4) == 2
+    assert [e.seq for e in await old.read_events(A)] == [1, 4]
+    assert (await old.last_seq(A), await new.last_seq(A)) == (4, 4)
+
+
 async def test_take_of_an_unknown_session_is_an_error(stores: list[PostgresStore]) -> None:
     with pytest.raises(StoreError):
         await stores[0].take(B)

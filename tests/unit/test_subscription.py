@@ -256,3 +256,35 @@ async def test_resync_of_the_global_stream_is_one_marker() -> None:
     assert (marker.type, marker.session_id, marker.seq) == (EventType.EVENTS_DROPPED, "", 0)
     assert marker.data == {"count": 0}
     assert everyone.get_nowait() is None
+
+
+async def test_each_gap_inside_a_page_read_back_gets_one_exact_marker() -> None:
+    """Stream chunks dropped after their turn leave gaps anywhere in the log, not only at the
+    start of what a catch-up reads: each is named once, exactly, and never read again."""
+    store = MemoryStore()
+    chunk = EventType.LLM_STREAM_CHUNK
+    await store.append(A, [event(1)])
+    await store.append(A, [Event(chunk, A, seq, T0, {"text": "x"}) for seq in range(2, 5)])
+    await store.append(A, [event(5), Event(chunk, A, 6, T0, {"text": "y"}), event(7)])
+    assert await store.drop_events(A, chunk, first_seq=1, last_seq=7) == 4
+    reads: list[int] = []
+
+    async def reader(session_id: str, after: int, limit: int) -> list[Event]:
+        reads.append(after)
+        return await store.read_events(session_id, after_seq=after, limit=limit)
+
+    for page in (8, 2):  # one page holds every gap; pages of two split them across reads
+        reads.clear()
+        ended = Subscription.ended(A, after_seq=0, reader=reader, queue_size=page, now=lambda: 0)
+        async with asyncio.timeout(PROMPTLY):
+            got = [(e.type, e.seq, e.data) async for e in ended]
+        drops = [(seq, data) for kind, seq, data in got if kind == EventType.EVENTS_DROPPED]
+        assert drops == [
+            (4, {"count": 3, "first_seq": 2, "last_seq": 4}),
+            (6, {"count": 1, "first_seq": 6, "last_seq": 6}),
+        ]
+        assert [seq for kind, seq, _ in got if kind != EventType.EVENTS_DROPPED] == [1, 5, 7]
+        assert [seq for _, seq, _ in got] == [1, 4, 5, 6, 7]
+        assert ended.statistics().delivered == 5
+        assert ended.statistics().dropped == 4
+        assert len(reads) == len(set(reads))  # nothing read twice: no loop on a gap

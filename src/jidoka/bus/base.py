@@ -12,9 +12,11 @@ events are not queued. Once the consumer has drained its queue:
 - a **session** subscription reads the events it missed from the store (the store has every
   published event, since events are published only after they are stored) and then goes back to
   live delivery, so nothing is lost and nothing repeats. Only if the store no longer has them
-  (the memory store trims very long logs and frees a terminated session's log) does the
+  (the memory store trims very long logs and frees a terminated session's log; a turn's stream
+  chunks are dropped once it has ended, with ``keep_stream_chunks`` off) does the
   subscription yield one ``events_dropped`` marker (``data``: ``count``, ``first_seq``,
-  ``last_seq``) for the gap and carry on after it;
+  ``last_seq``; its ``seq`` is ``last_seq``) for each gap, wherever it lies in what is read
+  back, and carry on after it;
 - the **global** subscription has no single log to read back, so it yields one ``events_dropped``
   marker (``session_id`` ``""``, ``seq`` 0, ``data.count``) and resumes with live events.
 
@@ -195,10 +197,7 @@ class Subscription:
                 events = await self._reader(self.session_id, self._last_seq, self.queue_size)
                 events = [e for e in events if e.seq > self._last_seq]
                 if events:
-                    if events[0].seq > self._last_seq + 1:
-                        self._queue.append(self._gap(self._last_seq + 1, events[0].seq - 1))
-                    self._queue.extend(events)
-                    self._last_seq = events[-1].seq
+                    self._take(events)
                     continue  # the next page
                 if self._latest_seen <= max(seen, self._last_seq):
                     break  # nothing was published while the read ran that it may have missed
@@ -248,6 +247,7 @@ class Subscription:
             if self._catching_up:
                 marker = await self._catch_up()
                 if marker is not None:
+                    self._delivered += 1
                     return marker
                 continue
             if self._closed:
@@ -280,13 +280,10 @@ class Subscription:
         events = [e for e in events if e.seq > after]
         gap: Event | None = None
         if events:
-            if events[0].seq > after + 1:
-                gap = self._gap(after + 1, events[0].seq - 1)
-            self._queue.extend(events)
-            self._last_seq = events[-1].seq
+            self._take(events)
             self._tail_terminated = events[-1].type == EventType.SESSION_TERMINATED
             self._latest_seen = max(self._latest_seen, self._last_seq)
-            return gap
+            return None
         if self._latest_seen > seen:
             # Published while the read ran: the read may have started before their commit, so
             # an empty answer proves nothing. Read again; the store has them now.
@@ -301,6 +298,20 @@ class Subscription:
             self._closed = True  # the log ends with the session's end: so does the stream
         return gap
 
+    def _take(self, events: list[Event]) -> None:
+        """Queue a page read from the store after ``_last_seq``, with one ``events_dropped``
+        marker before each gap in its seqs, anywhere in the page: events the store no longer
+        has (the memory store trims the oldest; stream chunks are dropped once their turn has
+        ended, ``Settings.keep_stream_chunks``). The marker names the gap exactly, and the
+        stream goes on after it: a gap is never read again."""
+        last = self._last_seq
+        for event in events:
+            if event.seq > last + 1:
+                self._queue.append(self._gap(last + 1, event.seq - 1))
+            self._queue.append(event)
+            last = event.seq
+        self._last_seq = last
+
     def _gap(self, first: int, last: int) -> Event:
         assert self.session_id is not None
         self._lost(last - first + 1)
@@ -313,7 +324,6 @@ class Subscription:
             self._on_lost(count)
 
     def _marker(self, session_id: str, seq: int, data: EventsDroppedData) -> Event:
-        self._delivered += 1
         when = datetime.fromtimestamp(self._now(), UTC)
         return Event(EventType.EVENTS_DROPPED, session_id, seq, when, data_of(data))
 

@@ -73,6 +73,9 @@ class AgentPool:
                 on_exit=self._exited,
                 clients=self._clients,
                 queue_limit=self.queue_limit,
+                drop_chunks=None
+                if self._manager.settings.keep_stream_chunks
+                else self._manager.chunks.drop,
             )
             self._agents[sid] = agent
             self._manager.start_worker(sid, "agent", agent.run)

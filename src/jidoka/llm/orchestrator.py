@@ -45,6 +45,7 @@ from ..errors import (
     SessionBusy,
     SessionTerminated,
 )
+from ..events import EventType
 from ..payloads import (
     AgentStatusData,
     ErrorData,
@@ -86,6 +87,7 @@ class Agent:
         on_exit: Callable[[Agent], None] | None = None,
         clients: ClientCache | None = None,
         queue_limit: TurnQueueLimit | None = None,
+        drop_chunks: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self._get_session = get_session
@@ -98,6 +100,9 @@ class Agent:
         self._on_exit = on_exit
         self._clients = clients
         self._queue_limit = queue_limit
+        #: Given the seq range of an ended turn's chunks its ``llm_response`` holds, drops them
+        #: from the store in the background (``Settings.keep_stream_chunks`` off); else None.
+        self._drop_chunks = drop_chunks
         self._queue: deque[Turn] = deque()
         self._wakeup: asyncio.Event = asyncio.Event()
         self._current: Turn | None = None
@@ -107,6 +112,8 @@ class Agent:
         self._provider: Provider | None = None
         self._provider_key: bytes | None = None
         self._partial: list[str] = []
+        #: Seqs of the chunks stored for the model call under way (``_partial``'s events).
+        self._chunks: list[int] = []
         #: The model call under way (its usage is estimated if the turn stops during it).
         self._in_flight: ChatRequest | None = None
         self.closed = False
@@ -271,7 +278,9 @@ class Agent:
 
     async def _emit(self, type_: str, data: dict[str, Any]) -> None:
         session = await self._session()
-        await session.append_event(type_, data)
+        event = await session.append_event(type_, data)
+        if event.type == EventType.LLM_STREAM_CHUNK:
+            self._chunks.append(event.seq)
 
     async def _turn(self, turn: Turn) -> ChatResult:
         session = await self._session()
@@ -281,7 +290,7 @@ class Agent:
         await self._emit(*event_item(AgentStatusData(status="thinking")))
         usage = Usage()
         iterations = 0
-        self._partial = []
+        self._partial, self._chunks = [], []
         self._in_flight = None
         try:
             provider = await self._provider_for(llm_config)
@@ -313,7 +322,7 @@ class Agent:
                     max_tokens=llm_config.get("max_tokens"),
                     tool_choice=_choice_for(tool_choice, iterations, config.max_iterations),
                 )
-                self._partial = []
+                self._partial, self._chunks = [], []
                 self._in_flight = request
                 completion = await stream_call(
                     provider, request, iterations, emit=self._emit, partial=self._partial
@@ -436,6 +445,14 @@ class Agent:
             self._record_usage(usage, "interrupted" if interrupted else "completed")
         status = "cancelled" if interrupted else "idle"
         await self._emit(*event_item(AgentStatusData(status=status)))
+        # The turn has ended: its last model call's chunks are in the response, whole (unless
+        # ``bounded`` cut it), so they may go. Earlier calls' text is in no other event.
+        if (
+            self._drop_chunks is not None
+            and self._chunks
+            and message.content == "".join(self._partial)
+        ):
+            self._drop_chunks(self.session_id, self._chunks[0], self._chunks[-1])
 
     async def _fail(self, exc: Exception, usage: Usage, iterations: int) -> None:
         if isinstance(exc, JidokaError):

@@ -22,7 +22,7 @@ import msgspec
 from ..errors import JidokaError, StoreError
 from ..events import Event, EventType
 from ..store.base import SessionStore
-from .projection import apply, rewind_to
+from .projection import apply_stored, rewind_to
 from .snapshot import SnapshotError, decode_state
 from .state import SessionState
 
@@ -78,11 +78,15 @@ async def project(
         if not page:
             break
         for event in page:
+            if upto is not None and event.seq > upto:
+                # Past a gap of dropped stream chunks (which changed nothing) that holds upto.
+                state.seq = upto
+                break
             if event.type == EventType.SESSION_REWOUND:
                 target, _ = await project(store, session_id, upto=event.data["to_seq"])
                 rewind_to(state, event, target)
             else:
-                apply(state, event)
+                apply_stored(state, event)  # past gaps of dropped stream chunks
     if upto is not None and state.seq != upto:
         raise ValueError(
             f"session {session_id!r}: the log ends at seq {state.seq}, before seq {upto}"

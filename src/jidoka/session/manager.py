@@ -60,6 +60,7 @@ from .lifecycle import Lifecycle
 from .listing import list_sessions
 from .persistence import load_state
 from .postcommit import Step
+from .pruning import ChunkPruner
 from .recovery import Recovery
 from .registry import SessionRegistry
 from .saved import SavedSessions
@@ -102,6 +103,7 @@ class SessionManager:
         )
         self._saved = SavedSessions(services, telemetry, registry, lifecycle, recovery)
         self.branching = Branching(services, telemetry, registry, lifecycle, recovery, self.session)
+        self.chunks = ChunkPruner(services.store, tasks)  # Settings.keep_stream_chunks off
         self._sweep = QuietSweep(
             settings, services.store, services.clock, registry, tasks, load=self._load_quietly
         )

@@ -37,7 +37,14 @@ from .state import (
     json_size,
 )
 
-__all__ = ["REWIND_KEEPS", "RewindTargetMissing", "apply", "replay", "rewind_to"]
+__all__ = [
+    "REWIND_KEEPS",
+    "RewindTargetMissing",
+    "apply",
+    "apply_stored",
+    "replay",
+    "rewind_to",
+]
 
 
 class RewindTargetMissing(ValueError):
@@ -273,18 +280,30 @@ def apply(state: SessionState, event: Event) -> None:
     state.updated_at = event.time
 
 
+def apply_stored(state: SessionState, event: Event) -> None:
+    """:func:`apply` for an event read back from a store, which may follow a gap in the seqs:
+    stream chunks dropped once their turn ended (``SessionStore.drop_events``, which drops
+    nothing else). A chunk changes nothing but ``seq`` and ``updated_at``, and the event after
+    the gap sets both, so the gap is stepped over and the state is what the whole log gives.
+    A log without its start is still refused (a load checks for ``session_created``)."""
+    if state.seq and event.session_id == state.session_id and event.seq > state.seq + 1:
+        state.seq = event.seq - 1
+    apply(state, event)
+
+
 def rewind_to(state: SessionState, event: Event, target: SessionState) -> None:
     """Apply ``event``, a ``session_rewound``, given ``target``: the projection at its
     ``to_seq`` (what only the log, not the state, can say)."""
     state.rewind_target = target
     try:
-        apply(state, event)
+        apply_stored(state, event)
     finally:
         state.rewind_target = None
 
 
 def replay(session_id: str, events: Iterable[Event], *, upto: int | None = None) -> SessionState:
-    """Rebuild a projection from a whole log (from seq 1), up to seq ``upto`` if given.
+    """Rebuild a projection from a whole stored log (from seq 1; gaps of dropped chunks
+    stepped over), up to seq ``upto`` if given.
 
     A ``session_rewound`` is folded with the projection at its ``to_seq``, rebuilt from the
     same events (the log is in memory here; :mod:`.history` does the same from a store,
@@ -293,9 +312,11 @@ def replay(session_id: str, events: Iterable[Event], *, upto: int | None = None)
     state = SessionState(session_id)
     for event in log:
         if upto is not None and event.seq > upto:
+            if state.seq:
+                state.seq = upto  # inside a gap of dropped chunks, which changed nothing
             break
         if event.type == EventType.SESSION_REWOUND:
             rewind_to(state, event, replay(session_id, log, upto=event.data["to_seq"]))
         else:
-            apply(state, event)
+            apply_stored(state, event)
     return state

@@ -27,10 +27,11 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
-from ..errors import NotOwner, StoreError
-from ..events import Event
+from ..errors import InvalidArgument, NotOwner, StoreError
+from ..events import Event, EventType
 
 __all__ = [
+    "DROPPABLE",
     "LIVE_SESSIONS_PAGE",
     "CommitOutcomeUnknown",
     "OnCommitted",
@@ -41,6 +42,7 @@ __all__ = [
     "SessionStore",
     "StoreUnavailable",
     "StoredSession",
+    "check_drop",
 ]
 
 #: Called once when an append taken by ``append_nowait`` is settled: with ``None`` once it is
@@ -49,6 +51,46 @@ OnCommitted = Callable[[BaseException | None], None]
 
 #: How many sessions ``list_sessions`` and ``quiet_sessions`` return at most by default.
 LIVE_SESSIONS_PAGE: Final = 500
+
+
+#: The event types ``drop_events`` may delete: those whose content another event of the log
+#: holds too. A turn's ``llm_stream_chunk`` events are its answer in pieces, and its
+#: ``llm_response`` holds the whole answer; nothing else in a log is redundant, so a gap in a
+#: stored log is always dropped chunks (which the projection ignores, see ``apply_stored``).
+DROPPABLE: Final = frozenset({EventType.LLM_STREAM_CHUNK})
+
+
+def check_drop(
+    session_id: object, event_type: object, first_seq: object, last_seq: object
+) -> EventType:
+    """Refuse a ``drop_events`` call the store must not run, naming the argument at fault:
+    a store deletes for good, so a bad range or type is an error, never a clamp. Returns the
+    type as an :class:`EventType` (a caller may have passed its name)."""
+    if not isinstance(session_id, str) or not session_id:
+        raise InvalidArgument(
+            f"session_id must be a non-empty string, not {session_id!r}", argument="session_id"
+        )
+    sid = session_id
+    if event_type not in DROPPABLE:
+        raise InvalidArgument(
+            f"only {sorted(DROPPABLE)} events can be dropped, not {event_type!r}",
+            argument="event_type",
+            session_id=sid,
+        )
+    for name, seq in (("first_seq", first_seq), ("last_seq", last_seq)):
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise InvalidArgument(
+                f"{name} must be a seq (an integer >= 1), not {seq!r}",
+                argument=name,
+                session_id=sid,
+            )
+    if isinstance(first_seq, int) and isinstance(last_seq, int) and last_seq < first_seq:
+        raise InvalidArgument(
+            f"last_seq {last_seq} is before first_seq {first_seq}",
+            argument="last_seq",
+            session_id=sid,
+        )
+    return EventType(str(event_type))
 
 
 class StoredSession(msgspec.Struct, frozen=True):
@@ -191,6 +233,22 @@ class SessionStore(Protocol):
 
     async def last_seq(self, session_id: str) -> int:
         """The highest stored seq of the session (0 if none)."""
+        ...
+
+    async def drop_events(
+        self, session_id: str, event_type: EventType, *, first_seq: int, last_seq: int
+    ) -> int:
+        """Delete the session's stored events of ``event_type`` with ``first_seq <= seq <=
+        last_seq`` (one statement), and return how many were deleted: how a turn's stream
+        chunks leave the log once the turn has ended (``Settings.keep_stream_chunks``).
+
+        Only :data:`DROPPABLE` types, and never the log's last event: the log's end
+        (``last_seq``, the head) stays where it is, and so do snapshots. ``read_events`` over
+        the range then returns the events that remain, with a gap in their seqs, which a
+        subscription that replays it reports as one ``events_dropped`` marker per gap. A store
+        shared by several nodes deletes only while this store holds the session's fence (the
+        node that ran the turn owns the session), else raises :class:`OwnershipLost`. A bad
+        argument raises ``InvalidArgument`` naming it (:func:`check_drop`)."""
         ...
 
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:

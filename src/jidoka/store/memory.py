@@ -1,22 +1,32 @@
 """The in-memory store: the fast, non-durable mode (``Runtime(store="memory")``).
 
-It keeps each session's events in a list indexed by seq, so appends are O(1) and reading from a seq
-is a slice. The list is all it keeps per session (its first event's ``seq`` says where it starts);
-while it is short it is a tuple, which an append replaces by a longer one rather than growing it: an
-idle session's log is one exact-size object with no spare slots. Nothing survives the process. To
-stay bounded, a session's log keeps at most ``max_events_per_session`` events; older ones are
-trimmed in chunks (the projection is unaffected; a subscriber that asks for trimmed events is told
-how many it missed). A terminated session's log is freed.
+It keeps each session's events in a list in seq order, so appends are O(1) and reading from a seq is
+a binary search and a slice (seqs may have gaps: ``drop_events`` removes stream chunks). The list is
+all it keeps per session (its first event's ``seq`` says where it starts); while it is short it is a
+tuple, which an append replaces by a longer one rather than growing it: an idle session's log is one
+exact-size object with no spare slots. Nothing survives the process. To stay bounded, a session's
+log keeps at most ``max_events_per_session`` events; older ones are trimmed in chunks (the
+projection is unaffected; a subscriber that asks for trimmed events is told how many it missed). A
+terminated session's log is freed.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from datetime import datetime
+from operator import attrgetter
 
 from ..errors import RuntimeClosed
 from ..events import Event, EventType
-from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, SeqConflict, StoredSession
+from .base import (
+    LIVE_SESSIONS_PAGE,
+    OnCommitted,
+    SavedSession,
+    SeqConflict,
+    StoredSession,
+    check_drop,
+)
 from .heads import created_owner, status_after
 
 __all__ = ["MemoryStore"]
@@ -27,6 +37,9 @@ __all__ = ["MemoryStore"]
 _SHORT = 16
 
 _Events = list[Event] | tuple[Event, ...]
+
+#: A log's sort key: its seqs ascend, with gaps where stream chunks were dropped.
+_SEQ = attrgetter("seq")
 
 
 def _head(session_id: str, log: _Events) -> StoredSession:
@@ -106,7 +119,7 @@ class MemoryStore:
         log = self._logs.get(session_id)
         if log is None:
             return []
-        start = max(after_seq + 1 - log[0].seq, 0)
+        start = bisect_right(log, after_seq, key=_SEQ)  # seqs may have gaps (drop_events)
         stop = None if limit is None else start + max(limit, 0)
         page = log[start:stop]
         return page if isinstance(page, list) else list(page)
@@ -114,6 +127,26 @@ class MemoryStore:
     async def last_seq(self, session_id: str) -> int:
         log = self._logs.get(session_id)
         return 0 if log is None else log[-1].seq
+
+    async def drop_events(
+        self, session_id: str, event_type: EventType, *, first_seq: int, last_seq: int
+    ) -> int:
+        """Remove the range's events of that type from the log in place (the events kept
+        around them are not copied when the log is a list)."""
+        kind = check_drop(session_id, event_type, first_seq, last_seq)
+        self._check_open(session_id)
+        log = self._logs.get(session_id)
+        if log is None:
+            return 0
+        lo = bisect_left(log, first_seq, key=_SEQ)
+        hi = bisect_right(log, min(last_seq, log[-1].seq - 1), key=_SEQ)  # never the last
+        kept = [event for event in log[lo:hi] if event.type != kind]
+        dropped = hi - lo - len(kept)
+        if dropped and isinstance(log, list):
+            log[lo:hi] = kept
+        elif dropped:
+            self._logs[session_id] = (*log[:lo], *kept, *log[hi:])
+        return dropped
 
     async def write_snapshot(self, session_id: str, seq: int, state: bytes) -> None:
         kept = self._snapshots.get(session_id)

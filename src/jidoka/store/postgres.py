@@ -42,19 +42,21 @@ import asyncpg
 import msgspec
 
 from ..errors import RuntimeClosed, StoreError
-from ..events import EVENT_TYPES, Event
+from ..events import EVENT_TYPES, Event, EventType
 from .base import (
     LIVE_SESSIONS_PAGE,
     OnCommitted,
+    OwnershipLost,
     SavedSession,
     SchemaError,
     StoredSession,
     StoreUnavailable,
+    check_drop,
 )
 from .heads import batch_head
 from .postgres_append import PgAppend
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
-from .postgres_sql import Statements
+from .postgres_sql import Statements, saved_summary, stored_head
 from .postgres_writer import PgWriter
 from .sqlite_schema import decode_object, encode
 
@@ -409,6 +411,19 @@ class PostgresStore:
             events.append(Event(kind, session_id, seq, time, payload))
         return events
 
+    async def drop_events(
+        self, session_id: str, event_type: EventType, *, first_seq: int, last_seq: int
+    ) -> int:
+        """One ``DELETE`` fenced like an append (:attr:`Statements.drop`), on the pool: the
+        rows it deletes are committed ones, so it never waits on the writer's appends."""
+        kind = check_drop(session_id, event_type, first_seq, last_seq)
+        held = self._writer.fence_for(session_id)
+        args = (session_id, kind.value, first_seq, last_seq, held)
+        fence, dropped = await self.fetchrow(session_id, self._q.drop, *args)
+        if fence is not None and held != 0 and fence != held:
+            raise OwnershipLost(session_id, max(held, 0), int(fence))
+        return int(dropped)
+
     async def last_seq(self, session_id: str) -> int:
         rows = await self.fetch(session_id, self._q.head, session_id)
         return int(rows[0][2]) if rows else 0
@@ -422,7 +437,7 @@ class PostgresStore:
 
     async def find_session(self, session_id: str) -> StoredSession | None:
         rows = await self.fetch(session_id, self._q.head, session_id)
-        return _stored(rows[0]) if rows else None
+        return stored_head(rows[0]) if rows else None
 
     async def list_sessions(
         self,
@@ -439,7 +454,7 @@ class PostgresStore:
         if status is not None:
             params.append(status)
         params += [after or "", limit]
-        return [_stored(row) for row in await self.fetch(None, query, *params)]
+        return [stored_head(row) for row in await self.fetch(None, query, *params)]
 
     async def quiet_sessions(
         self,
@@ -454,16 +469,16 @@ class PostgresStore:
             rows = await self.fetch(None, self._q.quiet_first, before, limit)
         else:
             rows = await self.fetch(None, self._q.quiet_after, before, after[0], after[1], limit)
-        return [_stored(row) for row in rows]
+        return [stored_head(row) for row in rows]
 
     async def load_saved(self, session_id: str) -> tuple[SavedSession, bytes] | None:
         rows = await self.fetch(session_id, self._q.load_saved, session_id)
         if not rows:
             return None
-        return _saved(rows[0]), bytes(rows[0][5])
+        return saved_summary(rows[0]), bytes(rows[0][5])
 
     async def list_saved(self) -> list[SavedSession]:
-        return [_saved(row) for row in await self.fetch(None, self._q.list_saved)]
+        return [saved_summary(row) for row in await self.fetch(None, self._q.list_saved)]
 
     async def ping(self) -> None:
         async def run(conn: _Lent) -> None:
@@ -473,23 +488,3 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.schema!r} at {self._where()} {self._state}>"
-
-
-def _stored(row: Any) -> StoredSession:
-    session_id, status, last_seq, owner, updated_at = row
-    return StoredSession(session_id, status, int(last_seq), owner, updated_at)
-
-
-def _saved(row: Any) -> SavedSession:
-    session_id, saved_at, count, metadata, owner = row[:5]
-    try:
-        meta = decode_object(metadata)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        meta = {}
-    return SavedSession(
-        session_id=session_id,
-        saved_at=saved_at,
-        message_count=int(count),
-        metadata=meta,
-        owner=owner,
-    )

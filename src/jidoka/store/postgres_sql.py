@@ -23,6 +23,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
+from .base import SavedSession, StoredSession
+from .sqlite_schema import decode_object
+
 if TYPE_CHECKING:
     from .postgres_append import PgAppend
 
@@ -32,8 +37,10 @@ __all__ = [
     "group_params",
     "group_statement",
     "one_params",
+    "saved_summary",
     "session_params",
     "session_statement",
+    "stored_head",
 ]
 
 #: ``updated_at`` moves only with the status (to the time of the event that changed it): an
@@ -266,6 +273,16 @@ class Statements:
             f"{head} WHERE status <> 'terminated' AND updated_at < $1"
             " AND (updated_at, session_id) > ($2, $3) ORDER BY updated_at, session_id LIMIT $4"
         )
+        # A turn's stream chunks, dropped once it has ended (``drop_events``): only while the
+        # fence is the one held ($5; 0 adopts, as an append does) and never the log's last
+        # event (``last_seq`` stays). The head's fence comes back, to tell a refusal apart.
+        self.drop = (
+            f"WITH h AS (SELECT last_seq, fence FROM {s}.sessions WHERE session_id = $1),"
+            f" d AS (DELETE FROM {s}.events AS e USING h WHERE e.session_id = $1"
+            " AND e.seq BETWEEN $3 AND $4 AND e.type = $2 AND e.seq < h.last_seq"
+            " AND ($5 = 0 OR h.fence = $5) RETURNING 1)"
+            " SELECT (SELECT fence FROM h), (SELECT count(*) FROM d)"
+        )
         self.take = (
             f"UPDATE {s}.sessions SET fence = fence + 1 WHERE session_id = $1 RETURNING fence"
         )
@@ -312,3 +329,25 @@ class Statements:
 
     def listing(self, by_owner: bool, by_status: bool) -> str:
         return self._listings[by_owner, by_status]
+
+
+def stored_head(row: Any) -> StoredSession:
+    """A ``sessions`` row (:attr:`Statements.head`'s columns) as a :class:`StoredSession`."""
+    session_id, status, last_seq, owner, updated_at = row
+    return StoredSession(session_id, status, int(last_seq), owner, updated_at)
+
+
+def saved_summary(row: Any) -> SavedSession:
+    """A ``saved_sessions`` row's summary columns (unreadable metadata reads as empty)."""
+    session_id, saved_at, count, metadata, owner = row[:5]
+    try:
+        meta = decode_object(metadata)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        meta = {}
+    return SavedSession(
+        session_id=session_id,
+        saved_at=saved_at,
+        message_count=int(count),
+        metadata=meta,
+        owner=owner,
+    )

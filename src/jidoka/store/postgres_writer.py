@@ -100,6 +100,12 @@ class PgWriter:
             " ON e.session_id = k.session_id AND e.seq = k.seq"
         )
 
+    def fence_for(self, session_id: str) -> int:
+        """The fence a write to the session names: the one held, else ``0`` (adopt the
+        head's, a single node) or ``-1`` (refused: a cluster node writes only where it took
+        the fence)."""
+        return self.fences.get(session_id, self._no_fence)
+
     def start(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self._task = asyncio.get_running_loop().create_task(
@@ -175,9 +181,7 @@ class PgWriter:
         for append in group:
             chain = chains.get(append.session_id)
             if chain is None:
-                chains[append.session_id] = Chain(
-                    append, self.fences.get(append.session_id, self._no_fence)
-                )
+                chains[append.session_id] = Chain(append, self.fence_for(append.session_id))
             elif append.first == chain.last + 1:
                 chain.appends.append(append)
                 chain.last = append.last

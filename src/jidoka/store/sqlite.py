@@ -28,8 +28,8 @@ from typing import Any, Final, Literal
 import msgspec
 
 from ..errors import RuntimeClosed, StoreError
-from ..events import EVENT_TYPES, Event
-from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, StoredSession
+from ..events import EVENT_TYPES, Event, EventType
+from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, StoredSession, check_drop
 from .heads import batch_head
 from .sqlite_schema import (
     SCHEMA_VERSION,
@@ -203,6 +203,25 @@ class SqliteStore:
             return cursor.rowcount > 0
 
         return bool(await self._submit(session_id, run))
+
+    async def drop_events(
+        self, session_id: str, event_type: EventType, *, first_seq: int, last_seq: int
+    ) -> int:
+        """One ``DELETE`` on the writer thread (a range of the ``(session_id, seq)`` index),
+        sparing the log's last row: this store reads where a log ends from ``max(seq)``. The
+        freed pages are reused by later appends; the file does not shrink (no ``VACUUM``)."""
+        kind = check_drop(session_id, event_type, first_seq, last_seq)
+        args = (session_id, kind.value, first_seq, last_seq, session_id)
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM events WHERE session_id = ? AND type = ? AND seq BETWEEN ? AND ?"
+                " AND seq < (SELECT max(seq) FROM events WHERE session_id = ?)",
+                args,
+            )
+            return cursor.rowcount
+
+        return int(await self._submit(session_id, run))
 
     async def release(self, session_id: str) -> None:
         """Nothing to write: the log stays (audit, and the tombstone's history), and the commit
