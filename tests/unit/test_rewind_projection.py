@@ -150,3 +150,25 @@ def test_touched_paths_are_the_writes_that_ran() -> None:
     log.add(EventType.TOOL_RESULT, _result("6", "write_file", False))
     log.add(EventType.TOOL_CALL, _call("7", "write_file", ["not", "an", "object"]))
     assert touched_paths(log.events) == ["a.py", "b.py"]
+
+
+async def test_a_seq_inside_a_gap_of_dropped_chunks_is_the_state_before_the_gap() -> None:
+    """Chunks change nothing but the seq: the projection at a pruned seq is the one at the
+    gap's start, with that seq; a fold of the whole log steps over the gap."""
+    log = Log()
+    log.say("question")
+    first = log.add(EventType.LLM_STREAM_CHUNK, {"text": "an", "iteration": 1})
+    last = log.add(EventType.LLM_STREAM_CHUNK, {"text": "swer", "iteration": 1})
+    log.say("answer")
+    store = MemoryStore()
+    await store.append(SID, log.events)
+    assert (
+        await store.drop_events(SID, EventType.LLM_STREAM_CHUNK, first_seq=first, last_seq=last)
+        == 2
+    )
+    inside, _ = await project(store, SID, upto=first + 1)
+    assert (inside.seq, [m.content for m in inside.messages()]) == (first + 1, ["question"])
+    whole, _ = await project(store, SID)
+    assert [m.content for m in whole.messages()] == ["question", "answer"]
+    stored = await store.read_events(SID)
+    assert [m.content for m in replay(SID, stored, upto=last).messages()] == ["question"]

@@ -70,17 +70,18 @@ async def project(
             logger.warning("session %s: %s; folding its whole log", session_id, exc)
     if state is None:
         state = SessionState(session_id)
-    while upto is None or state.seq < upto:
+    ended = False
+    while not ended and (upto is None or state.seq < upto):
         limit = _PAGE if upto is None else min(_PAGE, upto - state.seq)
         page = await store.read_events(
             session_id, after_seq=state.seq, limit=limit, max_bytes=_PAGE_BYTES
         )
-        if not page:
-            break
+        ended = not page
         for event in page:
             if upto is not None and event.seq > upto:
-                # Past a gap of dropped stream chunks (which changed nothing) that holds upto.
-                state.seq = upto
+                if state.seq:  # past a gap of dropped stream chunks (they changed nothing)
+                    state.seq = upto
+                ended = True
                 break
             if event.type == EventType.SESSION_REWOUND:
                 target, _ = await project(store, session_id, upto=event.data["to_seq"])
