@@ -237,6 +237,12 @@ async def _build_context(c: ScopedClient, a: Any) -> ContextBundle:
     return await c.client.build_context(a.session_id, include, a.max_tokens)
 
 
+async def _compact_session(c: ScopedClient, a: Any) -> wire.Compacted:
+    return await c.client.compact_session(
+        a.session_id, instructions=a.instructions, keep_last=a.keep_last
+    )
+
+
 async def _list_saved_sessions(c: ScopedClient, a: Any) -> wire.SavedSessionList:
     found = await c.client.list_saved_sessions(owner=c.owner)
     return wire.SavedSessionList(saved_sessions=found)
@@ -315,13 +321,23 @@ VERBS: Final[tuple[Verb, ...]] = (
          errors=(*_CHANGE_ERRORS, InvalidRole, SessionBusy),
          call=_session_verb("send_message", "role", "content"), client="send_message"),
     Verb("get_conversation_history", "GET", _SID + "/messages", "The conversation window",
-         Scope.SESSION, wire.MessageList, errors=(SessionNotFound, SessionTerminated),
-         call=_session_verb("get_conversation_history", wrap=wire.MessageList, key="messages"),
+         Scope.SESSION, wire.MessageList, query=(
+             Param("view", Literal["full", "compacted"], "full",
+                   "full: every message of the window; compacted: the latest compaction's "
+                   "summary (a system message), then the messages after it"),),
+         errors=(SessionNotFound, SessionTerminated),
+         call=_session_verb("get_conversation_history", "view", wrap=wire.MessageList,
+                            key="messages"),
          client="get_conversation_history", unwrap="messages"),
     Verb("clear_conversation", "DELETE", _SID + "/messages", "Clear the conversation",
          Scope.SESSION, wire.Cleared, errors=_CHANGE_ERRORS,
          call=_session_verb("clear_conversation", wrap=wire.Cleared, key="cleared"),
          client="clear_conversation", unwrap="cleared"),
+    Verb("compact_session", "POST", _SID + "/compact",
+         "Summarise the older conversation with the session's model (the log keeps it all)",
+         Scope.SESSION, wire.Compacted, body=wire.CompactSessionRequest,
+         errors=(*_CHANGE_ERRORS, SessionBusy, LLMError, InvalidArgument),
+         call=_compact_session, client="compact_session"),
     Verb("get_active_files", "GET", _SID + "/files", "Active files", Scope.SESSION,
          wire.FileList, errors=(SessionNotFound, SessionTerminated),
          call=_session_verb("get_active_files", wrap=wire.FileList, key="files"),

@@ -45,6 +45,7 @@ from ..errors import (
     SessionBusy,
     SessionTerminated,
 )
+from ..events import Event
 from ..payloads import (
     AgentStatusData,
     ErrorData,
@@ -55,6 +56,7 @@ from ..session.context import CONTEXT_PARTS, TokenCounter
 from ..session.session import Session
 from ..session.state import Message
 from ..tools.registry import ToolRegistry
+from .compaction import auto_compact, compact_now
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider
 from .streaming import stream_call
@@ -109,13 +111,17 @@ class Agent:
         self._partial: list[str] = []
         #: The model call under way (its usage is estimated if the turn stops during it).
         self._in_flight: ChatRequest | None = None
+        #: A compaction asked for by a client, while it runs (turns wait for it).
+        self._compacting: asyncio.Task[Event] | None = None
+        #: What a compaction needs of the agent (:mod:`.compaction`).
+        self._llm = (self._provider_for, token_counter, self._emit)
         self.closed = False
 
     # --- what clients call ----------------------------------------------------------------------
 
     @property
     def busy(self) -> bool:
-        return self._current is not None or bool(self._queue)
+        return self._current is not None or bool(self._queue) or self._compacting is not None
 
     def submit(self, text: str, policy: str, max_queued: int) -> asyncio.Future[ChatResult]:
         """Queue a turn under ``policy``; the future resolves with its result.
@@ -165,9 +171,8 @@ class Agent:
         if policy == "interrupt":
             self.cancel()
         while self.busy:
-            current = self._current.future if self._current else self._queue[-1].future
-            with contextlib.suppress(JidokaError, asyncio.CancelledError):
-                await asyncio.shield(current)
+            current = self._current.future if self._current else self._compacting
+            await asyncio.wait({current or self._queue[-1].future})
 
     def cancel(self) -> bool:
         """Stop the running turn (its partial answer is kept); ``False`` if none runs."""
@@ -177,6 +182,28 @@ class Agent:
         turn.user_cancelled = True
         turn.task.cancel()
         return True
+
+    async def compact(self, keep_last: int, instructions: str | None) -> Event:
+        """Compact the conversation now (``compact_session``): ``SessionBusy`` while a turn
+        runs or waits; turns that come meanwhile wait for it. It belongs to the session, not
+        to the caller: a caller that goes away does not stop it."""
+        if self.closed:
+            raise SessionTerminated(self.session_id)
+        if self.busy:
+            raise SessionBusy(self.session_id)
+        work = compact_now(self._session, self._defaults, keep_last, instructions, *self._llm)
+        name = f"jidoka:{self.session_id}:compact"
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._compacting = task  # busy from now on: no suspension since the check
+        task.add_done_callback(self._compacted)
+        return await asyncio.shield(task)
+
+    def _compacted(self, task: asyncio.Task[Event]) -> None:
+        if self._compacting is task:
+            self._compacting = None
+        if not task.cancelled():
+            task.exception()  # the caller may have gone: not "never retrieved"
+        self._wakeup.set()  # a turn queued meanwhile may go
 
     def approve(self, call_id: object, allow: object) -> None:
         """The user's answer about the write waiting under ``call_id``."""
@@ -188,7 +215,7 @@ class Agent:
         """The supervised worker: run queued turns one at a time until the session ends."""
         try:
             while True:
-                while not self._queue:
+                while not self._queue or self._compacting is not None:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 turn = self._next_turn()
@@ -241,6 +268,8 @@ class Agent:
         if self._queue_limit is not None:
             self._queue_limit.release(len(self._queue))
         self._queue.clear()
+        if self._compacting is not None:
+            self._compacting.cancel()
         self._tools.deny_all()
         provider, self._provider = self._provider, None
         if provider is not None:
@@ -271,6 +300,7 @@ class Agent:
             registry = ToolRegistry.default(allow_write=config.allow_write is not False)
             tools = registry.specs()
             instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
+            await auto_compact(session, llm_config, tools, instructions, *self._llm)
             budget = budget_for(llm_config, tools, instructions, self._counter)
             bundle = await session.build_context(CONTEXT_PARTS, budget)
             window = TurnWindow(
