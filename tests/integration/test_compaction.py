@@ -116,9 +116,7 @@ async def test_clearing_the_conversation_drops_the_summary(client: AnyClient) ->
     await client.compact_session(sid, keep_last=1)
     await client.clear_conversation(sid)
     await client.send_message(sid, "user", "fresh")
-    assert [m.content for m in await client.get_conversation_history(sid, "compacted")] == [
-        "fresh"
-    ]
+    assert [m.content for m in await client.get_conversation_history(sid, "compacted")] == ["fresh"]
     assert (await client.build_context(sid)).summary is None
 
 

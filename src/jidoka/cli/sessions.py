@@ -194,8 +194,8 @@ def terminate(
         out.line(f"{info.session_id} {info.status} (reason: {info.reason or reason})")
 
 
-@app.command(cls=Command)
-def compact(
+@app.command("compact", cls=Command)
+def compact_session(
     session_id: SessionId,
     keep_last: Annotated[
         int,
