@@ -818,3 +818,19 @@ def test_events_of_a_restored_session_go_past_its_first_life(cli_server: CliServ
     kinds = [e.type for e in events]
     assert "session_terminated" in kinds
     assert events[-1].data["content"] == "second life"
+
+
+def test_sessions_compact(cli_server: CliServer) -> None:
+    sid = cli_server.create("--llm-config", '{"provider": "scripted"}')
+    for text in ("one", "two", "three"):
+        cli_server.ok("send", sid, text)
+    said = cli_server.ok("sessions", "compact", sid, "--keep-last", "1").strip()
+    assert said.startswith(f"{sid} compacted: messages 3-4 summarised, ")
+    done = json.loads(
+        cli_server.ok(
+            "sessions", "compact", sid, "--keep-last", "0", "--instructions", "x", "--json"
+        )
+    )
+    assert (done["first_seq"], done["last_seq"]) == (3, 5)
+    refused = cli_server.run("sessions", "compact", sid, "--keep-last", "-1")
+    assert refused.returncode == 2, refused.stderr
