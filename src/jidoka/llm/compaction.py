@@ -69,6 +69,9 @@ SUMMARY_PROMPT: Final = (
     "summary, in plain prose or short bullet points."
 )
 
+_EARLIER: Final = "Earlier summary:\n\n{summary}\n\n"
+_TRANSCRIPT: Final = "Transcript to summarise:\n\n{transcript}"
+
 Emit = Callable[[str, dict[str, Any]], Awaitable[object]]
 #: The agent's provider for an ``llm_config`` (made once, kept while the config holds).
 ProviderFor = Callable[[dict[str, Any]], Awaitable[Provider]]
@@ -143,7 +146,10 @@ def summary_requests(
     system = SUMMARY_PROMPT + (f"\n\n{instructions}" if instructions else "")
     head = [ChatMessage(role="system", content=system)]
     answer = int(llm_config.get("max_tokens") or 1024)
-    fixed = counter(system) + 3 * MESSAGE_OVERHEAD + answer + counter("Earlier summary:\n\n")
+    # The summary so far is at most an answer long; its framing, and a few tokens for the
+    # rounding of the counts of the parts joined, come on top.
+    framing = counter(_EARLIER.format(summary="") + _TRANSCRIPT.format(transcript=""))
+    fixed = counter(system) + 3 * MESSAGE_OVERHEAD + answer + framing + MESSAGE_OVERHEAD
     room = max(MIN_CHUNK_TOKENS, request_limit(llm_config) - fixed)
     chunks: list[tuple[list[ChatMessage], str]] = []
     lines: list[str] = []
@@ -169,8 +175,8 @@ def summary_requests(
 def _request(
     head: list[ChatMessage], transcript: str, summary: str | None, llm_config: dict[str, Any]
 ) -> ChatRequest:
-    earlier = f"Earlier summary:\n\n{summary}\n\n" if summary else ""
-    text = f"{earlier}Transcript to summarise:\n\n{transcript}"
+    earlier = _EARLIER.format(summary=summary) if summary else ""
+    text = earlier + _TRANSCRIPT.format(transcript=transcript)
     return ChatRequest(
         model=str(llm_config.get("model") or "default"),
         messages=[*head, ChatMessage(role="user", content=text)],
