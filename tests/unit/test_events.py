@@ -42,6 +42,7 @@ CONTRACT_TYPES = [
     "approval_requested",
     "approval_decided",
     "error",
+    "context_compacted",
 ]
 
 
