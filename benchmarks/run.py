@@ -33,6 +33,7 @@ from . import (
     bench_agent,
     bench_append,
     bench_cluster,
+    bench_compaction,
     bench_durable,
     bench_fanout,
     bench_history,
@@ -65,6 +66,7 @@ MODULES.update(
             bench_hotpath,
             bench_http,
             bench_agent,
+            bench_compaction,
             bench_postgres,
             bench_cluster,
         )

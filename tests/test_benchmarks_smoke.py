@@ -31,6 +31,7 @@ MODULES = [
     "bench_durable",
     "bench_http",
     "bench_agent",
+    "bench_compaction",
 ]
 
 

@@ -229,6 +229,26 @@ async def _summarise(
     return summary, usage
 
 
+def _failure(exc: Exception) -> ErrorData:
+    """The ``error`` event of a failed summary (``code: compaction_failed``)."""
+    if not isinstance(exc, JidokaError):  # a bug of ours or a provider's: no details here
+        message = f"internal error ({type(exc).__name__}); see the server log"
+        return ErrorData(code="compaction_failed", message=message)
+    if isinstance(exc, LLMError):
+        return ErrorData(
+            code="compaction_failed",
+            message=exc.message,
+            provider=exc.provider,
+            status=exc.status,
+            retryable=exc.retryable,
+        )
+    if isinstance(exc, LimitExceeded):
+        return ErrorData(
+            code="compaction_failed", message=exc.message, limit=exc.limit, maximum=exc.maximum
+        )
+    return ErrorData(code="compaction_failed", message=exc.message)
+
+
 async def run_compaction(
     session: Session,
     provider_for: ProviderFor,
@@ -238,11 +258,13 @@ async def run_compaction(
     instructions: str | None,
     counter: TokenCounter,
     emit: Emit,
+    then: str,
 ) -> Event:
-    """Summarise ``plan`` with the session's provider (``provider_for`` finds it) and
-    store the ``context_compacted`` event, after an ``agent_status: compacting``. A failure
-    (making the provider too) emits an ``error`` event (``code: compaction_failed``) and is
-    raised; nothing else changes."""
+    """Summarise ``plan`` with the session's provider (``provider_for`` finds it) and store
+    the ``context_compacted`` event, between an ``agent_status: compacting`` and an
+    ``agent_status`` of ``then`` (committed with it: one commit, one ``fsync``, fewer). A
+    failure (making the provider too) emits an ``error`` event (``code: compaction_failed``)
+    and the status, and is raised; nothing else changes."""
     sid = session.session_id
     await emit(*event_item(AgentStatusData(status="compacting")))
     try:
@@ -254,38 +276,28 @@ async def run_compaction(
             counter=counter,
             session_id=sid,
         )
+        previous = plan.previous.summary if plan.previous is not None else None
+        data = ContextCompactedData(
+            summary=summary,
+            first_seq=plan.first_seq,
+            last_seq=plan.last_seq,
+            tokens_before=conversation_tokens(previous, [*plan.older, *plan.kept], counter),
+            tokens_after=conversation_tokens(summary, plan.kept, counter),
+            usage=usage_data(usage),
+        )
     except Exception as exc:
-        if isinstance(exc, JidokaError):
-            message = exc.message
-        else:  # a bug of ours or a provider's: say so, without details for the log
-            message = f"internal error ({type(exc).__name__}); see the server log"
-        failed = ErrorData(code="compaction_failed", message=message)
-        if isinstance(exc, LLMError):
-            failed = ErrorData(
-                code="compaction_failed",
-                message=message,
-                provider=exc.provider,
-                status=exc.status,
-                retryable=exc.retryable,
-            )
-        elif isinstance(exc, LimitExceeded):
-            failed = ErrorData(
-                code="compaction_failed", message=message, limit=exc.limit, maximum=exc.maximum
-            )
-        await emit(*event_item(failed))
         if isinstance(exc, LLMError) and exc.session_id is None:
             exc.session_id = sid
+        with contextlib.suppress(SessionTerminated):
+            await emit(*event_item(_failure(exc)))
+            await emit(*event_item(AgentStatusData(status=then)))
         raise
-    previous = plan.previous.summary if plan.previous is not None else None
-    data = ContextCompactedData(
-        summary=summary,
-        first_seq=plan.first_seq,
-        last_seq=plan.last_seq,
-        tokens_before=conversation_tokens(previous, [*plan.older, *plan.kept], counter),
-        tokens_after=conversation_tokens(summary, plan.kept, counter),
-        usage=usage_data(usage),
-    )
-    return await session.record_compaction(data, plan.previous)
+    try:
+        return await session.record_compaction(data, plan.previous, AgentStatusData(status=then))
+    except CompactionConflict:
+        with contextlib.suppress(SessionTerminated):
+            await emit(*event_item(AgentStatusData(status=then)))
+        raise
 
 
 async def compact_now(
@@ -298,7 +310,7 @@ async def compact_now(
     emit: Emit,
 ) -> Event:
     """A compaction a client asked for: ``InvalidArgument`` (naming ``keep_last``) if there
-    is nothing to summarise, else :func:`run_compaction`, then ``agent_status: idle``."""
+    is nothing to summarise, else :func:`run_compaction`, the agent ``idle`` after it."""
     session = await get_session()
     plan = plan_of(session.state, keep_last)
     if plan is None:
@@ -308,20 +320,16 @@ async def compact_now(
             argument="keep_last",
             session_id=session.session_id,
         )
-    llm_config = {**defaults, **session.state.llm_config}
-    try:
-        return await run_compaction(
-            session,
-            provider_for,
-            plan,
-            llm_config=llm_config,
-            instructions=instructions,
-            counter=counter,
-            emit=emit,
-        )
-    finally:
-        with contextlib.suppress(SessionTerminated):
-            await emit(*event_item(AgentStatusData(status="idle")))
+    return await run_compaction(
+        session,
+        provider_for,
+        plan,
+        llm_config={**defaults, **session.state.llm_config},
+        instructions=instructions,
+        counter=counter,
+        emit=emit,
+        then="idle",
+    )
 
 
 async def auto_compact(
@@ -357,9 +365,9 @@ async def auto_compact(
             instructions=None,
             counter=counter,
             emit=emit,
+            then="thinking",
         )
     except JidokaError:
         pass
     except Exception:
         logger.exception("session %s: the compaction failed", session.session_id)
-    await emit(*event_item(AgentStatusData(status="thinking")))

@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..events import Event, EventType
 from ..payloads import (
+    AgentStatusData,
     ContextCompactedData,
     ConversationAddedData,
     ConversationClearedData,
@@ -119,11 +120,12 @@ class Session(SessionCore):
             return count
 
     async def record_compaction(
-        self, data: ContextCompactedData, previous: Compaction | None
+        self, data: ContextCompactedData, previous: Compaction | None, status: AgentStatusData
     ) -> Event:
-        """Store a compaction the agent made (:mod:`jidoka.llm.compaction`), planned when
-        ``previous`` was the latest one: refused (:class:`CompactionConflict`) if the
-        conversation has changed under it since, other than by new messages."""
+        """Store a compaction the agent made (:mod:`jidoka.llm.compaction`), and the agent's
+        ``status`` after it in the same commit; planned when ``previous`` was the latest one:
+        refused (:class:`CompactionConflict`) if the conversation has changed under it
+        since, other than by new messages. The ``context_compacted`` event is returned."""
         async with self.lock:
             self.ensure_writable()
             state = self.state
@@ -131,7 +133,8 @@ class Session(SessionCore):
                 m.seq == data.last_seq for m in state.messages()
             ):
                 raise CompactionConflict(self.session_id)
-            return (await self.command([event_item(data)]))[-1]
+            events = await self.command([event_item(data), event_item(status)])
+            return events[-2]
 
     async def add_file(self, path: object) -> ActiveFile:
         sandbox = self._sandbox(path)
