@@ -270,3 +270,18 @@ async def test_auto_compact_at_is_validated(client: AnyClient) -> None:
         with pytest.raises(jidoka.InvalidConfig) as caught:
             await client.create_session(llm_config=scripted(auto_compact_at=bad))
         assert caught.value.field == "llm_config.auto_compact_at"
+
+
+async def test_a_saved_copy_keeps_the_compaction(client: AnyClient) -> None:
+    sid = await client.create_session(llm_config=scripted({"text": "kept summary"}))
+    await conversation(client, sid, 4)
+    await client.compact_session(sid, keep_last=1)
+    before = await client.get_conversation_history(sid, "compacted")
+    await client.save_session(sid)
+    await client.terminate_session(sid)
+    await client.restore_session(sid)
+    after = await client.get_conversation_history(sid, "compacted")
+    assert [(m.role, m.content) for m in after] == [(m.role, m.content) for m in before]
+    assert after[0].content == "kept summary"
+    assert (await client.build_context(sid)).summary == "kept summary"
+    assert len(await client.get_conversation_history(sid)) == 4

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from jidoka.cli.output import event_summary
 from jidoka.events import Event, EventType
 from jidoka.llm.compaction import SUMMARY_PROMPT, auto_threshold, plan_of, summary_requests
 from jidoka.llm.prompt import message_tokens, prompt_messages, request_limit
@@ -125,3 +126,8 @@ def test_auto_threshold_is_a_share_of_the_window_and_off_by_default() -> None:
     assert auto_threshold({"auto_compact_at": None}) is None
     assert auto_threshold({"auto_compact_at": 0.8}) == int(8192 * 0.8)
     assert auto_threshold({"auto_compact_at": 0.5, "context_window": 1000}) == 500
+
+
+def test_the_cli_says_what_a_compaction_did() -> None:
+    event = log(*said("a", "b"), compacted("S", 3, 3))[-1]
+    assert event_summary(event) == "messages 3-3 summarised (9 → 3 tokens)"
