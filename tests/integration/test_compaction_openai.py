@@ -6,6 +6,7 @@ and automatic compaction before a turn. The scripted-provider side is test_compa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,16 +17,46 @@ from jidoka.events import EventType
 from jidoka.llm.compaction import SUMMARY_PROMPT
 from jidoka.remote import RemoteClient
 
-from ..helpers import PROMPTLY
-from ..support.openai_server import OpenAIServer, Status, Text, openai_server
+from ..helpers import PROMPTLY, settle
+from ..support.openai_server import (
+    OpenAIServer,
+    RecordedRequest,
+    Slow,
+    Status,
+    Text,
+    openai_server,
+)
 
 AnyClient = jidoka.Client | RemoteClient
+
+
+class _Arrivals(list[RecordedRequest]):
+    """The server's request log, plus an event set at each arrival (so a test waits for the
+    server to have received a request instead of sleeping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def append(self, item: RecordedRequest) -> None:
+        super().append(item)
+        self.changed.set()
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[OpenAIServer]:
     async with openai_server() as running:
+        running.requests = _Arrivals()
         yield running
+
+
+async def arrived(server: OpenAIServer, count: int) -> None:
+    requests = server.requests
+    assert isinstance(requests, _Arrivals)
+    async with asyncio.timeout(PROMPTLY):
+        while len(requests) < count:
+            requests.changed.clear()
+            await requests.changed.wait()
 
 
 def llm(server: OpenAIServer, **extra: Any) -> dict[str, Any]:
@@ -129,3 +160,30 @@ async def test_auto_compaction_before_a_turn_through_the_sdk(
     log = await client.read_events(sid, after_seq=0, limit=1000)
     statuses = [e.data["status"] for e in log if e.type == EventType.AGENT_STATUS]
     assert statuses == ["thinking", "compacting", "thinking", "idle"]
+
+
+async def test_turns_wait_for_a_compaction_and_see_its_summary(
+    server: OpenAIServer, client: AnyClient
+) -> None:
+    slow = Slow(["summary of ", "the old part"], before=1)
+    server.queue(slow, Text(["after"]))
+    sid = await client.create_session(llm_config=llm(server))
+    for i in range(4):
+        await client.send_message(sid, "user", f"old part {i}")
+    compacting = asyncio.create_task(client.compact_session(sid, keep_last=1))
+    await arrived(server, 1)
+    turn = asyncio.create_task(client.chat(sid, "next"))  # queued behind the compaction
+    await settle()
+    assert not turn.done()
+    assert len(server.requests) == 1  # the turn has not called the model
+    with pytest.raises(jidoka.SessionBusy):
+        await client.compact_session(sid, keep_last=0)  # one at a time
+    slow.release.set()
+    async with asyncio.timeout(PROMPTLY):
+        done = await compacting
+        result = await turn
+    assert done.summary == "summary of the old part"
+    assert result.message.content == "after"
+    prompt = server.requests[1].body["messages"]
+    assert done.summary in prompt[0]["content"]
+    assert [m["content"] for m in prompt[1:]] == ["old part 3", "next"]
