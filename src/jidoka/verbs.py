@@ -118,6 +118,9 @@ class Verb:
     stream: bool = False
     #: Queued turns: HTTP answers 202 at once unless ``?wait=true``; the WebSocket waits.
     background: bool = False
+    #: Its answer waits on a model call (a compaction's summary): no read timeout, as for a
+    #: turn waited on, in ``RemoteClient`` and when forwarded to the session's node.
+    long_running: bool = False
     #: The ``Location`` of what a 201 created, from the answer.
     location: Callable[[Any], str] | None = None
     #: The arguments as one struct: path parameters, query parameters, body fields (derived).
@@ -337,7 +340,7 @@ VERBS: Final[tuple[Verb, ...]] = (
          "Summarise the older conversation with the session's model (the log keeps it all)",
          Scope.SESSION, wire.Compacted, body=wire.CompactSessionRequest,
          errors=(*_CHANGE_ERRORS, SessionBusy, LLMError, InvalidArgument),
-         call=_compact_session, client="compact_session"),
+         call=_compact_session, client="compact_session", long_running=True),
     Verb("get_active_files", "GET", _SID + "/files", "Active files", Scope.SESSION,
          wire.FileList, errors=(SessionNotFound, SessionTerminated),
          call=_session_verb("get_active_files", wrap=wire.FileList, key="files"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from jidoka._remote_verbs import request_for
 from jidoka.cli.output import event_summary
 from jidoka.events import Event, EventType
 from jidoka.llm.compaction import SUMMARY_PROMPT, auto_threshold, plan_of, summary_requests
@@ -17,6 +18,7 @@ from jidoka.session.context import build_context, estimate_tokens
 from jidoka.session.projection import replay
 from jidoka.session.snapshot import decode_state, encode_state
 from jidoka.session.state import Compaction
+from jidoka.verbs import by_name
 
 SID = "01KDVDNA002TGFDYKMPAK7J69H"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -131,3 +133,18 @@ def test_auto_threshold_is_a_share_of_the_window_and_off_by_default() -> None:
 def test_the_cli_says_what_a_compaction_did() -> None:
     event = log(*said("a", "b"), compacted("S", 3, 3))[-1]
     assert event_summary(event) == "messages 3-3 summarised (9 → 3 tokens)"
+
+
+def test_compact_session_requests_wait_as_long_as_the_model() -> None:
+    """Its answer waits on the summariser: RemoteClient (and a node forwarding it) sends it
+    without a read timeout, as it does a turn it waits on."""
+    verb = by_name("compact_session")
+    assert verb is not None
+    assert verb.long_running
+    request = request_for(verb, {"session_id": SID, "keep_last": 2, "instructions": None})
+    assert request.long_lived
+    assert (request.method, request.path) == ("POST", f"/v1/sessions/{SID}/compact")
+    assert msgspec.json.decode(request.body or b"") == {"instructions": None, "keep_last": 2}
+    history = by_name("get_conversation_history")
+    assert history is not None
+    assert not request_for(history, {"session_id": SID, "view": "compacted"}).long_lived
