@@ -17,7 +17,7 @@ from jidoka.events import EventType
 from jidoka.llm.compaction import SUMMARY_PROMPT
 from jidoka.remote import RemoteClient
 
-from ..helpers import PROMPTLY, settle
+from ..helpers import PROMPTLY, drain, settle
 from ..support.openai_server import (
     OpenAIServer,
     RecordedRequest,
@@ -187,3 +187,23 @@ async def test_turns_wait_for_a_compaction_and_see_its_summary(
     prompt = server.requests[1].body["messages"]
     assert done.summary in prompt[0]["content"]
     assert [m["content"] for m in prompt[1:]] == ["old part 3", "next"]
+
+
+async def test_terminating_the_session_stops_its_compaction(
+    server: OpenAIServer, client: AnyClient
+) -> None:
+    server.queue(Slow(["never ", "finished"], before=1))
+    sid = await client.create_session(llm_config=llm(server))
+    for i in range(3):
+        await client.send_message(sid, "user", f"m{i}")
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        compacting = asyncio.create_task(client.compact_session(sid, keep_last=1))
+        await arrived(server, 1)
+        await client.terminate_session(sid)
+        with pytest.raises(jidoka.SessionTerminated):
+            async with asyncio.timeout(PROMPTLY):
+                await compacting
+        log = await drain(events)  # the whole log: the stream ends with the session
+    assert (EventType.AGENT_STATUS, "compacting") in [(e.type, e.data.get("status")) for e in log]
+    assert not [e for e in log if e.type == EventType.CONTEXT_COMPACTED]
+    assert log[-1].type == EventType.SESSION_TERMINATED

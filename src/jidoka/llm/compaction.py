@@ -23,6 +23,7 @@ that talks to the provider and the session, and the agent calls it (manually, th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,7 @@ __all__ = [
     "auto_compact",
     "auto_threshold",
     "compact_now",
+    "owned",
     "conversation_tokens",
     "plan_of",
     "run_compaction",
@@ -330,6 +332,17 @@ async def compact_now(
         emit=emit,
         then="idle",
     )
+
+
+async def owned(task: asyncio.Task[Event], session_id: str) -> Event:
+    """Wait for a compaction the session owns: shielded (a caller that goes away does not
+    stop it), and ``SessionTerminated`` if the session ended under it (which cancels it)."""
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.cancelled():  # the session's, not this caller's
+            raise SessionTerminated(session_id) from None
+        raise
 
 
 async def auto_compact(

@@ -56,7 +56,7 @@ from ..session.context import CONTEXT_PARTS, TokenCounter
 from ..session.session import Session
 from ..session.state import Message
 from ..tools.registry import ToolRegistry
-from .compaction import auto_compact, compact_now
+from .compaction import auto_compact, compact_now, owned
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider
 from .streaming import stream_call
@@ -196,7 +196,7 @@ class Agent:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._compacting = task  # busy from now on: no suspension since the check
         task.add_done_callback(self._compacted)
-        return await asyncio.shield(task)
+        return await owned(task, self.session_id)
 
     def _compacted(self, task: asyncio.Task[Event]) -> None:
         if self._compacting is task:
