@@ -119,6 +119,14 @@ def test_the_summary_requests_fit_the_window_and_cut_a_message_too_large() -> No
     assert "[3] user: " + "x" * 2000 in joined
     assert "[6] user: " + "w" * 100 in joined
     assert "cut to fit the context window" in joined  # the 40,000-character one
+    # An earlier summary longer than an answer (another max_tokens made it) still fits.
+    earlier = "e" * 4000
+    for head, transcript in summary_requests(
+        plan, earlier, llm_config=llm_config, instructions=None, counter=estimate_tokens
+    ):
+        carried = f"Earlier summary:\n\n{earlier}\n\nTranscript to summarise:\n\n{transcript}"
+        cost = message_tokens(head[0], estimate_tokens) + estimate_tokens(carried) + 4
+        assert cost <= limit
     assert plan_of(state, 5) is None
     assert plan_of(state, 4) is not None
 

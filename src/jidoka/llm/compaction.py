@@ -53,8 +53,8 @@ __all__ = [
     "auto_compact",
     "auto_threshold",
     "compact_now",
-    "owned",
     "conversation_tokens",
+    "owned",
     "plan_of",
     "run_compaction",
     "summary_requests",
@@ -143,13 +143,16 @@ def summary_requests(
     counter: TokenCounter,
 ) -> list[tuple[list[ChatMessage], str]]:
     """The older messages as chunks of transcript, each fitting one request next to the
-    system prompt and a summary as long as the answer may be: (system message, transcript)
-    pairs; the summary so far is put in when each is sent (:func:`_request`)."""
+    system prompt and the summary so far (``summary``, the previous compaction's, then each
+    chunk's answer: as long as an answer may be): (system message, transcript) pairs; the
+    summary so far is put in when each is sent (:func:`_request`)."""
     system = SUMMARY_PROMPT + (f"\n\n{instructions}" if instructions else "")
     head = [ChatMessage(role="system", content=system)]
     answer = int(llm_config.get("max_tokens") or 1024)
-    # The summary so far is at most an answer long; its framing, and a few tokens for the
-    # rounding of the counts of the parts joined, come on top.
+    if summary is not None:  # an earlier one, made with another max_tokens perhaps
+        answer = max(answer, counter(summary))
+    # The summary's framing, and a few tokens for the rounding of the counts of the parts
+    # joined, come on top.
     framing = counter(_EARLIER.format(summary="") + _TRANSCRIPT.format(transcript=""))
     fixed = counter(system) + 3 * MESSAGE_OVERHEAD + answer + framing + MESSAGE_OVERHEAD
     room = max(MIN_CHUNK_TOKENS, request_limit(llm_config) - fixed)
@@ -290,6 +293,8 @@ async def run_compaction(
     except Exception as exc:
         if isinstance(exc, LLMError) and exc.session_id is None:
             exc.session_id = sid
+        if not isinstance(exc, JidokaError):
+            logger.exception("session %s: the compaction failed", sid)
         with contextlib.suppress(SessionTerminated):
             await emit(*event_item(_failure(exc)))
             await emit(*event_item(AgentStatusData(status=then)))
@@ -369,7 +374,8 @@ async def auto_compact(
     plan = plan_of(session.state, DEFAULT_KEEP_LAST)
     if plan is None:
         return
-    try:
+    # A failure is an error event in the log already (and in the server log if it is a bug).
+    with contextlib.suppress(Exception):
         await run_compaction(
             session,
             provider_for,
@@ -380,7 +386,3 @@ async def auto_compact(
             emit=emit,
             then="thinking",
         )
-    except JidokaError:
-        pass
-    except Exception:
-        logger.exception("session %s: the compaction failed", session.session_id)
