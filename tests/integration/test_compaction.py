@@ -13,6 +13,7 @@ in test_compaction_openai.py.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,3 +286,22 @@ async def test_a_saved_copy_keeps_the_compaction(client: AnyClient) -> None:
     assert after[0].content == "kept summary"
     assert (await client.build_context(sid)).summary == "kept summary"
     assert len(await client.get_conversation_history(sid)) == 4
+
+
+async def test_no_auto_compaction_when_it_could_not_help(client: AnyClient, tmp_path: Path) -> None:
+    """The prompt is past the threshold because of an active file, not the conversation:
+    summarising the few older messages could not bring it under, so no model call is spent."""
+    (tmp_path / "big.txt").write_text("line of text\n" * 2000, encoding="utf-8")
+    sid = await client.create_session(
+        project_root=str(tmp_path),
+        llm_config=scripted(
+            {"text": "the answer"}, context_window=6000, max_tokens=200, auto_compact_at=0.5
+        ),
+    )
+    await client.add_file(sid, "big.txt")
+    await conversation(client, sid, 6)
+    result = await client.chat(sid, "and now?")
+    assert result.message.content == "the answer"  # the script's one turn: no summary asked
+    log = await log_of(client, sid)
+    assert not [e for e in log if e.type == EventType.CONTEXT_COMPACTED]
+    assert "compacting" not in [e.data["status"] for e in log if e.type == "agent_status"]

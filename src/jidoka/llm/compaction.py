@@ -37,6 +37,7 @@ from ..session.inputs import DEFAULT_KEEP_LAST
 from ..session.session import CompactionConflict, Session
 from ..session.state import Compaction, Message, SessionState
 from .prompt import (
+    DEFAULT_ANSWER_TOKENS,
     DEFAULT_CONTEXT_WINDOW,
     MESSAGE_OVERHEAD,
     cut_to_fit,
@@ -148,7 +149,7 @@ def summary_requests(
     summary so far is put in when each is sent (:func:`_request`)."""
     system = SUMMARY_PROMPT + (f"\n\n{instructions}" if instructions else "")
     head = [ChatMessage(role="system", content=system)]
-    answer = int(llm_config.get("max_tokens") or 1024)
+    answer = int(llm_config.get("max_tokens") or DEFAULT_ANSWER_TOKENS)
     if summary is not None:  # an earlier one, made with another max_tokens perhaps
         answer = max(answer, counter(summary))
     # The summary's framing, and a few tokens for the rounding of the counts of the parts
@@ -360,19 +361,25 @@ async def auto_compact(
     emit: Emit,
 ) -> None:
     """Before a turn's first model call: compact if its whole prompt (the tools' schemas, the
-    instructions and the whole context) would pass ``auto_compact_at`` of the window, keeping
-    the newest :data:`DEFAULT_KEEP_LAST` messages. A failure is in the log (an ``error``
-    event) and the turn goes on uncompacted; either way the agent says ``thinking`` again
-    after its ``compacting``."""
+    instructions and the whole context) would pass ``auto_compact_at`` of the window, and the
+    messages a compaction would summarise (all but the newest :data:`DEFAULT_KEEP_LAST`) are
+    worth it: longer than a summary may be, and at least half of what the prompt is over by.
+    A failure is in the log (an ``error`` event) and the turn goes on uncompacted; either way
+    the agent says ``thinking`` again after its ``compacting``."""
     threshold = auto_threshold(llm_config)
     if threshold is None:
         return
     whole = await session.build_context(CONTEXT_PARTS, None)
     fixed = tools_tokens(tools, counter) + counter(instructions) + 2 * MESSAGE_OVERHEAD
-    if fixed + whole.token_count <= threshold:
+    excess = fixed + whole.token_count - threshold
+    if excess <= 0:
         return
     plan = plan_of(session.state, DEFAULT_KEEP_LAST)
-    if plan is None:
+    answer = int(llm_config.get("max_tokens") or DEFAULT_ANSWER_TOKENS)
+    if plan is None or conversation_tokens(None, plan.older, counter) < max(excess // 2, answer):
+        # Too little to summarise to matter: no more than a summary may be long, or less
+        # than half of what the prompt is over by (active files make it so, say). Else every
+        # turn would spend a model call to change next to nothing.
         return
     # A failure is an error event in the log already (and in the server log if it is a bug).
     with contextlib.suppress(Exception):
