@@ -119,7 +119,8 @@ class LLMConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                         ``context_window - max_tokens`` (counted with the runtime's token counter)
     ``auto_compact_at`` a share of ``context_window`` (0 < x <= 1, e.g. 0.8; default off): a
                         turn whose prompt would be larger first compacts the conversation
-                        (the session's model summarises the older messages; issue 17)
+                        (the session's model summarises all but the newest 4 messages, when
+                        they are worth it: see :func:`jidoka.llm.compaction.auto_compact`)
     ``timeout``         > 0 seconds per HTTP read/connect (default 60)
     ``max_retries``     >= 0 (default 3), the SDK's retries before the answer starts
     ``system_prompt``   the instructions at the head of the system message (replaces the default)
