@@ -33,6 +33,7 @@ MODULES = [
     "bench_agent",
     "bench_steering",
     "bench_chunk_pruning",
+    "bench_compaction",
 ]
 
 

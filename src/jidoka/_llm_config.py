@@ -117,6 +117,10 @@ class LLMConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     ``max_tokens``      > 0, the answer's length bound
     ``context_window``  > 0 tokens (default 8192): no request of a turn is larger than
                         ``context_window - max_tokens`` (counted with the runtime's token counter)
+    ``auto_compact_at`` a share of ``context_window`` (0 < x <= 1, e.g. 0.8; default off): a
+                        turn whose prompt would be larger first compacts the conversation
+                        (the session's model summarises all but the newest 4 messages, when
+                        they are worth it: see :func:`jidoka.llm.compaction.auto_compact`)
     ``timeout``         > 0 seconds per HTTP read/connect (default 60)
     ``max_retries``     >= 0 (default 3), the SDK's retries before the answer starts
     ``system_prompt``   the instructions at the head of the system message (replaces the default)
@@ -141,6 +145,7 @@ class LLMConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | UnsetType | None = UNSET
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | UnsetType | None = UNSET
     context_window: Annotated[int, msgspec.Meta(ge=1)] | UnsetType | None = UNSET
+    auto_compact_at: Annotated[float, msgspec.Meta(gt=0, le=1)] | UnsetType | None = UNSET
     timeout: Annotated[float, msgspec.Meta(gt=0)] | UnsetType | None = UNSET
     max_retries: Annotated[int, msgspec.Meta(ge=0)] | UnsetType | None = UNSET
     system_prompt: (
@@ -205,7 +210,7 @@ class LLMConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 _NUMBERS: Final = frozenset(
-    {"temperature", "max_tokens", "context_window", "timeout", "max_retries"}
+    {"temperature", "max_tokens", "context_window", "auto_compact_at", "timeout", "max_retries"}
 )
 #: What a valid value of each key is, for the messages.
 _LLM_RULES: Final = {
@@ -218,6 +223,7 @@ _LLM_RULES: Final = {
     "temperature": "must be a number between 0 and 2",
     "max_tokens": "must be an integer >= 1",
     "context_window": "must be an integer >= 1",
+    "auto_compact_at": "must be a number > 0 and <= 1 (a share of context_window)",
     "timeout": "must be a number > 0",
     "max_retries": "must be an integer >= 0",
     "system_prompt": f"must be a non-empty string of at most {MAX_SYSTEM_PROMPT} characters",

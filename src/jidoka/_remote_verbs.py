@@ -113,7 +113,8 @@ def request_for(verb: Verb, values: Mapping[str, Any]) -> Request:
             params[param.name] = value if isinstance(value, int | str) else str(value)
     if verb.background:
         params["wait"] = "true"  # the call returns the turn's result, as in process
-    return Request(verb.method, path, params, _body(verb, values), verb.background)
+    long_lived = verb.background or verb.long_running
+    return Request(verb.method, path, params, _body(verb, values), long_lived)
 
 
 def remote_method(verb: Verb) -> Callable[..., Awaitable[Any]]:

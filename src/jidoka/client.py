@@ -23,11 +23,12 @@ from .scoped import ScopedClient
 from .session.branching import Rewound
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
+from .session.inputs import DEFAULT_KEEP_LAST, check_instructions, check_keep_last
 from .session.manager import REASON_REQUESTED, SessionManager
 from .session.state import ActiveFile, FileIndexEntry, Message
 from .store.base import SavedSession
 from .wire import ClusterNode as ClusterNodeInfo
-from .wire import ClusterStatus
+from .wire import ClusterStatus, Compacted
 
 if TYPE_CHECKING:
     from .cluster.node import ClusterNode
@@ -250,9 +251,42 @@ class Client:
         )
         return message
 
-    async def get_conversation_history(self, session_id: str) -> list[Message]:
-        """The messages in the session's window (the newest ``max_history``), oldest first."""
-        return (await self._manager.session(session_id)).history()
+    async def get_conversation_history(self, session_id: str, view: str = "full") -> list[Message]:
+        """The messages in the session's window (the newest ``max_history``), oldest first.
+
+        ``view="compacted"``: what the model sees of them since the latest compaction (its
+        summary as a leading ``system`` message, then the messages after it); ``full`` (the
+        default) shows every message, compacted or not."""
+        return (await self._manager.session(session_id)).history(view)
+
+    async def compact_session(
+        self,
+        session_id: str,
+        *,
+        instructions: str | None = None,
+        keep_last: int = DEFAULT_KEEP_LAST,
+    ) -> Compacted:
+        """Summarise the conversation before its newest ``keep_last`` messages with the
+        session's own model (``instructions`` tell it what to keep), so the context carries
+        the summary and those messages from now on. The log and the full history keep every
+        message. ``SessionBusy`` while a turn runs; ``InvalidArgument`` if there is nothing
+        to summarise; a failed summary raises (``LLMError``) and changes nothing but an
+        ``error`` event."""
+        sid = session_id if isinstance(session_id, str) else repr(session_id)
+        keep = check_keep_last(keep_last, sid)
+        text = check_instructions(instructions, sid)
+        session = await self._manager.session(session_id)
+        with self._manager.telemetry.span("compact_session", session.session_id):
+            event = await self._agents.compact(session, keep, text)
+        data = event.data
+        return Compacted(
+            seq=event.seq,
+            summary=data["summary"],
+            first_seq=data["first_seq"],
+            last_seq=data["last_seq"],
+            tokens_before=data["tokens_before"],
+            tokens_after=data["tokens_after"],
+        )
 
     async def clear_conversation(self, session_id: str) -> int:
         """Empty the history; returns how many messages it held."""

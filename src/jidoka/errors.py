@@ -18,7 +18,9 @@ of every error a caller can meet (defined here unless a module is named)::
     ├── HostNotAllowed           an HTTP request whose Host is not a name of the server
     ├── OriginNotAllowed         a browser page of another origin tried to change something
     ├── SessionExists            restoring a session whose id is live
-    ├── SessionBusy              a turn is running and the session's policy is ``reject``
+    ├── SessionBusy              a turn is running and the session's policy is ``reject``, or a
+    │   │                        compaction meets a turn (or a turn a compaction)
+    │   └── CompactionConflict   (session.session) the conversation changed under a compaction
     ├── LLMError                 the model provider failed (names the session and provider)
     ├── StoreError               the session store failed (names the session)
     │   ├── CorruptSession       (session.persistence) one stored session cannot be rebuilt

@@ -60,6 +60,8 @@ class EventType(StrEnum):
     APPROVAL_REQUESTED = "approval_requested"
     APPROVAL_DECIDED = "approval_decided"
     ERROR = "error"
+    #: The conversation before ``last_seq`` is summarised (issue 17): the log keeps every message.
+    CONTEXT_COMPACTED = "context_compacted"
     #: Not part of any session's log: a marker a subscription yields when it had to skip events
     #: it could not recover (see :mod:`jidoka.bus.memory`). ``seq`` is the last seq skipped.
     EVENTS_DROPPED = "events_dropped"

@@ -33,6 +33,7 @@ __all__ = [
     "ApprovalRequestedData",
     "ConversationAddedData",
     "ConversationClearedData",
+    "ContextCompactedData",
     "ErrorData",
     "AnyEventData",
     "EventsDroppedData",
@@ -206,9 +207,10 @@ class ToolResultData(EventData, tag="tool_result", frozen=True, kw_only=True):
 
 
 class AgentStatusData(EventData, tag="agent_status", frozen=True, kw_only=True):
-    """The agent is ``thinking``, ``calling_tool``, ``idle``, ``cancelled`` or ``failed``
-    (``reason: restart`` for a turn a restart interrupted, ``owner_lost`` for one whose node of
-    a cluster was lost)."""
+    """The agent is ``thinking``, ``calling_tool``, ``compacting`` (summarising the
+    conversation: ``context_compacted`` or an ``error`` follows), ``idle``, ``cancelled`` or
+    ``failed`` (``reason: restart`` for a turn a restart interrupted, ``owner_lost`` for one
+    whose node of a cluster was lost)."""
 
     status: str
     reason: str | UnsetType = UNSET
@@ -237,7 +239,8 @@ class ApprovalDecidedData(EventData, tag="approval_decided", frozen=True, kw_onl
 class ErrorData(EventData, tag="error", frozen=True, kw_only=True):
     """Something failed: a supervised worker crashed (``worker``, ``restarts``) or a turn
     failed (``code``: ``llm_error``, ``max_iterations``, ``limit_exceeded``, ``invalid_config``,
-    ``error``, ``internal_error``; then the error's own fields, and ``usage`` if it used any)."""
+    ``error``, ``internal_error``; ``compaction_failed`` for a summariser that failed, the
+    context left as it was; then the error's own fields, and ``usage`` if it used any)."""
 
     worker: str | UnsetType = UNSET
     code: str | UnsetType = UNSET
@@ -250,6 +253,21 @@ class ErrorData(EventData, tag="error", frozen=True, kw_only=True):
     limit: str | UnsetType = UNSET
     maximum: int | UnsetType = UNSET
     field: str | UnsetType = UNSET
+    usage: dict[str, Any] | UnsetType = UNSET
+
+
+class ContextCompactedData(EventData, tag="context_compacted", frozen=True, kw_only=True):
+    """The session's own model summarised the conversation from ``first_seq`` to ``last_seq``
+    (the seqs of the oldest and newest message it stands for; a summary of an earlier summary
+    stands for that one's messages too). From then on the context carries ``summary`` and the
+    messages after ``last_seq``; the log keeps every message. ``tokens_before`` and
+    ``tokens_after`` are the conversation's cost in the context, ``usage`` the summariser's."""
+
+    summary: str
+    first_seq: int
+    last_seq: int
+    tokens_before: int
+    tokens_after: int
     usage: dict[str, Any] | UnsetType = UNSET
 
 
@@ -282,6 +300,7 @@ AnyEventData: TypeAlias = (
     | ApprovalRequestedData
     | ApprovalDecidedData
     | ErrorData
+    | ContextCompactedData
     | EventsDroppedData
 )
 

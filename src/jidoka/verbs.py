@@ -119,6 +119,9 @@ class Verb:
     stream: bool = False
     #: Queued turns: HTTP answers 202 at once unless ``?wait=true``; the WebSocket waits.
     background: bool = False
+    #: Its answer waits on a model call (a compaction's summary): no read timeout, as for a
+    #: turn waited on, in ``RemoteClient`` and when forwarded to the session's node.
+    long_running: bool = False
     #: The ``Location`` of what a 201 created, from the answer.
     location: Callable[[Any], str] | None = None
     #: The arguments as one struct: path parameters, query parameters, body fields (derived).
@@ -247,6 +250,12 @@ async def _rewind_session(c: ScopedClient, a: Any) -> Rewound:
     return await c.client.rewind_session(a.session_id, to_seq=a.to_seq, cancel=a.cancel)
 
 
+async def _compact_session(c: ScopedClient, a: Any) -> wire.Compacted:
+    return await c.client.compact_session(
+        a.session_id, instructions=a.instructions, keep_last=a.keep_last
+    )
+
+
 async def _list_saved_sessions(c: ScopedClient, a: Any) -> wire.SavedSessionList:
     found = await c.client.list_saved_sessions(owner=c.owner)
     return wire.SavedSessionList(saved_sessions=found)
@@ -325,13 +334,23 @@ VERBS: Final[tuple[Verb, ...]] = (
          errors=(*_CHANGE_ERRORS, InvalidRole, SessionBusy),
          call=_session_verb("send_message", "role", "content"), client="send_message"),
     Verb("get_conversation_history", "GET", _SID + "/messages", "The conversation window",
-         Scope.SESSION, wire.MessageList, errors=(SessionNotFound, SessionTerminated),
-         call=_session_verb("get_conversation_history", wrap=wire.MessageList, key="messages"),
+         Scope.SESSION, wire.MessageList, query=(
+             Param("view", Literal["full", "compacted"], "full",
+                   "full: every message of the window; compacted: the latest compaction's "
+                   "summary (a system message), then the messages after it"),),
+         errors=(SessionNotFound, SessionTerminated),
+         call=_session_verb("get_conversation_history", "view", wrap=wire.MessageList,
+                            key="messages"),
          client="get_conversation_history", unwrap="messages"),
     Verb("clear_conversation", "DELETE", _SID + "/messages", "Clear the conversation",
          Scope.SESSION, wire.Cleared, errors=_CHANGE_ERRORS,
          call=_session_verb("clear_conversation", wrap=wire.Cleared, key="cleared"),
          client="clear_conversation", unwrap="cleared"),
+    Verb("compact_session", "POST", _SID + "/compact",
+         "Summarise the older conversation with the session's model (the log keeps it all)",
+         Scope.SESSION, wire.Compacted, body=wire.CompactSessionRequest,
+         errors=(*_CHANGE_ERRORS, SessionBusy, LLMError, InvalidArgument),
+         call=_compact_session, client="compact_session", long_running=True),
     Verb("get_active_files", "GET", _SID + "/files", "Active files", Scope.SESSION,
          wire.FileList, errors=(SessionNotFound, SessionTerminated),
          call=_session_verb("get_active_files", wrap=wire.FileList, key="files"),

@@ -17,6 +17,7 @@ import msgspec
 from .events import Event
 from .session.context import ContextBundle
 from .session.info import SessionInfo
+from .session.inputs import DEFAULT_KEEP_LAST, MAX_INSTRUCTIONS, MAX_KEEP_LAST
 from .session.state import ActiveFile, FileIndexEntry, Message
 from .store.base import SavedSession
 
@@ -30,6 +31,8 @@ __all__ = [
     "ClusterStatus",
     "ChatRequestBody",
     "Cleared",
+    "CompactSessionRequest",
+    "Compacted",
     "CreateSessionRequest",
     "Deleted",
     "FileIndexList",
@@ -116,6 +119,27 @@ class ApprovalRequest(_Request):
     """``POST /v1/sessions/{id}/approvals/{call_id}``: let the write happen, or not."""
 
     allow: bool
+
+
+class CompactSessionRequest(_Request):
+    """``POST /v1/sessions/{id}/compact``: summarise the messages before the newest
+    ``keep_last`` (``instructions``: what the summary should keep, for the model)."""
+
+    instructions: Annotated[str, msgspec.Meta(max_length=MAX_INSTRUCTIONS)] | None = None
+    keep_last: Annotated[int, msgspec.Meta(ge=0, le=MAX_KEEP_LAST)] = DEFAULT_KEEP_LAST
+
+
+class Compacted(msgspec.Struct, kw_only=True):
+    """What ``compact_session`` stored: the ``context_compacted`` event's ``seq`` and its data
+    (the summary stands for the messages ``first_seq`` to ``last_seq``; the conversation's
+    cost in the context went from ``tokens_before`` to ``tokens_after``)."""
+
+    seq: int
+    summary: str
+    first_seq: int
+    last_seq: int
+    tokens_before: int
+    tokens_after: int
 
 
 class Accepted(msgspec.Struct, kw_only=True):

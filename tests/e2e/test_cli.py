@@ -844,3 +844,19 @@ def test_fork_and_rewind(cli_server: CliServer) -> None:
     out_of_range = cli_server.run("sessions", "rewind", sid, "--to", "99")
     assert out_of_range.returncode != 0
     assert "to_seq" in out_of_range.stderr
+
+
+def test_sessions_compact(cli_server: CliServer) -> None:
+    sid = cli_server.create("--llm-config", '{"provider": "scripted"}')
+    for text in ("one", "two", "three"):
+        cli_server.ok("send", sid, text)
+    said = cli_server.ok("sessions", "compact", sid, "--keep-last", "1").strip()
+    assert said.startswith(f"{sid} compacted: messages 3-4 summarised, ")
+    done = json.loads(
+        cli_server.ok(
+            "sessions", "compact", sid, "--keep-last", "0", "--instructions", "x", "--json"
+        )
+    )
+    assert (done["first_seq"], done["last_seq"]) == (3, 5)
+    refused = cli_server.run("sessions", "compact", sid, "--keep-last", "-1")
+    assert refused.returncode == 2, refused.stderr

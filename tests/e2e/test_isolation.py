@@ -83,6 +83,8 @@ SESSION_ROUTES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("GET", "/v1/sessions/{sid}/messages", None, {}),
     ("POST", "/v1/sessions/{sid}/messages", {"role": "user", "content": "bob was here"}, {}),
     ("DELETE", "/v1/sessions/{sid}/messages", None, {}),
+    ("GET", "/v1/sessions/{sid}/messages", None, {"view": "compacted"}),
+    ("POST", "/v1/sessions/{sid}/compact", {"keep_last": 0}, {}),
     ("GET", "/v1/sessions/{sid}/files", None, {}),
     ("POST", "/v1/sessions/{sid}/files", {"path": "a.py"}, {}),
     ("DELETE", "/v1/sessions/{sid}/files", None, {"path": "a.py"}),

@@ -112,6 +112,7 @@ CASES: dict[str, Prepare] = {
     "send_message": _on_session(role="user", content="hello"),
     "get_conversation_history": _on_session(),
     "clear_conversation": _on_session(),
+    "compact_session": _on_session(keep_last=0, instructions="keep names"),
     "read_events": _on_session(after_seq=1, limit=4),
     "get_active_files": _on_session(),
     "add_file": _on_session(path="app.py"),

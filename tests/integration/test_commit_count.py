@@ -98,6 +98,8 @@ _NOT_HERE = {
     "session_events": "a stream: reads only",
     "all_events": "a stream: reads only",
     "create_stream_ticket": "the server's, not a session's",
+    "compact_session": "two by design, counted below: the status before its model call, then "
+    "the summary with the status after it",
 }
 
 _READS = {
@@ -187,3 +189,17 @@ async def test_a_terminated_session_with_workers_commits_once(runtime: jidoka.Ru
         ("session_status", "terminated"),
         ("session_terminated", None),
     ]
+
+
+async def test_a_compaction_commits_twice(runtime: jidoka.Runtime) -> None:
+    """``agent_status: compacting`` before the summariser's model call (watchers see it while
+    it runs), then ``context_compacted`` and the agent's ``idle`` in one append."""
+    client = runtime.client
+    sid = await client.create_session(llm_config={"provider": "scripted"})
+    for text in ("one", "two", "three"):
+        await client.send_message(sid, "user", text)
+    await settle()
+    await runtime.manager.wait_background()
+    before = _commits(runtime)
+    await client.compact_session(sid, keep_last=1)
+    assert _commits(runtime) - before == 2

@@ -62,6 +62,7 @@ async def test_every_event_of_a_busy_session_has_its_structs_shape(
             {"text": "done", "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
             {"tool_calls": [call("read_file", "c2", path="README.md")], "finish_reason": "length"},
             {"text": "after the cut"},
+            {"text": "what was said so far"},  # the summary of compact_session
             {"error": {"message": "overloaded", "status": 503, "retryable": True}},
         ),
     )
@@ -90,6 +91,7 @@ async def test_every_event_of_a_busy_session_has_its_structs_shape(
         await client.approve(sid, "w1", allow=True)
         await turn
         await client.chat(sid, "read the readme")
+        await client.compact_session(sid, keep_last=1)
         with pytest.raises(jidoka.LLMError):
             await client.chat(sid, "once more")
         await client.terminate_session(sid, reason="done")

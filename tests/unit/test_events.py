@@ -43,6 +43,7 @@ CONTRACT_TYPES = [
     "approval_requested",
     "approval_decided",
     "error",
+    "context_compacted",
 ]
 
 

@@ -988,6 +988,7 @@ SAMPLES: dict[str, object] = {
     "temperature": 0.2,
     "max_tokens": 256,
     "context_window": 2048,
+    "auto_compact_at": 0.8,
     "timeout": 30,
     "max_retries": 1,
     "system_prompt": "You review Go code.",

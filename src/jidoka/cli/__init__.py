@@ -4,7 +4,7 @@ Command tree::
 
     jidoka [--version]
     ├── serve                      run the HTTP/SSE/WebSocket server
-    ├── sessions list|create|show|terminate|save|restore|saved|delete
+    ├── sessions list|create|show|terminate|compact|save|restore|saved|delete
     ├── send SID TEXT              append a message
     ├── events [SID] [--follow]    print an event stream
     ├── chat [SID] [-m TEXT]...    talk to a session's agent (interactive, or scripted)

@@ -100,6 +100,11 @@ def _summarise(event: Event) -> str:
         return f"{word} ({data['reason']})" if data.get("reason") else word
     if kind == EventType.ERROR:
         return str(data.get("message") or data.get("code"))
+    if kind == EventType.CONTEXT_COMPACTED:
+        return (
+            f"messages {data['first_seq']}-{data['last_seq']} summarised "
+            f"({data['tokens_before']} → {data['tokens_after']} tokens)"
+        )
     # The one type left (Event.type is an EventType): a stream's loss marker.
     return f"{data.get('count', 'some')} events could not be delivered"
 

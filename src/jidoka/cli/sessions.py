@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..session.inputs import DEFAULT_KEEP_LAST, MAX_INSTRUCTIONS, MAX_KEEP_LAST
 from ..session.state import Status
 from .common import DEFAULT_URL, JsonOption, TokenOption, UrlOption, json_object, run_remote
 from .help import Command, Group
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from ..session.info import SessionInfo
     from ..session.state import Message
     from ..store.base import SavedSession
+    from ..wire import Compacted
 
 __all__ = ["app", "send"]
 
@@ -191,6 +193,45 @@ def terminate(
         out.document(info)
     else:
         out.line(f"{info.session_id} {info.status} (reason: {info.reason or reason})")
+
+
+@app.command("compact", cls=Command)
+def compact_session(
+    session_id: SessionId,
+    keep_last: Annotated[
+        int,
+        typer.Option(
+            min=0, max=MAX_KEEP_LAST, help="Keep this many of the newest messages as they are."
+        ),
+    ] = DEFAULT_KEEP_LAST,
+    instructions: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEXT",
+            help=f"What the summary should keep (at most {MAX_INSTRUCTIONS} characters).",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Summarise the older conversation with the session's own model (the log keeps it all)."""
+
+    async def work(client: RemoteClient) -> Compacted:
+        return await client.compact_session(
+            session_id, instructions=instructions, keep_last=keep_last
+        )
+
+    done = run_remote(url, token, work)
+    out = Output(json=json)
+    if out.json:
+        out.document(done)
+    else:
+        out.line(
+            f"{session_id} compacted: messages {done.first_seq}-{done.last_seq} summarised, "
+            f"{done.tokens_before} -> {done.tokens_after} tokens (event {done.seq})"
+        )
 
 
 @app.command(cls=Command)

@@ -220,8 +220,17 @@ class Transcript:
             self.line("(not approved in time: the write was not made)", "yellow")
         elif kind == EventType.LLM_RESPONSE:
             self._response(data)
+        elif kind == EventType.ERROR and data.get("code") == "compaction_failed":
+            self.line(
+                f"(compacting failed, the context is unchanged: {data.get('message')})", "yellow"
+            )
         elif kind == EventType.ERROR:
             self.error(str(data.get("message") or data.get("code") or "the turn failed"))
+        elif kind == EventType.CONTEXT_COMPACTED:
+            self.note(
+                f"(the conversation was compacted: messages {data.get('first_seq')}-"
+                f"{data.get('last_seq')} summarised)"
+            )
         elif kind == EventType.SESSION_TERMINATED:
             self.line("(the session was terminated)", "yellow")
         elif kind == EventType.EVENTS_DROPPED:

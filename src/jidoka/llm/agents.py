@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidArgument, JidokaError
+from ..events import Event
 from ..session.context import TokenCounter
 from ..session.manager import SessionManager
 from ..session.session import Session
@@ -101,6 +102,14 @@ class AgentPool:
         agent = await self.agent(session)
         config = session.state.config
         return agent.submit(text, config.concurrent_turn_policy, config.max_queued_turns)
+
+    async def compact(self, session: Session, keep_last: int, instructions: str | None) -> Event:
+        """Compact the session's conversation with its own model (``compact_session``; the
+        arguments are checked): the ``context_compacted`` event. ``SessionBusy`` while a turn
+        runs; the agent (and its worker) is made if the session never chatted."""
+        session.ensure_writable()
+        agent = await self.agent(session)
+        return await agent.compact(keep_last, instructions)
 
     async def before_user_message(self, session: Session) -> None:
         """Apply the session's policy to a user message that arrives during a turn."""

@@ -38,17 +38,15 @@ from typing import Any
 import msgspec
 
 from ..errors import (
-    InvalidConfig,
     JidokaError,
     LimitExceeded,
     LLMError,
     SessionBusy,
     SessionTerminated,
 )
-from ..events import EventType
+from ..events import Event, EventType
 from ..payloads import (
     AgentStatusData,
-    ErrorData,
     LLMResponseData,
     event_item,
 )
@@ -56,6 +54,8 @@ from ..session.context import CONTEXT_PARTS, TokenCounter
 from ..session.session import Session
 from ..session.state import Message
 from ..tools.registry import ToolRegistry
+from .compaction import auto_compact, compact_now, owned
+from .outcomes import choice_for, failure_data
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider
 from .streaming import stream_call
@@ -116,13 +116,17 @@ class Agent:
         self._chunks: list[int] = []
         #: The model call under way (its usage is estimated if the turn stops during it).
         self._in_flight: ChatRequest | None = None
+        #: A compaction asked for by a client, while it runs (turns wait for it).
+        self._compacting: asyncio.Task[Event] | None = None
+        #: What a compaction needs of the agent (:mod:`.compaction`).
+        self._llm = (self._provider_for, token_counter, self._emit)
         self.closed = False
 
     # --- what clients call ----------------------------------------------------------------------
 
     @property
     def busy(self) -> bool:
-        return self._current is not None or bool(self._queue)
+        return self._current is not None or bool(self._queue) or self._compacting is not None
 
     def submit(self, text: str, policy: str, max_queued: int) -> asyncio.Future[ChatResult]:
         """Queue a turn under ``policy``; the future resolves with its result.
@@ -172,9 +176,8 @@ class Agent:
         if policy == "interrupt":
             self.cancel()
         while self.busy:
-            current = self._current.future if self._current else self._queue[-1].future
-            with contextlib.suppress(JidokaError, asyncio.CancelledError):
-                await asyncio.shield(current)
+            current = self._current.future if self._current else self._compacting
+            await asyncio.wait({current or self._queue[-1].future})
 
     def cancel(self) -> bool:
         """Stop the running turn (its partial answer is kept); ``False`` if none runs."""
@@ -202,6 +205,28 @@ class Agent:
             with contextlib.suppress(JidokaError, asyncio.CancelledError):
                 await asyncio.shield(current.future)
 
+    async def compact(self, keep_last: int, instructions: str | None) -> Event:
+        """Compact the conversation now (``compact_session``): ``SessionBusy`` while a turn
+        runs or waits; turns that come meanwhile wait for it. It belongs to the session, not
+        to the caller: a caller that goes away does not stop it."""
+        if self.closed:
+            raise SessionTerminated(self.session_id)
+        if self.busy:
+            raise SessionBusy(self.session_id)
+        work = compact_now(self._session, self._defaults, keep_last, instructions, *self._llm)
+        name = f"jidoka:{self.session_id}:compact"
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._compacting = task  # busy from now on: no suspension since the check
+        task.add_done_callback(self._compacted)
+        return await owned(task, self.session_id)
+
+    def _compacted(self, task: asyncio.Task[Event]) -> None:
+        if self._compacting is task:
+            self._compacting = None
+        if not task.cancelled():
+            task.exception()  # the caller may have gone: not "never retrieved"
+        self._wakeup.set()  # a turn queued meanwhile may go
+
     def approve(self, call_id: object, allow: object) -> None:
         """The user's answer about the write waiting under ``call_id``."""
         self._tools.approve(call_id, allow)
@@ -212,7 +237,7 @@ class Agent:
         """The supervised worker: run queued turns one at a time until the session ends."""
         try:
             while True:
-                while not self._queue:
+                while not self._queue or self._compacting is not None:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 turn = self._next_turn()
@@ -265,6 +290,8 @@ class Agent:
         if self._queue_limit is not None:
             self._queue_limit.release(len(self._queue))
         self._queue.clear()
+        if self._compacting is not None:
+            self._compacting.cancel()
         self._tools.deny_all()
         provider, self._provider = self._provider, None
         if provider is not None:
@@ -297,6 +324,7 @@ class Agent:
             registry = ToolRegistry.default(allow_write=config.allow_write is not False)
             tools = registry.specs()
             instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
+            await auto_compact(session, llm_config, tools, instructions, *self._llm)
             budget = budget_for(llm_config, tools, instructions, self._counter)
             bundle = await session.build_context(CONTEXT_PARTS, budget)
             window = TurnWindow(
@@ -320,7 +348,7 @@ class Agent:
                     tools=tools,
                     temperature=llm_config.get("temperature"),
                     max_tokens=llm_config.get("max_tokens"),
-                    tool_choice=_choice_for(tool_choice, iterations, config.max_iterations),
+                    tool_choice=choice_for(tool_choice, iterations, config.max_iterations),
                 )
                 self._partial, self._chunks = [], []
                 self._in_flight = request
@@ -455,50 +483,8 @@ class Agent:
             self._drop_chunks(self.session_id, self._chunks[0], self._chunks[-1])
 
     async def _fail(self, exc: Exception, usage: Usage, iterations: int) -> None:
-        if isinstance(exc, JidokaError):
-            message = exc.message
-        else:  # a bug of ours: say so, without details that belong in the log
-            message = f"internal error ({type(exc).__name__}); see the server log"
-        used = usage_data(usage) if usage.total_tokens or usage.estimated else msgspec.UNSET
-        data = ErrorData(  # usage: counted in SessionInfo.usage too
-            code=_error_code(exc), iterations=iterations, message=message, usage=used
-        )
-        if isinstance(exc, LLMError):
-            data = msgspec.structs.replace(
-                data, provider=exc.provider, status=exc.status, retryable=exc.retryable
-            )
-        elif isinstance(exc, LimitExceeded):
-            data = msgspec.structs.replace(data, limit=exc.limit, maximum=exc.maximum)
-        elif isinstance(exc, InvalidConfig):
-            data = msgspec.structs.replace(data, field=exc.field)
         if self._record_usage is not None:
             self._record_usage(usage, "failed")
         with contextlib.suppress(SessionTerminated):
-            await self._emit(*event_item(data))
+            await self._emit(*event_item(failure_data(exc, usage, iterations)))
             await self._emit(*event_item(AgentStatusData(status="failed")))
-
-
-def _error_code(exc: Exception) -> str:
-    """The ``code`` of a turn's ``error`` event."""
-    if isinstance(exc, LLMError):
-        return "llm_error"
-    if isinstance(exc, LimitExceeded):
-        return "max_iterations" if exc.limit == "max_iterations" else "limit_exceeded"
-    if isinstance(exc, InvalidConfig):
-        return "invalid_config"
-    if isinstance(exc, JidokaError):
-        return "error"
-    return "internal_error"
-
-
-def _choice_for(tool_choice: object, iteration: int, last: int) -> str | None:
-    """``tool_choice`` for one call of a turn. The turn's last allowed call is ``none``: a call
-    there would end the turn in ``LimitExceeded`` anyway, so the model is asked to answer from
-    what its tools found instead (small local models otherwise call tools until the limit).
-    Else ``llm_config.tool_choice``: ``none`` for every call; a tool's name or ``required``
-    only for the first (the model must be free to answer after); ``auto`` or unset: nothing."""
-    if iteration >= last:
-        return "none"
-    if not isinstance(tool_choice, str) or tool_choice == "auto":
-        return None
-    return tool_choice if tool_choice == "none" or iteration == 1 else None

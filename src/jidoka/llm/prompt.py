@@ -52,6 +52,7 @@ _HEADINGS: Final = {
     "files": "Active files",
     "file_index": "Files known in this session",
     "working_context": "Working context (notes the session keeps)",
+    "summary": "Summary of the earlier conversation (its messages are not repeated below)",
 }
 INCLUDE: Final = CONTEXT_PARTS
 #: Tokens a chat template adds around each message (role, separators), and around a tool call.
@@ -148,7 +149,9 @@ def _cut_note(shown: int, total: int, next_line: int | None) -> str:
 
 
 def prompt_messages(bundle: ContextBundle, instructions: str) -> list[ChatMessage]:
-    """The system message (instructions and the non-conversation context), then the history."""
+    """The system message (instructions, the non-conversation context, and the summary of a
+    compacted conversation, last: in the system message, not a second one, which some chat
+    templates refuse), then the history."""
     sections = [instructions]
     if bundle.files:
         files = "\n\n".join(
@@ -165,6 +168,8 @@ def prompt_messages(bundle: ContextBundle, instructions: str) -> list[ChatMessag
     if bundle.working_context:
         notes = msgspec.json.format(msgspec.json.encode(bundle.working_context)).decode()
         sections.append(f"# {_HEADINGS['working_context']}\n\n{notes}")
+    if bundle.summary is not None:
+        sections.append(f"# {_HEADINGS['summary']}\n\n{bundle.summary}")
     messages = [ChatMessage(role="system", content="\n\n".join(sections))]
     for message in bundle.messages:
         role = message.role if message.role in ("user", "assistant", "system") else "user"

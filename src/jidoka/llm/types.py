@@ -66,6 +66,9 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int | None = None
     #: ``auto``, ``required``, ``none`` or a tool's name; ``None``: not sent (the server's default).
     tool_choice: str | None = None
+    #: It asks for a summary of the conversation (a compaction), not for a turn's answer:
+    #: nothing of it goes on the wire, but an offline provider can answer it in kind.
+    summary: bool = False
 
 
 class TextDelta(msgspec.Struct, frozen=True):

@@ -197,7 +197,11 @@ class SessionRoutes:
 
         async def there(url: str) -> Response | None:
             return await forwarder.forward(
-                request, url, sid, principal, long_lived=verb.background and _wait(request)
+                request,
+                url,
+                sid,
+                principal,
+                long_lived=(verb.background and _wait(request)) or verb.long_running,
             )
 
         return await forwarder.route(sid, here, there)

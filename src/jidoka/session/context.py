@@ -63,6 +63,9 @@ class ContextBundle(msgspec.Struct, frozen=True):
     truncated: bool = False
     #: Messages of the history that did not fit.
     omitted_messages: int = 0
+    #: The summary of the conversation before ``messages`` (the session's latest compaction,
+    #: issue 17), packed with the conversation; ``None`` if it was never compacted.
+    summary: str | None = None
 
 
 def build_context(
@@ -79,7 +82,9 @@ def build_context(
 
     1. working context, key by key in insertion order, while it fits;
     2. file index entries, most recently touched first, while they fit;
-    3. conversation messages and file excerpts together, **newest first** by the seq of the event
+    3. the summary of a compacted conversation, if it fits (it stands for the messages up to
+       the compaction's ``last_seq``, which are not packed);
+    4. conversation messages and file excerpts together, **newest first** by the seq of the event
        that added them. The conversation stops at the first message that does not fit (no gaps);
        a file that does not fit is cut to its first lines if at least ``MIN_EXCERPT_TOKENS``
        remain, otherwise skipped.
@@ -117,6 +122,16 @@ def build_context(
     messages: list[Message] = []
     excerpts: list[tuple[int, FileExcerpt]] = []
     history = state.messages() if want_messages else []
+    summary: str | None = None
+    compaction = state.compaction if "conversation" in parts else None
+    if compaction is not None:
+        history = [m for m in history if m.seq > compaction.last_seq]
+        cost = counter(compaction.summary) + MESSAGE_OVERHEAD_TOKENS
+        if used + cost <= budget:
+            summary = compaction.summary
+            used += cost
+        else:
+            truncated = True
     files = sorted((state.files or {}).values(), key=lambda f: f.seq) if want_files else []
     texts = file_texts or {}
     mi, fi = len(history) - 1, len(files) - 1
@@ -164,6 +179,7 @@ def build_context(
         max_tokens=max_tokens,
         truncated=truncated or omitted > 0,
         omitted_messages=omitted,
+        summary=summary,
     )
 
 

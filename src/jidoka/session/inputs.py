@@ -20,6 +20,11 @@ from .context import CONTEXT_PARTS
 from .state import SessionState, json_size
 
 __all__ = [
+    "DEFAULT_KEEP_LAST",
+    "MAX_INSTRUCTIONS",
+    "MAX_KEEP_LAST",
+    "check_instructions",
+    "check_keep_last",
     "MAX_KEY_CHARS",
     "check_include",
     "check_index_room",
@@ -143,3 +148,42 @@ def _to_datetime(value: object, session_id: str) -> datetime:
             argument="fields.last_accessed",
             session_id=session_id,
         ) from None
+
+
+# --- compaction (issue 17; the compaction itself is jidoka.llm.compaction) ---
+
+#: Messages a compaction keeps as they are unless told otherwise (the newest ones).
+DEFAULT_KEEP_LAST: Final = 4
+#: The most ``keep_last`` accepted (a larger one could never leave anything to summarise that
+#: a history window holds).
+MAX_KEEP_LAST: Final = 100_000
+#: The longest ``instructions`` accepted (characters).
+MAX_INSTRUCTIONS: Final = 4096
+
+
+def check_keep_last(keep_last: object, session_id: str) -> int:
+    """``keep_last`` as given, or ``InvalidArgument`` naming it and the session."""
+    if (
+        not isinstance(keep_last, int)
+        or isinstance(keep_last, bool)
+        or not 0 <= keep_last <= MAX_KEEP_LAST
+    ):
+        raise InvalidArgument(
+            f"keep_last must be an integer from 0 to {MAX_KEEP_LAST}, got {keep_last!r:.40}",
+            argument="keep_last",
+            session_id=session_id,
+        )
+    return keep_last
+
+
+def check_instructions(instructions: object, session_id: str) -> str | None:
+    """``instructions`` (``None``, or a string of at most :data:`MAX_INSTRUCTIONS`)."""
+    if instructions is None:
+        return None
+    if not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS:
+        raise InvalidArgument(
+            f"instructions must be a string of at most {MAX_INSTRUCTIONS} characters or None",
+            argument="instructions",
+            session_id=session_id,
+        )
+    return instructions

@@ -30,6 +30,7 @@ from .snapshot import decode_state
 from .state import (
     SHORT_HISTORY,
     ActiveFile,
+    Compaction,
     FileIndexEntry,
     SessionState,
     Status,
@@ -70,6 +71,7 @@ def _created(state: SessionState, event: Event) -> None:
     state.reason = state.error = None
     if state.rare is not None:  # a fresh state has none (a session_created is always seq 1)
         state.files = state.index = state.working_context = state.wc_sizes = None
+        state.compaction = None
     state.created_at = event.time
     state.status = Status(data.get("status", Status.INITIALIZING))
     metadata, llm_config = data.get("metadata"), data.get("llm_config")
@@ -156,6 +158,17 @@ def _message(state: SessionState, event: Event) -> None:
 
 def _cleared(state: SessionState, event: Event) -> None:
     state.history = None
+    state.compaction = None  # a summary of what was cleared would bring it back
+
+
+def _compacted(state: SessionState, event: Event) -> None:
+    """The context carries the summary from now on; the window keeps every message (the
+    full history is still there to read), and the summariser's usage counts."""
+    data = event.data
+    state.compaction = Compaction(
+        data["summary"], data["first_seq"], data["last_seq"], event.seq, event.time
+    )
+    _llm_response(state, event)
 
 
 def _file_added(state: SessionState, event: Event) -> None:
@@ -258,6 +271,7 @@ _APPLY: Final[dict[str, Callable[[SessionState, Event], None]]] = {
     EventType.AGENT_STATUS: _agent_status,
     EventType.APPROVAL_REQUESTED: _approval_requested,
     EventType.APPROVAL_DECIDED: _approval_decided,
+    EventType.CONTEXT_COMPACTED: _compacted,
 }
 
 

@@ -21,11 +21,15 @@ import msgspec
 from ..errors import (
     InvalidArgument,
     InvalidRole,
+    JidokaError,
     LimitExceeded,
     PathNotAllowed,
+    SessionBusy,
 )
 from ..events import Event, EventType
 from ..payloads import (
+    AgentStatusData,
+    ContextCompactedData,
     ConversationAddedData,
     ConversationClearedData,
     FileAddedData,
@@ -40,9 +44,27 @@ from .context import ContextBundle, TokenCounter, build_context
 from .core import SessionCore
 from .inputs import check_include, check_index_room, check_key, json_copy, split_index_fields
 from .services import SessionServices
-from .state import ROLES, ActiveFile, FileIndexEntry, Message, Status, json_size
+from .state import ROLES, ActiveFile, Compaction, FileIndexEntry, Message, Status, json_size
 
-__all__ = ["Session", "SessionServices"]
+__all__ = ["CompactionConflict", "Session", "SessionServices"]
+
+#: What ``get_conversation_history`` can show: every message of the window, or what the model
+#: sees of it since a compaction (the summary, then the messages after it).
+HISTORY_VIEWS = ("full", "compacted")
+
+
+class CompactionConflict(SessionBusy):
+    """The conversation changed under a compaction (cleared, rewound, compacted by another
+    caller) while its summary was being made: nothing was stored; try again. Travels as
+    :class:`~jidoka.SessionBusy` (409)."""
+
+    def __init__(self, session_id: str) -> None:
+        JidokaError.__init__(
+            self,
+            f"session {session_id!r}: the conversation changed while it was being compacted; "
+            "nothing was stored, try again",
+            session_id=session_id,
+        )
 
 
 class Session(SessionCore):
@@ -96,6 +118,23 @@ class Session(SessionCore):
             count = self.state.conversation_count
             await self.command([event_item(ConversationClearedData(count=count))])
             return count
+
+    async def record_compaction(
+        self, data: ContextCompactedData, previous: Compaction | None, status: AgentStatusData
+    ) -> Event:
+        """Store a compaction the agent made (:mod:`jidoka.llm.compaction`), and the agent's
+        ``status`` after it in the same commit; planned when ``previous`` was the latest one:
+        refused (:class:`CompactionConflict`) if the conversation has changed under it
+        since, other than by new messages. The ``context_compacted`` event is returned."""
+        async with self.lock:
+            self.ensure_writable()
+            state = self.state
+            if state.compaction is not previous or not any(
+                m.seq == data.last_seq for m in state.messages()
+            ):
+                raise CompactionConflict(self.session_id)
+            events = await self.command([event_item(data), event_item(status)])
+            return events[-2]
 
     async def add_file(self, path: object) -> ActiveFile:
         sandbox = self._sandbox(path)
@@ -214,8 +253,19 @@ class Session(SessionCore):
 
     # --- reads ----------------------------------------------------------------------------------
 
-    def history(self) -> list[Message]:
-        return self.state.messages()
+    def history(self, view: object = "full") -> list[Message]:
+        """The window's messages (``full``), or what the model sees of them (``compacted``:
+        the latest compaction's summary as a ``system`` message, then the messages after
+        it; the same as ``full`` for a session never compacted)."""
+        if view == "full":
+            return self.state.messages()
+        if view == "compacted":
+            return self.state.compacted_messages()
+        raise InvalidArgument(
+            f"view must be one of {', '.join(HISTORY_VIEWS)}, got {view!r:.40}",
+            argument="view",
+            session_id=self.session_id,
+        )
 
     def active_files(self) -> list[ActiveFile]:
         return list((self.state.files or {}).values())

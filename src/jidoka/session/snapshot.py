@@ -16,6 +16,7 @@ from ..config import SessionConfig
 from ..errors import JidokaError
 from .state import (
     ActiveFile,
+    Compaction,
     FileIndexEntry,
     Message,
     SessionState,
@@ -55,6 +56,8 @@ class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
     usage_estimated: bool = False
     agent_status: str | None = None
     pending_approvals: list[str] = []
+    #: Issue 17; absent from older snapshots (never compacted).
+    compaction: Compaction | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -92,6 +95,7 @@ def _snapshot(state: SessionState) -> _Snapshot:
         usage_estimated=state.usage_estimated,
         agent_status=state.agent_status,
         pending_approvals=sorted(state.pending_approvals or ()),
+        compaction=state.compaction,
     )
 
 
@@ -143,4 +147,5 @@ def decode_state(raw: bytes | dict[str, Any], *, session_id: str | None = None) 
     state.usage_estimated = snap.usage_estimated
     state.agent_status = snap.agent_status
     state.pending_approvals = set(snap.pending_approvals) or None
+    state.compaction = snap.compaction
     return state

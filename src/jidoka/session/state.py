@@ -41,6 +41,7 @@ __all__ = [
     "SHORT_HISTORY",
     "TRANSITIONS",
     "ActiveFile",
+    "Compaction",
     "FileIndexEntry",
     "HistoryWindow",
     "Message",
@@ -157,6 +158,23 @@ class FileIndexEntry(msgspec.Struct, frozen=True):
     extra: dict[str, Any] = {}
 
 
+class Compaction(msgspec.Struct, frozen=True, gc=False):
+    """The session's latest ``context_compacted``: ``summary`` stands for the messages from
+    ``first_seq`` to ``last_seq``; ``seq`` and ``time`` are the event's own (the summary's
+    place when the compacted history shows it as a message)."""
+
+    summary: str
+    first_seq: int
+    last_seq: int
+    seq: int
+    time: datetime
+
+    def as_message(self, session_id: str) -> Message:
+        """The summary as the leading ``system`` message of a compacted history (its id is
+        the ``context_compacted`` event's)."""
+        return Message(f"{session_id}-{self.seq}", "system", self.summary, self.time, self.seq)
+
+
 _T = TypeVar("_T")
 
 
@@ -164,8 +182,8 @@ class _Rare(Generic[_T]):
     """A :class:`SessionState` field most sessions never set (files, usage, an error ...).
 
     Its value lives in the state's ``rare`` dict, which exists only while some such field holds
-    something other than its default: an idle chat session pays one slot for all eight of
-    them instead of eight slots (56 bytes). Reading costs a property call instead of a slot
+    something other than its default: an idle chat session pays one slot for all nine of
+    them instead of nine slots (64 bytes). Reading costs a property call instead of a slot
     read; none of them is read or written on the path of an appended message.
     """
 
@@ -250,6 +268,10 @@ class SessionState:
     #: the rewind copies from (see :func:`~jidoka.session.projection.apply`); set just before
     #: it and taken by it, never kept.
     rewind_target: _Rare[SessionState | None] = _Rare(None)
+    #: The latest compaction (issue 17): the context carries its summary and the messages
+    #: after its ``last_seq``; the history window still holds them all. None: never compacted
+    #: (or cleared since).
+    compaction: _Rare[Compaction | None] = _Rare(None)
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
@@ -319,6 +341,17 @@ class SessionState:
                 history[i] = _message_of(cast("Event", history[i]))
         return history
 
+    def compacted_messages(self) -> list[Message]:
+        """The conversation as the model sees it: the compaction's summary (a ``system``
+        message) and the window's messages after its ``last_seq``; :meth:`messages` if the
+        session was never compacted."""
+        messages = self.messages()
+        compaction = self.compaction
+        if compaction is None:
+            return messages
+        kept = [m for m in messages if m.seq > compaction.last_seq]
+        return [compaction.as_message(self.session_id), *kept]
+
     @property
     def file_count(self) -> int:
         return len(self.files) if self.files is not None else 0
@@ -354,6 +387,7 @@ class SessionState:
             "usage_estimated": self.usage_estimated,
             "agent_status": self.agent_status,
             "pending_approvals": sorted(self.pending_approvals or ()),
+            "compaction": self.compaction,
         }
 
 

@@ -28,7 +28,9 @@ Usage not given is estimated at about four characters per token (prompt and answ
 
 When the turns run out, ``respond(request)`` (if given; it may be a coroutine function) returns
 the next turn, so code built on Jidoka can script a model that reacts to its prompt; without it
-every further call answers ``"(end of script)"``. ``requests`` keeps every request received.
+every further call answers ``"(end of script)"``, except a request for a summary (a compaction,
+``ChatRequest.summary``), which gets :func:`scripted_summary` of its prompt: deterministic, and
+never empty. ``requests`` keeps every request received.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from ...errors import LLMError, RuntimeClosed
 from ...session.context import estimate_tokens
 from ..types import ChatRequest, Completion, TextDelta, ToolCall, Usage
 
-__all__ = ["END_OF_SCRIPT", "ScriptedProvider"]
+__all__ = ["END_OF_SCRIPT", "ScriptedProvider", "scripted_summary"]
 
 #: The text of every call past the end of the script (when there is no ``respond``).
 END_OF_SCRIPT: Final = "(end of script)"
@@ -125,11 +127,24 @@ class ScriptedProvider:
             self._next += 1
             return turn
         if self._respond is None:
-            return {"text": END_OF_SCRIPT}
+            return {"text": scripted_summary(request) if request.summary else END_OF_SCRIPT}
         answer = self._respond(request)
         turn = await answer if inspect.isawaitable(answer) else answer
         ScriptTurn.check(turn, "respond()", session_id=self._session_id)
         return turn
+
+
+#: The longest summary :func:`scripted_summary` makes (characters).
+SUMMARY_CHARS: Final = 2000
+
+
+def scripted_summary(request: ChatRequest) -> str:
+    """What the scripted provider answers a summary request past its script: ``summary:`` and
+    the start of each line of the request's last message (the transcript it is asked to
+    summarise), so a test can tell which messages a summary stands for."""
+    text = request.messages[-1].content or "" if request.messages else ""
+    lines = [line.strip()[:60] for line in text.splitlines() if line.strip()]
+    return ("summary: " + " | ".join(lines))[:SUMMARY_CHARS]
 
 
 def _tool_call(call: Mapping[str, Any], turn: int, index: int) -> ToolCall:
