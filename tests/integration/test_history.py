@@ -269,3 +269,26 @@ async def test_a_seq_the_memory_store_has_trimmed_is_refused_by_name(
         assert await contents(client, sid) == before
         fork = await client.fork_session(sid)  # the head is in memory: always there
         assert await contents(client, fork) == before
+
+
+async def test_fork_and_rewind_before_a_compaction_give_the_uncompacted_state(
+    client: AnyClient,
+) -> None:
+    """A compaction is part of the projection at the seqs after it, and only there."""
+    sid = await client.create_session(llm_config={"provider": "scripted"})
+    for word in ("one", "two", "three", "four"):
+        before = (await client.send_message(sid, "user", word)).seq
+    compacted = await client.compact_session(sid, keep_last=1)
+    assert (await client.build_context(sid)).summary == compacted.summary
+
+    at_head = await client.fork_session(sid)
+    assert (await client.build_context(at_head)).summary == compacted.summary
+    earlier = await client.fork_session(sid, at_seq=before)
+    assert (await client.build_context(earlier)).summary is None
+    assert await contents(client, earlier) == ["one", "two", "three", "four"]
+
+    await client.rewind_session(sid, to_seq=before)
+    assert (await client.build_context(sid)).summary is None
+    await client.rewind_session(sid, to_seq=compacted.seq)
+    assert (await client.build_context(sid)).summary == compacted.summary
+    assert await contents(client, sid) == ["one", "two", "three", "four"]
