@@ -362,6 +362,56 @@ class PostgresStore:
 
         return await self.run(session_id, run)
 
+    # --- retention --------------------------------------------------------------------------------
+
+    async def purge(self, session_id: str) -> bool:
+        """One transaction: the head's lock first (see ``Statements``), then every row of the
+        session, in every table, in one statement. Idempotent, so retried once on a broken
+        connection like a read."""
+
+        async def run(conn: _Lent) -> bool:
+            async with conn.transaction():
+                await conn.execute(self._q.lock_head, session_id)
+                return bool(await conn.fetchval(self._q.purge, session_id))
+
+        removed = await self.run(session_id, run)
+        self._writer.fences.pop(session_id, None)
+        return removed
+
+    async def expire_terminated(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[StoredSession]:
+        """A batch of terminated heads locked with ``SKIP LOCKED`` (another node's sweep holds
+        the ones it is removing), then their rows removed, the head's delete re-checking the
+        status, in one transaction. Not retried on a broken connection: the batch may have
+        been removed, and the caller must not be told of another one in its place."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+
+        async def run(conn: _Lent) -> list[StoredSession]:
+            async with conn.transaction():
+                rows = await conn.fetch(self._q.lock_ended, before, limit)
+                heads = [_stored(row) for row in rows]
+                if not heads:
+                    return []
+                ids = [head.session_id for head in heads]
+                removed = {row[0] for row in await conn.fetch(self._q.remove_ended, ids)}
+            return [head for head in heads if head.session_id in removed]
+
+        return await self.run(None, run, retry=False)
+
+    async def expire_saved(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[SavedSession]:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+
+        async def run(conn: _Lent) -> list[Any]:
+            return await conn.fetch(self._q.expire_saved, before, limit)
+
+        removed = [_saved(row) for row in await self.run(None, run, retry=False)]
+        return sorted(removed, key=lambda saved: (saved.saved_at, saved.session_id))
+
     # --- reads ------------------------------------------------------------------------------------
 
     async def read_events(

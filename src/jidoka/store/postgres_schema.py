@@ -27,6 +27,8 @@ Why these tables:
 - ``stream_tickets`` (version 2) holds a cluster's outstanding stream tickets (their digests):
   a browser may be given a ticket by one node and open its stream on another, and spending one
   is a ``DELETE … RETURNING``, single-use across every node.
+- Two indexes (version 3) serve retention: the terminated sessions by ``updated_at`` and the
+  saved copies by ``saved_at``, so each expiry batch reads one index range.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ UNAVAILABLE: Final = (
     asyncpg.exceptions.InternalClientError,
 )
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -129,8 +131,16 @@ INSERT INTO {schema}.jidoka_meta VALUES
     ('cluster_secret', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
 """
 
+#: Version 3 (retention): expired sessions and saved copies are found by index, a bounded
+#: batch at a time, however much else is stored.
+_V3_RETENTION: Final = """
+CREATE INDEX sessions_ended ON {schema}.sessions (updated_at, session_id)
+    WHERE status = 'terminated';
+CREATE INDEX saved_sessions_age ON {schema}.saved_sessions (saved_at, session_id);
+"""
+
 #: Each step takes the schema from version ``n - 1`` to ``n``; index 0 creates version 1.
-_STEPS: Final[tuple[str, ...]] = (_V1, _V2)
+_STEPS: Final[tuple[str, ...]] = (_V1, _V2, _V3_RETENTION)
 
 
 def check_schema_name(schema: str) -> str:

@@ -48,6 +48,11 @@ __all__ = ["DATABASE_NAME", "SCHEMA_VERSION", "SchemaError", "SqliteStore"]
 DATABASE_NAME: Final = "jidoka.sqlite3"
 
 
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit!r}")
+
+
 class SqliteStore:
     """Session logs, snapshots and saved sessions in one SQLite database file."""
 
@@ -202,6 +207,70 @@ class SqliteStore:
             return cursor.rowcount > 0
 
         return bool(await self._submit(session_id, run))
+
+    #: The tables that hold rows of a session (all keyed by ``session_id``).
+    _SESSION_TABLES: Final = ("events", "snapshots", "saved_sessions", "sessions")
+
+    async def purge(self, session_id: str) -> bool:
+        """One writer request, so one transaction; the writer forgets where the log ended
+        (on its own thread, where that record lives), so an append after a purge starts the
+        log afresh at seq 1 like any new session's."""
+        writer = self._writer
+
+        def run(conn: sqlite3.Connection) -> bool:
+            writer.last_seq.pop(session_id, None)
+            removed = 0
+            for table in self._SESSION_TABLES:
+                cursor = conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+                removed += cursor.rowcount
+            return removed > 0
+
+        return bool(await self._submit(session_id, run))
+
+    async def expire_terminated(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[StoredSession]:
+        """Found and removed in one writer request (one transaction), through the partial
+        index ``sessions_ended``: only this process writes the file, so what the request finds
+        terminated is still terminated when it deletes it."""
+        _check_limit(limit)
+        sql = (
+            f"{self._HEAD} WHERE status = 'terminated' AND updated_us < ?"
+            " ORDER BY updated_us, session_id LIMIT ?"
+        )
+        args = (to_us(before), limit)
+        writer = self._writer
+
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = conn.execute(sql, args).fetchall()
+            ids = [(row[0],) for row in rows]
+            for (sid,) in ids:
+                writer.last_seq.pop(sid, None)
+            for table in ("events", "snapshots", "sessions"):
+                conn.executemany(f"DELETE FROM {table} WHERE session_id = ?", ids)
+            return rows
+
+        return self._heads(await self._submit(None, run))
+
+    async def expire_saved(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[SavedSession]:
+        _check_limit(limit)
+        args = (to_us(before), limit)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = conn.execute(
+                "SELECT session_id, saved_us, message_count, metadata, owner FROM saved_sessions"
+                " WHERE saved_us < ? ORDER BY saved_us, session_id LIMIT ?",
+                args,
+            ).fetchall()
+            conn.executemany(
+                "DELETE FROM saved_sessions WHERE session_id = ?", [(row[0],) for row in rows]
+            )
+            return rows
+
+        rows = await self._submit(None, run)
+        return [self._saved(row) for row in rows]
 
     async def release(self, session_id: str) -> None:
         """Nothing to write: the log stays (audit, and the tombstone's history), and the commit

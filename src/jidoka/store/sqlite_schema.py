@@ -32,7 +32,7 @@ __all__ = [
     "to_us",
 ]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -79,6 +79,14 @@ CREATE INDEX sessions_quiet ON sessions (updated_us, session_id) WHERE status !=
 """
 
 
+#: The indexes retention reads through (version 6): the terminated sessions by when they ended,
+#: and the saved copies by age, so an expiry batch is one index range however much is stored.
+_RETENTION_INDEXES: Final = """
+CREATE INDEX sessions_ended ON sessions (updated_us, session_id) WHERE status = 'terminated';
+CREATE INDEX saved_sessions_by_age ON saved_sessions (saved_us, session_id);
+"""
+
+
 def to_us(when: datetime) -> int:
     """A time as integer microseconds since the epoch (how rows store it)."""
     return (when - _EPOCH) // _MICROSECOND
@@ -116,6 +124,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                     raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
                 _execute_script(conn, _SCHEMA)
                 _execute_script(conn, _SESSION_INDEXES)
+                _execute_script(conn, _RETENTION_INDEXES)
             elif version == 1:
                 _migrate_from_v1(conn)  # rebuilds every table in its current form
             else:
@@ -132,6 +141,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                     # at start-up (v2-v4's index on the status alone is replaced).
                     conn.execute("DROP INDEX IF EXISTS sessions_live")
                     _execute_script(conn, _SESSION_INDEXES)
+                if version < 6:
+                    # v6 (retention): expired sessions and saved copies are found by index.
+                    _execute_script(conn, _RETENTION_INDEXES)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -179,6 +191,7 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE events RENAME TO events_v1")
     _execute_script(conn, _SCHEMA)
     _execute_script(conn, _SESSION_INDEXES)
+    _execute_script(conn, _RETENTION_INDEXES)
     rows = conn.execute(
         "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
     ).fetchall()
