@@ -113,6 +113,8 @@ def request_for(verb: Verb, values: Mapping[str, Any]) -> Request:
             params[param.name] = value if isinstance(value, int | str) else str(value)
     if verb.background:
         params["wait"] = "true"  # the call returns the turn's result, as in process
+    if verb.selected_by is not None:
+        params[verb.selected_by] = "true"  # the flag that selects it on its route
     return Request(verb.method, path, params, _body(verb, values), verb.background)
 
 

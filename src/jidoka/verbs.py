@@ -11,6 +11,14 @@ field of the answer that method returns, and a test checks every declaration aga
 Core-light on purpose (no server framework): ``RemoteClient`` reads the same table to build its
 requests. Adding a verb is a :class:`Verb` here and its method on ``Client``; the transports
 follow.
+
+Most verbs have a method and path of their own. A verb may instead share the route of another
+one, selected by a boolean query flag (``selected_by``): ``purge_session`` is ``DELETE
+/v1/sessions/{id}?purge=true``, beside ``terminate_session`` on ``DELETE /v1/sessions/{id}``.
+There is still one route (and one OpenAPI operation) per method and path: the route belongs to
+the verb without a flag, takes the flag as one more query parameter, and runs the selected verb
+when the flag is ``true`` (:func:`selected`); the WebSocket knows the selected verb as an op of
+its own, and ``RemoteClient`` sends the flag.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ __all__ = [
     "Scope",
     "Verb",
     "by_name",
+    "selected",
+    "sharing",
 ]
 
 #: A page of ``list_sessions`` unless ``limit`` says otherwise, and the largest one served.
@@ -120,6 +130,11 @@ class Verb:
     background: bool = False
     #: The ``Location`` of what a 201 created, from the answer.
     location: Callable[[Any], str] | None = None
+    #: The boolean query parameter that selects this verb on the route of the verb with the
+    #: same method and path and no flag (``purge``: ``DELETE /v1/sessions/{id}?purge=true``).
+    #: It is no argument of the verb: the request carries it as ``true``, and the route
+    #: answers as this verb then (see the module's docstring).
+    selected_by: str | None = None
     #: The arguments as one struct: path parameters, query parameters, body fields (derived).
     args: type[msgspec.Struct] = field(init=False)
     path_params: tuple[str, ...] = field(init=False)
@@ -310,6 +325,11 @@ VERBS: Final[tuple[Verb, ...]] = (
          SessionInfo, query=(Param("reason", str, REASON_REQUESTED, "Why it is terminated"),),
          errors=(SessionNotFound, InvalidTransition),
          call=_terminate_session, client="terminate_session"),
+    # Shares terminate_session's route: DELETE /v1/sessions/{id}?purge=true.
+    Verb("purge_session", "DELETE", _SID,
+         "Purge a session: terminate it if live, then remove everything stored for it",
+         Scope.SESSION, None, 204, errors=(SessionNotFound, InvalidTransition),
+         call=_session_verb("purge_session"), client="purge_session", selected_by="purge"),
     Verb("send_message", "POST", _SID + "/messages", "Append a message", Scope.SESSION,
          Message, 201, body=wire.SendMessageRequest,
          errors=(*_CHANGE_ERRORS, InvalidRole, SessionBusy),
@@ -421,3 +441,37 @@ _BY_NAME: Final = {verb.name: verb for verb in VERBS}
 def by_name(name: str) -> Verb | None:
     """The verb called ``name``, if there is one."""
     return _BY_NAME.get(name)
+
+
+def sharing(verb: Verb) -> tuple[Verb, ...]:
+    """The verbs a query flag selects on ``verb``'s route (same method and path)."""
+    if verb.selected_by is not None:
+        return ()
+    return tuple(
+        other
+        for other in VERBS
+        if other.selected_by is not None and (other.method, other.path) == (verb.method, verb.path)
+    )
+
+
+def selected(verb: Verb, query: Mapping[str, str]) -> Verb:
+    """The verb a request on ``verb``'s route runs: the one whose flag is ``true`` in
+    ``query`` (``false`` or absent: ``verb`` itself). A flag of another value, or a query
+    parameter the selected verb does not take beside its flag, is an ``InvalidArgument``
+    naming it (``?purge=true&reason=x`` would otherwise drop the reason silently)."""
+    for other in sharing(verb):
+        flag = other.selected_by
+        assert flag is not None
+        value = query.get(flag)
+        if value is None or value == "false":
+            continue
+        if value != "true":
+            raise InvalidArgument(f"{flag} must be true or false, got {value!r:.40}", argument=flag)
+        takes = {flag, *other.query_names}
+        for name in query:
+            if name not in takes:
+                raise InvalidArgument(
+                    f"query parameter {name} does not apply with {flag}=true", argument=name
+                )
+        return other
+    return verb
