@@ -228,7 +228,8 @@ async def test_the_sweep_removes_expired_sessions_and_never_a_live_one(
 async def test_retention_is_off_by_default(
     runtime: jidoka.Runtime, clock: FakeClock, project: Path
 ) -> None:
-    assert runtime.settings.terminated_ttl is None and runtime.settings.saved_ttl is None
+    assert runtime.settings.terminated_ttl is None
+    assert runtime.settings.saved_ttl is None
     sid = await _lively(runtime.client, project)
     await runtime.client.save_session(sid)
     await runtime.client.terminate_session(sid)
