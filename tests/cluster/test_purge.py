@@ -93,6 +93,26 @@ def test_a_purge_through_another_node_removes_every_row(cluster: Cluster) -> Non
             assert again.status_code == 404, again.text
 
 
+def test_a_purged_session_is_not_found_on_nodes_that_remember_it(cluster: Cluster) -> None:
+    """The node that ended the session leaves; the others each recall it from the store (and
+    keep a tombstone). After a purge through one of them, neither describes it any more."""
+    n1, n2, n3 = cluster.nodes
+    sid = _create(n1)
+    with n1.client(ALICE_TOKEN) as client:
+        assert client.delete(f"/v1/sessions/{sid}").status_code == 200
+    assert n1.terminate() == 0
+    for node in (n2, n3):
+        with node.client(ALICE_TOKEN) as client:
+            assert client.get(f"/v1/sessions/{sid}").json()["status"] == "terminated"
+    with n2.client(ALICE_TOKEN) as client:
+        assert client.delete(f"/v1/sessions/{sid}", params={"purge": "true"}).status_code == 204
+    assert not any(_rows(cluster, sid).values())
+    for node in (n2, n3):
+        with node.client(ALICE_TOKEN) as client:
+            gone = client.get(f"/v1/sessions/{sid}")
+            assert gone.status_code == 404, (node.node_id, gone.text)
+
+
 def test_every_node_sweeps_and_each_expired_session_is_reported_once(tmp_path: Path) -> None:
     """Three nodes sweeping every 0.2 s with a TTL of 0.5 s: the terminated sessions go, each
     reported once on the global stream; the live one stays."""
