@@ -328,11 +328,12 @@ class SessionManager:
             tombstone = tombstones.get(session_id) if isinstance(session_id, str) else None
             if tombstone is None:
                 raise
-            if self.clustered and await self.services.store.find_session(session_id) is None:
+            sid = tombstone.info.session_id
+            if self.clustered and await self.services.store.find_session(sid) is None:
                 # Purged (or expired) by another node: this node's memory of it goes too. One
                 # indexed read, on a node of a cluster only, when a tombstone answers.
-                tombstones.pop(session_id, None)
-                raise SessionNotFound(session_id) from None
+                tombstones.pop(sid, None)
+                raise SessionNotFound(sid) from None
             return tombstone.info
 
     async def owner_of(self, session_id: object) -> str | None:
