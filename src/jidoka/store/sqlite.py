@@ -234,10 +234,7 @@ class SqliteStore:
         index ``sessions_ended``: only this process writes the file, so what the request finds
         terminated is still terminated when it deletes it."""
         _check_limit(limit)
-        sql = (
-            f"{self._HEAD} WHERE status = 'terminated' AND updated_us < ?"
-            " ORDER BY updated_us, session_id LIMIT ?"
-        )
+        sql = self._EXPIRED
         args = (to_us(before), limit)
         writer = self._writer
 
@@ -354,6 +351,14 @@ class SqliteStore:
     _HEAD: Final = (
         "SELECT session_id, status, (SELECT max(seq) FROM events AS e"
         " WHERE e.session_id = s.session_id), owner, updated_us FROM sessions AS s"
+    )
+
+    #: A batch of expired sessions, oldest first. ``INDEXED BY``: without statistics, SQLite's
+    #: planner prefers ``sessions_by_status`` for the equality on the status and then sorts
+    #: every terminated session; the partial index serves the range and the order at once.
+    _EXPIRED: Final = (
+        _HEAD.replace("FROM sessions AS s", "FROM sessions AS s INDEXED BY sessions_ended")
+        + " WHERE status = 'terminated' AND updated_us < ? ORDER BY updated_us, session_id LIMIT ?"
     )
 
     @staticmethod
