@@ -106,9 +106,8 @@ def _parameters(verb: Verb, schemas: dict[Any, Any]) -> list[dict[str, Any]]:
                 "name": other.selected_by,
                 "in": "query",
                 "required": False,
-                "description": f"true: {other.summary[0].lower()}{other.summary[1:]} instead "
-                f"(operation {other.name}; answers {other.status}"
-                f"{'' if other.query else ', and takes no other query parameter'})",
+                "description": f"true: {other.name} instead ({other.summary}); answers "
+                f"{other.status}{'' if other.query else ' and takes no other query parameter'}",
                 "schema": {"type": "boolean", "default": False},
             }
         )
