@@ -215,7 +215,9 @@ class SessionManager:
         if not isinstance(session_id, str) or not is_session_id(session_id):
             raise SessionNotFound(session_id if isinstance(session_id, str) else repr(session_id))
         sid = session_id
-        with contextlib.suppress(InvalidTransition, SessionNotFound):
+        # Already ended (a tombstone answers), found corrupt while loading (buried as
+        # terminated: purging it is what is left to do), or nothing live by that id.
+        with contextlib.suppress(InvalidTransition, SessionTerminated, SessionNotFound):
             await self.terminate(sid, reason=REASON_PURGED)
         live = registry.live.get(sid)
         if live is not None or sid in registry.loading or sid in registry.opening:
