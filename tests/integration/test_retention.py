@@ -26,6 +26,7 @@ from jidoka.store.memory import MemoryStore
 from jidoka.store.sqlite import DATABASE_NAME
 from tests.conftest import close_on_fake_clock
 from tests.helpers import quiesce, until
+from tests.integration.test_durability import tamper
 
 TTL = 3600.0
 SAVED_TTL = 7200.0
@@ -238,3 +239,20 @@ async def test_retention_is_off_by_default(
     assert await runtime.manager.sweep_retention() == (0, 0)
     assert (await runtime.client.get_session_info(sid)).status == "terminated"
     assert [s.session_id for s in await runtime.client.list_saved_sessions()] == [sid]
+
+
+@pytest.mark.stores("sqlite", "postgres")
+async def test_a_session_found_corrupt_is_purged_too(tmp_path: Path, clock: FakeClock) -> None:
+    """A session that cannot be loaded (buried as terminated with ``error``) can still be
+    purged: that is what is left to do with it."""
+    data = tmp_path / "data"
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        bad = await rt.client.create_session()
+        await rt.client.send_message(bad, "user", "soon unreadable")
+    statement = "UPDATE events SET data = ? WHERE session_id = ? AND seq = 3"
+    assert await tamper(data, statement, b"{no", bad) == 1
+    async with jidoka.Runtime(data, clock=clock) as rt:
+        await rt.client.purge_session(bad)
+        with pytest.raises(SessionNotFound):
+            await rt.client.get_session_info(bad)
+        assert _nothing(await stored_rows(rt, bad))
