@@ -111,7 +111,7 @@ class Client:
         ``purged``), then its log, snapshots, saved copy and head are deleted and its tombstone
         and cache entries dropped; ``session_purged`` goes out on the global stream. Afterwards
         :meth:`get_session_info` raises ``SessionNotFound``, as does a second purge."""
-        await self._manager.purge(session_id)
+        await self._manager.retention.purge(session_id)
 
     # --- saved sessions -------------------------------------------------------------------------
 

@@ -215,7 +215,7 @@ async def test_the_sweep_removes_expired_sessions_and_never_a_live_one(
             assert info.status in ("active", "idle")
             assert len(await client.get_conversation_history(sid)) == 4
         # Twice: nothing left to do, nothing else touched.
-        assert await rt.manager.sweep_retention() == (0, 0)
+        assert await rt.manager.retention.sweep() == (0, 0)
         # The saved copies expire by their own age: only the copies go.
         await _advance(rt, clock, SAVED_TTL - TTL)
         saved = {s.session_id for s in await client.list_saved_sessions()}
@@ -236,7 +236,7 @@ async def test_retention_is_off_by_default(
     await runtime.client.terminate_session(sid)
     clock.advance(365 * 86400.0)
     await quiesce(runtime)
-    assert await runtime.manager.sweep_retention() == (0, 0)
+    assert await runtime.manager.retention.sweep() == (0, 0)
     assert (await runtime.client.get_session_info(sid)).status == "terminated"
     assert [s.session_id for s in await runtime.client.list_saved_sessions()] == [sid]
 

@@ -148,12 +148,12 @@ async def test_two_runtimes_sweeping_at_once_report_each_session_once(
             await stack.enter_async_context(rt.client.subscribe_to_all_sessions())
             for rt in runtimes
         ]
-        done = await asyncio.gather(*(rt.manager.sweep_retention() for rt in runtimes))
+        done = await asyncio.gather(*(rt.manager.retention.sweep() for rt in runtimes))
         assert sum(sessions for sessions, _ in done) == len(ended)
         reported: list[str] = []
         for stream, (count, _) in zip(streams, done, strict=True):
             for _ in range(count):
                 reported.append((await until(stream, "session_purged")).session_id)
         assert sorted(reported) == sorted(ended)
-        assert [await rt.manager.sweep_retention() for rt in runtimes] == [(0, 0), (0, 0)]
+        assert [await rt.manager.retention.sweep() for rt in runtimes] == [(0, 0), (0, 0)]
         assert (await first.get_session_info(keep)).status in ("active", "idle", "initializing")

@@ -10,8 +10,6 @@ command) and the wiring, and hands each concern to a helper object with its own 
 - :mod:`.listing` — listing what this node holds merged with the store's index, page by page;
 - :class:`~.sweep.QuietSweep` — loading the stored sessions nobody touches once they may be
   due to time out;
-- :class:`~.retention.RetentionSweep` — removing expired terminated sessions and saved copies
-  (and :meth:`SessionManager.purge`, one session's every row at once);
 - :class:`~.saved.SavedSessions` — saved copies and restoring them;
 - :class:`~.idle.IdleReaper` — idle transitions and time-outs on one timer queue;
 - :class:`~.background.BackgroundTasks` — the tasks all of them start.
@@ -38,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Settings
@@ -52,9 +49,6 @@ from ..errors import (
     SessionTerminated,
     StoreError,
 )
-from ..events import Event, EventType
-from ..ids import is_session_id
-from ..payloads import SessionPurgedData, data_of
 from ..store.base import SavedSession, StoredSession
 from ..telemetry import Telemetry
 from .background import BackgroundTasks
@@ -66,12 +60,11 @@ from .persistence import load_state
 from .postcommit import Step
 from .recovery import Recovery
 from .registry import SessionRegistry
-from .retention import REASON_EXPIRED, REASON_PURGE_REQUESTED, RetentionSweep
+from .retention import Retention
 from .saved import SavedSessions
 from .session import Session, SessionServices
 from .spans import guarded_span
 from .state import REASON_ERROR as REASON_ERROR
-from .state import REASON_PURGED as REASON_PURGED
 from .state import REASON_REQUESTED as REASON_REQUESTED
 from .state import REASON_TIMEOUT as REASON_TIMEOUT
 from .state import Status
@@ -110,14 +103,7 @@ class SessionManager:
         self._sweep = QuietSweep(
             settings, services.store, services.clock, registry, tasks, load=self._load_quietly
         )
-        self._retention = RetentionSweep(
-            settings,
-            services.store,
-            services.clock,
-            tasks,
-            purged=self._forget,
-            forget_ended=self._forget_ended,
-        )
+        self.retention = Retention(settings, services, registry, tasks, self.terminate)
         services.after_command = self._after_command
         services.on_fault = self._on_post_commit_fault
 
@@ -131,7 +117,7 @@ class SessionManager:
         await self._recovery.start()
         self._idle.start()
         self._sweep.start(self._recovery.started_at)
-        self._retention.start(self._recovery.started_at)
+        self.retention.start(self._recovery.started_at)
         self._registry.open()
 
     async def aclose(self) -> None:
@@ -141,8 +127,7 @@ class SessionManager:
         if registry.closed:
             return
         registry.closed = True
-        await self._sweep.aclose()
-        await self._retention.aclose()
+        await asyncio.gather(self._sweep.aclose(), self.retention.aclose())
         await self._idle.aclose()
         for session in list(registry.live.values()):
             session.terminating = True
@@ -199,79 +184,6 @@ class SessionManager:
             InvalidTransition, SessionTerminated, SessionNotFound, RuntimeClosed
         ):
             await self.terminate(session_id, reason=reason, error=error)
-
-    # --- purge and retention ----------------------------------------------------------------------
-
-    async def purge(self, session_id: object) -> None:
-        """Remove everything stored for a session: a live one is terminated first (reason
-        ``purged``, so its log ends properly and its workers stop), then its log, snapshots,
-        saved copy and head go in one store transaction, and what this node holds of it
-        (tombstone, cache entries) with them; ``session_purged`` goes out on the global stream.
-        Afterwards the session is not found. :class:`SessionNotFound` if nothing was stored
-        (a second purge); :class:`InvalidTransition` while another termination of it is
-        still running (purge again once it has ended)."""
-        registry = self._registry
-        registry.check_open()
-        if not isinstance(session_id, str) or not is_session_id(session_id):
-            raise SessionNotFound(session_id if isinstance(session_id, str) else repr(session_id))
-        sid = session_id
-        # Already ended (a tombstone answers), found corrupt while loading (buried as
-        # terminated: purging it is what is left to do), or nothing live by that id.
-        with contextlib.suppress(InvalidTransition, SessionTerminated, SessionNotFound):
-            await self.terminate(sid, reason=REASON_PURGED)
-        live = registry.live.get(sid)
-        if live is not None or sid in registry.loading or sid in registry.opening:
-            # Ending in another task, or brought back (restored) meanwhile: not ours to remove.
-            raise InvalidTransition(sid, Status.TERMINATING, Status.TERMINATED)
-        store = self.services.store
-        with guarded_span(self.telemetry, "purge_session", sid):
-            head = await store.find_session(sid)
-            tombstone = registry.tombstones.get(sid)
-            owner = head.owner if head is not None else None
-            if head is None and tombstone is not None:
-                owner = tombstone.info.owner
-            if head is None and tombstone is None:
-                saved = await store.load_saved(sid)
-                owner = saved[0].owner if saved is not None else None
-            removed = await store.purge(sid)
-        if not removed and tombstone is None:
-            raise SessionNotFound(sid)
-        last = head.last_seq if head is not None else 0
-        self._forget(
-            StoredSession(sid, Status.TERMINATED.value, last, owner), REASON_PURGE_REQUESTED
-        )
-
-    def _forget(self, head: StoredSession, reason: str) -> None:
-        """A session's stored rows were removed (purged, or expired): drop what this node
-        holds of it, and tell the global stream (once: only the call that removed the rows
-        comes here)."""
-        sid = head.session_id
-        self._registry.tombstones.pop(sid, None)
-        self.services.cache.evict_session(sid)
-        when = datetime.fromtimestamp(self.services.clock.time(), UTC)
-        data = data_of(SessionPurgedData(reason=reason, owner=head.owner))
-        self.services.bus.publish_nowait(
-            Event(EventType.SESSION_PURGED, sid, head.last_seq, when, data)
-        )
-
-    def _forget_ended(self, before: datetime) -> int:
-        """Drop the tombstones of sessions that ended before ``before`` (retention); on a store
-        that keeps no log of ended sessions, report each as purged. How many were reported."""
-        tombstones = self._registry.tombstones
-        ended = [sid for sid, t in tombstones.items() if t.info.updated_at < before]
-        report = not self.services.store.durable
-        for sid in ended:
-            tombstone = tombstones.pop(sid)
-            if report:
-                gone = StoredSession(sid, Status.TERMINATED.value, 0, tombstone.info.owner)
-                self._forget(gone, REASON_EXPIRED)
-        return len(ended) if report else 0
-
-    async def sweep_retention(self) -> tuple[int, int]:
-        """Run one retention pass now (what the periodic sweep does): the terminated sessions
-        and saved copies removed. For tests on a fake clock, and operators' scripts."""
-        self.check_open()
-        return await self._retention.sweep()
 
     def start_worker(
         self, session_id: object, name: str, factory: WorkerFactory
@@ -330,13 +242,7 @@ class SessionManager:
             tombstone = tombstones.get(session_id) if isinstance(session_id, str) else None
             if tombstone is None:
                 raise
-            sid = tombstone.info.session_id
-            if self.clustered and await self.services.store.find_session(sid) is None:
-                # Purged (or expired) by another node: this node's memory of it goes too. One
-                # indexed read, on a node of a cluster only, when a tombstone answers.
-                tombstones.pop(sid, None)
-                raise SessionNotFound(sid) from None
-            return tombstone.info
+            return await self.retention.recheck(tombstone)
 
     async def owner_of(self, session_id: object) -> str | None:
         """The principal that owns a session (live, stored or remembered), ``None`` if it

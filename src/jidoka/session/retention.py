@@ -3,7 +3,8 @@
 Two settings, both off by default: ``terminated_ttl`` (a terminated session's log, snapshots and
 head go that long after it ended) and ``saved_ttl`` (a saved copy goes that long after it was
 saved; only the copy). A periodic sweep removes what has expired, and ``purge_session`` removes
-one session's rows at once (:meth:`~.manager.SessionManager.purge`). The sweep's choices:
+one session's rows at once (:meth:`Retention.purge`: the manager's ``retention``). The sweep's
+choices:
 
 - it asks the store, never this node's memory: expired sessions are found through an index of
   the terminated ones by when they ended (``SessionStore.expire_terminated``), saved copies
@@ -25,7 +26,7 @@ one session's rows at once (:meth:`~.manager.SessionManager.purge`). The sweep's
   the next one tries again, from scratch (there is no cursor: what was removed is gone).
 
 What this node holds of a removed session in memory (its tombstone, file cache entries) is
-dropped with it (:meth:`SessionManager._forget`), and so are this node's tombstones of sessions
+dropped with it (:meth:`Retention.forget`), and so are this node's tombstones of sessions
 that ended before the cutoff: on the memory store, which frees a log as its session ends, the
 tombstone is all that is left, and its expiry is the one reported (``session_purged``); on a
 durable store the node that removed the rows reported it, and the tombstone goes quietly.
@@ -33,19 +34,33 @@ durable store the node that removed the rows reported it, and the tombstone goes
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from ..clock import Clock
 from ..config import Settings
-from ..errors import RuntimeClosed, StoreError
+from ..errors import (
+    InvalidTransition,
+    RuntimeClosed,
+    SessionNotFound,
+    SessionTerminated,
+    StoreError,
+)
+from ..events import Event, EventType
+from ..ids import is_session_id
+from ..payloads import SessionPurgedData, data_of
 from ..store.base import SessionStore, StoredSession
 from .background import BackgroundTasks
+from .info import SessionInfo, Tombstone
+from .registry import SessionRegistry
+from .session import SessionServices
+from .state import REASON_PURGED, Status
 from .timers import TimerQueue
 
-__all__ = ["REASON_EXPIRED", "REASON_PURGE_REQUESTED", "RetentionSweep"]
+__all__ = ["REASON_EXPIRED", "REASON_PURGE_REQUESTED", "Retention", "RetentionSweep"]
 
 logger = logging.getLogger("jidoka.manager")
 
@@ -147,3 +162,111 @@ class RetentionSweep:
                 "retention removed %d terminated sessions and %d saved copies", sessions, saved
             )
         return sessions, saved
+
+
+class Retention:
+    """Purging sessions, and the retention sweep, for the session manager (its ``retention``):
+    what removes a session's stored rows, and what this node then forgets of it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: SessionServices,
+        registry: SessionRegistry,
+        tasks: BackgroundTasks,
+        terminate: Callable[..., Coroutine[Any, Any, SessionInfo]],
+    ) -> None:
+        self._services = services
+        self._registry = registry
+        self._terminate = terminate  # the manager's own, checks included
+        self.sweeper = RetentionSweep(
+            settings,
+            services.store,
+            services.clock,
+            tasks,
+            purged=self.forget,
+            forget_ended=self.forget_ended,
+        )
+
+    def start(self, started_at: float) -> None:
+        self.sweeper.start(started_at)
+
+    async def aclose(self) -> None:
+        await self.sweeper.aclose()
+
+    async def sweep(self) -> tuple[int, int]:
+        """Run one retention pass now (what the periodic sweep does): the terminated sessions
+        and saved copies removed. For tests on a fake clock, and operators' scripts."""
+        self._registry.check_open()
+        return await self.sweeper.sweep()
+
+    async def purge(self, session_id: object) -> None:
+        """Remove everything stored for a session: a live one is terminated first (reason
+        ``purged``, so its log ends properly and its workers stop), then its log, snapshots,
+        saved copy and head go in one store transaction, and what this node holds of it
+        (tombstone, cache entries) with them; ``session_purged`` goes out on the global stream.
+        Afterwards the session is not found. :class:`SessionNotFound` if nothing was stored
+        (a second purge); :class:`InvalidTransition` while another termination of it is
+        still running (purge again once it has ended)."""
+        registry = self._registry
+        registry.check_open()
+        if not isinstance(session_id, str) or not is_session_id(session_id):
+            raise SessionNotFound(session_id if isinstance(session_id, str) else repr(session_id))
+        sid = session_id
+        # Already ended (a tombstone answers), found corrupt while loading (buried as
+        # terminated: purging it is what is left to do), or nothing live by that id.
+        with contextlib.suppress(InvalidTransition, SessionTerminated, SessionNotFound):
+            await self._terminate(sid, reason=REASON_PURGED)
+        if sid in registry.live or sid in registry.loading or sid in registry.opening:
+            # Ending in another task, or brought back (restored) meanwhile: not ours to remove.
+            raise InvalidTransition(sid, Status.TERMINATING, Status.TERMINATED)
+        store = self._services.store
+        head = await store.find_session(sid)
+        tombstone = registry.tombstones.get(sid)
+        owner = head.owner if head is not None else None
+        if head is None and tombstone is not None:
+            owner = tombstone.info.owner
+        if head is None and tombstone is None:
+            saved = await store.load_saved(sid)
+            owner = saved[0].owner if saved is not None else None
+        if not await store.purge(sid) and tombstone is None:
+            raise SessionNotFound(sid)
+        last = head.last_seq if head is not None else 0
+        gone = StoredSession(sid, Status.TERMINATED.value, last, owner)
+        self.forget(gone, REASON_PURGE_REQUESTED)
+
+    def forget(self, head: StoredSession, reason: str) -> None:
+        """A session's stored rows were removed (purged, or expired): drop what this node
+        holds of it, and tell the global stream (once: only the call that removed the rows
+        comes here)."""
+        sid = head.session_id
+        self._registry.tombstones.pop(sid, None)
+        services = self._services
+        services.cache.evict_session(sid)
+        when = datetime.fromtimestamp(services.clock.time(), UTC)
+        data = data_of(SessionPurgedData(reason=reason, owner=head.owner))
+        services.bus.publish_nowait(Event(EventType.SESSION_PURGED, sid, head.last_seq, when, data))
+
+    def forget_ended(self, before: datetime) -> int:
+        """Drop the tombstones of sessions that ended before ``before`` (retention); on a store
+        that keeps no log of ended sessions, report each as purged. How many were reported."""
+        tombstones = self._registry.tombstones
+        ended = [sid for sid, t in tombstones.items() if t.info.updated_at < before]
+        report = not self._services.store.durable
+        for sid in ended:
+            tombstone = tombstones.pop(sid)
+            if report:
+                gone = StoredSession(sid, Status.TERMINATED.value, 0, tombstone.info.owner)
+                self.forget(gone, REASON_EXPIRED)
+        return len(ended) if report else 0
+
+    async def recheck(self, tombstone: Tombstone) -> SessionInfo:
+        """What a tombstone answers for its session; on a node of a cluster, once the store
+        confirms the session is still stored (one indexed read): another node may have purged
+        it (or expired it), and then this node's memory of it goes too (``SessionNotFound``)."""
+        sid = tombstone.info.session_id
+        clustered = self._services.ownership is not None
+        if clustered and await self._services.store.find_session(sid) is None:
+            self._registry.tombstones.pop(sid, None)
+            raise SessionNotFound(sid)
+        return tombstone.info

@@ -53,6 +53,9 @@ from .base import (
 )
 from .heads import batch_head
 from .postgres_append import PgAppend
+from .postgres_retention import PgRetention
+from .postgres_retention import saved_row as _saved
+from .postgres_retention import stored as _stored
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
 from .postgres_sql import Statements
 from .postgres_writer import PgWriter
@@ -75,7 +78,7 @@ def is_postgres_dsn(value: str) -> bool:
     return value.startswith(("postgresql://", "postgres://"))
 
 
-class PostgresStore:
+class PostgresStore(PgRetention):
     """Session logs, snapshots and saved sessions in one schema of a PostgreSQL database."""
 
     durable = True
@@ -362,56 +365,6 @@ class PostgresStore:
 
         return await self.run(session_id, run)
 
-    # --- retention --------------------------------------------------------------------------------
-
-    async def purge(self, session_id: str) -> bool:
-        """One transaction: the head's lock first (see ``Statements``), then every row of the
-        session, in every table, in one statement. Idempotent, so retried once on a broken
-        connection like a read."""
-
-        async def run(conn: _Lent) -> bool:
-            async with conn.transaction():
-                await conn.execute(self._q.lock_head, session_id)
-                return bool(await conn.fetchval(self._q.purge, session_id))
-
-        removed = await self.run(session_id, run)
-        self._writer.fences.pop(session_id, None)
-        return removed
-
-    async def expire_terminated(
-        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
-    ) -> list[StoredSession]:
-        """A batch of terminated heads locked with ``SKIP LOCKED`` (another node's sweep holds
-        the ones it is removing), then their rows removed, the head's delete re-checking the
-        status, in one transaction. Not retried on a broken connection: the batch may have
-        been removed, and the caller must not be told of another one in its place."""
-        if not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit!r}")
-
-        async def run(conn: _Lent) -> list[StoredSession]:
-            async with conn.transaction():
-                rows = await conn.fetch(self._q.lock_ended, before, limit)
-                heads = [_stored(row) for row in rows]
-                if not heads:
-                    return []
-                ids = [head.session_id for head in heads]
-                removed = {row[0] for row in await conn.fetch(self._q.remove_ended, ids)}
-            return [head for head in heads if head.session_id in removed]
-
-        return await self.run(None, run, retry=False)
-
-    async def expire_saved(
-        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
-    ) -> list[SavedSession]:
-        if not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit!r}")
-
-        async def run(conn: _Lent) -> list[Any]:
-            return await conn.fetch(self._q.expire_saved, before, limit)
-
-        removed = [_saved(row) for row in await self.run(None, run, retry=False)]
-        return sorted(removed, key=lambda saved: (saved.saved_at, saved.session_id))
-
     # --- reads ------------------------------------------------------------------------------------
 
     async def read_events(
@@ -520,23 +473,3 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.schema!r} at {self._where()} {self._state}>"
-
-
-def _stored(row: Any) -> StoredSession:
-    session_id, status, last_seq, owner, updated_at = row
-    return StoredSession(session_id, status, int(last_seq), owner, updated_at)
-
-
-def _saved(row: Any) -> SavedSession:
-    session_id, saved_at, count, metadata, owner = row[:5]
-    try:
-        meta = decode_object(metadata)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        meta = {}
-    return SavedSession(
-        session_id=session_id,
-        saved_at=saved_at,
-        message_count=int(count),
-        metadata=meta,
-        owner=owner,
-    )
