@@ -21,6 +21,7 @@ import jidoka
 from jidoka import FakeClock, SessionNotFound
 from jidoka.bus.base import Subscription
 from jidoka.events import Event, EventType
+from jidoka.payloads import SessionPurgedData, payload_of
 from jidoka.remote import RemoteClient
 from jidoka.store.memory import MemoryStore
 from jidoka.store.sqlite import DATABASE_NAME
@@ -113,10 +114,13 @@ async def test_purge_removes_every_row_of_a_live_session(
     await quiesce(runtime)
     before = await stored_rows(runtime, sid)
     assert sum(before.values()) > 0
+    before_seq = len(await runtime.client.read_events(sid, limit=1000)) + 3  # + its termination
     async with runtime.client.subscribe_to_all_sessions() as everyone:
         await client.purge_session(sid)
         purged = await _next_purged(everyone)
     assert (purged.session_id, purged.data) == (sid, {"reason": "requested", "owner": None})
+    assert payload_of(purged) == SessionPurgedData(reason="requested", owner=None)
+    assert purged.seq == (0 if isinstance(runtime.store, MemoryStore) else before_seq)
     await quiesce(runtime)
     assert _nothing(await stored_rows(runtime, sid)), await stored_rows(runtime, sid)
     with pytest.raises(SessionNotFound):
