@@ -114,6 +114,8 @@ def request_for(verb: Verb, values: Mapping[str, Any]) -> Request:
     if verb.background:
         params["wait"] = "true"  # the call returns the turn's result, as in process
     long_lived = verb.background or verb.long_running
+    if verb.selected_by is not None:
+        params[verb.selected_by] = "true"  # the flag that selects it on its route
     return Request(verb.method, path, params, _body(verb, values), long_lived)
 
 

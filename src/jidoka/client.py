@@ -108,6 +108,13 @@ class Client:
         events, and a tombstone remains. Terminating it again raises ``InvalidTransition``."""
         return await self._manager.terminate(session_id, reason=reason)
 
+    async def purge_session(self, session_id: str) -> None:
+        """Remove everything stored for a session: a live one is terminated first (reason
+        ``purged``), then its log, snapshots, saved copy and head are deleted and its tombstone
+        and cache entries dropped; ``session_purged`` goes out on the global stream. Afterwards
+        :meth:`get_session_info` raises ``SessionNotFound``, as does a second purge."""
+        await self._manager.retention.purge(session_id)
+
     # --- saved sessions -------------------------------------------------------------------------
 
     async def save_session(self, session_id: str) -> SavedSession:

@@ -320,6 +320,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_sessions: _PositiveInt = 100_000
     #: Terminated sessions remembered (as small tombstones); the oldest is forgotten first.
     max_tombstones: _PositiveInt = 10_000
+    #: Retention (off by default): seconds a terminated session's log, snapshots and head stay
+    #: stored after it ended; the retention sweep then removes them (``session_purged``,
+    #: reason ``expired``). A saved copy is kept: it has ``saved_ttl``. ``None``: for ever.
+    terminated_ttl: _PositiveFloat | None = None
+    #: Seconds a saved copy is kept after it was saved; then the sweep removes the copy (and
+    #: only it). ``None``: for ever.
+    saved_ttl: _PositiveFloat | None = None
+    #: Seconds between retention sweeps (while a TTL is set): an expired session is removed at
+    #: most about this late.
+    retention_sweep_seconds: _PositiveFloat = 60.0
+    #: Sessions (or saved copies) one retention batch removes at most: each batch is one
+    #: transaction, so this bounds how long a sweep holds the store at a time.
+    retention_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     #: Events a subscription may have queued before the slow-consumer policy applies.
     subscriber_queue_size: _PositiveInt = 1_000
     #: Stored bytes a subscription that is catching up (or replaying) reads from the store at

@@ -65,6 +65,10 @@ class EventType(StrEnum):
     #: Not part of any session's log: a marker a subscription yields when it had to skip events
     #: it could not recover (see :mod:`jidoka.bus.memory`). ``seq`` is the last seq skipped.
     EVENTS_DROPPED = "events_dropped"
+    #: Not part of any session's log either: the session's stored rows were removed (a purge, or
+    #: retention), published on the global stream once it is done. ``seq`` is the last seq its
+    #: log had (0 if only a saved copy was left).
+    SESSION_PURGED = "session_purged"
 
 
 #: Each type by its wire name: a dict lookup, cheaper than ``EventType(name)`` for a store that
@@ -75,7 +79,12 @@ EVENT_TYPES: Final[Mapping[str, EventType]] = MappingProxyType(
 
 #: The lifecycle events that also go to the global stream (``subscribe_to_all_sessions``).
 GLOBAL_EVENT_TYPES: Final = frozenset(
-    {EventType.SESSION_CREATED, EventType.SESSION_STATUS, EventType.SESSION_TERMINATED}
+    {
+        EventType.SESSION_CREATED,
+        EventType.SESSION_STATUS,
+        EventType.SESSION_TERMINATED,
+        EventType.SESSION_PURGED,
+    }
 )
 
 

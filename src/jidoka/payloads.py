@@ -44,6 +44,7 @@ __all__ = [
     "LLMStreamChunkData",
     "EventData",
     "SessionCreatedData",
+    "SessionPurgedData",
     "SessionRewoundData",
     "SessionStatusData",
     "SessionTerminatedData",
@@ -280,6 +281,16 @@ class EventsDroppedData(EventData, tag="events_dropped", frozen=True, kw_only=Tr
     last_seq: int | UnsetType = UNSET
 
 
+class SessionPurgedData(EventData, tag="session_purged", frozen=True, kw_only=True):
+    """Everything stored for the session was removed (never in a log: its log is gone).
+    ``reason`` is ``requested`` (``purge_session``) or ``expired`` (``terminated_ttl``: a
+    saved copy, which expires by ``saved_ttl``, is then kept); ``owner`` is the principal the
+    session belonged to (``null`` if none), which decides who sees the event."""
+
+    reason: str
+    owner: str | None
+
+
 #: Every event's ``data``, tagged by the event's type.
 AnyEventData: TypeAlias = (
     SessionCreatedData
@@ -302,6 +313,7 @@ AnyEventData: TypeAlias = (
     | ErrorData
     | ContextCompactedData
     | EventsDroppedData
+    | SessionPurgedData
 )
 
 for _kind in get_args(AnyEventData):

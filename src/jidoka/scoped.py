@@ -154,13 +154,16 @@ class ScopedClient:
                     state = data.get("state")
                     owner = state.get("owner") if isinstance(state, dict) else data.get("owner")
                     mine = owner == principal
+                elif event.type == EventType.SESSION_PURGED:
+                    # The session is gone (the manager cannot tell): the event names its owner.
+                    return bool(event.data.get("owner") == principal)
                 else:
                     try:
                         mine = await manager.owner_of(sid) == principal
                     except JidokaError:
                         return False  # not known (yet): decide again on its next event
                 known[sid] = mine
-            if event.type == EventType.SESSION_TERMINATED:
+            if event.type in (EventType.SESSION_TERMINATED, EventType.SESSION_PURGED):
                 known.pop(sid, None)
             return mine
 

@@ -11,19 +11,45 @@ field of the answer that method returns, and a test checks every declaration aga
 Core-light on purpose (no server framework): ``RemoteClient`` reads the same table to build its
 requests. Adding a verb is a :class:`Verb` here and its method on ``Client``; the transports
 follow.
+
+Most verbs have a method and path of their own. A verb may instead share the route of another
+one, selected by a boolean query flag (``selected_by``): ``purge_session`` is ``DELETE
+/v1/sessions/{id}?purge=true``, beside ``terminate_session`` on ``DELETE /v1/sessions/{id}``.
+There is still one route (and one OpenAPI operation) per method and path: the route belongs to
+the verb without a flag, takes the flag as one more query parameter, and runs the selected verb
+when the flag is ``true`` (:func:`selected`); the WebSocket knows the selected verb as an op of
+its own, and ``RemoteClient`` sends the flag.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
-from urllib.parse import quote
 
 import msgspec
 
 from . import wire
+from ._verb_calls import (
+    Call,
+    approve_call,
+    build_context_call,
+    cluster_status_call,
+    compact_session_call,
+    create_session_call,
+    delete_saved_session_call,
+    fork_session_call,
+    get_working_context_call,
+    list_saved_sessions_call,
+    list_sessions_call,
+    put_working_context_call,
+    read_events_call,
+    rewind_session_call,
+    session_location,
+    session_verb,
+    terminate_session_call,
+)
 from .errors import (
     InvalidArgument,
     InvalidRole,
@@ -40,13 +66,13 @@ from .errors import (
 from .llm.turns import ChatResult
 from .problems import KeyNotFound
 from .session.branching import Rewound
-from .session.context import CONTEXT_PARTS, ContextBundle
+from .session.context import ContextBundle
 from .session.info import SessionInfo
 from .session.state import REASON_REQUESTED, ActiveFile, FileIndexEntry, Message, Status
 from .store.base import SavedSession
 
 if TYPE_CHECKING:
-    from .scoped import ScopedClient
+    pass
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -57,6 +83,8 @@ __all__ = [
     "Scope",
     "Verb",
     "by_name",
+    "selected",
+    "sharing",
 ]
 
 #: A page of ``list_sessions`` unless ``limit`` says otherwise, and the largest one served.
@@ -85,9 +113,6 @@ class Param:
     type: Any
     default: Any = msgspec.NODEFAULT
     description: str = ""
-
-
-Call = Callable[["ScopedClient", Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -124,6 +149,11 @@ class Verb:
     long_running: bool = False
     #: The ``Location`` of what a 201 created, from the answer.
     location: Callable[[Any], str] | None = None
+    #: The boolean query parameter that selects this verb on the route of the verb with the
+    #: same method and path and no flag (``purge``: ``DELETE /v1/sessions/{id}?purge=true``).
+    #: It is no argument of the verb: the request carries it as ``true``, and the route
+    #: answers as this verb then (see the module's docstring).
+    selected_by: str | None = None
     #: The arguments as one struct: path parameters, query parameters, body fields (derived).
     args: type[msgspec.Struct] = field(init=False)
     path_params: tuple[str, ...] = field(init=False)
@@ -197,95 +227,6 @@ class Verb:
         return f"{{{name}:path}}" in self.path
 
 
-# --- how each verb runs on a scoped client -------------------------------------------------------
-
-
-async def _create_session(c: ScopedClient, a: Any) -> SessionInfo:
-    sid = await c.create_session(
-        metadata=a.metadata, config=a.config, llm_config=a.llm_config, project_root=a.project_root
-    )
-    return await c.client.get_session_info(sid)
-
-
-async def _list_sessions(c: ScopedClient, a: Any) -> wire.SessionPage:
-    # One more than asked: whether there is a next page, without a second query.
-    found = await c.client.list_sessions(a.status, limit=a.limit + 1, after=a.cursor, owner=c.owner)
-    page = found[: a.limit]
-    cursor = page[-1].session_id if len(found) > a.limit and page else None
-    return wire.SessionPage(sessions=page, next_cursor=cursor)
-
-
-async def _read_events(c: ScopedClient, a: Any) -> wire.EventList:
-    events = await c.client.read_events(a.session_id, after_seq=a.after_seq, limit=a.limit)
-    return wire.EventList(events=events)
-
-
-async def _terminate_session(c: ScopedClient, a: Any) -> SessionInfo:
-    return await c.client.terminate_session(a.session_id, reason=a.reason)
-
-
-async def _get_working_context(c: ScopedClient, a: Any) -> wire.WorkingContextValue:
-    value = await c.client.get_working_context(a.session_id, a.key, _MISSING)
-    if value is _MISSING:
-        raise KeyNotFound(a.session_id, a.key)
-    return wire.WorkingContextValue(key=a.key, value=value)
-
-
-async def _put_working_context(c: ScopedClient, a: Any) -> wire.WorkingContextValue:
-    await c.client.put_working_context(a.session_id, a.key, a.value)
-    return wire.WorkingContextValue(key=a.key, value=a.value)
-
-
-async def _build_context(c: ScopedClient, a: Any) -> ContextBundle:
-    include = CONTEXT_PARTS if a.include is None else a.include
-    return await c.client.build_context(a.session_id, include, a.max_tokens)
-
-
-async def _fork_session(c: ScopedClient, a: Any) -> SessionInfo:
-    sid = await c.fork_session(a.session_id, at_seq=a.at_seq, metadata=a.metadata)
-    return await c.client.get_session_info(sid)
-
-
-async def _rewind_session(c: ScopedClient, a: Any) -> Rewound:
-    return await c.client.rewind_session(a.session_id, to_seq=a.to_seq, cancel=a.cancel)
-
-
-async def _compact_session(c: ScopedClient, a: Any) -> wire.Compacted:
-    return await c.client.compact_session(
-        a.session_id, instructions=a.instructions, keep_last=a.keep_last
-    )
-
-
-async def _list_saved_sessions(c: ScopedClient, a: Any) -> wire.SavedSessionList:
-    found = await c.client.list_saved_sessions(owner=c.owner)
-    return wire.SavedSessionList(saved_sessions=found)
-
-
-async def _cluster_status(c: ScopedClient, a: Any) -> wire.ClusterStatus:
-    return await c.client.cluster_status()
-
-
-async def _approve(c: ScopedClient, a: Any) -> None:
-    await c.client.approve(a.session_id, a.call_id, a.allow)
-
-
-async def _delete_saved_session(c: ScopedClient, a: Any) -> None:
-    await c.client.delete_saved_session(a.session_id)
-
-
-def _session_verb(method: str, *fields: str, wrap: type | None = None, key: str = "") -> Call:
-    """The common shape: ``client.<method>(session_id, *fields)``, its answer wrapped in
-    ``wrap(<key>=answer)`` when the wire wraps it (collections and bare values)."""
-
-    async def call(c: ScopedClient, a: Any) -> Any:
-        answer = await getattr(c.client, method)(a.session_id, *(getattr(a, f) for f in fields))
-        return answer if wrap is None else wrap(**{key: answer})
-
-    call.__name__ = f"_{method}"
-    return call
-
-
-_MISSING: Any = object()
 _SESSION_ERRORS: Final = (SessionNotFound,)
 #: A change to a session: it must be live.
 _CHANGE_ERRORS: Final = (SessionNotFound, SessionTerminated, LimitExceeded)
@@ -305,133 +246,134 @@ _STREAM_QUERY: Final = (
 )  # fmt: skip
 
 
-def _session_location(info: SessionInfo) -> str:
-    return f"/v1/sessions/{quote(info.session_id, safe='')}"
-
-
 VERBS: Final[tuple[Verb, ...]] = (
     Verb("create_session", "POST", "/v1/sessions", "Create a session", Scope.OWNER,
          SessionInfo, 201, body=wire.CreateSessionRequest,
          errors=(InvalidArgument, PathNotAllowed, LimitExceeded),
-         call=_create_session, client="create_session", unwrap="session_id",
-         location=_session_location),
+         call=create_session_call, client="create_session", unwrap="session_id",
+         location=session_location),
     Verb("list_sessions", "GET", "/v1/sessions", "List your sessions (paged)", Scope.OWNER,
          wire.SessionPage, query=(
              Param("status", Status | None, None, "Only sessions with this status"),
              Param("limit", Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)], DEFAULT_PAGE,
                    f"Page size (1-{MAX_PAGE}, default {DEFAULT_PAGE})"),
              Param("cursor", str | None, None, "`next_cursor` of the previous page")),
-         call=_list_sessions, client="list_sessions", unwrap="sessions"),
+         call=list_sessions_call, client="list_sessions", unwrap="sessions"),
     Verb("get_session_info", "GET", _SID, "A session's description", Scope.SESSION,
          SessionInfo, errors=_SESSION_ERRORS,
-         call=_session_verb("get_session_info"), client="get_session_info"),
+         call=session_verb("get_session_info"), client="get_session_info"),
     Verb("terminate_session", "DELETE", _SID, "Terminate a session", Scope.SESSION,
          SessionInfo, query=(Param("reason", str, REASON_REQUESTED, "Why it is terminated"),),
          errors=(SessionNotFound, InvalidTransition),
-         call=_terminate_session, client="terminate_session"),
+         call=terminate_session_call, client="terminate_session"),
+    # Shares terminate_session's route: DELETE /v1/sessions/{id}?purge=true.
+    Verb("purge_session", "DELETE", _SID,
+         "Purge a session: terminate it if live, then remove everything stored for it",
+         Scope.SESSION, None, 204, errors=(SessionNotFound, InvalidTransition),
+         call=session_verb("purge_session"), client="purge_session", selected_by="purge"),
     Verb("send_message", "POST", _SID + "/messages", "Append a message", Scope.SESSION,
          Message, 201, body=wire.SendMessageRequest,
          errors=(*_CHANGE_ERRORS, InvalidRole, SessionBusy),
-         call=_session_verb("send_message", "role", "content"), client="send_message"),
+         call=session_verb("send_message", "role", "content"), client="send_message"),
     Verb("get_conversation_history", "GET", _SID + "/messages", "The conversation window",
          Scope.SESSION, wire.MessageList, query=(
              Param("view", Literal["full", "compacted"], "full",
                    "full: every message of the window; compacted: the latest compaction's "
                    "summary (a system message), then the messages after it"),),
          errors=(SessionNotFound, SessionTerminated),
-         call=_session_verb("get_conversation_history", "view", wrap=wire.MessageList,
+         call=session_verb("get_conversation_history", "view", wrap=wire.MessageList,
                             key="messages"),
          client="get_conversation_history", unwrap="messages"),
     Verb("clear_conversation", "DELETE", _SID + "/messages", "Clear the conversation",
          Scope.SESSION, wire.Cleared, errors=_CHANGE_ERRORS,
-         call=_session_verb("clear_conversation", wrap=wire.Cleared, key="cleared"),
+         call=session_verb("clear_conversation", wrap=wire.Cleared, key="cleared"),
          client="clear_conversation", unwrap="cleared"),
     Verb("compact_session", "POST", _SID + "/compact",
          "Summarise the older conversation with the session's model (the log keeps it all)",
          Scope.SESSION, wire.Compacted, body=wire.CompactSessionRequest,
          errors=(*_CHANGE_ERRORS, SessionBusy, LLMError, InvalidArgument),
-         call=_compact_session, client="compact_session", long_running=True),
+         call=compact_session_call, client="compact_session", long_running=True),
     Verb("get_active_files", "GET", _SID + "/files", "Active files", Scope.SESSION,
          wire.FileList, errors=(SessionNotFound, SessionTerminated),
-         call=_session_verb("get_active_files", wrap=wire.FileList, key="files"),
+         call=session_verb("get_active_files", wrap=wire.FileList, key="files"),
          client="get_active_files", unwrap="files"),
     Verb("add_file", "POST", _SID + "/files", "Make a file active", Scope.SESSION,
          ActiveFile, 201, body=wire.AddFileRequest, errors=(*_CHANGE_ERRORS, PathNotAllowed),
-         call=_session_verb("add_file", "path"), client="add_file"),
+         call=session_verb("add_file", "path"), client="add_file"),
     Verb("remove_file", "DELETE", _SID + "/files", "Make a file inactive", Scope.SESSION,
          wire.Removed, query=(Param("path", str, description="A path relative to the "
                                     "project root"),),
          errors=_CHANGE_ERRORS,
-         call=_session_verb("remove_file", "path", wrap=wire.Removed, key="removed"),
+         call=session_verb("remove_file", "path", wrap=wire.Removed, key="removed"),
          client="remove_file", unwrap="removed"),
     Verb("get_file_index", "GET", _SID + "/file-index", "The file index", Scope.SESSION,
          wire.FileIndexList, errors=(SessionNotFound, SessionTerminated),
-         call=_session_verb("get_file_index", wrap=wire.FileIndexList, key="entries"),
+         call=session_verb("get_file_index", wrap=wire.FileIndexList, key="entries"),
          client="get_file_index", unwrap="entries"),
     Verb("update_file_index", "PATCH", _SID + "/file-index",
          "Merge fields into a file's index entry", Scope.SESSION, FileIndexEntry,
          body=wire.UpdateFileIndexRequest, errors=(*_CHANGE_ERRORS, PathNotAllowed),
-         call=_session_verb("update_file_index", "path", "fields"), client="update_file_index"),
+         call=session_verb("update_file_index", "path", "fields"), client="update_file_index"),
     Verb("get_working_context_map", "GET", _SID + "/working-context",
          "The whole working context", Scope.SESSION, wire.WorkingContextMap,
          errors=(SessionNotFound, SessionTerminated),
-         call=_session_verb("get_working_context", wrap=wire.WorkingContextMap,
+         call=session_verb("get_working_context", wrap=wire.WorkingContextMap,
                             key="working_context"),
          client="get_working_context", unwrap="working_context"),
     Verb("get_working_context", "GET", _KEY, "One working-context value", Scope.SESSION,
          wire.WorkingContextValue, errors=(SessionNotFound, SessionTerminated, KeyNotFound),
-         call=_get_working_context, client="get_working_context", unwrap="value"),
+         call=get_working_context_call, client="get_working_context", unwrap="value"),
     Verb("put_working_context", "PUT", _KEY, "Store a working-context value", Scope.SESSION,
          wire.WorkingContextValue, body=wire.WorkingContextWrite, errors=_CHANGE_ERRORS,
-         call=_put_working_context, client="put_working_context"),
+         call=put_working_context_call, client="put_working_context"),
     Verb("delete_working_context", "DELETE", _KEY, "Remove a working-context key",
          Scope.SESSION, wire.Deleted, errors=_CHANGE_ERRORS,
-         call=_session_verb("delete_working_context", "key", wrap=wire.Deleted, key="deleted"),
+         call=session_verb("delete_working_context", "key", wrap=wire.Deleted, key="deleted"),
          client="delete_working_context", unwrap="deleted"),
     Verb("build_context", "POST", _SID + "/context", "Build the context an LLM would see",
          Scope.SESSION, ContextBundle, body=wire.BuildContextRequest,
          errors=(SessionNotFound, SessionTerminated),
-         call=_build_context, client="build_context"),
+         call=build_context_call, client="build_context"),
     Verb("chat", "POST", _SID + "/chat",
          "Run one agent turn (202 and events; ?wait=true answers with the result)",
          Scope.SESSION, ChatResult, body=wire.ChatRequestBody, background=True,
          errors=(*_CHANGE_ERRORS, SessionBusy, LLMError),
-         call=_session_verb("chat", "text"), client="chat"),
+         call=session_verb("chat", "text"), client="chat"),
     Verb("cancel", "POST", _SID + "/cancel", "Stop the running agent turn", Scope.SESSION,
          wire.Cancelled, errors=(SessionNotFound, SessionTerminated),
-         call=_session_verb("cancel", wrap=wire.Cancelled, key="cancelled"),
+         call=session_verb("cancel", wrap=wire.Cancelled, key="cancelled"),
          client="cancel", unwrap="cancelled"),
     Verb("approve", "POST", _SID + "/approvals/{call_id}", "Answer a write approval",
          Scope.SESSION, None, 204, body=wire.ApprovalRequest,
          errors=(SessionNotFound, SessionTerminated, InvalidArgument),
-         call=_approve, client="approve"),
+         call=approve_call, client="approve"),
     Verb("save_session", "POST", _SID + "/save", "Save a named copy of the session",
          Scope.SESSION, SavedSession, 201, errors=(SessionNotFound, LimitExceeded),
-         call=_session_verb("save_session"), client="save_session"),
+         call=session_verb("save_session"), client="save_session"),
     Verb("fork_session", "POST", _SID + "/fork",
          "A new session from this one's state at a seq (default: its last)", Scope.SESSION,
          SessionInfo, 201, body=wire.ForkSessionRequest,
          errors=(SessionNotFound, SessionTerminated, InvalidArgument, LimitExceeded),
-         call=_fork_session, client="fork_session", unwrap="session_id",
-         location=_session_location),
+         call=fork_session_call, client="fork_session", unwrap="session_id",
+         location=session_location),
     Verb("rewind_session", "POST", _SID + "/rewind",
          "Take the session's state back to a seq (the log keeps every event)", Scope.SESSION,
          Rewound, body=wire.RewindSessionRequest,
          errors=(*_CHANGE_ERRORS, InvalidArgument, SessionBusy),
-         call=_rewind_session, client="rewind_session"),
+         call=rewind_session_call, client="rewind_session"),
     Verb("cluster_status", "GET", "/v1/cluster",
          "The nodes of the cluster (none on a single node)", Scope.OWNER, wire.ClusterStatus,
-         call=_cluster_status, client="cluster_status"),
+         call=cluster_status_call, client="cluster_status"),
     Verb("list_saved_sessions", "GET", "/v1/saved-sessions", "Your saved sessions",
          Scope.OWNER, wire.SavedSessionList,
-         call=_list_saved_sessions, client="list_saved_sessions",
+         call=list_saved_sessions_call, client="list_saved_sessions",
          unwrap="saved_sessions"),
     Verb("restore_session", "POST", _SAVED + "/restore", "Bring a saved session back",
          Scope.SAVED, SessionInfo, errors=(SessionNotFound, SessionExists, LimitExceeded),
-         call=_session_verb("restore_session"), client="restore_session"),
+         call=session_verb("restore_session"), client="restore_session"),
     Verb("delete_saved_session", "DELETE", _SAVED, "Delete a saved copy", Scope.SAVED,
          None, 204, errors=_SESSION_ERRORS,
-         call=_delete_saved_session, client="delete_saved_session"),
+         call=delete_saved_session_call, client="delete_saved_session"),
     Verb("read_events", "GET", _SID + "/log", "A page of the session's stored events",
          Scope.SESSION, wire.EventList, query=(
              Param("after_seq", Annotated[int, msgspec.Meta(ge=0)], 0,
@@ -439,7 +381,7 @@ VERBS: Final[tuple[Verb, ...]] = (
              Param("limit", Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)], DEFAULT_PAGE,
                    f"Page size (1-{MAX_PAGE}, default {DEFAULT_PAGE}); a page is bounded in "
                    "bytes too, so read on until one comes back empty")),
-         errors=_SESSION_ERRORS, call=_read_events, client="read_events", unwrap="events"),
+         errors=_SESSION_ERRORS, call=read_events_call, client="read_events", unwrap="events"),
     Verb("session_events", "GET", _SID + "/events", "One session's events", Scope.SESSION,
          None, stream=True, query=(
              Param("after_seq", Annotated[int, msgspec.Meta(ge=0)] | None, None,
@@ -461,3 +403,37 @@ _BY_NAME: Final = {verb.name: verb for verb in VERBS}
 def by_name(name: str) -> Verb | None:
     """The verb called ``name``, if there is one."""
     return _BY_NAME.get(name)
+
+
+def sharing(verb: Verb) -> tuple[Verb, ...]:
+    """The verbs a query flag selects on ``verb``'s route (same method and path)."""
+    if verb.selected_by is not None:
+        return ()
+    return tuple(
+        other
+        for other in VERBS
+        if other.selected_by is not None and (other.method, other.path) == (verb.method, verb.path)
+    )
+
+
+def selected(verb: Verb, query: Mapping[str, str]) -> Verb:
+    """The verb a request on ``verb``'s route runs: the one whose flag is ``true`` in
+    ``query`` (``false`` or absent: ``verb`` itself). A flag of another value, or a query
+    parameter the selected verb does not take beside its flag, is an ``InvalidArgument``
+    naming it (``?purge=true&reason=x`` would otherwise drop the reason silently)."""
+    for other in sharing(verb):
+        flag = other.selected_by
+        assert flag is not None
+        value = query.get(flag)
+        if value is None or value == "false":
+            continue
+        if value != "true":
+            raise InvalidArgument(f"{flag} must be true or false, got {value!r:.40}", argument=flag)
+        takes = {flag, *other.query_names}
+        for name in query:
+            if name not in takes:
+                raise InvalidArgument(
+                    f"query parameter {name} does not apply with {flag}=true", argument=name
+                )
+        return other
+    return verb

@@ -23,6 +23,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -408,7 +409,7 @@ _COMMANDS = [
     ["serve"],
     ["sessions"],
     *[["sessions", verb] for verb in ("list", "create", "show", "terminate", "save")],
-    *[["sessions", verb] for verb in ("restore", "saved", "delete")],
+    *[["sessions", verb] for verb in ("restore", "saved", "delete", "purge")],
     ["send"],
     ["events"],
     ["chat"],
@@ -622,6 +623,46 @@ def test_save_restore_saved_delete(cli_server: CliServer) -> None:
     missing = cli_server.run("sessions", "delete", sid, "--json")
     assert missing.returncode == 1
     assert "not found" in _one_error_line(missing)
+
+
+def _rows_of(data_dir: Path, sid: str) -> dict[str, int]:
+    """Rows of ``sid`` in every table of the server's SQLite file that has a ``session_id``."""
+    conn = sqlite3.connect(data_dir / "jidoka.sqlite3")
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        counts = {}
+        for table in tables:
+            if "session_id" in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                query = f"SELECT count(*) FROM {table} WHERE session_id = ?"
+                counts[table] = conn.execute(query, (sid,)).fetchone()[0]
+        return counts
+    finally:
+        conn.close()
+
+
+def test_purge(cli_server: CliServer) -> None:
+    """``jidoka sessions purge`` terminates a live session and removes every stored row of it;
+    afterwards the session is not found, and a second purge says so."""
+    sid = cli_server.create()
+    cli_server.ok("send", sid, "forget me")
+    cli_server.ok("sessions", "save", sid)
+    assert sum(_rows_of(cli_server.data_dir, sid).values()) > 0
+    assert cli_server.ok("sessions", "purge", sid).strip() == f"{sid} purged"
+    counts = _rows_of(cli_server.data_dir, sid)
+    assert set(counts) >= {"events", "sessions", "snapshots", "saved_sessions"}
+    assert not any(counts.values()), counts
+    gone = cli_server.run("sessions", "show", sid)
+    assert gone.returncode == 1
+    assert "not found" in _one_error_line(gone)
+    again = cli_server.run("sessions", "purge", sid)
+    assert again.returncode == 1
+    assert "not found" in _one_error_line(again)
+    other = cli_server.create()
+    cli_server.ok("sessions", "terminate", other)
+    assert json.loads(cli_server.ok("sessions", "purge", other, "--json")) == {
+        "session_id": other,
+        "purged": True,
+    }
 
 
 def test_events_prints_stored_events_and_exits(cli_server: CliServer) -> None:

@@ -593,7 +593,8 @@ def test_http_fuzz_never_answers_5xx(
 
 
 _ops = st.sampled_from([
-    "create_session", "get_session_info", "list_sessions", "terminate_session", "send_message",
+    "create_session", "get_session_info", "list_sessions", "terminate_session", "purge_session",
+    "send_message",
     "get_conversation_history", "clear_conversation", "add_file", "remove_file",
     "get_active_files", "get_file_index", "update_file_index", "put_working_context",
     "get_working_context", "get_working_context_map", "delete_working_context",

@@ -197,6 +197,37 @@ def test_terminate_session_with_reason_then_twice_then_send(alice: httpx.Client,
     assert problem["reason"] == "done-here"
 
 
+def test_purge_session_removes_it_and_says_so_on_the_global_stream(
+    alice: httpx.Client, sid: str
+) -> None:
+    """``DELETE ?purge=true``: 204, then the session is not found (nor a second purge); the
+    flag takes no other parameter and only ``true``/``false``; ``purge=false`` terminates."""
+    mixed = alice.delete(f"/v1/sessions/{sid}", params={"purge": "true", "reason": "x"})
+    assert problem_of(mixed, "invalid-argument", 422)["argument"] == "reason"
+    bad = alice.delete(f"/v1/sessions/{sid}", params={"purge": "maybe"})
+    assert problem_of(bad, "invalid-argument", 422)["argument"] == "purge"
+    assert alice.get(f"/v1/sessions/{sid}").json()["status"] in ("active", "initializing")
+    with alice.stream("GET", "/v1/events") as stream:
+        frames = sse_frames(stream)
+        assert next(frames).comment == "ok"
+        response = alice.delete(f"/v1/sessions/{sid}", params={"purge": "true"})
+        assert response.status_code == 204, response.text
+        assert response.content == b""
+        for frame in frames:
+            if frame.data is None:
+                continue
+            event = frame.json()
+            if event["type"] == "session_purged" and event["session_id"] == sid:
+                assert event["data"] == {"reason": "requested", "owner": "alice"}
+                break
+    problem_of(alice.get(f"/v1/sessions/{sid}"), "session-not-found", 404, session_id=sid)
+    again = alice.delete(f"/v1/sessions/{sid}", params={"purge": "true"})
+    problem_of(again, "session-not-found", 404, session_id=sid)
+    other = create(alice)["session_id"]
+    ended = alice.delete(f"/v1/sessions/{other}", params={"purge": "false"})
+    assert (ended.status_code, ended.json()["status"]) == (200, "terminated")
+
+
 def test_terminate_without_reason_says_requested(alice: httpx.Client, sid: str) -> None:
     body = alice.delete(f"/v1/sessions/{sid}").json()
     assert body["status"] == "terminated"

@@ -80,6 +80,7 @@ def alices(alice: httpx.Client, tmp_path: Any) -> Iterator[AliceSession]:
 SESSION_ROUTES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("GET", "/v1/sessions/{sid}", None, {}),
     ("DELETE", "/v1/sessions/{sid}", None, {"reason": "bob"}),
+    ("DELETE", "/v1/sessions/{sid}", None, {"purge": "true"}),
     ("GET", "/v1/sessions/{sid}/messages", None, {}),
     ("POST", "/v1/sessions/{sid}/messages", {"role": "user", "content": "bob was here"}, {}),
     ("DELETE", "/v1/sessions/{sid}/messages", None, {}),
@@ -273,6 +274,7 @@ WS_COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("rewind_session", {"to_seq": 1}),
     ("get_session_info", {}),
     ("terminate_session", {}),
+    ("purge_session", {}),
     ("send_message", {"role": "user", "content": "bob"}),
     ("get_conversation_history", {}),
     ("clear_conversation", {}),

@@ -109,6 +109,7 @@ CASES: dict[str, Prepare] = {
     "list_sessions": lambda http, project: {"limit": 1},
     "get_session_info": _on_session(),
     "terminate_session": _on_session(reason="done"),
+    "purge_session": _on_session(),
     "send_message": _on_session(role="user", content="hello"),
     "get_conversation_history": _on_session(),
     "clear_conversation": _on_session(),
@@ -152,6 +153,8 @@ def _http_call(http: httpx.Client, verb: Verb, args: dict[str, Any]) -> httpx.Re
     query = {p.name: args[p.name] for p in verb.query if p.name in args}
     if verb.background:
         query["wait"] = "true"
+    if verb.selected_by is not None:
+        query[verb.selected_by] = "true"
     body = {name: args[name] for name in verb.body_fields if name in args}
     content = json.dumps(body) if verb.body is not None else None
     headers = {"Content-Type": "application/json"} if content is not None else {}

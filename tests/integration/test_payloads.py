@@ -98,8 +98,10 @@ async def test_every_event_of_a_busy_session_has_its_structs_shape(
         async with asyncio.timeout(PROMPTLY):
             await recording
     assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
-    # Every type a session's log can hold (events_dropped is a stream's, never in a log).
-    assert {event.type for event in logged} == set(EventType) - {EventType.EVENTS_DROPPED}
+    # Every type a session's log can hold (events_dropped is a stream's and session_purged the
+    # global stream's, never in a log).
+    never_logged = {EventType.EVENTS_DROPPED, EventType.SESSION_PURGED}
+    assert {event.type for event in logged} == set(EventType) - never_logged
     for event in logged:
         assert isinstance(event.type, EventType)
         assert_conforms(event)

@@ -1,4 +1,4 @@
-"""The SQLite store finds, lists and sweeps sessions through indexes (schema version 5), on a
+"""The SQLite store finds, lists and sweeps sessions through indexes (schema versions 5 and 6), on a
 new database and on one migrated from every older version."""
 
 from __future__ import annotations
@@ -22,6 +22,22 @@ INDEXES = {
     "sessions_by_owner_status",
     "sessions_quiet",
 }
+#: What retention reads through (schema version 6).
+RETENTION_INDEXES = {"sessions_ended", "saved_sessions_by_age"}
+
+
+def retention_plans(path: Path) -> list[str]:
+    """How SQLite finds a batch of expired sessions and of expired saved copies."""
+    ended = SqliteStore._EXPIRED
+    saved = (
+        "SELECT session_id, saved_us, message_count, metadata, owner FROM saved_sessions"
+        " WHERE saved_us < ? ORDER BY saved_us, session_id LIMIT 5"
+    )
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [
+            " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            for sql, args in ((ended, (1, 5)), (saved, (1,)))
+        ]
 
 
 def plans(path: Path) -> list[str]:
@@ -67,9 +83,9 @@ async def test_every_read_of_sessions_is_an_index_range(tmp_path: Path, origin: 
         names = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
         }
-    assert names >= INDEXES
-    for plan in plans(path):
-        assert plan.startswith("SEARCH s USING"), plan
+    assert names >= INDEXES | RETENTION_INDEXES
+    for plan in [*plans(path), *retention_plans(path)]:
+        assert plan.startswith(("SEARCH s USING", "SEARCH saved_sessions USING")), plan
         assert "SCAN" not in plan, plan
         assert "TEMP B-TREE" not in plan, plan
 
@@ -79,7 +95,7 @@ async def test_a_version_4_database_gains_the_indexes(tmp_path: Path) -> None:
     path = tmp_path / "v4.sqlite3"
     await open_and_close(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 4 had
-        for name in INDEXES:
+        for name in INDEXES | RETENTION_INDEXES:
             conn.execute(f"DROP INDEX {name}")
         conn.execute("CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated'")
         conn.execute(
@@ -113,6 +129,8 @@ async def test_a_version_5_database_keeps_its_snapshots_and_then_keeps_them_all(
     await open_and_close(path)
     sid = "01KDVDNA00V3F1XTVRE0000000"
     with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 5 had
+        for name in RETENTION_INDEXES:
+            conn.execute(f"DROP INDEX {name}")
         conn.execute("DROP TABLE snapshots")
         conn.execute(
             "CREATE TABLE snapshots (session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
@@ -132,3 +150,24 @@ async def test_a_version_5_database_keeps_its_snapshots_and_then_keeps_them_all(
         await store.aclose()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+
+
+async def test_a_version_5_database_gains_the_retention_indexes(tmp_path: Path) -> None:
+    """Version 6's step adds retention's two indexes, and nothing else changes."""
+    path = tmp_path / "v5.sqlite3"
+    await open_and_close(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 5 had
+        for name in RETENTION_INDEXES:
+            conn.execute(f"DROP INDEX {name}")
+        conn.execute("PRAGMA user_version = 5")
+        conn.commit()
+    await open_and_close(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        names = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+    assert names >= INDEXES | RETENTION_INDEXES
+    for plan in retention_plans(path):
+        assert plan.startswith("SEARCH"), plan
+        assert "TEMP B-TREE" not in plan, plan

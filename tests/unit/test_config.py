@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "bus_prefix": "jidoka",
     "lease_ttl": 10.0,
     "keep_stream_chunks": True,
+    "retention_sweep_seconds": 60.0,
+    "retention_batch": 100,
 }
 INT_FIELDS = [name for name, value in DEFAULTS.items() if type(value) is int]
 
@@ -61,7 +63,33 @@ def test_defaults() -> None:
         "max_database_bytes",
         "node_id",
         "advertise_url",
+        "terminated_ttl",
+        "saved_ttl",
     }
+    assert settings.terminated_ttl is None  # retention is off unless asked for
+    assert settings.saved_ttl is None
+
+
+def test_retention_settings_from_the_environment_and_their_bounds() -> None:
+    env = {
+        "JIDOKA_TERMINATED_TTL": "86400",
+        "JIDOKA_SAVED_TTL": "2592000.5",
+        "JIDOKA_RETENTION_SWEEP_SECONDS": "30",
+        "JIDOKA_RETENTION_BATCH": "500",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.terminated_ttl, settings.saved_ttl) == (86400.0, 2592000.5)
+    assert (settings.retention_sweep_seconds, settings.retention_batch) == (30.0, 500)
+    for name, bad in [("terminated_ttl", 0), ("saved_ttl", -1.0),
+                      ("retention_sweep_seconds", 0), ("retention_batch", 0),
+                      ("retention_batch", 10_001)]:  # fmt: skip
+        with pytest.raises(InvalidConfig) as caught:
+            Settings.build({name: bad})
+        assert caught.value.field == name
+    with pytest.raises(InvalidConfig) as caught:
+        Settings.from_env({"JIDOKA_TERMINATED_TTL": "a week"})
+    assert caught.value.field == "terminated_ttl"
+    assert "JIDOKA_TERMINATED_TTL" in caught.value.message
 
 
 def test_llm_defaults_from_the_environment() -> None:

@@ -44,6 +44,7 @@ CONTRACT_TYPES = [
     "approval_decided",
     "error",
     "context_compacted",
+    "session_purged",  # issue 17: not in a log, on the global stream
 ]
 
 
@@ -77,13 +78,16 @@ def test_event_type_member_names(name: str) -> None:
 
 
 def test_global_event_types_are_the_lifecycle_ones() -> None:
-    assert (
-        frozenset(
-            {EventType.SESSION_CREATED, EventType.SESSION_STATUS, EventType.SESSION_TERMINATED}
-        )
-        == GLOBAL_EVENT_TYPES
+    lifecycle = {
+        EventType.SESSION_CREATED,
+        EventType.SESSION_STATUS,
+        EventType.SESSION_TERMINATED,
+        EventType.SESSION_PURGED,
+    }
+    assert frozenset(lifecycle) == GLOBAL_EVENT_TYPES
+    assert {"session_created", "session_status", "session_terminated", "session_purged"} == set(
+        GLOBAL_EVENT_TYPES
     )
-    assert {"session_created", "session_status", "session_terminated"} == set(GLOBAL_EVENT_TYPES)
     assert isinstance(GLOBAL_EVENT_TYPES, frozenset)
 
 

@@ -362,6 +362,14 @@ def test_openapi_declares_exactly_the_query_parameters_each_route_takes() -> Non
         operation = paths[spec.path.replace("{key:path}", "{key}")][spec.method.lower()]
         declared = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
         assert declared == set(spec.query), spec.name
+    # A verb selected by a flag is its route's operation's boolean parameter (one operation
+    # per method and path), and its 204 is among the operation's answers.
+    delete = paths["/v1/sessions/{session_id}"]["delete"]
+    assert delete["operationId"] == "terminate_session"
+    [purge] = [p for p in delete["parameters"] if p["name"] == "purge"]
+    assert purge["schema"] == {"type": "boolean", "default": False}
+    assert purge["description"].startswith("true: purge_session instead")
+    assert {"200", "204", "404", "409"} <= set(delete["responses"])
     headers = paths["/v1/sessions/{session_id}/events"]["get"]["parameters"]
     assert {"name": "Last-Event-ID", "in": "header", "required": False,
             "schema": {"type": "string"}} in headers  # fmt: skip

@@ -591,3 +591,109 @@ async def test_quiet_sessions_oldest_first_from_a_cursor(store: SessionStore) ->
     await store.append(C + "x", [Event(created, C + "x", 1, at[B], {"status": "idle"})])
     tie = await store.quiet_sessions(before, after=(at[B], B))
     assert [s.session_id for s in tie] == [C + "x", A]
+
+
+# --- retention ------------------------------------------------------------------------------------
+
+
+async def _lived(store: SessionStore, sid: str, ended: datetime | None, *, seqs: int = 3) -> None:
+    """A session of ``seqs`` events, terminated at ``ended`` (``None``: still live), with a
+    snapshot while it lived."""
+    log = [Event(EventType.SESSION_CREATED, sid, 1, T0, {"status": "initializing"})]
+    log += events(sid, 2, seqs - 1)
+    await store.append(sid, log)
+    await store.write_snapshot(sid, 2, b"state")
+    if ended is not None:
+        end = Event(EventType.SESSION_TERMINATED, sid, seqs + 1, ended, {"reason": "requested"})
+        await store.append(sid, [end])
+
+
+async def _nothing_stored(store: SessionStore, sid: str) -> bool:
+    return (
+        await store.find_session(sid) is None
+        and await store.read_events(sid) == []
+        and await store.last_seq(sid) == 0
+        and await store.read_snapshot(sid) is None
+        and await store.load_saved(sid) is None
+    )
+
+
+async def test_purge_removes_every_row_of_one_session_and_is_idempotent(
+    store: SessionStore,
+) -> None:
+    await _lived(store, A, None)
+    await _lived(store, B, T0)
+    await store.save(SavedSession(session_id=A, saved_at=T0, message_count=1, metadata={}), b"s")
+    assert await store.purge(A) is True
+    assert await _nothing_stored(store, A)
+    assert await store.purge(A) is False  # twice: nothing left, no harm
+    assert await store.purge(C) is False
+    # The other session is untouched.
+    assert [e.seq for e in await store.read_events(B)] == [1, 2, 3, 4]
+    assert (await store.find_session(B)) is not None
+    # A purged id starts a log afresh.
+    await store.append(A, events(A, 1, 1))
+    assert await store.last_seq(A) == 1
+
+
+async def test_purge_of_a_saved_copy_alone(store: SessionStore) -> None:
+    await store.save(SavedSession(session_id=C, saved_at=T0, message_count=0, metadata={}), b"")
+    assert await store.purge(C) is True
+    assert await store.load_saved(C) is None
+
+
+async def test_expire_terminated_removes_only_sessions_ended_before_the_cutoff(
+    store: SessionStore,
+) -> None:
+    """Oldest first, a bounded batch at a time; live sessions and those ended after the
+    cutoff stay, and so does an expired session's saved copy (it has an age of its own)."""
+    ends = {D: T0 + timedelta(minutes=1), B: T0 + timedelta(minutes=2), C: T0 + timedelta(hours=2)}
+    for sid, when in ends.items():
+        await _lived(store, sid, when)
+    await _lived(store, A, None)  # live, and long quiet: never expired
+    await store.save(SavedSession(session_id=B, saved_at=T0, message_count=0, metadata={}), b"k")
+    cutoff = T0 + timedelta(hours=1)
+    first = await store.expire_terminated(cutoff, limit=1)
+    assert [(s.session_id, s.status, s.updated_at) for s in first] == [(D, "terminated", ends[D])]
+    assert first[0].last_seq == 4
+    second = await store.expire_terminated(cutoff, limit=10)
+    assert [s.session_id for s in second] == [B]
+    assert await store.expire_terminated(cutoff, limit=10) == []  # twice: no harm
+    for sid in (D, B):
+        assert await store.find_session(sid) is None
+        assert await store.read_events(sid) == []
+        assert await store.read_snapshot(sid) is None
+    assert await store.load_saved(B) is not None
+    assert [e.seq for e in await store.read_events(C)] == [1, 2, 3, 4]
+    assert [e.seq for e in await store.read_events(A)] == [1, 2, 3]
+    assert await store.read_snapshot(A) == (2, b"state")
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="at least 1"):
+            await store.expire_terminated(cutoff, limit=bad)
+        with pytest.raises(ValueError, match="at least 1"):
+            await store.expire_saved(cutoff, limit=bad)
+
+
+async def test_expire_saved_removes_only_old_copies(store: SessionStore) -> None:
+    """Only the copy goes: the session's log stays."""
+    await _lived(store, A, None)
+    saved_at = {A: T0, B: T0 + timedelta(minutes=1), C: T0 + timedelta(hours=2)}
+    for sid, when in saved_at.items():
+        await store.save(SavedSession(session_id=sid, saved_at=when, message_count=1,
+                                      metadata={"n": sid[0]}), b"x")  # fmt: skip
+    cutoff = T0 + timedelta(hours=1)
+    first = await store.expire_saved(cutoff, limit=1)
+    assert [(s.session_id, s.saved_at, s.metadata) for s in first] == [(A, T0, {"n": "A"})]
+    assert [s.session_id for s in await store.expire_saved(cutoff)] == [B]
+    assert await store.expire_saved(cutoff) == []
+    assert [s.session_id for s in await store.list_saved()] == [C]
+    assert [e.seq for e in await store.read_events(A)] == [1, 2, 3]
+
+
+async def test_a_restored_session_is_not_expired(store: SessionStore) -> None:
+    """A session restored under the same id after it ended is live again: never expired."""
+    await _lived(store, A, T0)
+    again = Event(EventType.SESSION_CREATED, A, 5, T0, {"status": "initializing", "state": {}})
+    await store.append(A, [again])
+    assert await store.expire_terminated(T0 + timedelta(days=1)) == []
+    assert await store.last_seq(A) == 5

@@ -13,7 +13,8 @@ import msgspec
 import pytest
 
 from jidoka import Client, RemoteClient
-from jidoka.verbs import VERBS, Verb
+from jidoka.errors import InvalidArgument
+from jidoka.verbs import VERBS, Verb, selected, sharing
 
 #: Client methods that are not verbs of the wire: the scoped view itself, the 202's queue,
 #: and the event streams (the stream routes and the WebSocket's ``subscribe``).
@@ -129,7 +130,28 @@ def test_arguments_are_one_struct_per_verb_with_path_query_and_body() -> None:
         ), verb.name
         assert len(verb.path_params) + len(verb.query) + len(verb.body_fields) == len(fields)
     assert len({v.name for v in VERBS}) == len(VERBS)
-    assert len({(v.method, v.path) for v in VERBS}) == len(VERBS)
+    # One verb per method and path, or one more selected on its route by a query flag.
+    assert len({(v.method, v.path, v.selected_by) for v in VERBS}) == len(VERBS)
+
+
+def test_a_verb_selected_by_a_flag_rides_on_a_route_of_its_own_method_and_path() -> None:
+    flagged = [v for v in VERBS if v.selected_by is not None]
+    assert [v.name for v in flagged] == ["purge_session"]
+    for verb in flagged:
+        routes = [v for v in VERBS if v.selected_by is None and (v.method, v.path) == (
+            verb.method, verb.path)]  # fmt: skip
+        assert len(routes) == 1, verb.name
+        assert sharing(routes[0]) == (verb,)
+        assert verb.selected_by not in verb.args.__struct_fields__  # the flag is no argument
+        route = routes[0]
+        assert selected(route, {}) is route
+        assert selected(route, {"purge": "false", "reason": "x"}) is route
+        assert selected(route, {"purge": "true"}) is verb
+        with pytest.raises(InvalidArgument, match="purge must be true or false") as bad:
+            selected(route, {"purge": "yes"})
+        assert bad.value.argument == "purge"
+        with pytest.raises(InvalidArgument, match="reason does not apply with purge=true"):
+            selected(route, {"purge": "true", "reason": "x"})
 
 
 def test_remote_client_has_none_of_clients_in_process_only_methods() -> None:

@@ -32,7 +32,8 @@ __all__ = ["app", "send"]
 
 app = typer.Typer(
     name="sessions",
-    help="Create, list, inspect, fork, rewind, terminate, save and restore sessions on a server.",
+    help="Create, list, inspect, fork, rewind, compact, terminate, purge, save and restore"
+    " sessions on a server.",
     no_args_is_help=True,
     cls=Group,
 )
@@ -308,6 +309,27 @@ def rewind(
     out.line(f"{rewound.session_id} rewound to seq {rewound.to_seq} (event {rewound.seq})")
     for path in rewound.touched_paths:
         out.line(f"  unchanged on disk: {path}")
+
+
+@app.command(cls=Command)
+def purge(
+    session_id: SessionId,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Purge a session: terminate it if live, then delete everything stored for it (log,
+    snapshots, saved copy). It cannot be undone: afterwards the session is not found."""
+
+    async def work(client: RemoteClient) -> None:
+        await client.purge_session(session_id)
+
+    run_remote(url, token, work)
+    out = Output(json=json)
+    if out.json:
+        out.document({"session_id": session_id, "purged": True})
+    else:
+        out.line(f"{session_id} purged")
 
 
 @app.command(cls=Command)

@@ -3,6 +3,11 @@ the msgspec types the handlers really encode and decode, so the document cannot 
 code. It is meant to be taken as is by validators and client generators: timestamps say
 ``format: date-time``, enums say their type, every status a route can answer is declared
 (problems with the problem schema), and the event streams are ``text/event-stream``.
+
+There is one operation per method and path. A verb selected on another verb's route by a query
+flag (``Verb.selected_by``: ``DELETE /v1/sessions/{id}?purge=true``) is part of that route's
+operation: its flag is a documented boolean query parameter, and its answers join the
+operation's (its success status described as what the flag does).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from msgspec import inspect as mi
 from .._version import __version__
 from ..errors import JidokaError
 from ..problems import PROBLEM_CONTENT_TYPE, PROBLEMS
-from ..verbs import VERBS, Param, Verb
+from ..verbs import VERBS, Param, Verb, sharing
 from ..wire import Accepted, Problem
 
 __all__ = ["openapi_document"]
@@ -95,6 +100,18 @@ def _parameters(verb: Verb, schemas: dict[Any, Any]) -> list[dict[str, Any]]:
         if param.default not in (msgspec.NODEFAULT, None):
             entry["schema"]["default"] = param.default
         params.append(entry)
+    for other in sharing(verb):
+        params.append(
+            {
+                "name": other.selected_by,
+                "in": "query",
+                "required": False,
+                "description": f"true: {other.name} instead ({other.summary}); answers "
+                f"{other.status}{'' if other.query else ' and takes no other query parameter'}",
+                "schema": {"type": "boolean", "default": False},
+            }
+        )
+        params += [p for p in _parameters(other, schemas) if p["in"] == "query"]
     if any(param.name == "after_seq" for param in verb.query):
         params.append({"name": "Last-Event-ID", "in": "header", "required": False,
                        "schema": {"type": "string"}})  # fmt: skip
@@ -120,7 +137,14 @@ def _operation(verb: Verb, schemas: dict[Any, Any]) -> dict[str, Any]:
         content = {"application/json": {"schema": schemas[Accepted]}}
         text = "The turn is queued; follow it on the events stream (without ?wait=true)"
         responses["202"] = {"description": text, "content": content}
-    for status in sorted(_problem_statuses(verb)):
+    problems = _problem_statuses(verb)
+    for other in sharing(verb):
+        answer: dict[str, Any] = {"description": f"With {other.selected_by}=true: {other.summary}"}
+        if other.result is not None:
+            answer["content"] = {"application/json": {"schema": schemas[other.result]}}
+        responses.setdefault(str(other.status), answer)
+        problems |= _problem_statuses(other)
+    for status in sorted(problems):
         responses[str(status)] = {"description": _STATUS_TEXT[status], **problem}
     operation: dict[str, Any] = {
         "operationId": verb.name,
@@ -207,6 +231,8 @@ def openapi_document() -> dict[str, Any]:
             _date_time(components[name]["properties"][field])
     paths: dict[str, dict[str, Any]] = {}
     for verb in VERBS:
+        if verb.selected_by is not None:
+            continue  # part of its route's operation
         path = _PARAM.sub(r"{\1}", verb.path)
         paths.setdefault(path, {})[verb.method.lower()] = _operation(verb, schemas)
     for probe, text in (("/healthz", "The process is alive"), ("/readyz", "The store answers")):

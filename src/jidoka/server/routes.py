@@ -29,7 +29,7 @@ from ..client import Client
 from ..errors import InvalidArgument
 from ..llm.turns import ChatResult
 from ..scoped import ScopedClient
-from ..verbs import DEFAULT_PAGE, MAX_PAGE, VERBS, Param, Scope, Verb, by_name
+from ..verbs import DEFAULT_PAGE, MAX_PAGE, VERBS, Param, Scope, Verb, by_name, selected, sharing
 from ..wire import Accepted, StreamTicket, StreamTicketRequest
 from .forwarding import FORWARDED_KEY, Forwarding, check_body
 from .inputs import decode_json, query_int, query_str
@@ -68,10 +68,22 @@ class RouteSpec(NamedTuple):
     verb: Verb
 
 
+def _route_query(verb: Verb) -> tuple[str, ...]:
+    """What a route takes: its verb's query parameters, then each flag that selects another
+    verb on it and that verb's own."""
+    names = list(verb.query_names)
+    for other in sharing(verb):
+        assert other.selected_by is not None
+        names += [other.selected_by, *other.query_names]
+    return tuple(dict.fromkeys(names))
+
+
+#: One route per method and path: a verb selected by a query flag rides on its route's verb.
 ROUTES: Final = tuple(
-    RouteSpec(v.method, v.path, v.name, v.summary, v.body, v.result, v.status, v.query_names,
+    RouteSpec(v.method, v.path, v.name, v.summary, v.body, v.result, v.status, _route_query(v),
               v.stream, v)
     for v in VERBS
+    if v.selected_by is None
 )  # fmt: skip
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -169,8 +181,15 @@ class SessionRoutes:
         if verb is None or verb.call is None:
             raise LookupError(f"no verb {name!r} for a route handler")
 
-        async def serve(request: Request) -> Response:
-            return await self._serve(verb, request)
+        if sharing(verb):
+
+            async def serve(request: Request) -> Response:
+                return await self._serve(selected(verb, request.query_params), request)
+
+        else:
+
+            async def serve(request: Request) -> Response:
+                return await self._serve(verb, request)
 
         serve.__name__ = name
         return serve

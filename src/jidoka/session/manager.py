@@ -21,7 +21,7 @@ goes through the same checks as a client's request.
 
 On a node of a cluster (``SessionServices.ownership``), loading a session takes it from the
 store first (:mod:`.recovery`); :meth:`SessionManager.drop` lets go of a session without writing
-(another node owns it now, or this node's lease lapsed), :meth:`SessionManager.hand_over` gives
+(another node owns it now, or this node's lease lapsed), :func:`.leaving.hand_over` gives
 every session up when the node leaves, and listings read sessions this node does not hold
 from the store (:meth:`SessionManager.peek`) instead of taking them.
 
@@ -56,6 +56,7 @@ from .background import BackgroundTasks
 from .branching import Branching
 from .idle import IdleReaper
 from .info import SessionInfo
+from .leaving import hand_over
 from .lifecycle import Lifecycle
 from .listing import list_sessions
 from .persistence import load_state
@@ -63,6 +64,7 @@ from .postcommit import Step
 from .pruning import ChunkPruner
 from .recovery import Recovery
 from .registry import SessionRegistry
+from .retention import Retention
 from .saved import SavedSessions
 from .session import Session, SessionServices
 from .spans import guarded_span
@@ -107,6 +109,7 @@ class SessionManager:
         self._sweep = QuietSweep(
             settings, services.store, services.clock, registry, tasks, load=self._load_quietly
         )
+        self.retention = Retention(settings, services, registry, tasks, self.terminate)
         services.after_command = self._after_command
         services.on_fault = self._on_post_commit_fault
 
@@ -120,6 +123,7 @@ class SessionManager:
         await self._recovery.start()
         self._idle.start()
         self._sweep.start(self._recovery.started_at)
+        self.retention.start(self._recovery.started_at)
         self._registry.open()
 
     async def aclose(self) -> None:
@@ -129,7 +133,7 @@ class SessionManager:
         if registry.closed:
             return
         registry.closed = True
-        await self._sweep.aclose()
+        await asyncio.gather(self._sweep.aclose(), self.retention.aclose())
         await self._idle.aclose()
         for session in list(registry.live.values()):
             session.terminating = True
@@ -244,7 +248,7 @@ class SessionManager:
             tombstone = tombstones.get(session_id) if isinstance(session_id, str) else None
             if tombstone is None:
                 raise
-            return tombstone.info
+            return await self.retention.recheck(tombstone)
 
     async def owner_of(self, session_id: object) -> str | None:
         """The principal that owns a session (live, stored or remembered), ``None`` if it
@@ -333,30 +337,9 @@ class SessionManager:
             self.drop(session_id)
 
     async def hand_over(self, busy: Callable[[str], bool], deadline: float) -> None:
-        """Give every session up to the other nodes of the cluster (this node is leaving): the
-        ones with no turn running at once, the others as their turns end, the rest at
-        ``deadline`` (monotonic; their turns are stopped). Each is released here (its workers
-        stopped) before the store lets others take it."""
-        ownership = self.services.ownership
-        if ownership is None:
-            return
-        clock = self.services.clock
-        registry = self._registry
-        while registry.live:
-            final = clock.monotonic() >= deadline
-            ready = [sid for sid in registry.live if final or not busy(sid)]
-            if ready:
-                sessions = [registry.live.pop(sid) for sid in ready]
-                self._idle.prune()
-                await asyncio.gather(*(self._lifecycle.release(s) for s in sessions))
-                try:
-                    await ownership.hand_over(ready)
-                except (StoreError, RuntimeClosed) as exc:
-                    # Leaving ends the lease anyway; then they are free all the same.
-                    logger.warning("handing %d sessions over failed: %s", len(ready), exc)
-            if registry.live:
-                # Turns end on their own time; look again shortly (a shutdown, not a hot path).
-                await clock.sleep_until(min(deadline, clock.monotonic() + 0.05))
+        """Give every session up to the other nodes (this node is leaving): see
+        :func:`~.leaving.hand_over`."""
+        await hand_over(self.services, self._registry, self._idle, self._lifecycle, busy, deadline)
 
     def live_count(self) -> int:
         """Live sessions loaded on this node (stored ones not loaded yet are not counted)."""

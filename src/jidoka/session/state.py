@@ -35,6 +35,7 @@ from ..events import Event
 
 __all__ = [
     "REASON_ERROR",
+    "REASON_PURGED",
     "REASON_REQUESTED",
     "REASON_TIMEOUT",
     "ROLES",
@@ -85,6 +86,8 @@ def check_transition(session_id: str, from_status: str, to_status: str) -> Statu
 REASON_REQUESTED: Final = "requested"
 REASON_TIMEOUT: Final = "timeout"
 REASON_ERROR: Final = "error"
+#: A live session terminated because it is being purged (``purge_session``).
+REASON_PURGED: Final = "purged"
 
 
 # --- the projected state -------------------------------------------------------------------------

@@ -16,7 +16,10 @@ Nothing here assumes the store shares the process's memory: every call that may 
 over the network is a coroutine (or, for the session's commit, hands back something to await),
 results are values, and start-up reads no list of sessions: a session is found by id on first
 use (``find_session``), listed a page at a time from an index (``list_sessions``), and one left
-quiet past its time-out is found by another index (``quiet_sessions``).
+quiet past its time-out is found by another index (``quiet_sessions``). Retention works the
+same way: expired sessions and saved copies are removed a bounded batch at a time, found through
+indexes of their own (``expire_terminated``, ``expire_saved``), and ``purge`` removes one
+session's every row.
 """
 
 from __future__ import annotations
@@ -311,6 +314,36 @@ class SessionStore(Protocol):
 
     async def delete_saved(self, session_id: str) -> bool:
         """``False`` if there was no saved copy."""
+        ...
+
+    async def purge(self, session_id: str) -> bool:
+        """Remove everything stored for the session, in one transaction: its events,
+        snapshots, saved copy and head (on a store shared by a cluster also what it keeps per
+        session beside them: the owner node and fence on the head, its stream tickets).
+        ``False`` if nothing was stored. Unconditional (the caller terminated the session
+        first) and idempotent: a second purge finds nothing and does nothing."""
+        ...
+
+    async def expire_terminated(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[StoredSession]:
+        """Remove the terminated sessions whose head changed before ``before`` (their events,
+        snapshots and head; not a saved copy, which expires by its own age), oldest first, at
+        most ``limit``; their heads as they were. Served from an index on ``(updated_at,
+        session_id)`` of the terminated sessions, so a batch costs the same whatever else is
+        stored. Each removal re-checks that the session is still terminated (a restore under
+        the same id makes it live again), and a session is returned only by the call that
+        removed it: several nodes may expire at once, and each expired session is reported
+        once. ``limit`` below 1 raises ``ValueError``."""
+        ...
+
+    async def expire_saved(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[SavedSession]:
+        """Remove the saved copies written before ``before`` (only the copies), oldest first,
+        at most ``limit``; those removed by this call. Served from an index on ``(saved_at,
+        session_id)``; a copy saved again meanwhile is newer and stays. ``limit`` below 1
+        raises ``ValueError``."""
         ...
 
     async def ping(self) -> None:

@@ -61,6 +61,11 @@ def _head(session_id: str, log: _Events) -> StoredSession:
     return StoredSession(session_id, status or "active", log[-1].seq, owner, updated)
 
 
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit!r}")
+
+
 class MemoryStore:
     """Session logs in process memory."""
 
@@ -225,6 +230,46 @@ class MemoryStore:
 
     async def delete_saved(self, session_id: str) -> bool:
         return self._saved.pop(session_id, None) is not None
+
+    async def purge(self, session_id: str) -> bool:
+        self._check_open(session_id)
+        found = session_id in self._logs or session_id in self._saved
+        self._logs.pop(session_id, None)
+        self._snapshots.pop(session_id, None)
+        self._saved.pop(session_id, None)
+        return found
+
+    async def expire_terminated(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[StoredSession]:
+        """Found by a scan, like :meth:`quiet_sessions`: the runtime frees a terminated
+        session's log here as it ends (``release``), so there is rarely anything to find."""
+        _check_limit(limit)
+        self._check_open(None)
+        heads = [_head(sid, log) for sid, log in self._logs.items()]
+        found = sorted(
+            (head.updated_at, head.session_id, head)
+            for head in heads
+            if head.status == "terminated"
+            and head.updated_at is not None
+            and head.updated_at < before
+        )[:limit]
+        for _, sid, _ in found:
+            self._logs.pop(sid, None)
+            self._snapshots.pop(sid, None)
+        return [head for _, _, head in found]
+
+    async def expire_saved(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[SavedSession]:
+        _check_limit(limit)
+        self._check_open(None)
+        found = sorted(
+            (saved.saved_at, sid)
+            for sid, (saved, _) in self._saved.items()
+            if saved.saved_at < before
+        )[:limit]
+        return [self._saved.pop(sid)[0] for _, sid in found]
 
     async def ping(self) -> None:
         self._check_open(None)

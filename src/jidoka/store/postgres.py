@@ -55,6 +55,7 @@ from .base import (
 )
 from .heads import batch_head
 from .postgres_append import PgAppend
+from .postgres_retention import PgRetention
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
 from .postgres_sql import Statements, saved_summary, stored_head
 from .postgres_writer import PgWriter
@@ -77,7 +78,7 @@ def is_postgres_dsn(value: str) -> bool:
     return value.startswith(("postgresql://", "postgres://"))
 
 
-class PostgresStore:
+class PostgresStore(PgRetention):
     """Session logs, snapshots and saved sessions in one schema of a PostgreSQL database."""
 
     durable = True

@@ -27,6 +27,8 @@ Why these tables:
 - ``stream_tickets`` (version 2) holds a cluster's outstanding stream tickets (their digests):
   a browser may be given a ticket by one node and open its stream on another, and spending one
   is a ``DELETE … RETURNING``, single-use across every node.
+- Two indexes (version 3) serve retention: the terminated sessions by ``updated_at`` and the
+  saved copies by ``saved_at``, so each expiry batch reads one index range.
 """
 
 from __future__ import annotations
@@ -130,10 +132,10 @@ INSERT INTO {schema}.jidoka_meta VALUES
     ('cluster_secret', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
 """
 
-#: Version 3: a session keeps every snapshot (one per ``snapshot_interval`` events), so the
-#: projection at any seq -- a rewind's, a fork's -- costs the snapshot before it plus the events
-#: between. (A schema created at version 3 or later has the key from the start.)
-_V3: Final = """
+#: Version 3 (history): a session keeps every snapshot (one per ``snapshot_interval`` events),
+#: so the projection at any seq -- a rewind's, a fork's -- costs the snapshot before it plus the
+#: events between. (A schema created at version 3 or later has the key from the start.)
+_V3_SNAPSHOTS: Final = """
 DO $$ BEGIN
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'snapshots_pkey'
                AND conrelid = '{schema}.snapshots'::regclass
@@ -144,8 +146,16 @@ DO $$ BEGIN
 END $$;
 """
 
+#: Version 3 (retention): expired sessions and saved copies are found by index, a bounded
+#: batch at a time, however much else is stored.
+_V3_RETENTION: Final = """
+CREATE INDEX sessions_ended ON {schema}.sessions (updated_at, session_id)
+    WHERE status = 'terminated';
+CREATE INDEX saved_sessions_age ON {schema}.saved_sessions (saved_at, session_id);
+"""
+
 #: Each step takes the schema from version ``n - 1`` to ``n``; index 0 creates version 1.
-_STEPS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
+_STEPS: Final[tuple[str, ...]] = (_V1, _V2, _V3_SNAPSHOTS + _V3_RETENTION)
 
 
 def check_schema_name(schema: str) -> str:

@@ -313,6 +313,43 @@ class Statements:
             "SELECT session_id, saved_at, message_count, metadata, owner"
             f" FROM {s}.saved_sessions ORDER BY session_id"
         )
+        # Retention. A session's rows are removed under its head's lock, taken first (an
+        # append in flight then either committed before, and its events are seen by the
+        # deletes, or finds no head and stores nothing). Its stream tickets (path
+        # ``/v1/sessions/<id>/...``, jidoka.server.tickets) go with it.
+        self.lock_head = f"SELECT 1 FROM {s}.sessions WHERE session_id = $1 FOR UPDATE"
+        self.purge = f"""
+WITH ev AS (DELETE FROM {s}.events WHERE session_id = $1 RETURNING 1),
+sn AS (DELETE FROM {s}.snapshots WHERE session_id = $1 RETURNING 1),
+sv AS (DELETE FROM {s}.saved_sessions WHERE session_id = $1 RETURNING 1),
+tk AS (
+    DELETE FROM {s}.stream_tickets
+    WHERE path LIKE '/v1/sessions/%' AND split_part(path, '/', 4) = $1
+),
+hd AS (DELETE FROM {s}.sessions WHERE session_id = $1 RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM hd) OR EXISTS (SELECT 1 FROM ev) OR EXISTS (SELECT 1 FROM sn)
+    OR EXISTS (SELECT 1 FROM sv)"""
+        # Expiry: a batch of terminated heads, locked; heads another sweeper holds are skipped
+        # (it is removing them), so concurrent sweepers take disjoint batches.
+        self.lock_ended = (
+            f"{head} WHERE status = 'terminated' AND updated_at < $1"
+            " ORDER BY updated_at, session_id LIMIT $2 FOR UPDATE SKIP LOCKED"
+        )
+        self.remove_ended = f"""
+WITH ev AS (DELETE FROM {s}.events WHERE session_id = ANY($1::text[])),
+sn AS (DELETE FROM {s}.snapshots WHERE session_id = ANY($1::text[])),
+tk AS (
+    DELETE FROM {s}.stream_tickets
+    WHERE path LIKE '/v1/sessions/%' AND split_part(path, '/', 4) = ANY($1::text[])
+)
+DELETE FROM {s}.sessions WHERE session_id = ANY($1::text[]) AND status = 'terminated'
+RETURNING session_id"""
+        self.expire_saved = f"""
+DELETE FROM {s}.saved_sessions WHERE session_id IN (
+    SELECT session_id FROM {s}.saved_sessions WHERE saved_at < $1
+    ORDER BY saved_at, session_id LIMIT $2 FOR UPDATE SKIP LOCKED
+) AND saved_at < $1
+RETURNING session_id, saved_at, message_count, metadata, owner"""
         self._listings: dict[tuple[bool, bool], str] = {}
         for by_owner in (False, True):
             for by_status in (False, True):

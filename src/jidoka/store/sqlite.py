@@ -46,8 +46,11 @@ from .sqlite_writer import Append, Request, Writer
 __all__ = ["DATABASE_NAME", "SCHEMA_VERSION", "SchemaError", "SqliteStore"]
 
 DATABASE_NAME: Final = "jidoka.sqlite3"
-#: A seq past any log's end: "no bound" to a statement that takes one.
-_NO_BOUND: Final = (1 << 63) - 1
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit!r}")
 
 
 class SqliteStore:
@@ -223,6 +226,67 @@ class SqliteStore:
 
         return int(await self._submit(session_id, run))
 
+    #: The tables that hold rows of a session (all keyed by ``session_id``).
+    _SESSION_TABLES: Final = ("events", "snapshots", "saved_sessions", "sessions")
+
+    async def purge(self, session_id: str) -> bool:
+        """One writer request, so one transaction; the writer forgets where the log ended
+        (on its own thread, where that record lives), so an append after a purge starts the
+        log afresh at seq 1 like any new session's."""
+        writer = self._writer
+
+        def run(conn: sqlite3.Connection) -> bool:
+            writer.last_seq.pop(session_id, None)
+            removed = 0
+            for table in self._SESSION_TABLES:
+                cursor = conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+                removed += cursor.rowcount
+            return removed > 0
+
+        return bool(await self._submit(session_id, run))
+
+    async def expire_terminated(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[StoredSession]:
+        """Found and removed in one writer request (one transaction), through the partial
+        index ``sessions_ended``: only this process writes the file, so what the request finds
+        terminated is still terminated when it deletes it."""
+        _check_limit(limit)
+        sql = self._EXPIRED
+        args = (to_us(before), limit)
+        writer = self._writer
+
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = conn.execute(sql, args).fetchall()
+            ids = [(row[0],) for row in rows]
+            for (sid,) in ids:
+                writer.last_seq.pop(sid, None)
+            for table in ("events", "snapshots", "sessions"):
+                conn.executemany(f"DELETE FROM {table} WHERE session_id = ?", ids)
+            return rows
+
+        return self._heads(await self._submit(None, run))
+
+    async def expire_saved(
+        self, before: datetime, *, limit: int = LIVE_SESSIONS_PAGE
+    ) -> list[SavedSession]:
+        _check_limit(limit)
+        args = (to_us(before), limit)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = conn.execute(
+                "SELECT session_id, saved_us, message_count, metadata, owner FROM saved_sessions"
+                " WHERE saved_us < ? ORDER BY saved_us, session_id LIMIT ?",
+                args,
+            ).fetchall()
+            conn.executemany(
+                "DELETE FROM saved_sessions WHERE session_id = ?", [(row[0],) for row in rows]
+            )
+            return rows
+
+        rows = await self._submit(None, run)
+        return [self._saved(row) for row in rows]
+
     async def release(self, session_id: str) -> None:
         """Nothing to write: the log stays (audit, and the tombstone's history), and the commit
         that terminated the session dropped its snapshots and the writer's record of where its
@@ -293,7 +357,7 @@ class SqliteStore:
     async def read_snapshot(
         self, session_id: str, *, at_most: int | None = None
     ) -> tuple[int, bytes] | None:
-        bound = _NO_BOUND if at_most is None else at_most
+        bound = (1 << 63) - 1 if at_most is None else at_most  # no bound: past any seq
 
         def run(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
             row = conn.execute(
@@ -311,6 +375,14 @@ class SqliteStore:
     _HEAD: Final = (
         "SELECT session_id, status, (SELECT max(seq) FROM events AS e"
         " WHERE e.session_id = s.session_id), owner, updated_us FROM sessions AS s"
+    )
+
+    #: A batch of expired sessions, oldest first. ``INDEXED BY``: without statistics, SQLite's
+    #: planner prefers ``sessions_by_status`` for the equality on the status and then sorts
+    #: every terminated session; the partial index serves the range and the order at once.
+    _EXPIRED: Final = (
+        _HEAD.replace("FROM sessions AS s", "FROM sessions AS s INDEXED BY sessions_ended")
+        + " WHERE status = 'terminated' AND updated_us < ? ORDER BY updated_us, session_id LIMIT ?"
     )
 
     @staticmethod

@@ -93,6 +93,13 @@ INSERT INTO snapshots SELECT session_id, seq, state FROM snapshots_v5;
 DROP TABLE snapshots_v5;
 """
 
+#: The indexes retention reads through (version 6): the terminated sessions by when they ended,
+#: and the saved copies by age, so an expiry batch is one index range however much is stored.
+_RETENTION_INDEXES: Final = """
+CREATE INDEX sessions_ended ON sessions (updated_us, session_id) WHERE status = 'terminated';
+CREATE INDEX saved_sessions_by_age ON saved_sessions (saved_us, session_id);
+"""
+
 
 def to_us(when: datetime) -> int:
     """A time as integer microseconds since the epoch (how rows store it)."""
@@ -131,6 +138,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                     raise SchemaError(f"{path} is not a Jidoka database (it has other tables)")
                 _execute_script(conn, _SCHEMA)
                 _execute_script(conn, _SESSION_INDEXES)
+                _execute_script(conn, _RETENTION_INDEXES)
             elif version == 1:
                 _migrate_from_v1(conn)  # rebuilds every table in its current form
             else:
@@ -150,8 +158,10 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                 if version < 6:
                     # v6: a session keeps every snapshot (one per ``snapshot_interval``
                     # events), so the projection at any seq -- a rewind's, a fork's -- costs
-                    # the snapshot before it plus the events between.
+                    # the snapshot before it plus the events between; and (retention) expired
+                    # sessions and saved copies are found by index.
                     _execute_script(conn, _SNAPSHOTS_V6)
+                    _execute_script(conn, _RETENTION_INDEXES)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -199,6 +209,7 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE events RENAME TO events_v1")
     _execute_script(conn, _SCHEMA)
     _execute_script(conn, _SESSION_INDEXES)
+    _execute_script(conn, _RETENTION_INDEXES)
     rows = conn.execute(
         "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
     ).fetchall()
