@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -77,8 +76,6 @@ from .sweep import QuietSweep
 from .timers import TimerQueue
 
 __all__ = ["SessionManager"]
-
-logger = logging.getLogger("jidoka.manager")
 
 
 class SessionManager:
