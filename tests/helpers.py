@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from jidoka import Event, Runtime, Subscription
+from jidoka import Event, Runtime
+
+#: A session's event stream: a ``Subscription`` in process, a ``RemoteSubscription`` over HTTP.
+Events = AsyncIterator[Event]
 
 #: A bound on waiting for something that must happen promptly; not a sleep.
 PROMPTLY = 10.0
 
 
-async def next_event(events: Subscription) -> Event:
+async def next_event(events: Events) -> Event:
     async with asyncio.timeout(PROMPTLY):
         return await anext(events)
 
 
-async def take(events: Subscription, count: int) -> list[Event]:
+async def take(events: Events, count: int) -> list[Event]:
     return [await next_event(events) for _ in range(count)]
 
 
-async def until(events: Subscription, type_: str, **data: object) -> Event:
+async def until(events: Events, type_: str, **data: object) -> Event:
     """The first event of ``type_`` whose data contains ``data``; earlier ones are skipped."""
     async with asyncio.timeout(PROMPTLY):
         async for event in events:
@@ -28,7 +32,7 @@ async def until(events: Subscription, type_: str, **data: object) -> Event:
     raise AssertionError(f"stream ended before a {type_} event with {data}")
 
 
-async def drain(events: Subscription) -> list[Event]:
+async def drain(events: Events) -> list[Event]:
     """Everything until the stream ends (the session terminated)."""
     async with asyncio.timeout(PROMPTLY):
         return [event async for event in events]

@@ -25,7 +25,7 @@ from jidoka.events import Event, EventType, encode_event
 
 pytestmark = pytest.mark.stores("sqlite")
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=300)
 _STEP = st.one_of(
     st.tuples(st.just("send"), st.sampled_from(["user", "assistant", "system"]), _TEXT),
     st.tuples(st.just("compact"), st.integers(0, 4), st.none()),

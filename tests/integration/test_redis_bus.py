@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -349,7 +350,7 @@ async def test_a_gap_of_pruned_stream_chunks_is_named_once_and_never_read_again(
     reads: list[int] = []
     read_events = store.read_events
 
-    async def counted(sid: str, **options: int | None) -> list[Event]:
+    async def counted(sid: str, **options: Any) -> list[Event]:
         reads.append(options.get("after_seq") or 0)
         return await read_events(sid, **options)
 

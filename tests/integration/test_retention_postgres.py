@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -130,7 +131,11 @@ async def test_two_runtimes_sweeping_at_once_report_each_session_once(
     """Two runtimes on one database (two nodes' sweeps): every expired session gets exactly
     one ``session_purged``, from whichever node removed it."""
     clock = FakeClock()
-    settings = {"terminated_ttl": 60.0, "retention_batch": 3, "retention_sweep_seconds": 3600.0}
+    settings: dict[str, Any] = {
+        "terminated_ttl": 60.0,
+        "retention_batch": 3,
+        "retention_sweep_seconds": 3600.0,
+    }
     async with AsyncExitStack() as stack:
         runtimes = []
         for store in stores[1:]:
