@@ -61,6 +61,9 @@ EXERCISED = {
     ("DELETE", "/v1/sessions/{id}/working-context/{key}"),
     ("POST", "/v1/sessions/{id}/context"),
     ("POST", "/v1/sessions/{id}/save"),
+    ("POST", "/v1/sessions/{id}/fork"),  # tests/e2e/test_isolation.py, test_verbs.py
+    ("POST", "/v1/sessions/{id}/rewind"),  # tests/e2e/test_sse.py, test_isolation.py
+    ("POST", "/v1/sessions/{id}/compact"),  # tests/e2e/test_compaction_http.py
     ("GET", "/v1/saved-sessions"),
     ("POST", "/v1/saved-sessions/{id}/restore"),
     ("DELETE", "/v1/saved-sessions/{id}"),

@@ -272,6 +272,7 @@ def test_a_refused_request_creates_nothing(anonymous: httpx.Client, alice: httpx
 WS_COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("fork_session", {}),
     ("rewind_session", {"to_seq": 1}),
+    ("compact_session", {"keep_last": 0}),
     ("get_session_info", {}),
     ("terminate_session", {}),
     ("purge_session", {}),
