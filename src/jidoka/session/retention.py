@@ -44,10 +44,8 @@ from ..clock import Clock
 from ..config import Settings
 from ..errors import (
     InvalidTransition,
-    RuntimeClosed,
     SessionNotFound,
     SessionTerminated,
-    StoreError,
 )
 from ..events import Event, EventType
 from ..ids import is_session_id
@@ -55,10 +53,10 @@ from ..payloads import SessionPurgedData, data_of
 from ..store.base import SessionStore, StoredSession
 from .background import BackgroundTasks
 from .info import SessionInfo, Tombstone
+from .periodic import PeriodicPass
 from .registry import SessionRegistry
 from .session import SessionServices
 from .state import REASON_PURGED, Status
-from .timers import TimerQueue
 
 __all__ = ["REASON_EXPIRED", "REASON_PURGE_REQUESTED", "Retention", "RetentionSweep"]
 
@@ -68,11 +66,11 @@ logger = logging.getLogger("jidoka.manager")
 REASON_PURGE_REQUESTED: Final = "requested"
 REASON_EXPIRED: Final = "expired"
 
-_KEY: Final = "retention"
 
-
-class RetentionSweep:
+class RetentionSweep(PeriodicPass):
     """Removes expired terminated sessions and saved copies, a bounded batch at a time."""
+
+    WHAT = "the retention sweep"
 
     def __init__(
         self,
@@ -86,46 +84,18 @@ class RetentionSweep:
     ) -> None:
         self._terminated_ttl = settings.terminated_ttl
         self._saved_ttl = settings.saved_ttl
-        self._interval = settings.retention_sweep_seconds
+        interval = settings.retention_sweep_seconds
+        super().__init__(
+            clock, tasks, name="jidoka:retention", first_delay=interval, interval=interval
+        )
         self._batch = settings.retention_batch
         self.enabled = self._terminated_ttl is not None or self._saved_ttl is not None
         self._store = store
-        self._clock = clock
-        self._tasks = tasks
         self._purged = purged  # forget what this node holds of it, and say so on the bus
         self._forget_ended = forget_ended  # this node's tombstones of sessions ended before
-        self._timers = TimerQueue(clock, self._on_due)
-        self._running = False
-        self._closed = False
         #: Terminated sessions and saved copies this node's sweeps removed (tests, logs).
         self.expired_sessions = 0
         self.expired_saved = 0
-
-    def start(self, started_at: float) -> None:
-        """Schedule the first pass one interval after ``started_at`` (monotonic)."""
-        if self.enabled and not self._closed:
-            self._timers.schedule(_KEY, started_at + self._interval)
-            self._timers.start()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        await self._timers.aclose()
-
-    def _on_due(self, key: str, when: float) -> None:
-        if self._running or self._closed:
-            return
-        self._running = True
-        self._tasks.spawn(self._pass(), "jidoka:retention")
-
-    async def _pass(self) -> None:
-        try:
-            await self.sweep()
-        except (StoreError, RuntimeClosed) as exc:
-            logger.warning("the retention sweep failed (tried again later): %s", exc)
-        finally:
-            self._running = False
-            if not self._closed:
-                self._timers.schedule(_KEY, self._clock.monotonic() + self._interval)
 
     def _cutoff(self, ttl: float) -> datetime:
         return datetime.fromtimestamp(self._clock.time() - ttl, UTC)

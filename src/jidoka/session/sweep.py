@@ -45,22 +45,22 @@ from typing import Final
 
 from ..clock import Clock
 from ..config import Settings
-from ..errors import RuntimeClosed, StoreError
 from ..store.base import SessionStore
 from .background import BackgroundTasks
+from .periodic import PeriodicPass
 from .registry import SessionRegistry
-from .timers import TimerQueue
 
 __all__ = ["QuietSweep"]
 
 logger = logging.getLogger("jidoka.manager")
 
-_KEY: Final = "sweep"
 _MICROSECOND: Final = timedelta(microseconds=1)
 
 
-class QuietSweep:
+class QuietSweep(PeriodicPass):
     """Finds the stored sessions quiet past the default time-out and loads them."""
+
+    WHAT = "the sweep for quiet stored sessions"
 
     #: Sessions read from the store at a time.
     PAGE: Final = 500
@@ -79,46 +79,18 @@ class QuietSweep:
     ) -> None:
         defaults = settings.session_defaults
         self._timeout = defaults.timeout_minutes * 60.0
-        self._interval = defaults.idle_after_seconds
+        super().__init__(
+            clock, tasks, name="jidoka:sweep", first_delay=self._timeout,
+            interval=defaults.idle_after_seconds,
+        )  # fmt: skip
         self.enabled = store.durable and self._timeout > 0
         self._store = store
-        self._clock = clock
         self._registry = registry
-        self._tasks = tasks
         self._load = load  # quietly: the session may be gone, corrupt, or loaded meanwhile
-        self._timers = TimerQueue(clock, self._on_due)
         #: Where the last pass stopped: ``(updated_at, session_id)`` of the last session read.
         self.cursor: tuple[datetime, str] | None = None
-        self._running = False
-        self._closed = False
         #: Sessions loaded by the sweep so far (for tests and logs).
         self.loaded = 0
-
-    def start(self, started_at: float) -> None:
-        """Schedule the first pass one default time-out after ``started_at`` (monotonic)."""
-        if self.enabled and not self._closed:
-            self._timers.schedule(_KEY, started_at + self._timeout)
-            self._timers.start()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        await self._timers.aclose()
-
-    def _on_due(self, key: str, when: float) -> None:
-        if self._running or self._closed:
-            return
-        self._running = True
-        self._tasks.spawn(self._pass(), "jidoka:sweep")
-
-    async def _pass(self) -> None:
-        try:
-            await self.sweep()
-        except (StoreError, RuntimeClosed) as exc:
-            logger.warning("the sweep for quiet stored sessions failed (retried later): %s", exc)
-        finally:
-            self._running = False
-            if not self._closed:
-                self._timers.schedule(_KEY, self._clock.monotonic() + self._interval)
 
     async def sweep(self) -> int:
         """One pass: load every stored session quiet since before one default time-out ago
