@@ -30,17 +30,18 @@ from jidoka.store.postgres import is_postgres_dsn
 
 from ..helpers import PROMPTLY, settle, until
 from ..support.openai_server import (
+    Arrivals,
     Cut,
     Empty,
     Hang,
     Malformed,
     OpenAIServer,
     Recorded,
-    RecordedRequest,
     Slow,
     Status,
     Text,
     ToolCalls,
+    arrived,
     openai_server,
     rate_limited,
 )
@@ -52,34 +53,11 @@ KEY_VARIABLE = "JIDOKA_TEST_OPENAI_KEY"
 FINISHED = ("idle", "failed", "cancelled")
 
 
-class _Arrivals(list[RecordedRequest]):
-    """The server's request log, plus an event set at each arrival (so a test can wait for the
-    server to have received a request instead of sleeping)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed = asyncio.Event()
-
-    def append(self, item: RecordedRequest) -> None:
-        super().append(item)
-        self.changed.set()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[OpenAIServer]:
     async with openai_server() as running:
-        running.requests = _Arrivals()
+        running.requests = Arrivals()
         yield running
-
-
-async def arrived(server: OpenAIServer, count: int) -> None:
-    """Wait until the server has received ``count`` requests."""
-    requests = server.requests
-    assert isinstance(requests, _Arrivals)
-    async with asyncio.timeout(PROMPTLY):
-        while len(requests) < count:
-            requests.changed.clear()
-            await requests.changed.wait()
 
 
 async def disconnected(server: OpenAIServer) -> None:

@@ -19,44 +19,23 @@ from jidoka.remote import RemoteClient
 
 from ..helpers import PROMPTLY, drain, settle
 from ..support.openai_server import (
+    Arrivals,
     OpenAIServer,
-    RecordedRequest,
     Slow,
     Status,
     Text,
+    arrived,
     openai_server,
 )
 
 AnyClient = jidoka.Client | RemoteClient
 
 
-class _Arrivals(list[RecordedRequest]):
-    """The server's request log, plus an event set at each arrival (so a test waits for the
-    server to have received a request instead of sleeping)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed = asyncio.Event()
-
-    def append(self, item: RecordedRequest) -> None:
-        super().append(item)
-        self.changed.set()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[OpenAIServer]:
     async with openai_server() as running:
-        running.requests = _Arrivals()
+        running.requests = Arrivals()
         yield running
-
-
-async def arrived(server: OpenAIServer, count: int) -> None:
-    requests = server.requests
-    assert isinstance(requests, _Arrivals)
-    async with asyncio.timeout(PROMPTLY):
-        while len(requests) < count:
-            requests.changed.clear()
-            await requests.changed.wait()
 
 
 def llm(server: OpenAIServer, **extra: Any) -> dict[str, Any]:

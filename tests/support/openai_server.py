@@ -43,6 +43,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 __all__ = [
+    "Arrivals",
+    "arrived",
     "Cut",
     "Empty",
     "Hang",
@@ -510,3 +512,27 @@ def _completion(behaviour: Behaviour) -> dict[str, Any]:
 async def _disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class Arrivals(list[RecordedRequest]):
+    """A server's request log (``server.requests = Arrivals()``), plus an event set at each
+    arrival: so a test waits for the server to have received a request instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def append(self, item: RecordedRequest) -> None:
+        super().append(item)
+        self.changed.set()
+
+
+async def arrived(server: OpenAIServer, count: int, *, within: float = 10.0) -> None:
+    """Wait (at most ``within`` seconds) until the server has received ``count`` requests;
+    its ``requests`` must be an :class:`Arrivals`."""
+    requests = server.requests
+    assert isinstance(requests, Arrivals)
+    async with asyncio.timeout(within):
+        while len(requests) < count:
+            requests.changed.clear()
+            await requests.changed.wait()

@@ -59,6 +59,14 @@ def _info_row(info: SessionInfo) -> list[str]:
     ]
 
 
+def _id_or_session(out: Output, result: SessionInfo | str) -> None:
+    """A new session's id, or (``--json``) the whole session."""
+    if isinstance(result, str):
+        out.line(result)
+    else:
+        out.document(result)
+
+
 @app.command("list", cls=Command)
 def list_(
     status: Annotated[
@@ -133,12 +141,7 @@ def create(
         )
         return await client.get_session_info(sid) if json else sid
 
-    result = run_remote(url, token, work)
-    out = Output(json=json)
-    if isinstance(result, str):
-        out.line(result)
-    else:
-        out.document(result)
+    _id_or_session(Output(json=json), run_remote(url, token, work))
 
 
 @app.command(cls=Command)
@@ -266,12 +269,7 @@ def fork(
         sid = await client.fork_session(session_id, at_seq=at, metadata=meta)
         return await client.get_session_info(sid) if json else sid
 
-    result = run_remote(url, token, work)
-    out = Output(json=json)
-    if isinstance(result, str):
-        out.line(result)
-    else:
-        out.document(result)
+    _id_or_session(Output(json=json), run_remote(url, token, work))
 
 
 @app.command(cls=Command)
