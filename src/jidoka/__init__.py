@@ -41,10 +41,12 @@ from .errors import (
 from .events import Event, EventType, decode_event, encode_event
 from .runtime import Runtime
 from .scoped import ScopedClient
+from .session.branching import Rewound
 from .session.context import ContextBundle, FileExcerpt, estimate_tokens
 from .session.info import SessionInfo, TokenUsage
 from .session.state import ActiveFile, FileIndexEntry, Message, Status
 from .store.base import SavedSession
+from .wire import Compacted
 
 if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers (no httpx at import time)
     from .remote import RemoteClient, ServerUnavailable
@@ -53,6 +55,7 @@ __all__ = [
     "ActiveFile",
     "Client",
     "Clock",
+    "Compacted",
     "ContextBundle",
     "DataDirLocked",
     "Event",
@@ -76,6 +79,7 @@ __all__ = [
     "PathNotAllowed",
     "ProjectRootUnavailable",
     "RemoteClient",
+    "Rewound",
     "Runtime",
     "RuntimeClosed",
     "SavedSession",
