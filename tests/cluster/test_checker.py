@@ -17,7 +17,9 @@ if earlier) minus the moment the fault began; a fault's is the worst of its sess
 commit's time, not the reply's: this process's threads queue for the GIL, and a reply read late
 says nothing about the cluster. Every fault kind is measured the same way (for a Redis cut, the
 owner keeps its sessions: what is measured is that they stay writable), and every one must be
-within TTL + 2 s.
+within TTL + 2 s, plus the p99 time an acknowledged append took while no fault was under way
+(:func:`~tests.support.history.calm_latency`): on two cores beside a CPU hog every request is
+slower, takeovers' included, and the bound is about the cluster, not the machine's load.
 
 Once the nemesis is done, everything is healed, the clients and followers stop, every session's
 log is read back through ``GET .../log`` and the checker judges the history against it (see
@@ -54,7 +56,16 @@ from psycopg import sql
 
 from tests.e2e.conftest import ALICE_TOKEN, bearer, sse_frames
 from tests.support.cluster import Cluster, ClusterNode, ShutdownHung, require_cluster
-from tests.support.history import FollowerLog, History, LogEvent, Op, Report, check, classify
+from tests.support.history import (
+    FollowerLog,
+    History,
+    LogEvent,
+    Op,
+    Report,
+    calm_latency,
+    check,
+    classify,
+)
 
 FAULTS = int(os.environ.get("JIDOKA_CHECKER_FAULTS", "20"))
 BUDGET = float(os.environ.get("JIDOKA_CHECKER_BUDGET", "130"))
@@ -441,12 +452,16 @@ def test_nothing_acknowledged_is_lost_under_faults(cluster: Cluster, tmp_path: P
     assert not any(thread.is_alive() for thread in threads), "a client thread did not stop"
 
     logs = {sid: _read_log(cluster, sid) for sid in sessions}
+    # TTL + 2 s, plus what a write took at p99 on this machine in the run's calm moments (the
+    # same load, no failover): the promise is about the cluster, not the machine's load.
+    calm = calm_latency(run.history.ops, run.history.faults, settle=cluster.lease_ttl + 2.0)
+    print(f"p99 of acknowledged appends outside faults: {calm:.3f} s")
     report: Report = check(
         run.history.ops,
         logs,
         followers=run.followers,
         faults=run.history.faults,
-        takeover_bound=cluster.lease_ttl + 2.0,
+        takeover_bound=cluster.lease_ttl + 2.0 + calm,
         marker=MARK,
     )
     report.fence_raises = _fence_raises(cluster)

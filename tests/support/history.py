@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "calm_latency",
     "DEFINITE_FAILURES",
     "INDETERMINATE_STATUSES",
     "Fault",
@@ -267,6 +268,37 @@ class Report:
         for kind, examples in sorted(self.examples.items()):
             lines += [f"  {kind}: {example}" for example in examples]
         return "\n".join(lines)
+
+
+def calm_latency(
+    ops: Sequence[Op], faults: Sequence[Fault], settle: float, quantile: float = 0.99
+) -> float:
+    """How long an acknowledged append took, at ``quantile``, among those no fault was in:
+    probes aside, and those sent between a fault's start and its heal plus ``settle`` either to
+    a session its probes were after or through its node. What a write costs on this machine
+    under the run's load. 0.0 if there are none.
+
+    A takeover bound is a promise about the cluster (a lease of TTL, then a take), but the same
+    machine answers it: on two cores beside a CPU hog every request of the run is slower, and a
+    bound that does not allow for that flags the machine's load instead of the cluster."""
+    windows = [
+        (f.started, (f.healed if f.healed is not None else f.started) + settle, f) for f in faults
+    ]
+    took = sorted(
+        op.completed - op.invoked
+        for op in ops
+        if op.outcome == "ok"
+        and op.completed is not None
+        and op.worker != "probe"
+        and not any(
+            start <= op.invoked <= end
+            and (op.session_id in fault.writable or op.node == fault.node)
+            for start, end, fault in windows
+        )
+    )
+    if not took:
+        return 0.0
+    return took[min(len(took) - 1, int(quantile * len(took)))]
 
 
 def _finite(value: float | None) -> float | str | None:

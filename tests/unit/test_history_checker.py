@@ -16,7 +16,9 @@ from tests.support.history import (
     History,
     LogEvent,
     Op,
+    Outcome,
     Report,
+    calm_latency,
     check,
     classify,
 )
@@ -149,6 +151,34 @@ def test_slow_and_missing_takeovers_are_found() -> None:
     assert document["worst_takeover"] == "never"
     assert [f["takeover"] for f in document["fault_log"]] == [6.5, "never", None]
     assert "1 never writable: ['b']" in report.summary()
+
+
+def test_the_calm_latency_leaves_out_faults_probes_and_refusals() -> None:
+    """What a write costs with no failover in it: acknowledged appends, probes aside, but not
+    those to a session a fault's probes were after, sent in that fault's window (its start to
+    its heal plus the settling time)."""
+
+    def op(worker: str, invoked: float, took: float, outcome: Outcome = "ok") -> Op:
+        return Op(0, worker, "a", "h:x", "n1", invoked, outcome, invoked + took)
+
+    ops = [
+        op("w1", 1.0, 0.1),
+        op("w1", 2.0, 0.3),
+        op("w2", 3.0, 0.2),
+        op("w1", 11.0, 5.0),  # during the fault, to a session it took: waited for the takeover
+        op("w1", 16.0, 4.0),  # healed at 14, settling until 16
+        op("probe", 30.0, 9.0),
+        op("w2", 31.0, 7.0, "info"),
+        op("w2", 32.0, 0.4),
+    ]
+    faults = [Fault("stop", "n2", started=10.0, healed=14.0, writable={"a": 11.0})]
+    assert calm_latency(ops, faults, settle=2.0) == pytest.approx(0.4)
+    elsewhere = [Fault("stop", "n2", started=10.0, healed=14.0, writable={"b": 11.0})]
+    assert calm_latency(ops, elsewhere, settle=2.0) == pytest.approx(5.0)  # "a" was not hit
+    through = [Fault("stop", "n1", started=10.0, healed=14.0, writable={"b": 11.0})]
+    assert calm_latency(ops, through, settle=2.0) == pytest.approx(0.4)  # sent through n1
+    assert calm_latency(ops, faults, settle=2.0, quantile=0.5) == pytest.approx(0.3)
+    assert calm_latency([], faults, settle=2.0) == 0.0
 
 
 def test_an_operation_cannot_complete_twice() -> None:
