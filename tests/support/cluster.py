@@ -131,12 +131,18 @@ class ClusterNode(ServerProcess):
         self.paused = False
 
     def environment(self) -> dict[str, str]:
-        """The server's environment, with faulthandler on (see :meth:`terminate`); without
-        coverage's variables for a node that is not ``measured`` (a timing test should time
-        the node, not the tracer, which makes it several times slower)."""
+        """The server's environment, with faulthandler on (see :meth:`terminate`); for a node
+        that is not ``measured``, without coverage's variables and without asyncio's debug mode
+        (``PYTHONASYNCIODEBUG``, which ./scripts/test sets): a timing test should time the node
+        as it runs in production, not the tracer (several times slower) or the debug mode's
+        checks (measured: takeovers 0.5-1.5 s slower under a CPU hog)."""
         env = {**super().environment(), "PYTHONFAULTHANDLER": "1"}
         if not self.measured:
-            env = {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
+            env = {
+                k: v
+                for k, v in env.items()
+                if not k.startswith("COVERAGE_") and k != "PYTHONASYNCIODEBUG"
+            }
         return env
 
     def command(self) -> list[str]:

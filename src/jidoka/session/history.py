@@ -72,11 +72,19 @@ async def project(
         state = SessionState(session_id)
     ended = False
     while not ended and (upto is None or state.seq < upto):
-        limit = _PAGE if upto is None else min(_PAGE, upto - state.seq)
-        page = await store.read_events(
-            session_id, after_seq=state.seq, limit=limit, max_bytes=_PAGE_BYTES
-        )
-        ended = not page
+        if upto is None:
+            # The tail after the snapshot (about ``snapshot_interval`` events at most), in one
+            # read: a load is on the path of every takeover, so it costs one query, not two.
+            page = await store.read_events(session_id, after_seq=state.seq)
+            ended = True
+        else:
+            page = await store.read_events(
+                session_id,
+                after_seq=state.seq,
+                limit=min(_PAGE, upto - state.seq),
+                max_bytes=_PAGE_BYTES,
+            )
+            ended = not page
         for event in page:
             if upto is not None and event.seq > upto:
                 if state.seq:  # past a gap of dropped stream chunks (they changed nothing)
