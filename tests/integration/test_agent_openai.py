@@ -45,6 +45,9 @@ from ..support.openai_server import (
     openai_server,
     rate_limited,
 )
+from ..support.openai_server import (
+    llm_config as llm,
+)
 from ..support.postgres import schema_contents
 
 #: A distinctive key: it must reach the server's Authorization header and nothing else.
@@ -63,19 +66,6 @@ async def server() -> AsyncIterator[OpenAIServer]:
 async def disconnected(server: OpenAIServer) -> None:
     async with asyncio.timeout(PROMPTLY):
         await server.disconnected.wait()
-
-
-def llm(server: OpenAIServer, **extra: Any) -> dict[str, Any]:
-    """An ``llm_config`` for the test server: no key needed, no SDK retries unless asked."""
-    return {
-        "provider": "openai",
-        "model": "test-model",
-        "base_url": server.base_url,
-        "api_key_env": None,
-        "max_retries": 0,
-        "timeout": PROMPTLY,
-        **extra,
-    }
 
 
 def read_call(call_id: str, path: str) -> tuple[str, str, str]:

@@ -27,6 +27,9 @@ from ..support.openai_server import (
     arrived,
     openai_server,
 )
+from ..support.openai_server import (
+    llm_config as llm,
+)
 
 AnyClient = jidoka.Client | RemoteClient
 
@@ -36,19 +39,6 @@ async def server() -> AsyncIterator[OpenAIServer]:
     async with openai_server() as running:
         running.requests = Arrivals()
         yield running
-
-
-def llm(server: OpenAIServer, **extra: Any) -> dict[str, Any]:
-    """An ``llm_config`` for the test server: no key, no SDK retries."""
-    return {
-        "provider": "openai",
-        "model": "test-model",
-        "base_url": server.base_url,
-        "api_key_env": None,
-        "max_retries": 0,
-        "timeout": PROMPTLY,
-        **extra,
-    }
 
 
 def texts(body: dict[str, Any]) -> str:

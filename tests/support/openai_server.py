@@ -43,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 __all__ = [
+    "llm_config",
     "Arrivals",
     "arrived",
     "Cut",
@@ -536,3 +537,17 @@ async def arrived(server: OpenAIServer, count: int, *, within: float = 10.0) -> 
         while len(requests) < count:
             requests.changed.clear()
             await requests.changed.wait()
+
+
+def llm_config(server: OpenAIServer, *, timeout: float = 10.0, **extra: Any) -> dict[str, Any]:
+    """An ``llm_config`` for the test server: no key needed, no SDK retries unless asked, a
+    request timeout of the tests' ``PROMPTLY`` (10 s) unless given; ``extra`` adds keys."""
+    return {
+        "provider": "openai",
+        "model": "test-model",
+        "base_url": server.base_url,
+        "api_key_env": None,
+        "max_retries": 0,
+        "timeout": timeout,
+        **extra,
+    }
