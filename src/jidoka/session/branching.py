@@ -39,7 +39,7 @@ from ..payloads import (
     event_item,
 )
 from ..store.base import CommitOutcomeUnknown
-from ..telemetry import SESSION_ID_ATTRIBUTE, Telemetry
+from ..telemetry import Telemetry
 from .history import project, touched_paths
 from .lifecycle import Lifecycle
 from .recovery import Recovery
@@ -200,7 +200,7 @@ class Branching:
         ``SessionBusy`` then)."""
         session = await self._session(session_id)
         sid = session.session_id
-        with guarded_span(self._telemetry, "rewind_session", sid) as span:
+        with guarded_span(self._telemetry, "rewind_session", sid):
             async with session.lock:
                 session.ensure_writable()
                 state = session.state
@@ -208,8 +208,6 @@ class Branching:
                 seq = _checked_seq(sid, "to_seq", to_seq, from_seq)
                 if busy():
                     raise SessionBusy(sid)
-                if span is not None:
-                    span.set_attribute(SESSION_ID_ATTRIBUTE, sid)
                 target = await self._state_at(sid, seq, "to_seq")
                 paths = await self._touched(sid, seq, from_seq)
                 item = event_item(
