@@ -62,6 +62,11 @@ class EventType(StrEnum):
     ERROR = "error"
     #: The conversation before ``last_seq`` is summarised (issue 17): the log keeps every message.
     CONTEXT_COMPACTED = "context_compacted"
+    #: A background run (issue 18): taken (``run_queued``), begun (``run_started``), ended
+    #: (``run_completed`` with its status). A chat is a run too.
+    RUN_QUEUED = "run_queued"
+    RUN_STARTED = "run_started"
+    RUN_COMPLETED = "run_completed"
     #: Not part of any session's log: a marker a subscription yields when it had to skip events
     #: it could not recover (see :mod:`jidoka.bus.memory`). ``seq`` is the last seq skipped.
     EVENTS_DROPPED = "events_dropped"

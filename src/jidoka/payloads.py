@@ -48,6 +48,9 @@ __all__ = [
     "SessionRewoundData",
     "SessionStatusData",
     "SessionTerminatedData",
+    "RunCompletedData",
+    "RunQueuedData",
+    "RunStartedData",
     "ToolCallData",
     "ToolResultData",
     "WorkingContextUpdatedData",
@@ -120,6 +123,10 @@ class ConversationAddedData(EventData, tag="conversation_added", frozen=True, kw
 
     role: str
     content: str
+    #: The ``Idempotency-Key`` the message was sent with, and a digest of the request it came
+    #: in: a retry with the same key answers this message instead of sending it again.
+    idempotency_key: str | UnsetType = UNSET
+    request_hash: str | UnsetType = UNSET
 
 
 class ConversationClearedData(EventData, tag="conversation_cleared", frozen=True, kw_only=True):
@@ -170,6 +177,9 @@ class LLMStreamChunkData(EventData, tag="llm_stream_chunk", frozen=True, kw_only
 
     text: str
     iteration: int
+    #: The run whose turn this is (every turn is a run's, but a log written before runs has
+    #: none).
+    run_id: str | UnsetType = UNSET
 
 
 class LLMResponseData(EventData, tag="llm_response", frozen=True, kw_only=True):
@@ -184,6 +194,7 @@ class LLMResponseData(EventData, tag="llm_response", frozen=True, kw_only=True):
     iterations: int
     finish_reason: str | None
     interrupted: bool
+    run_id: str | UnsetType = UNSET
 
 
 class ToolCallData(EventData, tag="tool_call", frozen=True, kw_only=True):
@@ -193,6 +204,7 @@ class ToolCallData(EventData, tag="tool_call", frozen=True, kw_only=True):
     name: str
     arguments: str
     iteration: int
+    run_id: str | UnsetType = UNSET
 
 
 class ToolResultData(EventData, tag="tool_result", frozen=True, kw_only=True):
@@ -205,6 +217,7 @@ class ToolResultData(EventData, tag="tool_result", frozen=True, kw_only=True):
     is_error: bool
     cut_off: bool | UnsetType = UNSET
     cut_for_model: bool | UnsetType = UNSET
+    run_id: str | UnsetType = UNSET
 
 
 class AgentStatusData(EventData, tag="agent_status", frozen=True, kw_only=True):
@@ -272,6 +285,46 @@ class ContextCompactedData(EventData, tag="context_compacted", frozen=True, kw_o
     usage: dict[str, Any] | UnsetType = UNSET
 
 
+class RunQueuedData(EventData, tag="run_queued", frozen=True, kw_only=True):
+    """A run was taken: the agent turn ``text`` will run when the session's earlier runs have
+    ended (``multitask`` says what it did about a run under way: ``reject``, ``enqueue`` or
+    ``interrupt``). ``webhook`` is called when it ends; ``idempotency_key`` and
+    ``request_hash`` let a retried request find it instead of starting another."""
+
+    run_id: str
+    text: str
+    multitask: str
+    webhook: str | UnsetType = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+    idempotency_key: str | UnsetType = UNSET
+    request_hash: str | UnsetType = UNSET
+
+
+class RunStartedData(EventData, tag="run_started", frozen=True, kw_only=True):
+    """The run's turn began (its ``conversation_added`` follows)."""
+
+    run_id: str
+
+
+class RunCompletedData(EventData, tag="run_completed", frozen=True, kw_only=True):
+    """The run ended: ``completed``, ``failed`` (``error`` says why), ``cancelled`` (by
+    ``cancel_run``/``cancel``, or before it started), or ``interrupted`` (another run's
+    ``multitask: interrupt``, or the process that ran it died: ``reason``). ``message`` is the
+    final assistant message (``id``, ``seq``, ``content``) when there is one, ``usage`` the
+    turn's tokens. When the run has a webhook, this event is also the outbox entry its
+    delivery is made from (``webhook_id``, the same on every attempt)."""
+
+    run_id: str
+    status: str
+    message: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    reason: str | UnsetType = UNSET
+    iterations: int | UnsetType = UNSET
+    finish_reason: str | UnsetType | None = UNSET
+    webhook_id: str | UnsetType = UNSET
+
+
 class EventsDroppedData(EventData, tag="events_dropped", frozen=True, kw_only=True):
     """A subscription skipped events it could not recover (never in a session's log); the
     global stream's marker has only ``count``."""
@@ -312,6 +365,9 @@ AnyEventData: TypeAlias = (
     | ApprovalDecidedData
     | ErrorData
     | ContextCompactedData
+    | RunQueuedData
+    | RunStartedData
+    | RunCompletedData
     | EventsDroppedData
     | SessionPurgedData
 )

@@ -44,6 +44,9 @@ CONTRACT_TYPES = [
     "approval_decided",
     "error",
     "context_compacted",
+    "run_queued",
+    "run_started",
+    "run_completed",
     "session_purged",  # issue 17: not in a log, on the global stream
 ]
 

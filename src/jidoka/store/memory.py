@@ -28,6 +28,7 @@ from .base import (
     check_drop,
 )
 from .heads import created_owner, status_after
+from .memory_runs import MemoryRunIndex
 
 __all__ = ["MemoryStore"]
 
@@ -80,7 +81,16 @@ class MemoryStore:
         self._logs: dict[str, _Events] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
         self._saved: dict[str, tuple[SavedSession, bytes]] = {}
+        self._runs = MemoryRunIndex()
         self._closed = False
+        # The runs index (``RunIndex``) answers from the same memory.
+        self.get_run = self._runs.get_run
+        self.list_runs = self._runs.list_runs
+        self.unfinished_runs = self._runs.unfinished_runs
+        self.claim_webhooks = self._runs.claim_webhooks
+        self.record_webhook = self._runs.record_webhook
+        self.find_idempotency = self._runs.find_idempotency
+        self.expire_idempotency = self._runs.expire_idempotency
 
     async def append(self, session_id: str, events: Sequence[Event]) -> None:
         self.append_nowait(session_id, events)
@@ -109,6 +119,7 @@ class MemoryStore:
             excess = len(log) - self.max_events_per_session
             if excess > self.max_events_per_session // 4:
                 self._logs[session_id] = log[excess:]
+            self._runs.derive(session_id, events)
         if on_done is not None:
             on_done(None)
 
@@ -237,6 +248,7 @@ class MemoryStore:
         self._logs.pop(session_id, None)
         self._snapshots.pop(session_id, None)
         self._saved.pop(session_id, None)
+        self._runs.forget(session_id, keep_outbox=False)
         return found
 
     async def expire_terminated(
@@ -257,6 +269,7 @@ class MemoryStore:
         for _, sid, _ in found:
             self._logs.pop(sid, None)
             self._snapshots.pop(sid, None)
+            self._runs.forget(sid, keep_outbox=False)
         return [head for _, _, head in found]
 
     async def expire_saved(
@@ -281,6 +294,7 @@ class MemoryStore:
     async def release(self, session_id: str) -> None:
         self._logs.pop(session_id, None)
         self._snapshots.pop(session_id, None)
+        self._runs.forget(session_id, keep_outbox=True)
 
     def sessions(self) -> frozenset[str]:
         """Sessions with a log held in memory."""
@@ -291,3 +305,4 @@ class MemoryStore:
         self._logs.clear()
         self._snapshots.clear()
         self._saved.clear()
+        self._runs.clear()
