@@ -316,9 +316,9 @@ class RunCompletedData(EventData, tag="run_completed", frozen=True, kw_only=True
 
     run_id: str
     status: str
-    message: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    error: str | None = None
+    message: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    error: str | None
     reason: str | UnsetType = UNSET
     iterations: int | UnsetType = UNSET
     finish_reason: str | UnsetType | None = UNSET
