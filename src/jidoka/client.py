@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from ._client_runs import RunMethods
 from .bus.base import EventBus, Subscription
 from .config import LLMConfig
 from .errors import InvalidArgument, SessionBusy, SessionNotFound, SessionTerminated
 from .events import Event
 from .llm.agents import AgentPool
 from .llm.orchestrator import ChatResult
+from .runs.service import Runs
 from .scoped import ScopedClient
 from .session.branching import Rewound
 from .session.context import CONTEXT_PARTS, ContextBundle
@@ -36,21 +38,23 @@ if TYPE_CHECKING:
 __all__ = ["Client"]
 
 
-class Client:
+class Client(RunMethods):
     """Create, drive and watch sessions of one runtime."""
 
-    __slots__ = ("_agents", "_bus", "_manager", "_node")
+    __slots__ = ("_agents", "_bus", "_manager", "_node", "_runs")
 
     def __init__(
         self,
         manager: SessionManager,
         bus: EventBus,
         agents: AgentPool,
+        runs: Runs,
         node: ClusterNode | None = None,
     ) -> None:
         self._manager = manager
         self._bus = bus
         self._agents = agents
+        self._runs = runs
         self._node = node
 
     def scoped(self, principal: str | None, *, projects_dir: str | None = None) -> ScopedClient:
@@ -216,14 +220,14 @@ class Client:
         with self._manager.telemetry.span(
             "chat", session_id if isinstance(session_id, str) else None
         ):
-            return await self._agents.chat(session_id, text)
+            return await self._runs.chat(session_id, text)
 
     async def submit_chat(self, session_id: str, text: str) -> asyncio.Future[ChatResult]:
         """Queue one agent turn and return as soon as it is queued, with a future of what
         :meth:`chat` would return: for callers that answer before the turn ends (the HTTP API's
         202). A turn that cannot be queued raises here (``SessionBusy``, ``LimitExceeded``
         past ``max_queued_turns``), so the caller can say so."""
-        return await self._agents.submit(session_id, text)
+        return await self._runs.submit(session_id, text)
 
     async def cancel(self, session_id: str) -> bool:
         """Stop the session's running turn (its partial answer is kept, marked interrupted);

@@ -6,6 +6,7 @@ of every error a caller can meet (defined here unless a module is named)::
 
     JidokaError
     ├── SessionNotFound          no live session and no tombstone with that id
+    ├── RunNotFound              the session has no run with that id
     ├── SessionTerminated        the session has ended; it can be read, not changed
     ├── InvalidTransition        a lifecycle move the state machine forbids
     ├── InvalidArgument          bad input to a public call (names the argument); a ValueError too
@@ -70,6 +71,7 @@ __all__ = [
     "RuntimeClosed",
     "SessionBusy",
     "SessionExists",
+    "RunNotFound",
     "SessionNotFound",
     "SessionTerminated",
     "StoreError",
@@ -102,6 +104,14 @@ class SessionNotFound(JidokaError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session {session_id!r} not found", session_id=session_id)
+
+
+class RunNotFound(JidokaError):
+    """The session has no run with this id (a run of another session is not found either)."""
+
+    def __init__(self, session_id: str | None, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r:.80} in this session", session_id=session_id)
+        self.run_id = run_id
 
 
 class SessionTerminated(JidokaError):

@@ -33,6 +33,7 @@ from .errors import (
     OriginNotAllowed,
     PathNotAllowed,
     ProjectRootUnavailable,
+    RunNotFound,
     RuntimeClosed,
     SessionBusy,
     SessionExists,
@@ -147,6 +148,8 @@ def _limit_status(exc: LimitExceeded) -> int:
 PROBLEMS: Final[tuple[Problem, ...]] = (
     Problem(SessionNotFound, "session-not-found", 404, "Session not found", (),
             lambda p, sid, d: SessionNotFound(sid or "")),
+    Problem(RunNotFound, "run-not-found", 404, "Run not found", ("run_id",),
+            lambda p, sid, d: RunNotFound(sid, _str(p, "run_id"))),
     Problem(KeyNotFound, "working-context-key-not-found", 404, "Working-context key not found",
             ("key",), lambda p, sid, d: KeyNotFound(sid, _str(p, "key"))),
     Problem(SessionTerminated, "session-terminated", 409, "Session terminated", ("reason",),

@@ -18,7 +18,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -32,11 +32,13 @@ from .config import POSTGRES_PREFIXES, REDIS_PREFIXES, Settings, describe_store,
 from .errors import InvalidConfig, RuntimeClosed
 from .events import Event
 from .llm.agents import AgentPool
+from .runs.service import Runs
 from .session.context import TokenCounter, estimate_tokens
 from .session.manager import SessionManager
 from .session.session import SessionServices
 from .session.supervisor import WorkerFactory
 from .store.base import SessionStore
+from .store.runs import RunIndex
 
 if TYPE_CHECKING:
     from .cluster.node import ClusterNode
@@ -164,7 +166,8 @@ class Runtime:
             environ=self._environ,
             max_queued_turns=self.settings.max_queued_turns_total,
         )
-        self._client = Client(self._manager, bus, self._agents, node)
+        self._runs = Runs(self._manager, self._agents, cast("RunIndex", store))
+        self._client = Client(self._manager, bus, self._agents, self._runs, node)
         self._node = node
         try:
             if node is not None:
@@ -172,6 +175,9 @@ class Runtime:
                 node.drop_all = self._manager.drop_all
                 await node.start()
             await self._manager.start()
+            # Runs a restart left queued or running: their sessions are loaded (and the runs
+            # resumed or ended) in the background, so start-up does not wait on them.
+            self._manager.background.spawn(self._runs.recover(), "jidoka:recover-runs")
         except BaseException:
             try:
                 if node is not None:

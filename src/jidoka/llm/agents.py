@@ -6,19 +6,18 @@ agent when its session ends (its worker is stopped with the session's other work
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import InvalidArgument, JidokaError
+from ..errors import JidokaError
 from ..events import Event
 from ..session.context import TokenCounter
 from ..session.manager import SessionManager
 from ..session.session import Session
 from ..session.state import Message
 from ..telemetry import Telemetry
-from .orchestrator import Agent, ChatResult, TurnQueueLimit
+from .orchestrator import Agent, TurnQueueLimit
 from .providers import ClientCache
 from .types import Usage
 
@@ -50,6 +49,8 @@ class AgentPool:
         self._clients = ClientCache()
         #: Turns waiting to run across every session (``Settings.max_queued_turns_total``).
         self.queue_limit = TurnQueueLimit(max_queued_turns)
+        #: Told each run that ended on this node (:meth:`jidoka.runs.service.Runs.ended`).
+        self.run_ended: Callable[[str], None] | None = None
 
     def get(self, session_id: str) -> Agent | None:
         return self._agents.get(session_id)
@@ -77,31 +78,11 @@ class AgentPool:
                 drop_chunks=None
                 if self._manager.settings.keep_stream_chunks
                 else self._manager.chunks.drop,
+                run_ended=self._run_ended,
             )
             self._agents[sid] = agent
             self._manager.start_worker(sid, "agent", agent.run)
         return agent
-
-    async def chat(self, session_id: object, text: object) -> ChatResult:
-        future = await self.submit(session_id, text)
-        # The turn belongs to the session, not to this caller: a caller that goes away (a
-        # closed connection) does not stop it; cancel() does.
-        return await asyncio.shield(future)
-
-    async def submit(self, session_id: object, text: object) -> asyncio.Future[ChatResult]:
-        """Queue a turn and return once it is queued (or refused: ``SessionBusy``,
-        ``LimitExceeded('max_queued_turns')``); the future resolves with its result."""
-        if not isinstance(text, str):
-            raise InvalidArgument(
-                f"text must be a string, got {type(text).__name__}", argument="text"
-            )
-        if len(text) > MAX_CHAT_CHARS:
-            raise InvalidArgument("text is too long", argument="text")
-        session = await self._manager.session(session_id)
-        session.ensure_writable()
-        agent = await self.agent(session)
-        config = session.state.config
-        return agent.submit(text, config.concurrent_turn_policy, config.max_queued_turns)
 
     async def compact(self, session: Session, keep_last: int, instructions: str | None) -> Event:
         """Compact the session's conversation with its own model (``compact_session``; the
@@ -129,6 +110,10 @@ class AgentPool:
             "update_file_index",
             lambda s: s.update_file_index(path, {"last_accessed": s.services.clock.time()}),
         )
+
+    def _run_ended(self, run_id: str) -> None:
+        if self.run_ended is not None:
+            self.run_ended(run_id)
 
     def _record(self, usage: Usage, outcome: str) -> None:
         self._telemetry.record_turn(usage.prompt_tokens, usage.completion_tokens, outcome)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -54,12 +53,14 @@ from ..session.context import CONTEXT_PARTS, TokenCounter
 from ..session.session import Session
 from ..session.state import Message
 from ..tools.registry import ToolRegistry
+from . import run_events
 from .compaction import auto_compact, compact_now, owned
 from .outcomes import choice_for, failure_data
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider
 from .streaming import stream_call
 from .tool_calls import ToolCaller, bounded
+from .turn_queue import TurnQueue
 from .turns import ChatResult, Turn, TurnQueueLimit
 from .types import ChatMessage, ChatRequest, Provider, Usage
 from .usage import estimate, token_usage, usage_data, usage_of
@@ -70,7 +71,7 @@ __all__ = ["Agent", "ChatResult", "TurnQueueLimit"]
 logger = logging.getLogger("jidoka.agent")
 
 
-class Agent:
+class Agent(TurnQueue):
     """One session's agent. Made (and its worker started) on the session's first chat."""
 
     def __init__(
@@ -88,8 +89,9 @@ class Agent:
         clients: ClientCache | None = None,
         queue_limit: TurnQueueLimit | None = None,
         drop_chunks: Callable[[str, int, int], None] | None = None,
+        run_ended: Callable[[str], None] | None = None,
     ) -> None:
-        self.session_id = session_id
+        super().__init__(session_id, queue_limit)
         self._get_session = get_session
         self._send_message = send_message
         self._update_index = update_index
@@ -99,13 +101,11 @@ class Agent:
         self._record_usage = record_usage
         self._on_exit = on_exit
         self._clients = clients
-        self._queue_limit = queue_limit
         #: Given the seq range of an ended turn's chunks its ``llm_response`` holds, drops them
         #: from the store in the background (``Settings.keep_stream_chunks`` off); else None.
         self._drop_chunks = drop_chunks
-        self._queue: deque[Turn] = deque()
-        self._wakeup: asyncio.Event = asyncio.Event()
-        self._current: Turn | None = None
+        #: Told the id of each run whose ``run_completed`` this agent committed.
+        self._run_ended = run_ended
         self._tools = ToolCaller(
             session_id, emit=self._emit, update_index=update_index, counter=token_counter
         )
@@ -116,89 +116,24 @@ class Agent:
         self._chunks: list[int] = []
         #: The model call under way (its usage is estimated if the turn stops during it).
         self._in_flight: ChatRequest | None = None
-        #: A compaction asked for by a client, while it runs (turns wait for it).
-        self._compacting: asyncio.Task[Event] | None = None
         #: What a compaction needs of the agent (:mod:`.compaction`).
         self._llm = (self._provider_for, token_counter, self._emit)
-        self.closed = False
 
     # --- what clients call ----------------------------------------------------------------------
-
-    @property
-    def busy(self) -> bool:
-        return self._current is not None or bool(self._queue) or self._compacting is not None
-
-    def submit(self, text: str, policy: str, max_queued: int) -> asyncio.Future[ChatResult]:
-        """Queue a turn under ``policy``; the future resolves with its result.
-
-        At most ``max_queued`` turns of this session (and the runtime's ``TurnQueueLimit`` of
-        all sessions) wait to run; one more is refused with ``LimitExceeded`` before anything
-        of it is kept or logged. Checked before ``interrupt`` cancels anything, so a refused
-        turn changes nothing.
-        """
-        if self.closed:
-            raise SessionTerminated(self.session_id)
-        if self.busy and policy == "reject":
-            raise SessionBusy(self.session_id)
-        if len(self._queue) >= max_queued:
-            raise LimitExceeded(
-                "max_queued_turns",
-                max_queued,
-                session_id=self.session_id,
-                actual=len(self._queue) + 1,
-            )
-        if self._queue_limit is not None:
-            self._queue_limit.acquire(self.session_id)
-        if self.busy and policy == "interrupt":
-            self.cancel()
-        turn = Turn(text, asyncio.get_running_loop())
-        self._queue.append(turn)
-        self._wakeup.set()
-        return turn.future
-
-    @property
-    def queued(self) -> int:
-        """Turns waiting to run (not counting the one running)."""
-        return len(self._queue)
-
-    def _next_turn(self) -> Turn:
-        turn = self._queue.popleft()
-        if self._queue_limit is not None:
-            self._queue_limit.release()
-        return turn
-
-    async def wait_idle(self, policy: str) -> None:
-        """Apply ``policy`` for a plain user message arriving while a turn runs."""
-        if not self.busy:
-            return
-        if policy == "reject":
-            raise SessionBusy(self.session_id)
-        if policy == "interrupt":
-            self.cancel()
-        while self.busy:
-            current = self._current.future if self._current else self._compacting
-            await asyncio.wait({current or self._queue[-1].future})
-
-    def cancel(self) -> bool:
-        """Stop the running turn (its partial answer is kept); ``False`` if none runs."""
-        turn = self._current
-        if turn is None or turn.task is None or turn.task.done():
-            return False
-        turn.user_cancelled = True
-        turn.task.cancel()
-        return True
 
     async def stop_all(self) -> None:
         """Cancel the running turn and drop the queued ones, and wait until none runs: what a
         rewind with ``cancel`` does first. A dropped turn never started (nothing of it is in
         the log); its caller gets :class:`~jidoka.SessionBusy`."""
-        for turn in self._queue:
+        dropped = list(self._queue)
+        for turn in dropped:
             if not turn.future.done():
                 turn.future.set_exception(SessionBusy(self.session_id))
                 turn.future.exception()  # its caller may have gone
         if self._queue_limit is not None:
             self._queue_limit.release(len(self._queue))
         self._queue.clear()
+        await self._end_dropped(dropped, "rewound")
         current = self._current
         if current is not None:
             self.cancel()
@@ -245,7 +180,7 @@ class Agent:
                     continue
                 self._current = turn
                 turn.task = asyncio.get_running_loop().create_task(
-                    self._turn(turn), name=f"jidoka:{self.session_id}:turn"
+                    self._run_turn(turn), name=f"jidoka:{self.session_id}:turn"
                 )
                 try:
                     result = await asyncio.shield(turn.task)
@@ -283,6 +218,7 @@ class Agent:
         await self._abandon()
 
     async def _abandon(self) -> None:
+        dropped = list(self._queue)
         for turn in (*self._queue, *([self._current] if self._current else [])):
             if not turn.future.done():
                 turn.future.set_exception(SessionTerminated(self.session_id))
@@ -290,6 +226,7 @@ class Agent:
         if self._queue_limit is not None:
             self._queue_limit.release(len(self._queue))
         self._queue.clear()
+        await self._end_dropped(dropped, "terminated", only_if_ending=True)
         if self._compacting is not None:
             self._compacting.cancel()
         self._tools.deny_all()
@@ -303,8 +240,65 @@ class Agent:
     async def _session(self) -> Session:
         return await self._get_session(self.session_id)
 
+    async def _end_dropped(
+        self, turns: list[Turn], reason: str, *, only_if_ending: bool = False
+    ) -> None:
+        """End the runs of turns taken out of the queue before they ran (``cancelled``). When
+        the worker stops, only if the session is ending: a runtime that shuts down leaves them
+        queued in the log, for the next start to run."""
+        runs = [turn for turn in turns if turn.run_id is not None]
+        if not runs:
+            return
+        with contextlib.suppress(JidokaError):
+            session = await self._session()
+            if only_if_ending and not session.terminating:
+                return
+            for turn in runs:
+                if turn.admitted is not None:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(turn.admitted)
+                    if turn.admitted.cancelled() or turn.admitted.exception() is not None:
+                        continue  # never queued in the log
+                await session.append_event(*run_events.dropped(turn, reason))
+                self._ended(turn)
+
+    async def _run_turn(self, turn: Turn) -> ChatResult:
+        """A turn between its run's ``run_started`` and ``run_completed`` (see
+        :mod:`.run_events`)."""
+        if turn.run_id is None:
+            return await self._turn(turn)
+        if turn.admitted is not None:
+            await turn.admitted
+        await self._emit(*run_events.started(turn.run_id))
+        try:
+            result = await self._turn(turn)
+        except asyncio.CancelledError:
+            # Not a user's cancel (that returns): the worker stops. The run ends here only if
+            # the session is ending; a runtime shutting down leaves it to the next start.
+            with contextlib.suppress(Exception):
+                session = await self._session()
+                if session.terminating:
+                    await session.append_event(*run_events.dropped(turn, "terminated"))
+                    self._ended(turn)
+            raise
+        except BaseException as exc:
+            with contextlib.suppress(JidokaError):
+                await self._emit(*run_events.failed(turn, exc))
+                self._ended(turn)
+            raise
+        await self._emit(*run_events.completed(turn, result))
+        self._ended(turn)
+        return result
+
+    def _ended(self, turn: Turn) -> None:
+        if self._run_ended is not None and turn.run_id is not None:
+            self._run_ended(turn.run_id)
+
     async def _emit(self, type_: str, data: dict[str, Any]) -> None:
         session = await self._session()
+        current = self._current
+        if current is not None and current.run_id is not None and type_ in run_events.RUN_TAGGED:
+            data = {**data, "run_id": current.run_id}
         event = await session.append_event(type_, data)
         if event.type == EventType.LLM_STREAM_CHUNK:
             self._chunks.append(event.seq)

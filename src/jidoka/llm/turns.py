@@ -36,15 +36,46 @@ class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
 
 class Turn:
     """One chat waiting in (or taken from) a session's queue: its text, the future its caller
-    waits on, the task that runs it, and whether a user's cancel (not a shutdown) stopped it."""
+    waits on, the task that runs it, and whether a user's cancel (not a shutdown) stopped it.
 
-    __slots__ = ("future", "task", "text", "user_cancelled")
+    A run's turn (every turn the runtime queues is one) also has its ``run_id``, whether a
+    webhook waits for its end, and ``admitted``: it holds its place in the queue (so the
+    session is busy from the moment it was accepted) but does not start before its
+    ``run_queued`` event is committed, which resolves ``admitted``. ``stopped_as`` is what a
+    stop makes of the run: ``cancelled`` (a user's cancel) or ``interrupted`` (another run's
+    ``multitask: interrupt``), with ``stop_reason``."""
 
-    def __init__(self, text: str, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = (
+        "admitted",
+        "future",
+        "run_id",
+        "stop_reason",
+        "stopped_as",
+        "task",
+        "text",
+        "user_cancelled",
+        "webhook",
+    )
+
+    def __init__(
+        self,
+        text: str,
+        loop: asyncio.AbstractEventLoop,
+        run_id: str | None = None,
+        *,
+        webhook: bool = False,
+    ) -> None:
         self.text = text
         self.future: asyncio.Future[ChatResult] = loop.create_future()
         self.task: asyncio.Task[ChatResult] | None = None
         self.user_cancelled = False
+        self.run_id = run_id
+        self.webhook = webhook
+        self.admitted: asyncio.Future[None] | None = (
+            None if run_id is None else loop.create_future()
+        )
+        self.stopped_as = "cancelled"
+        self.stop_reason: str | None = None
 
 
 class TurnQueueLimit:

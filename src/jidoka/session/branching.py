@@ -138,6 +138,7 @@ class Branching:
                 copied["owner"] = owner
                 copied["created_at"] = msgspec.to_builtins(now)
                 copied["usage"], copied["usage_estimated"] = None, False  # its own from now
+                copied["runs"] = {}  # the source's runs are the source's
                 if meta is not None:
                     copied["metadata"] = meta
                 created = data_of(

@@ -107,6 +107,9 @@ class SessionManager:
             settings, services.store, services.clock, registry, tasks, load=self._load_quietly
         )
         self.retention = Retention(settings, services, registry, tasks, self.terminate)
+        #: Called with each session loaded from the store, once recovered (see ``Recovery``).
+        self.on_loaded = recovery.on_loaded
+        self.background, self.lifecycle = tasks, lifecycle
         services.after_command = self._after_command
         services.on_fault = self._on_post_commit_fault
 

@@ -57,7 +57,7 @@ class RewindTargetMissing(ValueError):
 #: What a rewind leaves as it is (the state's rare fields that go on): the usage counters,
 #: the agent's status and the approvals pending (none: a rewind waits for the turn to end).
 REWIND_KEEPS: Final = frozenset(
-    {"usage", "usage_estimated", "agent_status", "pending_approvals", "rewind_target"}
+    {"usage", "usage_estimated", "agent_status", "pending_approvals", "rewind_target", "runs"}
 )
 
 
@@ -232,6 +232,24 @@ def _approval_decided(state: SessionState, event: Event) -> None:
             state.pending_approvals = None
 
 
+def _run_queued(state: SessionState, event: Event) -> None:
+    if state.runs is None:
+        state.runs = {}
+    state.runs[event.data["run_id"]] = "queued"
+
+
+def _run_started(state: SessionState, event: Event) -> None:
+    if state.runs is not None and event.data["run_id"] in state.runs:
+        state.runs[event.data["run_id"]] = "running"
+
+
+def _run_completed(state: SessionState, event: Event) -> None:
+    if state.runs is not None:
+        state.runs.pop(event.data["run_id"], None)
+        if not state.runs:
+            state.runs = None
+
+
 def _put_index(state: SessionState, entry: FileIndexEntry) -> None:
     if state.index is None:
         state.index = {}
@@ -272,6 +290,9 @@ _APPLY: Final[dict[str, Callable[[SessionState, Event], None]]] = {
     EventType.APPROVAL_REQUESTED: _approval_requested,
     EventType.APPROVAL_DECIDED: _approval_decided,
     EventType.CONTEXT_COMPACTED: _compacted,
+    EventType.RUN_QUEUED: _run_queued,
+    EventType.RUN_STARTED: _run_started,
+    EventType.RUN_COMPLETED: _run_completed,
 }
 
 

@@ -34,6 +34,7 @@ from ..ids import is_session_id
 from ..payloads import (
     AgentStatusData,
     ApprovalDecidedData,
+    RunCompletedData,
     SessionStatusData,
     SessionTerminatedData,
     data_of,
@@ -86,6 +87,9 @@ class Recovery:
         # Sessions whose projection is being rebuilt from the log (an apply failed after a
         # commit), with the task doing it.
         self._rebuilding: dict[str, asyncio.Task[None]] = {}
+        #: Called with each session loaded from the store, once its recovery is committed (the
+        #: runs it left queued are queued again there: :meth:`jidoka.runs.service.Runs.resume`).
+        self.on_loaded: list[Callable[[Session], None]] = []
 
     async def start(self) -> None:
         """Note when this node started; nothing is read from the store (sessions load lazily,
@@ -209,6 +213,8 @@ class Recovery:
         if state.status is Status.ACTIVE:  # taken over in use: idle on its own timer
             session.last_activity = self._clock.monotonic()
             self._idle.touch(session)
+        for hook in self.on_loaded:
+            hook(session)
         return session
 
     async def _check_project_root(self, session_id: str, state: SessionState) -> None:
@@ -251,6 +257,20 @@ class Recovery:
         items.extend(
             event_item(ApprovalDecidedData(call_id=call_id, allow=False, reason=reason))
             for call_id in sorted(state.pending_approvals or ())
+        )
+        items.extend(
+            event_item(
+                RunCompletedData(
+                    run_id=run_id,
+                    status="interrupted",
+                    message=None,
+                    usage=None,
+                    error=None,
+                    reason=reason,
+                )
+            )
+            for run_id, run_status in (state.runs or {}).items()
+            if run_status == "running"
         )
         if state.agent_status in ("thinking", "calling_tool"):
             # Interrupted by the loss of its node: ``cancelled``, as a cancelled turn reads.

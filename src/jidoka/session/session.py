@@ -236,6 +236,9 @@ class Session(SessionCore):
             EventType.APPROVAL_REQUESTED,
             EventType.APPROVAL_DECIDED,
             EventType.ERROR,
+            EventType.RUN_QUEUED,
+            EventType.RUN_STARTED,
+            EventType.RUN_COMPLETED,
         ):
             raise InvalidArgument(
                 f"event type {type_!r} cannot be appended directly",

@@ -58,6 +58,8 @@ class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
     pending_approvals: list[str] = []
     #: Issue 17; absent from older snapshots (never compacted).
     compaction: Compaction | None = None
+    #: Issue 18; absent from older snapshots (no run unfinished).
+    runs: dict[str, str] = {}
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -96,6 +98,7 @@ def _snapshot(state: SessionState) -> _Snapshot:
         agent_status=state.agent_status,
         pending_approvals=sorted(state.pending_approvals or ()),
         compaction=state.compaction,
+        runs=dict(state.runs or {}),
     )
 
 
@@ -148,4 +151,5 @@ def decode_state(raw: bytes | dict[str, Any], *, session_id: str | None = None) 
     state.agent_status = snap.agent_status
     state.pending_approvals = set(snap.pending_approvals) or None
     state.compaction = snap.compaction
+    state.runs = dict(snap.runs) or None
     return state

@@ -275,6 +275,10 @@ class SessionState:
     #: after its ``last_seq``; the history window still holds them all. None: never compacted
     #: (or cleared since).
     compaction: _Rare[Compaction | None] = _Rare(None)
+    #: The runs not ended yet (issue 18), ``run_id -> "queued" | "running"`` in the order they
+    #: were queued: what a restart must finish (a running one ends ``interrupted``, a queued one
+    #: still runs). None: none.
+    runs: _Rare[dict[str, str] | None] = _Rare(None)
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
@@ -391,6 +395,7 @@ class SessionState:
             "agent_status": self.agent_status,
             "pending_approvals": sorted(self.pending_approvals or ()),
             "compaction": self.compaction,
+            "runs": dict(self.runs or {}),
         }
 
 
