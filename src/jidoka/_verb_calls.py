@@ -10,9 +10,11 @@ from urllib.parse import quote
 
 from . import wire
 from .problems import KeyNotFound
+from .runs.info import RunInfo, RunPage
 from .session.branching import Rewound
 from .session.context import CONTEXT_PARTS, ContextBundle
 from .session.info import SessionInfo
+from .session.state import Message
 
 if TYPE_CHECKING:
     from .scoped import ScopedClient
@@ -32,7 +34,12 @@ __all__ = [
     "put_working_context_call",
     "read_events_call",
     "rewind_session_call",
+    "run_location",
+    "send_message_call",
     "session_location",
+    "start_run_call",
+    "join_run_call",
+    "list_runs_call",
     "session_verb",
     "terminate_session_call",
 ]
@@ -116,6 +123,31 @@ async def delete_saved_session_call(c: ScopedClient, a: Any) -> None:
     await c.client.delete_saved_session(a.session_id)
 
 
+async def send_message_call(c: ScopedClient, a: Any) -> Message:
+    return await c.client.send_message(
+        a.session_id, a.role, a.content, idempotency_key=a.idempotency_key
+    )
+
+
+async def start_run_call(c: ScopedClient, a: Any) -> RunInfo:
+    return await c.client.start_run(
+        a.session_id,
+        a.text,
+        multitask=a.multitask,
+        webhook=a.webhook,
+        idempotency_key=a.idempotency_key,
+        metadata=a.metadata,
+    )
+
+
+async def list_runs_call(c: ScopedClient, a: Any) -> RunPage:
+    return await c.client.list_runs(a.session_id, status=a.status, limit=a.limit, cursor=a.cursor)
+
+
+async def join_run_call(c: ScopedClient, a: Any) -> RunInfo:
+    return await c.client.join_run(a.session_id, a.run_id, timeout=a.timeout)
+
+
 def session_verb(method: str, *fields: str, wrap: type | None = None, key: str = "") -> Call:
     """The common shape: ``client.<method>(session_id, *fields)``, its answer wrapped in
     ``wrap(<key>=answer)`` when the wire wraps it (collections and bare values)."""
@@ -130,3 +162,7 @@ def session_verb(method: str, *fields: str, wrap: type | None = None, key: str =
 
 def session_location(info: SessionInfo) -> str:
     return f"/v1/sessions/{quote(info.session_id, safe='')}"
+
+
+def run_location(run: RunInfo) -> str:
+    return f"/v1/sessions/{quote(run.session_id, safe='')}/runs/{quote(run.run_id, safe='')}"

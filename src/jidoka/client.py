@@ -250,13 +250,24 @@ class Client(RunMethods):
 
     # --- conversation ---------------------------------------------------------------------------
 
-    async def send_message(self, session_id: str, role: str, content: str) -> Message:
+    async def send_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Message:
         """Append a message (``user``, ``assistant`` or ``system``); returns it with its seq.
 
         A user message that arrives while the agent runs a turn follows the session's
-        ``concurrent_turn_policy`` (wait for the turn, ``SessionBusy``, or interrupt it)."""
+        ``concurrent_turn_policy`` (wait for the turn, ``SessionBusy``, or interrupt it). A
+        retry with the same ``idempotency_key`` (within 24 hours) returns the first message
+        instead of sending it again."""
         if role == "user" and self._agents.get(session_id) is not None:
             await self._agents.before_user_message(await self._manager.session(session_id))
+        if idempotency_key is not None:
+            return await self._runs.send_message(session_id, role, content, idempotency_key)
         message: Message = await self._manager.run(
             session_id, "send_message", lambda s: s.send_message(role, content)
         )

@@ -182,11 +182,23 @@ class RemoteClient(_Verbs):
                 return sessions[:limit]
             cursor = page.next_cursor
 
-    async def send_message(self, session_id: str, role: str, content: str) -> Message:
+    async def send_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Message:
         if not isinstance(role, str) or (role not in ROLES and not isinstance(content, str)):
             # As in process (the role is checked first), not the server's type error.
             raise InvalidRole(session_id if isinstance(session_id, str) else None, role)
-        values = {"session_id": session_id, "role": role, "content": content}
+        values = {
+            "session_id": session_id,
+            "role": role,
+            "content": content,
+            "idempotency_key": idempotency_key,
+        }
         message: Message = await self._verb(_verb("send_message"), values)
         return message
 

@@ -41,13 +41,18 @@ from ._verb_calls import (
     delete_saved_session_call,
     fork_session_call,
     get_working_context_call,
+    join_run_call,
+    list_runs_call,
     list_saved_sessions_call,
     list_sessions_call,
     put_working_context_call,
     read_events_call,
     rewind_session_call,
+    run_location,
+    send_message_call,
     session_location,
     session_verb,
+    start_run_call,
     terminate_session_call,
 )
 from .errors import (
@@ -58,6 +63,7 @@ from .errors import (
     LimitExceeded,
     LLMError,
     PathNotAllowed,
+    RunNotFound,
     SessionBusy,
     SessionExists,
     SessionNotFound,
@@ -65,6 +71,8 @@ from .errors import (
 )
 from .llm.turns import ChatResult
 from .problems import KeyNotFound
+from .runs.info import RunInfo, RunPage
+from .runs.service import MAX_JOIN_SECONDS
 from .session.branching import Rewound
 from .session.context import ContextBundle
 from .session.info import SessionInfo
@@ -86,6 +94,9 @@ __all__ = [
     "selected",
     "sharing",
 ]
+
+#: A run's status, as ``list_runs`` filters on it.
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
 
 #: A page of ``list_sessions`` unless ``limit`` says otherwise, and the largest one served.
 DEFAULT_PAGE: Final = 100
@@ -273,8 +284,8 @@ VERBS: Final[tuple[Verb, ...]] = (
          call=session_verb("purge_session"), client="purge_session", selected_by="purge"),
     Verb("send_message", "POST", _SID + "/messages", "Append a message", Scope.SESSION,
          Message, 201, body=wire.SendMessageRequest,
-         errors=(*_CHANGE_ERRORS, InvalidRole, SessionBusy),
-         call=session_verb("send_message", "role", "content"), client="send_message"),
+         errors=(*_CHANGE_ERRORS, InvalidRole, SessionBusy, InvalidArgument),
+         call=send_message_call, client="send_message"),
     Verb("get_conversation_history", "GET", _SID + "/messages", "The conversation window",
          Scope.SESSION, wire.MessageList, query=(
              Param("view", Literal["full", "compacted"], "full",
@@ -339,6 +350,34 @@ VERBS: Final[tuple[Verb, ...]] = (
          Scope.SESSION, ChatResult, body=wire.ChatRequestBody, background=True,
          errors=(*_CHANGE_ERRORS, SessionBusy, LLMError),
          call=session_verb("chat", "text"), client="chat"),
+    Verb("start_run", "POST", _SID + "/runs",
+         "Start an agent turn in the background: 202 and the run at once", Scope.SESSION,
+         RunInfo, 202, body=wire.StartRunRequest,
+         errors=(*_CHANGE_ERRORS, SessionBusy, InvalidArgument),
+         call=start_run_call, client="start_run", location=run_location),
+    Verb("list_runs", "GET", _SID + "/runs", "The session's runs, newest first (paged)",
+         Scope.SESSION, RunPage, query=(
+             Param("status", RunStatus | None, None, "Only runs with this status"),
+             Param("limit", Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)], DEFAULT_PAGE,
+                   f"Page size (1-{MAX_PAGE}, default {DEFAULT_PAGE})"),
+             Param("cursor", str | None, None, "`next_cursor` of the previous page")),
+         errors=(SessionNotFound, InvalidArgument),
+         call=list_runs_call, client="list_runs"),
+    Verb("get_run", "GET", _SID + "/runs/{run_id}", "A run as it is now", Scope.SESSION,
+         RunInfo, errors=(SessionNotFound, RunNotFound),
+         call=session_verb("get_run", "run_id"), client="get_run"),
+    Verb("join_run", "GET", _SID + "/runs/{run_id}/join",
+         "Wait for a run to end (at most timeout seconds), then the run", Scope.SESSION,
+         RunInfo, query=(
+             Param("timeout", Annotated[float, msgspec.Meta(ge=0, le=MAX_JOIN_SECONDS)], 30.0,
+                   "Seconds to wait at most (0-3600, default 30); the run is answered as it "
+                   "is then (still running: join again)"),),
+         errors=(SessionNotFound, RunNotFound, InvalidArgument),
+         call=join_run_call, client="join_run", long_running=True),
+    Verb("cancel_run", "POST", _SID + "/runs/{run_id}/cancel",
+         "Cancel a run (queued: it never starts; running: it stops)", Scope.SESSION, RunInfo,
+         errors=(SessionNotFound, SessionTerminated, RunNotFound),
+         call=session_verb("cancel_run", "run_id"), client="cancel_run", long_running=True),
     Verb("cancel", "POST", _SID + "/cancel", "Stop the running agent turn", Scope.SESSION,
          wire.Cancelled, errors=(SessionNotFound, SessionTerminated),
          call=session_verb("cancel", wrap=wire.Cancelled, key="cancelled"),

@@ -10,7 +10,7 @@ The OpenAPI document is generated from these types.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -45,6 +45,7 @@ __all__ = [
     "SavedSessionList",
     "SendMessageRequest",
     "SessionPage",
+    "StartRunRequest",
     "StreamTicket",
     "StreamTicketRequest",
     "UpdateFileIndexRequest",
@@ -84,10 +85,23 @@ class RewindSessionRequest(_Request):
 
 
 class SendMessageRequest(_Request):
-    """``POST /v1/sessions/{id}/messages``."""
+    """``POST /v1/sessions/{id}/messages`` (the ``Idempotency-Key`` header, if sent, is
+    ``idempotency_key``)."""
 
     role: str
     content: str
+    idempotency_key: str | None = None
+
+
+class StartRunRequest(_Request):
+    """``POST /v1/sessions/{id}/runs``: an agent turn on ``text``, in the background (the
+    ``Idempotency-Key`` header, if sent, is ``idempotency_key``)."""
+
+    text: str
+    multitask: Literal["reject", "enqueue", "interrupt"] = "reject"
+    webhook: str | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class AddFileRequest(_Request):

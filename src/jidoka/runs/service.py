@@ -30,6 +30,7 @@ from ..llm.turns import ChatResult, Turn
 from ..payloads import RunCompletedData, RunQueuedData, event_item
 from ..session.manager import SessionManager
 from ..session.session import Session
+from ..session.state import Message
 from ..store.runs import FINAL_RUN_STATUSES, RUN_STATUSES, RunIndex, RunRecord
 from .idempotency import Idempotency, check_key, request_hash
 from .info import RunInfo, RunPage, WebhookStatus, run_info
@@ -118,6 +119,32 @@ class Runs:
         multitask = _POLICY_MULTITASK[session.state.config.concurrent_turn_policy]
         turn, _ = await self._queue(session, text, multitask, None, None, None, None)
         return turn.future
+
+    async def send_message(
+        self, session_id: object, role: object, content: object, idempotency_key: object
+    ) -> Message:
+        """``send_message`` with an ``Idempotency-Key``: a retry answers the first message."""
+        session = await self._manager.session(session_id)
+        sid = session.session_id
+        key = check_key(idempotency_key, sid)
+        assert key is not None
+        digest = request_hash("send_message", sid, {"role": role, "content": content})
+        owner = session.state.owner
+        async with self._keys.hold(owner, key):
+            record = await self._keys.find(owner, key, digest, sid)
+            if record is not None:
+                found = await self._manager.services.store.read_events(
+                    record.session_id, after_seq=record.seq - 1, limit=1
+                )
+                if found and found[0].seq == record.seq:
+                    event = found[0]
+                    return Message(
+                        event.id, event.data["role"], event.data["content"], event.time, event.seq
+                    )
+            message: Message = await self._manager.run(
+                sid, "send_message", lambda s: s.send_message(role, content, (key, digest))
+            )
+            return message
 
     async def chat(self, session_id: object, text: object) -> ChatResult:
         future = await self.submit(session_id, text)

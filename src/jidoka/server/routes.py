@@ -157,7 +157,22 @@ async def arguments(verb: Verb, request: Request) -> Any:
             body = decode_json(raw_body, verb.body)
         for name in verb.body_fields:
             values[name] = getattr(body, name)
+        if "idempotency_key" in values:
+            values["idempotency_key"] = _idempotency_key(request, values["idempotency_key"])
     return verb.args(**values)
+
+
+def _idempotency_key(request: Request, in_body: str | None) -> str | None:
+    """The ``Idempotency-Key`` header is the ``idempotency_key`` argument (both: the same)."""
+    header = request.headers.get("idempotency-key")
+    if header is None:
+        return in_body
+    if in_body is not None and in_body != header:
+        raise InvalidArgument(
+            "the Idempotency-Key header and idempotency_key in the body differ",
+            argument="idempotency_key",
+        )
+    return header
 
 
 class SessionRoutes:

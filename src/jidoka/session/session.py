@@ -75,7 +75,11 @@ class Session(SessionCore):
 
     # --- commands -------------------------------------------------------------------------------
 
-    async def send_message(self, role: object, content: object) -> Message:
+    async def send_message(
+        self, role: object, content: object, idempotency: tuple[str, str] | None = None
+    ) -> Message:
+        """Append a message; ``idempotency`` is the ``(key, request digest)`` it was sent
+        with, recorded in its event (see :mod:`jidoka.runs.idempotency`)."""
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRole(self.session_id, role)
         if not isinstance(content, str):
@@ -99,8 +103,16 @@ class Session(SessionCore):
         try:
             if lock.pending and self.state.status is not Status.ACTIVE:
                 await lock.settled()  # see queue_command
+            data = ConversationAddedData(role=role, content=content)
+            if idempotency is not None:
+                data = ConversationAddedData(
+                    role=role,
+                    content=content,
+                    idempotency_key=idempotency[0],
+                    request_hash=idempotency[1],
+                )
             events, waiting = self.queue_command(
-                [event_item(ConversationAddedData(role=role, content=content))],
+                [event_item(data)],
                 self._count_message,
             )
         finally:
