@@ -29,6 +29,7 @@ from .errors import (
     OriginNotAllowed,
     PathNotAllowed,
     ProjectRootUnavailable,
+    RunNotFound,
     RuntimeClosed,
     SessionBusy,
     SessionExists,
@@ -39,6 +40,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .events import Event, EventType, decode_event, encode_event
+from .runs.info import RunInfo, RunPage
 from .runtime import Runtime
 from .scoped import ScopedClient
 from .session.branching import Rewound
@@ -80,6 +82,9 @@ __all__ = [
     "ProjectRootUnavailable",
     "RemoteClient",
     "Rewound",
+    "RunInfo",
+    "RunNotFound",
+    "RunPage",
     "Runtime",
     "RuntimeClosed",
     "SavedSession",

@@ -58,6 +58,7 @@ async def test_a_turn_with_a_tool_call(client: jidoka.Client, project: Path) -> 
     assert not result.interrupted
     assert result.finish_reason == "stop"
     assert [kind for kind, _ in seen] == [
+        "run_queued", "run_started",  # a chat is a run
         "conversation_added", "agent_status", "llm_stream_chunk", "agent_status", "tool_call",
         "tool_result", "file_index_updated", "agent_status", "llm_stream_chunk",
         "conversation_added", "llm_response", "agent_status",

@@ -175,7 +175,9 @@ async def test_a_turn_with_tool_calls_then_the_answer(
         "name": "read_file",
         "arguments": arguments,  # reassembled from 5 argument deltas
         "iteration": 1,
+        "run_id": call.data["run_id"],  # the chat's run
     }
+    assert call.data["run_id"].startswith("run_")
     [answer] = of_type(seen, "tool_result")
     assert answer.data["call_id"] == "call_a"
     assert answer.data["is_error"] is False
@@ -922,6 +924,7 @@ async def test_a_tool_call_cut_by_max_tokens_is_not_run_and_the_model_retries(
     assert second.data == {
         "call_id": "w2",
         "name": "write_file",
+        "run_id": second.data["run_id"],
         "content": second.data["content"],
         "is_error": False,
     }

@@ -45,12 +45,12 @@ async def running(clock: jidoka.FakeClock, **settings: Any) -> AsyncIterator[jid
 
 
 async def turn_events(events: Subscription) -> list[Event]:
-    """Events up to the end of a turn (its final ``agent_status``)."""
+    """Events up to the end of a turn (its run's ``run_completed``: a chat is a run)."""
     out: list[Event] = []
     async with asyncio.timeout(PROMPTLY):
         async for event in events:
             out.append(event)
-            if event.type == "agent_status" and event.data["status"] in ("idle", "cancelled"):
+            if event.type == "run_completed":
                 return out
     raise AssertionError("the stream ended before the turn did")
 

@@ -354,10 +354,22 @@ async def test_a_paused_owner_is_fenced_off_and_its_open_turn_closed_as_owner_lo
     assert info.status == "active"  # taken over in use: it goes idle on its own timer
     assert node_of(b).takeovers == 1
     log = await b.client.read_events(sid, limit=1000)
-    closed = [(e.type, e.data) for e in log[-2:]]
+    closed = [(e.type, e.data) for e in log[-3:]]
+    run_id = log[-1].data.get("run_id")
     assert closed == [
         ("approval_decided", {"call_id": "w1", "allow": False, "reason": "owner_lost"}),
         ("agent_status", {"status": "cancelled", "reason": "owner_lost"}),
+        (  # the chat's run: interrupted, never run again
+            "run_completed",
+            {
+                "run_id": run_id,
+                "status": "interrupted",
+                "message": None,
+                "usage": None,
+                "error": None,
+                "reason": "owner_lost",
+            },
+        ),
     ]
     # The zombie wakes: its first append is refused, and it lets the session go.
     with pytest.raises(OwnershipLost):

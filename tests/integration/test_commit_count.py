@@ -83,6 +83,9 @@ CASES: dict[str, tuple[str, Call]] = {
     "build_context": ("live", lambda c, sid: c.build_context(sid)),
     "chat": ("live", lambda c, sid: c.submit_chat(sid, "what does main return?")),
     "cancel": ("live", lambda c, sid: c.cancel(sid)),
+    # Its run_queued (the turn commits later, on the session's agent), like a chat's.
+    "start_run": ("live", lambda c, sid: c.start_run(sid, "what does main return?")),
+    "list_runs": ("live", lambda c, sid: c.list_runs(sid)),
     "save_session": ("live", lambda c, sid: c.save_session(sid)),
     "fork_session": ("live", lambda c, sid: c.fork_session(sid, at_seq=2)),
     "rewind_session": ("live", lambda c, sid: c.rewind_session(sid, to_seq=2)),
@@ -95,6 +98,9 @@ CASES: dict[str, tuple[str, Call]] = {
 #: Verbs with no case above, and why.
 _NOT_HERE = {
     "approve": "answers a turn waiting for an approval; the write it allows is the turn's",
+    "get_run": "needs a run (a read: tests/integration/test_runs.py)",
+    "join_run": "needs a run (a read: tests/integration/test_runs.py)",
+    "cancel_run": "needs a run: its run_completed is one commit (tests/integration/test_runs.py)",
     "session_events": "a stream: reads only",
     "all_events": "a stream: reads only",
     "create_stream_ticket": "the server's, not a session's",
@@ -114,8 +120,8 @@ _READS = {
     "get_working_context_map",
     "get_working_context",
     "build_context",
-    "chat",  # submit_chat: the turn commits later, on the session's agent
     "cancel",  # nothing to cancel here
+    "list_runs",
     "list_saved_sessions",
     "cluster_status",
 }

@@ -212,6 +212,8 @@ async def test_a_turn_past_auto_compact_at_compacts_first(client: AnyClient) -> 
     assert result.message.content == "the answer"
     log = await log_of(client, sid)
     turn = [e for e in log if e.seq > sent[-1].seq]
+    assert [e.type for e in turn[:2]] == [EventType.RUN_QUEUED, EventType.RUN_STARTED]
+    turn = turn[2:]  # a chat is a run
     kinds = [(e.type, e.data.get("status")) for e in turn]
     assert kinds[:5] == [
         (EventType.CONVERSATION_ADDED, None),

@@ -174,6 +174,10 @@ async def test_what_a_restart_writes_has_the_structs_shapes(tmp_path: Path, proj
     async with jidoka.Runtime(data_dir=data, store="sqlite") as rt:
         logged = await rt.read_events(sid)
     restart = [e for e in logged if e.data.get("reason") == "restart"]
-    assert [e.type for e in restart] == [EventType.APPROVAL_DECIDED, EventType.AGENT_STATUS]
+    assert [e.type for e in restart] == [
+        EventType.APPROVAL_DECIDED,
+        EventType.AGENT_STATUS,
+        EventType.RUN_COMPLETED,  # the chat's run: interrupted, never run again
+    ]
     for event in logged:
         assert_conforms(event)

@@ -24,6 +24,7 @@ from jidoka.errors import (
     OriginNotAllowed,
     PathNotAllowed,
     ProjectRootUnavailable,
+    RunNotFound,
     RuntimeClosed,
     SessionBusy,
     SessionExists,
@@ -39,6 +40,7 @@ SID = "01KDVDNA002TGFDYKMPAK7J69H"
 # Documented tree: class -> parent.
 TREE: dict[type[JidokaError], type[Exception]] = {
     SessionNotFound: JidokaError,
+    RunNotFound: JidokaError,
     SessionTerminated: JidokaError,
     InvalidTransition: JidokaError,
     InvalidArgument: JidokaError,
@@ -64,6 +66,7 @@ TREE: dict[type[JidokaError], type[Exception]] = {
 MAKERS: dict[type[JidokaError], Callable[[], JidokaError]] = {
     JidokaError: lambda: JidokaError("something failed", session_id=SID),
     SessionNotFound: lambda: SessionNotFound(SID),
+    RunNotFound: lambda: RunNotFound(SID, "run_x"),
     SessionTerminated: lambda: SessionTerminated(SID, reason="timeout"),
     InvalidTransition: lambda: InvalidTransition(SID, "terminated", "active"),
     InvalidArgument: lambda: InvalidArgument("limit must be positive", argument="limit",

@@ -29,6 +29,7 @@ from jidoka.errors import (
     OriginNotAllowed,
     PathNotAllowed,
     ProjectRootUnavailable,
+    RunNotFound,
     RuntimeClosed,
     SessionBusy,
     SessionExists,
@@ -81,6 +82,7 @@ CASES: dict[str, Callable[[], JidokaError]] = {
     "JidokaError": lambda: JidokaError("something failed", session_id=SID),
     "JidokaError-sessionless": lambda: JidokaError("the server is misconfigured"),
     "SessionNotFound": lambda: SessionNotFound(SID),
+    "RunNotFound": lambda: RunNotFound(SID, "run_01KDVDNA002TGFDYKMPAK7J69H"),
     "SessionTerminated": lambda: SessionTerminated(SID, reason="timeout"),
     "SessionTerminated-no-reason": lambda: SessionTerminated(SID),
     "InvalidTransition": lambda: InvalidTransition(SID, "terminated", "active"),
@@ -166,6 +168,7 @@ def test_round_trip_keeps_class_message_and_attributes(name: str) -> None:
     [
         ("JidokaError", 500, "internal-error"),
         ("SessionNotFound", 404, "session-not-found"),
+        ("RunNotFound", 404, "run-not-found"),
         ("SessionTerminated", 409, "session-terminated"),
         ("InvalidTransition", 409, "invalid-transition"),
         ("SessionExists", 409, "session-exists"),

@@ -27,7 +27,7 @@ def _known(seq: int, text: str) -> str:
 
 def _unknown(seq: int) -> str:
     known = json.loads(_known(seq, "x"))
-    return json.dumps({**known, "type": "run_started", "data": {"run_id": "r1"}})
+    return json.dumps({**known, "type": "checkpoint_written", "data": {"id": "r1"}})
 
 
 def test_a_known_event_decodes() -> None:

@@ -27,9 +27,11 @@ DEFAULTS_STANDING_FOR = {("build_context", "include"), ("list_sessions", "limit"
 
 
 def _client_verbs() -> set[str]:
+    # Client's own methods and its mixins' (the run verbs are RunMethods').
     return {
         name
-        for name, member in vars(Client).items()
+        for klass in Client.__mro__[:-1]
+        for name, member in vars(klass).items()
         if not name.startswith("_") and inspect.iscoroutinefunction(member)
     } | {"subscribe_to_session", "subscribe_to_all_sessions"}
 

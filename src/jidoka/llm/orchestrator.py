@@ -205,6 +205,8 @@ class Agent(TurnQueue):
                         turn.future.set_result(result)
                 finally:
                     self._current = None
+                    if turn.ended:
+                        self._tell_ended(turn)
         finally:
             # Stopped (the session ends) or crashed (the supervisor restarts ``run``): either
             # way no turn is running any more, so nobody may wait for one.
@@ -282,15 +284,24 @@ class Agent(TurnQueue):
                     self._ended(turn)
             raise
         except BaseException as exc:
+            turn.finishing = True
             with contextlib.suppress(JidokaError):
                 await self._emit(*run_events.failed(turn, exc))
                 self._ended(turn)
             raise
+        turn.finishing = True  # the run has ended: only its record is left to commit
         await self._emit(*run_events.completed(turn, result))
         self._ended(turn)
         return result
 
     def _ended(self, turn: Turn) -> None:
+        """Its run ended: told once the worker is free of it (``_current`` cleared), so a
+        caller woken by it finds the session free for the next ``reject`` run."""
+        turn.ended = True
+        if self._current is not turn:
+            self._tell_ended(turn)
+
+    def _tell_ended(self, turn: Turn) -> None:
         if self._run_ended is not None and turn.run_id is not None:
             self._run_ended(turn.run_id)
 

@@ -34,7 +34,12 @@ class TurnQueue:
 
     @property
     def busy(self) -> bool:
-        return self._current is not None or bool(self._queue) or self._compacting is not None
+        current = self._current
+        return (
+            (current is not None and not current.finishing)
+            or bool(self._queue)
+            or self._compacting is not None
+        )
 
     def submit(
         self,
@@ -133,7 +138,7 @@ class TurnQueue:
         """Stop the running turn (its partial answer is kept); ``False`` if none runs. Its run
         ends ``stopped_as`` (``cancelled``, or ``interrupted`` by another run)."""
         turn = self._current
-        if turn is None or turn.task is None or turn.task.done():
+        if turn is None or turn.task is None or turn.task.done() or turn.finishing:
             return False
         turn.user_cancelled = True
         turn.stopped_as, turn.stop_reason = stopped_as, reason

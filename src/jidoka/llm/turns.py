@@ -47,6 +47,8 @@ class Turn:
 
     __slots__ = (
         "admitted",
+        "ended",
+        "finishing",
         "future",
         "run_id",
         "stop_reason",
@@ -74,6 +76,11 @@ class Turn:
         self.admitted: asyncio.Future[None] | None = (
             None if run_id is None else loop.create_future()
         )
+        #: Its run's ``run_completed`` is committed (the worker says so once it is free).
+        self.ended = False
+        #: Its turn is over and its ``run_completed`` is being committed: the session no longer
+        #: counts as busy with it, and nothing may cancel it any more.
+        self.finishing = False
         self.stopped_as = "cancelled"
         self.stop_reason: str | None = None
 

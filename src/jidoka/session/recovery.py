@@ -258,6 +258,11 @@ class Recovery:
             event_item(ApprovalDecidedData(call_id=call_id, allow=False, reason=reason))
             for call_id in sorted(state.pending_approvals or ())
         )
+        if state.agent_status in ("thinking", "calling_tool"):
+            # Interrupted by the loss of its node: ``cancelled``, as a cancelled turn reads.
+            status = "cancelled" if reason == REASON_OWNER_LOST else "failed"
+            items.append(event_item(AgentStatusData(status=status, reason=reason)))
+        # The runs it was running end after the agent's status, as a turn's run does.
         items.extend(
             event_item(
                 RunCompletedData(
@@ -272,10 +277,6 @@ class Recovery:
             for run_id, run_status in (state.runs or {}).items()
             if run_status == "running"
         )
-        if state.agent_status in ("thinking", "calling_tool"):
-            # Interrupted by the loss of its node: ``cancelled``, as a cancelled turn reads.
-            status = "cancelled" if reason == REASON_OWNER_LOST else "failed"
-            items.append(event_item(AgentStatusData(status=status, reason=reason)))
         if items:
             async with session.lock:
                 await session.commit(items)
