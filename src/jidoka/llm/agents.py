@@ -77,6 +77,7 @@ class AgentPool:
                 drop_chunks=None
                 if self._manager.settings.keep_stream_chunks
                 else self._manager.chunks.drop,
+                mcp_allow_stdio=self._manager.settings.mcp_allow_stdio,
             )
             self._agents[sid] = agent
             self._manager.start_worker(sid, "agent", agent.run)
