@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
-from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -75,16 +76,25 @@ class _Connection:
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._close = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: The last HTTP error status the server answered with, if any.
+        self.http_status: int | None = None
+
+    def heard(self, status: int) -> None:
+        self.http_status = status
 
     @property
     def alive(self) -> bool:
         return self.client is not None and self._task is not None and not self._task.done()
 
-    async def open(self, headers: dict[str, str], timeout: float) -> None:  # noqa: ASYNC109
-        """Connect, hand shake and list the tools, within ``timeout`` seconds; else
-        :class:`MCPUnavailable` (and nothing is left open)."""
+    async def open(
+        self,
+        parts: list[AbstractAsyncContextManager[Any]],
+        timeout: float,  # noqa: ASYNC109
+    ) -> None:
+        """Enter ``parts`` (from :func:`_client`), hand shake and list the tools, within
+        ``timeout`` seconds; else :class:`MCPUnavailable` (and nothing is left open)."""
         name = f"jidoka:{self.session_id}:mcp:{self.server.name}"
-        self._task = asyncio.get_running_loop().create_task(self._own(headers), name=name)
+        self._task = asyncio.get_running_loop().create_task(self._own(parts), name=name)
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._ready)
@@ -111,10 +121,11 @@ class _Connection:
             with contextlib.suppress(BaseException):
                 await task
 
-    async def _own(self, headers: dict[str, str]) -> None:
+    async def _own(self, parts: list[AbstractAsyncContextManager[Any]]) -> None:
         try:
             async with AsyncExitStack() as stack:
-                client = await stack.enter_async_context(_client(self.server, headers))
+                for part in parts:
+                    client = await stack.enter_async_context(part)
                 self.tools = await _list_tools(client, self.server)
                 self.client = client
                 self._ready.set_result(None)
@@ -124,14 +135,17 @@ class _Connection:
                 self._ready.set_exception(MCPUnavailable("cancelled while connecting"))
             raise
         except BaseException as exc:  # the SDK raises groups; nothing may escape this task
+            why = describe_failure(exc)
+            if self.http_status is not None:
+                why += f" (HTTP {self.http_status})"
             if not self._ready.done():
-                self._ready.set_exception(MCPUnavailable(describe_failure(exc)))
+                self._ready.set_exception(MCPUnavailable(why))
             else:
                 logger.warning(
                     "session %s: MCP server %r closed: %s",
                     self.session_id,
                     self.server.name,
-                    describe_failure(exc),
+                    why,
                 )
         finally:
             self.client = None
@@ -232,32 +246,49 @@ class MCPClients:
                 return f"header {header!r} needs the environment variable {variable}, not set"
             headers[header] = value
         try:
-            import mcp  # noqa: F401  (the extra is installed?)
+            # In a thread: the first one imports the SDK, and every one loads TLS certificates.
+            conn = _Connection(server, self.session_id)
+            parts = await asyncio.to_thread(_client, server, headers, conn.heard)
         except ImportError:
             return "MCP servers need the mcp extra: pip install 'jidoka-core[mcp]'"
-        conn = _Connection(server, self.session_id)
         try:
-            await conn.open(headers, CONNECT_SECONDS)
+            await conn.open(parts, CONNECT_SECONDS)
         except MCPUnavailable as exc:
             return str(exc)
         self._connections[server.name] = conn
         return None
 
 
-def _client(server: MCPServerConfig, headers: dict[str, str]) -> Client:
-    """The SDK's client for ``server`` (not entered): streamable HTTP with ``headers`` on
-    every request, or a stdio process."""
+def _client(
+    server: MCPServerConfig, headers: dict[str, str], on_status: Callable[[int], None]
+) -> list[AbstractAsyncContextManager[Any]]:
+    """What to enter, in order, to connect to ``server``, the SDK's client last: an HTTP
+    client with ``headers`` on every request (the SDK leaves closing one it was given to its
+    owner) and a streamable-HTTP client; or a stdio process's client. ``on_status`` hears of
+    each HTTP error status (the SDK's own error does not say it: a 401 should)."""
     import httpx2
+
+    # The SDK imports jsonschema on the first result it checks: here, not on the loop.
+    importlib.import_module("jsonschema")
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters, stdio_client
     from mcp.client.streamable_http import streamable_http_client
 
     if server.command is not None:
         params = StdioServerParameters(command=server.command, args=list(server.args))
-        return Client(stdio_client(params), cache=None)
+        return [Client(stdio_client(params), cache=None)]
     assert server.url is not None  # MCPServerConfig has one of the two
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0))
-    return Client(streamable_http_client(server.url, http_client=http), cache=None)
+
+    async def status(response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            on_status(response.status_code)
+
+    http = httpx2.AsyncClient(
+        headers=headers,
+        timeout=httpx2.Timeout(30.0, read=300.0),
+        event_hooks={"response": [status]},
+    )
+    return [http, Client(streamable_http_client(server.url, http_client=http), cache=None)]
 
 
 async def _list_tools(client: Client, server: MCPServerConfig) -> list[MCPTool]:
