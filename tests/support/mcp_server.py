@@ -85,7 +85,7 @@ class CalcServer:
         owner = self
 
         class Counted(H11Protocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 owner.connections += 1
                 owner.closed.clear()
                 super().connection_made(transport)  # type: ignore[arg-type]
