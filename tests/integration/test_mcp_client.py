@@ -311,3 +311,54 @@ async def test_bad_mcp_configs_are_refused_naming_the_field(
     with pytest.raises(jidoka.InvalidConfig) as caught:
         await client.create_session(config={"mcp_servers": servers})
     assert caught.value.field.startswith(field)
+
+
+async def test_a_server_that_goes_away_mid_session(client: jidoka.Client) -> None:
+    async with calc_server() as server:
+        sid = await client.create_session(
+            config=calc(server.url),
+            llm_config=scripted(
+                {"tool_calls": [add(1, 2)]},
+                {"text": "3"},
+                {"tool_calls": [add(3, 4, "m2")]},
+                {"text": "gone?"},
+                {"text": "still here"},
+            ),
+        )
+        await client.chat(sid, "first")
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        second = await client.chat(sid, "second")
+        third = await client.chat(sid, "third")
+        seen = [e for _ in range(3) for e in await turn_events(events)]  # turns 1, 2, 3
+    assert second.message.content == "gone?"
+    assert third.message.content == "still here"
+    results = [e.data for e in seen if e.type == "tool_result"]
+    assert results[0]["content"] == "3"
+    assert results[-1]["is_error"] is True  # the call after the server went
+    errors = [e.data for e in seen if e.type == "error"]
+    assert errors
+    assert {e["code"] for e in errors} == {"mcp_unavailable"}
+    assert {e["server"] for e in errors} == {"calc"}
+
+
+async def test_cancelling_a_turn_in_an_mcp_call_keeps_the_connection(
+    client: jidoka.Client, server: CalcServer
+) -> None:
+    slow = {"id": "m1", "name": "mcp__calc__slow", "arguments": {}}
+    sid = await client.create_session(
+        config=calc(server.url),
+        llm_config=scripted(
+            {"tool_calls": [slow]}, {"tool_calls": [add(2, 2, "m2")]}, {"text": "4"}
+        ),
+    )
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        turn = asyncio.create_task(client.chat(sid, "wait"))
+        await until(events, "tool_call", name="mcp__calc__slow")
+        async with asyncio.timeout(PROMPTLY):
+            await server.slow_called.wait()  # the call reached the server
+        await client.cancel(sid)
+        assert (await turn).interrupted
+        result = await client.chat(sid, "add")
+        seen = await turn_events(events)
+    assert result.message.content == "4"
+    assert [e.data["content"] for e in seen if e.type == "tool_result"][-1] == "4"

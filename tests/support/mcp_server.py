@@ -5,12 +5,13 @@ streamable HTTP by uvicorn on loopback, in the test's own event loop::
         ...  # a session's config: {"mcp_servers": [{"name": "calc", "url": server.url, ...}]}
         assert server.calls == [("add", {"a": 2, "b": 3})]
 
-Its tools: ``add(a, b)``, ``shout(text)`` and ``slow()`` (waits until the test sets
-``server.release``). With ``token``, a request without ``Authorization: Bearer <token>`` gets a
-401, so a test sees the header the client sent. ``server.requests`` records each request's
-method and ``authorization`` header; ``server.closed`` is set when the client's last TCP
-connection has gone (how a test sees the session end: the SDK's client closes its connections
-when it leaves, and ends an MCP session with a DELETE where the protocol has one).
+Its tools: ``add(a, b)``, ``shout(text)`` and ``slow()`` (sets ``server.slow_called``, then
+waits until the test sets ``server.release``). With ``token``, a request without
+``Authorization: Bearer <token>`` gets a 401, so a test sees the header the client sent.
+``server.requests`` records each request's method and ``authorization`` header;
+``server.closed`` is set when the client's last TCP connection has gone (how a test sees the
+session end: the SDK's client closes its connections when it leaves, and ends an MCP session
+with a DELETE where the protocol has one).
 
 The stdio variant of the same tools is ``tests/support/mcp_stdio_calc.py``.
 """
@@ -31,7 +32,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 __all__ = ["CalcServer", "calc_server", "free_url"]
 
 
-def make_calc(calls: list[tuple[str, dict[str, Any]]], release: asyncio.Event) -> MCPServer:
+def make_calc(
+    calls: list[tuple[str, dict[str, Any]]], called: asyncio.Event, release: asyncio.Event
+) -> MCPServer:
     server = MCPServer("calc")
 
     @server.tool()
@@ -50,6 +53,7 @@ def make_calc(calls: list[tuple[str, dict[str, Any]]], release: asyncio.Event) -
     async def slow() -> str:
         """Answers when the test lets it."""
         calls.append(("slow", {}))
+        called.set()
         await release.wait()
         return "finally"
 
@@ -62,9 +66,10 @@ class CalcServer:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str | None]] = []
         self.release = asyncio.Event()
+        self.slow_called = asyncio.Event()
         self.closed = asyncio.Event()
         self.connections = 0
-        self.mcp = make_calc(self.calls, self.release)
+        self.mcp = make_calc(self.calls, self.slow_called, self.release)
         self._app = self.mcp.streamable_http_app()
         self.url = ""
         self._uvicorn: uvicorn.Server | None = None
