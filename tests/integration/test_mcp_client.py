@@ -8,7 +8,9 @@ The behaviour is the agent's, not the store's: these run on the memory store onl
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -362,3 +364,26 @@ async def test_cancelling_a_turn_in_an_mcp_call_keeps_the_connection(
         seen = await turn_events(events)
     assert result.message.content == "4"
     assert [e.data["content"] for e in seen if e.type == "tool_result"][-1] == "4"
+
+
+async def test_a_server_that_never_answers_costs_a_turn_its_tool_timeout(
+    client: jidoka.Client,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/mcp"
+        sid = await client.create_session(
+            config={"tool_timeout_seconds": 0.5, **calc(url)},
+            llm_config=scripted({"text": "went on"}),
+        )
+        async with client.subscribe_to_session(sid, after_seq=0) as events:
+            started = time.monotonic()
+            result = await client.chat(sid, "go")
+            took = time.monotonic() - started
+            seen = await turn_events(events)
+    assert result.message.content == "went on"
+    (error,) = [e.data for e in seen if e.type == "error"]
+    assert error["server"] == "calc"
+    assert "no answer within 0.5s" in error["message"]
+    assert took < 5.0  # the timeout, not the 5 s a connected server gets to say goodbye

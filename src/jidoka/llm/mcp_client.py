@@ -46,7 +46,8 @@ MAX_SCHEMA_BYTES: Final = 16_384
 MAX_DESCRIPTION: Final = 2_048
 #: Largest arguments (JSON text) a call may send to a server.
 MAX_ARGUMENTS: Final = 1_048_576
-#: Seconds a connection's handshake and tool listing may take; seconds it gets to close.
+#: Seconds a connection's handshake and tool listing may take at most (a session's
+#: ``tool_timeout_seconds`` if lower); seconds a connection gets to close.
 CONNECT_SECONDS: Final = 10.0
 CLOSE_SECONDS: Final = 5.0
 
@@ -110,12 +111,16 @@ class _Connection:
 
     async def aclose(self) -> None:
         """Leave the connection (the SDK ends the server's session); its task gets
-        :data:`CLOSE_SECONDS`, then it is cancelled."""
+        :data:`CLOSE_SECONDS`, then it is cancelled. One still connecting is cancelled at
+        once (a server that does not answer would not answer its goodbye either)."""
         self._close.set()
         task = self._task
         if task is None or task.done():
             return
-        done, _ = await asyncio.wait({task}, timeout=CLOSE_SECONDS)
+        connected = self._ready.done() and self._ready.exception() is None
+        done: set[asyncio.Task[None]] = set()
+        if connected:
+            done, _ = await asyncio.wait({task}, timeout=CLOSE_SECONDS)
         if not done:
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -165,16 +170,21 @@ class MCPClients:
         self._connections: dict[str, _Connection] = {}
         #: The tools of the last :meth:`tools` call, by the name the model calls.
         self._tools: dict[str, MCPTool] = {}
+        #: Counts :meth:`aclose` calls: a connection that was opening across one is closed.
+        self._closes = 0
 
     @property
     def open_servers(self) -> list[str]:
         return [name for name, conn in self._connections.items() if conn.alive]
 
     async def tools(
-        self, servers: Sequence[MCPServerConfig]
+        self,
+        servers: Sequence[MCPServerConfig],
+        timeout: float = CONNECT_SECONDS,  # noqa: ASYNC109
     ) -> tuple[list[ToolSpec], list[tuple[str, str]]]:
         """The specs of every listed server's allowed tools, connecting to the servers not
-        connected yet (all at once); and ``(server, why)`` for each that is unavailable."""
+        connected yet (all at once, each within ``timeout`` seconds, :data:`CONNECT_SECONDS`
+        at most); and ``(server, why)`` for each that is unavailable."""
         wanted = {server.name: server for server in servers}
         for name, conn in list(self._connections.items()):
             if wanted.get(name) != conn.server or not conn.alive:
@@ -183,7 +193,8 @@ class MCPClients:
         missing = [server for server in servers if server.name not in self._connections]
         failures: list[tuple[str, str]] = []
         if missing:
-            outcomes = await asyncio.gather(*(self._connect(s) for s in missing))
+            wait = min(timeout, CONNECT_SECONDS)
+            outcomes = await asyncio.gather(*(self._connect(s, wait) for s in missing))
             failures = [(s.name, why) for s, why in zip(missing, outcomes, strict=True) if why]
         self._tools = {}
         for server in servers:
@@ -233,10 +244,12 @@ class MCPClients:
         """Close every connection (the session ends, or its agent stops)."""
         connections, self._connections = list(self._connections.values()), {}
         self._tools = {}
+        self._closes += 1
         await asyncio.gather(*(conn.aclose() for conn in connections), return_exceptions=True)
 
-    async def _connect(self, server: MCPServerConfig) -> str | None:
+    async def _connect(self, server: MCPServerConfig, timeout: float) -> str | None:  # noqa: ASYNC109
         """Open ``server``'s connection; ``None``, or why it is unavailable."""
+        closes = self._closes
         if server.stdio and not self._allow_stdio:
             return "stdio MCP servers are not allowed by this server (--mcp-allow-stdio)"
         headers: dict[str, str] = {}
@@ -252,9 +265,12 @@ class MCPClients:
         except ImportError:
             return "MCP servers need the mcp extra: pip install 'jidoka-core[mcp]'"
         try:
-            await conn.open(parts, CONNECT_SECONDS)
+            await conn.open(parts, timeout)
         except MCPUnavailable as exc:
             return str(exc)
+        if self._closes != closes:
+            await conn.aclose()
+            return "the session's agent has stopped"
         self._connections[server.name] = conn
         return None
 

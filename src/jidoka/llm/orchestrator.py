@@ -326,7 +326,7 @@ class Agent:
         try:
             provider = await self._provider_for(llm_config)
             registry = ToolRegistry.default(allow_write=config.allow_write is not False)
-            tools = registry.specs() + await self._tools.mcp_specs(config.mcp_servers)
+            tools = registry.specs() + await self._tools.mcp_specs(config)
             instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
             await auto_compact(session, llm_config, tools, instructions, *self._llm)
             budget = budget_for(llm_config, tools, instructions, self._counter)

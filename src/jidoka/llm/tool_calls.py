@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
 
-from .._mcp_config import MCPServerConfig
+from ..config import SessionConfig
 from ..errors import InvalidArgument, JidokaError
 from ..payloads import (
     ApprovalDecidedData,
@@ -87,12 +87,13 @@ class ToolCaller:
         self.mcp = mcp
         self._approvals: dict[str, asyncio.Future[bool]] = {}
 
-    async def mcp_specs(self, servers: Sequence[MCPServerConfig]) -> list[ToolSpec]:
+    async def mcp_specs(self, config: SessionConfig) -> list[ToolSpec]:
         """The tools of the session's MCP servers for this turn; a server that is unavailable
-        gets an ``error`` event (``mcp_unavailable``) and the turn goes on without it."""
-        if not servers and not self.mcp.open_servers:
+        gets an ``error`` event (``mcp_unavailable``) and the turn goes on without it. A
+        connection may take ``tool_timeout_seconds`` (10 at most) to open."""
+        if not config.mcp_servers and not self.mcp.open_servers:
             return []
-        specs, failures = await self.mcp.tools(servers)
+        specs, failures = await self.mcp.tools(config.mcp_servers, config.tool_timeout_seconds)
         for server, why in failures:
             logger.warning(
                 "session %s: MCP server %r unavailable: %s", self.session_id, server, why
