@@ -387,3 +387,30 @@ async def test_a_server_that_never_answers_costs_a_turn_its_tool_timeout(
     assert error["server"] == "calc"
     assert "no answer within 0.5s" in error["message"]
     assert took < 5.0  # the timeout, not the 5 s a connected server gets to say goodbye
+
+
+async def test_a_changed_entry_gets_a_new_connection_and_a_removed_one_is_closed(
+    server: CalcServer,
+) -> None:
+    from jidoka.config import MCPServerConfig
+    from jidoka.llm.mcp_client import MCPClients
+
+    clients = MCPClients("s-1", {}, allow_stdio=False)
+    every = MCPServerConfig(name="calc", url=server.url)
+    only_add = MCPServerConfig(name="calc", url=server.url, allowed_tools=["add"])
+    try:
+        specs, failures = await clients.tools([every])
+        assert not failures
+        assert {s.name for s in specs} == {"mcp__calc__add", "mcp__calc__shout", "mcp__calc__slow"}
+        first = clients._connections["calc"]
+        specs, _ = await clients.tools([only_add])
+        assert [s.name for s in specs] == ["mcp__calc__add"]
+        assert clients._connections["calc"] is not first
+        assert not first.alive
+        await clients.tools([])
+        assert clients.open_servers == []
+        assert clients.find("mcp__calc__add") is None
+        async with asyncio.timeout(PROMPTLY):
+            await server.closed.wait()
+    finally:
+        await clients.aclose()
