@@ -414,3 +414,19 @@ async def test_a_changed_entry_gets_a_new_connection_and_a_removed_one_is_closed
             await server.closed.wait()
     finally:
         await clients.aclose()
+
+
+async def test_a_stored_stdio_entry_is_not_run_by_a_runtime_that_does_not_allow_it() -> None:
+    """A session created where stdio was allowed, loaded by a runtime that does not allow it
+    (its config is stored as it was): the agent refuses to start the process."""
+    from jidoka.config import MCPServerConfig
+    from jidoka.llm.mcp_client import MCPClients
+
+    clients = MCPClients("s-1", {}, allow_stdio=False)
+    entry = MCPServerConfig(name="calc", command=sys.executable, args=[str(STDIO_SERVER)])
+    specs, failures = await clients.tools([entry])
+    assert specs == []
+    assert failures == [
+        ("calc", "stdio MCP servers are not allowed by this server (--mcp-allow-stdio)")
+    ]
+    assert clients.open_servers == []
