@@ -38,6 +38,7 @@ def test_a_stdio_server_is_refused_by_default(make_server: Any) -> None:
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_a_stdio_server_where_the_operator_allows_it(tmp_path: Path, how: str) -> None:
+    server: ServerProcess
     if how == "flag":
         server = _AllowingStdio(tmp_path / "data", log_dir=tmp_path)
     else:
