@@ -18,7 +18,7 @@ import jidoka
 from jidoka._mcp_config import MAX_MCP_SERVERS, MCPServerConfig, check_mcp_servers, mcp_tool_name
 from jidoka.config import SessionConfig, Settings
 from jidoka.errors import InvalidConfig
-from jidoka.llm.mcp_results import MAX_FAILURE, describe_failure, result_text
+from jidoka.llm.mcp_results import MAX_FAILURE, MAX_RESULT_TEXT, describe_failure, result_text
 
 
 def servers(*entries: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +138,8 @@ def test_a_result_as_the_model_reads_it() -> None:
     assert result_text([], {"result": 5}) == '{"result":5}'
     assert result_text([TextContent(text="5")], {"result": 5}) == "5"
     assert result_text([]) == ""
+    long = result_text([TextContent(text="x" * (MAX_RESULT_TEXT + 5))])
+    assert long == "x" * MAX_RESULT_TEXT + "\n[result cut: 5 more chars]"
 
 
 def test_a_failure_in_one_line() -> None:

@@ -16,12 +16,16 @@ __all__ = ["describe_failure", "result_text"]
 
 #: Longest failure description (an SDK message can carry a whole response body).
 MAX_FAILURE: Final = 500
+#: Longest result text kept (as the built-in tools bound theirs, ``max_output_chars``): what
+#: the turn holds for the model, before it is cut to the room left in the window.
+MAX_RESULT_TEXT: Final = 100_000
 
 
 def result_text(content: Sequence[Any], structured: Any = None) -> str:
     """A ``CallToolResult``'s content as the text the model reads: text parts as they are,
     joined by newlines; other parts described in brackets (an image is not sent to the model);
-    the structured content as JSON when there is no content at all."""
+    the structured content as JSON when there is no content at all; at most
+    :data:`MAX_RESULT_TEXT` characters, saying how much more there was."""
     parts: list[str] = []
     for part in content:
         kind = getattr(part, "type", None)
@@ -43,8 +47,12 @@ def result_text(content: Sequence[Any], structured: Any = None) -> str:
         else:
             parts.append(f"[{kind or type(part).__name__} content]")
     if not parts and structured is not None:
-        return msgspec.json.encode(structured).decode()
-    return "\n".join(parts)
+        text = msgspec.json.encode(structured).decode()
+    else:
+        text = "\n".join(parts)
+    if len(text) <= MAX_RESULT_TEXT:
+        return text
+    return text[:MAX_RESULT_TEXT] + f"\n[result cut: {len(text) - MAX_RESULT_TEXT} more chars]"
 
 
 def describe_failure(exc: BaseException) -> str:
