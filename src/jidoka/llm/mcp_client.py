@@ -49,7 +49,7 @@ MAX_ARGUMENTS: Final = 1_048_576
 #: Seconds a connection's handshake and tool listing may take at most (a session's
 #: ``tool_timeout_seconds`` if lower); seconds a connection gets to close.
 CONNECT_SECONDS: Final = 10.0
-CLOSE_SECONDS: Final = 5.0
+CLOSE_SECONDS: Final = 2.0  # within the default shutdown grace of a worker (5 s)
 
 
 class MCPTool(msgspec.Struct, frozen=True, kw_only=True):
