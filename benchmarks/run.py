@@ -43,6 +43,7 @@ from . import (
     bench_hotpath,
     bench_http,
     bench_lifecycle,
+    bench_mcp,
     bench_memory,
     bench_peers,
     bench_postgres,
@@ -75,6 +76,7 @@ MODULES.update(
             bench_cluster,
             bench_steering,
             bench_chunk_pruning,
+            bench_mcp,
         )
     }
 )

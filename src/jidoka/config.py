@@ -45,6 +45,7 @@ from ._llm_config import (
     ScriptTurn,
     ScriptUsage,
 )
+from ._mcp_config import MAX_MCP_SERVERS, MCPServerConfig, check_mcp_servers
 from .errors import InvalidConfig
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "STORES",
     "TOOL_CHOICES",
     "LLMConfig",
+    "MCPServerConfig",
     "ScriptCall",
     "ScriptError",
     "ScriptTurn",
@@ -125,6 +127,9 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     #: Turns that may wait behind the running one (policy ``queue``); one more raises
     #: ``LimitExceeded('max_queued_turns')``. Each waiting turn holds its text in memory.
     max_queued_turns: _PositiveInt = 16
+    #: Model Context Protocol servers whose tools the agent may use, as ``mcp__{server}__{tool}``
+    #: (:class:`MCPServerConfig`; names unique; a stdio one only where the runtime allows it).
+    mcp_servers: Annotated[list[MCPServerConfig], msgspec.Meta(max_length=MAX_MCP_SERVERS)] = []
 
     @classmethod
     def from_dict(
@@ -159,11 +164,14 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             fields = merged
         elif base is not None:
             return base
-        return convert_or_raise(fields, cls, session_id=session_id)
+        config = convert_or_raise(fields, cls, session_id=session_id)
+        check_mcp_servers(config.mcp_servers, session_id=session_id)
+        return config
 
     def validated(self, *, session_id: str | None = None) -> SessionConfig:
         """This config if every field is within bounds, else :class:`InvalidConfig`."""
         convert_or_raise(msgspec.to_builtins(self), SessionConfig, session_id=session_id)
+        check_mcp_servers(self.mcp_servers, session_id=session_id)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,8 +268,8 @@ def convert_or_raise(data: dict[str, Any], kind: type[_T], *, session_id: str | 
         text = str(exc)
         unknown = _UNKNOWN.search(text)
         at = _AT_PATH.search(text)
-        if unknown:
-            field = unknown.group(1)
+        if unknown:  # nested: ``mcp_servers[0].bogus``
+            field = f"{at.group(1)}.{unknown.group(1)}" if at and at.group(1) else unknown.group(1)
         elif at and at.group(1):
             field = at.group(1)
         else:
@@ -365,6 +373,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_defaults: SessionConfig = SessionConfig()
     #: The largest value a session's config may give each limit (``InvalidConfig`` past one).
     session_ceilings: SessionCeilings = SessionCeilings()
+    #: Sessions may list stdio MCP servers (``mcp_servers[].command``): each runs a local
+    #: process as the server's user, so only an operator who trusts every client turns it on.
+    mcp_allow_stdio: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -423,6 +434,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 "JIDOKA_SESSION_CEILINGS)",
                 field=f"session_defaults.{exc.field}",
             ) from None
+        if not settings.mcp_allow_stdio:
+            try:
+                check_mcp_servers(settings.session_defaults.mcp_servers, allow_stdio=False)
+            except InvalidConfig as exc:
+                raise InvalidConfig(
+                    f"session_defaults: {exc.message}", field=f"session_defaults.{exc.field}"
+                ) from None
         return settings
 
     def session_config(self, config: object) -> SessionConfig:
@@ -430,6 +448,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         limit within :attr:`session_ceilings` (:class:`~jidoka.InvalidConfig` names the first
         that is not)."""
         config = SessionConfig.from_dict(config, base=self.session_defaults)
+        check_mcp_servers(config.mcp_servers, allow_stdio=self.mcp_allow_stdio)
         return self.session_ceilings.check(config)
 
 

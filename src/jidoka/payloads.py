@@ -254,7 +254,8 @@ class ErrorData(EventData, tag="error", frozen=True, kw_only=True):
     """Something failed: a supervised worker crashed (``worker``, ``restarts``) or a turn
     failed (``code``: ``llm_error``, ``max_iterations``, ``limit_exceeded``, ``invalid_config``,
     ``error``, ``internal_error``; ``compaction_failed`` for a summariser that failed, the
-    context left as it was; then the error's own fields, and ``usage`` if it used any)."""
+    context left as it was; then the error's own fields, and ``usage`` if it used any), or an
+    MCP server a turn goes on without (``code`` ``mcp_unavailable``, ``server``)."""
 
     worker: str | UnsetType = UNSET
     code: str | UnsetType = UNSET
@@ -268,6 +269,7 @@ class ErrorData(EventData, tag="error", frozen=True, kw_only=True):
     maximum: int | UnsetType = UNSET
     field: str | UnsetType = UNSET
     usage: dict[str, Any] | UnsetType = UNSET
+    server: str | UnsetType = UNSET
 
 
 class ContextCompactedData(EventData, tag="context_compacted", frozen=True, kw_only=True):

@@ -47,23 +47,30 @@ async def test_start_run_answers_before_the_model_does_and_join_waits_for_it(
     async with client.subscribe_to_session(sid, after_seq=0) as events:
         run = await client.start_run(sid, "hi", metadata={"ticket": 7})
         assert run.status in ("queued", "running")
-        assert run.session_id == sid and run.text == "hi" and run.metadata == {"ticket": 7}
+        assert run.session_id == sid
+        assert run.text == "hi"
+        assert run.metadata == {"ticket": 7}
         assert run.run_id.startswith("run_")
         await until(events, "llm_stream_chunk")  # the model has begun, not ended
         assert (await client.get_run(sid, run.run_id)).status == "running"
         early = await client.join_run(sid, run.run_id, timeout=0)
-        assert early.status == "running" and early.message is None
+        assert early.status == "running"
+        assert early.message is None
         slow.release.set()
         done = await client.join_run(sid, run.run_id, timeout=PROMPTLY)
         seen = await _until_run_ends(events, run.run_id)
     assert done.status == "completed"
-    assert done.message is not None and done.message.content == "Hello"
-    assert done.usage is not None and done.usage.total_tokens > 0
-    assert done.started_at is not None and done.ended_at is not None
+    assert done.message is not None
+    assert done.message.content == "Hello"
+    assert done.usage is not None
+    assert done.usage.total_tokens > 0
+    assert done.started_at is not None
+    assert done.ended_at is not None
     assert done.created_at <= done.started_at <= done.ended_at
     # Its agent events carry its id; the run's own events frame the turn.
     tagged = [e for e in seen if e.type in ("llm_stream_chunk", "llm_response")]
-    assert tagged and all(e.data["run_id"] == run.run_id for e in tagged)
+    assert tagged
+    assert all(e.data["run_id"] == run.run_id for e in tagged)
     assert seen[-1].data["status"] == "completed"
     history = await client.get_conversation_history(sid)
     assert [(m.role, m.content) for m in history] == [("user", "hi"), ("assistant", "Hello")]
@@ -84,7 +91,8 @@ async def test_join_run_returns_what_chat_returns(
     assert joined.usage == chat.usage
     # And a chat is a run too: listed, completed, with the same answer.
     [chat_run] = (await client.list_runs(one)).runs
-    assert chat_run.status == "completed" and chat_run.multitask == "enqueue"
+    assert chat_run.status == "completed"
+    assert chat_run.multitask == "enqueue"
     assert chat_run.message == chat.message
 
 
@@ -119,8 +127,10 @@ async def test_multitask_reject_enqueue_and_interrupt(
         e = await client.start_run(sid, "e", multitask="interrupt")
         ended_e = await client.join_run(sid, e.run_id, timeout=PROMPTLY)
     ended_d = await client.get_run(sid, d.run_id)
-    assert ended_d.status == "interrupted" and ended_d.reason == "multitask"
-    assert ended_d.message is not None and ended_d.message.content == "partial "
+    assert ended_d.status == "interrupted"
+    assert ended_d.reason == "multitask"
+    assert ended_d.message is not None
+    assert ended_d.message.content == "partial "
     assert ended_e.status == "completed"
 
 
@@ -135,10 +145,12 @@ async def test_cancel_run_queued_never_starts_running_stops(
         await until(events, "llm_stream_chunk")
         b = await client.start_run(sid, "b", multitask="enqueue")
         cancelled_b = await client.cancel_run(sid, b.run_id)
-        assert cancelled_b.status == "cancelled" and cancelled_b.message is None
+        assert cancelled_b.status == "cancelled"
+        assert cancelled_b.message is None
         cancelled_a = await client.cancel_run(sid, a.run_id)
     assert cancelled_a.status == "cancelled"
-    assert cancelled_a.message is not None and cancelled_a.message.content == "half "
+    assert cancelled_a.message is not None
+    assert cancelled_a.message.content == "half "
     log = await client.read_events(sid, limit=1000)
     assert b.run_id not in [e.data["run_id"] for e in log if e.type == "run_started"]
     # Cancelling an ended run answers it as it is.
@@ -188,7 +200,8 @@ async def test_an_idempotency_key_never_starts_a_second_run(
     assert again.run_id == first.run_id
     await client.join_run(sid, first.run_id, timeout=PROMPTLY)
     after = await client.start_run(sid, "do it", idempotency_key="key-1")
-    assert after.run_id == first.run_id and after.status == "completed"
+    assert after.run_id == first.run_id
+    assert after.status == "completed"
     with pytest.raises(jidoka.InvalidArgument) as caught:
         await client.start_run(sid, "do something else", idempotency_key="key-1")
     assert caught.value.argument == "idempotency_key"

@@ -257,6 +257,15 @@ def serve(
             rich_help_panel=_LIMITS,
         ),
     ] = None,
+    mcp_allow_stdio: Annotated[
+        bool,
+        typer.Option(
+            "--mcp-allow-stdio",
+            help="Let sessions run stdio MCP servers (mcp_servers[].command): local processes"
+            " as this server's user (env JIDOKA_MCP_ALLOW_STDIO).",
+            rich_help_panel=_RUNTIME,
+        ),
+    ] = False,
     log_level: Annotated[
         LogLevel, typer.Option(help="Log verbosity (to stderr).", rich_help_panel=_SERVER)
     ] = LogLevel.INFO,
@@ -293,6 +302,8 @@ def serve(
         runtime["store"] = store
     if postgres_schema is not None:
         runtime["postgres_schema"] = postgres_schema
+    if mcp_allow_stdio:
+        runtime["mcp_allow_stdio"] = True
     cluster = {
         "bus": bus,
         "bus_prefix": bus_prefix,

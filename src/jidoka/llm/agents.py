@@ -79,6 +79,7 @@ class AgentPool:
                 if self._manager.settings.keep_stream_chunks
                 else self._manager.chunks.drop,
                 run_ended=self._run_ended,
+                mcp_allow_stdio=self._manager.settings.mcp_allow_stdio,
             )
             self._agents[sid] = agent
             self._manager.start_worker(sid, "agent", agent.run)

@@ -55,6 +55,7 @@ from ..session.state import Message
 from ..tools.registry import ToolRegistry
 from . import run_events
 from .compaction import auto_compact, compact_now, owned
+from .mcp_client import MCPClients
 from .outcomes import choice_for, failure_data
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
 from .providers import ClientCache, make_provider
@@ -90,6 +91,7 @@ class Agent(TurnQueue):
         queue_limit: TurnQueueLimit | None = None,
         drop_chunks: Callable[[str, int, int], None] | None = None,
         run_ended: Callable[[str], None] | None = None,
+        mcp_allow_stdio: bool = False,
     ) -> None:
         super().__init__(session_id, queue_limit)
         self._get_session = get_session
@@ -106,8 +108,9 @@ class Agent(TurnQueue):
         self._drop_chunks = drop_chunks
         #: Told the id of each run whose ``run_completed`` this agent committed.
         self._run_ended = run_ended
+        mcp = MCPClients(session_id, environ, allow_stdio=mcp_allow_stdio)
         self._tools = ToolCaller(
-            session_id, emit=self._emit, update_index=update_index, counter=token_counter
+            session_id, emit=self._emit, update_index=update_index, counter=token_counter, mcp=mcp
         )
         self._provider: Provider | None = None
         self._provider_key: bytes | None = None
@@ -232,6 +235,7 @@ class Agent(TurnQueue):
         if self._compacting is not None:
             self._compacting.cancel()
         self._tools.deny_all()
+        await self._tools.mcp.aclose()  # the MCP servers see their sessions end
         provider, self._provider = self._provider, None
         if provider is not None:
             with contextlib.suppress(Exception):
@@ -327,7 +331,7 @@ class Agent(TurnQueue):
         try:
             provider = await self._provider_for(llm_config)
             registry = ToolRegistry.default(allow_write=config.allow_write is not False)
-            tools = registry.specs()
+            tools = registry.specs() + await self._tools.mcp_specs(config)
             instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
             await auto_compact(session, llm_config, tools, instructions, *self._llm)
             budget = budget_for(llm_config, tools, instructions, self._counter)

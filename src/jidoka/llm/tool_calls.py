@@ -7,6 +7,10 @@ the model gets it cut to the room left in the window. Any failure of a tool, eve
 an error result for the model, so the turn goes on. A call whose arguments ``max_tokens`` cut
 off (``finish_reason: length``) is logged and refused without running. It lives apart from the
 turn loop in :mod:`.orchestrator` because it is the one place that decides what a call may do.
+
+A call of an MCP server's tool (``mcp__{server}__{tool}``, :mod:`.mcp_client`) takes the same
+path: logged, asked about when the server's ``require_approval`` covers it (the same question,
+answer and timeout as a write), run under ``tool_timeout_seconds``, its result logged and cut.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import Any, Final
 
 import msgspec
 
+from ..config import SessionConfig
 from ..errors import InvalidArgument, JidokaError
 from ..payloads import (
     ApprovalDecidedData,
     ApprovalRequestedData,
+    ErrorData,
     ToolCallData,
     ToolResultData,
     event_item,
@@ -31,6 +37,8 @@ from ..session.context import TokenCounter
 from ..session.session import Session
 from ..tools.files import ToolContext
 from ..tools.registry import ToolRegistry, ToolResult, preview_write, quote_path
+from ..tools.spec import ToolSpec
+from .mcp_client import MCPClients, MCPTool
 from .prompt import cut_to_fit
 from .types import ToolCall
 
@@ -60,7 +68,7 @@ class ToolCaller:
     """Runs one session's tool calls and holds the approvals they wait for.
 
     ``emit`` appends an event to the session's log; ``update_index`` tells the session's file
-    index about a path a tool read or wrote.
+    index about a path a tool read or wrote; ``mcp`` holds the agent's MCP connections.
     """
 
     def __init__(
@@ -70,12 +78,31 @@ class ToolCaller:
         emit: Callable[[str, dict[str, Any]], Awaitable[None]],
         update_index: Callable[[str, str], Awaitable[object]],
         counter: TokenCounter,
+        mcp: MCPClients,
     ) -> None:
         self.session_id = session_id
         self._emit = emit
         self._update_index = update_index
         self._counter = counter
+        self.mcp = mcp
         self._approvals: dict[str, asyncio.Future[bool]] = {}
+
+    async def mcp_specs(self, config: SessionConfig) -> list[ToolSpec]:
+        """The tools of the session's MCP servers for this turn; a server that is unavailable
+        gets an ``error`` event (``mcp_unavailable``) and the turn goes on without it. A
+        connection may take ``tool_timeout_seconds`` (10 at most) to open."""
+        if not config.mcp_servers and not self.mcp.open_servers:
+            return []
+        specs, failures = await self.mcp.tools(config.mcp_servers, config.tool_timeout_seconds)
+        for server, why in failures:
+            logger.warning(
+                "session %s: MCP server %r unavailable: %s", self.session_id, server, why
+            )
+            message = f"MCP server {server!r} is unavailable ({why}); this turn goes on without it"
+            await self._emit(
+                *event_item(ErrorData(code="mcp_unavailable", server=server, message=message))
+            )
+        return specs
 
     def approve(self, call_id: object, allow: object) -> None:
         """The user's answer about the write waiting under ``call_id``."""
@@ -134,7 +161,10 @@ class ToolCaller:
         )
         config = session.state.config
         root = session.state.project_root
-        if root is None:
+        mcp_tool = self.mcp.find(call.name)
+        if mcp_tool is not None:
+            result = await self._run_mcp(session, mcp_tool, call)
+        elif root is None:
             result = ToolResult(
                 call_id=call.id,
                 name=call.name,
@@ -179,6 +209,33 @@ class ToolCaller:
                 )
         return result, result.content if cut is None else cut
 
+    async def _run_mcp(self, session: Session, tool: MCPTool, call: ToolCall) -> ToolResult:
+        """Run a call of an MCP server's tool, after asking when its config requires it."""
+        config = session.state.config
+        if tool.server.needs_approval(tool.tool):
+            request = ApprovalRequestedData(
+                call_id=call.id,
+                tool=call.name,
+                path="",
+                summary=f"{call.name} wants to run {tool.tool!r} on MCP server "
+                f"{tool.server.name!r}",
+                diff=bounded(call.arguments),
+            )
+            allow, reason = await self._decide(call, request, config.approval_timeout_seconds)
+            if not allow:
+                why = (
+                    "was not approved in time" if reason == "timeout" else "was denied by the user"
+                )
+                content = f"error: the call of {call.name} {why}; it was not made"
+                return ToolResult(call_id=call.id, name=call.name, content=content, is_error=True)
+        ownership = session.services.ownership
+        if ownership is not None:
+            ownership.guard(self.session_id)  # as for a built-in tool: see run()
+        try:
+            return await self.mcp.call(tool, call, config.tool_timeout_seconds)
+        except Exception as exc:  # call() answers failures itself; this is a last guard
+            return self._crashed(call, exc)
+
     def _crashed(self, call: ToolCall, exc: Exception) -> ToolResult:
         """A tool failure that was not a refusal (a bug, or an error nothing translated):
         logged, and told to the model as an error result, so the turn goes on."""
@@ -198,18 +255,30 @@ class ToolCaller:
             return f"error: {exc.message}"
         except Exception as exc:  # preview_write translates failures; this is a last guard
             return self._crashed(call, exc).content
+        shown = quote_path(path)  # a name with a newline or edge spaces must not mislead
+        request = ApprovalRequestedData(
+            call_id=call.id,
+            tool=call.name,
+            path=path,
+            summary=f"{call.name} wants to change {shown}",
+            diff=bounded(diff),
+        )
+        allow, reason = await self._decide(call, request, wait)
+        if allow:
+            return None
+        if reason == "timeout":
+            return f"error: the write to {shown} was not approved in time; it was not made"
+        return f"error: the user denied the write to {shown}; it was not made"
+
+    async def _decide(
+        self, call: ToolCall, request: ApprovalRequestedData, wait: float
+    ) -> tuple[bool, str]:
+        """Ask ``request`` and wait up to ``wait`` seconds: ``(allow, reason)``, both logged
+        (``approval_decided``); no answer in time denies."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._approvals[call.id] = future
-        shown = quote_path(path)  # a name with a newline or edge spaces must not mislead
         try:
             try:
-                request = ApprovalRequestedData(
-                    call_id=call.id,
-                    tool=call.name,
-                    path=path,
-                    summary=f"{call.name} wants to change {shown}",
-                    diff=bounded(diff),
-                )
                 await self._emit(*event_item(request))
                 async with asyncio.timeout(wait):
                     allow = await future
@@ -232,8 +301,4 @@ class ToolCaller:
             )
         finally:
             self._approvals.pop(call.id, None)
-        if allow:
-            return None
-        if reason == "timeout":
-            return f"error: the write to {shown} was not approved in time; it was not made"
-        return f"error: the user denied the write to {shown}; it was not made"
+        return allow, reason
