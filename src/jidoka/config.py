@@ -365,6 +365,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_defaults: SessionConfig = SessionConfig()
     #: The largest value a session's config may give each limit (``InvalidConfig`` past one).
     session_ceilings: SessionCeilings = SessionCeilings()
+    #: Where run webhooks may be sent: origins or URL prefixes (``JIDOKA_WEBHOOK_ALLOW``,
+    #: comma-separated; checked by :mod:`jidoka.runs.allow`). Empty: every webhook is refused.
+    webhook_allow: tuple[str, ...] = ()
+    #: The key webhooks are signed with, ``whsec_<base64>`` (``JIDOKA_WEBHOOK_SECRET``; never a
+    #: flag, never in ``repr``). Unset: a run asking for a webhook is refused.
+    webhook_secret: str | None = None
+
+    def __repr__(self) -> str:
+        secret = "***" if self.webhook_secret else None
+        hidden = msgspec.structs.replace(self, webhook_secret=secret)
+        fields = ", ".join(f"{n}={getattr(hidden, n)!r}" for n in self.__struct_fields__)
+        return f"Settings({fields})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -387,6 +399,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 continue
             if name == "store":
                 check_store(raw, f"{variable}=")
+            if name == "webhook_allow":  # comma-separated, like JIDOKA_CORS_ORIGINS
+                values[name] = tuple(e.strip() for e in raw.split(",") if e.strip())
+                continue
             try:
                 values[name] = msgspec.convert(raw, _field_types(cls)[name], strict=False)
             except msgspec.ValidationError as exc:
