@@ -119,6 +119,7 @@ class WebhookDeliverer:
         self._client: httpx.AsyncClient | None = None
         self._next_retry: float | None = None  # monotonic, the earliest retry scheduled here
         self._counts = {"delivered": 0, "retried": 0, "failed": 0}
+        self._recorded = asyncio.Condition()
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -126,7 +127,10 @@ class WebhookDeliverer:
     async def __aenter__(self) -> WebhookDeliverer:
         if self._closed or self._loop_task is not None:
             raise RuntimeClosed("a WebhookDeliverer can be started once")
+        # Making the TLS context reads the CA bundle: not on the event loop.
+        verify = await asyncio.to_thread(httpx.create_ssl_context)
         self._client = httpx.AsyncClient(
+            verify=verify,
             follow_redirects=False,
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=self.concurrency),
@@ -170,6 +174,15 @@ class WebhookDeliverer:
     def statistics(self) -> WebhookStatistics:
         return WebhookStatistics(**self._counts, in_flight=len(self._inflight))
 
+    async def wait_statistics(
+        self, predicate: Callable[[WebhookStatistics], bool]
+    ) -> WebhookStatistics:
+        """Wait until ``predicate(statistics())`` holds (checked as each outcome is recorded;
+        for tests and benchmarks: bound it with ``asyncio.timeout``)."""
+        async with self._recorded:
+            await self._recorded.wait_for(lambda: predicate(self.statistics()))
+        return self.statistics()
+
     # --- the loop -------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -186,16 +199,22 @@ class WebhookDeliverer:
             if self._wake.is_set():
                 continue
             delay = self.poll_interval
-            if self._next_retry is not None:
+            if self._next_retry is not None and len(self._inflight) < self.concurrency:
                 # A hair late, so the entry's due time (wall clock) has surely passed.
                 delay = min(delay, max(0.0, self._next_retry - self._clock.monotonic()) + 0.002)
-            if len(self._inflight) >= self.concurrency:
-                delay = self.poll_interval  # a finished delivery wakes the loop
-            try:
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await self._sleep(self._clock.monotonic() + delay)
+
+    async def _sleep(self, deadline: float) -> None:
+        """Until ``deadline`` on the clock (a fake clock's ``advance`` ends it too), or until
+        :meth:`notify` or a finished delivery wakes the loop."""
+        loop = asyncio.get_running_loop()
+        sleeper = loop.create_task(self._clock.sleep_until(deadline))
+        waker = loop.create_task(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
 
     def _delivered(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -293,8 +312,6 @@ class WebhookDeliverer:
     ) -> None:
         outcome = "retried" if state == "pending" else state
         self._counts[outcome] += 1
-        if self._on_outcome is not None:
-            self._on_outcome(outcome)
         if state != "delivered":
             run_id = record.run_id
             log.info("webhook of run %s: %s (attempt %d): %s", run_id, outcome, attempts, error)
@@ -304,6 +321,10 @@ class WebhookDeliverer:
             )
         except Exception as exc:  # the claim lapses and the entry is tried again
             log.warning("webhook of run %s: cannot record %s: %s", record.run_id, state, exc)
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+        async with self._recorded:
+            self._recorded.notify_all()
 
 
 def _short(text: str, limit: int = 300) -> str:
