@@ -49,8 +49,8 @@ class Outcomes:
         self.seen.append(outcome)
         self._changed.set()
 
-    async def wait(self, outcome: str, count: int = 1, *, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait(self, outcome: str, count: int = 1, *, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
             while self.seen.count(outcome) < count:
                 self._changed.clear()
                 await self._changed.wait()
@@ -75,8 +75,13 @@ class Runs:
         done: dict[str, Any] = {
             "run_id": run_id,
             "status": status,
-            "message": {"id": "m1", "role": "assistant", "content": "done", "seq": 3,
-                        "timestamp": now.isoformat()},  # fmt: skip
+            "message": {
+                "id": "m1",
+                "role": "assistant",
+                "content": "done",
+                "seq": 3,
+                "timestamp": now.isoformat(),
+            },
             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
             "error": None,
         }
@@ -86,9 +91,19 @@ class Runs:
             sid,
             [
                 Event(EventType.SESSION_CREATED, sid, 1, now, {"owner": None}),
-                Event(EventType.RUN_QUEUED, sid, 2, now,
-                      {"run_id": run_id, "text": "hi", "multitask": "reject",
-                       "webhook": webhook, "metadata": {"k": "v"}}),  # fmt: skip
+                Event(
+                    EventType.RUN_QUEUED,
+                    sid,
+                    2,
+                    now,
+                    {
+                        "run_id": run_id,
+                        "text": "hi",
+                        "multitask": "reject",
+                        "webhook": webhook,
+                        "metadata": {"k": "v"},
+                    },
+                ),
                 Event(EventType.RUN_STARTED, sid, 3, now, {"run_id": run_id}),
                 Event(EventType.RUN_COMPLETED, sid, 4, now, done),
             ],
@@ -169,8 +184,10 @@ async def test_one_delivery_is_signed_per_standard_webhooks(
     assert request.headers["user-agent"] == f"Jidoka/{__version__}"
     record = await runs.run(run_id)
     assert (record.webhook_state, record.webhook_attempts, record.webhook_error) == (
-        "delivered", 1, None,
-    )  # fmt: skip
+        "delivered",
+        1,
+        None,
+    )
     # A tampered body does not verify.
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         verify(request.body.replace(b"done", b"dona"), request.headers)
@@ -203,8 +220,10 @@ async def test_500_then_200_is_retried_with_the_same_id(
     assert first.headers["webhook-signature"] != second.headers["webhook-signature"]
     record = await runs.run(run_id)
     assert (record.webhook_state, record.webhook_attempts, record.webhook_error) == (
-        "delivered", 2, None,
-    )  # fmt: skip
+        "delivered",
+        2,
+        None,
+    )
 
 
 async def test_receiver_down_for_a_while_gets_it_later(

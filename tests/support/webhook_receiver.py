@@ -49,9 +49,7 @@ class WebhookReceiver:
         self._closing = asyncio.Event()
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
-        self.app = Starlette(
-            routes=[Route("/{path:path}", self._receive, methods=["POST", "GET"])]
-        )
+        self.app = Starlette(routes=[Route("/{path:path}", self._receive, methods=["POST", "GET"])])
 
     def url(self, path: str = "/hooks") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -99,9 +97,9 @@ class WebhookReceiver:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def wait(self, count: int, *, timeout: float = 10.0) -> list[Received]:
+    async def wait(self, count: int, *, within: float = 10.0) -> list[Received]:
         """The first ``count`` requests, once that many arrived."""
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(within), self._changed:
             await self._changed.wait_for(lambda: len(self.requests) >= count)
         return self.requests[:count]
 
