@@ -34,6 +34,7 @@ MODULES = [
     "bench_steering",
     "bench_chunk_pruning",
     "bench_compaction",
+    "bench_webhooks",
 ]
 
 
