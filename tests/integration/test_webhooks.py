@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -416,3 +417,67 @@ def test_body_is_run_info_json() -> None:
         type=WebhookEvent,
     )
     assert event.data.run_id == "r"
+
+
+async def test_the_log_names_the_origin_not_the_url(
+    store: MemoryStore,
+    clock: FakeClock,
+    runs: Runs,
+    receiver: WebhookReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A webhook URL may carry the receiver's own token: the run's owner sees it in the
+    outbox's error, the server's log does not."""
+    receiver.answers.extend([503])
+    outcomes = Outcomes()
+    url = receiver.url("/hooks/T0KEN-in-the-path?key=s3cr3t")
+    with caplog.at_level(logging.INFO, logger="jidoka.webhooks"):
+        async with deliverer(store, clock, (receiver.origin,), outcomes) as hooks:
+            run_id = await runs.ended(url)
+            hooks.notify()
+            await outcomes.wait("retried")
+    record = await runs.run(run_id)
+    assert record.webhook_error == f"POST {url}: answered 503"
+    logged = [r.getMessage() for r in caplog.records if r.name == "jidoka.webhooks"]
+    assert logged
+    assert f"{receiver.origin}/..." in logged[0]
+    assert "answered 503" in logged[0]
+    assert not any("s3cr3t" in line or "T0KEN" in line for line in logged)
+
+
+async def test_a_stored_run_that_cannot_be_sent_fails_at_once(
+    store: MemoryStore, clock: FakeClock, receiver: WebhookReceiver
+) -> None:
+    """A run whose stored result this version cannot read is not retried for ever."""
+    sid, now = "Z" * 26, datetime.fromtimestamp(clock.time(), UTC)
+    done = {
+        "run_id": "r",
+        "status": "completed",
+        "message": {"bogus": 1},
+        "usage": None,
+        "error": None,
+    }
+    await store.append(
+        sid,
+        [
+            Event(EventType.SESSION_CREATED, sid, 1, now, {"owner": None}),
+            Event(
+                EventType.RUN_QUEUED,
+                sid,
+                2,
+                now,
+                {"run_id": "r", "text": "t", "multitask": "reject", "webhook": receiver.url()},
+            ),
+            Event(EventType.RUN_COMPLETED, sid, 3, now, done),
+        ],
+    )
+    outcomes = Outcomes()
+    async with deliverer(store, clock, (receiver.origin,), outcomes) as hooks:
+        hooks.notify()
+        await outcomes.wait("failed")
+    record = await store.get_run("r")
+    assert record is not None
+    assert record.webhook_state == "failed"
+    assert record.webhook_error is not None
+    assert "cannot be sent" in record.webhook_error
+    assert receiver.requests == []

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -252,13 +253,19 @@ class WebhookDeliverer:
         done = record.completed or {}
         webhook_id = str(done.get("webhook_id") or record.run_id)
         timestamp = int(self._clock.time())
-        body = msgspec.json.encode(
-            WebhookEvent(
-                type="run.completed",
-                timestamp=datetime.fromtimestamp(timestamp, UTC),
-                data=run_info(record),
+        try:
+            body = msgspec.json.encode(
+                WebhookEvent(
+                    type="run.completed",
+                    timestamp=datetime.fromtimestamp(timestamp, UTC),
+                    data=run_info(record),
+                )
             )
-        )
+        except (msgspec.ValidationError, msgspec.EncodeError, TypeError, ValueError) as exc:
+            # A stored run this version cannot read: retrying would not change it.
+            error = f"the run's stored data cannot be sent: {_short(str(exc), 200)}"
+            await self._record(record, "failed", attempts, None, error)
+            return
         headers = webhook_headers(self._policy.key, webhook_id, timestamp, body)
         headers["content-type"] = "application/json"
         error = await self._post(url, body, headers)
@@ -312,9 +319,14 @@ class WebhookDeliverer:
     ) -> None:
         outcome = "retried" if state == "pending" else state
         self._counts[outcome] += 1
-        if state != "delivered":
-            run_id = record.run_id
-            log.info("webhook of run %s: %s (attempt %d): %s", run_id, outcome, attempts, error)
+        if error is not None:
+            # The log names the destination's origin only: a webhook URL's path or query may
+            # carry the receiver's own secret, which the run's owner may see but a log reader not.
+            url = str(record.queued.get("webhook"))
+            text = _redact(error, url)
+            log.info(
+                "webhook of run %s: %s (attempt %d): %s", record.run_id, outcome, attempts, text
+            )
         try:
             await self._store.record_webhook(
                 record.run_id, state=state, attempts=attempts, next_at=next_at, error=error
@@ -325,6 +337,18 @@ class WebhookDeliverer:
             self._on_outcome(outcome)
         async with self._recorded:
             self._recorded.notify_all()
+
+
+def _redact(error: str, url: str) -> str:
+    """``error`` with ``url`` (whole or as shown) replaced by its origin."""
+    try:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        origin = "<url>"
+    for shown in (url, url[:_URL_SHOWN] + "...", repr(url)[:200]):
+        error = error.replace(shown, origin + "/...")
+    return error
 
 
 def _short(text: str, limit: int = 300) -> str:
