@@ -263,8 +263,8 @@ class WebhookDeliverer:
             )
         except (msgspec.ValidationError, msgspec.EncodeError, TypeError, ValueError) as exc:
             # A stored run this version cannot read: retrying would not change it.
-            error = f"the run's stored data cannot be sent: {_short(str(exc), 200)}"
-            await self._record(record, "failed", attempts, None, error)
+            unreadable = f"the run's stored data cannot be sent: {_short(str(exc), 200)}"
+            await self._record(record, "failed", attempts, None, unreadable)
             return
         headers = webhook_headers(self._policy.key, webhook_id, timestamp, body)
         headers["content-type"] = "application/json"
