@@ -35,6 +35,7 @@ MODULES = [
     "bench_chunk_pruning",
     "bench_compaction",
     "bench_mcp",
+    "bench_webhooks",
 ]
 
 

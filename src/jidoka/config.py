@@ -19,10 +19,9 @@ configuration knows nothing of sessions.
 from __future__ import annotations
 
 import os
-import re
 import typing
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -35,6 +34,7 @@ from ._backends import (
     describe_bus,
     describe_store,
 )
+from ._convert import convert_or_raise
 from ._llm_config import (
     MAX_SYSTEM_PROMPT,
     PROVIDERS,
@@ -251,34 +251,6 @@ class SessionCeilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         return config
 
 
-_T = TypeVar("_T")
-_AT_PATH = re.compile(r"- at (?:`key` in )?`\$\.?([^`]*)`$")
-_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
-
-
-def convert_or_raise(data: dict[str, Any], kind: type[_T], *, session_id: str | None = None) -> _T:
-    """``msgspec.convert`` that turns a validation error into :class:`InvalidConfig`.
-
-    The error's ``field`` is the dotted path msgspec reports (``features.x``), so callers and
-    HTTP clients learn exactly which field was wrong.
-    """
-    try:
-        return msgspec.convert(data, kind, strict=True)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        unknown = _UNKNOWN.search(text)
-        at = _AT_PATH.search(text)
-        if unknown:  # nested: ``mcp_servers[0].bogus``
-            field = f"{at.group(1)}.{unknown.group(1)}" if at and at.group(1) else unknown.group(1)
-        elif at and at.group(1):
-            field = at.group(1)
-        else:
-            field = kind.__name__
-        raise InvalidConfig(
-            f"invalid {kind.__name__} field {field!r}: {text}", field=field, session_id=session_id
-        ) from None
-
-
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything a :class:`~jidoka.Runtime` is configured with."""
 
@@ -376,6 +348,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Sessions may list stdio MCP servers (``mcp_servers[].command``): each runs a local
     #: process as the server's user, so only an operator who trusts every client turns it on.
     mcp_allow_stdio: bool = False
+    #: Where run webhooks may be sent: origins or URL prefixes (``JIDOKA_WEBHOOK_ALLOW``,
+    #: comma-separated; checked by :mod:`jidoka.runs.allow`). Empty: every webhook is refused.
+    webhook_allow: tuple[str, ...] = ()
+    #: The key webhooks are signed with, ``whsec_<base64>`` (``JIDOKA_WEBHOOK_SECRET``; never a
+    #: flag, never in ``repr``). Unset: a run asking for a webhook is refused.
+    webhook_secret: str | None = None
+
+    def __repr__(self) -> str:
+        secret = "***" if self.webhook_secret else None
+        hidden = msgspec.structs.replace(self, webhook_secret=secret)
+        fields = ", ".join(f"{n}={getattr(hidden, n)!r}" for n in self.__struct_fields__)
+        return f"Settings({fields})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -398,6 +382,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 continue
             if name == "store":
                 check_store(raw, f"{variable}=")
+            if name == "webhook_allow":  # comma-separated, like JIDOKA_CORS_ORIGINS
+                values[name] = tuple(e.strip() for e in raw.split(",") if e.strip())
+                continue
             try:
                 values[name] = msgspec.convert(raw, _field_types(cls)[name], strict=False)
             except msgspec.ValidationError as exc:

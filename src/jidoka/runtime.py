@@ -29,9 +29,10 @@ from .cache import FileCache
 from .client import Client
 from .clock import Clock, SystemClock
 from .config import POSTGRES_PREFIXES, REDIS_PREFIXES, Settings, describe_store, llm_defaults
-from .errors import InvalidConfig, RuntimeClosed
+from .errors import InvalidArgument, InvalidConfig, RuntimeClosed
 from .events import Event
 from .llm.agents import AgentPool
+from .runs.policy import WebhookPolicy
 from .runs.service import Runs
 from .session.context import TokenCounter, estimate_tokens
 from .session.manager import SessionManager
@@ -43,6 +44,7 @@ from .store.runs import RunIndex
 if TYPE_CHECKING:
     from .cluster.node import ClusterNode
     from .datadir import DataDirLock
+    from .runs.webhooks import WebhookDeliverer
 from .telemetry import RuntimeCounts, Telemetry
 
 __all__ = ["Runtime"]
@@ -79,6 +81,7 @@ class Runtime:
         meter_provider: MeterProvider | None = None,
         tracer_provider: TracerProvider | None = None,
         environ: Mapping[str, str] | None = None,
+        webhook_options: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
         explicit: dict[str, Any] = {}
@@ -98,6 +101,12 @@ class Runtime:
         else:
             values = {name: getattr(settings, name) for name in Settings.__struct_fields__}
             self.settings = Settings.build({**values, **explicit})
+        #: The webhook allow-list and signing key, checked now (``InvalidConfig`` if bad).
+        self.webhook_policy = WebhookPolicy.from_settings(self.settings)
+        #: Keyword arguments of the :class:`~jidoka.runs.webhooks.WebhookDeliverer` (back-off,
+        #: attempts, time-outs), for tests and embedders; the defaults suit a server.
+        self._webhook_options = dict(webhook_options or {})
+        self._webhooks: WebhookDeliverer | None = None
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._token_counter = token_counter or estimate_tokens
         self._meter_provider = meter_provider
@@ -166,7 +175,13 @@ class Runtime:
             environ=self._environ,
             max_queued_turns=self.settings.max_queued_turns_total,
         )
-        self._runs = Runs(self._manager, self._agents, cast("RunIndex", store))
+        self._runs = Runs(
+            self._manager,
+            self._agents,
+            cast("RunIndex", store),
+            check_webhook=self._check_webhook,
+            on_end=self._run_ended,
+        )
         self._client = Client(self._manager, bus, self._agents, self._runs, node)
         self._node = node
         try:
@@ -178,8 +193,11 @@ class Runtime:
             # Runs a restart left queued or running: their sessions are loaded (and the runs
             # resumed or ended) in the background, so start-up does not wait on them.
             self._manager.background.spawn(self._runs.recover(), "jidoka:recover-runs")
+            await self._start_webhooks(store, telemetry)
         except BaseException:
             try:
+                if self._webhooks is not None:
+                    await self._webhooks.aclose()
                 if node is not None:
                     await node.aclose()
             finally:
@@ -189,6 +207,38 @@ class Runtime:
                     await self._close_store(store)
             raise
         self._state = _State.RUNNING
+
+    def _check_webhook(self, url: str, session_id: str | None) -> str:
+        try:
+            return self.webhook_policy.check(url)
+        except InvalidArgument as exc:
+            exc.session_id = session_id
+            raise
+
+    def _run_ended(self, run_id: str) -> None:
+        """A run ended here: if it has a webhook, the deliverer sends it now (not at its next
+        look at the outbox)."""
+        if self._webhooks is not None:
+            self._webhooks.notify()
+
+    async def _start_webhooks(self, store: SessionStore, telemetry: Telemetry) -> None:
+        """One deliverer drains the store's webhook outbox, if the store keeps one (a
+        ``RunIndex``) and a secret is configured (without one no run can ask for a webhook,
+        and what an earlier configuration left pending waits for a node that has one)."""
+        from .store.runs import RunIndex
+
+        if not isinstance(store, RunIndex) or self.webhook_policy.key is None:
+            return
+        from .runs.webhooks import WebhookDeliverer
+
+        deliverer = WebhookDeliverer(
+            store,
+            self.webhook_policy,
+            clock=self.clock,
+            on_outcome=telemetry.record_webhook,
+            **self._webhook_options,
+        )
+        self._webhooks = await deliverer.__aenter__()
 
     def _cluster_node(self, store: SessionStore) -> ClusterNode | None:
         """This runtime's node of a cluster, if ``node_id`` is set (its store must be the
@@ -289,6 +339,8 @@ class Runtime:
         assert self._bus is not None
         assert self._store is not None
         try:
+            if self._webhooks is not None:
+                await self._webhooks.aclose()
             if self._node is not None:
                 self.begin_leaving()
                 assert self._leaving is not None
@@ -350,6 +402,13 @@ class Runtime:
         """This runtime's node of a cluster (``None``: a single node)."""
         self._running(self._manager)
         return self._node
+
+    @property
+    def webhooks(self) -> WebhookDeliverer | None:
+        """The webhook deliverer (``None``: the store keeps no outbox, or no secret is set);
+        the run machinery calls its ``notify()`` when a run with a webhook ends."""
+        self._running(self._manager)
+        return self._webhooks
 
     @property
     def cache(self) -> FileCache:

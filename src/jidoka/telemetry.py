@@ -28,6 +28,8 @@ Metric names (Prometheus renders dots as underscores and adds ``_total`` to coun
 ``jidoka.cluster.forwards``            commands this node sent on to a session's owner
 ``jidoka.cluster.fence_refusals``      appends refused because another node owns the session
 ``jidoka.cluster.lease_lapses``        times this node's lease could not be renewed in time
+``jidoka.webhook.deliveries``          webhook attempts, by ``outcome`` (delivered, retried,
+                                       failed)
 =====================================  ==========================================================
 
 On a node of a cluster, ``jidoka.sessions.active`` counts the sessions this node owns (holds).
@@ -106,6 +108,9 @@ class Telemetry:
         self.workers_restarted = meter.create_counter(
             "jidoka.workers.restarted", unit="{restart}", description="Worker restarts"
         )
+        self.webhook_deliveries = meter.create_counter(
+            "jidoka.webhook.deliveries", unit="{attempt}", description="Webhook attempts"
+        )
         meter.create_observable_up_down_counter(
             "jidoka.sessions.active",
             callbacks=[self._observe("active_sessions")],
@@ -134,6 +139,11 @@ class Telemetry:
             self.llm_tokens.add(prompt_tokens, {"kind": "prompt"})
         if completion_tokens:
             self.llm_tokens.add(completion_tokens, {"kind": "completion"})
+
+    def record_webhook(self, outcome: str) -> None:
+        """One webhook attempt ended: ``delivered``, ``retried`` (to be tried again) or
+        ``failed`` (given up, or refused by the allow-list)."""
+        self.webhook_deliveries.add(1, {"outcome": outcome})
 
     def _observe(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

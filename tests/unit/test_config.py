@@ -66,7 +66,10 @@ def test_defaults() -> None:
         "advertise_url",
         "terminated_ttl",
         "saved_ttl",
+        "webhook_allow",
+        "webhook_secret",
     }
+    assert (settings.webhook_allow, settings.webhook_secret) == ((), None)  # no webhooks
     assert settings.terminated_ttl is None  # retention is off unless asked for
     assert settings.saved_ttl is None
 

@@ -19,6 +19,7 @@ import typer
 
 from ..config import Settings
 from ..errors import InvalidConfig
+from ..runs.policy import WebhookPolicy
 from .common import USAGE, CommandFailed
 
 __all__ = ["serve"]
@@ -159,6 +160,16 @@ def serve(
             "*.domain, or * for any) (env JIDOKA_ALLOWED_HOSTS).",
             show_default=False,
             rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    webhook_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Allow run webhooks to this origin or URL prefix (repeatable), e.g. "
+            "https://hooks.example.com (env JIDOKA_WEBHOOK_ALLOW; default: none). Webhooks are "
+            "signed with JIDOKA_WEBHOOK_SECRET (never a flag).",
+            show_default=False,
+            rich_help_panel=_RUNTIME,
         ),
     ] = None,
     projects_dir: Annotated[
@@ -312,11 +323,14 @@ def serve(
         "lease_ttl": lease_ttl,
     }
     runtime.update({name: value for name, value in cluster.items() if value is not None})
+    if webhook_allow:
+        runtime["webhook_allow"] = tuple(webhook_allow)
     try:
         if tokens_file is not None:
             overrides["tokens"] = load_tokens(tokens_file)
         config = ServerConfig.from_env(os.environ, **overrides)
         settings = Settings.from_env(os.environ, **runtime)
+        WebhookPolicy.from_settings(settings)  # a bad entry or secret stops here, with its field
     except InvalidConfig as exc:
         raise CommandFailed(exc.message, USAGE) from None
 
