@@ -13,6 +13,7 @@ from datetime import datetime
 import msgspec
 
 from ..events import Event, EventType
+from .heads import created_owner
 from .runs import FINAL_RUN_STATUSES, IdempotencyRecord, RunRecord, WebhookState
 
 __all__ = ["MemoryRunIndex"]
@@ -41,7 +42,8 @@ class MemoryRunIndex:
         for event in events:
             kind = event.type
             if kind is EventType.SESSION_CREATED:
-                self._owners[session_id] = event.data.get("owner")
+                # As the stores that keep a head record it (a restored session's included).
+                self._owners[session_id] = created_owner(event.data)
             elif kind is EventType.RUN_QUEUED:
                 self._queued(session_id, event)
             elif kind is EventType.RUN_STARTED:

@@ -1,0 +1,107 @@
+"""The SQLite store's runs index, webhook outbox and idempotency keys (schema version 7): two
+tables, and the triggers on ``events`` that keep them (:mod:`.runs` says what each event does).
+
+The triggers run inside the statement that inserts an event, so the index commits with the
+events that made it, in the writer's transaction, and the writer needs no code for it. Each has
+a ``WHEN`` on the event's type: any other event costs a comparison. A ``conversation_added``
+costs one more, a byte search for ``"idempotency_key"`` in its data (the JSON is parsed only when
+found: a message's append is the hot path). A conflict never fails the append: a run id or a key
+already recorded is left as it is (``INSERT OR IGNORE``; first writer wins).
+
+Times are integer microseconds like the other tables'; ``queued``/``completed`` are the events'
+data, the JSON bytes as written. ``idempotency_keys.owner`` is ``''`` for a session with no
+principal (``NOT NULL``, so the unique ``(owner, key)`` also holds for the anonymous principal;
+a principal is never the empty string).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+__all__ = ["RUNS_SCHEMA", "create_runs"]
+
+#: The event's data as text, for the JSON functions (events store it as a BLOB).
+_D: Final = "CAST(NEW.data AS TEXT)"
+_OWNER: Final = "(SELECT owner FROM sessions WHERE session_id = NEW.session_id)"
+
+
+def _key(run_id: str) -> str:
+    """Record the event's idempotency key, if it has one, for the session's owner."""
+    return f"""
+    INSERT OR IGNORE INTO idempotency_keys
+        (owner, key, request_hash, session_id, seq, run_id, created_us)
+    SELECT coalesce({_OWNER}, ''), json_extract({_D}, '$.idempotency_key'),
+           coalesce(json_extract({_D}, '$.request_hash'), ''), NEW.session_id, NEW.seq,
+           {run_id}, NEW.time_us
+    WHERE json_extract({_D}, '$.idempotency_key') IS NOT NULL;"""
+
+
+#: Every statement of version 7, in order (triggers hold ``;``, so not one script).
+RUNS_SCHEMA: Final[tuple[str, ...]] = (
+    """CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    owner TEXT,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    started_us INTEGER,
+    ended_us INTEGER,
+    queued BLOB NOT NULL,
+    completed BLOB,
+    webhook_url TEXT,
+    webhook_state TEXT,
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    webhook_next_us INTEGER,
+    webhook_error TEXT
+) WITHOUT ROWID""",
+    "CREATE INDEX runs_by_session ON runs (session_id, seq)",
+    "CREATE INDEX runs_unfinished ON runs (session_id, seq) WHERE status IN ('queued', 'running')",
+    "CREATE INDEX runs_outbox ON runs (webhook_next_us, run_id) WHERE webhook_state = 'pending'",
+    """CREATE TABLE idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    run_id TEXT,
+    created_us INTEGER NOT NULL,
+    PRIMARY KEY (owner, key)
+) WITHOUT ROWID""",
+    "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_us)",
+    "CREATE INDEX idempotency_keys_by_session ON idempotency_keys (session_id)",
+    f"""CREATE TRIGGER runs_queued AFTER INSERT ON events WHEN NEW.type = 'run_queued'
+BEGIN
+    INSERT OR IGNORE INTO runs
+        (run_id, session_id, owner, seq, status, created_us, queued, webhook_url)
+    VALUES (json_extract({_D}, '$.run_id'), NEW.session_id, {_OWNER}, NEW.seq, 'queued',
+            NEW.time_us, NEW.data, nullif(json_extract({_D}, '$.webhook'), ''));{
+        _key(f"json_extract({_D}, '$.run_id')")
+    }
+END""",
+    f"""CREATE TRIGGER runs_started AFTER INSERT ON events WHEN NEW.type = 'run_started'
+BEGIN
+    UPDATE runs SET status = 'running', started_us = NEW.time_us
+    WHERE run_id = json_extract({_D}, '$.run_id');
+END""",
+    f"""CREATE TRIGGER runs_completed AFTER INSERT ON events WHEN NEW.type = 'run_completed'
+BEGIN
+    UPDATE runs SET status = json_extract({_D}, '$.status'), ended_us = NEW.time_us,
+        completed = NEW.data,
+        webhook_state = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END,
+        webhook_next_us = CASE WHEN webhook_url IS NOT NULL THEN NEW.time_us END
+    WHERE run_id = json_extract({_D}, '$.run_id');
+END""",
+    f"""CREATE TRIGGER runs_message_key AFTER INSERT ON events
+WHEN NEW.type = 'conversation_added'
+    AND instr(NEW.data, CAST('"idempotency_key"' AS BLOB)) > 0
+BEGIN{_key("NULL")}
+END""",
+)
+
+
+def create_runs(conn: sqlite3.Connection) -> None:
+    """Create version 7's tables, indexes and triggers (inside the caller's transaction)."""
+    for statement in RUNS_SCHEMA:
+        conn.execute(statement)
