@@ -100,8 +100,8 @@ def completed(sid: str, seq: int, run_id: str, when: float = 0, status: str = "c
     )  # fmt: skip
 
 
-def message(sid: str, seq: int, when: float = 0, **extra: Any) -> Event:
-    return ev(sid, seq, EventType.CONVERSATION_ADDED, when, role="user", content="hi", **extra)
+def message(sid: str, seq: int, when: float = 0, content: str = "hi", **extra: Any) -> Event:
+    return ev(sid, seq, EventType.CONVERSATION_ADDED, when, role="user", content=content, **extra)
 
 
 async def get(store: Store, run_id: str) -> RunRecord:
@@ -146,6 +146,74 @@ async def test_a_run_queued_in_the_creating_batch_has_the_owner(store: Store) ->
     found = await store.find_idempotency("bob", "k")
     assert found is not None
     assert (found.owner, found.run_id) == ("bob", "rb")
+
+
+async def test_a_restored_session_s_runs_have_its_saved_owner(store: Store) -> None:
+    """The owner is the one the session's head records: a restored session's comes from its
+    saved copy (``state``), as every store's head takes it."""
+    restored = ev(A, 1, EventType.SESSION_CREATED, status="initializing", state={"owner": "dee"})
+    await store.append(A, [restored, queued(A, 2, "r", idempotency_key="k")])
+    assert (await get(store, "r")).owner == "dee"
+    assert await store.find_idempotency("dee", "k") is not None
+
+
+#: A string with what JSON must escape, non-ASCII, and a backslash before ``u0000`` (text, not
+#: a NUL character).
+TRICKY = 'q"uote \\ back \\u0000 not nul \t\n\x01 é€😀 \u2028 "idempotency_key":"x"'
+
+
+async def test_strings_are_kept_exactly(store: Store) -> None:
+    hook = f"https://example.com/{TRICKY}"
+    await store.append(A, [created(A, owner=TRICKY), queued(A, 2, TRICKY, webhook=hook,
+                                                            idempotency_key=TRICKY,
+                                                            request_hash=TRICKY)])  # fmt: skip
+    await store.append(A, [completed(A, 3, TRICKY, status=TRICKY)])
+    await store.append(A, [message(A, 4, idempotency_key=f"m{TRICKY}", request_hash=TRICKY)])
+    run = await get(store, TRICKY)
+    assert (run.owner, run.status, run.queued["webhook"], run.webhook_state) == (
+        TRICKY, TRICKY, hook, "pending"
+    )  # fmt: skip
+    for key, run_id in ((TRICKY, TRICKY), (f"m{TRICKY}", None)):
+        found = await store.find_idempotency(TRICKY, key)
+        assert found is not None, key
+        assert (found.owner, found.key, found.request_hash, found.run_id) == (
+            TRICKY, key, TRICKY, run_id
+        )  # fmt: skip
+
+
+async def test_malformed_or_nul_holding_fields_never_fail_an_append(store: Store) -> None:
+    """What a durable store cannot hold as text (a NUL character), or what is not there or
+    not a string, is taken as absent: no run, no key, no webhook. The events are stored all
+    the same, and text elsewhere in them (a message's, a run's) may hold anything."""
+    nul = "a\x00b"
+    log = [created(A), queued(A, 2, "r", text=nul, webhook=nul, idempotency_key="k1")]
+    log += [message(A, 3, content=nul, idempotency_key=nul), message(A, 4, idempotency_key=7)]
+    log += [message(A, 5, idempotency_key="k2", request_hash=nul)]
+    log += [ev(A, 6, EventType.RUN_QUEUED, text="no id", multitask="reject")]
+    log += [ev(A, 7, EventType.RUN_QUEUED, run_id=nul, text="x", multitask="reject")]
+    log += [ev(A, 8, EventType.RUN_STARTED), started(A, 9, nul)]
+    log += [ev(A, 10, EventType.RUN_COMPLETED, run_id="r"), completed(A, 11, "r", status=nul)]
+    await store.append(A, log)
+    assert await store.last_seq(A) == 11
+    assert (await store.read_events(A, after_seq=2))[0].data["content"] == nul
+    run = await get(store, "r")
+    assert (run.queued["text"], run.status, run.started_at, run.ended_at) == (
+        nul, "queued", None, None
+    )  # fmt: skip
+    assert [r.run_id for r in await store.list_runs(A)] == ["r"]
+    assert (await store.find_idempotency(None, "k1")) is not None
+    for key in (nul, "7", "k2"):
+        assert await store.find_idempotency(None, key) is None, key
+    await store.append(A, [completed(A, 12, "r")])
+    assert (await get(store, "r")).webhook_state is None  # its webhook was not one
+    assert await store.get_run(nul) is None
+    await store.record_webhook(nul, state="delivered", attempts=1, next_at=None, error=None)
+
+
+async def test_a_webhook_error_holding_nul_is_kept_readable(store: Store) -> None:
+    await _ended_with_webhooks(store)
+    await store.record_webhook("w1", state="failed", attempts=1, next_at=None, error="x\x00y")
+    assert (await get(store, "w1")).webhook_error == "x\ufffdy"
 
 
 async def test_list_runs_pages_newest_first(store: Store) -> None:

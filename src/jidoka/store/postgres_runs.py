@@ -130,6 +130,8 @@ class PgRuns:
         return await self.run(session_id, run)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
+        if "\x00" in run_id:
+            return None  # text cannot hold it: no run has such an id
         rows = await self._rows(None, self._rq.get, run_id)
         return _run(rows[0]) if rows else None
 
@@ -174,7 +176,11 @@ class PgRuns:
         next_at: datetime | None,
         error: str | None,
     ) -> None:
+        if "\x00" in run_id:
+            return  # no run has such an id
         query = self._rq.record
+        if error is not None:
+            error = error.replace("\x00", "\ufffd")  # text cannot hold a NUL
 
         async def run(conn: _Lent) -> None:
             await conn.execute(query, run_id, state, attempts, next_at, error)
@@ -182,6 +188,8 @@ class PgRuns:
         await self.run(None, run)  # the same values again: safe to retry
 
     async def find_idempotency(self, owner: str | None, key: str) -> IdempotencyRecord | None:
+        if "\x00" in key or (owner is not None and "\x00" in owner):
+            return None  # never recorded (see .runs)
         rows = await self._rows(None, self._rq.key, owner or "", key)
         if not rows:
             return None

@@ -6,15 +6,20 @@ in the statement that inserts the events (the writer's group statement, unchange
 with them; for any other event it costs the ``WHEN`` alone. A ``conversation_added`` costs a
 byte search for ``"idempotency_key"`` in its data more (a message's append is the hot path): the
 function runs only when it is found. Its queries see the whole inserting statement's changes, the
-head row that statement created or updated included, which is where a run's owner is read. A
-conflict never fails the append: a run id or a key already recorded is left as it is (``ON
-CONFLICT DO NOTHING``; first writer wins).
+head row that statement created or updated included, which is where a run's owner is read.
 
-The data is parsed as ``json``, not ``jsonb``: ``jsonb`` refuses a ``\\u0000`` escape, which a
-message may hold, and an append must not fail on it. ``queued``/``completed`` are the events'
-data, the bytes as written. ``idempotency_keys.owner`` is ``''`` for a session with no principal
-(``NOT NULL``, so the unique ``(owner, key)`` holds for the anonymous principal too; a principal
-is never the empty string). ``{schema}`` is the quoted schema name.
+Nothing in an event's data fails the append: a run id or a key already recorded is left as it is
+(``ON CONFLICT DO NOTHING``; first writer wins), and a field that is missing, not a string or
+holds a NUL character is taken as absent (as every store does: :mod:`.runs`). The data is parsed
+as ``json``; Postgres cannot turn a ``\\u0000`` escape into text, and refuses to read any field
+of a document holding one, so ``json_data`` first rewrites each such escape as ``\\uffff``, an
+escape the writer's encoder never writes (it writes that character as it is); ``json_text``
+then takes a string holding one as absent.
+
+``queued``/``completed`` are the events' data, the bytes as written. ``idempotency_keys.owner``
+is ``''`` for a session with no principal (``NOT NULL``, so the unique ``(owner, key)`` holds for
+the anonymous principal too; a principal is never the empty string). ``{schema}`` is the quoted
+schema name.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Final
 
 __all__ = ["V4_RUNS"]
 
-V4_RUNS: Final = """
+V4_RUNS: Final = r"""
 CREATE TABLE {schema}.runs (
     run_id text PRIMARY KEY,
     session_id text NOT NULL,
@@ -58,21 +63,39 @@ CREATE TABLE {schema}.idempotency_keys (
 );
 CREATE INDEX idempotency_keys_age ON {schema}.idempotency_keys (created_at);
 CREATE INDEX idempotency_keys_session ON {schema}.idempotency_keys (session_id);
+CREATE FUNCTION {schema}.json_text(v json) RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT CASE WHEN json_typeof(v) = 'string' AND v::text !~ '(^|[^\\])(\\\\)*\\uffff'
+                THEN v #>> '{}' END
+$fn$;
+CREATE FUNCTION {schema}.json_data(raw bytea) RETURNS json LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+    t text := convert_from(raw, 'UTF8');
+BEGIN
+    WHILE strpos(t, '\u0000') > 0 AND t ~ '(^|[^\\])(\\\\)*\\u0000' LOOP
+        t := regexp_replace(t, '((?:^|[^\\])(?:\\\\)*)\\u0000', '\1\\uffff', 'g');
+    END LOOP;
+    RETURN t::json;
+END
+$fn$;
 CREATE FUNCTION {schema}.derive_runs() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
-    d json := convert_from(NEW.data, 'UTF8')::json;
-    run text := d->>'run_id';
+    d json := {schema}.json_data(NEW.data);
+    run text := {schema}.json_text(d->'run_id');
     who text;
+    digest text := CASE WHEN d->'request_hash' IS NULL THEN ''
+                        ELSE {schema}.json_text(d->'request_hash') END;
 BEGIN
-    IF NEW.type = 'run_started' THEN
+    IF run IS NULL AND NEW.type <> 'conversation_added' THEN
+        RETURN NULL;  -- malformed: nothing to index
+    ELSIF NEW.type = 'run_started' THEN
         UPDATE {schema}.runs SET status = 'running', started_at = NEW.time WHERE run_id = run;
         RETURN NULL;
     ELSIF NEW.type = 'run_completed' THEN
-        UPDATE {schema}.runs SET status = d->>'status', ended_at = NEW.time,
+        UPDATE {schema}.runs SET status = {schema}.json_text(d->'status'), ended_at = NEW.time,
             completed = NEW.data,
             webhook_state = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END,
             webhook_next_at = CASE WHEN webhook_url IS NOT NULL THEN NEW.time END
-        WHERE run_id = run;
+        WHERE run_id = run AND {schema}.json_text(d->'status') IS NOT NULL;
         RETURN NULL;
     END IF;
     SELECT owner INTO who FROM {schema}.sessions WHERE session_id = NEW.session_id;
@@ -80,15 +103,15 @@ BEGIN
         INSERT INTO {schema}.runs
             (run_id, session_id, owner, seq, status, created_at, queued, webhook_url)
         VALUES (run, NEW.session_id, who, NEW.seq, 'queued', NEW.time, NEW.data,
-                nullif(d->>'webhook', ''))
+                nullif({schema}.json_text(d->'webhook'), ''))
         ON CONFLICT (run_id) DO NOTHING;
     ELSE
         run := NULL;  -- a message's key: no run
     END IF;
-    IF d->>'idempotency_key' IS NOT NULL THEN
+    IF {schema}.json_text(d->'idempotency_key') IS NOT NULL AND digest IS NOT NULL THEN
         INSERT INTO {schema}.idempotency_keys
             (owner, key, request_hash, session_id, seq, run_id, created_at)
-        VALUES (coalesce(who, ''), d->>'idempotency_key', coalesce(d->>'request_hash', ''),
+        VALUES (coalesce(who, ''), {schema}.json_text(d->'idempotency_key'), digest,
                 NEW.session_id, NEW.seq, run, NEW.time)
         ON CONFLICT (owner, key) DO NOTHING;
     END IF;

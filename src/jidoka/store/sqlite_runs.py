@@ -164,6 +164,8 @@ class SqliteRuns:
         next_at: datetime | None,
         error: str | None,
     ) -> None:
+        if error is not None:
+            error = error.replace("\x00", "\ufffd")  # as every store keeps it (see .runs)
         args = (state, attempts, None if next_at is None else to_us(next_at), error, run_id)
 
         def run(conn: sqlite3.Connection) -> None:

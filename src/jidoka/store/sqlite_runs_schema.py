@@ -5,8 +5,10 @@ The triggers run inside the statement that inserts an event, so the index commit
 events that made it, in the writer's transaction, and the writer needs no code for it. Each has
 a ``WHEN`` on the event's type: any other event costs a comparison. A ``conversation_added``
 costs one more, a byte search for ``"idempotency_key"`` in its data (the JSON is parsed only when
-found: a message's append is the hot path). A conflict never fails the append: a run id or a key
-already recorded is left as it is (``INSERT OR IGNORE``; first writer wins).
+found: a message's append is the hot path). Nothing in an event's data fails the append: a run id
+or a key already recorded is left as it is (``INSERT OR IGNORE``; first writer wins), and a field
+that is missing, not a string or holds a NUL character is taken as absent (as every store does:
+:mod:`.runs`).
 
 Times are integer microseconds like the other tables'; ``queued``/``completed`` are the events'
 data, the JSON bytes as written. ``idempotency_keys.owner`` is ``''`` for a session with no
@@ -26,15 +28,29 @@ _D: Final = "CAST(NEW.data AS TEXT)"
 _OWNER: Final = "(SELECT owner FROM sessions WHERE session_id = NEW.session_id)"
 
 
+def _text(field: str) -> str:
+    """The data's string ``field``: ``NULL`` if it is absent, not a string, or holds a NUL
+    character. ``json_extract`` would cut such a string at the NUL, so the value, quoted again,
+    must be what the data holds (the writer's encoding is compact and escapes as
+    ``json_quote`` does: the contract suite holds both to that)."""
+    value = f"json_extract({_D}, '$.{field}')"
+    return (
+        f"CASE WHEN json_type({_D}, '$.{field}') = 'text'"
+        f" AND instr({_D}, '\"{field}\":' || json_quote({value})) > 0 THEN {value} END"
+    )
+
+
 def _key(run_id: str) -> str:
-    """Record the event's idempotency key, if it has one, for the session's owner."""
+    """Record the event's idempotency key, if it has one, for the session's owner (a request
+    hash that is there must be a string too)."""
+    present = f"json_type({_D}, '$.request_hash') IS NOT NULL"
+    digest = f"CASE WHEN {present} THEN {_text('request_hash')} ELSE '' END"
     return f"""
     INSERT OR IGNORE INTO idempotency_keys
         (owner, key, request_hash, session_id, seq, run_id, created_us)
-    SELECT coalesce({_OWNER}, ''), json_extract({_D}, '$.idempotency_key'),
-           coalesce(json_extract({_D}, '$.request_hash'), ''), NEW.session_id, NEW.seq,
-           {run_id}, NEW.time_us
-    WHERE json_extract({_D}, '$.idempotency_key') IS NOT NULL;"""
+    SELECT coalesce({_OWNER}, ''), k, h, NEW.session_id, NEW.seq, {run_id}, NEW.time_us
+    FROM (SELECT {_text("idempotency_key")} AS k, {digest} AS h)
+    WHERE k IS NOT NULL AND h IS NOT NULL;"""
 
 
 #: Every statement of version 7, in order (triggers hold ``;``, so not one script).
@@ -75,23 +91,21 @@ RUNS_SCHEMA: Final[tuple[str, ...]] = (
 BEGIN
     INSERT OR IGNORE INTO runs
         (run_id, session_id, owner, seq, status, created_us, queued, webhook_url)
-    VALUES (json_extract({_D}, '$.run_id'), NEW.session_id, {_OWNER}, NEW.seq, 'queued',
-            NEW.time_us, NEW.data, nullif(json_extract({_D}, '$.webhook'), ''));{
-        _key(f"json_extract({_D}, '$.run_id')")
-    }
+    VALUES ({_text("run_id")}, NEW.session_id, {_OWNER}, NEW.seq, 'queued',
+            NEW.time_us, NEW.data, nullif({_text("webhook")}, ''));{_key(_text("run_id"))}
 END""",
     f"""CREATE TRIGGER runs_started AFTER INSERT ON events WHEN NEW.type = 'run_started'
 BEGIN
     UPDATE runs SET status = 'running', started_us = NEW.time_us
-    WHERE run_id = json_extract({_D}, '$.run_id');
+    WHERE run_id = {_text("run_id")};
 END""",
     f"""CREATE TRIGGER runs_completed AFTER INSERT ON events WHEN NEW.type = 'run_completed'
 BEGIN
-    UPDATE runs SET status = json_extract({_D}, '$.status'), ended_us = NEW.time_us,
+    UPDATE runs SET status = {_text("status")}, ended_us = NEW.time_us,
         completed = NEW.data,
         webhook_state = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END,
         webhook_next_us = CASE WHEN webhook_url IS NOT NULL THEN NEW.time_us END
-    WHERE run_id = json_extract({_D}, '$.run_id');
+    WHERE run_id = {_text("run_id")} AND {_text("status")} IS NOT NULL;
 END""",
     f"""CREATE TRIGGER runs_message_key AFTER INSERT ON events
 WHEN NEW.type = 'conversation_added'
