@@ -75,13 +75,14 @@ async def open_and_close(path: Path) -> None:
 
 
 #: What version 7 added (dropping them takes a database back to version 6).
-RUN_TRIGGERS = ("runs_queued", "runs_started", "runs_completed", "runs_message_key")
+RUN_TRIGGERS = ("events_runs", "derive_runs")
 RUN_TABLES = ("runs", "idempotency_keys")
 
 
 def drop_runs(conn: sqlite3.Connection) -> None:
     for trigger in RUN_TRIGGERS:
         conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP VIEW run_events")
     for table in RUN_TABLES:
         conn.execute(f"DROP TABLE {table}")
 
