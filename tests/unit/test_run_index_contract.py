@@ -327,6 +327,26 @@ async def test_idempotency_keys_first_writer_wins_per_owner(store: Store) -> Non
     assert await store.last_seq(C) == 2
 
 
+async def test_appends_committed_together_share_keys_first_writer_wins(store: Store) -> None:
+    """Several sessions of one owner, created with a run each under the same key, appended at
+    once (the writers group them: shared commits, Postgres's group statement): every append
+    commits, each run has its owner, and one of them holds the key."""
+    sids = [chr(ord("E") + n) * 26 for n in range(6)]
+    waiting = [
+        store.append_nowait(sid, [created(sid, owner="ann"), queued(sid, 2, f"r{sid[0]}",
+                                                                     idempotency_key="same")])
+        for sid in sids
+    ]  # fmt: skip
+    await asyncio.gather(*(w for w in waiting if w is not None))
+    for sid in sids:
+        assert await store.last_seq(sid) == 2
+        assert (await get(store, f"r{sid[0]}")).owner == "ann"
+    found = await store.find_idempotency("ann", "same")
+    assert found is not None
+    assert found.session_id in sids
+    assert found.run_id == f"r{found.session_id[0]}"
+
+
 async def test_messages_record_their_keys(store: Store) -> None:
     await store.append(A, [created(A), message(A, 2, 1, idempotency_key="m1", request_hash="x")])
     await store.append(A, [message(A, 3, 2), message(A, 4, 3, idempotency_key="m1")])
