@@ -295,7 +295,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keep_stream_chunks: bool = True
     #: Largest the SQLite database may grow, in bytes (``None``: no bound but the disk's). A
     #: write that would pass it fails like a full disk: ``StoreError``, nothing half-applied.
-    max_database_bytes: Annotated[int, msgspec.Meta(ge=65_536)] | None = None
+    max_database_bytes: Annotated[int, msgspec.Meta(ge=131_072)] | None = None
     #: Live sessions at most; creating one more raises ``LimitExceeded``.
     max_sessions: _PositiveInt = 100_000
     #: Terminated sessions remembered (as small tombstones); the oldest is forgotten first.

@@ -1,15 +1,18 @@
 """The SQLite store finds, lists and sweeps sessions through indexes (schema versions 5 and 6), on a
-new database and on one migrated from every older version."""
+new database and on one migrated from every older version; version 7 adds the runs index."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from jidoka.events import Event, EventType
+from jidoka.store import sqlite_runs
 from jidoka.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 pytestmark = pytest.mark.stores("sqlite")
@@ -71,6 +74,19 @@ async def open_and_close(path: Path) -> None:
     await store.aclose()
 
 
+#: What version 7 added (dropping them takes a database back to version 6).
+RUN_TRIGGERS = ("events_runs", "derive_runs")
+RUN_TABLES = ("runs", "idempotency_keys")
+
+
+def drop_runs(conn: sqlite3.Connection) -> None:
+    for trigger in RUN_TRIGGERS:
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP VIEW run_events")
+    for table in RUN_TABLES:
+        conn.execute(f"DROP TABLE {table}")
+
+
 @pytest.mark.parametrize("origin", ["new", "v1"])
 async def test_every_read_of_sessions_is_an_index_range(tmp_path: Path, origin: str) -> None:
     """No plan scans the table or sorts: a page costs the same among a million sessions."""
@@ -95,6 +111,7 @@ async def test_a_version_4_database_gains_the_indexes(tmp_path: Path) -> None:
     path = tmp_path / "v4.sqlite3"
     await open_and_close(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 4 had
+        drop_runs(conn)
         for name in INDEXES | RETENTION_INDEXES:
             conn.execute(f"DROP INDEX {name}")
         conn.execute("CREATE INDEX sessions_live ON sessions (status) WHERE status != 'terminated'")
@@ -129,6 +146,7 @@ async def test_a_version_5_database_keeps_its_snapshots_and_then_keeps_them_all(
     await open_and_close(path)
     sid = "01KDVDNA00V3F1XTVRE0000000"
     with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 5 had
+        drop_runs(conn)
         for name in RETENTION_INDEXES:
             conn.execute(f"DROP INDEX {name}")
         conn.execute("DROP TABLE snapshots")
@@ -149,7 +167,7 @@ async def test_a_version_5_database_keeps_its_snapshots_and_then_keeps_them_all(
     finally:
         await store.aclose()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
 
 
 async def test_a_version_5_database_gains_the_retention_indexes(tmp_path: Path) -> None:
@@ -157,17 +175,68 @@ async def test_a_version_5_database_gains_the_retention_indexes(tmp_path: Path) 
     path = tmp_path / "v5.sqlite3"
     await open_and_close(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 5 had
+        drop_runs(conn)
         for name in RETENTION_INDEXES:
             conn.execute(f"DROP INDEX {name}")
         conn.execute("PRAGMA user_version = 5")
         conn.commit()
     await open_and_close(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         names = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
         }
     assert names >= INDEXES | RETENTION_INDEXES
     for plan in retention_plans(path):
+        assert plan.startswith("SEARCH"), plan
+        assert "TEMP B-TREE" not in plan, plan
+
+
+async def test_a_version_6_database_gains_the_runs_index(tmp_path: Path) -> None:
+    """Version 7's step adds the runs tables and their triggers; the sessions stay, and run
+    events appended after the migration are indexed, read through the partial indexes."""
+    path = tmp_path / "v6.sqlite3"
+    await open_and_close(path)
+    sid = "01KDVDNA00V3F1XTVRE0000000"
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what version 6 had
+        drop_runs(conn)
+        conn.execute("INSERT INTO sessions VALUES (?, 'idle', 5, 'alice')", (sid,))
+        conn.execute(
+            "INSERT INTO events VALUES (?, 1, 'session_created', 5, ?)",
+            (sid, b'{"status": "initializing", "owner": "alice"}'),
+        )
+        conn.execute("PRAGMA user_version = 6")
+        conn.commit()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        [found] = await store.list_sessions(owner="alice")
+        assert found.session_id == sid
+        data = {"run_id": "r1", "text": "go", "multitask": "reject", "idempotency_key": "k"}
+        when = datetime(2026, 1, 1, tzinfo=UTC)
+        await store.append(sid, [Event(EventType.RUN_QUEUED, sid, 2, when, data)])
+        run = await store.get_run("r1")
+        assert run is not None
+        assert (run.session_id, run.owner, run.status) == (sid, "alice", "queued")
+        key = await store.find_idempotency("alice", "k")
+        assert key is not None
+        assert key.run_id == "r1"
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        triggers = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+        }
+        assert triggers == set(RUN_TRIGGERS)
+        run_plans = [
+            " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            for sql, args in (
+                (sqlite_runs._UNFINISHED + " AND (session_id, seq) > (?, ?)"
+                 " ORDER BY session_id, seq LIMIT 5", ("", -1)),
+                (sqlite_runs._DUE, (1, 5)),
+            )
+        ]  # fmt: skip
+    for plan in run_plans:
         assert plan.startswith("SEARCH"), plan
         assert "TEMP B-TREE" not in plan, plan

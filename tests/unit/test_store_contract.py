@@ -54,7 +54,7 @@ STORES: dict[str, Opener] = {
 
 async def open_small_sqlite(request: pytest.FixtureRequest) -> SessionStore:
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    store = SqliteStore(tmp_path / "small.sqlite3", max_database_bytes=64 * 1024)
+    store = SqliteStore(tmp_path / "small.sqlite3", max_database_bytes=128 * 1024)
     await store.open()
     return store
 

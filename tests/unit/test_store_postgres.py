@@ -285,3 +285,45 @@ async def test_stores_opening_a_fresh_schema_at_once_create_it_once(
     finally:
         for store in opened:
             await store.aclose()
+
+
+async def test_a_version_3_schema_gains_the_runs_index(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    """Version 4's step adds the runs tables and the trigger that keeps them: the sessions a
+    version 3 schema holds stay and go on, and their run events are indexed from then on."""
+    store = PostgresStore(postgres_dsn, schema=postgres_schema)
+    await store.open()
+    created = Event(EventType.SESSION_CREATED, A, 1, T0, {"status": "idle", "owner": "alice"})
+    await store.append(A, [created])
+    await store.aclose()
+    name = sql.Identifier(postgres_schema)
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        for statement in (  # back to what version 3 had
+            "DROP TRIGGER derive_runs ON {}.events",
+            "DROP FUNCTION {}.derive_runs()",
+            "DROP FUNCTION {}.json_data(bytea)",
+            "DROP FUNCTION {}.json_text(json)",
+            "DROP TABLE {}.runs",
+            "DROP TABLE {}.idempotency_keys",
+            "UPDATE {}.jidoka_meta SET value = '3' WHERE key = 'schema_version'",
+        ):
+            await conn.execute(sql.SQL(statement).format(name))
+    store = PostgresStore(postgres_dsn, schema=postgres_schema)
+    await store.open()
+    try:
+        data = {"run_id": "r1", "text": "go", "multitask": "reject", "idempotency_key": "k"}
+        await store.append(A, [Event(EventType.RUN_QUEUED, A, 2, T0, data)])
+        run = await store.get_run("r1")
+        assert run is not None
+        assert (run.session_id, run.owner, run.seq, run.status) == (A, "alice", 2, "queued")
+        key = await store.find_idempotency("alice", "k")
+        assert key is not None
+        assert (key.run_id, key.seq) == ("r1", 2)
+    finally:
+        await store.aclose()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn) as conn:
+        cursor = await conn.execute(
+            sql.SQL("SELECT value FROM {}.jidoka_meta WHERE key = 'schema_version'").format(name)
+        )
+        assert await cursor.fetchone() == (str(SCHEMA_VERSION),) == ("4",)

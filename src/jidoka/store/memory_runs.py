@@ -13,11 +13,17 @@ from datetime import datetime
 import msgspec
 
 from ..events import Event, EventType
+from .heads import created_owner
 from .runs import FINAL_RUN_STATUSES, IdempotencyRecord, RunRecord, WebhookState
 
 __all__ = ["MemoryRunIndex"]
 
 _replace = msgspec.structs.replace
+
+
+def _text(value: object) -> str | None:
+    """``value`` if it is a string a durable store can hold as text (no NUL character)."""
+    return value if isinstance(value, str) and "\x00" not in value else None
 
 
 def check_page(limit: object) -> None:
@@ -41,11 +47,12 @@ class MemoryRunIndex:
         for event in events:
             kind = event.type
             if kind is EventType.SESSION_CREATED:
-                self._owners[session_id] = event.data.get("owner")
+                # As the stores that keep a head record it (a restored session's included).
+                self._owners[session_id] = created_owner(event.data)
             elif kind is EventType.RUN_QUEUED:
                 self._queued(session_id, event)
             elif kind is EventType.RUN_STARTED:
-                run = self._runs.get(event.data["run_id"])
+                run = self._runs.get(_text(event.data.get("run_id")) or "")
                 if run is not None:
                     self._runs[run.run_id] = _replace(run, status="running", started_at=event.time)
             elif kind is EventType.RUN_COMPLETED:
@@ -55,8 +62,11 @@ class MemoryRunIndex:
 
     def _queued(self, session_id: str, event: Event) -> None:
         data = event.data
+        run_id = _text(data.get("run_id"))
+        if not run_id:
+            return  # malformed: nothing to index (the append itself never fails on it)
         run = RunRecord(
-            run_id=data["run_id"],
+            run_id=run_id,
             session_id=session_id,
             owner=self._owners.get(session_id),
             seq=event.seq,
@@ -71,13 +81,14 @@ class MemoryRunIndex:
 
     def _completed(self, event: Event) -> None:
         data = event.data
-        run = self._runs.get(data["run_id"])
-        if run is None:
+        run = self._runs.get(_text(data.get("run_id")) or "")
+        status = _text(data.get("status"))
+        if run is None or status is None:
             return
-        webhook = run.queued.get("webhook")
+        webhook = bool(_text(run.queued.get("webhook")))
         self._runs[run.run_id] = _replace(
             run,
-            status=data["status"],
+            status=status,
             ended_at=event.time,
             completed=dict(data),
             webhook_state="pending" if webhook else None,
@@ -86,13 +97,19 @@ class MemoryRunIndex:
 
     def _key(self, session_id: str, event: Event, run_id: str | None) -> None:
         owner = self._owners.get(session_id)
-        key = (owner, str(event.data["idempotency_key"]))
+        name, digest = (
+            _text(event.data["idempotency_key"]),
+            _text(event.data.get("request_hash", "")),
+        )
+        if name is None or digest is None:
+            return  # not a key every store can hold (see .runs)
+        key = (owner, name)
         if key in self._keys:
             return  # first writer wins
         self._keys[key] = IdempotencyRecord(
             owner=owner,
-            key=key[1],
-            request_hash=str(event.data.get("request_hash", "")),
+            key=name,
+            request_hash=digest,
             session_id=session_id,
             seq=event.seq,
             run_id=run_id,
@@ -197,7 +214,7 @@ class MemoryRunIndex:
             webhook_state=state,
             webhook_attempts=attempts,
             webhook_next_at=next_at,
-            webhook_error=error,
+            webhook_error=None if error is None else error.replace("\x00", "\ufffd"),
         )
         if state != "pending" and run.session_id in self._released:
             self._runs.pop(run_id, None)

@@ -56,6 +56,7 @@ from .base import (
 from .heads import batch_head
 from .postgres_append import PgAppend
 from .postgres_retention import PgRetention
+from .postgres_runs import PgRuns, RunStatements
 from .postgres_schema import SCHEMA_VERSION, UNAVAILABLE, check_schema_name, migrate
 from .postgres_sql import Statements, saved_summary, stored_head
 from .postgres_writer import PgWriter
@@ -78,8 +79,8 @@ def is_postgres_dsn(value: str) -> bool:
     return value.startswith(("postgresql://", "postgres://"))
 
 
-class PostgresStore(PgRetention):
-    """Session logs, snapshots and saved sessions in one schema of a PostgreSQL database."""
+class PostgresStore(PgRetention, PgRuns):
+    """Session logs, snapshots, saved sessions and runs in one schema of a PostgreSQL database."""
 
     durable = True
     commits_inline = False
@@ -118,6 +119,7 @@ class PostgresStore(PgRetention):
         self._pool: _Pool | None = None
         self._state: Literal["new", "open", "closed"] = "new"
         self._q = Statements(f'"{self.schema}"')
+        self._rq = RunStatements(f'"{self.schema}"')
 
     @property
     def commits(self) -> int:

@@ -29,6 +29,8 @@ Why these tables:
   is a ``DELETE … RETURNING``, single-use across every node.
 - Two indexes (version 3) serve retention: the terminated sessions by ``updated_at`` and the
   saved copies by ``saved_at``, so each expiry batch reads one index range.
+- ``runs`` and ``idempotency_keys`` (version 4) are the runs index, webhook outbox and
+  idempotency keys, kept by a trigger on ``events`` (:mod:`.postgres_runs_schema`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Final
 import asyncpg
 
 from .base import SchemaError, StoreUnavailable
+from .postgres_runs_schema import V4_RUNS
 
 __all__ = ["SCHEMA_VERSION", "UNAVAILABLE", "check_schema_name", "migrate"]
 
@@ -56,7 +59,7 @@ UNAVAILABLE: Final = (
     asyncpg.exceptions.InternalClientError,
 )
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -155,7 +158,7 @@ CREATE INDEX saved_sessions_age ON {schema}.saved_sessions (saved_at, session_id
 """
 
 #: Each step takes the schema from version ``n - 1`` to ``n``; index 0 creates version 1.
-_STEPS: Final[tuple[str, ...]] = (_V1, _V2, _V3_SNAPSHOTS + _V3_RETENTION)
+_STEPS: Final[tuple[str, ...]] = (_V1, _V2, _V3_SNAPSHOTS + _V3_RETENTION, V4_RUNS)
 
 
 def check_schema_name(schema: str) -> str:

@@ -313,15 +313,17 @@ class Statements:
             "SELECT session_id, saved_at, message_count, metadata, owner"
             f" FROM {s}.saved_sessions ORDER BY session_id"
         )
-        # Retention. A session's rows are removed under its head's lock, taken first (an
-        # append in flight then either committed before, and its events are seen by the
-        # deletes, or finds no head and stores nothing). Its stream tickets (path
-        # ``/v1/sessions/<id>/...``, jidoka.server.tickets) go with it.
+        # Retention. A session's rows (its runs and idempotency keys too) are removed under
+        # its head's lock, taken first (an append in flight then either committed before, and
+        # its events are seen by the deletes, or finds no head and stores nothing). Its stream
+        # tickets (path ``/v1/sessions/<id>/...``, jidoka.server.tickets) go with it.
         self.lock_head = f"SELECT 1 FROM {s}.sessions WHERE session_id = $1 FOR UPDATE"
         self.purge = f"""
 WITH ev AS (DELETE FROM {s}.events WHERE session_id = $1 RETURNING 1),
 sn AS (DELETE FROM {s}.snapshots WHERE session_id = $1 RETURNING 1),
 sv AS (DELETE FROM {s}.saved_sessions WHERE session_id = $1 RETURNING 1),
+rn AS (DELETE FROM {s}.runs WHERE session_id = $1),
+ik AS (DELETE FROM {s}.idempotency_keys WHERE session_id = $1),
 tk AS (
     DELETE FROM {s}.stream_tickets
     WHERE path LIKE '/v1/sessions/%' AND split_part(path, '/', 4) = $1
@@ -338,6 +340,8 @@ SELECT EXISTS (SELECT 1 FROM hd) OR EXISTS (SELECT 1 FROM ev) OR EXISTS (SELECT 
         self.remove_ended = f"""
 WITH ev AS (DELETE FROM {s}.events WHERE session_id = ANY($1::text[])),
 sn AS (DELETE FROM {s}.snapshots WHERE session_id = ANY($1::text[])),
+rn AS (DELETE FROM {s}.runs WHERE session_id = ANY($1::text[])),
+ik AS (DELETE FROM {s}.idempotency_keys WHERE session_id = ANY($1::text[])),
 tk AS (
     DELETE FROM {s}.stream_tickets
     WHERE path LIKE '/v1/sessions/%' AND split_part(path, '/', 4) = ANY($1::text[])

@@ -16,6 +16,11 @@ append). Nothing else writes it, so it can never disagree with the log:
   written in the same transaction as the run's end, so a crash can never lose it;
 - a ``conversation_added`` with an ``idempotency_key`` records the key for its message.
 
+Nothing in an event fails its append: a field the index needs (``run_id``, ``status``,
+``webhook``, ``idempotency_key``, ``request_hash``) that is missing, not a string, or holds a NUL
+character (which Postgres text cannot) is taken as absent, so no run, key or outbox entry comes
+of it (callers validate keys and URLs first); a NUL in a webhook error is kept as U+FFFD.
+
 Webhook delivery then changes only the outbox columns (``claim_webhooks``,
 ``record_webhook``). A session's runs and keys go with the session (``purge``,
 ``expire_terminated``); keys older than a day are removed by ``expire_idempotency``.

@@ -31,6 +31,8 @@ from ..errors import RuntimeClosed, StoreError
 from ..events import EVENT_TYPES, Event, EventType
 from .base import LIVE_SESSIONS_PAGE, OnCommitted, SavedSession, StoredSession, check_drop
 from .heads import batch_head
+from .memory_runs import check_page as _check_limit
+from .sqlite_runs import SqliteRuns
 from .sqlite_schema import (
     SCHEMA_VERSION,
     SchemaError,
@@ -46,15 +48,11 @@ from .sqlite_writer import Append, Request, Writer
 __all__ = ["DATABASE_NAME", "SCHEMA_VERSION", "SchemaError", "SqliteStore"]
 
 DATABASE_NAME: Final = "jidoka.sqlite3"
+_RUN_TABLES: Final = ("runs", "idempotency_keys")
 
 
-def _check_limit(limit: int) -> None:
-    if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be at least 1, not {limit!r}")
-
-
-class SqliteStore:
-    """Session logs, snapshots and saved sessions in one SQLite database file."""
+class SqliteStore(SqliteRuns):
+    """Session logs, snapshots, saved sessions and runs in one SQLite database file."""
 
     durable = True
     commits_inline = False  # an append waits for the writer thread's commit
@@ -68,8 +66,8 @@ class SqliteStore:
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
-        if max_database_bytes is not None and max_database_bytes < 64 * 1024:
-            raise ValueError("max_database_bytes must be at least 64 KiB")
+        if max_database_bytes is not None and max_database_bytes < 128 * 1024:
+            raise ValueError("max_database_bytes must be at least 128 KiB (the schema takes 96)")
         self.path = os.fspath(path)
         self.durability = durability
         self.max_database_bytes = max_database_bytes
@@ -226,8 +224,10 @@ class SqliteStore:
 
         return int(await self._submit(session_id, run))
 
-    #: The tables that hold rows of a session (all keyed by ``session_id``).
-    _SESSION_TABLES: Final = ("events", "snapshots", "saved_sessions", "sessions")
+    #: The tables that hold rows of a session (all keyed by ``session_id``); a terminated
+    #: session's are those but ``saved_sessions``.
+    _SESSION_TABLES: Final = ("events", "snapshots", "saved_sessions", "sessions", *_RUN_TABLES)
+    _ENDED_TABLES: Final = ("events", "snapshots", "sessions", *_RUN_TABLES)
 
     async def purge(self, session_id: str) -> bool:
         """One writer request, so one transaction; the writer forgets where the log ended
@@ -261,7 +261,7 @@ class SqliteStore:
             ids = [(row[0],) for row in rows]
             for (sid,) in ids:
                 writer.last_seq.pop(sid, None)
-            for table in ("events", "snapshots", "sessions"):
+            for table in self._ENDED_TABLES:
                 conn.executemany(f"DELETE FROM {table} WHERE session_id = ?", ids)
             return rows
 

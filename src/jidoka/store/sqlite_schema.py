@@ -18,6 +18,7 @@ from ..errors import StoreError
 from ..events import Event, EventType
 from .base import SchemaError
 from .heads import created_owner, status_after
+from .sqlite_runs_schema import create_runs
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -32,7 +33,7 @@ __all__ = [
     "to_us",
 ]
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -139,6 +140,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                 _execute_script(conn, _SCHEMA)
                 _execute_script(conn, _SESSION_INDEXES)
                 _execute_script(conn, _RETENTION_INDEXES)
+                create_runs(conn)
             elif version == 1:
                 _migrate_from_v1(conn)  # rebuilds every table in its current form
             else:
@@ -162,6 +164,11 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                     # sessions and saved copies are found by index.
                     _execute_script(conn, _SNAPSHOTS_V6)
                     _execute_script(conn, _RETENTION_INDEXES)
+                if version < 7:
+                    # v7: the runs index, webhook outbox and idempotency keys, kept by
+                    # triggers on ``events`` (:mod:`.sqlite_runs_schema`). No log written
+                    # before v7 holds a run event, so there is nothing to derive.
+                    create_runs(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -210,6 +217,7 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA)
     _execute_script(conn, _SESSION_INDEXES)
     _execute_script(conn, _RETENTION_INDEXES)
+    create_runs(conn)
     rows = conn.execute(
         "SELECT session_id, seq, type, time, data FROM events_v1 ORDER BY session_id, seq"
     ).fetchall()

@@ -143,13 +143,6 @@ class Writer:
         ended: list[tuple[str]] = []
 
         def flush() -> None:
-            if rows:
-                conn.executemany(
-                    "INSERT INTO events (session_id, seq, type, time_us, data)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-                rows.clear()
             if statuses:
                 # One statement for every summary row, in the order of the appends: the owner
                 # changes only with a session_created event and is kept by every other update.
@@ -161,6 +154,15 @@ class Writer:
                     statuses,
                 )
                 statuses.clear()
+            # After the heads: the runs triggers read the owner a session_created of this
+            # batch records.
+            if rows:
+                conn.executemany(
+                    "INSERT INTO events (session_id, seq, type, time_us, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                rows.clear()
             if ended:
                 conn.executemany("DELETE FROM snapshots WHERE session_id = ?", ended)
                 ended.clear()
