@@ -18,7 +18,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -178,7 +178,7 @@ class Runtime:
         self._runs = Runs(
             self._manager,
             self._agents,
-            cast("RunIndex", store),
+            store,
             check_webhook=self._check_webhook,
             on_end=self._run_ended,
         )
@@ -225,7 +225,6 @@ class Runtime:
         """One deliverer drains the store's webhook outbox, if the store keeps one (a
         ``RunIndex``) and a secret is configured (without one no run can ask for a webhook,
         and what an earlier configuration left pending waits for a node that has one)."""
-        from .store.runs import RunIndex
 
         if not isinstance(store, RunIndex) or self.webhook_policy.key is None:
             return

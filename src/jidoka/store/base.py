@@ -32,6 +32,7 @@ import msgspec
 
 from ..errors import InvalidArgument, NotOwner, StoreError
 from ..events import Event, EventType
+from .runs import RunIndex
 
 __all__ = [
     "DROPPABLE",
@@ -170,8 +171,8 @@ class OwnershipLost(NotOwner, StoreError):
 
 
 @runtime_checkable
-class SessionStore(Protocol):
-    """Where session logs are kept."""
+class SessionStore(RunIndex, Protocol):
+    """Where session logs are kept, and the runs index derived from them (:mod:`.runs`)."""
 
     @property
     def durable(self) -> bool:
