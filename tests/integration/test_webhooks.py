@@ -28,13 +28,11 @@ from jidoka.events import Event, EventType
 from jidoka.runs.policy import WebhookPolicy
 from jidoka.runs.webhooks import WebhookDeliverer
 from jidoka.server.metrics import PrometheusMetrics
-from jidoka.store.memory import MemoryStore
+from jidoka.store.base import SessionStore
 from jidoka.store.runs import RunRecord
 from tests.support.webhook_receiver import WebhookReceiver, free_port
+from tests.unit.test_store_contract import STORES
 
-#: The runs index of the SQLite and Postgres stores comes separately; the deliverer is written
-#: against the ``RunIndex`` protocol, so widening this marker is all those stores will need.
-pytestmark = pytest.mark.stores("memory")
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -60,7 +58,7 @@ class Outcomes:
 class Runs:
     """Sessions and runs written to a store as the run machinery writes them."""
 
-    def __init__(self, store: MemoryStore, clock: FakeClock) -> None:
+    def __init__(self, store: SessionStore, clock: FakeClock) -> None:
         self.store = store
         self.clock = clock
         self._n = 0
@@ -123,14 +121,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    instance = MemoryStore()
+async def store(request: pytest.FixtureRequest, store_backend: str) -> AsyncIterator[SessionStore]:
+    """The store under test (memory, SQLite, Postgres): the outbox is each one's own."""
+    instance = await STORES[store_backend](request)
     yield instance
     await instance.aclose()
 
 
 @pytest.fixture
-def runs(store: MemoryStore, clock: FakeClock) -> Runs:
+def runs(store: SessionStore, clock: FakeClock) -> Runs:
     return Runs(store, clock)
 
 
@@ -145,7 +144,7 @@ def clock_now(clock: FakeClock) -> datetime:
 
 
 def deliverer(
-    store: MemoryStore,
+    store: SessionStore,
     clock: FakeClock,
     allow: tuple[str, ...],
     outcomes: Callable[[str], None],
@@ -162,7 +161,7 @@ def verify(request_body: bytes, headers: dict[str, str]) -> Any:
 
 
 async def test_one_delivery_is_signed_per_standard_webhooks(
-    store: MemoryStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
 ) -> None:
     outcomes = Outcomes()
     async with deliverer(store, clock, (receiver.origin,), outcomes) as hooks:
@@ -196,13 +195,14 @@ async def test_one_delivery_is_signed_per_standard_webhooks(
 
 
 async def test_500_then_200_is_retried_with_the_same_id(
-    store: MemoryStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
 ) -> None:
     receiver.answers.extend([500])
     outcomes = Outcomes()
     async with deliverer(store, clock, (receiver.origin,), outcomes):
         run_id = await runs.ended(receiver.url(), webhook_id=None)
-        await receiver.wait(1)  # no notify: the first poll finds it
+        clock.advance(1.5)  # no notify: the next poll (every second) finds it
+        await receiver.wait(1)
         await outcomes.wait("retried")
         pending = await runs.run(run_id)
         assert pending.webhook_state == "pending"
@@ -230,7 +230,7 @@ async def test_500_then_200_is_retried_with_the_same_id(
 
 
 async def test_receiver_down_for_a_while_gets_it_later(
-    store: MemoryStore, clock: FakeClock, runs: Runs
+    store: SessionStore, clock: FakeClock, runs: Runs
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/hooks"
@@ -260,12 +260,13 @@ async def test_receiver_down_for_a_while_gets_it_later(
 
 
 async def test_max_attempts_fails_visibly_and_is_counted(
-    store: MemoryStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
 ) -> None:
     receiver.answers.extend([500, 502, 503])
     outcomes = Outcomes()
     async with deliverer(store, clock, (receiver.origin,), outcomes, max_attempts=3) as hooks:
         run_id = await runs.ended(receiver.url())
+        hooks.notify()
         for attempt in (1, 2):
             await outcomes.wait("retried", attempt)
             clock.advance(5)
@@ -282,7 +283,7 @@ async def test_max_attempts_fails_visibly_and_is_counted(
 
 
 async def test_the_allow_list_is_checked_again_at_delivery(
-    store: MemoryStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
 ) -> None:
     """The run was started while the destination was allowed; the operator has narrowed the
     list since: the webhook fails at once, with the reason, and nothing is sent."""
@@ -302,7 +303,7 @@ async def test_the_allow_list_is_checked_again_at_delivery(
 
 
 async def test_redirects_are_not_followed(
-    store: MemoryStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
 ) -> None:
     receiver.answers.extend(["redirect"])
     outcomes = Outcomes()
@@ -318,7 +319,7 @@ async def test_redirects_are_not_followed(
 
 
 async def test_two_deliverers_on_one_store_send_each_webhook_once(
-    store: MemoryStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
 ) -> None:
     """Two nodes draining one outbox: the claim's lease gives each entry to one of them."""
     outcomes = Outcomes()
@@ -332,8 +333,7 @@ async def test_two_deliverers_on_one_store_send_each_webhook_once(
         two.notify()
         await receiver.wait(count)
         await outcomes.wait("delivered", count)
-        assert one.statistics().delivered > 0
-        assert two.statistics().delivered > 0
+        # How the 40 split between the two depends on timing; that none is sent twice does not.
     sent = [r.headers["webhook-id"] for r in receiver.requests]
     assert len(sent) == count
     assert len(set(sent)) == count
@@ -343,7 +343,7 @@ async def test_two_deliverers_on_one_store_send_each_webhook_once(
 
 
 async def test_a_deliverer_that_stops_mid_request_leaves_it_to_the_next(
-    store: MemoryStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, runs: Runs, receiver: WebhookReceiver
 ) -> None:
     """Closing the deliverer while a receiver hangs is prompt; the claim lapses after the
     lease and another deliverer (this node restarted, or another) sends it."""
@@ -381,7 +381,6 @@ async def test_the_runtime_runs_a_deliverer_and_counts_outcomes(
 ) -> None:
     async with WebhookReceiver(500) as receiver:
         rt = Runtime(
-            store="memory",
             webhook_allow=(receiver.origin,),
             webhook_secret=SECRET,
             clock=clock,
@@ -392,7 +391,6 @@ async def test_the_runtime_runs_a_deliverer_and_counts_outcomes(
             hooks = rt.webhooks
             assert hooks is not None
             store = rt.store
-            assert isinstance(store, MemoryStore)
             run_id = await Runs(store, clock).ended(receiver.url())
             hooks.notify()
             async with asyncio.timeout(10):
@@ -422,7 +420,7 @@ def test_body_is_run_info_json() -> None:
 
 
 async def test_the_log_names_the_origin_not_the_url(
-    store: MemoryStore,
+    store: SessionStore,
     clock: FakeClock,
     runs: Runs,
     receiver: WebhookReceiver,
@@ -448,7 +446,7 @@ async def test_the_log_names_the_origin_not_the_url(
 
 
 async def test_a_stored_run_that_cannot_be_sent_fails_at_once(
-    store: MemoryStore, clock: FakeClock, receiver: WebhookReceiver
+    store: SessionStore, clock: FakeClock, receiver: WebhookReceiver
 ) -> None:
     """A run whose stored result this version cannot read is not retried for ever."""
     sid, now = "Z" * 26, datetime.fromtimestamp(clock.time(), UTC)

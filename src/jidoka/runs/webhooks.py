@@ -200,6 +200,8 @@ class WebhookDeliverer:
                     task.add_done_callback(self._delivered)
             if self._wake.is_set():
                 continue
+            if self._next_retry is not None and self._next_retry <= self._clock.monotonic():
+                continue  # a retry fell due while the claim was being read: look again now
             delay = self.poll_interval
             if self._next_retry is not None and len(self._inflight) < self.concurrency:
                 # A hair late, so the entry's due time (wall clock) has surely passed.
