@@ -33,7 +33,6 @@ from jidoka.store.runs import RunRecord
 from tests.support.webhook_receiver import WebhookReceiver, free_port
 from tests.unit.test_store_contract import STORES
 
-
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
