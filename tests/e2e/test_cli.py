@@ -901,3 +901,35 @@ def test_sessions_compact(cli_server: CliServer) -> None:
     assert (done["first_seq"], done["last_seq"]) == (3, 5)
     refused = cli_server.run("sessions", "compact", sid, "--keep-last", "-1")
     assert refused.returncode == 2, refused.stderr
+
+
+def test_runs_start_show_list_join_cancel(cli_server: CliServer) -> None:
+    script = {"provider": "scripted", "script": [{"chunks": ["first ", "answer"]}]}
+    sid = cli_server.create("--llm-config", json.dumps(script))
+    run_id = cli_server.ok("runs", "start", sid, "go", "--metadata", '{"job": 1}').strip()
+    assert run_id.startswith("run_")
+    joined = json.loads(cli_server.ok("runs", "join", sid, run_id, "--json"))
+    assert (joined["status"], joined["message"]["content"]) == ("completed", "first answer")
+    assert joined["metadata"] == {"job": 1}
+    shown = cli_server.ok("runs", "show", sid, run_id)
+    assert "completed" in shown
+    assert shown.rstrip().endswith("first answer")
+    listed = cli_server.ok("runs", "list", sid)
+    assert run_id in listed
+    assert "completed" in listed
+    page = json.loads(cli_server.ok("runs", "list", sid, "--status", "completed", "--json"))
+    assert [r["run_id"] for r in page["runs"]] == [run_id]
+    # The same key again: the same run, not a second one.
+    keyed = cli_server.ok("runs", "start", sid, "again", "--idempotency-key", "k1").strip()
+    again = cli_server.ok("runs", "start", sid, "again", "--idempotency-key", "k1").strip()
+    assert keyed == again
+    # Cancelling an ended run answers it as it is.
+    cli_server.ok("runs", "join", sid, keyed)
+    cancelled = json.loads(cli_server.ok("runs", "cancel", sid, keyed, "--json"))
+    assert cancelled["run_id"] == keyed
+    missing = cli_server.run("runs", "show", sid, "run_nope")
+    assert missing.returncode != 0
+    assert "run_nope" in missing.stderr
+    refused = cli_server.run("runs", "start", sid, "x", "--webhook", "http://127.0.0.1:9/h")
+    assert refused.returncode != 0
+    assert "webhook" in refused.stderr

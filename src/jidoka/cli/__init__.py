@@ -28,7 +28,7 @@ import typer
 
 from .._version import __version__
 from ..errors import JidokaError, Unauthorized
-from . import chat, cluster, demo, events, serve, sessions
+from . import chat, cluster, demo, events, runs, serve, sessions
 from .common import CommandFailed
 from .help import Command, Group
 from .output import error_line
@@ -47,6 +47,7 @@ app = typer.Typer(
 )
 app.command(cls=Command)(serve.serve)
 app.add_typer(sessions.app)
+app.add_typer(runs.app)
 app.add_typer(cluster.app)
 app.command(cls=Command)(sessions.send)
 app.command(cls=Command)(events.events)
