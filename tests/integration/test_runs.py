@@ -13,7 +13,7 @@ import pytest
 import jidoka
 from jidoka.events import Event
 
-from ..helpers import PROMPTLY, until
+from ..helpers import PROMPTLY, settle, until
 from ..support.openai_server import OpenAIServer, Slow, Text, openai_server
 from ..support.openai_server import llm_config as llm
 
@@ -240,3 +240,26 @@ async def test_two_copies_of_a_request_at_once_make_one_run(
     await client.join_run(sid, runs[0].run_id, timeout=PROMPTLY)
     assert len(server.requests) == 1
     assert len((await client.list_runs(sid)).runs) == 1
+
+
+async def test_a_run_brings_an_idle_session_back(
+    server: OpenAIServer, runtime: jidoka.Runtime, clock: jidoka.FakeClock
+) -> None:
+    """Its ``run_queued`` is the idle session's first command: ``session_status`` (active)
+    comes first, in the same append, and the run goes on as in an active session."""
+    server.queue(Text(["awake"]))
+    client = runtime.client
+    sid = await _session(client, server)
+    clock.advance(runtime.settings.session_defaults.idle_after_seconds + 1)
+    await settle()
+    await runtime.manager.wait_background()
+    assert (await client.get_session_info(sid)).status is jidoka.Status.IDLE
+    run = await client.start_run(sid, "wake up")
+    done = await client.join_run(sid, run.run_id, timeout=PROMPTLY)
+    assert done.status == "completed"
+    assert done.message is not None
+    assert done.message.content == "awake"
+    log = await client.read_events(sid, limit=100)
+    queued = next(i for i, e in enumerate(log) if e.type == "run_queued")
+    assert log[queued - 1].type == "session_status"
+    assert log[queued - 1].data["status"] == "active"

@@ -71,6 +71,7 @@ class Runs:
         #: Callers of ``join_run`` waiting on this node, by run id.
         self._waiting: dict[str, asyncio.Event] = {}
         agents.run_ended = self.ended
+        manager.on_loaded.append(self.resume)
 
     # --- starting -------------------------------------------------------------------------------
 

@@ -263,8 +263,8 @@ class Session(SessionCore):
                 "event data must be a JSON object", argument="data", session_id=self.session_id
             )
         async with self.lock:
-            (event,) = await self.command([(EventType(str(type_)), payload)])
-            return event
+            # An idle session's command brings it back first (its session_status comes before).
+            return (await self.command([(EventType(str(type_)), payload)]))[-1]
 
     # --- reads ----------------------------------------------------------------------------------
 
