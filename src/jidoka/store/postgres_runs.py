@@ -69,9 +69,10 @@ class RunStatements:
     def __init__(self, s: str) -> None:
         run = f"SELECT {_COLUMNS} FROM {s}.runs"
         self.get = f"{run} WHERE run_id = $1"
-        # Served by runs_by_session, read backwards; $2/$3 are null for "no filter".
+        # A range of runs_by_session read backwards (the bound on seq is an index condition
+        # in a generic plan too); $2/$3 are null for "no filter".
         self.page = (
-            f"{run} WHERE session_id = $1 AND ($2::bigint IS NULL OR seq < $2)"
+            f"{run} WHERE session_id = $1 AND seq < coalesce($2::bigint, {(1 << 63) - 1})"
             " AND ($3::text IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4"
         )
         # Served by the partial index runs_unfinished.
