@@ -266,6 +266,7 @@ def create_app(
 
     # Jidoka as an MCP server (jidoka.server.mcp): its SDK session manager runs in the lifespan.
     mcp = McpEndpoint(max_body_bytes=config.max_body_bytes)
+    mcp.routing.forwarding = forwarding
     lifespan = ServerLifespan(
         runtime,
         streams,

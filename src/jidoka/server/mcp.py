@@ -14,7 +14,8 @@ the server's ``--allowed-host`` and ``--cors-origin`` settings.
 (each names the Jidoka session it acts on). So nothing accumulates per client: what bounds the
 work is the per-principal in-flight bound every ``/v1`` request counts against, and what bounds
 a request is the body limit. Any node of a cluster serves any call (no sticky MCP session for a
-balancer to honour), and a restart loses nothing a client holds. What stateless gives up --
+balancer to honour; a tool on a session another node owns runs there, see
+:mod:`jidoka.server.mcp_routing`), and a restart loses nothing a client holds. What stateless gives up --
 server-to-client requests and a ``GET`` stream of notifications -- no tool here uses; ``GET``
 is answered 405, as the transport's specification allows.
 
@@ -39,6 +40,7 @@ from starlette.types import ASGIApp
 
 from .._version import __version__
 from ..errors import InvalidArgument, RuntimeClosed, Unauthorized
+from .mcp_routing import OwnerRouting
 from .mcp_tools import MCP_TOOLS, McpTool, error_answer
 from .middleware import PRINCIPAL_KEY
 from .routes import Scopes
@@ -63,6 +65,8 @@ class McpEndpoint:
 
     def __init__(self, *, max_body_bytes: int, tools: Sequence[McpTool] = MCP_TOOLS) -> None:
         self.scopes: Scopes | None = None
+        #: Where a tool's verb runs: on a node of a cluster, on its session's owner.
+        self.routing = OwnerRouting()
         self.max_body_bytes = max_body_bytes
         self.tools = {entry.name: entry for entry in tools}
         self._listing = types.ListToolsResult(
@@ -126,7 +130,7 @@ class McpEndpoint:
                 answer = error_answer(Unauthorized("an MCP tool is called over HTTP only"))
             else:
                 principal: str | None = request.scope.get(PRINCIPAL_KEY)
-                answer = await entry.call(scopes(principal), params.arguments)
+                answer = await entry.call(scopes(principal), params.arguments, self.routing)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=answer.text)],
             structured_content=answer.structured,

@@ -17,7 +17,7 @@ problem document, as the HTTP API would have answered.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, NamedTuple
 
@@ -29,7 +29,7 @@ from ..scoped import ScopedClient
 from ..verbs import MAX_PAGE, Verb, by_name
 from .inputs import error_path
 
-__all__ = ["MCP_TOOLS", "Answer", "McpTool", "error_answer", "tool", "tools_by_name"]
+__all__ = ["MCP_TOOLS", "Answer", "McpTool", "Runner", "error_answer", "tool", "tools_by_name"]
 
 
 class Answer(NamedTuple):
@@ -43,6 +43,8 @@ class Answer(NamedTuple):
 
 #: How a tool turns its verb's answer into an :class:`Answer`: ``(tool arguments, answer)``.
 Present = Callable[[Any, Any], Answer]
+#: How a verb runs for a tool: ``(scoped client, verb, the verb's arguments) -> its answer``.
+Runner = Callable[[ScopedClient, Verb, Any], Awaitable[Any]]
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -103,13 +105,19 @@ class McpTool:
             where = error_path(exc, "arguments")
             raise InvalidArgument(f"{self.name}: {exc}", argument=where) from None
 
-    async def call(self, scoped: ScopedClient, raw: Mapping[str, Any] | None) -> Answer:
-        """Run the tool for ``scoped``'s principal; a :class:`JidokaError` is the answer's
-        error, anything else propagates (the SDK answers it as an internal error)."""
+    async def call(
+        self, scoped: ScopedClient, raw: Mapping[str, Any] | None, run: Runner | None = None
+    ) -> Answer:
+        """Run the tool for ``scoped``'s principal (with ``run``: where it says, as on a node
+        of a cluster); a :class:`JidokaError` is the answer's error, anything else propagates
+        (the SDK answers it as an internal error)."""
         try:
             args = self.arguments(raw)
             verb_args = self.verb.args(**{name: getattr(args, name) for name in self.passed})
-            result = await scoped.run(self.verb, verb_args)
+            if run is None:
+                result = await scoped.run(self.verb, verb_args)
+            else:
+                result = await run(scoped, self.verb, verb_args)
         except JidokaError as exc:
             return error_answer(exc)
         return self.present(args, result)
