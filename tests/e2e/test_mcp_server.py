@@ -66,9 +66,7 @@ async def call(session: ClientSession, name: str, **arguments: Any) -> dict[str,
     return result.structured_content
 
 
-async def refused(
-    session: ClientSession, name: str, slug: str, **arguments: Any
-) -> dict[str, Any]:
+async def refused(session: ClientSession, name: str, slug: str, **arguments: Any) -> dict[str, Any]:
     """A tool call that must be a tool error with the problem ``slug``: its problem document."""
     result = await session.call_tool(name, arguments)
     assert result.is_error, result
@@ -86,8 +84,9 @@ async def first_event(
 ) -> dict[str, Any]:
     """The session's first event (replayed from the start, then live) that is ``wanted``."""
     async with (
-        httpx.AsyncClient(base_url=server.url, headers=bearer(ALICE_TOKEN),
-                          timeout=HTTP_TIMEOUT) as client,  # fmt: skip
+        httpx.AsyncClient(
+            base_url=server.url, headers=bearer(ALICE_TOKEN), timeout=HTTP_TIMEOUT
+        ) as client,  # fmt: skip
         client.stream("GET", f"/v1/sessions/{sid}/events?after_seq=0") as response,
     ):
         assert response.status_code == 200
@@ -200,14 +199,15 @@ async def test_another_principals_session_is_not_found(server: ServerProcess) ->
     async with mcp_session(server, ALICE_TOKEN) as alice:
         sid = (await call(alice, "create_session", metadata={"who": "alice"}))["session_id"]
         async with mcp_session(server, BOB_TOKEN) as bob:
-            for name, arguments in [
+            attempts: list[tuple[str, dict[str, Any]]] = [
                 ("send_message", {"content": "hijack"}),
                 ("chat", {"text": "hijack"}),
                 ("get_history", {}),
                 ("cancel", {}),
                 ("approve", {"call_id": "w1", "allow": True}),
                 ("terminate_session", {}),
-            ]:
+            ]
+            for name, arguments in attempts:
                 problem = await refused(bob, name, "session-not-found", session_id=sid,
                                         **arguments)  # fmt: skip
                 assert problem["session_id"] == sid, name
@@ -282,8 +282,8 @@ def test_get_is_405_and_a_query_is_refused(server: ServerProcess) -> None:
 
 def test_a_body_over_the_limit_is_a_413(make_server: Any) -> None:
     server = make_server(options={"max-body-bytes": 4096})
-    big = {**_CALL, "params": {"name": "send_message",
-                               "arguments": {"session_id": "s", "content": "x" * 8000}}}  # fmt: skip
+    arguments = {"session_id": "s", "content": "x" * 8000}
+    big = {**_CALL, "params": {"name": "send_message", "arguments": arguments}}
     with http_client(server.url, ALICE_TOKEN) as alice:
         problem = problem_of(alice.post("/v1/mcp", json=big, headers=_MCP_HEADERS),
                              "limit-exceeded", 413)  # fmt: skip

@@ -255,8 +255,8 @@ def create_app(
         handlers = SessionRoutes(endpoints.scopes, shared, forwarding)
         mcp.scopes = endpoints.scopes
         routes = _api_routes(endpoints, handlers, limiter, shared)
-        routes.append(ApiRoute(MCP_PATH, "POST", mcp.endpoint, inflight=True,
-                               middleware=[Middleware(InflightBound, limiter=limiter)]))  # fmt: skip
+        counted = [Middleware(InflightBound, limiter=limiter)]
+        routes.append(ApiRoute(MCP_PATH, "POST", mcp.endpoint, inflight=True, middleware=counted))
         router.routes[:] = route_table(routes, [("/v1/ws", endpoints.websocket)])
 
     async def close_forwarding() -> None:

@@ -15,9 +15,9 @@ the server's ``--allowed-host`` and ``--cors-origin`` settings.
 work is the per-principal in-flight bound every ``/v1`` request counts against, and what bounds
 a request is the body limit. Any node of a cluster serves any call (no sticky MCP session for a
 balancer to honour; a tool on a session another node owns runs there, see
-:mod:`jidoka.server.mcp_routing`), and a restart loses nothing a client holds. What stateless gives up --
-server-to-client requests and a ``GET`` stream of notifications -- no tool here uses; ``GET``
-is answered 405, as the transport's specification allows.
+:mod:`jidoka.server.mcp_routing`), and a restart loses nothing a client holds. What stateless
+gives up -- server-to-client requests and a ``GET`` stream of notifications -- no tool here
+uses; ``GET`` is answered 405, as the transport's specification allows.
 
 The manager runs inside the app's lifespan (:class:`~jidoka.server.lifespan.ServerLifespan`):
 entered once the runtime runs, left (its calls still running cancelled) before the runtime
@@ -72,7 +72,9 @@ class McpEndpoint:
         self._listing = types.ListToolsResult(
             tools=[
                 types.Tool(
-                    name=entry.name, description=entry.description, input_schema=entry.input_schema()
+                    name=entry.name,
+                    description=entry.description,
+                    input_schema=entry.input_schema(),
                 )
                 for entry in tools
             ]
@@ -107,7 +109,9 @@ class McpEndpoint:
         """The route's endpoint: the SDK's transport answers the request."""
         manager = self._manager
         if manager is None:
-            raise RuntimeClosed("the MCP endpoint is not running (the server is starting or stopping)")
+            raise RuntimeClosed(
+                "the MCP endpoint is not running (the server is starting or stopping)"
+            )
         return manager.handle_request
 
     async def _list_tools(
@@ -121,7 +125,9 @@ class McpEndpoint:
         entry = self.tools.get(params.name)
         if entry is None:
             known = ", ".join(self.tools)
-            unknown = InvalidArgument(f"no tool {params.name!r} (the tools: {known})", argument="name")
+            unknown = InvalidArgument(
+                f"no tool {params.name!r} (the tools: {known})", argument="name"
+            )
             answer = error_answer(unknown)
         else:
             request = ctx.request

@@ -86,9 +86,7 @@ class McpTool:
     def input_schema(self) -> dict[str, Any]:
         """The arguments' JSON Schema: an object schema at the top, its other types under
         ``$defs`` (MCP wants ``type: object`` at the top, not a ``$ref``)."""
-        (ref,), defs = msgspec.json.schema_components(
-            [self.args], ref_template="#/$defs/{name}"
-        )
+        (ref,), defs = msgspec.json.schema_components([self.args], ref_template="#/$defs/{name}")
         name = ref["$ref"].rsplit("/", 1)[1]
         schema: dict[str, Any] = dict(defs.pop(name))
         schema.pop("title", None)
