@@ -72,6 +72,7 @@ EXERCISED = {
     ("POST", "/v1/stream-tickets"),  # tests/e2e/test_stream_tickets.py
     ("GET", "/v1/ws"),  # tests/e2e/test_websocket.py
     ("GET", "/v1/cluster"),
+    ("POST", "/v1/mcp"),  # tests/e2e/test_mcp_server.py
 }
 
 

@@ -17,6 +17,8 @@ problem document, as the HTTP API would have answered.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, NamedTuple
@@ -46,6 +48,8 @@ Present = Callable[[Any, Any], Answer]
 #: How a verb runs for a tool: ``(scoped client, verb, the verb's arguments) -> its answer``.
 Runner = Callable[[ScopedClient, Verb, Any], Awaitable[Any]]
 _ENCODER: Final = msgspec.json.Encoder()
+#: msgspec's words for an argument the tool does not take (it points at the object, not it).
+_UNKNOWN_FIELD: Final = re.compile(r"unknown field `([^`]*)`")
 
 
 def as_json(args: Any, result: Any) -> Answer:
@@ -90,6 +94,8 @@ class McpTool:
         name = ref["$ref"].rsplit("/", 1)[1]
         schema: dict[str, Any] = dict(defs.pop(name))
         schema.pop("title", None)
+        if not schema.get("required"):
+            schema.pop("required", None)  # an empty list is no valid schema before 2019-09
         if defs:
             schema["$defs"] = defs
         return schema
@@ -100,7 +106,8 @@ class McpTool:
         try:
             return msgspec.convert(dict(raw or {}), self.args, strict=True)
         except msgspec.ValidationError as exc:
-            where = error_path(exc, "arguments")
+            unknown = _UNKNOWN_FIELD.search(str(exc))
+            where = unknown.group(1) if unknown else error_path(exc, "arguments")
             raise InvalidArgument(f"{self.name}: {exc}", argument=where) from None
 
     async def call(
@@ -189,9 +196,9 @@ MCP_TOOLS: Final[tuple[McpTool, ...]] = (
          "(the model). Answers the session's description; its session_id names it in every "
          "other tool."),
     tool("send_message",
-         "Append a message to a session's conversation without running the agent (role "
-         "'user' unless given: 'user', 'assistant' or 'system'). Answers the stored message "
-         "with its seq.",
+         "Append a message (its text in content) to a session's conversation without "
+         "running the agent; role 'user' unless given ('user', 'assistant' or 'system'). "
+         "Answers the stored message with its seq.",
          args=SendMessageArgs),
     tool("chat",
          "Run one agent turn in a session on text and wait for it to end. Answers the "
