@@ -13,6 +13,7 @@ import pytest
 
 import jidoka
 from jidoka.errors import SessionNotFound
+from jidoka.server.inputs import MAX_JSON_DEPTH, NestingTooDeep
 from jidoka.server.mcp_tools import MCP_TOOLS, McpTool, error_answer, tool, tools_by_name
 from jidoka.verbs import by_name
 
@@ -133,3 +134,18 @@ async def test_calls_run_on_the_principals_scoped_client(runtime: jidoka.Runtime
     assert bad.is_error
     assert bad.structured is not None
     assert bad.structured["argument"] == "text"
+
+
+def test_arguments_nested_deeper_than_the_http_api_takes_are_refused() -> None:
+    deep: Any = 1
+    for _ in range(MAX_JSON_DEPTH + 1):
+        deep = {"a": deep}
+    with pytest.raises(NestingTooDeep):
+        tools_by_name()["create_session"].arguments({"metadata": deep})
+
+
+def test_a_refused_argument_names_the_session_the_call_is_about() -> None:
+    with pytest.raises(jidoka.InvalidArgument) as refused:
+        tools_by_name()["get_history"].arguments({"session_id": "s-9", "limit": 0})
+    assert (refused.value.argument, refused.value.session_id) == ("limit", "s-9")
+    assert "get_history" in str(refused.value)

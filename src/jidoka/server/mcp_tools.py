@@ -18,7 +18,6 @@ problem document, as the HTTP API would have answered.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, NamedTuple
@@ -29,7 +28,7 @@ from ..errors import InvalidArgument, JidokaError
 from ..problems import problem_for
 from ..scoped import ScopedClient
 from ..verbs import MAX_PAGE, Verb, by_name
-from .inputs import error_path
+from .inputs import NestingTooDeep, decode_json
 
 __all__ = ["MCP_TOOLS", "Answer", "McpTool", "Runner", "error_answer", "tool", "tools_by_name"]
 
@@ -102,13 +101,26 @@ class McpTool:
 
     def arguments(self, raw: Mapping[str, Any] | None) -> Any:
         """The call's arguments as :attr:`args`, or an :class:`InvalidArgument` naming the one
-        that is wrong (a missing one, one of the wrong type, one the tool does not take)."""
+        that is wrong (a missing one, one of the wrong type, one the tool does not take), as a
+        request body is checked over HTTP: JSON nested deeper than the HTTP API takes is
+        refused the same way (``NestingTooDeep``)."""
         try:
-            return msgspec.convert(dict(raw or {}), self.args, strict=True)
-        except msgspec.ValidationError as exc:
-            unknown = _UNKNOWN_FIELD.search(str(exc))
-            where = unknown.group(1) if unknown else error_path(exc, "arguments")
-            raise InvalidArgument(f"{self.name}: {exc}", argument=where) from None
+            document = _ENCODER.encode(dict(raw or {}))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:  # pragma: no cover - JSON in
+            raise InvalidArgument(f"{self.name}: {exc}", argument="arguments") from None
+        try:
+            return decode_json(document, self.args, argument="arguments", what="the arguments")
+        except NestingTooDeep:
+            raise
+        except InvalidArgument as exc:
+            unknown = _UNKNOWN_FIELD.search(exc.message)
+            where = unknown.group(1) if unknown is not None else exc.argument
+            named = (raw or {}).get("session_id")  # the session the call is about, if any
+            raise InvalidArgument(
+                f"{self.name}: {exc.message}",
+                argument=where,
+                session_id=named if isinstance(named, str) and named else None,
+            ) from None
 
     async def call(
         self, scoped: ScopedClient, raw: Mapping[str, Any] | None, run: Runner | None = None
