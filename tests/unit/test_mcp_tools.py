@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # (the mcp SDK brings it; no stubs)
 import msgspec
 import pytest
 
