@@ -20,45 +20,46 @@ gives up -- server-to-client requests and a ``GET`` stream of notifications -- n
 uses; ``GET`` is answered 405, as the transport's specification allows.
 
 The manager runs inside the app's lifespan (:class:`~jidoka.server.lifespan.ServerLifespan`):
-entered once the runtime runs, left (its calls still running cancelled) before the runtime
-closes. A fresh manager per lifespan, as the SDK runs each one once.
+started once the runtime runs, stopped (its calls still running cancelled) before the runtime
+closes; a fresh manager per lifespan, as the SDK runs each one once. It starts in a task of its
+own, which first imports the SDK (:mod:`jidoka.server.mcp_sdk`) in a thread: that import takes
+about a second, which the server does not wait for before it serves the rest of the API; a
+``/v1/mcp`` request that comes meanwhile waits for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
-import mcp_types as types
-from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel.server import Server
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.requests import Request
 from starlette.types import ASGIApp
 
-from .._version import __version__
 from ..errors import InvalidArgument, RuntimeClosed, Unauthorized
 from .mcp_routing import OwnerRouting
-from .mcp_tools import MCP_TOOLS, McpTool, error_answer
+from .mcp_tools import MCP_TOOLS, Answer, McpTool, error_answer
 from .middleware import PRINCIPAL_KEY
 from .routes import Scopes
+
+if TYPE_CHECKING:
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 __all__ = ["MCP_PATH", "McpEndpoint"]
 
 logger = logging.getLogger("jidoka.server")
 
-MCP_PATH = "/v1/mcp"
-_INSTRUCTIONS = (
-    "Jidoka runs AI coding-assistant sessions. create_session gives a session_id; chat runs "
-    "an agent turn and answers the reply; send_message, get_history, cancel, approve and "
-    "terminate_session act on one session; list_sessions lists yours."
-)
+MCP_PATH: Final = "/v1/mcp"
+#: How long a request waits for the endpoint to start (the SDK's import) before a 503.
+START_TIMEOUT: Final = 30.0
 
 
 class McpEndpoint:
-    """The ``/v1/mcp`` route's endpoint and the SDK server behind it (see the module).
+    """The ``/v1/mcp`` route's endpoint and the SDK's session manager behind it (see the
+    module).
 
     ``scopes`` (the principals' scoped clients) is set once the app's routes are built, which
     for ``jidoka serve`` is after the runtime started."""
@@ -69,44 +70,46 @@ class McpEndpoint:
         self.routing = OwnerRouting()
         self.max_body_bytes = max_body_bytes
         self.tools = {entry.name: entry for entry in tools}
-        self._listing = types.ListToolsResult(
-            tools=[
-                types.Tool(
-                    name=entry.name,
-                    description=entry.description,
-                    input_schema=entry.input_schema(),
-                )
-                for entry in tools
-            ]
-        )
-        self.server: Server[Any] = Server(
-            "jidoka",
-            version=__version__,
-            instructions=_INSTRUCTIONS,
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
-        )
         self._manager: StreamableHTTPSessionManager | None = None
+        self._ready: asyncio.Event | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The SDK's session manager, running while inside (the app's lifespan)."""
-        manager = StreamableHTTPSessionManager(
-            self.server,
-            json_response=True,
-            stateless=True,
-            security_settings=None,  # the app's BrowserGuard checks Host and Origin
-            max_request_body_size=self.max_body_bytes,
-        )
-        async with manager.run():
-            self._manager = manager
-            try:
-                yield
-            finally:
-                self._manager = None
+        """The SDK's session manager, running in a task of its own while inside (the app's
+        lifespan); leaving cancels it, and with it the calls it still serves."""
+        ready = self._ready = asyncio.Event()
+        task = asyncio.create_task(self._run(ready), name="jidoka-mcp")
+        try:
+            yield
+        finally:
+            self._ready = None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        try:
+            sdk = await asyncio.to_thread(importlib.import_module, "jidoka.server.mcp_sdk")
+            manager = sdk.session_manager(
+                tuple(self.tools.values()), self.call, max_body_bytes=self.max_body_bytes
+            )
+            async with manager.run():
+                self._manager = manager
+                ready.set()
+                await asyncio.Event().wait()  # until cancelled (the lifespan ends)
+        except Exception:
+            logger.exception("the MCP endpoint (/v1/mcp) failed to start")
+        finally:
+            self._manager = None
+            ready.set()  # a request waiting for it answers 503 now
 
     async def endpoint(self, request: Request) -> ASGIApp:
         """The route's endpoint: the SDK's transport answers the request."""
+        ready = self._ready
+        if ready is not None and not ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_TIMEOUT):
+                    await ready.wait()
         manager = self._manager
         if manager is None:
             raise RuntimeClosed(
@@ -114,31 +117,16 @@ class McpEndpoint:
             )
         return manager.handle_request
 
-    async def _list_tools(
-        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        return self._listing
-
-    async def _call_tool(
-        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        entry = self.tools.get(params.name)
+    async def call(self, name: str, arguments: Mapping[str, Any] | None, request: object) -> Answer:
+        """Answer a call of tool ``name`` made in ``request`` (its principal's)."""
+        entry = self.tools.get(name)
         if entry is None:
             known = ", ".join(self.tools)
-            unknown = InvalidArgument(
-                f"no tool {params.name!r} (the tools: {known})", argument="name"
+            return error_answer(
+                InvalidArgument(f"no tool {name!r} (the tools: {known})", argument="name")
             )
-            answer = error_answer(unknown)
-        else:
-            request = ctx.request
-            scopes = self.scopes
-            if not isinstance(request, Request) or scopes is None:
-                answer = error_answer(Unauthorized("an MCP tool is called over HTTP only"))
-            else:
-                principal: str | None = request.scope.get(PRINCIPAL_KEY)
-                answer = await entry.call(scopes(principal), params.arguments, self.routing)
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=answer.text)],
-            structured_content=answer.structured,
-            is_error=answer.is_error,
-        )
+        scopes = self.scopes
+        if not isinstance(request, Request) or scopes is None:
+            return error_answer(Unauthorized("an MCP tool is called over HTTP only"))
+        principal: str | None = request.scope.get(PRINCIPAL_KEY)
+        return await entry.call(scopes(principal), arguments, self.routing)
