@@ -8,8 +8,8 @@ started here:
   the stored sessions before the first request, and closed -- flushing the store -- at
   shutdown, after every connection has ended. An app over a runtime its caller runs (a test,
   an embedding, a benchmark) leaves it alone.
-- **the services** (``/v1/mcp``'s session manager): entered once the runtime runs, left before
-  it closes, in the lifespan's own task, so a cancelled lifespan leaves them too.
+- **the services** (``/v1/mcp``'s session manager): async context managers entered once the
+  runtime runs and left before it closes, whether the lifespan ends or is cancelled.
 - **the drain**: every event stream ends with its final ``shutdown`` frame and every WebSocket
   with close code 1001 *as soon as* the server is told to stop. ASGI has no message for that
   moment (the lifespan's shutdown comes only after the connections closed, and a stream never
