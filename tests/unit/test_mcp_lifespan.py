@@ -1,5 +1,6 @@
 """``/v1/mcp``'s session manager lives in the app's lifespan: it serves only between startup
-and shutdown, and a cancelled lifespan leaves it (its calls in flight end) and the runtime."""
+and shutdown (started by the first request), and a cancelled lifespan leaves it (its calls in
+flight end) and the runtime."""
 
 from __future__ import annotations
 
@@ -35,10 +36,13 @@ def _endpoint(app: Any) -> McpEndpoint:
 async def test_mcp_serves_only_while_the_lifespan_runs() -> None:
     runtime = jidoka.Runtime(settings=jidoka.Settings(), store="memory")
     app = create_app(runtime, ServerConfig(insecure_no_auth=True), owns_runtime=True)
+    endpoint = _endpoint(app)
     lifespan = Lifespan(app)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         assert await lifespan.startup() == "lifespan.startup.complete"
+        # Nothing of the SDK is loaded or run until the first MCP request.
+        assert endpoint._task is None
         listed = await http.post("/v1/mcp", json=_rpc("tools/list"), headers=_HEADERS)
         assert listed.status_code == 200, listed.text
         assert "create_session" in {t["name"] for t in listed.json()["result"]["tools"]}

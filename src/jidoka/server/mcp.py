@@ -21,16 +21,17 @@ uses; ``GET`` is answered 405, as the transport's specification allows.
 
 The manager runs inside the app's lifespan (:class:`~jidoka.server.lifespan.ServerLifespan`):
 started once the runtime runs, stopped (its calls still running cancelled) before the runtime
-closes; a fresh manager per lifespan, as the SDK runs each one once. It starts in a task of its
-own, which first imports the SDK (:mod:`jidoka.server.mcp_sdk`) in a thread: that import takes
-about a second, which the server does not wait for before it serves the rest of the API; a
-``/v1/mcp`` request that comes meanwhile waits for it.
+closes; a fresh manager per lifespan, as the SDK runs each one once. It starts on the first
+``/v1/mcp`` request, in a task of its own, which imports the SDK (:mod:`jidoka.server.mcp_sdk`)
+in a thread first: the SDK and its models take about a second and some 25 MB to load, which a
+server that is never asked for MCP does not spend (nor its startup); the first call waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -71,21 +72,31 @@ class McpEndpoint:
         self.max_body_bytes = max_body_bytes
         self.tools = {entry.name: entry for entry in tools}
         self._manager: StreamableHTTPSessionManager | None = None
+        #: While the lifespan runs: set once the manager runs (or failed to start).
         self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The SDK's session manager, running in a task of its own while inside (the app's
-        lifespan); leaving cancels it, and with it the calls it still serves."""
-        ready = self._ready = asyncio.Event()
-        task = asyncio.create_task(self._run(ready), name="jidoka-mcp")
+        """While inside (the app's lifespan), the SDK's session manager may run: started by the
+        first request, in a task of its own; leaving cancels it, and the calls it serves."""
+        self._ready = asyncio.Event()
         try:
             yield
         finally:
             self._ready = None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task, self._task = self._task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _start(self, ready: asyncio.Event) -> None:
+        """Start the manager's task, once per lifespan; in a context of its own, not the first
+        request's (its request id would be on every log line of the SDK)."""
+        if self._task is None:
+            run = self._run(ready)
+            self._task = asyncio.create_task(run, name="jidoka-mcp", context=contextvars.Context())
 
     async def _run(self, ready: asyncio.Event) -> None:
         try:
@@ -107,6 +118,7 @@ class McpEndpoint:
         """The route's endpoint: the SDK's transport answers the request."""
         ready = self._ready
         if ready is not None and not ready.is_set():
+            self._start(ready)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(START_TIMEOUT):
                     await ready.wait()

@@ -106,7 +106,11 @@ class McpTool:
         refused the same way (``NestingTooDeep``)."""
         try:
             document = _ENCODER.encode(dict(raw or {}))
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:  # pragma: no cover - decoded JSON
+        except (
+            TypeError,
+            ValueError,
+            msgspec.EncodeError,
+        ) as exc:  # pragma: no cover - decoded JSON
             raise InvalidArgument(f"{self.name}: {exc}", argument="arguments") from None
         try:
             return decode_json(document, self.args, argument="arguments", what="the arguments")
