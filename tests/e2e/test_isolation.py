@@ -248,6 +248,7 @@ def test_global_stream_carries_only_the_callers_sessions(
         ("GET", "/v1/events"),
         ("GET", f"/v1/sessions/{NO_SUCH_SESSION}/events"),
         ("GET", "/v1/no-such-route"),
+        ("POST", "/v1/mcp"),
     ],
 )
 def test_unauthenticated_requests_get_401(

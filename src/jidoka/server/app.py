@@ -30,6 +30,7 @@ from .docs import ApiDocs
 from .forwarding import Forwarder, Forwarding, Signer
 from .inputs import parse_seq, query_str
 from .lifespan import ServerLifespan
+from .mcp import MCP_PATH, McpEndpoint
 from .metrics import CONTENT_TYPE, HttpMetrics, PrometheusMetrics
 from .middleware import (
     PRINCIPAL_KEY,
@@ -252,7 +253,10 @@ def create_app(
             )
         )
         handlers = SessionRoutes(endpoints.scopes, shared, forwarding)
+        mcp.scopes = endpoints.scopes
         routes = _api_routes(endpoints, handlers, limiter, shared)
+        counted = [Middleware(InflightBound, limiter=limiter)]
+        routes.append(ApiRoute(MCP_PATH, "POST", mcp.endpoint, inflight=True, middleware=counted))
         router.routes[:] = route_table(routes, [("/v1/ws", endpoints.websocket)])
 
     async def close_forwarding() -> None:
@@ -260,8 +264,16 @@ def create_app(
         if forwarder is not None:
             await forwarder.aclose()
 
+    # Jidoka as an MCP server (jidoka.server.mcp): its SDK session manager runs in the lifespan.
+    mcp = McpEndpoint(max_body_bytes=config.max_body_bytes)
+    mcp.routing.forwarding = forwarding
     lifespan = ServerLifespan(
-        runtime, streams, owns_runtime=owns_runtime, on_ready=on_ready, on_close=close_forwarding
+        runtime,
+        streams,
+        owns_runtime=owns_runtime,
+        on_ready=on_ready,
+        on_close=close_forwarding,
+        services=(mcp.running,),
     )
     router = build_router(middleware=middleware, lifespan=lifespan)
     if owns_runtime:

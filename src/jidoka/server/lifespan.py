@@ -8,6 +8,8 @@ started here:
   the stored sessions before the first request, and closed -- flushing the store -- at
   shutdown, after every connection has ended. An app over a runtime its caller runs (a test,
   an embedding, a benchmark) leaves it alone.
+- **the services** (``/v1/mcp``'s session manager): async context managers entered once the
+  runtime runs and left before it closes, whether the lifespan ends or is cancelled.
 - **the drain**: every event stream ends with its final ``shutdown`` frame and every WebSocket
   with close code 1001 *as soon as* the server is told to stop. ASGI has no message for that
   moment (the lifespan's shutdown comes only after the connections closed, and a stream never
@@ -24,7 +26,8 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import FrameType
 from typing import Any
 
@@ -51,6 +54,7 @@ class ServerLifespan:
         started: Callable[[], None] = lambda: None,
         on_ready: Callable[[], None] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        services: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = (),
     ) -> None:
         self.runtime = runtime
         self.streams = streams
@@ -61,6 +65,10 @@ class ServerLifespan:
         self._on_ready = on_ready
         #: Called at shutdown, after the runtime closed (the forwarding client).
         self._on_close = on_close
+        #: Run while the app serves: entered once the runtime runs (in order), left before it
+        #: closes (in reverse order), whether the lifespan ends or is cancelled (``/v1/mcp``'s
+        #: session manager).
+        self.services = tuple(services)
         #: Why the startup failed (``jidoka serve`` says it in one line), if it did.
         self.startup_error: BaseException | None = None
 
@@ -74,10 +82,13 @@ class ServerLifespan:
                 raise
         try:
             self.started()
-            with _drain_on_signals(self._drain):
-                if self._on_ready is not None:
-                    self._on_ready()
-                yield
+            async with contextlib.AsyncExitStack() as running:
+                for service in self.services:
+                    await running.enter_async_context(service())
+                with _drain_on_signals(self._drain):
+                    if self._on_ready is not None:
+                        self._on_ready()
+                    yield
         finally:
             self.streams.drain()
             try:

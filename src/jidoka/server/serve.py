@@ -262,6 +262,10 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The MCP SDK logs each stateless /v1/mcp request's transport at INFO ("Terminating
+    # session: None"): the access log already has one line per request.
+    if logging.getLevelName(level.upper()) == logging.INFO:
+        logging.getLogger("mcp.server").setLevel(logging.WARNING)
 
 
 def run_server(config: ServerConfig, settings: Settings, *, log_level: str = "info") -> int:
