@@ -37,7 +37,7 @@ from tests.e2e.conftest import (
 
 TOOLS = {
     "create_session", "send_message", "chat", "get_history", "list_sessions", "cancel",
-    "approve", "terminate_session",
+    "approve", "terminate_session", "start_run", "get_run", "join_run", "list_runs", "cancel_run",
 }  # fmt: skip
 _WRITE = {"path": "app.py", "content": "x = 2\n"}
 #: A JSON-RPC call of a tool, as a raw request (for the refusals, which come before the SDK).
@@ -302,3 +302,24 @@ def test_a_body_over_the_limit_is_a_413(make_server: Any) -> None:
         # Under the limit, the same server serves the call.
         response = alice.post("/v1/mcp", json=_CALL, headers=_MCP_HEADERS)
         assert response.status_code == 200, response.text
+
+
+async def test_a_run_started_joined_and_listed_over_mcp(server: ServerProcess) -> None:
+    model = scripted({"text": "run answer"})
+    async with mcp_session(server, ALICE_TOKEN) as session:
+        sid = (await call(session, "create_session", llm_config=model))["session_id"]
+        run = await call(session, "start_run", session_id=sid, text="go", idempotency_key="k")
+        assert run["status"] in ("queued", "running")
+        again = await call(session, "start_run", session_id=sid, text="go", idempotency_key="k")
+        assert again["run_id"] == run["run_id"]
+        done = await call(session, "join_run", session_id=sid, run_id=run["run_id"], timeout=30)
+        assert done["status"] == "completed"
+        assert done["message"]["content"] == "run answer"
+        assert (await call(session, "get_run", session_id=sid, run_id=run["run_id"])) == done
+        listed = await call(session, "list_runs", session_id=sid)
+        assert [r["run_id"] for r in listed["runs"]] == [run["run_id"]]
+        cancelled = await call(session, "cancel_run", session_id=sid, run_id=run["run_id"])
+        assert cancelled["status"] == "completed"  # it had ended: answered as it is
+    async with mcp_session(server, BOB_TOKEN) as other:
+        answer = await other.call_tool("get_run", {"session_id": sid, "run_id": run["run_id"]})
+        assert answer.is_error  # another principal's session is not found

@@ -27,6 +27,11 @@ VALID: dict[str, dict[str, Any]] = {
     "cancel": {"session_id": "s"},
     "approve": {"session_id": "s", "call_id": "w1", "allow": False},
     "terminate_session": {"session_id": "s", "reason": "done"},
+    "start_run": {"session_id": "s", "text": "go", "multitask": "enqueue", "idempotency_key": "k"},
+    "get_run": {"session_id": "s", "run_id": "run_1"},
+    "join_run": {"session_id": "s", "run_id": "run_1", "timeout": 5},
+    "list_runs": {"session_id": "s", "status": "completed", "limit": 5},
+    "cancel_run": {"session_id": "s", "run_id": "run_1"},
 }
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("chat", {"text": "go"}, "session_id"),
@@ -37,6 +42,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("list_sessions", {"limit": "10"}, "limit"),
     ("list_sessions", {"status": "sleeping"}, "status"),
     ("approve", {"session_id": "s", "call_id": "w1", "allow": "yes"}, "allow"),
+    ("start_run", {"session_id": "s", "text": "go", "multitask": "sometimes"}, "multitask"),
+    ("join_run", {"session_id": "s", "run_id": "r", "timeout": -1}, "timeout"),
 ]
 
 

@@ -167,6 +167,8 @@ class SendMessageArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: str
     content: str
     role: str = "user"
+    #: A retry with the same key (within 24 hours) answers the first message.
+    idempotency_key: str | None = None
 
 
 class HistoryArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -214,7 +216,8 @@ MCP_TOOLS: Final[tuple[McpTool, ...]] = (
     tool("send_message",
          "Append a message (its text in content) to a session's conversation without "
          "running the agent; role 'user' unless given ('user', 'assistant' or 'system'). "
-         "Answers the stored message with its seq.",
+         "Answers the stored message with its seq; a retry with the same idempotency_key "
+         "(within 24 hours) answers the first message instead of sending it again.",
          args=SendMessageArgs),
     tool("chat",
          "Run one agent turn in a session on text and wait for it to end. Answers the "
@@ -236,6 +239,25 @@ MCP_TOOLS: Final[tuple[McpTool, ...]] = (
          "'ask'): call_id is the approval_requested event's call_id, allow true lets the "
          "write happen, false refuses it.",
          present=_approval_answer),
+    tool("start_run",
+         "Start an agent turn on text in the background and answer at once with the run "
+         "(run_id, status 'queued'); get_run, join_run or the session's events follow it. "
+         "multitask: what to do if a run is under way ('reject' (default), 'enqueue', "
+         "'interrupt'); webhook: a URL POSTed the run, signed, when it ends (the server's "
+         "allow-list must admit it); idempotency_key: a retry with the same key answers the "
+         "first run; metadata: any JSON object kept with the run."),
+    tool("get_run",
+         "The run run_id as it is now: status (queued, running, completed, failed, cancelled, "
+         "interrupted) and, once it ended, the assistant's message and the token usage."),
+    tool("join_run",
+         "Wait for the run run_id to end (at most timeout seconds, default 30) and answer it; "
+         "still "
+         "'running' if the time ran out (join again)."),
+    tool("list_runs",
+         "List a session's runs, newest first (limit, cursor, status)."),
+    tool("cancel_run",
+         "Cancel the run run_id: a queued one never starts, a running one stops (its partial answer "
+         "is kept)."),
     tool("terminate_session",
          "Terminate a session (reason optional): it stops, its history stays readable, "
          "nothing can change it any more. Answers its final description."),
