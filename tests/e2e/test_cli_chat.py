@@ -241,6 +241,10 @@ def test_json_mode_prints_the_events_in_order_then_the_result(
     assert all(event["session_id"] == sid for event in events)
     seqs = [event["seq"] for event in events]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs  # every event, in order
+    # A chat is a run: its run_queued and run_started come first (its run_completed follows
+    # the turn's last agent_status, once the stream shows it).
+    assert [event["type"] for event in events[:2]] == ["run_queued", "run_started"]
+    events = [event for event in events if not event["type"].startswith("run_")]
     kinds = [event["type"] for event in events if event["type"] != "file_index_updated"]
     assert kinds == [
         "conversation_added",

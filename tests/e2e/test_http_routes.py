@@ -73,6 +73,11 @@ EXERCISED = {
     ("GET", "/v1/ws"),  # tests/e2e/test_websocket.py
     ("GET", "/v1/cluster"),
     ("POST", "/v1/mcp"),  # tests/e2e/test_mcp_server.py
+    ("POST", "/v1/sessions/{id}/runs"),  # tests/e2e/test_runs_http.py, test_verbs.py
+    ("GET", "/v1/sessions/{id}/runs"),
+    ("GET", "/v1/sessions/{id}/runs/{run_id}"),
+    ("GET", "/v1/sessions/{id}/runs/{run_id}/join"),
+    ("POST", "/v1/sessions/{id}/runs/{run_id}/cancel"),
 }
 
 

@@ -99,6 +99,11 @@ SESSION_ROUTES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("POST", "/v1/sessions/{sid}/save", None, {}),
     ("POST", "/v1/sessions/{sid}/fork", {"at_seq": 1}, {}),
     ("POST", "/v1/sessions/{sid}/rewind", {"to_seq": 1}, {}),
+    ("POST", "/v1/sessions/{sid}/runs", {"text": "bob"}, {}),
+    ("GET", "/v1/sessions/{sid}/runs", None, {}),
+    ("GET", "/v1/sessions/{sid}/runs/run_x", None, {}),
+    ("GET", "/v1/sessions/{sid}/runs/run_x/join", None, {"timeout": "0"}),
+    ("POST", "/v1/sessions/{sid}/runs/run_x/cancel", None, {}),
     ("POST", "/v1/saved-sessions/{sid}/restore", None, {}),
     ("DELETE", "/v1/saved-sessions/{sid}", None, {}),
     ("GET", "/v1/sessions/{sid}/events", None, {}),
@@ -297,6 +302,11 @@ WS_COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("chat", {"text": "bob"}),
     ("cancel", {}),
     ("approve", {"call_id": "c1", "allow": True}),
+    ("start_run", {"text": "bob"}),
+    ("list_runs", {}),
+    ("get_run", {"run_id": "run_x"}),
+    ("join_run", {"run_id": "run_x", "timeout": 0}),
+    ("cancel_run", {"run_id": "run_x"}),
 ]
 
 

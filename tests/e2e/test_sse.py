@@ -494,7 +494,7 @@ def test_resuming_across_pruned_stream_chunks_names_the_gap_once(
         gaps = [(a + 1, b - 1) for a, b in itertools.pairwise([before, *seqs]) if b > a + 1]
         assert len(gaps) == 1  # the chunks lay between the thinking status and the answer
         (first, last), end = gaps[0], seqs[-1]
-        assert log[-1]["type"] == "agent_status"
+        assert log[-1]["type"] == "run_completed"  # a chat is a run: it ends the turn
         where: dict[str, Any] = (
             {"headers": {"Last-Event-ID": str(before)}}
             if resume == "last-event-id"
@@ -512,8 +512,8 @@ def test_resuming_across_pruned_stream_chunks_names_the_gap_once(
         assert marker == {"count": last - first + 1, "first_seq": first, "last_seq": last}
         shown = [int(f.id or 0) for f in frames]
         assert shown == sorted([*seqs, last])  # the marker stands where the gap was
-        assert [f.event for f in frames][-3:] == ["conversation_added", "llm_response",
-                                                 "agent_status"]  # fmt: skip
+        assert [f.event for f in frames][-4:] == ["conversation_added", "llm_response",
+                                                 "agent_status", "run_completed"]  # fmt: skip
         # Resuming from the marker's id goes on after the gap, without it.
         with client.stream("GET", path, headers={"Last-Event-ID": str(last)}) as response:
             rest = read_until_seq(sse_frames(response), end)

@@ -40,7 +40,8 @@ def server(server_on_each_store: ServerProcess) -> ServerProcess:
 
 #: Values that differ between two identically prepared sessions: masked before comparing.
 _VARYING = re.compile(
-    rb'"(session_id|id|created_at|updated_at|timestamp|added_at|saved_at|last_accessed|time)":'
+    rb'"(session_id|id|created_at|updated_at|timestamp|added_at|saved_at|last_accessed|time'
+    rb'|run_id|started_at|ended_at)":'
     rb'("[^"]*"|null)'
 )
 _WRITE = {"path": "app.py", "content": "x = 2\n"}
@@ -99,6 +100,17 @@ def _awaiting_approval(http: httpx.Client, project: Path) -> str:
 Prepare = Callable[[httpx.Client, Path], dict[str, Any]]
 
 
+def _ended_run(http: httpx.Client, project: Path) -> dict[str, Any]:
+    """A session with one run, ended: its ids."""
+    sid = _session(http, project)
+    started = http.post(f"/v1/sessions/{sid}/runs", json={"text": "go"})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+    joined = http.get(f"/v1/sessions/{sid}/runs/{run_id}/join", params={"timeout": 30})
+    assert joined.json()["status"] == "completed", joined.text
+    return {"session_id": sid, "run_id": run_id}
+
+
 def _on_session(**args: Any) -> Prepare:
     return lambda http, project: {"session_id": _session(http, project), **args}
 
@@ -126,6 +138,14 @@ CASES: dict[str, Prepare] = {
     "delete_working_context": _on_session(key="k/1"),
     "build_context": _on_session(include=["conversation", "working_context"], max_tokens=500),
     "chat": lambda http, project: {"session_id": _session(http, project), "text": "go"},
+    "start_run": _on_session(text="go", multitask="enqueue", metadata={"m": 1}),
+    "list_runs": lambda http, project: {
+        "session_id": _ended_run(http, project)["session_id"],
+        "limit": 5,
+    },
+    "get_run": _ended_run,
+    "join_run": lambda http, project: {**_ended_run(http, project), "timeout": 10},
+    "cancel_run": _ended_run,
     "cancel": _on_session(),
     "approve": lambda http, project: {
         "session_id": _awaiting_approval(http, project),
@@ -211,6 +231,10 @@ BAD_ARGUMENTS = [
     ("fork_session", {"at_seq": 10_000}, "at_seq"),
     ("rewind_session", {"to_seq": "x"}, "to_seq"),
     ("rewind_session", {}, "to_seq"),
+    ("start_run", {"text": "x", "multitask": "sometimes"}, "multitask"),
+    ("start_run", {"text": "x", "idempotency_key": "has space"}, "idempotency_key"),
+    ("join_run", {"run_id": "r", "timeout": -1}, "timeout"),
+    ("list_runs", {"status": "sleeping"}, "status"),
 ]
 
 

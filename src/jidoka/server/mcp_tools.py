@@ -256,8 +256,8 @@ MCP_TOOLS: Final[tuple[McpTool, ...]] = (
     tool("list_runs",
          "List a session's runs, newest first (limit, cursor, status)."),
     tool("cancel_run",
-         "Cancel the run run_id: a queued one never starts, a running one stops (its partial answer "
-         "is kept)."),
+         "Cancel the run run_id: a queued one never starts, a running one stops (its partial "
+         "answer is kept)."),
     tool("terminate_session",
          "Terminate a session (reason optional): it stops, its history stays readable, "
          "nothing can change it any more. Answers its final description."),
