@@ -11,7 +11,8 @@ table, this checkout only: ``python -m benchmarks.bench_hotpath --before SRC`` a
 "before" tree) and ``cluster`` (issue 16: three ``jidoka serve`` nodes on that Postgres and the
 Redis of ``JIDOKA_TEST_REDIS_URL``; ``python -m benchmarks.bench_cluster``) and
 ``chunk_pruning`` (issue 17: a 100-turn streamed session on SQLite with and without
-``keep_stream_chunks``) and ``webhooks`` (issue 18: delivery latency after ``run_completed``)
+``keep_stream_chunks``), ``webhooks`` (issue 18: delivery latency after ``run_completed``) and
+``runs`` (issue 18: start_run to run_started)
 run the same way.
 
 Prints a markdown table of the results and writes them, with the machine's facts, to a JSON
@@ -48,6 +49,7 @@ from . import (
     bench_memory,
     bench_peers,
     bench_postgres,
+    bench_runs,
     bench_steering,
     bench_webhooks,
 )
@@ -79,6 +81,7 @@ MODULES.update(
             bench_steering,
             bench_chunk_pruning,
             bench_mcp,
+            bench_runs,
             bench_webhooks,
         )
     }

@@ -36,6 +36,7 @@ MODULES = [
     "bench_compaction",
     "bench_mcp",
     "bench_webhooks",
+    "bench_runs",
 ]
 
 

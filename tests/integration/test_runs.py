@@ -31,7 +31,7 @@ async def _session(client: jidoka.Client, server: OpenAIServer, **config: object
 async def _until_run_ends(events: AsyncIterator[Event], run_id: str) -> list[Event]:
     seen: list[Event] = []
     async with asyncio.timeout(PROMPTLY):
-        async for event in events:  # type: ignore[attr-defined]
+        async for event in events:
             seen.append(event)
             if event.type == "run_completed" and event.data["run_id"] == run_id:
                 return seen

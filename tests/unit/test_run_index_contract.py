@@ -44,7 +44,7 @@ async def _reopen_sqlite(request: pytest.FixtureRequest, old: Store) -> Store:
 
 async def _reopen_postgres(request: pytest.FixtureRequest, old: Store) -> Store:
     await old.aclose()
-    return await STORES["postgres"](request)  # type: ignore[return-value]
+    return await STORES["postgres"](request)
 
 
 _REOPEN = {"sqlite": _reopen_sqlite, "postgres": _reopen_postgres}
@@ -52,7 +52,7 @@ _REOPEN = {"sqlite": _reopen_sqlite, "postgres": _reopen_postgres}
 
 @pytest.fixture(params=sorted(STORES))
 async def opened(request: pytest.FixtureRequest) -> AsyncIterator[Opened]:
-    stores: list[Store] = [await STORES[request.param](request)]  # type: ignore[list-item]
+    stores: list[Store] = [await STORES[request.param](request)]
     reopen = _REOPEN.get(request.param)
 
     async def again() -> Store:
