@@ -34,6 +34,7 @@ from .events import Event
 from .llm.agents import AgentPool
 from .runs.policy import WebhookPolicy
 from .runs.service import Runs
+from .runs.sweep import RunSweep
 from .session.context import TokenCounter, estimate_tokens
 from .session.manager import SessionManager
 from .session.session import SessionServices
@@ -107,6 +108,7 @@ class Runtime:
         #: attempts, time-outs), for tests and embedders; the defaults suit a server.
         self._webhook_options = dict(webhook_options or {})
         self._webhooks: WebhookDeliverer | None = None
+        self._run_sweep: RunSweep | None = None
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._token_counter = token_counter or estimate_tokens
         self._meter_provider = meter_provider
@@ -191,8 +193,10 @@ class Runtime:
                 await node.start()
             await self._manager.start()
             # Runs a restart left queued or running: their sessions are loaded (and the runs
-            # resumed or ended) in the background, so start-up does not wait on them.
-            self._manager.background.spawn(self._runs.recover(), "jidoka:recover-runs")
+            # resumed or ended) in the background, at once and then now and then, so start-up
+            # does not wait on them; expired idempotency keys go in the same pass.
+            self._run_sweep = RunSweep(self._runs, store, self.clock, self._manager.background)
+            self._run_sweep.start(self.clock.monotonic())
             await self._start_webhooks(store, telemetry)
         except BaseException:
             try:
@@ -338,6 +342,8 @@ class Runtime:
         assert self._bus is not None
         assert self._store is not None
         try:
+            if self._run_sweep is not None:
+                await self._run_sweep.aclose()
             if self._webhooks is not None:
                 await self._webhooks.aclose()
             if self._node is not None:

@@ -12,6 +12,8 @@ import pytest
 
 import jidoka
 from jidoka.events import Event
+from jidoka.runs.idempotency import IDEMPOTENCY_TTL
+from jidoka.runs.sweep import RUN_SWEEP_INTERVAL
 
 from ..helpers import PROMPTLY, settle, until
 from ..support.openai_server import OpenAIServer, Slow, Text, openai_server
@@ -263,3 +265,22 @@ async def test_a_run_brings_an_idle_session_back(
     queued = next(i for i, e in enumerate(log) if e.type == "run_queued")
     assert log[queued - 1].type == "session_status"
     assert log[queued - 1].data["status"] == "active"
+
+
+async def test_an_idempotency_key_stands_for_a_day(
+    runtime: jidoka.Runtime, clock: jidoka.FakeClock
+) -> None:
+    """Past 24 hours a key is free again (the runs' sweep removes it), and then stands for
+    its new request."""
+    client = runtime.client
+    sid = await client.create_session()
+    first = await client.send_message(sid, "user", "one", idempotency_key="daily")
+    clock.advance(IDEMPOTENCY_TTL.total_seconds() - 60)
+    assert await client.send_message(sid, "user", "one", idempotency_key="daily") == first
+    clock.advance(120 + RUN_SWEEP_INTERVAL)  # past the day, and a sweep is due
+    await settle()
+    await runtime.manager.wait_background()
+    second = await client.send_message(sid, "user", "two", idempotency_key="daily")
+    assert second.seq > first.seq
+    assert await client.send_message(sid, "user", "two", idempotency_key="daily") == second
+    assert [m.content for m in await client.get_conversation_history(sid)] == ["one", "two"]

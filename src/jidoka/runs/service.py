@@ -409,7 +409,7 @@ class Runs:
             if not page:
                 return loaded
             for record in page:
-                if record.session_id in seen:
+                if record.session_id in seen or self._manager.is_live(record.session_id):
                     continue
                 seen.add(record.session_id)
                 try:
