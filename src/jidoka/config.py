@@ -313,6 +313,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Sessions (or saved copies) one retention batch removes at most: each batch is one
     #: transaction, so this bounds how long a sweep holds the store at a time.
     retention_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    #: Seconds between the runs' sweeps: how late, at most, a cluster resumes the queued runs
+    #: of a node that died when nobody touches their session (and expires idempotency keys).
+    run_sweep_seconds: _PositiveFloat = 30.0
     #: Events a subscription may have queued before the slow-consumer policy applies.
     subscriber_queue_size: _PositiveInt = 1_000
     #: Stored bytes a subscription that is catching up (or replaying) reads from the store at

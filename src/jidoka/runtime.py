@@ -195,7 +195,13 @@ class Runtime:
             # Runs a restart left queued or running: their sessions are loaded (and the runs
             # resumed or ended) in the background, at once and then now and then, so start-up
             # does not wait on them; expired idempotency keys go in the same pass.
-            self._run_sweep = RunSweep(self._runs, store, self.clock, self._manager.background)
+            self._run_sweep = RunSweep(
+                self._runs,
+                store,
+                self.clock,
+                self._manager.background,
+                interval=self.settings.run_sweep_seconds,
+            )
             self._run_sweep.start(self.clock.monotonic())
             await self._start_webhooks(store, telemetry)
         except BaseException:

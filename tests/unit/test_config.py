@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "keep_stream_chunks": True,
     "retention_sweep_seconds": 60.0,
     "retention_batch": 100,
+    "run_sweep_seconds": 30.0,
     "mcp_allow_stdio": False,
 }
 INT_FIELDS = [name for name, value in DEFAULTS.items() if type(value) is int]
