@@ -115,6 +115,14 @@ def _parameters(verb: Verb, schemas: dict[Any, Any]) -> list[dict[str, Any]]:
     if any(param.name == "after_seq" for param in verb.query):
         params.append({"name": "Last-Event-ID", "in": "header", "required": False,
                        "schema": {"type": "string"}})  # fmt: skip
+    if "idempotency_key" in verb.body_fields:
+        params.append({"name": "Idempotency-Key", "in": "header", "required": False,
+                       "description": "A retry with the same key (same principal, within 24 "
+                       "hours) answers the first request's result instead of acting again; "
+                       "the same key with another request is 422. The body's "
+                       "idempotency_key, if both are given, must be the same.",
+                       "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                  "pattern": "^[!-~]+$"}})  # fmt: skip
     return params
 
 
