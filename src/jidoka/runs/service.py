@@ -69,7 +69,7 @@ class Runs:
         self._on_end = on_end
         self._keys = Idempotency(index, manager.services.clock.time)
         #: Callers of ``join_run`` waiting on this node, by run id.
-        self._waiting: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, tuple[asyncio.Event, int]] = {}
         agents.run_ended = self.ended
         manager.on_loaded.append(self.resume)
 
@@ -308,9 +308,8 @@ class Runs:
         if record.status in FINAL_RUN_STATUSES or timeout == 0:
             return run_info(record)
         assert isinstance(run_id, str)
-        event = self._waiting.get(run_id)
-        if event is None:
-            event = self._waiting[run_id] = asyncio.Event()
+        event, waiters = self._waiting.get(run_id, (asyncio.Event(), 0))
+        self._waiting[run_id] = (event, waiters + 1)
         try:
             # Looked at again now that the waiter is in place: it may have ended meanwhile.
             record = await self._record(session_id, run_id)
@@ -319,15 +318,21 @@ class Runs:
                     async with asyncio.timeout(float(timeout)):
                         await event.wait()
         finally:
-            # Others may wait on the same event still: it goes when the run ends (``ended``).
-            pass
+            # The last waiter takes the event away (a run that ends elsewhere, on the node
+            # that took its session over, never sets it).
+            current = self._waiting.get(run_id)
+            if current is not None and current[0] is event:
+                if current[1] <= 1:
+                    del self._waiting[run_id]
+                else:
+                    self._waiting[run_id] = (event, current[1] - 1)
         return await self.get_run(session_id, run_id)
 
     def ended(self, run_id: str) -> None:
         """A run ended on this node (its ``run_completed`` is committed): wake who waits."""
-        event = self._waiting.pop(run_id, None)
-        if event is not None:
-            event.set()
+        waiting = self._waiting.pop(run_id, None)
+        if waiting is not None:
+            waiting[0].set()
         if self._on_end is not None:
             self._on_end(run_id)
 
