@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
 from mcp.server.mcpserver import MCPServer
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from . import loopback
 
 __all__ = ["CalcServer", "calc_server", "free_url"]
 
@@ -72,8 +73,7 @@ class CalcServer:
         self.mcp = make_calc(self.calls, self.slow_called, self.release)
         self._app = self.mcp.streamable_http_app()
         self.url = ""
-        self._uvicorn: uvicorn.Server | None = None
-        self._socket: socket.socket | None = None
+        self._served: loopback.Served | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -104,44 +104,21 @@ class CalcServer:
         return Counted
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        sock.setblocking(False)
-        self._socket = sock
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-        config = uvicorn.Config(
+        self._served = await loopback.start(
             self,
-            lifespan="off",
             http=self._protocol(),
-            ws="none",
-            log_config=None,
             # An idle connection stays open until its client closes it (uvicorn closes it
             # after 5 s by default, which would pass for a client that went).
             timeout_keep_alive=3600,
         )
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._uvicorn = server
+        self.url = f"http://127.0.0.1:{self._served.port}/mcp"
 
     async def stop(self) -> None:
-        server, self._uvicorn = self._uvicorn, None
-        if server is None:
+        served, self._served = self._served, None
+        if served is None:
             return
         self.release.set()
-        for listener in server.servers:
-            listener.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()
-        tasks = list(server.server_state.tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-        for listener in server.servers:
-            await listener.wait_closed()
-        if self._socket is not None:
-            self._socket.close()
+        await loopback.stop(served)
 
 
 @asynccontextmanager

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable
@@ -35,12 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from . import loopback
 
 __all__ = [
     "llm_config",
@@ -214,8 +214,7 @@ class OpenAIServer:
         self.base_url = ""
         self._behaviours: deque[Behaviour] = deque()
         self._closing = asyncio.Event()
-        self._uvicorn: uvicorn.Server | None = None
-        self._socket: socket.socket | None = None
+        self._served: loopback.Served | None = None
         self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
 
     def queue(self, *behaviours: Behaviour) -> None:
@@ -227,38 +226,15 @@ class OpenAIServer:
         return len(self._behaviours)
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        sock.setblocking(False)
-        self._socket = sock
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        config = uvicorn.Config(self.app, lifespan="off", http="h11", ws="none", log_config=None)
-        config.load()
-        server = uvicorn.Server(config)
-        # What Server.serve() does, minus its signal handlers and its 0.1 s polling loop.
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._uvicorn = server
+        self._served = await loopback.start(self.app)
+        self.base_url = f"http://127.0.0.1:{self._served.port}/v1"
 
     async def stop(self) -> None:
-        server, self._uvicorn = self._uvicorn, None
-        if server is None:
+        served, self._served = self._served, None
+        if served is None:
             return
         self._closing.set()  # Slow and Hang behaviours stop waiting
-        for listener in server.servers:
-            listener.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()  # idle ones close now, busy ones after their response
-        tasks = list(server.server_state.tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-        for connection in list(server.server_state.connections):
-            connection.shutdown()
-        for listener in server.servers:
-            await listener.wait_closed()
-        if self._socket is not None:
-            self._socket.close()
+        await loopback.stop(served)
 
     # --- the endpoint ---------------------------------------------------------------------------
 

@@ -14,11 +14,12 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from . import loopback
 
 __all__ = ["Received", "WebhookReceiver", "free_port"]
 
@@ -47,8 +48,7 @@ class WebhookReceiver:
         self.port = 0
         self._changed = asyncio.Condition()
         self._closing = asyncio.Event()
-        self._server: uvicorn.Server | None = None
-        self._socket: socket.socket | None = None
+        self._served: loopback.Served | None = None
         self.app = Starlette(routes=[Route("/{path:path}", self._receive, methods=["POST", "GET"])])
 
     def url(self, path: str = "/hooks") -> str:
@@ -59,37 +59,16 @@ class WebhookReceiver:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, port: int = 0) -> WebhookReceiver:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(128)
-        sock.setblocking(False)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", http="h11", ws="none", log_config=None)
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._server = server
+        self._served = await loopback.start(self.app, port=port, reuse=True)
+        self.port = self._served.port
         return self
 
     async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
+        served, self._served = self._served, None
+        if served is None:
             return
         self._closing.set()
-        for listener in server.servers:
-            listener.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()
-        tasks = list(server.server_state.tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-        for listener in server.servers:
-            await listener.wait_closed()
-        if self._socket is not None:
-            self._socket.close()
+        await loopback.stop(served)
 
     async def __aenter__(self) -> WebhookReceiver:
         return await self.start()
