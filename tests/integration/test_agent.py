@@ -86,7 +86,7 @@ async def test_the_model_sees_the_tool_result_and_the_context(
     await client.chat(sid, "go")
     agent = runtime._agents.get(sid)  # type: ignore[union-attr]
     assert agent is not None
-    provider = agent._provider
+    provider = agent._providers.current
     requests = provider.requests  # type: ignore[union-attr]
     assert len(requests) == 2
     first, second = requests

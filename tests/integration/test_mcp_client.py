@@ -96,7 +96,7 @@ async def test_the_model_sees_the_servers_tools_with_their_schemas(
         await client.chat(sid, "once more")  # the connection is kept between turns
     agent = runtime._agents.get(sid)  # type: ignore[union-attr]
     assert agent is not None
-    request = agent._provider.requests[0]  # type: ignore[union-attr]
+    request = agent._providers.current.requests[0]  # type: ignore[union-attr]
     tools = {tool.name: tool for tool in request.tools}
     assert {"read_file", "list_files", "search_code", "mcp__calc__add"} == set(tools)
     assert tools["mcp__calc__add"].description == "Add two integers."

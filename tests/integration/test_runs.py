@@ -15,7 +15,7 @@ from jidoka.events import Event
 from jidoka.runs.idempotency import IDEMPOTENCY_TTL
 from jidoka.runs.sweep import RUN_SWEEP_INTERVAL
 
-from ..helpers import PROMPTLY, settle, until
+from ..helpers import PROMPTLY, quiesce, settle, until
 from ..support.openai_server import OpenAIServer, Slow, Text, openai_server
 from ..support.openai_server import llm_config as llm
 
@@ -276,11 +276,39 @@ async def test_an_idempotency_key_stands_for_a_day(
     sid = await client.create_session()
     first = await client.send_message(sid, "user", "one", idempotency_key="daily")
     clock.advance(IDEMPOTENCY_TTL.total_seconds() - 60)
+    await quiesce(runtime)  # the sweep this advance set off has ended
     assert await client.send_message(sid, "user", "one", idempotency_key="daily") == first
     clock.advance(120 + RUN_SWEEP_INTERVAL)  # past the day, and a sweep is due
-    await settle()
-    await runtime.manager.wait_background()
+    await quiesce(runtime)
     second = await client.send_message(sid, "user", "two", idempotency_key="daily")
     assert second.seq > first.seq
     assert await client.send_message(sid, "user", "two", idempotency_key="daily") == second
     assert [m.content for m in await client.get_conversation_history(sid)] == ["one", "two"]
+
+
+@pytest.mark.stores("sqlite", "postgres")
+async def test_terminating_a_session_ends_its_runs_cancelled(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    """The running run and the queued one end ``cancelled`` (reason ``terminated``) before the
+    session's own end, and stay readable after it (a durable store keeps the log)."""
+    server.queue(Slow(["never ", "finished"], before=1))
+    sid = await _session(client, server)
+    async with client.subscribe_to_session(sid, after_seq=0) as events:
+        running = await client.start_run(sid, "a")
+        await until(events, "llm_stream_chunk")
+        queued = await client.start_run(sid, "b", multitask="enqueue")
+        await client.terminate_session(sid)
+    for run in (running, queued):
+        ended = await client.get_run(sid, run.run_id)
+        assert ended.status == "cancelled"
+        assert ended.reason == "terminated"
+    log = await client.read_events(sid, limit=1000)
+    assert log[-1].type == "session_terminated"
+    assert [e.data["run_id"] for e in log if e.type == "run_completed"] == [
+        queued.run_id,
+        running.run_id,
+    ] or [e.data["run_id"] for e in log if e.type == "run_completed"] == [
+        running.run_id,
+        queued.run_id,
+    ]

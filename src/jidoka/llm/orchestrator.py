@@ -34,8 +34,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import msgspec
-
 from ..errors import (
     JidokaError,
     LimitExceeded,
@@ -58,12 +56,13 @@ from .compaction import auto_compact, compact_now, owned
 from .mcp_client import MCPClients
 from .outcomes import choice_for, failure_data
 from .prompt import DEFAULT_INSTRUCTIONS, budget_for, prompt_messages, request_limit, tools_tokens
-from .providers import ClientCache, make_provider
+from .provider_slot import ProviderSlot
+from .providers import ClientCache
 from .streaming import stream_call
 from .tool_calls import ToolCaller, bounded
 from .turn_queue import TurnQueue
 from .turns import ChatResult, Turn, TurnQueueLimit
-from .types import ChatMessage, ChatRequest, Provider, Usage
+from .types import ChatMessage, ChatRequest, Usage
 from .usage import estimate, token_usage, usage_data, usage_of
 from .window import TurnWindow
 
@@ -97,30 +96,29 @@ class Agent(TurnQueue):
         self._get_session = get_session
         self._send_message = send_message
         self._update_index = update_index
-        self._environ = environ
         self._defaults = dict(llm_defaults)
         self._counter = token_counter
         self._record_usage = record_usage
         self._on_exit = on_exit
-        self._clients = clients
         #: Given the seq range of an ended turn's chunks its ``llm_response`` holds, drops them
         #: from the store in the background (``Settings.keep_stream_chunks`` off); else None.
         self._drop_chunks = drop_chunks
         #: Told the id of each run whose ``run_completed`` this agent committed.
         self._run_ended = run_ended
+        #: The session as last looked up (a turn's end may need it once lookups refuse it).
+        self._live: Session | None = None
         mcp = MCPClients(session_id, environ, allow_stdio=mcp_allow_stdio)
         self._tools = ToolCaller(
             session_id, emit=self._emit, update_index=update_index, counter=token_counter, mcp=mcp
         )
-        self._provider: Provider | None = None
-        self._provider_key: bytes | None = None
+        self._providers = ProviderSlot(session_id, environ, clients)
         self._partial: list[str] = []
         #: Seqs of the chunks stored for the model call under way (``_partial``'s events).
         self._chunks: list[int] = []
         #: The model call under way (its usage is estimated if the turn stops during it).
         self._in_flight: ChatRequest | None = None
         #: What a compaction needs of the agent (:mod:`.compaction`).
-        self._llm = (self._provider_for, token_counter, self._emit)
+        self._llm = (self._providers.get, token_counter, self._emit)
 
     # --- what clients call ----------------------------------------------------------------------
 
@@ -236,15 +234,24 @@ class Agent(TurnQueue):
             self._compacting.cancel()
         self._tools.deny_all()
         await self._tools.mcp.aclose()  # the MCP servers see their sessions end
-        provider, self._provider = self._provider, None
-        if provider is not None:
-            with contextlib.suppress(Exception):
-                await provider.aclose()
+        await self._providers.aclose()
 
     # --- one turn -------------------------------------------------------------------------------
 
     async def _session(self) -> Session:
-        return await self._get_session(self.session_id)
+        self._live = await self._get_session(self.session_id)
+        return self._live
+
+    async def _ending_session(self) -> Session | None:
+        """The session, if it is ending: found once it no longer answers lookups (its workers
+        stop while it terminates), so the runs it ends can still be told in its log."""
+        session = self._live
+        if session is None:
+            try:
+                session = await self._session()
+            except JidokaError:
+                return None
+        return session if session.terminating else None
 
     async def _end_dropped(
         self, turns: list[Turn], reason: str, *, only_if_ending: bool = False
@@ -256,8 +263,9 @@ class Agent(TurnQueue):
         if not runs:
             return
         with contextlib.suppress(JidokaError):
-            session = await self._session()
-            if only_if_ending and not session.terminating:
+            ending = await self._ending_session()
+            session = ending if ending is not None else await self._session()
+            if only_if_ending and ending is None:
                 return
             for turn in runs:
                 if turn.admitted is not None:
@@ -265,7 +273,11 @@ class Agent(TurnQueue):
                         await asyncio.shield(turn.admitted)
                     if turn.admitted.cancelled() or turn.admitted.exception() is not None:
                         continue  # never queued in the log
-                await session.append_event(*run_events.dropped(turn, reason))
+                item = run_events.dropped(turn, reason)
+                if ending is not None:
+                    await ending.record_ending([item])
+                else:
+                    await session.append_event(*item)
                 self._ended(turn)
 
     async def _run_turn(self, turn: Turn) -> ChatResult:
@@ -282,9 +294,9 @@ class Agent(TurnQueue):
             # Not a user's cancel (that returns): the worker stops. The run ends here only if
             # the session is ending; a runtime shutting down leaves it to the next start.
             with contextlib.suppress(Exception):
-                session = await self._session()
-                if session.terminating:
-                    await session.append_event(*run_events.dropped(turn, "terminated"))
+                ending = await self._ending_session()
+                if ending is not None:
+                    await ending.record_ending([run_events.dropped(turn, "terminated")])
                     self._ended(turn)
             raise
         except BaseException as exc:
@@ -329,7 +341,7 @@ class Agent(TurnQueue):
         self._partial, self._chunks = [], []
         self._in_flight = None
         try:
-            provider = await self._provider_for(llm_config)
+            provider = await self._providers.get(llm_config)
             registry = ToolRegistry.default(allow_write=config.allow_write is not False)
             tools = registry.specs() + await self._tools.mcp_specs(config)
             instructions = str(llm_config.get("system_prompt") or DEFAULT_INSTRUCTIONS)
@@ -414,26 +426,6 @@ class Agent(TurnQueue):
         if request is None or (isinstance(exc, LLMError) and exc.status is not None):
             return Usage()
         return estimate(request, "".join(self._partial), self._counter)
-
-    async def _provider_for(self, llm_config: dict[str, Any]) -> Provider:
-        """The provider for this config, made once (and again only if the config changes).
-
-        Made in a worker thread: the first one imports its SDK, which must not stall the loop.
-        """
-        key = msgspec.json.encode(llm_config)
-        if self._provider is None or key != self._provider_key:
-            old = self._provider
-            self._provider = await asyncio.to_thread(
-                make_provider,
-                llm_config,
-                environ=self._environ,
-                session_id=self.session_id,
-                clients=self._clients,
-            )
-            self._provider_key = key
-            if old is not None:
-                await old.aclose()
-        return self._provider
 
     async def _finish(
         self, text: str, usage: Usage, iterations: int, finish_reason: str | None

@@ -266,6 +266,13 @@ class Session(SessionCore):
             # An idle session's command brings it back first (its session_status comes before).
             return (await self.command([(EventType(str(type_)), payload)]))[-1]
 
+    async def record_ending(self, items: list[tuple[EventType, dict[str, Any]]]) -> None:
+        """What a worker commits as it stops while the session terminates (the runs it ends):
+        no client command (it is no activity, and a terminating session refuses those), and
+        still before the termination, which waits for the workers to stop."""
+        async with self.lock:
+            await self.commit(items)
+
     # --- reads ----------------------------------------------------------------------------------
 
     def history(self, view: object = "full") -> list[Message]:
