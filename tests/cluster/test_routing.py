@@ -26,7 +26,7 @@ from tests.support.cluster import Cluster, ClusterNode
 
 _VARYING = re.compile(
     r'"(session_id|id|created_at|updated_at|timestamp|added_at|saved_at|last_accessed|time|'
-    r'source|events|request_id|project_root|message_id)":("[^"]*"|null)'
+    r'source|events|request_id|project_root|message_id|run_id)":("[^"]*"|null)'
 )
 _SESSION_PATH = re.compile(r"/v1/sessions/[^/?]+")
 _WRITE = {"path": "app.py", "content": "x = 2\n"}

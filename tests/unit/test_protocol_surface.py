@@ -26,9 +26,15 @@ from tests.helpers import drain, quiesce, take, until
 
 
 def declared(protocol: type) -> frozenset[str]:
-    """The public members a Protocol declares (methods, properties, attributes)."""
-    names = {name for name in vars(protocol) if not name.startswith("_")}
-    return frozenset(names | set(getattr(protocol, "__annotations__", {})))
+    """The public members a Protocol declares (methods, properties, attributes), those of the
+    Protocols it extends included (a ``SessionStore`` is a ``RunIndex`` too)."""
+    names: set[str] = set()
+    for klass in protocol.__mro__:
+        if klass is object or not getattr(klass, "_is_protocol", False):
+            continue
+        names |= {name for name in vars(klass) if not name.startswith("_")}
+        names |= set(getattr(klass, "__annotations__", {}))
+    return frozenset(names)
 
 
 class Strict:
