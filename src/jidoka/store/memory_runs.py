@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
 
 import msgspec
 
@@ -17,6 +18,17 @@ from .heads import created_owner
 from .runs import FINAL_RUN_STATUSES, IdempotencyRecord, RunRecord, WebhookState
 
 __all__ = ["MemoryRunIndex"]
+
+#: The event types the index is derived from.
+_DERIVED: Final = frozenset(
+    {
+        EventType.SESSION_CREATED,
+        EventType.RUN_QUEUED,
+        EventType.RUN_STARTED,
+        EventType.RUN_COMPLETED,
+        EventType.CONVERSATION_ADDED,
+    }
+)
 
 _replace = msgspec.structs.replace
 
@@ -43,22 +55,28 @@ class MemoryRunIndex:
         self._released: set[str] = set()
 
     def derive(self, session_id: str, events: Sequence[Event]) -> None:
-        """Apply an appended batch (called by the store's append, after its checks)."""
+        """Apply an appended batch (called by the store's append, after its checks). One set
+        lookup per event that is none of the few that matter: the path of every append."""
         for event in events:
             kind = event.type
-            if kind is EventType.SESSION_CREATED:
-                # As the stores that keep a head record it (a restored session's included).
+            if kind not in _DERIVED:
+                continue
+            if kind is EventType.CONVERSATION_ADDED:
+                if "idempotency_key" in event.data:
+                    self._key(session_id, event, None)
+            elif kind is EventType.SESSION_CREATED:
                 self._owners[session_id] = created_owner(event.data)
             elif kind is EventType.RUN_QUEUED:
                 self._queued(session_id, event)
             elif kind is EventType.RUN_STARTED:
-                run = self._runs.get(_text(event.data.get("run_id")) or "")
-                if run is not None:
-                    self._runs[run.run_id] = _replace(run, status="running", started_at=event.time)
-            elif kind is EventType.RUN_COMPLETED:
+                self._started(event)
+            else:
                 self._completed(event)
-            elif kind is EventType.CONVERSATION_ADDED and "idempotency_key" in event.data:
-                self._key(session_id, event, None)
+
+    def _started(self, event: Event) -> None:
+        run = self._runs.get(_text(event.data.get("run_id")) or "")
+        if run is not None:
+            self._runs[run.run_id] = _replace(run, status="running", started_at=event.time)
 
     def _queued(self, session_id: str, event: Event) -> None:
         data = event.data
