@@ -251,7 +251,7 @@ class Agent(TurnQueue):
                 session = await self._session()
             except JidokaError:
                 return None
-        return session if session.terminating else None
+        return session if session.terminating and not session.stopping else None
 
     async def _end_dropped(
         self, turns: list[Turn], reason: str, *, only_if_ending: bool = False

@@ -102,6 +102,7 @@ class SessionCore:
         "services",
         "snapshot_seq",
         "state",
+        "stopping",
         "supervisor",
         "terminating",
         "timer_at",
@@ -118,6 +119,9 @@ class SessionCore:
         self.idle_since = now
         self.timer_at: float | None = None  # `when` of this session's live timer entry
         self.terminating = False
+        #: The runtime is stopping it (a shutdown), not ending it: it lives on in the store,
+        #: and its workers leave what they were doing for the next start to finish.
+        self.stopping = False
         self.snapshot_seq = 0  # seq of the newest snapshot written (or loaded)
         # The commits handed to the store and not settled yet, oldest first: their events,
         # ``after`` and ``activity``, for :meth:`_committed` (the store settles a session's

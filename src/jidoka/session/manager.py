@@ -136,7 +136,7 @@ class SessionManager:
         await asyncio.gather(self._sweep.aclose(), self.retention.aclose())
         await self._idle.aclose()
         for session in list(registry.live.values()):
-            session.terminating = True
+            session.terminating = session.stopping = True
             await self._lifecycle.release(session)
         registry.live.clear()
         await self._tasks.aclose()
