@@ -6,6 +6,7 @@ lets it go). Nothing sleeps: tests wait for events or for the server to receive 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -312,3 +313,30 @@ async def test_terminating_a_session_ends_its_runs_cancelled(
         running.run_id,
         queued.run_id,
     ]
+
+
+@pytest.mark.local_client("cancels the in-process call while its run_queued commits")
+async def test_a_caller_cancelled_mid_commit_never_leaves_a_run_no_turn_will_run(
+    server: OpenAIServer, client: jidoka.Client
+) -> None:
+    """Whatever point the cancel lands on, every run in the log runs to its end, and the
+    session is free afterwards (a withdrawn run left nothing, not even a place in the queue)."""
+    server.queue(*(Text([f"answer {i}"]) for i in range(14)))
+    sid = await _session(client, server)
+    for turns in range(12):  # within max_queued_turns (16), whatever ran meanwhile
+        call = asyncio.create_task(client.start_run(sid, f"q{turns}", multitask="enqueue"))
+        for _ in range(turns):
+            await asyncio.sleep(0)  # a different point of the call each time
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+    # A run queued behind them all: once it ended, so had every run accepted before it (the
+    # cancelled callers' commits go on without them).
+    last = await client.start_run(sid, "last", multitask="enqueue")
+    assert (await client.join_run(sid, last.run_id, timeout=PROMPTLY)).status == "completed"
+    log = await client.read_events(sid, limit=1000)
+    queued = [e.data["run_id"] for e in log if e.type == "run_queued"]
+    ended = {e.data["run_id"]: e.data["status"] for e in log if e.type == "run_completed"}
+    assert all(ended.get(run_id) == "completed" for run_id in queued), (queued, ended)
+    final = await client.start_run(sid, "after")  # reject: nothing is left running or queued
+    assert (await client.join_run(sid, final.run_id, timeout=PROMPTLY)).status == "completed"

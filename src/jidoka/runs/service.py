@@ -26,6 +26,7 @@ from ..errors import InvalidArgument, JidokaError, RunNotFound, SessionBusy
 from ..events import Event
 from ..ids import IdGenerator
 from ..llm.agents import MAX_CHAT_CHARS, AgentPool
+from ..llm.turn_queue import TurnQueue
 from ..llm.turns import ChatResult, Turn
 from ..payloads import RunCompletedData, RunQueuedData, event_item
 from ..session.manager import SessionManager
@@ -85,7 +86,8 @@ class Runs:
         idempotency_key: object = None,
         metadata: object = None,
     ) -> RunInfo:
-        """Accept a run and answer at once (``queued``, or ``running`` if it already began)."""
+        """Accept a run and answer at once: ``queued``, its ``run_queued`` committed (with an
+        idempotency key already used for the same request: that request's run, as it is)."""
         session = await self._manager.session(session_id)
         sid = session.session_id
         text = _text(text, sid)
@@ -185,17 +187,12 @@ class Runs:
             extra["idempotency_key"], extra["request_hash"] = key, digest
         item = event_item(data)
         item[1].update(extra)
-        try:
-            event = await session.append_event(*item)
-        except BaseException as exc:
-            agent.withdraw(
-                turn, exc if isinstance(exc, Exception) else SessionBusy(session.session_id)
-            )
-            raise
-        assert turn.admitted is not None
-        if not turn.admitted.done():
-            turn.admitted.set_result(None)
-        return turn, event
+        # The commit is the session's, not the caller's: a caller that goes away while it is
+        # under way leaves the run to start if it was stored (never a run in the log that no
+        # turn will run), or withdrawn if it was not.
+        commit = asyncio.ensure_future(session.append_event(*item))
+        commit.add_done_callback(lambda done: _admit(agent, turn, done))
+        return turn, await asyncio.shield(commit)
 
     def _queued_info(self, event: Event) -> RunInfo:
         data = event.data
@@ -423,6 +420,19 @@ class Runs:
                 except JidokaError as exc:  # another node's, or it cannot be loaded here
                     logger.info("runs of session %s not resumed here: %s", record.session_id, exc)
             after = (page[-1].session_id, page[-1].seq)
+
+
+def _admit(agent: TurnQueue, turn: Turn, commit: asyncio.Future[Event]) -> None:
+    """The run's ``run_queued`` commit ended: its turn may start, or it never happened."""
+    error = SessionBusy(agent.session_id) if commit.cancelled() else commit.exception()
+    if error is not None:
+        agent.withdraw(
+            turn, error if isinstance(error, Exception) else SessionBusy(agent.session_id)
+        )
+        return
+    assert turn.admitted is not None
+    if not turn.admitted.done():
+        turn.admitted.set_result(None)
 
 
 def _retrieved(future: asyncio.Future[ChatResult]) -> None:
