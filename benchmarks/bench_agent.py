@@ -170,9 +170,10 @@ async def _session_with(rt: Any, project: str, provider: Any, max_iterations: in
     )
     await client.chat(sid, "warm up")
     agent = rt._agents.get(sid)  # internal: swap in the provider to measure
-    if agent is None or getattr(agent, "_provider", None) is None:
+    slot = getattr(agent, "_providers", None)
+    if slot is None or slot.current is None:
         raise RuntimeError("the agent internals changed: cannot swap its provider")
-    agent._provider = provider  # the config is unchanged, so the next turn reuses it
+    slot.replace(provider)  # the config is unchanged, so the next turn reuses it
     return sid
 
 

@@ -97,7 +97,8 @@ async def _sample(rt: Any, messages: int) -> _Sample:
     for i in range(messages):
         await client.send_message(sid, "user", CONTENT.format(i=i))
     agent = rt._agents.get(sid)  # internal: the requests the provider received
-    provider = getattr(agent, "_provider", None)
+    slot = getattr(agent, "_providers", None)
+    provider = slot.current if slot is not None else None
     if provider is None or not hasattr(provider, "requests"):
         raise RuntimeError("the agent internals changed: cannot read its provider's requests")
     before = len(provider.requests)

@@ -118,9 +118,10 @@ async def _timed_turn(rt: Any, sid: str, call: dict[str, Any], rounds: int) -> f
     turns.append({"text": "done", "usage": USAGE})
     provider = ScriptedProvider(turns)
     agent = rt._agents.get(sid)  # internal: swap in the provider to measure (as bench_agent)
-    if agent is None or getattr(agent, "_provider", None) is None:
+    slot = getattr(agent, "_providers", None)
+    if slot is None or slot.current is None:
         raise RuntimeError("the agent internals changed: cannot swap its provider")
-    agent._provider = provider
+    slot.replace(provider)
     quiesce()
     start = clock()
     await rt.client.chat(sid, "go")

@@ -55,6 +55,13 @@ class ProviderSlot:
         """The provider made last (``None``: none yet, or closed)."""
         return self._provider
 
+    def replace(self, provider: Provider) -> None:
+        """Use ``provider`` for the config of the one made last (benchmarks swap in an
+        instrumented one); the one it replaces is left to its owner."""
+        if self._provider is None:
+            raise RuntimeError("no provider made yet: nothing to replace")
+        self._provider = provider
+
     async def aclose(self) -> None:
         """Close the provider (its failure to close is not the caller's)."""
         provider, self._provider = self._provider, None
